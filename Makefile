@@ -1,0 +1,43 @@
+# The two commands a newcomer runs are `make lab` and `make test`. Every target
+# installs what it needs, idempotently.
+SHELL := /bin/bash
+PY    := .venv/bin/python
+VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+NODES ?= 3
+
+.PHONY: lab lab-down test lint deps system k8s-bins bench clean
+
+lab: deps
+	$(PY) -m vpnctl lab up --nodes $(NODES)
+
+lab-down: deps
+	$(PY) -m vpnctl lab down
+
+test: deps k8s-bins lint
+	scripts/run-tests.sh
+
+lint: deps
+	.venv/bin/ruff check .
+	.venv/bin/mypy vpnctl agent certs
+	.venv/bin/lint-imports
+
+deps: system $(VENV_STAMP)
+
+system:
+	@scripts/install-system.sh
+
+$(VENV_STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@rm -f .venv/.installed-*
+	@touch $@
+
+k8s-bins: deps
+	@if [ -f vpnctl/testenv/build.py ]; then $(PY) -m vpnctl.testenv.build; fi
+
+bench: deps
+	$(PY) -m bench
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

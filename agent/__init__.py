@@ -1,0 +1,1 @@
+"""The roles that sit beside an openvpn process: node, server and apiserver."""

@@ -1,0 +1,1 @@
+"""openvpn: pure config rendering, process supervision and the management client."""

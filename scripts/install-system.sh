@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vpnctl's tests and lab run for real. Idempotent: a
+# second run that finds everything present does nothing and touches no network.
+set -euo pipefail
+need=()
+command -v openvpn  >/dev/null || need+=(openvpn)
+command -v ip       >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
+command -v nft      >/dev/null || need+=(nftables)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v curl     >/dev/null || need+=(curl)
+command -v go       >/dev/null || [ -x /usr/local/go/bin/go ] || need+=(golang-go)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-system: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+echo "install-system: ok ($(openvpn --version | head -n1 | cut -d' ' -f1-2))"

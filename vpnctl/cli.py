@@ -1,0 +1,44 @@
+"""The `vpnctl` command line: the controller (`run`), the lab and status tables.
+
+Sub-commands import their implementation lazily so `vpnctl lab` does not pay for
+the Kubernetes client and `vpnctl run` does not pay for the lab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vpnctl", description=__doc__)
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    lab = sub.add_parser("lab", help="the local miniature of the whole system")
+    labsub = lab.add_subparsers(dest="lab_cmd", required=True)
+    up = labsub.add_parser("up", help="build the lab and print the connectivity table")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--proto", choices=["udp", "tcp"], default="udp")
+    up.add_argument("--state-dir", default=None)
+    st = labsub.add_parser("status", help="print the connectivity table of a running lab")
+    st.add_argument("--state-dir", default=None)
+    down = labsub.add_parser("down", help="remove everything the lab made")
+    down.add_argument("--state-dir", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    if args.cmd == "lab":
+        from vpnctl.lab import cli as lab_cli
+
+        return asyncio.run(lab_cli.run(args))
+    raise SystemExit(f"unknown command {args.cmd}")

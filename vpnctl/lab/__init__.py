@@ -1,0 +1,1 @@
+"""The local miniature of the whole system, built from real processes in namespaces."""

@@ -1,0 +1,1 @@
+"""Pure desired-state functions and the per-key reconcile loop."""
