@@ -1,0 +1,613 @@
+"""Build the real Kubernetes binaries the tests and the lab run, from Go modules.
+
+There is no Docker here and release-binary downloads don't work, so kind, k3d and
+setup-envtest are out. What does work is the Go module proxy, so we do what a user's
+``go install`` would: build pinned versions from source, once, and cache the result
+outside the repository keyed by version (``<cache>/k8s/<component>-<version>/``).
+
+A cache entry is written to a temporary sibling directory and renamed into place, so
+an interrupted build never leaves a half entry behind, and a warm run only stats
+files. A file lock serialises concurrent builders (``make k8s-bins`` and pytest).
+
+Users who already have binaries skip the build, as the ecosystem does it:
+``KUBEBUILDER_ASSETS`` (a folder with kube-apiserver, etcd and kubectl) wins, then
+binaries on ``PATH`` that report the pinned version.
+
+Why Kubernetes 1.34: it is the last minor whose kubelet still starts on a cgroup v1
+host by default (1.35 flips ``failCgroupV1`` to true), and this machine has only
+cgroup v1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.34.4"
+# The k8s.io staging modules (api, apimachinery, client-go, ...) are tagged v0.<minor>.<patch>.
+STAGING_VERSION = "v0." + KUBERNETES_VERSION.removeprefix("v1.")
+ETCD_VERSION = "v3.6.16"
+HELM_VERSION = "v3.22.0"
+CONTROLLER_TOOLS_VERSION = "v0.23.0"
+# The newest Cluster API release the proxy serves whose api/v1beta1 package is the
+# storage version: a single-version CRD needs no conversion webhook, and vpnctl
+# consumes cluster.x-k8s.io/v1beta1.
+CLUSTER_API_VERSION = "v1.8.4"
+
+HEARTBEAT_SECONDS = 15.0
+
+# Staging modules of k8s.io/kubernetes; the main module replaces them with ./staging/...
+# so a wrapper module must pin each one to the matching published version.
+_STAGING_MODULES = (
+    "api",
+    "apiextensions-apiserver",
+    "apimachinery",
+    "apiserver",
+    "cli-runtime",
+    "client-go",
+    "cloud-provider",
+    "cluster-bootstrap",
+    "code-generator",
+    "component-base",
+    "component-helpers",
+    "controller-manager",
+    "cri-api",
+    "cri-client",
+    "csi-translation-lib",
+    "dynamic-resource-allocation",
+    "endpointslice",
+    "externaljwt",
+    "kms",
+    "kube-aggregator",
+    "kube-controller-manager",
+    "kube-proxy",
+    "kube-scheduler",
+    "kubectl",
+    "kubelet",
+    "metrics",
+    "mount-utils",
+    "pod-security-admission",
+    "sample-apiserver",
+    "sample-cli-plugin",
+    "sample-controller",
+)
+
+# The Cluster API packages whose types become the cluster.x-k8s.io CRDs: Cluster,
+# Machine, MachineSet, MachineDeployment, MachineHealthCheck, ClusterClass and
+# MachinePool (still under exp/ in v1.8).
+_CAPI_PACKAGES = (
+    "sigs.k8s.io/cluster-api/api/v1beta1",
+    "sigs.k8s.io/cluster-api/exp/api/v1beta1",
+)
+
+Progress = Callable[[str], None]
+
+
+class BuildError(RuntimeError):
+    """A component could not be built; the message says which and where the log is."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Binaries:
+    """Resolved paths of everything the test environment runs."""
+
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kubectl: Path
+    etcd: Path
+    helm: Path
+    controller_gen: Path
+    # Folder of generated cluster.x-k8s.io CRD manifests, one YAML file per CRD.
+    capi_crds: Path
+    kubelet: Path | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            f.name: (str(v) if (v := getattr(self, f.name)) is not None else None)
+            for f in fields(self)
+        }
+
+
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$VPNCTL_CACHE/k8s``, by default ``~/.cache/vpnctl/k8s``."""
+    env = os.environ if env is None else env
+    root = env.get("VPNCTL_CACHE") or str(Path.home() / ".cache" / "vpnctl")
+    return Path(root) / "k8s"
+
+
+def _stderr_progress(message: str) -> None:
+    print(f"[k8s-bins] {message}", file=sys.stderr, flush=True)
+
+
+def ensure_binaries(
+    *,
+    cache_dir: Path | None = None,
+    with_kubelet: bool = False,
+    progress: Progress | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Binaries:
+    """Return paths to every binary at its pinned version, building only what is missing.
+
+    Blocking, and up to ~25 minutes on a cold 2-core machine; async callers wrap it in
+    ``asyncio.to_thread``. Raises ``BuildError`` with the tail of the failing log.
+    """
+    return _Builder(
+        cache_dir=cache_dir or default_cache_dir(env),
+        progress=progress or _stderr_progress,
+        env=dict(os.environ if env is None else env),
+    ).ensure(with_kubelet=with_kubelet)
+
+
+# --- resolution ------------------------------------------------------------------------
+
+
+def _version_output(binary: Path, args: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(
+            [str(binary), *args], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout + done.stderr
+
+
+def _reports_version(component: str, binary: Path) -> bool:
+    """Whether a binary found outside our cache is the version we pin."""
+    if component in ("kube-apiserver", "kube-controller-manager", "kubelet"):
+        return f"Kubernetes {KUBERNETES_VERSION}" in _version_output(binary, ["--version"])
+    if component == "kubectl":
+        out = _version_output(binary, ["version", "--client", "-o", "json"])
+        try:
+            return bool(json.loads(out)["clientVersion"]["gitVersion"] == KUBERNETES_VERSION)
+        except (ValueError, KeyError, TypeError):
+            return False
+    if component == "etcd":
+        # Any 3.5 or 3.6 serves a 1.34 apiserver; don't rebuild for a patch difference.
+        match = re.search(r"etcd Version: (\d+)\.(\d+)\.", _version_output(binary, ["--version"]))
+        return match is not None and (match[1], match[2]) in (("3", "5"), ("3", "6"))
+    if component == "helm":
+        out = _version_output(binary, ["version", "--short"])
+        return out.strip().startswith(HELM_VERSION)
+    if component == "controller-gen":
+        return CONTROLLER_TOOLS_VERSION in _version_output(binary, ["--version"])
+    return False
+
+
+_PINNED = {
+    "kube-apiserver": KUBERNETES_VERSION,
+    "kube-controller-manager": KUBERNETES_VERSION,
+    "kubectl": KUBERNETES_VERSION,
+    "kubelet": KUBERNETES_VERSION,
+    "etcd": ETCD_VERSION,
+    "helm": HELM_VERSION,
+    "controller-gen": CONTROLLER_TOOLS_VERSION,
+}
+_ENVTEST_ASSETS = ("kube-apiserver", "etcd", "kubectl")
+_KUBE_CMDS = ("kube-apiserver", "kube-controller-manager", "kubectl", "kubelet")
+
+
+def _fmt_elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class _Builder:
+    def __init__(self, *, cache_dir: Path, progress: Progress, env: dict[str, str]) -> None:
+        self.cache = cache_dir
+        self.progress = progress
+        self.env = env
+
+    # - where things are
+
+    def entry(self, component: str, version: str) -> Path:
+        return self.cache / f"{component}-{version}"
+
+    def cached(self, component: str) -> Path | None:
+        path = self.entry(component, _PINNED[component]) / component
+        return path if os.access(path, os.X_OK) else None
+
+    def external(self, component: str) -> Path | None:
+        """A binary the user provides: KUBEBUILDER_ASSETS first, then PATH."""
+        assets = self.env.get("KUBEBUILDER_ASSETS")
+        if assets and component in _ENVTEST_ASSETS:
+            path = Path(assets) / component
+            if os.access(path, os.X_OK):
+                return path
+        found = shutil.which(component, path=self.env.get("PATH", ""))
+        if found and _reports_version(component, Path(found)):
+            return Path(found)
+        return None
+
+    def resolve(self, component: str) -> Path | None:
+        return self.cached(component) or self.external(component)
+
+    # - the whole job
+
+    def ensure(self, *, with_kubelet: bool) -> Binaries:
+        started = time.monotonic()
+        wanted = [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kubectl",
+            "etcd",
+            "helm",
+            "controller-gen",
+        ]
+        found = {c: self.resolve(c) for c in wanted}
+        crds = self._cached_crds()
+        kubelet = self.resolve("kubelet") if with_kubelet else None
+        if all(found.values()) and crds and (kubelet or not with_kubelet):
+            return self._binaries(found, crds, kubelet)
+
+        self.cache.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            # Another builder may have finished while we waited for the lock.
+            found = {c: self.resolve(c) for c in wanted}
+            missing_kube = [c for c in _KUBE_CMDS[:3] if not found[c]]
+            if missing_kube:
+                self._build_kubernetes(missing_kube)
+            if not found["etcd"]:
+                self._build_etcd()
+            if not found["helm"]:
+                self._build_helm()
+            if not found["controller-gen"]:
+                self._build_controller_gen()
+            found = {c: self.resolve(c) for c in wanted}
+            crds = self._cached_crds()
+            if not crds:
+                gen = found["controller-gen"]
+                assert gen is not None
+                crds = self._generate_capi_crds(gen)
+            if with_kubelet:
+                kubelet = self.resolve("kubelet")
+                if not kubelet:
+                    self._build_kubernetes(["kubelet"])
+                    kubelet = self.resolve("kubelet")
+        still_missing = [c for c, p in found.items() if p is None]
+        if still_missing or (with_kubelet and kubelet is None):
+            raise BuildError(f"built, but still can't find {still_missing} in {self.cache}")
+        self.progress(f"all binaries ready in {_fmt_elapsed(time.monotonic() - started)}")
+        return self._binaries(found, crds, kubelet)
+
+    @staticmethod
+    def _binaries(found: dict[str, Path | None], crds: Path, kubelet: Path | None) -> Binaries:
+        def get(name: str) -> Path:
+            path = found[name]
+            assert path is not None
+            return path
+
+        return Binaries(
+            kube_apiserver=get("kube-apiserver"),
+            kube_controller_manager=get("kube-controller-manager"),
+            kubectl=get("kubectl"),
+            etcd=get("etcd"),
+            helm=get("helm"),
+            controller_gen=get("controller-gen"),
+            capi_crds=crds,
+            kubelet=kubelet,
+        )
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.cache / ".build.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.progress(f"another build holds {self.cache / '.build.lock'}; waiting")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    # - go plumbing
+
+    def _go(self) -> str:
+        found = shutil.which("go", path=self.env.get("PATH", ""))
+        if found:
+            return found
+        if os.access("/usr/local/go/bin/go", os.X_OK):
+            return "/usr/local/go/bin/go"
+        raise BuildError("no Go toolchain: put `go` on PATH (Go >= 1.24 builds Kubernetes 1.34)")
+
+    def _go_env(self) -> dict[str, str]:
+        env = dict(self.env)
+        env.update(
+            GOFLAGS="-mod=mod",
+            GOTOOLCHAIN="local",
+            GOWORK="off",
+            # Static binaries, like upstream's releases: they run in any netns or chroot.
+            CGO_ENABLED="0",
+        )
+        return env
+
+    def _run(
+        self,
+        what: str,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        log: Path,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Run a long command with a heartbeat, its output going to ``log``."""
+        started = time.monotonic()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.progress(f"{what}: started (log: {log})")
+        with open(log, "ab") as out:
+            out.write(f"\n$ {' '.join(argv)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env={**self._go_env(), **(extra_env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                while True:
+                    try:
+                        proc.wait(timeout=HEARTBEAT_SECONDS)
+                        break
+                    except subprocess.TimeoutExpired:
+                        elapsed = _fmt_elapsed(time.monotonic() - started)
+                        self.progress(f"{what}: still running, {elapsed} elapsed{_last_line(log)}")
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+        elapsed = _fmt_elapsed(time.monotonic() - started)
+        if proc.returncode != 0:
+            raise BuildError(
+                f"{what} failed after {elapsed} (exit {proc.returncode}); "
+                f"last lines of {log}:\n{_tail(log)}"
+            )
+        self.progress(f"{what}: done in {elapsed}")
+
+    def _wrapper_module(self, name: str, go_mod: str, go_files: Mapping[str, str]) -> Path:
+        """A throw-away module in the cache that requires what we build."""
+        src = self.cache / "src" / name
+        src.mkdir(parents=True, exist_ok=True)
+        mod = src / "go.mod"
+        # Rewrite go.mod only when its pins change: go fills in requirements itself.
+        marker = src / ".go.mod.in"
+        if not marker.exists() or marker.read_text() != go_mod:
+            # go.sum stays: stale lines in it are harmless and save sumdb lookups.
+            mod.write_text(go_mod)
+            marker.write_text(go_mod)
+        for filename, text in go_files.items():
+            (src / filename).write_text(text)
+        return src
+
+    def _install(self, built: dict[str, Path], version: str) -> None:
+        """Move each built file into its own version-keyed entry, atomically."""
+        for component, path in built.items():
+            final = self.entry(component, version)
+            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{component}-", dir=self.cache))
+            staging.chmod(0o755)
+            shutil.move(str(path), staging / component)
+            if final.exists():  # a concurrent writer beat us; theirs is as good
+                shutil.rmtree(staging)
+                continue
+            os.rename(staging, final)
+
+    @contextlib.contextmanager
+    def _tmpdir(self, component: str) -> Iterator[Path]:
+        path = Path(tempfile.mkdtemp(prefix=f".tmp-build-{component}-", dir=self.cache))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # - the components
+
+    def _build_kubernetes(self, commands: Sequence[str]) -> None:
+        v = KUBERNETES_VERSION
+        major, minor, _ = v.removeprefix("v").split(".")
+        replaces = "\n".join(
+            f"\tk8s.io/{m} => k8s.io/{m} {STAGING_VERSION}" for m in _STAGING_MODULES
+        )
+        go_mod = (
+            "module vpnctl.local/k8sbuild\n\ngo 1.24.0\n\ngodebug default=go1.24\n\n"
+            f"require k8s.io/kubernetes {v}\n\nreplace (\n{replaces}\n)\n"
+        )
+        src = self._wrapper_module(
+            f"kubernetes-{v}", go_mod, {"tools.go": "//go:build tools\n\npackage tools\n"}
+        )
+        ldflags = [
+            "-s",
+            "-w",
+        ]
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+            ldflags += [
+                f"-X {pkg}.gitVersion={v}",
+                f"-X {pkg}.gitMajor={major}",
+                f"-X {pkg}.gitMinor={minor}",
+                f"-X {pkg}.gitTreeState=clean",
+            ]
+        with self._tmpdir("kubernetes") as out:
+            self._run(
+                f"kubernetes {v}: go build {' '.join(commands)}",
+                [
+                    self._go(),
+                    "build",
+                    "-p",
+                    "2",
+                    "-trimpath",
+                    "-ldflags",
+                    " ".join(ldflags),
+                    "-o",
+                    f"{out}/",
+                    *(f"k8s.io/kubernetes/cmd/{c}" for c in commands),
+                ],
+                cwd=src,
+                log=self.cache / "logs" / f"kubernetes-{v}.log",
+            )
+            self._install({c: out / c for c in commands}, v)
+
+    def _build_etcd(self) -> None:
+        v = ETCD_VERSION
+        modules = ("server/v3", "api/v3", "client/pkg/v3", "client/v3", "pkg/v3")
+        requires = "".join(f"\tgo.etcd.io/etcd/{m} {v}\n" for m in modules)
+        go_mod = f"module vpnctl.local/etcdbuild\n\ngo 1.24.0\n\nrequire (\n{requires})\n"
+        main = (
+            "// etcd's own main package lives in a module with replace directives,\n"
+            "// so this is the same two lines in a module of our own.\n"
+            'package main\n\nimport (\n\t"os"\n\n'
+            '\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
+            "func main() { etcdmain.Main(os.Args) }\n"
+        )
+        src = self._wrapper_module(f"etcd-{v}", go_mod, {"main.go": main})
+        with self._tmpdir("etcd") as out:
+            self._run(
+                f"etcd {v}: go build",
+                [
+                    self._go(),
+                    "build",
+                    "-p",
+                    "2",
+                    "-trimpath",
+                    "-ldflags",
+                    "-s -w",
+                    "-o",
+                    str(out / "etcd"),
+                    ".",
+                ],
+                cwd=src,
+                log=self.cache / "logs" / f"etcd-{v}.log",
+            )
+            self._install({"etcd": out / "etcd"}, v)
+
+    def _go_install(self, component: str, package: str, version: str, ldflags: str) -> None:
+        with self._tmpdir(component) as out:
+            self._run(
+                f"{component} {version}: go install",
+                [
+                    self._go(),
+                    "install",
+                    "-p",
+                    "2",
+                    "-trimpath",
+                    "-ldflags",
+                    ldflags,
+                    f"{package}@{version}",
+                ],
+                cwd=out,
+                log=self.cache / "logs" / f"{component}-{version}.log",
+                extra_env={"GOBIN": str(out)},
+            )
+            self._install({component: out / component}, version)
+
+    def _build_helm(self) -> None:
+        v = HELM_VERSION
+        # helm's Makefile stamps its version (and the k8s version it templates for by
+        # default) with -X; a plain `go install` would report "v3.x-dirty"-ish values.
+        ldflags = " ".join(
+            [
+                "-s -w",
+                f"-X helm.sh/helm/v3/internal/version.version={v}",
+                "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+            ]
+        )
+        self._go_install("helm", "helm.sh/helm/v3/cmd/helm", v, ldflags)
+
+    def _build_controller_gen(self) -> None:
+        self._go_install(
+            "controller-gen",
+            "sigs.k8s.io/controller-tools/cmd/controller-gen",
+            CONTROLLER_TOOLS_VERSION,
+            "-s -w",
+        )
+
+    def _cached_crds(self) -> Path | None:
+        path = self.entry("capi-crds", CLUSTER_API_VERSION)
+        return path if path.is_dir() else None
+
+    def _generate_capi_crds(self, controller_gen: Path) -> Path:
+        v = CLUSTER_API_VERSION
+        imports = "".join(f'\t_ "{p}"\n' for p in _CAPI_PACKAGES)
+        src = self._wrapper_module(
+            f"cluster-api-{v}",
+            f"module vpnctl.local/capicrds\n\ngo 1.22.0\n\nrequire sigs.k8s.io/cluster-api {v}\n",
+            {"tools.go": f"//go:build tools\n\npackage tools\n\nimport (\n{imports})\n"},
+        )
+        log = self.cache / "logs" / f"capi-crds-{v}.log"
+        # go/packages (inside controller-gen) needs the modules and go.sum filled in.
+        self._run(
+            f"cluster-api {v}: go mod download",
+            [self._go(), "list", "-tags", "tools", "-deps", "./..."],
+            cwd=src,
+            log=log,
+        )
+        with self._tmpdir("capi-crds") as out:
+            self._run(
+                f"cluster-api {v}: controller-gen crd",
+                [
+                    str(controller_gen),
+                    "crd:crdVersions=v1",
+                    *(f"paths={p}" for p in _CAPI_PACKAGES),
+                    f"output:crd:artifacts:config={out}",
+                ],
+                cwd=src,
+                log=log,
+            )
+            if not any(out.glob("cluster.x-k8s.io_*.yaml")):
+                raise BuildError(f"controller-gen wrote no cluster.x-k8s.io CRDs; see {log}")
+            final = self.entry("capi-crds", v)
+            staging = Path(tempfile.mkdtemp(prefix=".tmp-capi-crds-", dir=self.cache))
+            staging.chmod(0o755)
+            for manifest in sorted(out.glob("*.yaml")):
+                shutil.move(str(manifest), staging / manifest.name)
+            if final.exists():
+                shutil.rmtree(staging)
+            else:
+                os.rename(staging, final)
+            return final
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _last_line(log: Path) -> str:
+    last = _tail(log, 1).strip()
+    return f" (last: {last[:100]})" if last and last != "(no log)" else ""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vpnctl.testenv.build",
+        description="Build (or find) the pinned Kubernetes binaries and print their paths.",
+    )
+    parser.add_argument("--with-kubelet", action="store_true", help="also build the kubelet")
+    parser.add_argument("--json", action="store_true", help="print the paths as JSON")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        binaries = ensure_binaries(with_kubelet=args.with_kubelet)
+    except BuildError as exc:
+        print(f"k8s-bins: FAILED: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(binaries.as_dict(), indent=2))
+    else:
+        for name, path in binaries.as_dict().items():
+            print(f"{name:24} {path or '-'}")
+    _stderr_progress(f"done in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,572 @@
+"""Real Kubernetes control planes as local processes: etcd, kube-apiserver and
+kube-controller-manager, with client-certificate authentication.
+
+``ServiceCluster`` is the cluster vpnctl runs against (with the controller-manager,
+whose garbage collector, namespace controller and CSR signer we rely on, and the
+Cluster API CRDs). ``TenantCluster`` is a separate etcd and apiserver per tenant,
+optionally inside a lab network namespace and listening on an address there.
+
+Readiness is observed, never slept for: the apiserver's ``/readyz`` with the admin
+certificate, the controller-manager's ``/healthz`` and then the ``default``
+ServiceAccount its controllers create. While waiting, every process is checked, so a
+crash fails fast with the tail of its log instead of a timeout.
+
+This module runs kubectl rather than importing kubernetes_asyncio: only ``vpnctl.kube``
+may import the client library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import ipaddress
+import shutil
+import socket
+import ssl
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+
+from vpnctl.testenv.build import Binaries
+from vpnctl.testenv.pki import ClusterPKI, write_cluster_pki, write_kubeconfig
+from vpnctl.testenv.procs import ManagedProcess, ProcessExited, environ_without_proxies, netns_argv
+
+# Inside the lab's address plan (198.18.0.0/15, RFC 2544). Service IPs are virtual,
+# but keeping them in the plan means nothing ever points outside it.
+DEFAULT_SERVICE_CIDR = "198.19.255.0/24"
+START_TIMEOUT = 120.0
+_POLL = 0.2
+
+
+class ClusterStartError(RuntimeError):
+    """A control-plane component did not come up; carries the tail of its log."""
+
+
+class KubectlError(RuntimeError):
+    def __init__(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(
+            f"kubectl {' '.join(argv)} exited {returncode}: {stderr.strip() or stdout.strip()}"
+        )
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports free right now on ``host`` (in our namespace)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def _first_service_ip(cidr: str) -> str:
+    return str(next(ipaddress.ip_network(cidr).hosts()))
+
+
+def _https_status(
+    host: str, port: int, path: str, context: ssl.SSLContext, timeout: float = 2.0
+) -> int:
+    conn = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+class KubeCluster:
+    """One running control plane. Create with ``start()`` (async context manager) or
+    ``launch()`` + ``stop()``; don't call the constructor."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        root: Path,
+        owns_root: bool,
+        binaries: Binaries,
+        netns: str | None,
+        bind_address: str,
+        port: int,
+        service_cidr: str,
+        pki: ClusterPKI,
+        die_with_parent: bool,
+    ) -> None:
+        self.name = name
+        self.root = root
+        self.binaries = binaries
+        self.netns = netns
+        self.bind_address = bind_address
+        self.port = port
+        self.service_cidr = service_cidr
+        self.pki = pki
+        self.logs_dir = root / "logs"
+        host = "127.0.0.1" if bind_address in ("0.0.0.0", "") else bind_address
+        self.host = host
+        self.server_url = f"https://{host}:{port}"
+        self.kubeconfig_path = write_kubeconfig(
+            root / "kubeconfig",
+            server=self.server_url,
+            ca=pki.ca.cert,
+            client=pki.admin,
+            cluster_name=name,
+        )
+        self._owns_root = owns_root
+        self._die_with_parent = die_with_parent
+        self.processes: dict[str, ManagedProcess] = {}
+
+    # --- what callers use -----------------------------------------------------------
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.pki.ca_pem
+
+    @property
+    def log_paths(self) -> dict[str, Path]:
+        return {name: p.log_path for name, p in self.processes.items()}
+
+    def logs_tail(self, lines: int = 30) -> str:
+        """The last lines of every component's log, for a failed test's report."""
+        return "\n".join(
+            f"--- {self.name}/{name} ({p.log_path}) ---\n{p.log_tail(lines)}"
+            for name, p in self.processes.items()
+        )
+
+    def kubectl_argv(self, *args: str) -> list[str]:
+        """The full command line of a kubectl call against this cluster (netns aware)."""
+        return netns_argv(
+            self.netns,
+            [str(self.binaries.kubectl), "--kubeconfig", str(self.kubeconfig_path), *args],
+        )
+
+    async def kubectl(
+        self,
+        *args: str,
+        input: str | bytes | None = None,
+        check: bool = True,
+        timeout: float = 120.0,
+    ) -> str:
+        """Run kubectl as the cluster admin and return its stdout.
+
+        Raises ``KubectlError`` (with stderr) on a non-zero exit when ``check``.
+        """
+        argv = self.kubectl_argv(*args)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=environ_without_proxies(),
+        )
+        data = input.encode() if isinstance(input, str) else input
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(data), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise KubectlError(args, -1, "", f"timed out after {timeout}s") from None
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        if check and proc.returncode != 0:
+            raise KubectlError(args, proc.returncode or -1, stdout, stderr)
+        return stdout
+
+    async def apply_crds(self, paths: Sequence[Path], *, timeout: float = 60.0) -> list[str]:
+        """Server-side apply CRD manifests (files or folders) and wait until every
+        CRD in them is Established. Returns the CRD names."""
+        names: list[str] = []
+        for path in paths:
+            files = (
+                sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+                if path.is_dir()
+                else [path]
+            )
+            for file in files:
+                for doc in yaml.safe_load_all(file.read_text()):
+                    if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                        names.append(doc["metadata"]["name"])
+            # Server-side: CAPI's CRDs are too big for the last-applied annotation.
+            await self.kubectl(
+                "apply", "--server-side", "--force-conflicts", "-f", str(path), timeout=timeout
+            )
+        if names:
+            await self.kubectl(
+                "wait",
+                "--for=condition=Established",
+                f"--timeout={int(timeout)}s",
+                *(f"crd/{n}" for n in names),
+                timeout=timeout + 10,
+            )
+        return names
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    @classmethod
+    async def launch(
+        cls,
+        workdir: Path | None,
+        binaries: Binaries,
+        *,
+        name: str,
+        controller_manager: bool,
+        crds: Sequence[Path] = (),
+        netns: str | None = None,
+        bind_address: str = "127.0.0.1",
+        port: int | None = None,
+        service_cidr: str = DEFAULT_SERVICE_CIDR,
+        extra_sans: Sequence[str] = (),
+        die_with_parent: bool = True,
+        start_timeout: float = START_TIMEOUT,
+    ) -> Self:
+        """Start etcd, kube-apiserver (and kube-controller-manager), wait until they
+        are ready, install ``crds``, and return the running cluster.
+
+        ``workdir`` holds PKI, kubeconfig, logs and etcd data; it is kept (minus the
+        etcd data) after ``stop()`` so logs survive. With ``None`` a temporary
+        folder is used and removed on stop.
+        """
+        owns_root = workdir is None
+        root = Path(tempfile.mkdtemp(prefix=f"vpnctl-{name}-")) if workdir is None else workdir
+        root.mkdir(parents=True, exist_ok=True)
+        if port is None:
+            port = free_ports(1)[0]
+        ips = [_first_service_ip(service_cidr), *extra_sans]
+        if bind_address not in ("0.0.0.0", ""):
+            ips.insert(0, bind_address)
+        ip_sans = [s for s in ips if _is_ip(s)]
+        dns_sans = [s for s in ips if not _is_ip(s)]
+        pki = write_cluster_pki(
+            root / "pki", cluster_name=name, apiserver_ips=ip_sans, apiserver_dns=dns_sans
+        )
+        cluster = cls(
+            name=name,
+            root=root,
+            owns_root=owns_root,
+            binaries=binaries,
+            netns=netns,
+            bind_address=bind_address,
+            port=port,
+            service_cidr=service_cidr,
+            pki=pki,
+            die_with_parent=die_with_parent,
+        )
+        try:
+            await cluster._start(controller_manager=controller_manager, timeout=start_timeout)
+            if crds:
+                await cluster.apply_crds(crds)
+        except BaseException:
+            await cluster.stop()
+            raise
+        return cluster
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def start(
+        cls, workdir: Path | None, binaries: Binaries, **kwargs: Any
+    ) -> AsyncIterator[Self]:
+        """``async with ServiceCluster.start(workdir, binaries) as sc:`` — stops on exit."""
+        cluster = await cls.launch(workdir, binaries, **kwargs)
+        try:
+            yield cluster
+        finally:
+            await cluster.stop()
+
+    async def stop(self) -> None:
+        """Stop every process (SIGTERM, then SIGKILL) and remove the etcd data; the
+        whole working folder goes too when we created it. Idempotent."""
+        procs = self.processes
+        # kcm and apiserver first, together; etcd last so they can shut down cleanly.
+        try:
+            await asyncio.gather(
+                *(p.stop() for name, p in procs.items() if name != "etcd"),
+            )
+        finally:
+            if "etcd" in procs:
+                await procs["etcd"].stop()
+            for p in procs.values():
+                p.kill_now()
+            shutil.rmtree(self.root / "etcd-data", ignore_errors=True)
+            if self._owns_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    def kill_now(self) -> None:
+        """Synchronous teardown for atexit-style finalizers."""
+        for p in self.processes.values():
+            p.kill_now()
+
+    # --- internals ------------------------------------------------------------------
+
+    def _process(self, name: str, argv: Sequence[str]) -> ManagedProcess:
+        proc = ManagedProcess(
+            name,
+            argv,
+            log_path=self.logs_dir / f"{name}.log",
+            netns=self.netns,
+            env=environ_without_proxies(),
+            cwd=self.root,
+            die_with_parent=self._die_with_parent,
+        )
+        self.processes[name] = proc
+        proc.start()
+        return proc
+
+    async def _start(self, *, controller_manager: bool, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        if self.netns:
+            # The namespace's loopback carries etcd's traffic; it starts down.
+            await _run_checked(["ip", "-n", self.netns, "link", "set", "lo", "up"])
+            # Ports picked in our namespace are as good as any in a fresh one.
+        etcd_port, peer_port, kcm_port = free_ports(3)
+        self._start_etcd(etcd_port, peer_port)
+        self._start_apiserver(etcd_port)
+        await self._wait_apiserver(deadline)
+        if controller_manager:
+            self._start_controller_manager(kcm_port)
+            await self._wait_controller_manager(kcm_port, deadline)
+
+    def _start_etcd(self, client_port: int, peer_port: int) -> None:
+        data = self.root / "etcd-data"
+        shutil.rmtree(data, ignore_errors=True)
+        client = f"http://127.0.0.1:{client_port}"
+        peer = f"http://127.0.0.1:{peer_port}"
+        self._process(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                "--name=default",
+                f"--data-dir={data}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=default={peer}",
+                "--initial-cluster-state=new",
+                # Test data: durability buys nothing and fsync costs seconds.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+
+    def _start_apiserver(self, etcd_port: int) -> None:
+        pki = self.pki
+        loopback = ipaddress.ip_address(self.host).is_loopback
+        args = [
+            str(self.binaries.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            f"--bind-address={self.bind_address}",
+            f"--secure-port={self.port}",
+            f"--advertise-address={self.host}",
+            f"--cert-dir={self.root / 'apiserver-certs'}",
+            f"--tls-cert-file={pki.apiserver.cert}",
+            f"--tls-private-key-file={pki.apiserver.key}",
+            f"--client-ca-file={pki.ca.cert}",
+            f"--kubelet-client-certificate={pki.apiserver_kubelet_client.cert}",
+            f"--kubelet-client-key={pki.apiserver_kubelet_client.key}",
+            f"--service-account-key-file={pki.sa_pub}",
+            f"--service-account-signing-key-file={pki.sa_key}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={self.service_cidr}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            "--allow-privileged=true",
+            "--profiling=false",
+            # Endpoints may not point at loopback; on a real address keep the default.
+            f"--endpoint-reconciler-type={'none' if loopback else 'lease'}",
+        ]
+        self._process("kube-apiserver", args)
+
+    def _start_controller_manager(self, port: int) -> None:
+        pki = self.pki
+        kubeconfig = write_kubeconfig(
+            self.root / "controller-manager.kubeconfig",
+            server=self.server_url,
+            ca=pki.ca.cert,
+            client=pki.controller_manager,
+            cluster_name=self.name,
+            user="system:kube-controller-manager",
+        )
+        args = [
+            str(self.binaries.kube_controller_manager),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={self.root / 'controller-manager-certs'}",
+            "--controllers=*",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki.sa_key}",
+            f"--root-ca-file={pki.ca.cert}",
+            f"--cluster-signing-cert-file={pki.ca.cert}",
+            f"--cluster-signing-key-file={pki.ca.key}",
+            f"--service-cluster-ip-range={self.service_cidr}",
+            f"--cluster-name={self.name}",
+            # One replica: waiting for a lease only slows the start.
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
+        self._process("kube-controller-manager", args)
+
+    def _check_alive(self) -> None:
+        for proc in self.processes.values():
+            try:
+                proc.check_running()
+            except ProcessExited as exc:
+                raise ClusterStartError(f"cluster {self.name!r}: {exc}") from None
+
+    def _timeout_error(self, component: str, last: str) -> ClusterStartError:
+        proc = self.processes[component]
+        return ClusterStartError(
+            f"cluster {self.name!r}: {component} not ready in time (last probe: {last}); "
+            f"last lines of {proc.log_path}:\n{proc.log_tail()}"
+        )
+
+    async def _wait_apiserver(self, deadline: float) -> None:
+        last = "not probed yet"
+        if self.netns:
+            while True:
+                self._check_alive()
+                code, out = await _run(self.kubectl_argv("get", "--raw=/readyz"))
+                if code == 0:
+                    return
+                last = out.strip().splitlines()[-1] if out.strip() else f"exit {code}"
+                if time.monotonic() > deadline:
+                    raise self._timeout_error("kube-apiserver", last)
+                await asyncio.sleep(_POLL)
+        context = ssl.create_default_context(cafile=str(self.pki.ca.cert))
+        context.load_cert_chain(str(self.pki.admin.cert), str(self.pki.admin.key))
+        while True:
+            self._check_alive()
+            try:
+                status = await asyncio.to_thread(
+                    _https_status, self.host, self.port, "/readyz", context
+                )
+                if status == 200:
+                    return
+                last = f"HTTP {status}"
+            except (OSError, http.client.HTTPException) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise self._timeout_error("kube-apiserver", last)
+            await asyncio.sleep(_POLL)
+
+    async def _wait_controller_manager(self, port: int, deadline: float) -> None:
+        last = "not probed yet"
+        if not self.netns:
+            # Its serving certificate is self-signed into --cert-dir: liveness only.
+            insecure = ssl.create_default_context()
+            insecure.check_hostname = False
+            insecure.verify_mode = ssl.CERT_NONE
+            while True:
+                self._check_alive()
+                try:
+                    status = await asyncio.to_thread(
+                        _https_status, "127.0.0.1", port, "/healthz", insecure
+                    )
+                    if status == 200:
+                        break
+                    last = f"HTTP {status}"
+                except (OSError, http.client.HTTPException) as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+                if time.monotonic() > deadline:
+                    raise self._timeout_error("kube-controller-manager", last)
+                await asyncio.sleep(_POLL)
+        # /healthz is up before the controllers run; the default ServiceAccount shows
+        # they do (and pods can't be created in "default" without it).
+        while True:
+            self._check_alive()
+            code, out = await _run(
+                self.kubectl_argv("get", "serviceaccount", "default", "-n", "default", "-o", "name")
+            )
+            if code == 0:
+                return
+            last = out.strip() or f"exit {code}"
+            if time.monotonic() > deadline:
+                raise self._timeout_error("kube-controller-manager", last)
+            await asyncio.sleep(_POLL)
+
+
+class ServiceCluster(KubeCluster):
+    """The cluster vpnctl runs against: controller-manager on, CAPI CRDs installed."""
+
+    @classmethod
+    async def launch(
+        cls,
+        workdir: Path | None,
+        binaries: Binaries,
+        *,
+        name: str = "service",
+        controller_manager: bool = True,
+        install_capi_crds: bool = True,
+        crds: Sequence[Path] = (),
+        **kwargs: Any,
+    ) -> Self:
+        all_crds = [binaries.capi_crds, *crds] if install_capi_crds else list(crds)
+        return await super().launch(
+            workdir,
+            binaries,
+            name=name,
+            controller_manager=controller_manager,
+            crds=all_crds,
+            **kwargs,
+        )
+
+
+class TenantCluster(KubeCluster):
+    """A tenant's own etcd and apiserver; optionally in ``netns`` on ``bind_address``.
+    No controller-manager unless asked for."""
+
+    @classmethod
+    async def launch(
+        cls,
+        workdir: Path | None,
+        binaries: Binaries,
+        *,
+        name: str = "tenant",
+        controller_manager: bool = False,
+        **kwargs: Any,
+    ) -> Self:
+        return await super().launch(
+            workdir, binaries, name=name, controller_manager=controller_manager, **kwargs
+        )
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def _run(argv: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
+    """Run a short command; return (exit code, stdout+stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=environ_without_proxies(),
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return -1, f"timed out after {timeout}s"
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+async def _run_checked(argv: Sequence[str]) -> None:
+    code, out = await _run(argv)
+    if code != 0:
+        raise ClusterStartError(f"{' '.join(argv)} exited {code}: {out.strip()}")

@@ -1,0 +1,266 @@
+"""The PKI of one test cluster: just enough for client-certificate authentication.
+
+This is test-environment PKI, not the product's (that lives in ``certs``): one CA that
+signs the apiserver's serving certificate, the client certificates of the admin and
+of the controller-manager, and that kube-controller-manager also uses to sign
+approved CertificateSigningRequests. Keys are ECDSA P-256 because they are generated
+in milliseconds; every Kubernetes component accepts them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+_VALIDITY = datetime.timedelta(days=30)
+_SKEW = datetime.timedelta(minutes=5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertFiles:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterPKI:
+    """Paths of the PEM files written by ``write_cluster_pki``."""
+
+    dir: Path
+    ca: CertFiles
+    apiserver: CertFiles
+    admin: CertFiles
+    controller_manager: CertFiles
+    # The apiserver's client certificate towards kubelets (logs, exec, port-forward).
+    apiserver_kubelet_client: CertFiles
+    sa_key: Path
+    sa_pub: Path
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca.cert.read_bytes()
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(common_name: str, organizations: Iterable[str] = ()) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attrs)
+
+
+def _write(path: Path, data: bytes, *, private: bool = False) -> None:
+    path.write_bytes(data)
+    if private:
+        path.chmod(0o600)
+
+
+def _issue(
+    *,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    usages: Sequence[x509.ObjectIdentifier],
+    sans: Sequence[x509.GeneralName] = (),
+    now: datetime.datetime,
+) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _SKEW)
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def write_cluster_pki(
+    directory: Path,
+    *,
+    cluster_name: str,
+    apiserver_ips: Sequence[str],
+    apiserver_dns: Sequence[str] = (),
+    now: datetime.datetime | None = None,
+) -> ClusterPKI:
+    """Generate the cluster's CA, certificates and service-account key into ``directory``.
+
+    ``apiserver_ips`` are the serving certificate's IP SANs: the listen address, the
+    first address of the service CIDR, and any address clients dial.
+    """
+    now = now or datetime.datetime.now(datetime.UTC)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    ca_key = _key()
+    ca_name = _name(f"{cluster_name}-ca")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _SKEW)
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def files(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> CertFiles:
+        out = CertFiles(cert=directory / f"{stem}.crt", key=directory / f"{stem}.key")
+        _write(out.cert, cert.public_bytes(serialization.Encoding.PEM))
+        _write(out.key, _key_pem(key), private=True)
+        return out
+
+    def client(stem: str, common_name: str, organizations: Sequence[str] = ()) -> CertFiles:
+        key = _key()
+        cert = _issue(
+            ca_cert=ca_cert,
+            ca_key=ca_key,
+            subject=_name(common_name, organizations),
+            key=key,
+            usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
+            now=now,
+        )
+        return files(stem, cert, key)
+
+    dns = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        *apiserver_dns,
+    ]
+    ips = dict.fromkeys(["127.0.0.1", *apiserver_ips])  # ordered, deduplicated
+    serving_key = _key()
+    serving = _issue(
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        subject=_name("kube-apiserver"),
+        key=serving_key,
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        sans=[
+            *(x509.DNSName(d) for d in dict.fromkeys(dns)),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips),
+        ],
+        now=now,
+    )
+
+    sa_key = _key()
+    sa_key_path = directory / "sa.key"
+    sa_pub_path = directory / "sa.pub"
+    _write(sa_key_path, _key_pem(sa_key), private=True)
+    _write(
+        sa_pub_path,
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
+
+    return ClusterPKI(
+        dir=directory,
+        ca=files("ca", ca_cert, ca_key),
+        apiserver=files("apiserver", serving, serving_key),
+        admin=client("admin", "vpnctl-testenv-admin", ["system:masters"]),
+        controller_manager=client("controller-manager", "system:kube-controller-manager"),
+        apiserver_kubelet_client=client(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"]
+        ),
+        sa_key=sa_key_path,
+        sa_pub=sa_pub_path,
+    )
+
+
+def write_kubeconfig(
+    path: Path,
+    *,
+    server: str,
+    ca: Path,
+    client: CertFiles,
+    cluster_name: str,
+    user: str = "admin",
+) -> Path:
+    """A kubeconfig that references the PEM files (not embedded), with one context."""
+    import yaml
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": cluster_name,
+                "cluster": {"server": server, "certificate-authority": str(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate": str(client.cert),
+                    "client-key": str(client.key),
+                },
+            }
+        ],
+        "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": user}}],
+        "current-context": cluster_name,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
