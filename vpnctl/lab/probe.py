@@ -28,8 +28,9 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -71,6 +72,7 @@ async def probe_https(
     timeout: float = 5.0,
     count: int = 1,
     expect_lines: int | None = None,
+    output: str | None = None,
     cert: str | None = None,
     key: str | None = None,
     python: str = sys.executable,
@@ -78,11 +80,14 @@ async def probe_https(
     """GET URL COUNT times from inside NS, trusting only CA; ok on HTTP 200 every time.
 
     With EXPECT_LINES, the body must be that many lines ending in consecutive
-    `line <k>` numbers (the kubelet stand-in's log).
+    `line <k>` numbers (the kubelet stand-in's log). With OUTPUT, the last body is
+    written to that file.
     """
     argv = ["https-get", url, "--ca", ca, "--count", str(count), "--timeout", str(timeout)]
     if expect_lines is not None:
         argv += ["--expect-lines", str(expect_lines)]
+    if output is not None:
+        argv += ["--output", output]
     argv += _client_cert_args(cert, key)
     return await _run_probe(ns, argv, python=python, deadline=timeout * count)
 
@@ -94,10 +99,17 @@ async def probe_admission(
     ca: str,
     timeout: float = 5.0,
     count: int = 1,
+    labels: Mapping[str, str] | None = None,
     python: str = sys.executable,
 ) -> ProbeResult:
-    """POST an AdmissionReview v1 to URL from inside NS; ok when it is answered and allowed."""
+    """POST an AdmissionReview v1 to URL from inside NS; ok when it is answered and allowed.
+
+    The reviewed object is a ConfigMap carrying LABELS. A denial fails the probe
+    with `admission: denied: <the webhook's message>`.
+    """
     argv = ["admission", url, "--ca", ca, "--count", str(count), "--timeout", str(timeout)]
+    for k, v in (labels or {}).items():
+        argv += ["--label", f"{k}={v}"]
     return await _run_probe(ns, argv, python=python, deadline=timeout * count)
 
 
@@ -200,13 +212,16 @@ async def _https(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.count):
                 t0 = time.perf_counter()
                 if args.cmd == "admission":
-                    resp_cm = session.post(args.url, json=_admission_review(review_uid))
+                    review = _admission_review(review_uid, labels=dict(args.label))
+                    resp_cm = session.post(args.url, json=review)
                 else:
                     resp_cm = session.get(args.url)
                 async with resp_cm as resp:
                     body = await resp.read()
                     elapsed = time.perf_counter() - t0
                 total += len(body)
+                if args.output is not None:
+                    await asyncio.to_thread(Path(args.output).write_bytes, body)
                 if resp.status != 200:
                     return _result(ok=False, error=f"http {resp.status}", bytes_=total)
                 problem = _check_body(args, body, review_uid)
@@ -218,7 +233,7 @@ async def _https(args: argparse.Namespace) -> dict[str, Any]:
     return _result(ok=True, bytes_=total, latencies=latencies)
 
 
-def _admission_review(uid: str) -> dict[str, Any]:
+def _admission_review(uid: str, *, labels: Mapping[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -229,7 +244,7 @@ def _admission_review(uid: str) -> dict[str, Any]:
             "object": {
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
-                "metadata": {"name": "vpnctl-probe", "labels": {}},
+                "metadata": {"name": "vpnctl-probe", "labels": dict(labels)},
             },
         },
     }
@@ -243,7 +258,10 @@ def _check_body(args: argparse.Namespace, body: bytes, uid: str) -> str | None:
             return "not an AdmissionReview answer"
         if response.get("uid") != uid:
             return "admission: wrong uid"
-        return None if response.get("allowed") is True else "admission: denied"
+        if response.get("allowed") is True:
+            return None
+        message = (response.get("status") or {}).get("message", "")
+        return f"admission: denied: {message}" if message else "admission: denied"
     if args.expect_lines is not None:
         return check_lines(body, args.expect_lines)
     return None
@@ -285,10 +303,20 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--count", type=_positive_int, default=1)
         s.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
         s.add_argument("--expect-lines", type=int, default=None)
+        s.add_argument("--output", default=None, help="write the last body to this file")
+        s.add_argument("--label", type=_label, action="append", default=[],
+                       help="KEY=VALUE on the reviewed object (admission)")  # fmt: skip
     t = sub.add_parser("tcp-connect")
     t.add_argument("target", help="HOST:PORT")
     t.add_argument("--timeout", type=float, default=3.0)
     return p
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--label {text!r} is not KEY=VALUE")
+    return key, value
 
 
 def _positive_int(text: str) -> int:
