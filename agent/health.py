@@ -35,21 +35,20 @@ DEFAULT_CHECK_TIMEOUT: Final = 5.0
 
 
 async def _evaluate(check: Check, *, timeout: float) -> str | None:
-    """Run one check; None if it passes, else the reason it fails."""
+    """Run one check; None if it passes, else the reason it fails, on one line."""
     try:
         async with asyncio.timeout(timeout):
             result = check()
             if inspect.isawaitable(result):
                 result = await result
     except TimeoutError:
-        return f"no answer within {timeout:g}s"
+        result = f"no answer within {timeout:g}s"
     except Exception as exc:  # a broken check is a failing check, not a 500
-        return f"check raised {type(exc).__name__}: {exc}"
+        result = f"check raised {type(exc).__name__}: {exc}"
     if result is True or result is None:
         return None
-    if result is False:
-        return "failed"
-    reason = " ".join(str(result).split())  # keep the one-line-per-check format
+    # One line per check, whatever the reason contains.
+    reason = " ".join(str(result).split()) if result is not False else ""
     return reason or "failed"
 
 
