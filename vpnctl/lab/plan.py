@@ -2,9 +2,9 @@
 
 Every name and address the lab uses comes from here, so the underlay, the
 openvpn configs, the stand-ins, the probes and the table all agree, and a test
-can check the whole plan without touching the kernel. The plan is
-/work/notes/lab-plan.md written as code: everything lies in 198.18.0.0/15 (RFC
-2544's benchmarking range) and lives only in namespaces the lab makes.
+can check the whole plan without touching the kernel. It is the lab address
+plan of DESIGN.md written as code: everything lies in 198.18.0.0/15 (RFC 2544's
+benchmarking range) and lives only in namespaces the lab makes.
 """
 
 from __future__ import annotations
