@@ -84,6 +84,16 @@ def _https_status(
         conn.close()
 
 
+def _http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
 class KubeCluster:
     """One running control plane. Create with ``start()`` (async context manager) or
     ``launch()`` + ``stop()``; don't call the constructor."""
@@ -327,6 +337,10 @@ class KubeCluster:
             # Ports picked in our namespace are as good as any in a fresh one.
         etcd_port, peer_port, kcm_port = free_ports(3)
         self._start_etcd(etcd_port, peer_port)
+        if not self.netns:
+            # Inside a netns the apiserver's own readyz covers etcd; out here, waiting
+            # spares its log a page of connection-refused noise.
+            await self._wait_etcd(etcd_port, deadline)
         self._start_apiserver(etcd_port)
         await self._wait_apiserver(deadline)
         if controller_manager:
@@ -342,13 +356,13 @@ class KubeCluster:
             "etcd",
             [
                 str(self.binaries.etcd),
-                "--name=default",
+                f"--name={self.name}",
                 f"--data-dir={data}",
                 f"--listen-client-urls={client}",
                 f"--advertise-client-urls={client}",
                 f"--listen-peer-urls={peer}",
                 f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=default={peer}",
+                f"--initial-cluster={self.name}={peer}",
                 "--initial-cluster-state=new",
                 # Test data: durability buys nothing and fsync costs seconds.
                 "--unsafe-no-fsync",
@@ -429,6 +443,21 @@ class KubeCluster:
             f"cluster {self.name!r}: {component} not ready in time (last probe: {last}); "
             f"last lines of {proc.log_path}:\n{proc.log_tail()}"
         )
+
+    async def _wait_etcd(self, port: int, deadline: float) -> None:
+        last = "not probed yet"
+        while True:
+            self._check_alive()
+            try:
+                status, body = await asyncio.to_thread(_http_get, "127.0.0.1", port, "/health")
+                if status == 200 and '"health":"true"' in body:
+                    return
+                last = f"HTTP {status}: {body[:200]}"
+            except (OSError, http.client.HTTPException) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise self._timeout_error("etcd", last)
+            await asyncio.sleep(_POLL)
 
     async def _wait_apiserver(self, deadline: float) -> None:
         last = "not probed yet"

@@ -1,0 +1,111 @@
+"""What we rely on kube-controller-manager for: garbage collection through owner
+references, and signing approved CertificateSigningRequests with the cluster CA."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from vpnctl.testenv import KubectlError, ServiceCluster
+
+pytestmark = pytest.mark.kube
+
+
+async def _gone(cluster: ServiceCluster, *args: str, deadline_s: float) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            await cluster.kubectl("get", *args, "-o", "name")
+        except KubectlError as exc:
+            if "NotFound" in exc.stderr:
+                return True
+            raise
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def test_owner_reference_garbage_collection(
+    service_cluster: ServiceCluster, namespace: str
+) -> None:
+    await service_cluster.kubectl("create", "configmap", "owner", "-n", namespace)
+    uid = await service_cluster.kubectl(
+        "get", "configmap", "owner", "-n", namespace, "-o", "jsonpath={.metadata.uid}"
+    )
+    dependent = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "dependent",
+            "namespace": namespace,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}
+            ],
+        },
+        "data": {"k": "v"},
+    }
+    await service_cluster.kubectl("create", "-f", "-", input=json.dumps(dependent))
+    await service_cluster.kubectl("delete", "configmap", "owner", "-n", namespace)
+    assert await _gone(service_cluster, "configmap", "dependent", "-n", namespace, deadline_s=90)
+
+
+async def test_namespace_deletion_completes(service_cluster: ServiceCluster) -> None:
+    await service_cluster.kubectl("create", "namespace", "doomed")
+    await service_cluster.kubectl("create", "configmap", "x", "-n", "doomed")
+    await service_cluster.kubectl("delete", "namespace", "doomed", "--wait=false")
+    assert await _gone(service_cluster, "namespace", "doomed", deadline_s=90)
+
+
+async def test_approved_client_csr_is_signed_by_cluster_ca(
+    service_cluster: ServiceCluster, tmp_path: object
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vpnctl-testers"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "csr-tester"),
+                ]
+            )
+        )
+        .sign(key, hashes.SHA256())
+    )
+    name = "csr-tester"
+    obj = {
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": base64.b64encode(csr.public_bytes(serialization.Encoding.PEM)).decode(),
+            "signerName": "kubernetes.io/kube-apiserver-client",
+            "usages": ["client auth"],
+            "expirationSeconds": 600,
+        },
+    }
+    await service_cluster.kubectl("create", "-f", "-", input=json.dumps(obj))
+    try:
+        await service_cluster.kubectl("certificate", "approve", name)
+        deadline = time.monotonic() + 60
+        issued = ""
+        while not issued and time.monotonic() < deadline:
+            issued = await service_cluster.kubectl(
+                "get", "csr", name, "-o", "jsonpath={.status.certificate}"
+            )
+            if not issued:
+                await asyncio.sleep(0.3)
+        assert issued, "kube-controller-manager did not sign the approved CSR within 60s"
+        cert = x509.load_pem_x509_certificate(base64.b64decode(issued))
+        ca = x509.load_pem_x509_certificate(service_cluster.ca_pem)
+        cert.verify_directly_issued_by(ca)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "csr-tester"
+    finally:
+        await service_cluster.kubectl("delete", "csr", name, check=False)
