@@ -47,7 +47,7 @@ def check_common_name(common_name: object, *, what: str = "common name") -> str:
     if not isinstance(common_name, str):
         raise InvalidName(f"{what} must be a str, got {type(common_name).__name__}")
     if not common_name:
-        raise InvalidName(f"{what} is empty: pass the node (or server) name")
+        raise InvalidName(f"{what} is empty: use the Kubernetes node name (or the server/CA name)")
     if len(common_name) > MAX_CN_LEN:
         raise InvalidName(
             f"{what} {_shown(common_name)} is {len(common_name)} characters, more than the "
@@ -162,6 +162,8 @@ def load_cert(data: object, *, what: str = "certificate") -> x509.Certificate:
 
 
 def load_private_key(data: object, *, what: str = "private key") -> PrivateKey:
+    if isinstance(data, bytes) and _pem_label(data) == "ENCRYPTED PRIVATE KEY":
+        raise MalformedMaterial(f"{what} is encrypted with a passphrase: pass an unencrypted key")
     raw = _expect_pem(data, labels=("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"), what=what)
     try:
         key = serialization.load_pem_private_key(raw, password=None)

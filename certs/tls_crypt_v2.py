@@ -167,7 +167,7 @@ def tls_crypt_v2_client_metadata(server_key: bytes, client_key: bytes) -> bytes:
         raise KeyMismatch(
             "tls-crypt-v2 client key does not authenticate with this server key: it was "
             "wrapped by another server key (another tenant, or before a server key "
-            "rotation); issue the client a new key from this server key"
+            "rotation) or it is corrupt; issue the client a new key from this server key"
         )
     if not hmac.compare_digest(plaintext[:CLIENT_KEY_LEN], data[:CLIENT_KEY_LEN]):
         raise MalformedMaterial(
