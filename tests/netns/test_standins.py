@@ -219,3 +219,31 @@ async def test_standins_stop_cleanly_on_sigterm(scene: Scene) -> None:
     assert "event=standin_stopped kind=kubelet" in scene.kubelet.log.read_text()
     gone = await probe_https(scene.node.ns, f"{scene.node.kubelet_url}/healthz", ca=scene.ca)
     assert (gone.ok, gone.error) == (False, "refused")
+
+
+async def test_kubelet_can_require_a_client_certificate(scene: Scene) -> None:
+    ca = certs.new_ca(common_name="lab-ca", now=datetime.now(UTC), lifetime=timedelta(hours=1))
+    client_ca = scene.tmp / "client-ca.crt"
+    client_ca.write_bytes(ca.cert_pem)
+    client = certs.new_client_cert(ca, common_name="apiserver", now=datetime.now(UTC),
+                                   lifetime=timedelta(hours=1))  # fmt: skip
+    (scene.tmp / "client.crt").write_bytes(client.cert_pem)
+    (scene.tmp / "client.key").write_bytes(client.key_pem)
+    address = f"{scene.node.internal_ip}:10251"
+    strict = await StandIn.start(
+        scene.node.ns,
+        ["kubelet", "--listen", address, "--client-ca", str(client_ca), "--cert",
+         str(scene.tmp / f"{scene.node.name}.crt"), "--key",
+         str(scene.tmp / f"{scene.node.name}.key")],
+        log=scene.tmp / "strict.log",
+    )  # fmt: skip
+    try:
+        url = f"https://{address}/healthz"
+        anonymous = await probe_https(scene.node.ns, url, ca=scene.ca)
+        assert (anonymous.ok, anonymous.error) == (False, "disconnected")
+        with_cert = await probe_https(scene.node.ns, url, ca=scene.ca,
+                                      cert=str(scene.tmp / "client.crt"),
+                                      key=str(scene.tmp / "client.key"))  # fmt: skip
+        assert with_cert.ok, with_cert
+    finally:
+        assert await strict.stop() == 0

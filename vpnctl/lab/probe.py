@@ -170,6 +170,9 @@ def describe_error(exc: BaseException) -> str:
         return f"tls: {exc.certificate_error}"
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
         return f"tls: {exc}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        # Also what a TLS 1.3 server's refusal of our client certificate looks like.
+        return "disconnected"
     os_error = getattr(exc, "os_error", None) if isinstance(exc, aiohttp.ClientOSError) else None
     os_error = os_error or (exc if isinstance(exc, OSError) else None)
     if isinstance(os_error, OSError) and os_error.errno is not None:
