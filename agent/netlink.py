@@ -49,6 +49,9 @@ Values up to 192 are reserved or taken by well-known daemons (/etc/iproute2/rt_p
 e.g. bird=12, zebra=11, babel=42, bgp=186...); 211 is free in iproute2's table.
 """
 
+ANY_PROTO: Final = -1
+"""`list_routes(proto=ANY_PROTO)` lists routes of every protocol (kernel, static, ours...)."""
+
 MAIN_TABLE: Final = 254
 IFNAMSIZ_MAX: Final = 15  # longest interface name the kernel accepts (IFNAMSIZ - 1)
 
@@ -177,8 +180,9 @@ class LinkStats:
 class Kernel(Protocol):
     """What the agent may ask of the kernel. Tests of the agent use a fake of this."""
 
-    async def list_routes(self, *, proto: int | None = VPNCTL_RT_PROTO) -> list[Route]:
-        """IPv4 routes with this protocol (None: all), in every table."""
+    async def list_routes(self, *, proto: int = VPNCTL_RT_PROTO) -> list[Route]:
+        """IPv4 unicast routes through a device with this protocol (ANY_PROTO: all),
+        in every table."""
         ...
 
     async def replace_route(self, route: Route) -> None:
@@ -286,12 +290,12 @@ class PyRoute2Kernel:
 
     # ---------------------------------------------------------------- routes
 
-    async def list_routes(self, *, proto: int | None = VPNCTL_RT_PROTO) -> list[Route]:
+    async def list_routes(self, *, proto: int = VPNCTL_RT_PROTO) -> list[Route]:
         msgs = await self._dump("list routes", lambda: self._ipr.route("dump", family=_AF_INET))
         names: dict[int, str] = {}
         routes: list[Route] = []
         for msg in msgs:
-            if proto is not None and int(msg["proto"]) != proto:
+            if proto != ANY_PROTO and int(msg["proto"]) != proto:
                 continue
             if int(msg["type"]) != _RTN_UNICAST:
                 # Local/broadcast entries are the kernel's bookkeeping, not routes anyone

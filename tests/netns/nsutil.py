@@ -99,11 +99,13 @@ def netns(suffix: str = "ns", *, tag: str | None = None) -> Iterator[str]:
 
 @contextlib.contextmanager
 def netns_pair(
-    suffixes: tuple[str, str] = ("a", "b"),
+    label: str = "",
     *,
+    suffixes: tuple[str, str] = ("a", "b"),
     addrs: tuple[str, str] = ("198.18.0.1/30", "198.18.0.2/30"),
 ) -> Iterator[tuple[NsEnd, NsEnd]]:
-    """Two fresh namespaces joined by a veth pair whose ends are up and addressed.
+    """Two fresh namespaces `vt-<tag>-<label><suffix>` joined by a veth pair whose ends
+    (`v<tag><label><suffix>`, so label + suffix <= 8 chars) are up and addressed.
 
     Only 198.18.0.0/15 addresses are accepted, so a test cannot accidentally put a
     real-world network into a namespace.
@@ -113,14 +115,16 @@ def netns_pair(
         if not want.network.subnet_of(IPv4Interface("198.18.0.0/15").network):
             raise ValueError(f"test address {want} is outside 198.18.0.0/15; pick one inside it")
     tag = unique_tag()
+    names = [f"{label}{suffix}" for suffix in suffixes]
+    veths = [if_name(tag, name) for name in names]  # raises before anything is made
     made: list[str] = []
     try:
         pair: list[NsEnd] = []
-        for suffix, addr in zip(suffixes, ends, strict=True):
-            name = ns_name(tag, suffix)
-            make_ns(name)
-            made.append(name)
-            pair.append(NsEnd(ns=name, veth=if_name(tag, suffix), addr=addr))
+        for name, veth, addr in zip(names, veths, ends, strict=True):
+            ns = ns_name(tag, name)
+            make_ns(ns)
+            made.append(ns)
+            pair.append(NsEnd(ns=ns, veth=veth, addr=addr))
         a, b = pair
         # Create the pair directly inside the namespaces: nothing ever touches the root ns.
         ip("-n", a.ns, "link", "add", a.veth, "type", "veth", "peer", "name", b.veth,
@@ -130,5 +134,16 @@ def netns_pair(
             ip("-n", end.ns, "link", "set", end.veth, "up")
         yield a, b
     finally:
-        for name in made:
-            delete_ns(name)
+        for ns in made:
+            delete_ns(ns)
+
+
+def add_tun(ns: str, dev: str, *, addr: str | None = None) -> None:
+    """A tun device in NS, set up (and addressed). With no process attached it shows
+    NO-CARRIER, yet routes through it can be added: enough for route tests."""
+    if len(dev) > IFNAMSIZ_MAX:
+        raise ValueError(f"interface name {dev!r} is over the kernel's {IFNAMSIZ_MAX} chars")
+    ip("-n", ns, "tuntap", "add", "dev", dev, "mode", "tun")
+    ip("-n", ns, "link", "set", dev, "up")
+    if addr is not None:
+        ip("-n", ns, "addr", "add", addr, "dev", dev)

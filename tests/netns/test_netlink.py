@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.netlink import (
+    ANY_PROTO,
     VPNCTL_RT_PROTO,
     LinkDown,
     NetworkInterfaceNotFound,
@@ -29,7 +30,7 @@ from agent.netlink import (
     Route,
 )
 from agent.routes import RouteKeeper
-from tests.netns.nsutil import NsEnd, ip, netns_pair, ns_exists, run_in, unique_tag
+from tests.netns.nsutil import NsEnd, add_tun, ip, netns_pair, ns_exists, run_in, unique_tag
 
 pytestmark = [
     pytest.mark.netns,
@@ -41,7 +42,7 @@ TUN = "vtun0"
 
 @pytest.fixture
 def pair() -> Iterator[tuple[NsEnd, NsEnd]]:
-    with netns_pair() as ends:
+    with netns_pair("nl") as ends:
         yield ends
 
 
@@ -49,9 +50,7 @@ def pair() -> Iterator[tuple[NsEnd, NsEnd]]:
 def a(pair: tuple[NsEnd, NsEnd]) -> NsEnd:
     """Side a, which also has a tun device (up, no process attached: NO-CARRIER)."""
     end = pair[0]
-    ip("-n", end.ns, "tuntap", "add", "dev", TUN, "mode", "tun")
-    ip("-n", end.ns, "link", "set", TUN, "up")
-    ip("-n", end.ns, "addr", "add", "198.18.1.1/24", "dev", TUN)
+    add_tun(end.ns, TUN, addr="198.18.1.1/24")
     return end
 
 
@@ -131,7 +130,7 @@ async def test_foreign_routes_are_neither_listed_nor_removed(
     await kernel.replace_route(ours)
 
     assert await kernel.list_routes() == [ours]
-    all_dsts = {r.dst for r in await kernel.list_routes(proto=None)}
+    all_dsts = {r.dst for r in await kernel.list_routes(proto=ANY_PROTO)}
     assert {net("198.18.60.0/24"), net("198.18.61.0/24"), net("198.18.0.0/30")} <= all_dsts
 
     # A keeper that wants nothing removes ours (stale) and only ours.

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.netlink import (
+    ANY_PROTO,
     VPNCTL_RT_PROTO,
     Kernel,
     LinkDown,
@@ -75,11 +76,11 @@ class FakeKernel:
         return self.links[dev]
 
     # --- Kernel
-    async def list_routes(self, *, proto: int | None = VPNCTL_RT_PROTO) -> list[Route]:
+    async def list_routes(self, *, proto: int = VPNCTL_RT_PROTO) -> list[Route]:
         self.calls.append("list_routes")
         if self.fail_list:
             raise self.fail_list.pop(0)
-        return [r for r, p in self.routes.values() if proto is None or p == proto]
+        return [r for r, p in self.routes.values() if proto in (ANY_PROTO, p)]
 
     async def replace_route(self, route: Route) -> None:
         self.calls.append(f"replace {route}")
