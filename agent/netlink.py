@@ -246,30 +246,17 @@ class PyRoute2Kernel:
         cls, *, netns: str | None = None, timeout: float = _DEFAULT_TIMEOUT
     ) -> PyRoute2Kernel:
         """Open a netlink socket (in `netns` if given; it must already exist)."""
-        where = _where(netns)
+        # flags=0: never create the namespace as a side effect (pyroute2's default
+        # O_CREAT would silently make an empty one).
+        ipr = AsyncIPRoute(netns=netns, flags=0)
         try:
-            # flags=0: never create the namespace as a side effect (pyroute2's
-            # default O_CREAT would silently make an empty one).
-            ipr = AsyncIPRoute(netns=netns, flags=0)
-            await ipr.setup_endpoint()
-        except FileNotFoundError as exc:
-            raise NetworkNamespaceNotFound(
-                f"network namespace {netns!r} does not exist (no /run/netns/{netns}); "
-                "create it (`ip netns add`) or fix the --netns setting",
-                errno=errno.ENOENT,
-                netns=netns,
-            ) from exc
-        except PermissionError as exc:
-            raise PermissionDenied(
-                f"cannot open a netlink socket {where}: {exc}; the agent needs root or "
-                "CAP_NET_ADMIN (and CAP_SYS_ADMIN to enter a namespace)",
-                errno=exc.errno,
-                netns=netns,
-            ) from exc
-        except OSError as exc:
-            raise NetlinkError(
-                f"cannot open a netlink socket {where}: {exc}", errno=exc.errno, netns=netns
-            ) from exc
+            await ipr.setup_endpoint()  # opens the socket (in the namespace) now
+        except BaseException as exc:
+            ipr.close()
+            mapped = _open_error(exc, netns)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         log.debug("event=netlink_open netns=%s", netns or "-")
         return cls(ipr=ipr, netns=netns, timeout=timeout)
 
@@ -566,6 +553,30 @@ _IFF_LOWER_UP: Final = 0x10000
 
 def _where(netns: str | None) -> str:
     return f"in network namespace {netns!r}" if netns else "in the agent's network namespace"
+
+
+def _open_error(exc: BaseException, netns: str | None) -> BaseException:
+    """The error to raise for a failed socket open; non-OS errors pass unchanged."""
+    where = _where(netns)
+    if isinstance(exc, FileNotFoundError):
+        return NetworkNamespaceNotFound(
+            f"network namespace {netns!r} does not exist (no /run/netns/{netns}); "
+            "create it (`ip netns add`) or fix the --netns setting",
+            errno=errno.ENOENT,
+            netns=netns,
+        )
+    if isinstance(exc, PermissionError):
+        return PermissionDenied(
+            f"cannot open a netlink socket {where}: {exc}; the agent needs root or "
+            "CAP_NET_ADMIN (and CAP_SYS_ADMIN to enter a namespace)",
+            errno=exc.errno,
+            netns=netns,
+        )
+    if isinstance(exc, OSError):
+        return NetlinkError(
+            f"cannot open a netlink socket {where}: {exc}", errno=exc.errno, netns=netns
+        )
+    return exc
 
 
 def _route_from_msg(msg: Any, *, dev: str) -> Route:
