@@ -249,6 +249,7 @@ class RouteKeeper:
         except NetlinkError as exc:
             errors.append(str(exc))
             return SyncResult(
+                pending=tuple(self._pending),  # unknown this pass: keep what we knew
                 addresses_added=tuple(addr_added),
                 addresses_repaired=tuple(addr_repaired),
                 errors=tuple(errors),
