@@ -140,7 +140,10 @@ class Tenant:
 
 def _tenant(*, name: str, algorithm: certs.KeyAlgorithm = "ecdsa-p256") -> Tenant:
     now = _now()
-    ca = certs.new_ca(common_name=f"{name}-ca", now=now, lifetime=30 * DAY, algorithm=algorithm)
+    # Born a few days ago, so a test can also build material dated in the past.
+    ca = certs.new_ca(
+        common_name=f"{name}-ca", now=now - 3 * DAY, lifetime=30 * DAY, algorithm=algorithm
+    )
     server = certs.new_server_cert(
         ca, common_name=f"{name}-server", now=now, lifetime=7 * DAY, algorithm=algorithm
     )
@@ -261,16 +264,19 @@ def test_client_cert_of_another_ca_fails_the_tls_handshake(lab: Lab) -> None:
     client.never(READY, within=2)
 
 
-@pytest.mark.parametrize("listed", [True, False], ids=["revoked", "other-serial-revoked"])
-def test_crl_decides_whether_the_client_gets_in(lab: Lab, listed: bool) -> None:
+@pytest.mark.parametrize("case", ["revoked", "other-serial-revoked", "expired-crl"])
+def test_crl_decides_whether_the_client_gets_in(lab: Lab, case: str) -> None:
     tenant = _tenant(name="tenant-a")
     client = _client(tenant)
     bystander = _client(tenant, cn="node-2")
-    victim = client if listed else bystander
+    victim = client if case == "revoked" else bystander
+    # An expired CRL (nextUpdate passed) shuts every client out: the controller must
+    # re-issue the CRL before next_update even when nothing new was revoked.
+    built = _now() - 2 * DAY if case == "expired-crl" else _now()
     crl = certs.build_crl(
         tenant.ca,
-        revoked=[certs.Revoked(serial=certs.cert_info(victim.cert_pem).serial, revoked_at=_now())],
-        now=_now(),
+        revoked=[certs.Revoked(serial=certs.cert_info(victim.cert_pem).serial, revoked_at=built)],
+        now=built,
         next_update=DAY,
         crl_number=1,
     )
@@ -278,8 +284,11 @@ def test_crl_decides_whether_the_client_gets_in(lab: Lab, listed: bool) -> None:
     server = start_server(lab, tenant, extra=["--crl-verify", lab.write("crl.pem", crl)])
     client_proc = start_client(lab, ca=tenant.ca, client=client, tc_client_key=tc_client)
 
-    if listed:
+    if case == "revoked":
         server.wait_for(r"VERIFY ERROR: depth=0, error=certificate revoked", timeout=10)
+        client_proc.never(READY, within=2)
+    elif case == "expired-crl":
+        server.wait_for(r"VERIFY ERROR: depth=0, error=CRL has expired", timeout=10)
         client_proc.never(READY, within=2)
     else:
         client_proc.wait_for(READY, timeout=15)
