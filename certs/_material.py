@@ -125,9 +125,16 @@ def describe(cert: x509.Certificate, *, role: str = "certificate") -> str:
     return f"{role} CN={cn_of(cert.subject) or '<none>'} (serial {cert.serial_number:#x})"
 
 
-def _pem_label(data: bytes) -> str | None:
-    match = _PEM_BEGIN.search(data)
-    return match.group(1).decode("ascii") if match else None
+def _pem_label(data: bytes, *, prefer: tuple[str, ...] = ()) -> str | None:
+    """The first PEM label in `data` that is in `prefer`, else the first label at all.
+
+    Files often carry an extra block first (openssl's EC PARAMETERS before the key).
+    """
+    labels = [match.group(1).decode("ascii") for match in _PEM_BEGIN.finditer(data)]
+    for label in labels:
+        if label in prefer:
+            return label
+    return labels[0] if labels else None
 
 
 def _expect_pem(data: object, *, labels: tuple[str, ...], what: str) -> bytes:
@@ -136,7 +143,7 @@ def _expect_pem(data: object, *, labels: tuple[str, ...], what: str) -> bytes:
             f"{what} must be PEM bytes, got {type(data).__name__}: read the file in binary mode"
         )
     raw = bytes(data)
-    label = _pem_label(raw)
+    label = _pem_label(raw, prefer=labels)
     if label is None:
         raise MalformedMaterial(
             f"{what} is not PEM: no '-----BEGIN {labels[0]}-----' line found; "

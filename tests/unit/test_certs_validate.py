@@ -149,6 +149,9 @@ def test_traditional_openssl_key_format_is_accepted(client: Issued) -> None:
     )
     assert sec1.startswith(b"-----BEGIN EC PRIVATE KEY-----")
     certs.validate(client.cert_pem, key_pem=sec1, now=NOW)
+    # `openssl ecparam -genkey` puts the curve's parameters before the key.
+    params = b"-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"
+    certs.validate(client.cert_pem, key_pem=params + sec1, now=NOW)
 
 
 def test_key_of_another_certificate_is_a_key_mismatch(client: Issued, server: Issued) -> None:
