@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import time
+import uuid
 
 import pytest
 from cryptography import x509
@@ -57,14 +58,15 @@ async def test_owner_reference_garbage_collection(
 
 
 async def test_namespace_deletion_completes(service_cluster: ServiceCluster) -> None:
-    await service_cluster.kubectl("create", "namespace", "doomed")
-    await service_cluster.kubectl("create", "configmap", "x", "-n", "doomed")
-    await service_cluster.kubectl("delete", "namespace", "doomed", "--wait=false")
-    assert await _gone(service_cluster, "namespace", "doomed", deadline_s=90)
+    doomed = f"doomed-{uuid.uuid4().hex[:6]}"
+    await service_cluster.kubectl("create", "namespace", doomed)
+    await service_cluster.kubectl("create", "configmap", "x", "-n", doomed)
+    await service_cluster.kubectl("delete", "namespace", doomed, "--wait=false")
+    assert await _gone(service_cluster, "namespace", doomed, deadline_s=90)
 
 
 async def test_approved_client_csr_is_signed_by_cluster_ca(
-    service_cluster: ServiceCluster, tmp_path: object
+    service_cluster: ServiceCluster,
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (

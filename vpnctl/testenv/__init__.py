@@ -7,25 +7,52 @@
 - ``helm``: ``helm_template_dry_run()`` checks a chart against a real apiserver.
 
 Nothing here imports kubernetes_asyncio (only ``vpnctl.kube`` may); it drives kubectl.
+
+The names below are imported lazily, so ``python -m vpnctl.testenv.build`` doesn't
+import its own module twice.
 """
 
-from vpnctl.testenv.build import (
-    CLUSTER_API_VERSION,
-    ETCD_VERSION,
-    HELM_VERSION,
-    KUBERNETES_VERSION,
-    Binaries,
-    BuildError,
-    ensure_binaries,
-)
-from vpnctl.testenv.cluster import (
-    ClusterStartError,
-    KubeCluster,
-    KubectlError,
-    ServiceCluster,
-    TenantCluster,
-)
-from vpnctl.testenv.helm import helm_template, helm_template_dry_run, server_dry_run
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vpnctl.testenv.build import (
+        CLUSTER_API_VERSION,
+        ETCD_VERSION,
+        HELM_VERSION,
+        KUBERNETES_VERSION,
+        Binaries,
+        BuildError,
+        ensure_binaries,
+    )
+    from vpnctl.testenv.cluster import (
+        ClusterStartError,
+        KubeCluster,
+        KubectlError,
+        ServiceCluster,
+        TenantCluster,
+    )
+    from vpnctl.testenv.helm import helm_template, helm_template_dry_run, server_dry_run
+
+_EXPORTS = {
+    "CLUSTER_API_VERSION": "build",
+    "ETCD_VERSION": "build",
+    "HELM_VERSION": "build",
+    "KUBERNETES_VERSION": "build",
+    "Binaries": "build",
+    "BuildError": "build",
+    "ensure_binaries": "build",
+    "ClusterStartError": "cluster",
+    "KubeCluster": "cluster",
+    "KubectlError": "cluster",
+    "ServiceCluster": "cluster",
+    "TenantCluster": "cluster",
+    "helm_template": "helm",
+    "helm_template_dry_run": "helm",
+    "server_dry_run": "helm",
+}
 
 __all__ = [
     "CLUSTER_API_VERSION",
@@ -44,3 +71,10 @@ __all__ = [
     "helm_template_dry_run",
     "server_dry_run",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vpnctl.testenv' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"vpnctl.testenv.{module}"), name)

@@ -218,20 +218,23 @@ class _Builder:
         path = self.entry(component, _PINNED[component]) / component
         return path if os.access(path, os.X_OK) else None
 
-    def external(self, component: str) -> Path | None:
-        """A binary the user provides: KUBEBUILDER_ASSETS first, then PATH."""
+    def envtest_asset(self, component: str) -> Path | None:
+        """The user's envtest binaries win: that is what KUBEBUILDER_ASSETS means."""
         assets = self.env.get("KUBEBUILDER_ASSETS")
         if assets and component in _ENVTEST_ASSETS:
             path = Path(assets) / component
             if os.access(path, os.X_OK):
                 return path
+        return None
+
+    def on_path(self, component: str) -> Path | None:
         found = shutil.which(component, path=self.env.get("PATH", ""))
         if found and _reports_version(component, Path(found)):
             return Path(found)
         return None
 
     def resolve(self, component: str) -> Path | None:
-        return self.cached(component) or self.external(component)
+        return self.envtest_asset(component) or self.cached(component) or self.on_path(component)
 
     # - the whole job
 
@@ -440,6 +443,7 @@ class _Builder:
                 [
                     self._go(),
                     "build",
+                    "-v",
                     "-p",
                     "2",
                     "-trimpath",
@@ -473,6 +477,7 @@ class _Builder:
                 [
                     self._go(),
                     "build",
+                    "-v",
                     "-p",
                     "2",
                     "-trimpath",
@@ -494,6 +499,7 @@ class _Builder:
                 [
                     self._go(),
                     "install",
+                    "-v",
                     "-p",
                     "2",
                     "-trimpath",
@@ -582,8 +588,9 @@ def _tail(log: Path, lines: int = 30) -> str:
 
 
 def _last_line(log: Path) -> str:
+    """What go is at: with -v, the package it just compiled."""
     last = _tail(log, 1).strip()
-    return f" (last: {last[:100]})" if last and last != "(no log)" else ""
+    return f" (at: {last[:100]})" if last and last != "(no log)" else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
