@@ -1,0 +1,84 @@
+"""The test environment itself: failures are reported with logs, and nothing leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vpnctl.testenv import Binaries, ClusterStartError, TenantCluster
+
+pytestmark = pytest.mark.kube
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+async def test_a_crashing_apiserver_fails_fast_with_its_log(
+    k8s_binaries: Binaries, tmp_path: Path
+) -> None:
+    broken = tmp_path / "kube-apiserver"
+    broken.write_text("#!/bin/sh\necho 'error: no such flag --pretend' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    binaries = dataclasses.replace(k8s_binaries, kube_apiserver=broken)
+    started = time.monotonic()
+    with pytest.raises(ClusterStartError, match=r"(?s)exited with code 3.*no such flag"):
+        await TenantCluster.launch(tmp_path / "t", binaries, name="broken")
+    assert time.monotonic() - started < 30
+    # etcd, which did start, was stopped again; its data is gone, the logs stay.
+    assert not (tmp_path / "t" / "etcd-data").exists()
+    assert (tmp_path / "t" / "logs" / "etcd.log").exists()
+
+
+_ORPHAN = """
+import asyncio, json, sys
+from pathlib import Path
+from vpnctl.testenv import Binaries, TenantCluster
+
+async def main() -> None:
+    binaries = Binaries(**{k: Path(v) for k, v in json.loads(sys.argv[1]).items() if v})
+    cluster = await TenantCluster.launch(Path(sys.argv[2]), binaries, name="orphan")
+    print(json.dumps([p.pid for p in cluster.processes.values()]), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_processes_die_with_a_killed_test_run(k8s_binaries: Binaries, tmp_path: Path) -> None:
+    """Even a SIGKILLed pytest leaves no etcd or apiserver behind (PR_SET_PDEATHSIG)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _ORPHAN,
+        json.dumps(k8s_binaries.as_dict()),
+        str(tmp_path / "orphan"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    pids = json.loads(line)
+    assert len(pids) == 2
+    assert all(_alive(pid) for pid in pids)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
