@@ -27,21 +27,46 @@ import pytest_asyncio
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
-from vpnctl.testenv import Binaries, KubeCluster, ServiceCluster, TenantCluster, ensure_binaries
+from vpnctl.testenv import (
+    Binaries,
+    BuildError,
+    KubeCluster,
+    ServiceCluster,
+    TenantCluster,
+    ensure_binaries,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 _HERE = Path(__file__).resolve().parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+_BUILT = pytest.StashKey["Binaries | BuildError"]()
+
+
+def _here(item: pytest.Item) -> bool:
+    return item.path.resolve().is_relative_to(_HERE)
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     session_loop = pytest.mark.asyncio(loop_scope="session")
     for item in items:
         if (
             isinstance(item, pytest.Function)
-            and item.path.resolve().is_relative_to(_HERE)
+            and _here(item)
             and inspect.iscoroutinefunction(item.obj)
         ):
             item.add_marker(session_loop, append=False)
+    # Build (or find) the binaries now, before any test runs: a cold build takes ~20
+    # minutes, far past a test's timeout, and should show its progress live.
+    if config.option.collectonly or not any(_here(item) for item in items):
+        return
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        try:
+            config.stash[_BUILT] = ensure_binaries()
+        except BuildError as exc:  # reported by every test that needs the binaries
+            config.stash[_BUILT] = exc
 
 
 @pytest.hookimpl(wrapper=True)
@@ -62,11 +87,13 @@ def pytest_runtest_makereport(
 
 @pytest.fixture(scope="session")
 def k8s_binaries(pytestconfig: pytest.Config) -> Binaries:
-    """Pinned Kubernetes binaries; a cold cache builds them here, with progress shown."""
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    ctx = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
-    with ctx:
-        return ensure_binaries()
+    """Pinned Kubernetes binaries, built at collection time (see above)."""
+    built = pytestconfig.stash.get(_BUILT, None)
+    if built is None:
+        built = ensure_binaries()
+    if isinstance(built, BuildError):
+        raise built
+    return built
 
 
 def our_crds() -> list[Path]:

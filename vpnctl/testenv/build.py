@@ -398,9 +398,10 @@ class _Builder:
             staging = Path(tempfile.mkdtemp(prefix=f".tmp-{component}-", dir=self.cache))
             staging.chmod(0o755)
             shutil.move(str(path), staging / component)
-            if final.exists():  # a concurrent writer beat us; theirs is as good
+            if os.access(final / component, os.X_OK):  # a concurrent builder beat us
                 shutil.rmtree(staging)
                 continue
+            shutil.rmtree(final, ignore_errors=True)  # a damaged entry, if any
             os.rename(staging, final)
 
     @contextlib.contextmanager

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import http.client
 import ipaddress
+import json
 import shutil
 import socket
 import ssl
@@ -152,6 +153,18 @@ class KubeCluster:
             for name, p in self.processes.items()
         )
 
+    def state(self) -> dict[str, Any]:
+        """What another process (``vpnctl lab down``) needs to find and stop this
+        cluster; also written to ``<workdir>/cluster.json`` once it is ready."""
+        return {
+            "name": self.name,
+            "server_url": self.server_url,
+            "kubeconfig": str(self.kubeconfig_path),
+            "netns": self.netns,
+            "pids": {name: p.pid for name, p in self.processes.items()},
+            "logs": {name: str(path) for name, path in self.log_paths.items()},
+        }
+
     def kubectl_argv(self, *args: str) -> list[str]:
         """The full command line of a kubectl call against this cluster (netns aware)."""
         return netns_argv(
@@ -273,6 +286,7 @@ class KubeCluster:
             await cluster._start(controller_manager=controller_manager, timeout=start_timeout)
             if crds:
                 await cluster.apply_crds(crds)
+            (root / "cluster.json").write_text(json.dumps(cluster.state(), indent=2))
         except BaseException:
             await cluster.stop()
             raise
