@@ -150,6 +150,7 @@ class Supervisor:
             finally:
                 self._run_active = False
                 self._run_done.set()
+                await self._bump_generation()  # wakes a restart() waiting for a new process
                 _log.info("supervisor=%s event=stopped restarts=%d", self.name, self.restarts)
 
     async def restart(self) -> None:
