@@ -1,0 +1,87 @@
+"""`python -m agent <role> --config FILE`: run one agent role until SIGTERM.
+
+Exit codes: 0 after a graceful stop, 2 for an unusable config file (the message says
+which field and what to do), 1 when a task died (logged as `event=task_died`), so the
+process manager restarts the agent. Bad certificate material, desired state or CRL do
+*not* end the process: the role reports them on /readyz and waits for a fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import sys
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry
+
+from agent.desired import ROLES, ClientRoleConfig, InputError, Role, load_role_config
+from agent.netlink import Kernel, PyRoute2Kernel
+from agent.roles.apiserver import ApiserverRole
+from agent.roles.client import ClientRole
+from agent.roles.common import EventLog, install_signal_handlers, setup_logging
+from agent.roles.node import NodeRole
+from agent.roles.server import ServerRole
+
+log = logging.getLogger("agent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m agent",
+        description="vpnctl agent: the process beside openvpn (node, server or apiserver role).",
+    )
+    p.add_argument("role", choices=ROLES, help="which role to run")
+    p.add_argument("--config", required=True, help="the role's JSON config file")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def _now() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+async def _open_kernel() -> Kernel:
+    return await PyRoute2Kernel.open()
+
+
+async def run(role: Role, config_path: str) -> int:
+    events = EventLog(logger=log, role=role)
+    try:
+        cfg = load_role_config(config_path, role=role)
+    except InputError as e:
+        events.error("config_invalid", path=config_path, problems=" | ".join(e.problems))
+        print(str(e), file=sys.stderr)
+        return 2
+    registry = CollectorRegistry(auto_describe=True)
+    rng = random.Random()
+    stop = asyncio.Event()
+    install_signal_handlers(stop, events=events)
+    runner: ServerRole | ClientRole
+    if role == "server":
+        assert not isinstance(cfg, ClientRoleConfig)
+        runner = ServerRole(
+            cfg=cfg, registry=registry, clock=_now, rng=rng, kernel_factory=_open_kernel
+        )
+    else:
+        assert isinstance(cfg, ClientRoleConfig)
+        cls = NodeRole if role == "node" else ApiserverRole
+        runner = cls(cfg=cfg, registry=registry, clock=_now, rng=rng, kernel_factory=_open_kernel)
+    try:
+        await runner.run(stop)
+    except BaseExceptionGroup as eg:  # a task died: already logged with its name
+        events.error("exiting", reason="task died", error=f"{eg!r}")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(level=getattr(logging, args.log_level))
+    return asyncio.run(run(args.role, args.config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

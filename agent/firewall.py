@@ -1,0 +1,139 @@
+"""The server pod's firewall: nodes may answer, never initiate, and never reach each other.
+
+Without `client-to-client`, every packet between two tunnel clients leaves openvpn
+through tun and comes back in, so the kernel's FORWARD hook sees it. That is where the
+policy of DESIGN.md lives:
+
+* FORWARD from tun: NEW connections only from the apiserver's tunnel address;
+  ESTABLISHED,RELATED (the answers) from anyone; everything else dropped. So a node
+  cannot open anything towards the apiserver, nor towards another node.
+* INPUT from tun: answers to what the server itself opened (its kubelet probes), the
+  probe responder's UDP port and ICMP echo; everything else to the server is dropped.
+
+Why nftables in one owned table (`inet vpnctl`): a table is a namespace of its own, so we
+never edit or reorder anyone else's rules; the whole ruleset is replaced atomically in
+one `nft -f` transaction (`table; delete table; table {...}` is the idempotent idiom:
+no window without rules, and the same call both creates and repairs it); and removing
+it on shutdown is a single `delete table`. Only this namespace is touched: the agent
+runs inside the server pod's network namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Protocol
+
+from agent.openvpn.config import ConfigError
+
+TABLE = "vpnctl"
+FAMILY = "inet"
+
+
+class FirewallError(RuntimeError):
+    """nft refused or failed; the message carries nft's own error text."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FirewallPolicy:
+    tun: str
+    apiserver_ip: IPv4Address | None
+    probe_port: int
+
+    def __post_init__(self) -> None:
+        if not self.tun or not all(c.isalnum() or c in "_-" for c in self.tun):
+            raise ConfigError(f"tun device name {self.tun!r} is not a plain interface name")
+        if not 1 <= self.probe_port <= 65535:
+            raise ConfigError(f"probe port {self.probe_port} is out of range 1..65535")
+
+
+def render_ruleset(policy: FirewallPolicy, *, table: str = TABLE) -> str:
+    """The nft script that (re)creates our table atomically."""
+    tun = f'"{policy.tun}"'
+    new_from_apiserver = (
+        f"        iifname {tun} ip saddr {policy.apiserver_ip} ct state new accept\n"
+        if policy.apiserver_ip is not None
+        else ""
+    )
+    return (
+        f"table {FAMILY} {table}\n"
+        f"delete table {FAMILY} {table}\n"
+        f"table {FAMILY} {table} {{\n"
+        "    chain forward {\n"
+        "        type filter hook forward priority filter; policy accept;\n"
+        f"        iifname {tun} ct state established,related accept\n"
+        f"{new_from_apiserver}"
+        f"        iifname {tun} counter drop\n"
+        "    }\n"
+        "    chain input {\n"
+        "        type filter hook input priority filter; policy accept;\n"
+        f"        iifname {tun} ct state established,related accept\n"
+        f"        iifname {tun} udp dport {policy.probe_port} accept\n"
+        f"        iifname {tun} icmp type echo-request accept\n"
+        f"        iifname {tun} counter drop\n"
+        "    }\n"
+        "}\n"
+    )
+
+
+class Firewall(Protocol):
+    """What the server role needs of a firewall; tests use a fake of this."""
+
+    async def apply(self, policy: FirewallPolicy) -> None: ...
+
+    async def present(self) -> bool: ...
+
+    async def remove(self) -> None: ...
+
+
+class NftFirewall:
+    """`Firewall` on the nft command, in the namespace the agent runs in."""
+
+    def __init__(self, *, nft: str = "nft", table: str = TABLE, timeout: float = 10.0) -> None:
+        self._nft = nft
+        self._table = table
+        self._timeout = timeout
+
+    async def _run(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._nft,
+                *args,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as e:
+            raise FirewallError(
+                f"cannot run {self._nft!r}: {e.strerror}; install nftables in the server image"
+            ) from e
+        try:
+            async with asyncio.timeout(self._timeout):
+                out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise FirewallError(
+                f"nft {' '.join(args)} did not finish in {self._timeout:g}s"
+            ) from None
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def apply(self, policy: FirewallPolicy) -> None:
+        rc, _out, err = await self._run("-f", "-", stdin=render_ruleset(policy, table=self._table))
+        if rc != 0:
+            raise FirewallError(
+                f"nft refused the {FAMILY} {self._table} ruleset (exit {rc}): {err.strip()}"
+            )
+
+    async def present(self) -> bool:
+        rc, _out, _err = await self._run("list", "table", FAMILY, self._table)
+        return rc == 0
+
+    async def remove(self) -> None:
+        rc, _out, err = await self._run("delete", "table", FAMILY, self._table)
+        if rc != 0 and "No such file" not in err:
+            raise FirewallError(
+                f"cannot delete table {FAMILY} {self._table} (exit {rc}): {err.strip()}"
+            )

@@ -1,0 +1,1 @@
+"""The three agent roles (node, server, apiserver) and what they share."""

@@ -1,0 +1,62 @@
+"""The apiserver role: the hosted kube-apiserver's way into the tenant's networks.
+
+An openvpn client (shared behaviour in `ClientRole`) whose tun carries the tenant's node,
+pod and service CIDRs.
+
+Who owns those routes: **this role, not openvpn's pushed routes.** The role puts one
+route per configured CIDR on tun, tagged with our protocol (211), through
+`agent.routes.RouteKeeper`. Why:
+
+* a route deleted by hand (or by anything else) is back within a second; routes that
+  openvpn pushed are only re-added on the next reconnect;
+* after a restart the keeper deletes exactly our stale routes (by protocol number) and
+  nothing of anyone else's;
+* the apiserver pod has no other route to those networks, so while tun is gone the
+  routes are simply pending and traffic fails fast ("network unreachable") instead of
+  leaking onto another path.
+
+So the apiserver's desired-state entry on the server should push no tenant routes
+(`push_routes: []`): if it did, openvpn's `route add` would collide with ours ("File
+exists") and log an error on every connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from agent.netlink import Route
+from agent.roles.client import ClientRole
+from agent.routes import RouteKeeper
+
+
+class ApiserverRole(ClientRole):
+    role = "apiserver"
+
+    def extra_conditions(self) -> dict[str, str]:
+        return {"routes": "routes not installed yet"}
+
+    async def setup(self) -> None:
+        assert self.kernel is not None
+        self.routes = RouteKeeper(
+            kernel=self.kernel, registry=self.registry, role=self.role, interval=0.25
+        )
+        dev = self.cfg.openvpn.dev
+        self.routes.set_desired(Route(dst=net, dev=dev) for net in self.cfg.routes)
+
+    def extra_tasks(self) -> dict[str, Callable[[], Coroutine[Any, Any, Any]]]:
+        return {"routes": self.routes.run, "route_readiness": self._route_readiness_task}
+
+    async def _route_readiness_task(self) -> None:
+        while True:
+            if not self.routes.healthy:
+                self.conditions.set("routes", "; ".join(self.routes.last_errors) or "sync failing")
+            elif self.routes.pending:
+                pending = ", ".join(sorted(str(r) for r in self.routes.pending))
+                self.conditions.set("routes", f"waiting for {self.cfg.openvpn.dev}: {pending}")
+            elif not self.routes.in_sync:
+                self.conditions.set("routes", "routes not in sync yet")
+            else:
+                self.conditions.ok("routes")
+            await asyncio.sleep(0.25)

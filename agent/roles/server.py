@@ -1,0 +1,658 @@
+"""The server role: the sidecar beside `openvpn --server` in the tenant's server pod.
+
+It makes openvpn follow two inputs and reports what it sees:
+
+* the desired-state file (clients, addresses, iroutes; format in `agent.desired`): the
+  CCD directory, the kernel routes towards tun and the firewall follow it; a client whose
+  CCD changed or disappeared is kicked so it reconnects with the new config (or is
+  refused). An invalid file changes nothing: the last good state stays, /readyz says
+  what is wrong, `vpnctl_agent_config_errors_total` counts it;
+* the CRL at `crl_source`: checked against the CA, installed atomically where openvpn's
+  `crl-verify` reads it (mtime pushed forward when needed, see `server_state`), and every
+  connected client with a revoked serial is kicked at once.
+
+Kernel routes: the server owns one route per iroute towards tun (RouteKeeper, protocol
+211) instead of rendering openvpn `route` lines, because the iroutes change at runtime
+and openvpn applies `route` only at startup.
+
+openvpn starts only once the certificate material is valid, the CRL is installed, the
+desired state has been read and the firewall is in place: a server that would accept
+clients before its firewall exists is worse than one that waits.
+
+Also here: the UDP probe responder that nodes ping every second, a TCP probe of every
+connected node's kubelet through the tunnel, and per-node metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+import certs
+from agent.desired import DesiredState, InputError, ServerRoleConfig, load_desired
+from agent.firewall import Firewall, FirewallError, FirewallPolicy, NftFirewall
+from agent.health import HealthServer
+from agent.netlink import Kernel, Route
+from agent.openvpn.config import render_server
+from agent.openvpn.management import ClientStatus
+from agent.openvpn.supervisor import Supervisor
+from agent.probe import CounterDelta, EchoResponder, ProbeError, tcp_probe
+from agent.roles.common import (
+    Clock,
+    CommonMetrics,
+    Conditions,
+    EventLog,
+    FileWatch,
+    MaterialError,
+    MaterialPaths,
+    atomic_write,
+    check_material,
+    openvpn_supervisor,
+    read_small,
+    render_to,
+    run_group,
+    wait_for_material,
+)
+from agent.roles.mgmt import LINK_ERRORS, Management, ManagementLink, real_management
+from agent.roles.server_state import (
+    KICK_REVOKED,
+    crl_install_mtime,
+    desired_ccd,
+    plan_ccd,
+    revoked_names,
+)
+from agent.routes import RouteKeeper, SysctlKeeper, forwarding_sysctls
+
+KUBELET_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+FILE_POLL = 0.25
+FIREWALL_CHECK = 2.0
+MANAGEMENT_DEAD_AFTER = 10.0
+
+KernelFactory = Callable[[], Coroutine[Any, Any, Kernel]]
+
+
+class ServerMetrics:
+    def __init__(self, *, registry: CollectorRegistry) -> None:
+        self.node_connected = Gauge(
+            "vpnctl_agent_node_connected",
+            "1 while the node's openvpn client is connected to this server.",
+            ["role", "node"],
+            registry=registry,
+        )
+        self.apiserver_connected = Gauge(
+            "vpnctl_agent_apiserver_connected",
+            "1 while the apiserver's openvpn client is connected to this server.",
+            ["role"],
+            registry=registry,
+        )
+        self.kubelet_reachable = Gauge(
+            "vpnctl_agent_kubelet_reachable",
+            "1 if the last TCP connect to the node's kubelet through the tunnel succeeded.",
+            ["role", "node"],
+            registry=registry,
+        )
+        self.kubelet_probe = Histogram(
+            "vpnctl_agent_kubelet_probe_seconds",
+            "Time to open a TCP connection to the node's kubelet through the tunnel.",
+            ["role", "node"],
+            buckets=KUBELET_BUCKETS,
+            registry=registry,
+        )
+        self.node_bytes_received = Counter(
+            "vpnctl_agent_node_bytes_received",
+            "Bytes the server received from the node's openvpn client.",
+            ["role", "node"],
+            registry=registry,
+        )
+        self.node_bytes_sent = Counter(
+            "vpnctl_agent_node_bytes_sent",
+            "Bytes the server sent to the node's openvpn client.",
+            ["role", "node"],
+            registry=registry,
+        )
+        self.kicked = Counter(
+            "vpnctl_agent_clients_kicked",
+            "Clients disconnected by the agent, by reason (revoked, ccd_changed, removed).",
+            ["role", "reason"],
+            registry=registry,
+        )
+        self.clients_connected = Gauge(
+            "vpnctl_agent_clients_connected",
+            "Clients connected to this server (nodes and apiserver).",
+            ["role"],
+            registry=registry,
+        )
+        self.firewall_repairs = Counter(
+            "vpnctl_agent_firewall_repairs",
+            "Times the firewall table was found missing and re-applied.",
+            ["role"],
+            registry=registry,
+        )
+        self.crl_installs = Counter(
+            "vpnctl_agent_crl_installs",
+            "CRLs installed for openvpn's crl-verify.",
+            ["role"],
+            registry=registry,
+        )
+        self.revoked = Gauge(
+            "vpnctl_agent_crl_revoked_serials",
+            "Serials in the installed CRL.",
+            ["role"],
+            registry=registry,
+        )
+
+
+def file_stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def read_ccd_dir(path: str) -> dict[str, str]:
+    """File name -> content of every regular, non-hidden file in the CCD directory."""
+    out: dict[str, str] = {}
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                with open(entry.path, encoding="utf-8", errors="replace") as f:
+                    out[entry.name] = f.read()
+            except OSError:
+                out[entry.name] = ""  # unreadable: rewrite it
+    return out
+
+
+class ServerRole:
+    role = "server"
+
+    def __init__(
+        self,
+        *,
+        cfg: ServerRoleConfig,
+        registry: CollectorRegistry,
+        clock: Clock,
+        rng: random.Random,
+        kernel_factory: KernelFactory,
+        management_factory: Callable[[str], Management] = real_management,
+        firewall: Firewall | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.clock = clock
+        self._kernel_factory = kernel_factory
+        self.events = EventLog(logger=logger or logging.getLogger("agent.server"), role=self.role)
+        self.common = CommonMetrics.create(registry=registry, role=self.role)
+        self.metrics = ServerMetrics(registry=registry)
+        self.conditions = Conditions()
+        for name, reason in (
+            ("material", "certificate material not checked yet"),
+            ("crl", "CRL not installed yet"),
+            ("desired", "desired state not read yet"),
+            ("firewall", "firewall not applied yet" if cfg.firewall else None),
+            ("openvpn", "openvpn not started yet"),
+            ("routes", "routes not installed yet"),
+            ("sysctls", "sysctls not applied yet"),
+        ):
+            self.conditions.declare(name, reason)
+        ovpn = cfg.openvpn
+        self.material = MaterialPaths(
+            ca=ovpn.ca, cert=ovpn.cert, key=ovpn.key, tls_crypt_v2=ovpn.tls_crypt_v2, usage="server"
+        )
+        self.config_path = os.path.join(cfg.common.state_dir, "openvpn-server.conf")
+        self.firewall: Firewall = firewall if firewall is not None else NftFirewall()
+        self.supervisor: Supervisor = openvpn_supervisor(
+            common=cfg.common,
+            config_path=self.config_path,
+            metrics=self.common,
+            rng=rng,
+            extra_on_exit=self._on_openvpn_exit,
+        )
+        self.link = ManagementLink(
+            path=ovpn.management,
+            events=self.events,
+            factory=management_factory,
+            on_connect=self._on_management_connect,
+        )
+        self.health = HealthServer(
+            registry=registry, host=cfg.common.health_host, port=cfg.common.health_port
+        )
+        self.health.add_liveness("agent", lambda: None)
+        self.responder = EchoResponder(address=cfg.server_ip, port=cfg.probe_port)
+        self.kernel: Kernel | None = None
+        self.routes: RouteKeeper | None = None
+        self.sysctls = SysctlKeeper(registry=registry, role=self.role, interval=1.0)
+        self.sysctls.set_desired(forwarding_sysctls(tun=ovpn.dev, rp_filter=2))
+
+        self.desired: DesiredState | None = None
+        self.revoked: frozenset[int] = frozenset()
+        self.connected: dict[str, ClientStatus] = {}
+        self.pending_kicks: dict[str, str] = {}
+        self._kick_lock = asyncio.Lock()
+        self._bytes: dict[str, tuple[int | None, CounterDelta, CounterDelta]] = {}
+        self._kubelet_ok: dict[str, bool] = {}
+        self._policy: FirewallPolicy | None = None
+        self._ready = {name: asyncio.Event() for name in ("material", "crl", "desired", "firewall")}
+        if not cfg.firewall:
+            self._ready["firewall"].set()
+
+    # --- desired state ------------------------------------------------------------------------
+
+    def _desired_policy(self) -> FirewallPolicy:
+        api = self.desired.apiserver if self.desired is not None else None
+        return FirewallPolicy(
+            tun=self.cfg.openvpn.dev,
+            apiserver_ip=api.ifconfig_ip if api is not None else None,
+            probe_port=self.cfg.probe_port,
+        )
+
+    async def apply_desired(self, state: DesiredState) -> None:
+        """Make CCD, routes, firewall policy, metrics and kicks follow STATE."""
+        ccd_dir = self.cfg.openvpn.ccd_dir
+        plan = plan_ccd(
+            desired=desired_ccd(state, tunnel_cidr=self.cfg.openvpn.tunnel_cidr),
+            current=read_ccd_dir(ccd_dir),
+        )
+        for name, content in plan.write.items():
+            atomic_write(os.path.join(ccd_dir, name), content.encode(), mode=0o644)
+        for name in plan.remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(ccd_dir, name))
+        if not plan.empty:
+            self.events("ccd_synced", written=",".join(sorted(plan.write)) or None,
+                        removed=",".join(sorted(plan.remove)) or None)  # fmt: skip
+        old_nodes = {e.common_name for e in self.desired.clients} if self.desired else set()
+        self.desired = state
+        for cn in old_nodes - {e.common_name for e in state.clients}:
+            self._forget_node(cn)
+        for e in state.clients:
+            self.metrics.node_connected.labels(self.role, e.common_name).set(
+                1 if e.common_name in self.connected else 0
+            )
+        if self.routes is not None:
+            dev = self.cfg.openvpn.dev
+            self.routes.set_desired(Route(dst=net, dev=dev) for net in state.routes)
+        self.pending_kicks.update(plan.kick)
+        for cn in revoked_names(revoked=self.revoked, serial_to_cn=state.serial_to_cn()):
+            self.pending_kicks[cn] = KICK_REVOKED
+        await self.flush_kicks()
+
+    def _forget_node(self, cn: str) -> None:
+        for metric in (
+            self.metrics.node_connected,
+            self.metrics.kubelet_reachable,
+            self.metrics.kubelet_probe,
+            self.metrics.node_bytes_received,
+            self.metrics.node_bytes_sent,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(self.role, cn)
+        self._bytes.pop(cn, None)
+        self._kubelet_ok.pop(cn, None)
+
+    async def flush_kicks(self) -> None:
+        """Kick every pending client through management; keep them pending if it is down."""
+        async with self._kick_lock:
+            client = self.link.client
+            if client is None:
+                return
+            for cn, reason in list(self.pending_kicks.items()):
+                try:
+                    killed = await client.client_kill(cn)
+                except LINK_ERRORS as e:
+                    self.events.warning("kick_failed", cn=cn, reason=reason, error=str(e))
+                    return
+                self.pending_kicks.pop(cn, None)
+                if killed:
+                    self.metrics.kicked.labels(self.role, reason).inc()
+                    self.connected.pop(cn, None)
+                    self.events.warning("client_kicked", cn=cn, reason=reason)
+
+    async def _desired_task(self) -> None:
+        path = self.cfg.desired_path
+        watch = FileWatch([path])
+        while True:
+            if watch.changed():
+                try:
+                    state = load_desired(path, tunnel_cidr=self.cfg.openvpn.tunnel_cidr)
+                except InputError as e:
+                    self.conditions.set("desired", f"{e.summary}; keeping the last good state")
+                    self.common.config_errors.labels(self.role, "desired").inc()
+                    self.events.error("desired_invalid", path=path, problems=" | ".join(e.problems),
+                                      action="keeping the last good state")  # fmt: skip
+                else:
+                    await self.apply_desired(state)
+                    self.conditions.ok("desired")
+                    self._ready["desired"].set()
+                    self.events("desired_applied", path=path, clients=len(state.clients),
+                                apiserver=state.apiserver is not None)  # fmt: skip
+            await asyncio.sleep(FILE_POLL)
+
+    # --- CRL -------------------------------------------------------------------------------------
+
+    async def install_crl(self) -> None:
+        """Validate crl_source against the CA, install it, kick the revoked. Raises on bad input."""
+        source = self.cfg.crl_source
+        try:
+            data = read_small(source, what="CRL")
+            ca = read_small(self.cfg.openvpn.ca, what="CA certificate")
+            serials = certs.crl_serials(data, ca_pem=ca)
+        except (MaterialError, certs.PKIError) as e:
+            raise MaterialError(f"CRL {source}: {e}") from None
+        target = self.cfg.openvpn.crl
+        assert target is not None
+        st = file_stat(target)
+        same = st is not None and read_small(target, what="installed CRL") == data
+        if not same:
+            mtime = crl_install_mtime(
+                now=time.time(),
+                old_mtime=st.st_mtime if st else None,
+                old_size=st.st_size if st else None,
+                new_size=len(data),
+            )
+            atomic_write(target, data, mode=0o644, mtime=mtime)
+            self.metrics.crl_installs.labels(self.role).inc()
+        newly = serials - self.revoked
+        self.revoked = serials
+        self.metrics.revoked.labels(self.role).set(len(serials))
+        self.events("crl_installed", source=source, target=target, revoked=len(serials),
+                    new=len(newly), changed=not same)  # fmt: skip
+        if self.desired is not None:
+            for cn in revoked_names(revoked=serials, serial_to_cn=self.desired.serial_to_cn()):
+                self.pending_kicks[cn] = KICK_REVOKED
+            await self.flush_kicks()
+
+    async def _crl_task(self) -> None:
+        # Re-check when the CA changes too: a CRL is only valid for its CA.
+        watch = FileWatch([self.cfg.crl_source, self.cfg.openvpn.ca])
+        while True:
+            if watch.changed():
+                try:
+                    await self.install_crl()
+                except MaterialError as e:
+                    self.conditions.set("crl", f"{e}; keeping the installed CRL")
+                    self.common.config_errors.labels(self.role, "crl").inc()
+                    self.events.error(
+                        "crl_invalid", error=str(e), action="keeping the installed CRL"
+                    )
+                else:
+                    self.conditions.ok("crl")
+                    self._ready["crl"].set()
+            await asyncio.sleep(FILE_POLL)
+
+    # --- openvpn and management ---------------------------------------------------------------
+
+    def _on_openvpn_exit(self, rc: int) -> None:
+        self.conditions.set("openvpn", f"openvpn exited with code {rc}; restarting")
+        for cn in list(self.connected):
+            self._set_connected(cn, False)
+        self.connected.clear()
+
+    async def _on_management_connect(self, client: Management) -> None:
+        await client.status()  # proves the interface answers, not just accepts
+
+    async def _material_task(self) -> None:
+        await wait_for_material(
+            self.material,
+            clock=self.clock,
+            conditions=self.conditions,
+            condition="material",
+            metrics=self.common,
+            events=self.events,
+        )
+        os.makedirs(self.cfg.openvpn.ccd_dir, exist_ok=True)
+        render_to(self.config_path, render_server(self.cfg.openvpn))
+        self._ready["material"].set()
+        watch = FileWatch(self.material.all)
+        watch.changed()
+        while True:
+            await watch.wait_changed(interval=0.5)
+            try:
+                info = check_material(self.material, now=self.clock())
+            except MaterialError as e:
+                self.conditions.set("material", f"{e} (openvpn keeps the previous material)")
+                self.common.config_errors.labels(self.role, "material").inc()
+                self.events.error(
+                    "material_invalid", error=str(e), action="keeping openvpn running"
+                )
+                continue
+            self.conditions.ok("material")
+            self.events("material_changed", cn=info.common_name, action="restart openvpn")
+            await self.supervisor.restart()
+
+    async def _openvpn_task(self) -> None:
+        for name, event in self._ready.items():
+            if not event.is_set():
+                self.conditions.set("openvpn", f"waiting for {name} before starting openvpn")
+                await event.wait()
+        self.conditions.set("openvpn", "openvpn starting")
+        await self.supervisor.run()
+
+    def _set_connected(self, cn: str, up: bool) -> None:
+        desired = self.desired
+        if desired is None:
+            return
+        if desired.apiserver is not None and desired.apiserver.common_name == cn:
+            self.metrics.apiserver_connected.labels(self.role).set(1 if up else 0)
+        elif any(e.common_name == cn for e in desired.clients):
+            self.metrics.node_connected.labels(self.role, cn).set(1 if up else 0)
+            if not up:
+                self.metrics.kubelet_reachable.labels(self.role, cn).set(0)
+
+    def _account_bytes(self, st: ClientStatus) -> None:
+        if self.desired is None or not any(
+            e.common_name == st.common_name for e in self.desired.clients
+        ):
+            return
+        session = self._bytes.get(st.common_name)
+        if session is None or session[0] != st.client_id:
+            session = (st.client_id, CounterDelta(), CounterDelta())
+            self._bytes[st.common_name] = session
+        _, rx, tx = session
+        self.metrics.node_bytes_received.labels(self.role, st.common_name).inc(
+            rx.feed(st.bytes_received)
+        )
+        self.metrics.node_bytes_sent.labels(self.role, st.common_name).inc(tx.feed(st.bytes_sent))
+
+    async def _status_task(self) -> None:
+        while True:
+            client = self.link.client
+            statuses: list[ClientStatus] | None = None
+            if client is not None:
+                try:
+                    statuses = await client.status()
+                except LINK_ERRORS as e:
+                    self.events.warning("status_failed", error=f"{type(e).__name__}: {e}")
+            if statuses is not None:
+                now = {s.common_name: s for s in statuses}
+                for cn in set(self.connected) - set(now):
+                    self._set_connected(cn, False)
+                    self.events("client_disconnected", cn=cn)
+                for cn, s in now.items():
+                    if cn not in self.connected:
+                        self.events("client_connected", cn=cn, real_address=s.real_address,
+                                    virtual_address=s.virtual_address)  # fmt: skip
+                    self._set_connected(cn, True)
+                    self._account_bytes(s)
+                self.connected = now
+                self.metrics.clients_connected.labels(self.role).set(len(now))
+                if self.desired is not None:
+                    serial_to_cn = self.desired.serial_to_cn()
+                    for cn in revoked_names(revoked=self.revoked, serial_to_cn=serial_to_cn):
+                        if cn in now:
+                            self.pending_kicks[cn] = KICK_REVOKED
+                await self.flush_kicks()
+            self._update_openvpn_condition()
+            self.common.ready.labels(self.role).set(1 if self.conditions.ready else 0)
+            await asyncio.sleep(self.cfg.status_interval)
+
+    def _update_openvpn_condition(self) -> None:
+        if not self.supervisor.running:
+            if self._ready["material"].is_set() and all(e.is_set() for e in self._ready.values()):
+                self.conditions.set("openvpn", "openvpn is not running; the supervisor restarts it")
+            return
+        if not self.link.usable:
+            self.conditions.set("openvpn", f"management interface unusable: {self.link.last_error}")
+        else:
+            self.conditions.ok("openvpn")
+
+    async def _watchdog_task(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if (
+                self.supervisor.running
+                and not self.link.usable
+                and self.link.unusable_for() >= MANAGEMENT_DEAD_AFTER
+            ):
+                self.events.warning("openvpn_wedged", management_error=self.link.last_error,
+                                    action="restart openvpn")  # fmt: skip
+                await self.supervisor.restart()
+                self.link.unusable_since = time.monotonic()
+
+    # --- kubelet probes -----------------------------------------------------------------------
+
+    async def _probe_kubelet(self, cn: str, host: str, port: int) -> None:
+        try:
+            seconds = await tcp_probe(host, port, timeout=self.cfg.kubelet_probe_timeout)
+        except ProbeError as e:
+            if self._kubelet_ok.get(cn, True):
+                self.events.warning(
+                    "kubelet_unreachable", node=cn, target=f"{host}:{port}", error=str(e)
+                )
+            self._kubelet_ok[cn] = False
+            self.metrics.kubelet_reachable.labels(self.role, cn).set(0)
+            return
+        if not self._kubelet_ok.get(cn, False):
+            self.events(
+                "kubelet_reachable", node=cn, target=f"{host}:{port}", seconds=f"{seconds:.4f}"
+            )
+        self._kubelet_ok[cn] = True
+        self.metrics.kubelet_probe.labels(self.role, cn).observe(seconds)
+        self.metrics.kubelet_reachable.labels(self.role, cn).set(1)
+
+    async def _kubelet_task(self) -> None:
+        while True:
+            started = time.monotonic()
+            desired = self.desired
+            if desired is not None:
+                probes = []
+                for e in desired.clients:
+                    if e.kubelet is None:
+                        continue
+                    if e.common_name in self.connected:
+                        probes.append(
+                            self._probe_kubelet(e.common_name, str(e.kubelet[0]), e.kubelet[1])
+                        )
+                    else:
+                        self.metrics.kubelet_reachable.labels(self.role, e.common_name).set(0)
+                await asyncio.gather(*probes)
+            interval = self.cfg.kubelet_probe_interval
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    # --- firewall, routes, sysctls ------------------------------------------------------------
+
+    async def _firewall_task(self) -> None:
+        logged: str | None = None
+        while True:
+            policy = self._desired_policy()
+            try:
+                if policy != self._policy:
+                    await self.firewall.apply(policy)
+                    self.events("firewall_applied", apiserver_ip=policy.apiserver_ip,
+                                probe_port=policy.probe_port, tun=policy.tun)  # fmt: skip
+                    self._policy = policy
+                elif not await self.firewall.present():
+                    await self.firewall.apply(policy)
+                    self.metrics.firewall_repairs.labels(self.role).inc()
+                    self.events.warning("firewall_repaired")
+            except FirewallError as e:
+                self.conditions.set("firewall", str(e))
+                if str(e) != logged:
+                    self.events.error("firewall_failed", error=str(e))
+                    logged = str(e)
+                self._policy = None
+            else:
+                self.conditions.ok("firewall")
+                self._ready["firewall"].set()
+                logged = None
+            await asyncio.sleep(FIREWALL_CHECK if self._policy == self._desired_policy() else 0.1)
+
+    async def _route_readiness_task(self) -> None:
+        assert self.routes is not None
+        dev = self.cfg.openvpn.dev
+        while True:
+            r = self.routes
+            if not r.healthy:
+                self.conditions.set("routes", "; ".join(r.last_errors) or "route sync failing")
+            elif r.pending:
+                self.conditions.set(
+                    "routes", f"waiting for {dev}: {len(r.pending)} route(s) pending"
+                )
+            else:
+                self.conditions.ok("routes")
+            await asyncio.sleep(0.25)
+
+    async def _sysctl_task(self) -> None:
+        dev = self.cfg.openvpn.dev
+        while True:
+            result = await self.sysctls.sync_once()
+            if result.errors:
+                self.conditions.set("sysctls", "; ".join(result.errors))
+            elif result.pending:
+                self.conditions.set("sysctls", f"waiting for {dev}: {', '.join(result.pending)}")
+            else:
+                self.conditions.ok("sysctls")
+            await asyncio.sleep(1.0)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        os.makedirs(self.cfg.common.state_dir, exist_ok=True)
+        self.conditions.register(self.health)
+        await self.health.start()
+        ovpn = self.cfg.openvpn
+        self.events("starting", health=f"{self.cfg.common.health_host}:{self.health.port}",
+                    proto=ovpn.proto, port=ovpn.port, tunnel=ovpn.tunnel_cidr)  # fmt: skip
+        try:
+            self.kernel = await self._kernel_factory()
+            self.routes = RouteKeeper(kernel=self.kernel, registry=self.registry, role=self.role)
+            await self.responder.start()
+            tasks: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
+                "material": self._material_task,
+                "desired": self._desired_task,
+                "crl": self._crl_task,
+                "openvpn": self._openvpn_task,
+                "management": self.link.run,
+                "status": self._status_task,
+                "watchdog": self._watchdog_task,
+                "kubelet": self._kubelet_task,
+                "routes": self.routes.run,
+                "route_readiness": self._route_readiness_task,
+                "sysctls": self._sysctl_task,
+            }
+            if self.cfg.firewall:
+                tasks["firewall"] = self._firewall_task
+            await run_group(tasks, stop=stop, events=self.events)
+        finally:
+            await self.supervisor.stop()
+            await self.responder.stop()
+            if self.cfg.firewall:
+                try:
+                    await self.firewall.remove()
+                    self.events("firewall_removed")
+                except FirewallError as e:
+                    self.events.error("firewall_remove_failed", error=str(e))
+            if self.kernel is not None:
+                await self.kernel.close()
+            await self.health.stop()
+            self.events("stopped")
