@@ -20,7 +20,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
 import pytest
 import pytest_asyncio
@@ -31,6 +31,7 @@ from vpnctl.testenv import (
     Binaries,
     BuildError,
     KubeCluster,
+    LaunchOptions,
     ServiceCluster,
     TenantCluster,
     ensure_binaries,
@@ -143,11 +144,9 @@ class _TenantFactory:
         self._tmp = tmp
         self.clusters: list[TenantCluster] = []
 
-    async def __call__(self, name: str | None = None, **kwargs: Any) -> TenantCluster:
-        name = name or f"tenant-{uuid.uuid4().hex[:6]}"
-        cluster = await TenantCluster.launch(
-            self._tmp.mktemp(name), self._binaries, name=name, **kwargs
-        )
+    async def __call__(self, **options: Unpack[LaunchOptions]) -> TenantCluster:
+        name = options.setdefault("name", f"tenant-{uuid.uuid4().hex[:6]}")
+        cluster = await TenantCluster.launch(self._tmp.mktemp(name), self._binaries, **options)
         self.clusters.append(cluster)
         return cluster
 

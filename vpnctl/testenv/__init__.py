@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         ClusterStartError,
         KubeCluster,
         KubectlError,
+        LaunchOptions,
         ServiceCluster,
         TenantCluster,
     )
@@ -47,6 +48,7 @@ _EXPORTS = {
     "ClusterStartError": "cluster",
     "KubeCluster": "cluster",
     "KubectlError": "cluster",
+    "LaunchOptions": "cluster",
     "ServiceCluster": "cluster",
     "TenantCluster": "cluster",
     "helm_template": "helm",
@@ -64,6 +66,7 @@ __all__ = [
     "ClusterStartError",
     "KubeCluster",
     "KubectlError",
+    "LaunchOptions",
     "ServiceCluster",
     "TenantCluster",
     "ensure_binaries",

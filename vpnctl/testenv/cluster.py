@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self, TypedDict, Unpack
 
 import yaml
 
@@ -95,9 +95,29 @@ def _http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[in
         conn.close()
 
 
+class LaunchOptions(TypedDict, total=False):
+    """Keyword options of ``launch()`` and ``start()``; defaults per class."""
+
+    name: str  # used in file names, the CA's name and the kubeconfig context
+    controller_manager: bool  # also run kube-controller-manager
+    capi_crds: bool  # install the Cluster API CRDs
+    crds: Sequence[Path]  # more CRD files or folders to install (ours)
+    netns: str | None  # run every process inside this network namespace
+    bind_address: str  # the apiserver's listen address (127.0.0.1)
+    port: int | None  # the apiserver's port (a free one)
+    service_cidr: str  # DEFAULT_SERVICE_CIDR
+    extra_sans: Sequence[str]  # more IPs or names in the serving certificate
+    die_with_parent: bool  # PR_SET_PDEATHSIG; False for the lab (True)
+    start_timeout: float  # seconds for everything to be ready (START_TIMEOUT)
+
+
 class KubeCluster:
     """One running control plane. Create with ``start()`` (async context manager) or
     ``launch()`` + ``stop()``; don't call the constructor."""
+
+    default_name: ClassVar[str] = "cluster"
+    default_controller_manager: ClassVar[bool] = True
+    default_capi_crds: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -235,28 +255,28 @@ class KubeCluster:
 
     @classmethod
     async def launch(
-        cls,
-        workdir: Path | None,
-        binaries: Binaries,
-        *,
-        name: str,
-        controller_manager: bool,
-        crds: Sequence[Path] = (),
-        netns: str | None = None,
-        bind_address: str = "127.0.0.1",
-        port: int | None = None,
-        service_cidr: str = DEFAULT_SERVICE_CIDR,
-        extra_sans: Sequence[str] = (),
-        die_with_parent: bool = True,
-        start_timeout: float = START_TIMEOUT,
+        cls, workdir: Path | None, binaries: Binaries, **options: Unpack[LaunchOptions]
     ) -> Self:
         """Start etcd, kube-apiserver (and kube-controller-manager), wait until they
-        are ready, install ``crds``, and return the running cluster.
+        are ready, install CRDs, and return the running cluster. See ``LaunchOptions``.
 
         ``workdir`` holds PKI, kubeconfig, logs and etcd data; it is kept (minus the
         etcd data) after ``stop()`` so logs survive. With ``None`` a temporary
         folder is used and removed on stop.
         """
+        name = options.get("name", cls.default_name)
+        controller_manager = options.get("controller_manager", cls.default_controller_manager)
+        crds = list(options.get("crds", ()))
+        if options.get("capi_crds", cls.default_capi_crds):
+            crds.insert(0, binaries.capi_crds)
+        netns = options.get("netns")
+        bind_address = options.get("bind_address", "127.0.0.1")
+        port = options.get("port")
+        service_cidr = options.get("service_cidr", DEFAULT_SERVICE_CIDR)
+        extra_sans = options.get("extra_sans", ())
+        die_with_parent = options.get("die_with_parent", True)
+        start_timeout = options.get("start_timeout", START_TIMEOUT)
+
         owns_root = workdir is None
         root = Path(tempfile.mkdtemp(prefix=f"vpnctl-{name}-")) if workdir is None else workdir
         root.mkdir(parents=True, exist_ok=True)
@@ -295,10 +315,10 @@ class KubeCluster:
     @classmethod
     @contextlib.asynccontextmanager
     async def start(
-        cls, workdir: Path | None, binaries: Binaries, **kwargs: Any
+        cls, workdir: Path | None, binaries: Binaries, **options: Unpack[LaunchOptions]
     ) -> AsyncIterator[Self]:
-        """``async with ServiceCluster.start(workdir, binaries) as sc:`` — stops on exit."""
-        cluster = await cls.launch(workdir, binaries, **kwargs)
+        """``async with ServiceCluster.start(workdir, binaries) as sc:``; stops on exit."""
+        cluster = await cls.launch(workdir, binaries, **options)
         try:
             yield cluster
         finally:
@@ -541,46 +561,18 @@ class KubeCluster:
 class ServiceCluster(KubeCluster):
     """The cluster vpnctl runs against: controller-manager on, CAPI CRDs installed."""
 
-    @classmethod
-    async def launch(
-        cls,
-        workdir: Path | None,
-        binaries: Binaries,
-        *,
-        name: str = "service",
-        controller_manager: bool = True,
-        install_capi_crds: bool = True,
-        crds: Sequence[Path] = (),
-        **kwargs: Any,
-    ) -> Self:
-        all_crds = [binaries.capi_crds, *crds] if install_capi_crds else list(crds)
-        return await super().launch(
-            workdir,
-            binaries,
-            name=name,
-            controller_manager=controller_manager,
-            crds=all_crds,
-            **kwargs,
-        )
+    default_name = "service"
+    default_controller_manager = True
+    default_capi_crds = True
 
 
 class TenantCluster(KubeCluster):
-    """A tenant's own etcd and apiserver; optionally in ``netns`` on ``bind_address``.
-    No controller-manager unless asked for."""
+    """A tenant's own etcd and apiserver (own CA), optionally in ``netns`` on
+    ``bind_address``. No controller-manager unless ``controller_manager=True``."""
 
-    @classmethod
-    async def launch(
-        cls,
-        workdir: Path | None,
-        binaries: Binaries,
-        *,
-        name: str = "tenant",
-        controller_manager: bool = False,
-        **kwargs: Any,
-    ) -> Self:
-        return await super().launch(
-            workdir, binaries, name=name, controller_manager=controller_manager, **kwargs
-        )
+    default_name = "tenant"
+    default_controller_manager = False
+    default_capi_crds = False
 
 
 def _is_ip(value: str) -> bool:
