@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from vpnctl.testenv import Binaries, ClusterStartError, TenantCluster
+from vpnctl.testenv.cluster import stop_recorded_cluster
 
 pytestmark = pytest.mark.kube
 
@@ -82,3 +83,23 @@ async def test_processes_die_with_a_killed_test_run(k8s_binaries: Binaries, tmp_
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert not any(_alive(pid) for pid in pids)
+
+
+async def test_a_detached_cluster_is_stopped_from_its_state_file(
+    k8s_binaries: Binaries, tmp_path: Path
+) -> None:
+    """The lab's way: processes outlive `lab up`; `lab down` stops them by cluster.json."""
+    workdir = tmp_path / "detached"
+    cluster = await TenantCluster.launch(
+        workdir, k8s_binaries, name="detached", die_with_parent=False
+    )
+    try:
+        pids = [p.pid for p in cluster.processes.values()]
+        assert json.loads((workdir / "cluster.json").read_text())["pids"]["etcd"] in pids
+        stopped = await asyncio.to_thread(stop_recorded_cluster, workdir)
+        assert sorted(stopped) == sorted(pid for pid in pids if pid is not None)
+        await cluster.stop()  # reaps our children; nothing is left to signal
+        assert not any(_alive(pid) for pid in stopped)
+        assert not (workdir / "etcd-data").exists()
+    finally:
+        await cluster.stop()
