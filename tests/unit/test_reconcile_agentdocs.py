@@ -1,0 +1,169 @@
+"""The documents the agent reads, checked by the agent's own parser (agent.desired)."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.desired import ClientRoleConfig, ServerRoleConfig, load_role_config, parse_desired
+from vpnctl.reconcile import samples
+from vpnctl.reconcile.agentdocs import (
+    PROBE_PORT,
+    ServerPaths,
+    apiserver_role_config,
+    canonical_json,
+    node_role_config,
+    server_desired_state,
+    server_role_config,
+    service_remotes,
+)
+from vpnctl.reconcile.allocation import allocate, record_serial
+from vpnctl.reconcile.errors import TemporaryError
+from vpnctl.reconcile.routes import client_routes
+from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.tenant import APISERVER_COMMON_NAME, TenantSpec, parse_tenant
+
+SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
+NET = IPv4Network
+
+
+def lab_tenant(nodes: bool = True, extra: list[str] | None = None) -> TenantSpec:
+    t = samples.lab_tenant()
+    spec: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": samples.LAB_TUNNEL_CIDR}
+    if extra:
+        spec["extraRoutes"] = extra
+    return parse_tenant(
+        tunnel=samples.tunnel(spec=spec),  # type: ignore[arg-type]
+        cluster=t.cluster,
+        machines=t.machines,
+        nodes=t.nodes if nodes else None,
+    )
+
+
+def desired_for(t: TenantSpec, *, elected: str | None = "node-2") -> dict[str, Any]:
+    result = allocate(tunnel_cidr=t.spec.tunnel_cidr, previous=(), released=(), members=t.members)
+    allocations = record_serial(result.allocations, machine="tenant-a-md-1", serial=0x5B01)
+    clients = client_routes(tenant=t, allocations=allocations, service_route_node=elected)
+    return server_desired_state(clients=clients, apiserver_serial="3F:9A")
+
+
+def test_desired_state_round_trips_through_the_agents_parser() -> None:
+    t = lab_tenant()
+    doc = desired_for(t)
+    # Through JSON text, as the server role reads it from the file.
+    state = parse_desired(
+        json.loads(canonical_json(doc)), path="desired.json", tunnel_cidr=t.spec.tunnel_cidr
+    )
+    assert state.apiserver is not None
+    assert state.apiserver.common_name == APISERVER_COMMON_NAME
+    assert state.apiserver.ifconfig_ip == IPv4Address("198.18.8.2")
+    assert state.apiserver.serial == 0x3F9A
+    assert NET("198.19.192.0/20") in state.apiserver.push_routes
+    by_name = {c.common_name: c for c in state.clients}
+    assert list(by_name) == ["node-1", "node-2", "node-3"]
+    assert by_name["node-1"].serial == 0x5B01
+    assert by_name["node-2"].serial is None
+    assert by_name["node-2"].kubelet == (IPv4Address("198.19.0.12"), 10250)
+    assert NET("198.19.192.0/20") in by_name["node-2"].iroutes
+    assert by_name["node-3"].ifconfig_ip == IPv4Address("198.18.8.5")
+    # The server's kernel routes (the agent derives them): every node and the services.
+    assert NET("198.19.0.13/32") in state.routes
+
+
+@pytest.mark.parametrize("elected", [None, "node-1", "node-3"])
+@pytest.mark.parametrize("nodes", [True, False])
+@pytest.mark.parametrize("extra", [None, ["198.19.0.0/24"], ["198.19.0.0/16", "10.1.0.0/16"]])
+def test_every_plan_passes_the_agents_semantic_checks(
+    elected: str | None, nodes: bool, extra: list[str] | None
+) -> None:
+    t = lab_tenant(nodes=nodes, extra=extra)
+    parse_desired(desired_for(t, elected=elected), path="d", tunnel_cidr=t.spec.tunnel_cidr)
+
+
+def test_desired_state_without_apiserver_entry_is_null() -> None:
+    assert server_desired_state(clients=(), apiserver_serial=None) == {
+        "apiserver": None,
+        "clients": [],
+    }
+
+
+def test_desired_state_is_canonical() -> None:
+    t = lab_tenant()
+    assert canonical_json(desired_for(t)) == canonical_json(desired_for(t))
+    assert canonical_json(desired_for(t)).endswith("}\n")
+
+
+def test_server_role_config_loads_with_the_agents_loader(tmp_path: Path) -> None:
+    t = lab_tenant()
+    path = tmp_path / "server.json"
+    path.write_text(canonical_json(server_role_config(tenant=t, settings=SETTINGS)))
+    cfg = load_role_config(str(path), role="server")
+    assert isinstance(cfg, ServerRoleConfig)
+    assert cfg.openvpn.tunnel_cidr == NET("198.18.8.0/24")
+    assert (cfg.openvpn.proto, cfg.openvpn.port) == ("udp", 1194)
+    assert cfg.openvpn.ca == ServerPaths.ca
+    assert cfg.desired_path == ServerPaths.desired
+    assert cfg.crl_source == ServerPaths.crl_source
+    assert cfg.common.health_port == SETTINGS.server_health_port
+    assert cfg.probe_port == PROBE_PORT
+    assert cfg.server_ip == IPv4Address("198.18.8.1")
+
+
+def test_apiserver_role_config_loads_with_the_agents_loader(tmp_path: Path) -> None:
+    t = lab_tenant()
+    path = tmp_path / "apiserver.json"
+    doc = apiserver_role_config(tenant=t, settings=SETTINGS, service_name="tenant-a-vpn")
+    path.write_text(canonical_json(doc))
+    cfg = load_role_config(str(path), role="apiserver")
+    assert isinstance(cfg, ClientRoleConfig)
+    assert tuple(cfg.openvpn.remotes) == (("tenant-a-vpn.tenant-a.svc", 1194),)
+    assert cfg.probe.target == (IPv4Address("198.18.8.1"), PROBE_PORT)
+    assert cfg.routes == ()  # pushed by the server instead
+
+
+def test_node_role_config_loads_with_the_agents_loader(tmp_path: Path) -> None:
+    t = lab_tenant()
+    path = tmp_path / "node.json"
+    doc = node_role_config(tenant=t, settings=SETTINGS, remotes=[("198.18.0.1", 1194)])
+    path.write_text(canonical_json(doc))
+    cfg = load_role_config(str(path), role="node")
+    assert isinstance(cfg, ClientRoleConfig)
+    assert tuple(cfg.openvpn.remotes) == (("198.18.0.1", 1194),)
+    assert cfg.common.health_port == SETTINGS.node_health_port
+
+
+def test_node_role_config_waits_for_a_server_address() -> None:
+    with pytest.raises(TemporaryError) as info:
+        node_role_config(tenant=lab_tenant(), settings=SETTINGS, remotes=[])
+    assert info.value.reason == "WaitingForServerAddress"
+
+
+def service(kind: str, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "spec": {"type": kind, "ports": [{"port": 1194, "protocol": "UDP", "nodePort": 31194}]},
+    }
+    body["spec"].update(extra.pop("spec", {}))
+    body.update(extra)
+    return body
+
+
+def test_service_remotes() -> None:
+    lb = service(
+        "LoadBalancer",
+        status={"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}, {"hostname": "vpn.example"}]}},
+    )
+    assert service_remotes(lb) == (("203.0.113.7", 1194), ("vpn.example", 1194))
+    assert service_remotes(service("LoadBalancer")) == ()
+    assert service_remotes(service("NodePort"), node_addresses=["192.0.2.2", "192.0.2.1"]) == (
+        ("192.0.2.1", 31194),
+        ("192.0.2.2", 31194),
+    )
+    assert service_remotes(service("ClusterIP", spec={"clusterIP": "10.96.0.9"})) == (
+        ("10.96.0.9", 1194),
+    )
+    assert service_remotes(service("ClusterIP", spec={"clusterIP": "None"})) == ()
+    assert service_remotes({"spec": {}}) == ()

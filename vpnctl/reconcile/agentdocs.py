@@ -1,0 +1,261 @@
+"""The JSON documents the agent roles read: role configs and the server's desired state.
+
+The agent defines these formats (agent/desired.py) and refuses unknown keys, so this
+module produces exactly those field names, and the unit tests parse every document with
+the agent's own loader. The paths inside the documents are where the builders in
+objects.py mount things; both use the constants below.
+
+Serialisation is canonical (sorted keys, fixed indentation, trailing newline) so the same
+input always gives the same bytes, and a resync with no change writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from vpnctl.reconcile.errors import TemporaryError
+from vpnctl.reconcile.routes import ClientRoutes
+from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.tenant import TenantSpec
+
+# The agent's UDP echo port on the server's tunnel address (agent.desired.DEFAULT_PROBE_PORT).
+PROBE_PORT = 7947
+
+
+class ServerPaths:
+    """Where things are inside the server pod."""
+
+    config_dir = "/etc/vpnctl"
+    role_config = "/etc/vpnctl/server.json"
+    desired = "/etc/vpnctl/desired.json"
+    crl_source = "/etc/vpnctl/crl.pem"
+    ca = "/etc/vpnctl/pki/ca.crt"
+    cert = "/etc/vpnctl/pki/tls.crt"
+    key = "/etc/vpnctl/pki/tls.key"
+    tls_crypt_v2 = "/etc/vpnctl/pki/tls-crypt-v2-server.key"
+    state_dir = "/run/vpnctl"
+    ccd_dir = "/run/vpnctl/ccd"
+    management = "/run/vpnctl/server.sock"
+    crl = "/run/vpnctl/crl.pem"
+
+
+class ApiserverPaths:
+    """Where things are inside the hosted kube-apiserver pod (distinct from its own)."""
+
+    config_dir = "/etc/vpnctl-apiserver"
+    role_config = "/etc/vpnctl-apiserver/apiserver.json"
+    ca = "/etc/vpnctl-apiserver/pki/ca.crt"
+    cert = "/etc/vpnctl-apiserver/pki/tls.crt"
+    key = "/etc/vpnctl-apiserver/pki/tls.key"
+    tls_crypt_v2 = "/etc/vpnctl-apiserver/pki/tls-crypt-v2-client.key"
+    state_dir = "/run/vpnctl-apiserver"
+    management = "/run/vpnctl-apiserver/client.sock"
+
+
+class NodePaths:
+    """Where things are in the node agent's pod. The state directory is on the host: the
+    node's own private key is made there and never leaves the node."""
+
+    config_dir = "/etc/vpnctl"
+    role_config = "/etc/vpnctl/node.json"
+    ca = "/etc/vpnctl/ca.crt"
+    state_dir = "/var/lib/vpnctl"
+    cert = "/var/lib/vpnctl/node.crt"
+    key = "/var/lib/vpnctl/node.key"
+    tls_crypt_v2 = "/var/lib/vpnctl/tls-crypt-v2-client.key"
+    management = "/run/vpnctl/client.sock"
+    run_dir = "/run/vpnctl"
+    host_proc_sys = "/host/proc/sys"
+
+
+def canonical_json(doc: Mapping[str, Any]) -> str:
+    """The one serialisation of a document: same input, same bytes."""
+    return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=True) + "\n"
+
+
+def _serial_text(serial: str | int | None) -> str | None:
+    if serial is None:
+        return None
+    if isinstance(serial, int):
+        return format(serial, "x")
+    return serial.replace(":", "").lower()
+
+
+def server_desired_state(
+    *, clients: Sequence[ClientRoutes], apiserver_serial: str | int | None
+) -> dict[str, Any]:
+    """The server's desired state (agent.desired.parse_desired's format).
+
+    `clients` is routes.client_routes' result: the apiserver entry (no machine) and the
+    nodes. The apiserver entry is null when there is none; then nothing can open
+    connections through the tunnel, which is the safe default.
+    """
+    apiserver: dict[str, Any] | None = None
+    nodes: list[dict[str, Any]] = []
+    for client in clients:
+        if client.machine is None:
+            apiserver = {
+                "common_name": client.common_name,
+                "ifconfig_ip": str(client.tunnel_ip),
+                "push_routes": [str(n) for n in client.push_routes],
+                "serial": _serial_text(apiserver_serial),
+            }
+            continue
+        kubelet = None if client.kubelet is None else f"{client.kubelet[0]}:{client.kubelet[1]}"
+        nodes.append(
+            {
+                "common_name": client.common_name,
+                "ifconfig_ip": str(client.tunnel_ip),
+                "iroutes": [str(n) for n in client.iroutes],
+                "push_routes": [str(n) for n in client.push_routes],
+                "kubelet": kubelet,
+                "serial": _serial_text(client.serial),
+            }
+        )
+    return {
+        "apiserver": apiserver,
+        "clients": sorted(nodes, key=lambda c: str(c["common_name"])),
+    }
+
+
+def server_role_config(*, tenant: TenantSpec, settings: Settings) -> dict[str, Any]:
+    """server.json: what `python -m agent server --config` reads at start."""
+    spec = tenant.spec
+    p = ServerPaths
+    return {
+        "health_address": f"0.0.0.0:{settings.server_health_port}",
+        "state_dir": p.state_dir,
+        "openvpn": {
+            "proto": spec.transport.protocol,
+            "port": spec.transport.port,
+            "tunnel_cidr": str(spec.tunnel_cidr),
+            "ca": p.ca,
+            "cert": p.cert,
+            "key": p.key,
+            "tls_crypt_v2": p.tls_crypt_v2,
+            "ccd_dir": p.ccd_dir,
+            "management": p.management,
+            "crl": p.crl,
+        },
+        "desired_path": p.desired,
+        "crl_source": p.crl_source,
+        "probe_port": PROBE_PORT,
+        "firewall": True,
+    }
+
+
+def _client_role_config(
+    *,
+    tenant: TenantSpec,
+    remotes: Sequence[tuple[str, int]],
+    health_port: int,
+    state_dir: str,
+    ca: str,
+    cert: str,
+    key: str,
+    tls_crypt_v2: str,
+    management: str,
+) -> dict[str, Any]:
+    spec = tenant.spec
+    return {
+        "health_address": f"0.0.0.0:{health_port}",
+        "state_dir": state_dir,
+        "openvpn": {
+            "proto": spec.transport.protocol,
+            "remotes": [[host, port] for host, port in remotes],
+            "ca": ca,
+            "cert": cert,
+            "key": key,
+            "tls_crypt_v2": tls_crypt_v2,
+            "management": management,
+        },
+        "probe": {"target": f"{spec.server_ip}:{PROBE_PORT}"},
+    }
+
+
+def apiserver_role_config(
+    *, tenant: TenantSpec, settings: Settings, service_name: str
+) -> dict[str, Any]:
+    """apiserver.json. The sidecar sits in the tenant's namespace of the service cluster,
+    so it reaches the server through the Service's cluster DNS name, whatever the
+    Service's type. Its routes are pushed by the server (the desired state's
+    `push_routes`), so `routes` stays empty here: one owner per route."""
+    p = ApiserverPaths
+    doc = _client_role_config(
+        tenant=tenant,
+        remotes=[(f"{service_name}.{tenant.namespace}.svc", tenant.spec.transport.port)],
+        health_port=settings.apiserver_health_port,
+        state_dir=p.state_dir,
+        ca=p.ca,
+        cert=p.cert,
+        key=p.key,
+        tls_crypt_v2=p.tls_crypt_v2,
+        management=p.management,
+    )
+    doc["routes"] = []
+    return doc
+
+
+def node_role_config(
+    *, tenant: TenantSpec, settings: Settings, remotes: Sequence[tuple[str, int]]
+) -> dict[str, Any]:
+    """node.json, the same for every node of the tenant (the node's name comes from the
+    pod's NODE_NAME). `remotes` are where the nodes reach the server from outside: see
+    `service_remotes`."""
+    if not remotes:
+        raise TemporaryError(
+            reason="WaitingForServerAddress",
+            message=(
+                f"the server Service of Tunnel {tenant.key} has no external address yet; "
+                "the nodes are configured once it has one"
+            ),
+        )
+    p = NodePaths
+    return _client_role_config(
+        tenant=tenant,
+        remotes=remotes,
+        health_port=settings.node_health_port,
+        state_dir=p.state_dir,
+        ca=p.ca,
+        cert=p.cert,
+        key=p.key,
+        tls_crypt_v2=p.tls_crypt_v2,
+        management=p.management,
+    )
+
+
+def service_remotes(
+    service: Mapping[str, Any], *, node_addresses: Sequence[str] = ()
+) -> tuple[tuple[str, int], ...]:
+    """Where tenant nodes dial the server, from the server Service as the apiserver has it.
+
+    - LoadBalancer: each `status.loadBalancer.ingress` IP or hostname, on the port.
+    - NodePort: each of `node_addresses` (the service cluster's nodes, from the
+      controller's settings) on the node port.
+    - ClusterIP: the cluster IP on the port; only useful when the tenant's nodes share a
+      network with the service cluster (the lab).
+    Empty while none is known yet.
+    """
+    spec = service.get("spec") or {}
+    ports = spec.get("ports") or []
+    if not ports:
+        return ()
+    port = ports[0]
+    kind = spec.get("type", "ClusterIP")
+    out: list[tuple[str, int]] = []
+    if kind == "LoadBalancer":
+        for ingress in (service.get("status") or {}).get("loadBalancer", {}).get("ingress") or []:
+            host = ingress.get("ip") or ingress.get("hostname")
+            if isinstance(host, str) and host:
+                out.append((host, int(port["port"])))
+    elif kind == "NodePort":
+        node_port = port.get("nodePort")
+        if isinstance(node_port, int):
+            out += [(addr, node_port) for addr in node_addresses]
+    else:
+        cluster_ip = spec.get("clusterIP")
+        if isinstance(cluster_ip, str) and cluster_ip and cluster_ip != "None":
+            out.append((cluster_ip, int(port["port"])))
+    return tuple(sorted(set(out)))
