@@ -1,0 +1,309 @@
+"""Desired objects in the tenant's own cluster: the node agent and what it needs.
+
+Applied through CAPI's `<cluster>-kubeconfig` Secret and watched, so a tenant who deletes
+or edits one gets it back (diff.needs_update tells which). Owner references cannot point
+across clusters, so these carry our labels only; the Cluster's finalizer removes them.
+
+Least privilege, and why there is no ClusterRole:
+- The agent reads its config from a mounted ConfigMap.
+- It asks for its certificate with a CertificateSigningRequest authenticated *as its
+  node* (the kubelet's client certificate), which the Node authorizer already allows;
+  authenticating with the ServiceAccount instead would let any agent pose as any node.
+- So the ServiceAccount gets one Role: read the agent's own ConfigMap by name (for an
+  agent that watches it rather than waiting for the kubelet to refresh the volume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vpnctl.api import KubeObject
+from vpnctl.reconcile.agentdocs import NodePaths, canonical_json
+from vpnctl.reconcile.diff import digest, stamp
+from vpnctl.reconcile.names import (
+    COMPONENT_NODE_AGENT,
+    CONFIG_HASH_ANNOTATION,
+    NODE_AGENT_NAME,
+    labels,
+    selector_labels,
+)
+from vpnctl.reconcile.objects import CA_CERT, HEALTH_PORT_NAME
+from vpnctl.reconcile.settings import Settings
+
+NODE_JSON = "node.json"
+NODE_AGENT_CONTAINER = "node-agent"
+
+
+def _metadata(
+    *, cluster_name: str, name: str, namespace: str | None, extra_labels: Mapping[str, str] = {}
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": dict(
+            sorted(
+                {
+                    **labels(cluster_name=cluster_name, component=COMPONENT_NODE_AGENT),
+                    **extra_labels,
+                }.items()
+            )
+        ),
+    }
+    if namespace is not None:
+        meta["namespace"] = namespace
+    return meta
+
+
+def agent_namespace(*, cluster_name: str, settings: Settings) -> KubeObject:
+    """The agent's namespace. Pod Security "privileged": the agent needs hostNetwork,
+    hostPath and NET_ADMIN, which every other level forbids."""
+    return stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": _metadata(
+                cluster_name=cluster_name,
+                name=settings.tenant_namespace,
+                namespace=None,
+                extra_labels={
+                    "pod-security.kubernetes.io/audit": "privileged",
+                    "pod-security.kubernetes.io/enforce": "privileged",
+                    "pod-security.kubernetes.io/warn": "privileged",
+                },
+            ),
+        }
+    )
+
+
+def agent_service_account(*, cluster_name: str, settings: Settings) -> KubeObject:
+    return stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _metadata(
+                cluster_name=cluster_name,
+                name=NODE_AGENT_NAME,
+                namespace=settings.tenant_namespace,
+            ),
+        }
+    )
+
+
+def agent_role(*, cluster_name: str, settings: Settings) -> KubeObject:
+    return stamp(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _metadata(
+                cluster_name=cluster_name,
+                name=NODE_AGENT_NAME,
+                namespace=settings.tenant_namespace,
+            ),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resourceNames": [NODE_AGENT_NAME],
+                    "resources": ["configmaps"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        }
+    )
+
+
+def agent_role_binding(*, cluster_name: str, settings: Settings) -> KubeObject:
+    return stamp(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(
+                cluster_name=cluster_name,
+                name=NODE_AGENT_NAME,
+                namespace=settings.tenant_namespace,
+            ),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": NODE_AGENT_NAME,
+            },
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": NODE_AGENT_NAME,
+                    "namespace": settings.tenant_namespace,
+                }
+            ],
+        }
+    )
+
+
+def agent_config_map(
+    *, cluster_name: str, settings: Settings, role_config: Mapping[str, Any], ca_pem: bytes
+) -> KubeObject:
+    """node.json and the tenant CA certificate (public; no key material here)."""
+    return stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _metadata(
+                cluster_name=cluster_name,
+                name=NODE_AGENT_NAME,
+                namespace=settings.tenant_namespace,
+            ),
+            "data": {CA_CERT: ca_pem.decode("ascii"), NODE_JSON: canonical_json(role_config)},
+        }
+    )
+
+
+def agent_daemon_set(
+    *, cluster_name: str, settings: Settings, role_config: Mapping[str, Any]
+) -> KubeObject:
+    """The node role on every node: hostNetwork (the tunnel is the node's), NET_ADMIN and
+    /dev/net/tun, tolerating every taint (a tainted node still needs `kubectl logs`).
+
+    The node's sysctls (ip_forward, rp_filter on tun) live in the host's /proc/sys, which
+    is read-only inside a container; it is mounted writable at /host/proc/sys instead of
+    making the container privileged.
+    """
+    p = NodePaths
+    selector = selector_labels(cluster_name=cluster_name, component=COMPONENT_NODE_AGENT)
+    tun_volumes: list[dict[str, Any]] = []
+    tun_mounts: list[dict[str, Any]] = []
+    resources: dict[str, Any] = {}
+    if settings.tun_resource:
+        resources = {"limits": {settings.tun_resource: "1"}}
+    else:
+        tun_volumes = [
+            {"hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}, "name": "dev-net-tun"}
+        ]
+        tun_mounts = [{"mountPath": "/dev/net/tun", "name": "dev-net-tun"}]
+    container: dict[str, Any] = {
+        "name": NODE_AGENT_CONTAINER,
+        "image": settings.agent_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "agent", "node", "--config", p.role_config],
+        "env": [
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        ],
+        "ports": [
+            {
+                "containerPort": settings.node_health_port,
+                "hostPort": settings.node_health_port,
+                "name": HEALTH_PORT_NAME,
+                "protocol": "TCP",
+            }
+        ],
+        "livenessProbe": {
+            "failureThreshold": 3,
+            "httpGet": {"path": "/healthz", "port": HEALTH_PORT_NAME},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+        },
+        "readinessProbe": {
+            "failureThreshold": 2,
+            "httpGet": {"path": "/readyz", "port": HEALTH_PORT_NAME},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": False,
+            "runAsUser": 0,
+        },
+        "volumeMounts": sorted(
+            [
+                {"mountPath": p.config_dir, "name": "config", "readOnly": True},
+                {"mountPath": p.state_dir, "name": "state"},
+                {"mountPath": p.run_dir, "name": "run"},
+                {"mountPath": p.host_proc_sys, "name": "host-proc-sys"},
+                {"mountPath": settings.kubelet_pki_dir, "name": "kubelet-pki", "readOnly": True},
+                {"mountPath": "/tmp", "name": "tmp"},
+                *tun_mounts,
+            ],
+            key=lambda m: str(m["mountPath"]),
+        ),
+    }
+    if resources:
+        container["resources"] = resources
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        "enableServiceLinks": False,
+        "hostNetwork": True,
+        "priorityClassName": settings.node_priority_class,
+        "serviceAccountName": NODE_AGENT_NAME,
+        "terminationGracePeriodSeconds": 10,
+        "tolerations": [{"operator": "Exists"}],
+        "volumes": sorted(
+            [
+                {
+                    "configMap": {
+                        "items": [
+                            {"key": CA_CERT, "path": "ca.crt"},
+                            {"key": NODE_JSON, "path": "node.json"},
+                        ],
+                        "name": NODE_AGENT_NAME,
+                    },
+                    "name": "config",
+                },
+                {
+                    "hostPath": {"path": p.state_dir, "type": "DirectoryOrCreate"},
+                    "name": "state",
+                },
+                {"emptyDir": {"medium": "Memory"}, "name": "run"},
+                {"hostPath": {"path": "/proc/sys", "type": "Directory"}, "name": "host-proc-sys"},
+                {
+                    "hostPath": {"path": settings.kubelet_pki_dir, "type": "Directory"},
+                    "name": "kubelet-pki",
+                },
+                {"emptyDir": {}, "name": "tmp"},
+                *tun_volumes,
+            ],
+            key=lambda v: str(v["name"]),
+        ),
+    }
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
+    return stamp(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": _metadata(
+                cluster_name=cluster_name,
+                name=NODE_AGENT_NAME,
+                namespace=settings.tenant_namespace,
+            ),
+            "spec": {
+                "selector": {"matchLabels": selector},
+                "template": {
+                    "metadata": {
+                        "annotations": {CONFIG_HASH_ANNOTATION: digest(role_config)},
+                        "labels": labels(cluster_name=cluster_name, component=COMPONENT_NODE_AGENT),
+                    },
+                    "spec": pod_spec,
+                },
+                "updateStrategy": {
+                    "rollingUpdate": {"maxUnavailable": 1},
+                    "type": "RollingUpdate",
+                },
+            },
+        }
+    )
+
+
+def tenant_objects(
+    *, cluster_name: str, settings: Settings, role_config: Mapping[str, Any], ca_pem: bytes
+) -> tuple[KubeObject, ...]:
+    """Everything the tenant cluster gets, in the order to apply it."""
+    return (
+        agent_namespace(cluster_name=cluster_name, settings=settings),
+        agent_service_account(cluster_name=cluster_name, settings=settings),
+        agent_role(cluster_name=cluster_name, settings=settings),
+        agent_role_binding(cluster_name=cluster_name, settings=settings),
+        agent_config_map(
+            cluster_name=cluster_name, settings=settings, role_config=role_config, ca_pem=ca_pem
+        ),
+        agent_daemon_set(cluster_name=cluster_name, settings=settings, role_config=role_config),
+    )
