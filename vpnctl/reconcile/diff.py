@@ -16,7 +16,6 @@ material is ever published; Secret data is covered by the subset check.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -39,10 +38,12 @@ def digest(doc: Any) -> str:
 
 
 def _hashable_part(obj: Mapping[str, Any]) -> dict[str, Any]:
-    body = copy.deepcopy(dict(obj))
-    annotations = body.get("metadata", {}).get("annotations")
-    if isinstance(annotations, dict):
-        annotations.pop(DESIRED_HASH_ANNOTATION, None)
+    """`obj` without the hash annotation and Secret data; copies only what it changes."""
+    body = dict(obj)
+    meta = body.get("metadata")
+    if isinstance(meta, Mapping) and isinstance(meta.get("annotations"), Mapping):
+        annotations = {k: v for k, v in meta["annotations"].items() if k != DESIRED_HASH_ANNOTATION}
+        body["metadata"] = {**meta, "annotations": annotations}
     if body.get("kind") == "Secret":
         body.pop("data", None)
         body.pop("stringData", None)
