@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from vpnctl.api import Condition, ConditionStatus
+from vpnctl.reconcile.errors import ReconcileError
 
 READY = "Ready"
 PKI_READY = "PKIReady"
@@ -69,6 +70,27 @@ def set_condition(
     }
     others = [c for c in conditions or () if c.get("type") != type]
     return sorted([*others, updated], key=lambda c: c["type"])
+
+
+def set_error_condition(
+    conditions: Sequence[Condition] | None,
+    *,
+    type: str,  # the field's own name in metav1.Condition
+    error: ReconcileError,
+    observed_generation: int,
+    now: datetime,
+) -> list[Condition]:
+    """`type` False with the error's reason and message (temporary or permanent alike:
+    the part is not ready either way; the loop decides whether to retry)."""
+    return set_condition(
+        conditions,
+        type=type,
+        status="False",
+        reason=error.reason,
+        message=error.message,
+        observed_generation=observed_generation,
+        now=now,
+    )
 
 
 def derive_ready(

@@ -1,0 +1,176 @@
+"""plan_tenant: the whole pure reconcile of one tenant, restarted from status each time."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Network
+from typing import Any, cast
+
+import pytest
+
+from agent.desired import parse_desired
+from vpnctl.api import Condition, Tunnel, TunnelStatusBody
+from vpnctl.reconcile import samples
+from vpnctl.reconcile.conditions import (
+    AGENT_INSTALLED,
+    PKI_READY,
+    READY,
+    SERVER_READY,
+    derive_ready,
+    find_condition,
+    set_condition,
+    set_error_condition,
+)
+from vpnctl.reconcile.errors import PermanentError, TemporaryError
+from vpnctl.reconcile.plan import TenantPlan, plan_tenant
+from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.status import NodeObservation
+
+SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def up(*nodes: str) -> dict[str, NodeObservation]:
+    return {n: NodeObservation(node=n, connected=True) for n in nodes}
+
+
+def run(
+    tunnel: Tunnel,
+    machines: Any,
+    observations: dict[str, NodeObservation],
+    *,
+    settings: Settings = SETTINGS,
+) -> TenantPlan:
+    t = samples.lab_tenant()
+    return plan_tenant(
+        tunnel=tunnel,
+        cluster=t.cluster,
+        machines=machines,
+        nodes=t.nodes,
+        observations=observations,
+        settings=settings,
+    )
+
+
+def written(tunnel: Tunnel, plan: TenantPlan, now: datetime) -> Tunnel:
+    """The Tunnel as the next reconcile reads it: status written, round-tripped as JSON."""
+    conditions: list[Condition] = []
+    for type_ in (PKI_READY, SERVER_READY, AGENT_INSTALLED):
+        conditions = set_condition(
+            conditions,
+            type=type_,
+            status="True",
+            reason="Done",
+            message="done",
+            observed_generation=plan.tenant.generation,
+            now=now,
+        )
+    conditions = derive_ready(conditions, observed_generation=plan.tenant.generation, now=now)
+    status = plan.status(conditions=conditions, previous=tunnel.get("status"), now=now)
+    body = json.loads(json.dumps({**tunnel, "status": status}))
+    return cast(Tunnel, body)
+
+
+def test_restarts_keep_addresses_and_the_holder() -> None:
+    lab = samples.lab_tenant()
+    tunnel = lab.tunnel
+    first = run(tunnel, lab.machines, up("node-2", "node-3"))
+    assert first.service_route_node == "node-2"
+    tunnel = written(tunnel, first, T0)
+    # node-1 connects too; a fresh controller plans from status only.
+    second = run(tunnel, lab.machines, up("node-1", "node-2", "node-3"))
+    assert second.service_route_node == "node-2"
+    assert second.allocation.allocations == first.allocation.allocations
+    assert second.clients == first.clients
+    tunnel2 = written(tunnel, second, T0 + timedelta(minutes=1))
+    assert tunnel2["status"]["allocations"] == tunnel["status"]["allocations"]
+
+    # A machine goes; its address is released, the others keep theirs; a new one gets a
+    # never-used address.
+    fewer = [m for m in lab.machines if m["metadata"]["name"] != "tenant-a-md-1"]
+    third = run(tunnel2, fewer, up("node-2", "node-3"))
+    assert [a.machine for a in third.allocation.removed] == ["tenant-a-md-1"]
+    tunnel3 = written(tunnel2, third, T0 + timedelta(minutes=2))
+    assert tunnel3["status"]["releasedTunnelIPs"] == ["198.18.8.3"]
+    newcomer = samples.machine(name="tenant-a-md-4", node="node-4", internal_ip="198.19.0.14")
+    fourth = run(tunnel3, [*fewer, newcomer], up("node-2", "node-3"))
+    assert fourth.allocation.ip_of("tenant-a-md-4") == fourth.tenant.spec.tunnel_cidr[6]
+    assert fourth.allocation.ip_of("tenant-a-md-2") == first.allocation.ip_of("tenant-a-md-2")
+
+
+def test_desired_state_and_configs_come_with_the_plan() -> None:
+    lab = samples.lab_tenant()
+    plan = run(lab.tunnel, lab.machines, up("node-1"))
+    doc = plan.desired_state(apiserver_serial=7)
+    state = parse_desired(doc, path="desired.json", tunnel_cidr=IPv4Network("198.18.8.0/24"))
+    assert [c.common_name for c in state.clients] == ["node-1", "node-2", "node-3"]
+    assert plan.server_role_config["openvpn"]["tunnel_cidr"] == "198.18.8.0/24"
+    assert plan.apiserver_role_config["openvpn"]["remotes"] == [["tenant-a-vpn.tenant-a.svc", 1194]]
+    assert plan.names.service == "tenant-a-vpn"
+
+
+def test_waiting_lists_pending_and_unallocated_machines() -> None:
+    lab = samples.lab_tenant()
+    tunnel = samples.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": "198.18.8.0/29"})
+    extra = [
+        samples.machine(name=f"tenant-a-md-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
+        for i in (4, 5)
+    ]
+    plan = run(tunnel, [*lab.machines, *extra, samples.machine(name="tenant-a-md-9")], {})
+    waiting = {w.machine: w.error.reason for w in plan.waiting}
+    assert waiting == {"tenant-a-md-9": "WaitingForNodeRef", "tenant-a-md-5": "TunnelCIDRExhausted"}
+    assert plan.service_route_node is None
+    status = plan.status(conditions=[], previous=None, now=T0)
+    assert status["nodeCount"] == 6
+
+
+def test_a_node_without_a_tunnel_address_is_never_elected() -> None:
+    lab = samples.lab_tenant()
+    tunnel = samples.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": "198.18.8.0/29"})
+    extra = [
+        samples.machine(name=f"tenant-a-md-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
+        for i in (4, 5)
+    ]
+    plan = run(tunnel, [*lab.machines, *extra], up("node-5"))
+    assert plan.service_route_node is None
+
+
+def test_reserved_cidrs_come_from_settings() -> None:
+    lab = samples.lab_tenant()
+    settings = Settings(agent_image="i", reserved_cidrs=(IPv4Network("198.18.8.0/25"),))
+    with pytest.raises(PermanentError) as info:
+        run(lab.tunnel, lab.machines, {}, settings=settings)
+    assert info.value.reason == "CIDROverlap"
+
+
+def test_errors_become_conditions_and_ready_follows() -> None:
+    conditions = set_error_condition(
+        [],
+        type=AGENT_INSTALLED,
+        error=TemporaryError(reason="WaitingForKubeconfig", message="no kubeconfig yet"),
+        observed_generation=2,
+        now=T0,
+    )
+    conditions = set_error_condition(
+        conditions,
+        type=SERVER_READY,
+        error=PermanentError(reason="CIDROverlap", message="tunnel CIDR overlaps"),
+        observed_generation=2,
+        now=T0,
+    )
+    conditions = derive_ready(conditions, observed_generation=2, now=T0)
+    ready = find_condition(conditions, READY)
+    assert ready is not None
+    # PKIReady is missing (Unknown) but a part is False: Ready is False with that part's
+    # reason, the first in READY_PARTS order.
+    assert (ready["status"], ready["reason"]) == ("False", "CIDROverlap")
+
+
+def test_status_of_a_fresh_tunnel_has_no_surprises() -> None:
+    lab = samples.lab_tenant()
+    plan = run(lab.tunnel, lab.machines, {})
+    status: TunnelStatusBody = plan.status(conditions=[], previous=None, now=T0)
+    assert status["connectedCount"] == 0
+    assert "serviceRouteNode" not in status
+    assert [n["tunnelIP"] for n in status["nodes"]] == ["198.18.8.3", "198.18.8.4", "198.18.8.5"]

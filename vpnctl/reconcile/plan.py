@@ -1,0 +1,123 @@
+"""One tenant's whole desired state in one call, so the reconcile loop stays thin.
+
+The loop reads (Tunnel, Cluster, Machines, the tenant's Nodes, the server's node
+observations), calls `plan_tenant`, reads or issues PKI with `secrets`/`certs`, builds
+objects with `objects`/`tenant_objects`, applies what `diff.needs_update` says, and writes
+`plan.status(...)`. Everything remembered between reconciles comes from the Tunnel's
+status, which is how addresses and the service-route holder survive a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from ipaddress import IPv4Network
+from typing import Any
+
+from vpnctl.api import Cluster, Condition, Machine, Node, Tunnel, TunnelStatusBody
+from vpnctl.reconcile.agentdocs import (
+    apiserver_role_config,
+    server_desired_state,
+    server_role_config,
+)
+from vpnctl.reconcile.allocation import (
+    AllocationResult,
+    allocate,
+    allocations_from_status,
+    released_from_status,
+)
+from vpnctl.reconcile.names import TenantNames
+from vpnctl.reconcile.routes import ClientRoutes, client_routes, elect_service_route_node
+from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
+from vpnctl.reconcile.tenant import PendingMachine, TenantSpec, parse_tenant
+
+
+@dataclass(frozen=True, kw_only=True)
+class TenantPlan:
+    tenant: TenantSpec
+    names: TenantNames
+    allocation: AllocationResult
+    service_route_node: str | None
+    clients: tuple[ClientRoutes, ...]  # the apiserver first, then nodes by name
+    server_role_config: dict[str, Any]
+    apiserver_role_config: dict[str, Any]
+    observations: Mapping[str, NodeObservation]
+
+    @property
+    def waiting(self) -> tuple[PendingMachine, ...]:
+        """Machines without a tunnel and why: pending ones and those the pool could not fit."""
+        return (*self.tenant.pending, *self.allocation.unallocated)
+
+    def desired_state(self, *, apiserver_serial: str | int | None) -> dict[str, Any]:
+        """The server's desired.json."""
+        return server_desired_state(clients=self.clients, apiserver_serial=apiserver_serial)
+
+    def status(
+        self,
+        *,
+        conditions: Sequence[Condition],
+        previous: TunnelStatusBody | None,
+        now: datetime,
+    ) -> TunnelStatusBody:
+        return build_status(
+            tenant=self.tenant,
+            result=self.allocation,
+            service_route_node=self.service_route_node,
+            observations=self.observations,
+            conditions=conditions,
+            previous=previous,
+            now=now,
+        )
+
+
+def plan_tenant(
+    *,
+    tunnel: Tunnel,
+    cluster: Cluster,
+    machines: Sequence[Machine],
+    nodes: Sequence[Node] | None,
+    observations: Mapping[str, NodeObservation],
+    settings: Settings,
+    reserved: Sequence[IPv4Network] | None = None,
+) -> TenantPlan:
+    """Parse, allocate, elect and route one tenant. Raises PermanentError for a problem
+    with the tenant as a whole (see tenant.parse_tenant); per-Machine problems are in
+    `TenantPlan.waiting`. `reserved` defaults to `settings.reserved_cidrs`."""
+    tenant = parse_tenant(
+        tunnel=tunnel,
+        cluster=cluster,
+        machines=machines,
+        nodes=nodes,
+        reserved=settings.reserved_cidrs if reserved is None else reserved,
+    )
+    previous = tunnel.get("status") or {}
+    allocation = allocate(
+        tunnel_cidr=tenant.spec.tunnel_cidr,
+        previous=allocations_from_status(previous.get("allocations")),
+        released=released_from_status(previous.get("releasedTunnelIPs")),
+        members=tenant.members,
+        pending=[p.machine for p in tenant.pending],
+    )
+    allocated = {a.machine for a in allocation.allocations}
+    routed = {m.node for m in tenant.members if m.machine in allocated}
+    holder = elect_service_route_node(
+        current=previous.get("serviceRouteNode"),
+        connected=connected_members(tenant=tenant, observations=observations) & routed,
+    )
+    names = TenantNames.for_cluster(tenant.cluster_name)
+    return TenantPlan(
+        tenant=tenant,
+        names=names,
+        allocation=allocation,
+        service_route_node=holder,
+        clients=client_routes(
+            tenant=tenant, allocations=allocation.allocations, service_route_node=holder
+        ),
+        server_role_config=server_role_config(tenant=tenant, settings=settings),
+        apiserver_role_config=apiserver_role_config(
+            tenant=tenant, settings=settings, service_name=names.service
+        ),
+        observations=dict(observations),
+    )
