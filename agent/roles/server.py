@@ -241,6 +241,10 @@ class ServerRole:
         self._kick_lock = asyncio.Lock()
         self._bytes: dict[str, tuple[int | None, CounterDelta, CounterDelta]] = {}
         self._kubelet_ok: dict[str, bool] = {}
+        # Client IDs we kicked. openvpn keeps a kicked UDP instance in `status` for a few
+        # seconds (until its delayed exit); it must neither count as connected nor be
+        # kicked again.
+        self._kicked_ids: set[int] = set()
         self._policy: FirewallPolicy | None = None
         self._ready = {name: asyncio.Event() for name in ("material", "crl", "desired", "firewall")}
         if not cfg.firewall:
@@ -315,7 +319,10 @@ class ServerRole:
                 self.pending_kicks.pop(cn, None)
                 if killed:
                     self.metrics.kicked.labels(self.role, reason).inc()
-                    self.connected.pop(cn, None)
+                    gone = self.connected.pop(cn, None)
+                    if gone is not None and gone.client_id is not None:
+                        self._kicked_ids.add(gone.client_id)
+                    self._set_connected(cn, False)
                     self.events.warning("client_kicked", cn=cn, reason=reason)
 
     async def _desired_task(self) -> None:
@@ -474,7 +481,8 @@ class ServerRole:
                 except LINK_ERRORS as e:
                     self.events.warning("status_failed", error=f"{type(e).__name__}: {e}")
             if statuses is not None:
-                now = {s.common_name: s for s in statuses}
+                self._kicked_ids &= {s.client_id for s in statuses if s.client_id is not None}
+                now = {s.common_name: s for s in statuses if s.client_id not in self._kicked_ids}
                 for cn in set(self.connected) - set(now):
                     self._set_connected(cn, False)
                     self.events("client_disconnected", cn=cn)
