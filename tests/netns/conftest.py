@@ -415,6 +415,7 @@ SPARE_CLIENTS = {
     "victim": "198.18.8.50",
     "revoked-at-start": "198.18.8.51",
     "wrong-tc": "198.18.8.52",
+    "spare-node": "198.18.8.53",
 }
 
 
@@ -555,6 +556,20 @@ class DataPlane:
         }
         if role == "apiserver":
             cfg["routes"] = [str(c) for c in self.plan.tenant_cidrs]
+        return cfg
+
+    def spare_node_config(self, name: str, **overrides: Any) -> dict[str, Any]:
+        """A node-role config for the spare machine, as identity `spare-node`, in dir NAME."""
+        cfg = self.client_config("spare-node", role="node")
+        d = self.base / name
+        cfg["openvpn"]["management"] = str(d / "mgmt.sock")
+        cfg["state_dir"] = str(d / "state")
+        cfg["openvpn_log"] = str(d / "openvpn.log")
+        for key, value in overrides.items():
+            if isinstance(value, dict):
+                cfg[key] = {**cfg.get(key, {}), **value}
+            else:
+                cfg[key] = value
         return cfg
 
     def start_agent(self, name: str, *, role: str, ns: str, config: dict[str, Any]) -> Proc:
