@@ -23,6 +23,7 @@ from vpnctl.kube import (
     KubeObject,
     ManualClock,
     Resource,
+    TooManyRequests,
     TransportError,
     Watcher,
     WatchEvent,
@@ -265,6 +266,17 @@ async def test_a_failing_list_is_retried_with_growing_backoff(h: Harness) -> Non
     await until(h.watcher.synced.is_set, "the list")
     assert h.restarts("error") == 2
     assert h.recorder.events == [("ADDED", "a", "1")]
+
+
+async def test_a_throttled_watch_waits_what_retry_after_says(h: Harness) -> None:
+    throttled = TooManyRequests("cache not ready", status=429, retry_after=7.0)
+    h.source.lists = [([], "1")]
+    h.source.streams = [throttled, HANG]
+    h.start()
+    await until(lambda: len(h.clock.sleeps) == 1, "a backoff")
+    assert h.clock.sleeps == [7.0]
+    h.clock.advance(7)
+    await until(lambda: len(h.source.watched_from) == 2, "the reconnect")
 
 
 async def test_healthy_turns_false_after_silence_and_back_on_activity(h: Harness) -> None:

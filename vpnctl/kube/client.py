@@ -92,7 +92,7 @@ class Kube:
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise KubeconfigError(f"{name}: not valid YAML ({_first_line(exc)})") from None
+            raise KubeconfigError(f"{name}: not valid YAML ({_yaml_problem(exc)})") from None
         _check_kubeconfig(doc, context=context, where=name)
         configuration = k8s_client.Configuration()
         with _explained(name):
@@ -484,7 +484,7 @@ async def connect(
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise KubeconfigError(f"{where}: not valid YAML ({_first_line(exc)})") from None
+            raise KubeconfigError(f"{where}: not valid YAML ({_yaml_problem(exc)})") from None
         _check_kubeconfig(doc, context=context, where=where)
     with _explained(where):
         await k8s_config.load_kube_config(
@@ -570,6 +570,16 @@ def _transport(method: str, path: str, exc: BaseException) -> TransportError:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where the YAML broke, without PyYAML's "problem" text: that can quote the
+    offending scalar, which in a kubeconfig may be key material."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        return f"{exc.context}, {where}" if exc.context else where
+    return type(exc).__name__
 
 
 def _api_client(configuration: k8s_client.Configuration, where: str) -> k8s_client.ApiClient:

@@ -32,7 +32,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter
 
 from vpnctl.kube.clock import Clock
-from vpnctl.kube.errors import ApiError, Gone, error_from_status_object
+from vpnctl.kube.errors import ApiError, Gone, TooManyRequests, error_from_status_object
 from vpnctl.kube.resources import KubeObject, Resource, WatchEvent, object_key
 from vpnctl.kube.retry import backoff
 
@@ -204,6 +204,9 @@ class Watcher:
                 reason = "error"
                 failures += 1
                 delay = self._backoff(failures)
+                if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
+                    # e.g. a restarted apiserver whose watch cache isn't ready yet
+                    delay = max(delay, min(exc.retry_after, self._backoff_cap))
                 _log.warning(
                     "event=watch_failed %s failures=%d retry_in=%.1fs error=%r",
                     self._where,

@@ -1,0 +1,111 @@
+"""Kubeconfigs that can't be used say what is wrong, where, and never quote key data.
+
+The happy path (a real apiserver reached through a kubeconfig from a Secret) is in
+tests/kube/test_kube_client.py; these need no server: every one fails before a request.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from vpnctl.kube import Kube, KubeconfigError, connect, kubeconfig_text_from_secret
+
+SECRET_KEY_DATA = base64.b64encode(b"-----BEGIN EC PRIVATE KEY-----\nsecret\n").decode()
+
+
+def kubeconfig(
+    *,
+    server: str = "https://198.18.0.1:6443",
+    context: str = "t",
+    cluster: str = "c",
+    user: str = "u",
+    ca: str | None = None,
+    key: str | None = SECRET_KEY_DATA,
+) -> str:
+    cluster_lines = f"    server: {server}\n"
+    if ca is not None:
+        cluster_lines += f"    certificate-authority-data: {ca}\n"
+    user_lines = "    client-certificate-data: bm90LWEtY2VydA==\n"
+    if key is not None:
+        user_lines += f"    client-key-data: {key}\n"
+    return (
+        "apiVersion: v1\nkind: Config\n"
+        f"current-context: {context}\n"
+        f"clusters:\n- name: c\n  cluster:\n{cluster_lines}"
+        f"users:\n- name: u\n  user:\n{user_lines}"
+        f"contexts:\n- name: t\n  context: {{cluster: {cluster}, user: {user}}}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("clusters: [unclosed", r"secret t/k-kubeconfig: not valid YAML"),
+        ("just a string", r"not a kubeconfig \(expected a mapping .* got str\)"),
+        ("", r"not a kubeconfig .* got nothing"),
+        (kubeconfig(context="missing"), r"context 'missing' not found \(contexts: t\)"),
+        (kubeconfig(cluster="elsewhere"), r"names cluster 'elsewhere', which isn't defined"),
+        (kubeconfig(user="nobody"), r"names user 'nobody', which isn't defined"),
+        (kubeconfig(server="198.18.0.1:6443"), r"cluster 'c' has no http\(s\) server URL"),
+        (
+            kubeconfig(ca='"%%%not base64%%%"'),
+            r"cluster 'c' certificate-authority-data is not valid",
+        ),
+        (kubeconfig(key=f'"#{SECRET_KEY_DATA}"'), r"user 'u' client-key-data is not valid base64"),
+        # PyYAML would quote the bad scalar (the key) in its message; we say where only.
+        (kubeconfig(key="!!" + SECRET_KEY_DATA), r"not valid YAML \(line 12, column 22\)"),
+        (
+            "apiVersion: v1\nclusters: {c: 1}\ncontexts: []\nusers: []\n",
+            r"clusters must be a list",
+        ),
+        ("apiVersion: v1\nclusters: []\ncontexts: []\nusers: []\n", r"no current-context"),
+    ],
+)
+async def test_malformed_kubeconfig_text_is_explained(text: str, message: str) -> None:
+    with pytest.raises(KubeconfigError, match=message) as err:
+        await Kube.from_kubeconfig_text(text, name="secret t/k-kubeconfig")
+    assert str(err.value).startswith("secret t/k-kubeconfig: ")
+    assert SECRET_KEY_DATA not in str(err.value)
+    assert "secret\n" not in str(err.value)
+
+
+async def test_certificates_that_do_not_load_are_a_kubeconfig_error() -> None:
+    junk = base64.b64encode(b"not a PEM at all").decode()
+    text = kubeconfig(ca=junk, key=junk)
+    with pytest.raises(KubeconfigError, match="CA certificate or the client certificate/key"):
+        await Kube.from_kubeconfig_text(text, name="tenant")
+
+
+async def test_missing_kubeconfig_file(tmp_path: Path) -> None:
+    with pytest.raises(KubeconfigError, match=r"kubeconfig .*/nope: can't read it"):
+        await connect(kubeconfig=str(tmp_path / "nope"))
+
+
+async def test_kubeconfig_file_with_a_bad_context(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    path.write_text(kubeconfig())
+    with pytest.raises(KubeconfigError, match=rf"kubeconfig {path}: context 'other' not found"):
+        await connect(kubeconfig=str(path), context="other")
+
+
+async def test_in_cluster_outside_a_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
+    with pytest.raises(KubeconfigError, match=r"in-cluster service account: .*run inside a pod"):
+        await connect(in_cluster=True)
+
+
+def test_kubeconfig_from_secret() -> None:
+    text = kubeconfig()
+    secret = {
+        "metadata": {"name": "t1-kubeconfig", "namespace": "tenant-1"},
+        "data": {"value": base64.b64encode(text.encode()).decode()},
+    }
+    assert kubeconfig_text_from_secret(secret) == text
+    with pytest.raises(KubeconfigError, match=r"Secret tenant-1/t1-kubeconfig has no key 'value'"):
+        kubeconfig_text_from_secret({**secret, "data": {}})
+    with pytest.raises(KubeconfigError, match="key 'value' is not base64-encoded UTF-8 text"):
+        kubeconfig_text_from_secret({**secret, "data": {"value": "//79"}})
