@@ -1,0 +1,65 @@
+"""The server's nftables ruleset: what it allows, and that nft accepts it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from ipaddress import IPv4Address
+
+import pytest
+
+from agent.firewall import FirewallPolicy, render_ruleset
+from agent.openvpn.config import ConfigError
+
+
+def test_ruleset_allows_new_only_from_the_apiserver() -> None:
+    text = render_ruleset(
+        FirewallPolicy(tun="tun0", apiserver_ip=IPv4Address("198.18.8.2"), probe_port=7947)
+    )
+    forward = text.split("chain forward")[1].split("chain input")[0]
+    lines = [ln.strip() for ln in forward.splitlines() if "iifname" in ln]
+    assert lines == [
+        'iifname "tun0" ct state established,related accept',
+        'iifname "tun0" ip saddr 198.18.8.2 ct state new accept',
+        'iifname "tun0" counter drop',
+    ]
+    input_chain = text.split("chain input")[1]
+    assert 'iifname "tun0" udp dport 7947 accept' in input_chain
+    assert 'iifname "tun0" icmp type echo-request accept' in input_chain
+    assert input_chain.strip().splitlines()[-3].strip() == 'iifname "tun0" counter drop'
+
+
+def test_ruleset_replaces_the_table_atomically() -> None:
+    text = render_ruleset(FirewallPolicy(tun="tun0", apiserver_ip=None, probe_port=7947))
+    first = text.splitlines()[:3]
+    assert first == ["table inet vpnctl", "delete table inet vpnctl", "table inet vpnctl {"]
+    assert "ct state new accept" not in text  # no apiserver: nothing may be opened
+
+
+@pytest.mark.parametrize(
+    ("tun", "port", "match"),
+    [('tun0" accept\n', 7947, "not a plain interface name"), ("tun0", 0, "out of range")],
+)
+def test_policy_refuses_injection_and_bad_ports(tun: str, port: int, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        FirewallPolicy(tun=tun, apiserver_ip=None, probe_port=port)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("unshare") is None,
+    reason="needs nft, unshare and root",
+)
+def test_nft_accepts_the_ruleset_in_check_mode() -> None:
+    # -c: parse and validate only, and in a throw-away network namespace at that.
+    text = render_ruleset(
+        FirewallPolicy(tun="tun0", apiserver_ip=IPv4Address("198.18.8.2"), probe_port=7947)
+    )
+    proc = subprocess.run(
+        ["unshare", "--net", "nft", "-c", "-f", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr

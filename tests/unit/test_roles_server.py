@@ -1,0 +1,379 @@
+"""The server and client roles against fakes of our own interfaces (management, kernel).
+
+No openvpn here: `FakeManagement` implements `agent.roles.mgmt.Management`, the files are
+real (tmp_path), the clock and registry are passed in. The netns tests run the same code
+against real openvpn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import certs
+from agent.desired import (
+    ClientRoleConfig,
+    Common,
+    DesiredState,
+    ProbeSettings,
+    ServerRoleConfig,
+    parse_desired,
+)
+from agent.firewall import FirewallPolicy
+from agent.netlink import Kernel, Route
+from agent.openvpn.config import ClientConfig, ServerConfig
+from agent.openvpn.management import ClientStatus, Event, StateEvent
+from agent.roles.common import MaterialError
+from agent.roles.node import NodeRole
+from agent.roles.server import ServerRole
+
+TUNNEL = IPv4Network("198.18.8.0/24")
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+class FakeManagement:
+    """An openvpn management interface in memory: a set of connected clients."""
+
+    def __init__(self) -> None:
+        self._connected = False
+        self.clients: dict[str, ClientStatus] = {}
+        self.killed: list[str] = []
+        self.signals: list[str] = []
+        self.fail_commands = False
+        self._closed = asyncio.Event()
+
+    def connect_client(self, cn: str, *, client_id: int) -> None:
+        self.clients[cn] = ClientStatus(
+            common_name=cn, real_address="198.18.0.3:4000", virtual_address=None,
+            bytes_received=100, bytes_sent=200, connected_since=NOW, client_id=client_id,
+        )  # fmt: skip
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def connect(self, *, timeout: float) -> None:
+        self._connected = True
+
+    async def close(self) -> None:
+        self._connected = False
+        self._closed.set()
+
+    def _check(self) -> None:
+        if self.fail_commands:
+            raise OSError("management socket closed")
+
+    async def status(self) -> list[ClientStatus]:
+        self._check()
+        return list(self.clients.values())
+
+    async def state(self) -> StateEvent:
+        self._check()
+        return StateEvent(time=NOW, name="CONNECTED", description="SUCCESS", local_ip=None,
+                          remote_ip=None)  # fmt: skip
+
+    async def enable_state_events(self) -> None:
+        self._check()
+
+    async def client_kill(self, common_name: str) -> bool:
+        self._check()
+        if common_name not in self.clients:
+            return False
+        self.killed.append(common_name)
+        del self.clients[common_name]
+        return True
+
+    async def signal(self, sig: Literal["SIGHUP", "SIGTERM", "SIGUSR1", "SIGUSR2"]) -> None:
+        self._check()
+        self.signals.append(sig)
+
+    def events(self) -> AsyncIterator[Event]:
+        async def it() -> AsyncIterator[Event]:
+            await self._closed.wait()
+            return
+            yield  # pragma: no cover
+
+        return it()
+
+
+class NoKernel:
+    """A Kernel that has nothing; the role tests here do not exercise routes."""
+
+    async def list_routes(self, *, proto: int | None = 211) -> list[Route]:
+        return []
+
+    async def replace_route(self, route: Route) -> None: ...
+
+    async def delete_route(self, route: Route) -> None: ...
+
+    async def link_exists(self, dev: str) -> bool:
+        return False
+
+    async def link_index(self, dev: str) -> int:
+        raise AssertionError("not used")
+
+    async def link_counters(self, dev: str) -> tuple[int, int]:
+        return (0, 0)
+
+    async def addresses(self, dev: str) -> list[IPv4Interface]:
+        return []
+
+    async def replace_address(self, dev: str, addr: IPv4Interface) -> None: ...
+
+    async def set_link_up(self, dev: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+async def _no_kernel() -> Kernel:
+    return NoKernel()
+
+
+class FakeFirewall:
+    def __init__(self) -> None:
+        self.applied: list[FirewallPolicy] = []
+
+    async def apply(self, policy: FirewallPolicy) -> None:
+        self.applied.append(policy)
+
+    async def present(self) -> bool:
+        return bool(self.applied)
+
+    async def remove(self) -> None:
+        self.applied.clear()
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+class Pki:
+    def __init__(self, base: Path) -> None:
+        self.ca = certs.new_ca(common_name="tenant-a", now=NOW, lifetime=DAY)
+        self.ca_path = base / "ca.pem"
+        self.ca_path.write_bytes(self.ca.cert_pem)
+        self.serials: dict[str, int] = {}
+        for cn in ("apiserver", "node-1", "node-2"):
+            issued = certs.new_client_cert(self.ca, common_name=cn, now=NOW, lifetime=DAY)
+            self.serials[cn] = certs.cert_info(issued.cert_pem).serial
+
+    def crl(self, *cns: str, number: int) -> bytes:
+        return certs.build_crl(
+            self.ca,
+            revoked=[certs.Revoked(serial=self.serials[cn], revoked_at=NOW) for cn in cns],
+            now=NOW,
+            next_update=DAY,
+            crl_number=number,
+        )
+
+
+def _desired(pki: Pki, *, node1_iroutes: list[str], with_node2: bool = True) -> DesiredState:
+    clients = [
+        {"common_name": "node-1", "ifconfig_ip": "198.18.8.11", "iroutes": node1_iroutes,
+         "serial": f"{pki.serials['node-1']:x}"},
+    ]  # fmt: skip
+    if with_node2:
+        serial = f"{pki.serials['node-2']:x}"
+        clients.append({"common_name": "node-2", "ifconfig_ip": "198.18.8.12",
+                        "iroutes": ["198.19.0.12/32"], "serial": serial})  # fmt: skip
+    doc = {
+        "apiserver": {"common_name": "apiserver", "ifconfig_ip": "198.18.8.2",
+                      "serial": f"{pki.serials['apiserver']:x}"},
+        "clients": clients,
+    }  # fmt: skip
+    return parse_desired(doc, path="/d.json", tunnel_cidr=TUNNEL)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+@pytest.fixture
+async def server(tmp_path: Path, pki: Pki) -> AsyncIterator[tuple[ServerRole, FakeManagement]]:
+    (tmp_path / "ccd").mkdir()
+    ovpn = ServerConfig(
+        tunnel_cidr=TUNNEL, ca=str(pki.ca_path), cert=str(tmp_path / "s.pem"),
+        key=str(tmp_path / "s.key"), crl=str(tmp_path / "crl-installed.pem"),
+        tls_crypt_v2=str(tmp_path / "tc.key"), ccd_dir=str(tmp_path / "ccd"),
+        management=str(tmp_path / "m.sock"),
+    )  # fmt: skip
+    cfg = ServerRoleConfig(
+        common=Common(state_dir=str(tmp_path / "state")),
+        openvpn=ovpn,
+        desired_path=str(tmp_path / "desired.json"),
+        crl_source=str(tmp_path / "crl.pem"),
+    )
+    fake = FakeManagement()
+    role = ServerRole(
+        cfg=cfg, registry=CollectorRegistry(), clock=lambda: NOW, rng=random.Random(1),
+        kernel_factory=_no_kernel, management_factory=lambda _path: fake,
+        firewall=FakeFirewall(),
+    )  # fmt: skip
+    link = asyncio.create_task(role.link.run())
+    try:
+        yield role, fake
+    finally:
+        link.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await link
+
+
+async def _usable(role: ServerRole) -> None:
+    async with asyncio.timeout(2):
+        while not role.link.usable:
+            await asyncio.sleep(0.01)
+
+
+def _kicked(role: ServerRole, reason: str) -> float:
+    value = role.registry.get_sample_value(
+        "vpnctl_agent_clients_kicked_total", {"role": "server", "reason": reason}
+    )
+    return value or 0.0
+
+
+# --- server --------------------------------------------------------------------------------------
+
+
+async def test_ccd_follows_desired_state_and_changed_clients_are_kicked(
+    server: tuple[ServerRole, FakeManagement], pki: Pki, tmp_path: Path
+) -> None:
+    role, mgmt = server
+    await _usable(role)
+    ccd = tmp_path / "ccd"
+    await role.apply_desired(_desired(pki, node1_iroutes=["198.19.0.11/32"]))
+    assert sorted(p.name for p in ccd.iterdir()) == ["apiserver", "node-1", "node-2"]
+    assert "iroute 198.19.0.11 255.255.255.255" in (ccd / "node-1").read_text()
+    assert mgmt.killed == []  # first write: nobody to kick
+
+    mgmt.connect_client("node-1", client_id=1)
+    mgmt.connect_client("node-2", client_id=2)
+    await role.apply_desired(_desired(pki, node1_iroutes=["198.19.0.11/32", "198.19.65.0/24"]))
+    assert "iroute 198.19.65.0 255.255.255.0" in (ccd / "node-1").read_text()
+    assert mgmt.killed == ["node-1"]
+    assert _kicked(role, "ccd_changed") == 1
+
+    await role.apply_desired(
+        _desired(pki, node1_iroutes=["198.19.0.11/32", "198.19.65.0/24"], with_node2=False)
+    )
+    assert not (ccd / "node-2").exists()
+    assert mgmt.killed == ["node-1", "node-2"]
+    assert _kicked(role, "removed") == 1
+    assert not [p for p in ccd.iterdir() if p.name.startswith(".tmp-")]
+
+
+async def test_crl_install_kicks_revoked_clients_and_refuses_a_foreign_crl(
+    server: tuple[ServerRole, FakeManagement], pki: Pki, tmp_path: Path
+) -> None:
+    role, mgmt = server
+    await _usable(role)
+    await role.apply_desired(_desired(pki, node1_iroutes=["198.19.0.11/32"]))
+    mgmt.connect_client("node-1", client_id=1)
+    mgmt.connect_client("node-2", client_id=2)
+    source, target = tmp_path / "crl.pem", tmp_path / "crl-installed.pem"
+
+    source.write_bytes(pki.crl(number=1))
+    await role.install_crl()
+    assert target.read_bytes() == source.read_bytes()
+    assert mgmt.killed == []
+
+    source.write_bytes(pki.crl("node-2", number=2))
+    await role.install_crl()
+    assert target.read_bytes() == source.read_bytes()
+    assert mgmt.killed == ["node-2"]
+    assert _kicked(role, "revoked") == 1
+    assert role.revoked == {pki.serials["node-2"]}
+
+    other = certs.new_ca(common_name="tenant-b", now=NOW, lifetime=DAY)
+    installed = target.read_bytes()
+    source.write_bytes(certs.build_crl(other, revoked=[], now=NOW, next_update=DAY, crl_number=1))
+    with pytest.raises(MaterialError, match=r"crl\.pem: .*tenant-b"):
+        await role.install_crl()
+    assert target.read_bytes() == installed
+
+
+async def test_kicks_wait_for_management_and_are_not_lost(
+    server: tuple[ServerRole, FakeManagement], pki: Pki, tmp_path: Path
+) -> None:
+    role, mgmt = server
+    await _usable(role)
+    await role.apply_desired(_desired(pki, node1_iroutes=["198.19.0.11/32"]))
+    mgmt.connect_client("node-1", client_id=1)
+    mgmt.fail_commands = True
+    await role.apply_desired(_desired(pki, node1_iroutes=["198.19.65.0/24"]))
+    assert role.pending_kicks == {"node-1": "ccd_changed"}
+    mgmt.fail_commands = False
+    await role.flush_kicks()
+    assert role.pending_kicks == {}
+    assert mgmt.killed == ["node-1"]
+
+
+# --- client roles --------------------------------------------------------------------------------
+
+
+def _node(tmp_path: Path, fake: FakeManagement) -> NodeRole:
+    cfg = ClientRoleConfig(
+        role="node",
+        common=Common(state_dir=str(tmp_path / "state")),
+        openvpn=ClientConfig(
+            remotes=[("198.18.0.1", 1194)],
+            ca="/ca.pem",
+            cert="/c.pem",
+            key="/c.key",
+            tls_crypt_v2="/tc.key",
+            management=str(tmp_path / "m.sock"),
+        ),
+        probe=ProbeSettings(target=(IPv4Address("198.18.8.1"), 7947)),
+    )
+    return NodeRole(
+        cfg=cfg, registry=CollectorRegistry(), clock=lambda: NOW, rng=random.Random(1),
+        kernel_factory=_no_kernel, management_factory=lambda _path: fake,
+    )  # fmt: skip
+
+
+def _reconnects(role: NodeRole, reason: str) -> float:
+    value = role.registry.get_sample_value(
+        "vpnctl_agent_reconnects_total", {"role": "node", "reason": reason}
+    )
+    return value or 0.0
+
+
+def _state(name: str, description: str = "") -> StateEvent:
+    return StateEvent(time=NOW, name=name, description=description, local_ip=None, remote_ip=None)
+
+
+async def test_client_reconnects_are_attributed_to_their_cause(tmp_path: Path) -> None:
+    fake = FakeManagement()
+    role = _node(tmp_path, fake)
+    link = asyncio.create_task(role.link.run())
+    try:
+        async with asyncio.timeout(2):
+            while not role.link.usable:
+                await asyncio.sleep(0.01)
+        assert role.tunnel_up  # on_connect read the current state: CONNECTED
+        gauge = role.registry.get_sample_value("vpnctl_agent_tunnel_up", {"role": "node"})
+        assert gauge == 1
+
+        await role.force_reconnect("probe", detail="3 probes missed")
+        assert fake.signals == ["SIGUSR1"]
+        role._apply_state(_state("RECONNECTING", "SIGUSR1"))
+        assert _reconnects(role, "probe") == 1
+        assert not role.tunnel_up
+        assert role.conditions.reason("tunnel") == "openvpn state is RECONNECTING, not CONNECTED"
+
+        role._apply_state(_state("CONNECTED", "SUCCESS"))
+        role._apply_state(_state("RECONNECTING", "ping-restart"))
+        assert _reconnects(role, "ping-restart") == 1
+        assert _reconnects(role, "probe") == 1
+    finally:
+        link.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await link
