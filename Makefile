@@ -34,7 +34,7 @@ $(VENV_STAMP): pyproject.toml
 	@touch $@
 
 k8s-bins: deps
-	@if [ -f vpnctl/testenv/build.py ]; then $(PY) -m vpnctl.testenv.build; fi
+	$(PY) -m vpnctl.testenv.build $(if $(WITH_KUBELET),--with-kubelet)
 
 bench: deps
 	$(PY) -m bench
