@@ -47,6 +47,7 @@ from agent.roles.common import (
     check_material,
     openvpn_supervisor,
     render_to,
+    restart_openvpn,
     run_group,
     wait_for_material,
 )
@@ -225,7 +226,7 @@ class ClientRole:
         return None
 
     def _on_openvpn_start(self, pid: int) -> None:
-        self.conditions.ok("openvpn")
+        self.link.restart_grace()
         self.events("openvpn_started", pid=pid)
 
     def _on_openvpn_exit(self, rc: int) -> None:
@@ -292,7 +293,7 @@ class ClientRole:
             self.events("material_changed", cn=info.common_name, serial=f"{info.serial:x}",
                         action="restart openvpn")  # fmt: skip
             self._forced = ("material_changed", time.monotonic())
-            await self.supervisor.restart()
+            await restart_openvpn(self.supervisor, events=self.events, reason="material_changed")
 
     async def _openvpn_task(self) -> None:
         await self._material_ready.wait()
@@ -345,18 +346,23 @@ class ClientRole:
             return
         self._forced = ("management", time.monotonic())
         self.events.warning("reconnect_forced", reason=reason, how="restart", detail=detail)
-        await self.supervisor.restart()
+        await restart_openvpn(self.supervisor, events=self.events, reason=reason)
+
+    def _openvpn_reason(self) -> str | None:
+        if not self._material_ready.is_set():
+            return "waiting for valid certificate material before starting openvpn"
+        if not self.supervisor.running:
+            rc = self.supervisor.last_returncode
+            return f"openvpn is not running (last exit code {rc}); the supervisor restarts it"
+        if not self.link.usable:
+            return f"management interface unusable: {self.link.last_error}"
+        return None
 
     async def _watchdog_task(self) -> None:
-        """Restart openvpn when its management interface stays dead while it runs."""
+        """Keep the openvpn condition current; restart openvpn if management stays dead."""
         while True:
-            await asyncio.sleep(1.0)
-            if not self.link.usable:
-                self.conditions.set(
-                    "openvpn", f"management interface unusable: {self.link.last_error}"
-                )
-            elif self.supervisor.running:
-                self.conditions.ok("openvpn")
+            await asyncio.sleep(0.5)
+            self.conditions.set("openvpn", self._openvpn_reason())
             if (
                 self.supervisor.running
                 and not self.link.usable
@@ -367,7 +373,7 @@ class ClientRole:
                     detail=f"management unusable for {self.link.unusable_for():.0f}s: "
                     f"{self.link.last_error}",
                 )
-                self.link.unusable_since = time.monotonic()  # give the new process its grace
+                self.link.restart_grace()
 
     async def _counters_task(self) -> None:
         rx, tx = CounterDelta(), CounterDelta()

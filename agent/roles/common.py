@@ -25,7 +25,7 @@ import os
 import random
 import signal
 import tempfile
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -372,6 +372,17 @@ def openvpn_supervisor(
     )
 
 
+async def restart_openvpn(supervisor: Supervisor, *, events: EventLog, reason: str) -> None:
+    """Restart the supervised openvpn; a no-op (logged) if its run() has not begun yet."""
+    if not supervisor.running:
+        events("openvpn_restart_skipped", reason=reason, why="not running yet")
+        return
+    try:
+        await supervisor.restart()
+    except RuntimeError as e:  # run() ended or not started: nothing to restart
+        events.warning("openvpn_restart_skipped", reason=reason, why=str(e))
+
+
 # --- tasks and signals ----------------------------------------------------------------------
 
 
@@ -430,17 +441,3 @@ async def run_group(
                 spawn(tg, name, factory(), events=events)
     except* Stopping:
         events("stopping")
-
-
-def first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
-
-
-def unique(items: Sequence[T]) -> list[T]:
-    seen: set[T] = set()
-    out: list[T] = []
-    for item in items:
-        if item not in seen:
-            seen.add(item)
-            out.append(item)
-    return out

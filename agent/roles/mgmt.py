@@ -100,6 +100,11 @@ class ManagementLink:
         """Seconds since the link was last usable (0 while usable)."""
         return 0.0 if self.usable else self._clock() - self.unusable_since
 
+    def restart_grace(self) -> None:
+        """A new openvpn process just started: count its unusable time from now."""
+        if not self.usable:
+            self.unusable_since = self._clock()
+
     def _mark_unusable(self, error: str) -> None:
         if self.usable_since is not None:
             self.unusable_since = self._clock()

@@ -58,6 +58,7 @@ from agent.roles.common import (
     openvpn_supervisor,
     read_small,
     render_to,
+    restart_openvpn,
     run_group,
     wait_for_material,
 )
@@ -216,6 +217,7 @@ class ServerRole:
             config_path=self.config_path,
             metrics=self.common,
             rng=rng,
+            extra_on_start=lambda _pid: self.link.restart_grace(),
             extra_on_exit=self._on_openvpn_exit,
         )
         self.link = ManagementLink(
@@ -435,7 +437,7 @@ class ServerRole:
                 continue
             self.conditions.ok("material")
             self.events("material_changed", cn=info.common_name, action="restart openvpn")
-            await self.supervisor.restart()
+            await restart_openvpn(self.supervisor, events=self.events, reason="material_changed")
 
     async def _openvpn_task(self) -> None:
         for name, event in self._ready.items():
@@ -524,8 +526,8 @@ class ServerRole:
             ):
                 self.events.warning("openvpn_wedged", management_error=self.link.last_error,
                                     action="restart openvpn")  # fmt: skip
-                await self.supervisor.restart()
-                self.link.unusable_since = time.monotonic()
+                await restart_openvpn(self.supervisor, events=self.events, reason="wedged")
+                self.link.restart_grace()
 
     # --- kubelet probes -----------------------------------------------------------------------
 
@@ -626,6 +628,7 @@ class ServerRole:
 
     async def run(self, stop: asyncio.Event) -> None:
         os.makedirs(self.cfg.common.state_dir, exist_ok=True)
+        os.makedirs(self.cfg.openvpn.ccd_dir, exist_ok=True)
         self.conditions.register(self.health)
         await self.health.start()
         ovpn = self.cfg.openvpn
