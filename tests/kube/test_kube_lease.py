@@ -119,7 +119,8 @@ async def test_graceful_release_hands_over_within_a_retry_period(
         await leader.stop()
         assert leader.stopped.is_set()  # work stopped before the lease was handed back
         await asyncio.wait_for(follower.started.wait(), LEASE_DURATION)
-        assert follower.started_at - released_at <= RETRY_PERIOD + 0.5
+        # Far sooner than the lease would have run out (3 s); slack for a loaded machine.
+        assert follower.started_at - released_at <= RETRY_PERIOD + 1.0
         lease = await kube.get(LEASE, "vpnctl-controller", namespace)
         assert lease is not None
         assert lease["spec"]["holderIdentity"] == follower.identity

@@ -7,9 +7,15 @@ tests/kube/test_kube_client.py; these need no server: every one fails before a r
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import tempfile
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from vpnctl.kube import Kube, KubeconfigError, connect, kubeconfig_text_from_secret
 
@@ -109,3 +115,77 @@ def test_kubeconfig_from_secret() -> None:
         kubeconfig_text_from_secret({**secret, "data": {}})
     with pytest.raises(KubeconfigError, match="key 'value' is not base64-encoded UTF-8 text"):
         kubeconfig_text_from_secret({**secret, "data": {"value": "//79"}})
+
+
+def _pki() -> tuple[bytes, bytes, bytes]:
+    """A self-signed CA, and a client certificate and key signed by it (PEM)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, ca: bool) -> bytes:
+        built = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return built.public_bytes(serialization.Encoding.PEM)
+
+    key_pem = client_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert("ca", ca_key, True), cert("admin", client_key, False), key_pem
+
+
+async def test_inline_key_data_leaves_no_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, cert, key = _pki()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    text = (
+        "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
+        "clusters:\n- name: c\n  cluster:\n    server: https://198.18.0.1:6443\n"
+        f"    certificate-authority-data: {b64(ca)}\n"
+        f"users:\n- name: u\n  user:\n    client-certificate-data: {b64(cert)}\n"
+        f"    client-key-data: {b64(key)}\n"
+        "contexts:\n- name: t\n  context: {cluster: c, user: u}\n"
+    )
+    async with await Kube.from_kubeconfig_text(text, name="tenant") as kube:
+        assert kube.server == "https://198.18.0.1:6443"
+        assert list(scratch.iterdir()) == []  # the key was on disk only while TLS loaded it
+
+
+async def test_relative_paths_in_a_kubeconfig_file_start_at_its_folder(tmp_path: Path) -> None:
+    ca, cert, key = _pki()
+    folder = tmp_path / "kube"
+    (folder / "pki").mkdir(parents=True)
+    (folder / "pki" / "ca.crt").write_bytes(ca)
+    (folder / "pki" / "admin.crt").write_bytes(cert)
+    (folder / "pki" / "admin.key").write_bytes(key)
+    (folder / "config").write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
+        "clusters:\n- name: c\n  cluster:\n    server: https://198.18.0.1:6443\n"
+        "    certificate-authority: pki/ca.crt\n"
+        "users:\n- name: u\n  user:\n    client-certificate: pki/admin.crt\n"
+        "    client-key: pki/admin.key\n"
+        "contexts:\n- name: t\n  context: {cluster: c, user: u}\n"
+    )
+    async with await connect(kubeconfig=str(folder / "config")) as kube:
+        assert kube.server == "https://198.18.0.1:6443"
+    (folder / "pki" / "admin.key").unlink()
+    with pytest.raises(KubeconfigError, match=r"kubeconfig .*/config: can't be used"):
+        await connect(kubeconfig=str(folder / "config"))

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import ssl
+import tempfile
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -54,8 +55,8 @@ JSON = "application/json"
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 
-# Apiservers close idle-looking watches at timeoutSeconds; allow this much more before
-# we call a silent socket dead.
+# The apiserver ends a watch after timeoutSeconds; a socket silent for that long plus
+# this grace is dead (a half-open connection), not quiet.
 _WATCH_READ_GRACE = 30.0
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
@@ -94,12 +95,8 @@ class Kube:
         except yaml.YAMLError as exc:
             raise KubeconfigError(f"{name}: not valid YAML ({_yaml_problem(exc)})") from None
         _check_kubeconfig(doc, context=context, where=name)
-        configuration = k8s_client.Configuration()
-        with _explained(name):
-            await k8s_config.load_kube_config_from_dict(
-                doc, context=context, client_configuration=configuration
-            )
-        return cls(_api_client(configuration, name), name=name, request_timeout=request_timeout)
+        api = await _client_from_doc(doc, context=context, where=name, base_dir=None)
+        return cls(api, name=name, request_timeout=request_timeout)
 
     async def close(self) -> None:
         await self._api.close()
@@ -478,7 +475,7 @@ async def connect(
     if os.pathsep not in path:
         # One file (the usual case): check it ourselves first for a readable message.
         try:
-            text = await asyncio.to_thread(Path(path).read_text)
+            text, base_dir = await asyncio.to_thread(_read_file, path)
         except OSError as exc:
             raise KubeconfigError(f"{where}: can't read it ({exc.strerror})") from None
         try:
@@ -486,6 +483,9 @@ async def connect(
         except yaml.YAMLError as exc:
             raise KubeconfigError(f"{where}: not valid YAML ({_yaml_problem(exc)})") from None
         _check_kubeconfig(doc, context=context, where=where)
+        api = await _client_from_doc(doc, context=context, where=where, base_dir=base_dir)
+        return Kube(api, name=where, request_timeout=request_timeout)
+    # Several files in $KUBECONFIG: the library merges them.
     with _explained(where):
         await k8s_config.load_kube_config(
             config_file=path,
@@ -570,6 +570,68 @@ def _transport(method: str, path: str, exc: BaseException) -> TransportError:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+async def _client_from_doc(
+    doc: dict[str, Any], *, context: str | None, where: str, base_dir: Path | None
+) -> k8s_client.ApiClient:
+    """An ApiClient for a parsed (and checked) kubeconfig.
+
+    TLS needs certificate and key *files*. Left to itself the library writes inline
+    ``*-data`` to files in /tmp that live as long as the process, and a tenant's
+    kubeconfig holds a cluster-admin key. So the data goes to a private temporary
+    directory just while the TLS context is built, and is gone when this returns.
+    """
+    configuration = k8s_client.Configuration()
+    with tempfile.TemporaryDirectory(prefix="vpnctl-kubeconfig-") as tmp:
+        materialised = _materialised(doc, Path(tmp), base_dir)
+        with _explained(where):
+            await k8s_config.load_kube_config_from_dict(
+                materialised, context=context, client_configuration=configuration
+            )
+        return _api_client(configuration, where)
+
+
+def _read_file(path: str) -> tuple[str, Path]:
+    """The file's text and its folder (relative paths in a kubeconfig start there)."""
+    absolute = Path(path).expanduser().absolute()
+    return absolute.read_text(), absolute.parent
+
+
+def _materialised(doc: dict[str, Any], tmp: Path, base_dir: Path | None) -> dict[str, Any]:
+    """A copy of ``doc`` whose inline certificate/key data are files in ``tmp`` and
+    whose relative file paths are relative to ``base_dir`` (the kubeconfig's folder)."""
+    out: dict[str, Any] = copy.deepcopy(doc)
+    written = 0
+
+    def to_file(section: dict[str, Any], file_key: str) -> None:
+        nonlocal written
+        data_key = f"{file_key}-data"
+        data = section.get(data_key)
+        if data:
+            try:
+                content = base64.b64decode("".join(str(data).split()), validate=True)
+            except (binascii.Error, ValueError):
+                return  # not the chosen context's (that one was checked); leave it be
+            written += 1
+            target = tmp / f"{written}-{file_key}"
+            target.write_bytes(content)
+            section[file_key] = str(target)
+            del section[data_key]
+        elif isinstance(section.get(file_key), str) and base_dir is not None:
+            section[file_key] = str(base_dir / section[file_key])
+
+    for entry in out.get("clusters") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("cluster"), dict):
+            to_file(entry["cluster"], "certificate-authority")
+    for entry in out.get("users") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("user"), dict):
+            to_file(entry["user"], "client-certificate")
+            to_file(entry["user"], "client-key")
+            token_file = entry["user"].get("tokenFile")
+            if isinstance(token_file, str) and base_dir is not None:
+                entry["user"]["tokenFile"] = str(base_dir / token_file)
+    return out
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
