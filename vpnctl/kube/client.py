@@ -434,8 +434,9 @@ class Kube:
                 method="GET",
                 path=CERTIFICATE_SIGNING_REQUEST.path(name=name),
             )
-        status = csr.setdefault("status", {})
-        conditions: Objects = status.setdefault("conditions", []) or []
+        status = csr.get("status") or {}
+        csr["status"] = status
+        conditions: Objects = status.get("conditions") or []
         for condition in conditions:
             if condition.get("type") == decision and condition.get("status") == "True":
                 return csr

@@ -184,8 +184,7 @@ class Watcher:
                 events = await self._watch_once()
                 reason = "closed"
                 failures = 0
-                if events:
-                    gone_in_a_row = 0
+                gone_in_a_row = 0  # the server accepted our version: no 410 loop
                 _log.debug("event=watch_closed %s events=%d", self._where, events)
             except Gone as exc:
                 reason = "gone"
