@@ -627,10 +627,21 @@ class DataPlane:
 
     # -- ad-hoc openvpn clients on the spare machine
     def raw_client(
-        self, cn: str, *, dev: str, files: ClientFiles | None = None, extra: str = ""
+        self,
+        cn: str,
+        *,
+        dev: str,
+        files: ClientFiles | None = None,
+        tls_crypt: bool = True,
+        label: str | None = None,
     ) -> Proc:
+        """A plain openvpn client as CN on the spare machine (no agent), logging to a file.
+
+        `tls_crypt=False` leaves out the tls-crypt-v2 key altogether.
+        """
         files = files or self.pki.clients[cn]
-        d = self.base / f"raw-{cn}"
+        label = label or cn
+        d = self.base / f"raw-{label}"
         d.mkdir(parents=True, exist_ok=True)
         cfg = ClientConfig(
             proto=self.proto,  # type: ignore[arg-type]
@@ -644,10 +655,13 @@ class DataPlane:
             connect_retry=(1, 2),
         )
         conf = d / "client.conf"
-        conf.write_text(render_client(cfg) + extra)
+        text = render_client(cfg)
+        if not tls_crypt:
+            text = "".join(ln for ln in text.splitlines(True) if not ln.startswith("tls-crypt-v2 "))
+        conf.write_text(text)
         log = d / "openvpn.log"
         log.write_bytes(b"")
-        proc = Proc(name=f"raw-{cn}", ns=self.spare.ns, argv=[OPENVPN, "--config", str(conf)],
+        proc = Proc(name=f"raw-{label}", ns=self.spare.ns, argv=[OPENVPN, "--config", str(conf)],
                     log=log).start()  # fmt: skip
         self.procs[proc.name] = proc
         return proc

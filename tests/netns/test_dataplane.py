@@ -252,12 +252,20 @@ def test_revoked_certificate_is_refused(dataplane: DataPlane) -> None:
         client.stop()
 
 
-def test_client_without_valid_tls_crypt_v2_key_gets_no_tls_at_all(dataplane: DataPlane) -> None:
+@pytest.mark.parametrize("key", ["wrapped-by-another-server", "none"])
+def test_client_without_valid_tls_crypt_v2_key_gets_no_tls_at_all(
+    dataplane: DataPlane, key: str
+) -> None:
     server_log = LogCursor(dataplane.server_openvpn_log)
-    client = dataplane.raw_client("wrong-tc", dev="tun3")
+    if key == "none":
+        client = dataplane.raw_client("wrong-tc", dev="tun5", tls_crypt=False, label="no-tc")
+        refused = r"TLS Error: could not determine wrapping from"
+    else:
+        client = dataplane.raw_client("wrong-tc", dev="tun3")
+        refused = r"client key authentication error|Can not unwrap tls-crypt-v2"
     try:
-        server_log.wait_for(r"client key authentication error|Can not unwrap tls-crypt-v2",
-                            timeout=10)  # fmt: skip
+        line = server_log.wait_for(refused, timeout=10)
+        print(f"{dataplane.proto} {key}: server: {line}")
         client_log = LogCursor(client.log)
         client_log.offset = 0
         # "TLS: Initial packet from" is the client's first packet *from* the server: never.
