@@ -74,6 +74,9 @@ async def run(role: Role, config_path: str) -> int:
     except BaseExceptionGroup as eg:  # a task died: already logged with its name
         events.error("exiting", reason="task died", error=f"{eg!r}")
         return 1
+    except OSError as e:  # e.g. the health port is taken: the message says what to do
+        events.error("exiting", reason="startup failed", error=str(e))
+        return 1
     return 0
 
 
