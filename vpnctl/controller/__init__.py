@@ -1,0 +1,10 @@
+"""The vpnctl controller: from CAPI objects to a working, self-healing tunnel per tenant.
+
+- ``interfaces``: the TenantSide and ObservationSource seams (Protocols).
+- ``queue``: the per-key work queue (one key at a time, keys in parallel, backoff).
+- ``tenant``: ``reconcile_tenant``, the service-cluster side of one tenant.
+- ``operator``: watches, leader election, resync, /healthz; ``run_controller``.
+- ``observe``: the real ObservationSource (the server role's status endpoint).
+- ``metrics``: the controller's Prometheus metrics on a passed-in registry.
+- ``tenant_side``: the tenant-cluster side (agent install, drift repair, CSRs).
+"""

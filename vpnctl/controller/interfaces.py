@@ -1,0 +1,79 @@
+"""The two seams of the controller, as small Protocols, so each side is testable alone.
+
+- ``TenantSide``: everything the controller does *inside a tenant's own cluster*
+  (through CAPI's ``<cluster>-kubeconfig`` Secret): install the node agent, keep it
+  installed (drift repair), run the CSR approve/sign loop, and clean up. The real one is
+  ``vpnctl.controller.tenant_side``; ``tenant.reconcile_tenant`` only sees this Protocol,
+  so the service-cluster side is tested against a fake.
+- ``ObservationSource``: where "connected / since / RTT / kubelet reachable" per node
+  comes from (the server role's status endpoint in production, a fake in tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import certs
+from vpnctl.reconcile.status import NodeObservation
+
+
+@dataclass(frozen=True)
+class TenantRef:
+    """One tenant: the namespace of its CAPI Cluster and the Cluster's name."""
+
+    namespace: str
+    cluster: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.cluster}"
+
+
+@dataclass(frozen=True)
+class TenantSideResult:
+    """What ``TenantSide.ensure`` achieved in the tenant cluster.
+
+    ``reason``/``message`` become the AgentInstalled condition (CamelCase reason, a
+    sentence a person can act on when ``installed`` is False).
+    """
+
+    installed: bool
+    reason: str
+    message: str
+    csr_signed: int = 0
+    csr_denied: int = 0
+
+
+class TenantSide(Protocol):
+    async def ensure(
+        self,
+        *,
+        tenant: TenantRef,
+        kubeconfig_text: str,
+        desired_objects: Sequence[dict[str, Any]],
+        ca: certs.Issued,
+        machines: Sequence[dict[str, Any]],
+    ) -> TenantSideResult:
+        """Apply the agent objects in the tenant cluster, start (once) a drift watch and
+        the CSR loop for this tenant, and return the install state."""
+        ...
+
+    async def forget(self, tenant: TenantRef) -> None:
+        """Stop the watches for a tenant (Tunnel deleted, or leadership lost)."""
+        ...
+
+    async def cleanup(self, *, tenant: TenantRef, kubeconfig_text: str | None) -> bool:
+        """Delete our objects in the tenant cluster; True when nothing of ours is left
+        (or the tenant cluster is gone for good)."""
+        ...
+
+    def repairs(self, tenant: TenantRef) -> int:
+        """How many drifted or deleted objects were put back for this tenant so far."""
+        ...
+
+
+class ObservationSource(Protocol):
+    async def observe(self, tenant: TenantRef) -> Mapping[str, NodeObservation]:
+        """Node name -> what the tenant's server reports about that node's client."""
+        ...
