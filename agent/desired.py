@@ -42,7 +42,23 @@ node and apiserver roles (the apiserver adds `routes`):
                  "verb": 3},
      "probe": {"target": "198.18.8.1:7947", "interval": 1.0, "timeout": 1.0, "misses": 3},
      "routes": ["198.19.0.0/24", "198.19.64.0/18", "198.19.192.0/20"],   # apiserver only
+     "bootstrap": {...},                                                   # node only
      ...common keys}
+
+    node role, optional `bootstrap`: the node makes its own key and gets its certificate
+    with a CSR (agent/bootstrap.py) instead of having them mounted. `openvpn.key` and
+    `openvpn.cert` are then where it writes them (a host directory), `openvpn.ca` is the
+    tunnel CA the certificate must chain to:
+
+    {"server": "https://198.18.0.10:6443",          # the tenant apiserver, as nodes reach it
+     "ca": "/etc/vpnctl/tenant-ca.crt",             # CA of that apiserver's serving cert
+     "client_cert": "/var/lib/kubelet/pki/kubelet-client-current.pem",
+     "client_key": "/var/lib/kubelet/pki/kubelet-client-current.pem",   # default client_cert
+     "node_name": null,          # default: the NODE_NAME environment variable
+     "expiration_seconds": null, # ask for a shorter certificate (>= 600)
+     "renew_fraction": 0.66,     # renew after this part of the lifetime (0 < f <= 1)
+     "timeout": 300,             # seconds to wait for one CSR's answer before retrying
+     "retry": [2, 300]}          # backoff between failed attempts, min and max seconds
 
 Desired state of the server (`desired_path`), re-read whenever it changes:
 
@@ -69,6 +85,7 @@ import contextlib
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
@@ -414,6 +431,21 @@ class ServerRoleConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BootstrapSettings:
+    """node role: how the node obtains its own certificate with a CSR (agent.bootstrap)."""
+
+    server: str
+    ca: str
+    client_cert: str
+    client_key: str
+    node_name: str | None = None
+    expiration_seconds: int | None = None
+    renew_fraction: float = 2 / 3
+    timeout: float = 300.0
+    retry: tuple[float, float] = (2.0, 300.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClientRoleConfig:
     """node and apiserver: an openvpn client, a probe, and (apiserver) owned routes."""
 
@@ -422,6 +454,7 @@ class ClientRoleConfig:
     openvpn: ClientConfig
     probe: ProbeSettings
     routes: tuple[IPv4Network, ...] = ()
+    bootstrap: BootstrapSettings | None = None  # node only
 
 
 RoleConfig = ServerRoleConfig | ClientRoleConfig
@@ -569,16 +602,100 @@ def _server_role(r: _Reader, doc_raw: object) -> ServerRoleConfig | None:
     return ServerRoleConfig(common=common, openvpn=ovpn, **others)
 
 
+_BOOTSTRAP_KEYS = (
+    "server", "ca", "client_cert", "client_key", "node_name", "expiration_seconds",
+    "renew_fraction", "timeout", "retry",
+)  # fmt: skip
+
+
+def _https_url(value: object, where: str) -> str:
+    text = _str(value, where)
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme != "https" or not parsed.hostname or parsed.path not in ("", "/"):
+        raise _FieldError(
+            f"{text!r} must be the tenant apiserver's https URL, like https://198.18.0.10:6443"
+        )
+    try:
+        parsed.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise _FieldError(f"{text!r} has an invalid port") from None
+    return text.rstrip("/")
+
+
+def _fraction(value: object, _where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise _FieldError(f"must be a number in (0, 1] like 0.66, got {_kind(value)}")
+    return float(value)
+
+
+def _opt_expiration(value: object, where: str) -> int | None:
+    if value is None:
+        return None
+    seconds = _int(value, where)
+    if seconds < 600:
+        raise _FieldError(f"{seconds} s is below the 600 s the Kubernetes API accepts")
+    return seconds
+
+
+def _opt_node_name(value: object, where: str) -> str | None:
+    return None if value is None else _common_name(value, where)
+
+
+def _retry(value: object, where: str) -> tuple[float, float]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise _FieldError(f"must be [min, max] seconds like [2, 300], got {_kind(value)}")
+    low = _seconds(0.1, 3600.0)(value[0], where)
+    high = _seconds(0.1, 3600.0)(value[1], where)
+    if low > high:
+        raise _FieldError(f"min {low} s is above max {high} s; swap them")
+    return (low, high)
+
+
+def _bootstrap(r: _Reader, raw: object) -> BootstrapSettings | None:
+    where = "bootstrap"
+
+    def parse() -> BootstrapSettings:
+        o = r.obj(raw, where, keys=_BOOTSTRAP_KEYS)
+        g = r.get
+        cert = g(o, where, "client_cert", _abspath)
+        return BootstrapSettings(
+            server=g(o, where, "server", _https_url),
+            ca=g(o, where, "ca", _abspath),
+            client_cert=cert,
+            client_key=g(o, where, "client_key", _abspath, cert),
+            node_name=g(o, where, "node_name", _opt_node_name, None),
+            expiration_seconds=g(o, where, "expiration_seconds", _opt_expiration, None),
+            renew_fraction=g(o, where, "renew_fraction", _fraction, 2 / 3),
+            timeout=g(o, where, "timeout", _seconds(1.0, 3600.0), 300.0),
+            retry=g(o, where, "retry", _retry, (2.0, 300.0)),
+        )
+
+    return r.soft(parse)
+
+
 def _client_role(r: _Reader, doc_raw: object, *, role: Role) -> ClientRoleConfig | None:
-    keys = (*_COMMON_KEYS, "openvpn", "probe", *(("routes",) if role == "apiserver" else ()))
+    keys = (
+        *_COMMON_KEYS,
+        "openvpn",
+        "probe",
+        *(("routes",) if role == "apiserver" else ()),
+        *(("bootstrap",) if role == "node" else ()),
+    )
     doc = r.obj(doc_raw, "", keys=keys)
     common = _common(r, doc)
     ovpn = r.soft(lambda: _client_openvpn(r, r.get(doc, "", "openvpn", _any)))
     probe = r.soft(lambda: _probe(r, r.get(doc, "", "probe", _any)))
     routes = r.soft(lambda: r.get(doc, "", "routes", _list(_net), NO_NETS))
+    bootstrap: BootstrapSettings | None = None
+    if doc.get("bootstrap") is not None:
+        bootstrap = _bootstrap(r, doc["bootstrap"])
+        if bootstrap is None:
+            return None
     if common is None or ovpn is None or probe is None or routes is None:
         return None
-    return ClientRoleConfig(role=role, common=common, openvpn=ovpn, probe=probe, routes=routes)
+    return ClientRoleConfig(
+        role=role, common=common, openvpn=ovpn, probe=probe, routes=routes, bootstrap=bootstrap
+    )
 
 
 def load_role_config(path: str, *, role: Role) -> RoleConfig:

@@ -1,0 +1,656 @@
+"""The node's tunnel certificate, obtained with a CertificateSigningRequest.
+
+Why: a node's tunnel key must be bound to that node. The agent makes the key itself, in
+the node's own state directory, and it never leaves the node; no Secret holds the keys
+of all nodes, so a compromised node cannot take another node's identity. The agent asks
+the tenant's apiserver for a certificate with a `certificates.k8s.io/v1` CSR (signer
+`vpnctl.io/node`), authenticated *as its node* with the kubelet's client certificate, so
+the apiserver records `system:node:<name>` as the requester. vpnctl approves and signs
+only when that matches a Machine's nodeRef and the CN in the request (see
+vpnctl/reconcile/csr.py); the agent learns the outcome from the CSR's status.
+
+How, and the invariants:
+
+- One key file (`key_path`, 0600, written atomically) that openvpn uses with `cert_path`.
+  A renewal makes a *new* key in `<key_path>.next` and only replaces the live pair once
+  the new certificate arrived, so openvpn keeps a matching pair throughout and the
+  tunnel is not dropped while waiting for approval.
+- The CSR's name is derived from its public key (`vpnctl-<node>-<hash>`): a retry, or an
+  agent restarted while waiting, posts the same name, gets 409 AlreadyExists, checks the
+  existing CSR carries this key and this node, and just waits for it.
+- A denied or failed CSR burns its key (the file is removed): the next attempt has a new
+  key and so a new CSR name. That matters for the common race where a node's agent
+  starts before Cluster API has set the Machine's nodeRef (`NoMachineForNode`).
+- Whatever comes back is checked before it is written: it chains to the tunnel CA (the
+  CA openvpn trusts, from the agent's config), it is a client certificate, its key is
+  ours and its CN is our node name.
+- Talks to the apiserver with aiohttp directly: the agent imports neither vpnctl nor a
+  Kubernetes client library (import-linter keeps it so), and it needs four calls.
+  Proxies from the environment are ignored (`trust_env=False`): the tenant apiserver is
+  reached the way the kubelet reaches it.
+
+Nothing here logs: `progress` receives each step (the role logs it and shows it on
+/readyz). No message contains key material.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import ssl
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import aiohttp
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+import certs
+from agent.openvpn.config import ConfigError, validate_common_name
+from agent.roles.common import atomic_write
+
+SIGNER = "vpnctl.io/node"
+CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+USAGES = ("digital signature", "client auth")
+PENDING_SUFFIX = ".next"
+_MAX_FILE = 1024 * 1024
+_REQUEST_TIMEOUT = 15.0
+_WATCH_SECONDS = 60
+_POLL_INTERVAL = 1.0
+
+Clock = Callable[[], datetime]
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+class BootstrapError(Exception):
+    """The certificate could not be obtained; the message says why and what to do."""
+
+
+class CSRRefused(BootstrapError):
+    """vpnctl denied the CSR, or approved it but failed to sign it."""
+
+    def __init__(
+        self, *, csr_name: str, outcome: Literal["Denied", "Failed"], reason: str, message: str
+    ) -> None:
+        self.csr_name = csr_name
+        self.outcome = outcome
+        self.reason = reason
+        self.message = message
+        super().__init__(
+            f"CSR {csr_name} was {outcome.lower()} ({reason or 'no reason given'}): "
+            f"{message or 'no message'}; the next attempt uses a new key"
+        )
+
+
+class BootstrapTimeout(BootstrapError):
+    """The CSR was not answered in time (vpnctl not running for this cluster?)."""
+
+
+class ApiRequestError(BootstrapError):
+    """The tenant apiserver could not be reached, or refused a request."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Obtained:
+    """The node's current certificate and where it came from."""
+
+    cert_pem: bytes
+    info: certs.CertInfo
+    renew_at: datetime
+    source: Literal["existing", "issued"]
+    csr_name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """One thing that happened, for logs and readiness: `event` is a log event name."""
+
+    event: str
+    message: str
+    csr_name: str | None = None
+
+
+Progress = Callable[[Step], None]
+
+
+def _ignore(_step: Step) -> None:
+    pass
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def _read(path: str) -> bytes | None:
+    """The file's bytes, None if it does not exist; other problems raise BootstrapError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_FILE + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise BootstrapError(f"cannot read {path}: {e.strerror}; check the mount") from None
+    if len(data) > _MAX_FILE:
+        raise BootstrapError(f"{path} is over {_MAX_FILE} bytes; is it the right file?")
+    return data
+
+
+def _write_private(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    atomic_write(path, data, mode=0o600)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _usable_key(path: str) -> bytes | None:
+    """The private key at PATH if it is one; a corrupt key is removed (it is ours alone,
+    nothing else can be signed for it, and a fresh one costs a millisecond)."""
+    data = _read(path)
+    if data is None:
+        return None
+    try:
+        _public_der(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        _remove(path)
+        return None
+    return data
+
+
+def _public_der(key_pem: bytes) -> bytes:
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def csr_name(*, node_name: str, key_pem: bytes) -> str:
+    """`vpnctl-<node>-<first 12 hex of sha256(public key)>`: same key, same name."""
+    return f"vpnctl-{node_name}-{hashlib.sha256(_public_der(key_pem)).hexdigest()[:12]}"
+
+
+def _tunnel_ca(path: str) -> bytes:
+    data = _read(path)
+    if data is None:
+        raise BootstrapError(
+            f"tunnel CA {path} does not exist; it comes with the agent's config (ConfigMap)"
+        )
+    try:
+        certs.cert_info(data)
+    except certs.PKIError as e:
+        raise BootstrapError(f"tunnel CA {path}: {e}") from None
+    return data
+
+
+def current_certificate(
+    *, cert_path: str, key_path: str, tunnel_ca_file: str, node_name: str, now: datetime
+) -> certs.CertInfo | None:
+    """The certificate at CERT_PATH if openvpn can use it now: it chains to the tunnel CA,
+    matches the key at KEY_PATH, is valid at NOW, is a client certificate, and its CN is
+    NODE_NAME. None otherwise (missing, stale, another node's, another CA's)."""
+    try:
+        ca = _tunnel_ca(tunnel_ca_file)
+        cert, key = _read(cert_path), _read(key_path)
+    except BootstrapError:
+        return None
+    if cert is None or key is None:
+        return None
+    try:
+        info = certs.validate(cert, key_pem=key, ca_pem=ca, now=now, usage="client")
+    except certs.PKIError:
+        return None
+    return info if info.common_name == node_name else None
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+def _ssl_context(*, ca_file: str, client_cert_file: str, client_key_file: str) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as e:
+        raise BootstrapError(
+            f"cannot load the tenant apiserver's CA {ca_file}: {e}; set bootstrap.ca to the "
+            "CA that signed the apiserver's serving certificate"
+        ) from None
+    try:
+        context.load_cert_chain(client_cert_file, client_key_file)
+    except (OSError, ssl.SSLError) as e:
+        raise BootstrapError(
+            f"cannot load the kubelet's client certificate {client_cert_file} with key "
+            f"{client_key_file}: {e}; point bootstrap.client_cert/client_key at the "
+            "kubelet's credentials (e.g. /var/lib/kubelet/pki/kubelet-client-current.pem)"
+        ) from None
+    return context
+
+
+def _status_message(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body[:200].decode("utf-8", "replace").strip() or "no message"
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        return str(doc["message"])
+    return "no message"
+
+
+class _Api:
+    """The four calls, against one tenant apiserver, as one node."""
+
+    def __init__(
+        self, *, session: aiohttp.ClientSession, server: str, node_name: str, client_cert_file: str
+    ) -> None:
+        self._session = session
+        self._server = server.rstrip("/")
+        self._node = node_name
+        self._cert_file = client_cert_file
+
+    def _url(self, path: str, query: Mapping[str, str] | None = None) -> str:
+        url = f"{self._server}{path}"
+        return f"{url}?{urllib.parse.urlencode(query)}" if query else url
+
+    def _error(self, method: str, path: str, status: int, body: bytes) -> ApiRequestError:
+        what = f"{method} {self._server}{path}"
+        message = _status_message(body)
+        if status == 401:
+            hint = (
+                f"the apiserver does not accept the kubelet's client certificate "
+                f"{self._cert_file}: expired, or issued by another cluster's CA?"
+            )
+        elif status == 403:
+            hint = (
+                f"system:node:{self._node} may not do this; nodes get create/get/list/watch "
+                "on CSRs from the Node authorizer: is the certificate the kubelet's "
+                "(O=system:nodes) and --authorization-mode Node enabled?"
+            )
+        else:
+            hint = "see the apiserver's message"
+        return ApiRequestError(f"{what} answered {status}: {message} ({hint})", status=status)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> tuple[int, dict[str, Any]]:
+        try:
+            async with self._session.request(
+                method,
+                self._url(path),
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=_REQUEST_TIMEOUT),
+            ) as resp:
+                data = await resp.read()
+                if resp.status not in ok:
+                    raise self._error(method, path, resp.status, data)
+                try:
+                    doc = json.loads(data)
+                except (ValueError, UnicodeDecodeError):
+                    raise ApiRequestError(
+                        f"{method} {self._server}{path} answered {resp.status} with a body "
+                        "that is not JSON; is this a Kubernetes apiserver?"
+                    ) from None
+                return resp.status, doc if isinstance(doc, dict) else {}
+        except aiohttp.ClientError as e:
+            raise self._unreachable(e) from None
+        except TimeoutError:
+            raise ApiRequestError(
+                f"{method} {self._server}{path} got no answer within {_REQUEST_TIMEOUT} s"
+            ) from None
+
+    def _unreachable(self, e: Exception) -> ApiRequestError:
+        if isinstance(e, aiohttp.ClientConnectorCertificateError):
+            return ApiRequestError(
+                f"the tenant apiserver {self._server} presented a certificate that "
+                f"bootstrap.ca does not verify: {e.certificate_error}"
+            )
+        return ApiRequestError(
+            f"cannot reach the tenant apiserver {self._server}: {type(e).__name__}: {e}"
+        )
+
+    async def create(self, body: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """POST the CSR; (False, {}) when one of that name already exists (409)."""
+        status, doc = await self._call("POST", CSR_PATH, body=body, ok=(200, 201, 202, 409))
+        return status != 409, doc if status != 409 else {}
+
+    async def get(self, name: str) -> dict[str, Any] | None:
+        """The CSR, or None when it does not exist (404)."""
+        status, doc = await self._call("GET", f"{CSR_PATH}/{name}", ok=(200, 404))
+        return None if status == 404 else doc
+
+    async def watch(
+        self, name: str, *, resource_version: str, seconds: int
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The first change of CSR NAME after RESOURCE_VERSION within SECONDS, as
+        (type, object); None if nothing changed. Raises ApiRequestError on any trouble
+        (the caller then polls)."""
+        query = {
+            "watch": "1",
+            "fieldSelector": f"metadata.name={name}",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(seconds),
+        }
+        try:
+            async with self._session.get(
+                self._url(CSR_PATH, query),
+                timeout=aiohttp.ClientTimeout(total=seconds + _REQUEST_TIMEOUT),
+            ) as resp:
+                if resp.status != 200:
+                    raise self._error("WATCH", CSR_PATH, resp.status, await resp.read())
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind, obj = event.get("type"), event.get("object")
+                    if kind == "ERROR" or not isinstance(obj, dict):
+                        raise ApiRequestError(f"watch of CSR {name} ended: {obj}")
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        return str(kind), obj
+        except aiohttp.ClientError as e:
+            raise self._unreachable(e) from None
+        except (TimeoutError, ValueError) as e:
+            raise ApiRequestError(f"watch of CSR {name} failed: {type(e).__name__}") from None
+        return None
+
+
+# --- CSR objects -----------------------------------------------------------------------------
+
+
+def _conditions(csr: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    status = csr.get("status") if isinstance(csr.get("status"), Mapping) else {}
+    out: dict[str, Mapping[str, Any]] = {}
+    for c in (status or {}).get("conditions") or []:
+        if isinstance(c, Mapping) and c.get("status", "True") == "True":
+            out[str(c.get("type"))] = c
+    return out
+
+
+def _first_certificate(encoded: str, *, name: str) -> bytes:
+    try:
+        chain = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise BootstrapError(f"CSR {name} status.certificate is not base64") from None
+    end = b"-----END CERTIFICATE-----"
+    if end not in chain:
+        raise BootstrapError(f"CSR {name} status.certificate holds no PEM certificate")
+    return chain[: chain.index(end) + len(end)] + b"\n"
+
+
+def _is_ours(csr: Mapping[str, Any], *, node_name: str, key_pem: bytes) -> str | None:
+    """Why an existing CSR of our name is not the one we made, or None when it is."""
+    spec = csr.get("spec") if isinstance(csr.get("spec"), Mapping) else {}
+    spec = spec or {}
+    if spec.get("signerName") != SIGNER:
+        return f"its signer is {spec.get('signerName')!r}, not {SIGNER}"
+    if spec.get("username") != f"system:node:{node_name}":
+        return f"it was created by {spec.get('username')!r}, not system:node:{node_name}"
+    try:
+        request = x509.load_pem_x509_csr(base64.b64decode(str(spec.get("request", ""))))
+        theirs = request.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (ValueError, TypeError, binascii.Error):
+        return "its spec.request does not parse"
+    if theirs != _public_der(key_pem):
+        return "it asks for another public key"
+    return None
+
+
+# --- the whole flow ---------------------------------------------------------------------------
+
+
+async def obtain_certificate(
+    *,
+    server: str,
+    ca_file: str,
+    client_cert_file: str,
+    client_key_file: str,
+    node_name: str,
+    key_path: str,
+    cert_path: str,
+    tunnel_ca_file: str,
+    clock: Clock,
+    timeout: float,
+    renew_fraction: float = certs.DEFAULT_RENEW_FRACTION,
+    expiration_seconds: int | None = None,
+    progress: Progress | None = None,
+    poll_interval: float = _POLL_INTERVAL,
+) -> Obtained:
+    """Make sure CERT_PATH/KEY_PATH hold this node's valid tunnel certificate and key.
+
+    - `server`, `ca_file`: the tenant apiserver's URL and the CA of its serving cert.
+    - `client_cert_file`, `client_key_file`: the kubelet's client credentials (one file
+      may hold both, like kubelet-client-current.pem).
+    - `tunnel_ca_file`: the tunnel CA; only certificates chaining to it are used.
+    - `timeout`: seconds to wait for the CSR's answer (BootstrapTimeout after that;
+      calling again picks the same CSR up).
+
+    A valid certificate is reused until `renew_fraction` of its lifetime passed; then a
+    new key and CSR replace it. Raises `CSRRefused`, `BootstrapTimeout`,
+    `ApiRequestError`, or `BootstrapError` (local files).
+    """
+    report = progress or _ignore
+    try:
+        validate_common_name(node_name)
+    except ConfigError as e:
+        raise BootstrapError(f"node name {node_name!r} cannot be a certificate CN: {e}") from None
+    ca_pem = _tunnel_ca(tunnel_ca_file)
+    existing = current_certificate(
+        cert_path=cert_path,
+        key_path=key_path,
+        tunnel_ca_file=tunnel_ca_file,
+        node_name=node_name,
+        now=clock(),
+    )
+    cert_now = _read(cert_path) if existing is not None else None
+    if cert_now is not None and existing is not None:
+        due = certs.renewal_due(cert_now, now=clock(), renew_fraction=renew_fraction)
+        if not due:
+            return Obtained(
+                cert_pem=cert_now,
+                info=existing,
+                renew_at=certs.renew_at(cert_now, renew_fraction=renew_fraction),
+                source="existing",
+            )
+
+    # Which key to ask with: a renewal already under way, else a new one beside the
+    # live pair (renewal), else the live key file (nothing valid to protect), else new.
+    pending = key_path + PENDING_SUFFIX
+    key_file = pending
+    key_pem = _usable_key(pending)
+    if key_pem is None and existing is None:
+        key_file, key_pem = key_path, _usable_key(key_path)
+    if key_pem is None:
+        key_pem = certs.new_private_key()
+        _write_private(key_file, key_pem)
+        report(Step(event="key_created", message=f"made a new private key at {key_file}"))
+
+    try:
+        request_pem = certs.new_csr(key_pem, common_name=node_name)
+    except certs.PKIError as e:
+        raise BootstrapError(f"cannot make a CSR for node {node_name!r}: {e}") from None
+    name = csr_name(node_name=node_name, key_pem=key_pem)
+    body: dict[str, Any] = {
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "signerName": SIGNER,
+            "request": base64.b64encode(request_pem).decode("ascii"),
+            "usages": list(USAGES),
+        },
+    }
+    if expiration_seconds is not None:
+        body["spec"]["expirationSeconds"] = expiration_seconds
+
+    context = _ssl_context(
+        ca_file=ca_file, client_cert_file=client_cert_file, client_key_file=client_key_file
+    )
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=context), trust_env=False
+    ) as session:
+        api = _Api(
+            session=session, server=server, node_name=node_name, client_cert_file=client_cert_file
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                issued = await _request_and_wait(
+                    api,
+                    body=body,
+                    name=name,
+                    node_name=node_name,
+                    key_pem=key_pem,
+                    report=report,
+                    poll_interval=poll_interval,
+                )
+        except TimeoutError:
+            raise BootstrapTimeout(
+                f"CSR {name} (signer {SIGNER}) got no answer within {timeout:g} s; is vpnctl "
+                "running for this cluster, and does this node's Machine have its nodeRef? "
+                "The next attempt waits for the same CSR"
+            ) from None
+        except CSRRefused:
+            _remove(key_file)
+            raise
+
+    cert_pem = _first_certificate(issued, name=name)
+    try:
+        info = certs.validate(cert_pem, key_pem=key_pem, ca_pem=ca_pem, now=clock(), usage="client")
+    except certs.PKIError as e:
+        raise BootstrapError(
+            f"CSR {name} was answered with a certificate this node cannot use: {e}; "
+            f"is the tunnel CA {tunnel_ca_file} the one vpnctl signs with?"
+        ) from None
+    if info.common_name != node_name:
+        raise BootstrapError(
+            f"CSR {name} was answered with a certificate for CN={info.common_name}, "
+            f"not {node_name}; refusing it"
+        )
+    # Key first, then certificate: a reader in between sees a mismatched pair and keeps
+    # what it runs (the role's material check), never a half-written file.
+    if key_file != key_path:
+        os.replace(key_file, key_path)
+    _write_private(cert_path, cert_pem)
+    report(
+        Step(
+            event="certificate_issued",
+            csr_name=name,
+            message=f"CSR {name} was signed; certificate written to {cert_path}",
+        )
+    )
+    return Obtained(
+        cert_pem=cert_pem,
+        info=info,
+        renew_at=certs.renew_at(cert_pem, renew_fraction=renew_fraction),
+        source="issued",
+        csr_name=name,
+    )
+
+
+async def _request_and_wait(
+    api: _Api,
+    *,
+    body: Mapping[str, Any],
+    name: str,
+    node_name: str,
+    key_pem: bytes,
+    report: Progress,
+    poll_interval: float,
+) -> str:
+    """Create the CSR (or find ours) and wait until it is answered; the base64 chain."""
+    while True:
+        created, obj = await api.create(body)
+        if created:
+            report(
+                Step(
+                    event="csr_created",
+                    csr_name=name,
+                    message=f"created CSR {name}; waiting for vpnctl to approve it",
+                )
+            )
+        else:
+            found = await api.get(name)
+            if found is None:
+                continue  # deleted between our POST and GET: create it again
+            obj = found
+            problem = _is_ours(obj, node_name=node_name, key_pem=key_pem)
+            if problem is not None:
+                raise CSRRefused(
+                    csr_name=name,
+                    outcome="Failed",
+                    reason="NameTaken",
+                    message=f"a CSR named {name} exists but is not this node's: {problem}",
+                )
+            report(
+                Step(
+                    event="csr_found",
+                    csr_name=name,
+                    message=f"CSR {name} exists already; waiting for vpnctl to answer",
+                )
+            )
+        result = await _wait_answer(api, obj, name=name, poll_interval=poll_interval)
+        if result is not None:
+            return result
+        report(
+            Step(
+                event="csr_vanished",
+                csr_name=name,
+                message=f"CSR {name} was deleted before it was answered; creating it again",
+            )
+        )
+
+
+async def _wait_answer(
+    api: _Api, obj: dict[str, Any], *, name: str, poll_interval: float
+) -> str | None:
+    """Wait on OBJ (the CSR as last seen) until it has a certificate (returned) or is
+    refused (raised). None when the CSR disappeared."""
+    while True:
+        conditions = _conditions(obj)
+        for outcome in ("Denied", "Failed"):
+            if outcome in conditions:
+                c = conditions[outcome]
+                raise CSRRefused(
+                    csr_name=name,
+                    outcome=outcome,
+                    reason=str(c.get("reason") or ""),
+                    message=str(c.get("message") or ""),
+                )
+        status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
+        certificate = (status or {}).get("certificate")
+        if isinstance(certificate, str) and certificate:
+            return certificate
+        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        try:
+            change = await api.watch(name, resource_version=rv, seconds=_WATCH_SECONDS)
+        except ApiRequestError:
+            change = None
+            await asyncio.sleep(poll_interval)  # watch refused or broke: poll instead
+        if change is not None and change[0] != "DELETED":
+            obj = change[1]
+            continue
+        fresh = await api.get(name)
+        if fresh is None:
+            return None
+        obj = fresh
