@@ -23,10 +23,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--proto", choices=["udp", "tcp"], default="udp")
     up.add_argument("--state-dir", default=None)
+    up.add_argument("--prefix", default="vlab", help="namespace prefix ([a-z0-9]{1,8})")
     st = labsub.add_parser("status", help="print the connectivity table of a running lab")
     st.add_argument("--state-dir", default=None)
+    st.add_argument("--prefix", default="vlab")
     down = labsub.add_parser("down", help="remove everything the lab made")
     down.add_argument("--state-dir", default=None)
+    down.add_argument("--prefix", default="vlab")
     return p
 
 
