@@ -1,0 +1,579 @@
+"""The Helm charts agree with the controller: what `helm template` renders is checked
+against the builders in vpnctl/reconcile and the controller's RBAC needs, with no cluster.
+
+The agent chart must render the very objects the controller installs in a tenant
+cluster (names, labels, selector, config document, hash, pod spec), so an agent
+installed either way is the same and the controller can take over. The vpnctl chart
+must select the controller's own server pods and grant exactly what the controller
+writes. Needs the pinned helm from the harness's cache (`make k8s-bins`); skips cleanly
+without it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import yaml
+
+from vpnctl.api import TunnelSpecBody
+from vpnctl.charts import REPO_CHARTS, find_helm
+from vpnctl.kube import resources
+from vpnctl.reconcile import samples
+from vpnctl.reconcile.agentdocs import node_role_config, server_role_config
+from vpnctl.reconcile.names import COMPONENT_SERVER, labels
+from vpnctl.reconcile.objects import (
+    HEALTH_PORT_NAME,
+    apiserver_config_map,
+    ca_secret,
+    server_deployment,
+    server_service,
+)
+from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.tenant import TenantSpec, parse_tenant
+from vpnctl.reconcile.tenant_objects import tenant_objects
+from vpnctl.testenv import helm_template
+from vpnctl.testenv.helm import HelmError
+
+VPNCTL_CHART = REPO_CHARTS / "vpnctl"
+AGENT_CHART = REPO_CHARTS / "agent"
+CA_PEM = (
+    b"-----BEGIN CERTIFICATE-----\nbm90LWEtcmVhbC1jZXJ0aWZpY2F0ZQ==\n-----END CERTIFICATE-----\n"
+)
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    found = find_helm()
+    if found is None:
+        pytest.skip("the pinned helm is not built; `make k8s-bins` builds it")
+    return found
+
+
+async def render(
+    helm: Path,
+    chart: Path,
+    values: Mapping[str, Any],
+    tmp_path: Path,
+    *,
+    namespace: str = "vpnctl-system",
+    api_versions: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    values_file = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"
+    values_file.write_text(yaml.safe_dump(dict(values)))
+    text = await helm_template(
+        helm, chart, release="test", namespace=namespace, values_files=[values_file]
+    )
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in by_kind(objects, kind) if name is None or o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def canonical(value: Any) -> Any:
+    """Lists of objects compared as sets (helm writes volumes in template order, the
+    builders sort them); lists of scalars (command lines) keep their order."""
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [canonical(v) for v in value]
+        if all(isinstance(v, dict) for v in items):
+            return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+        return items
+    return value
+
+
+def differences(got: Any, want: Any, path: str = "") -> list[str]:
+    """Where two canonical documents differ, as readable paths."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        out: list[str] = []
+        for key in sorted(set(got) | set(want)):
+            if key not in want:
+                out.append(f"{path}.{key}: rendered but not built: {got[key]!r}")
+            elif key not in got:
+                out.append(f"{path}.{key}: built but not rendered: {want[key]!r}")
+            else:
+                out += differences(got[key], want[key], f"{path}.{key}")
+        return out
+    if isinstance(got, list) and isinstance(want, list) and len(got) == len(want):
+        return [
+            d
+            for i, (g, w) in enumerate(zip(got, want, strict=True))
+            for d in differences(g, w, f"{path}[{i}]")
+        ]
+    return [] if got == want else [f"{path}: rendered {got!r}, built {want!r}"]
+
+
+def without_desired_hash(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The builders stamp a digest of the whole object (diff.py), which helm can't."""
+    out = {k: v for k, v in meta.items() if k != "annotations"}
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k != "vpnctl.io/desired-hash"
+    }
+    if annotations:
+        out["annotations"] = annotations
+    return out
+
+
+# --- the agent chart against tenant_objects.py -----------------------------------------------
+
+
+def tenant(
+    *, protocol: Literal["udp", "tcp"] = "udp", port: int = 1194, tunnel_cidr: str
+) -> TenantSpec:
+    t = samples.lab_tenant()
+    spec: TunnelSpecBody = {
+        "clusterName": "tenant-a",
+        "tunnelCIDR": tunnel_cidr,
+        "transport": {"protocol": protocol, "port": port},
+    }
+    return parse_tenant(
+        tunnel=samples.tunnel(spec=spec),
+        cluster=t.cluster,
+        machines=t.machines,
+        nodes=t.nodes,
+    )
+
+
+CASES = {
+    "defaults": dict(
+        settings=Settings(agent_image="registry.example/vpnctl:1.0.0"),
+        tenant=dict(tunnel_cidr="100.127.255.0/24"),
+        remotes=[("203.0.113.7", 1194)],
+        values={"image": {"repository": "registry.example/vpnctl", "tag": "1.0.0"}},
+    ),
+    "everything-changed": dict(
+        settings=Settings(
+            agent_image="registry.example/vpnctl:2.0.0",
+            image_pull_policy="Always",
+            image_pull_secrets=("regcred", "mirror"),
+            tenant_namespace="tunnels",
+            node_health_port=9300,
+            kubelet_pki_dir="/var/lib/k0s/kubelet/pki",
+            node_priority_class="tenant-critical",
+            tun_resource="squat.ai/tun",
+        ),
+        tenant=dict(protocol="tcp", port=443, tunnel_cidr="10.250.0.0/24"),
+        remotes=[("vpn.example", 443), ("203.0.113.9", 31194)],
+        values={
+            "image": {"repository": "registry.example/vpnctl", "tag": "2.0.0"},
+            "imagePullSecrets": ["regcred", "mirror"],
+            "healthPort": 9300,
+            "kubeletPkiDir": "/var/lib/k0s/kubelet/pki",
+            "priorityClassName": "tenant-critical",
+            "tunResource": "squat.ai/tun",
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+async def test_agent_chart_renders_what_the_controller_installs(
+    helm: Path, tmp_path: Path, case: dict[str, Any]
+) -> None:
+    settings: Settings = case["settings"]
+    t = tenant(**case["tenant"])
+    role = node_role_config(tenant=t, settings=settings, remotes=case["remotes"])
+    built = tenant_objects(
+        cluster_name="tenant-a", settings=settings, role_config=role, ca_pem=CA_PEM
+    )
+    values = {
+        **case["values"],
+        "clusterName": "tenant-a",
+        "caCert": CA_PEM.decode(),
+        "server": {
+            "protocol": t.spec.transport.protocol,
+            "remotes": [{"host": h, "port": p} for h, p in case["remotes"]],
+            "tunnelIP": str(t.spec.server_ip),
+        },
+    }
+    if settings.image_pull_policy != "IfNotPresent":
+        values["image"]["pullPolicy"] = settings.image_pull_policy
+    rendered = await render(
+        helm, AGENT_CHART, values, tmp_path, namespace=settings.tenant_namespace
+    )
+
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in rendered) == sorted(
+        (o["kind"], o["metadata"]["name"]) for o in built
+    )
+    for want in built:
+        got = one(rendered, want["kind"], want["metadata"]["name"])
+        where = f"{want['kind']} {want['metadata']['name']}"
+        assert got["apiVersion"] == want["apiVersion"], where
+        assert got["metadata"] == without_desired_hash(want["metadata"]), where
+        body = {k: v for k, v in want.items() if k not in ("metadata", "apiVersion", "kind")}
+        got_body = {k: v for k, v in got.items() if k not in ("metadata", "apiVersion", "kind")}
+        # Everything: DaemonSet spec (selector, labels, config hash, command, env, ports,
+        # probes, capabilities, volumes, tolerations...), ConfigMap data (node.json byte
+        # for byte), Role rules, RoleBinding subjects.
+        diffs = differences(canonical(got_body), canonical(body))
+        assert not diffs, f"{where}:\n" + "\n".join(diffs)
+
+
+async def test_agent_chart_without_tun_resource_mounts_the_hosts_tun(
+    helm: Path, tmp_path: Path
+) -> None:
+    values = yaml.safe_load((AGENT_CHART / "ci" / "example-values.yaml").read_text())
+    pod = one(await render(helm, AGENT_CHART, values, tmp_path), "DaemonSet")["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert {"name": "dev-net-tun", "mountPath": "/dev/net/tun"} in container["volumeMounts"]
+    assert "resources" not in container
+    assert pod["spec"]["hostNetwork"] is True
+    assert container["securityContext"]["capabilities"] == {
+        "add": ["NET_ADMIN"],
+        "drop": ["ALL"],
+    }
+    assert container["command"] == [
+        "python", "-m", "agent", "node", "--config", "/etc/vpnctl/node.json",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"clusterName": ""}, "clusterName is required"),
+        ({"caCert": ""}, "caCert is required"),
+        ({"caCert": "LS0tLS1CRUdJTi..."}, "caCert is not a PEM certificate"),
+        ({"server": {"remotes": []}}, "server.remotes is required"),
+        ({"server": {"remotes": [{"host": "x", "port": "1194"}]}}, "/server/remotes/0/port"),
+        (
+            {"server": {"protocol": "sctp", "remotes": [{"host": "x", "port": 1}]}},
+            "at '/server/protocol': value must be one of 'udp', 'tcp'",
+        ),
+    ],
+)
+async def test_agent_chart_refuses_incomplete_values(
+    helm: Path, tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    values = yaml.safe_load((AGENT_CHART / "ci" / "example-values.yaml").read_text())
+    values.update(change)
+    with pytest.raises(HelmError, match=re.escape(message)):
+        await render(helm, AGENT_CHART, values, tmp_path)
+
+
+# --- the vpnctl chart ------------------------------------------------------------------------
+
+
+def controller(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objects, "Deployment", "test-vpnctl")
+
+
+async def test_controller_command_line(helm: Path, tmp_path: Path) -> None:
+    container = controller(await render(helm, VPNCTL_CHART, {}, tmp_path))["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    assert container["command"] == ["vpnctl"]
+    assert container["args"] == [
+        "run",
+        "--leader-elect",
+        "--namespace=vpnctl-system",
+        "--metrics-address=:8080",
+        "--health-address=:8081",
+    ]
+
+    values = {"controller": {"extraArgs": ["--log-level=DEBUG"], "metricsPort": 9000}}
+    container = controller(await render(helm, VPNCTL_CHART, values, tmp_path))["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    assert container["args"][-2:] == ["--health-address=:8081", "--log-level=DEBUG"]
+    assert "--metrics-address=:9000" in container["args"]
+    assert {"name": "http-metrics", "containerPort": 9000, "protocol": "TCP"} in container["ports"]
+
+    values = {"controller": {"args": ["run", "--once"], "replicas": 1}}
+    container = controller(await render(helm, VPNCTL_CHART, values, tmp_path))["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    assert container["args"] == ["run", "--once"]
+
+
+async def test_two_replicas_need_leader_election(helm: Path, tmp_path: Path) -> None:
+    values: dict[str, Any] = {"controller": {"leaderElection": {"enabled": False}}}
+    with pytest.raises(HelmError, match=r"enable leader election or set controller\.replicas to 1"):
+        await render(helm, VPNCTL_CHART, values, tmp_path)
+    values = {"controller": {"leaderElection": {"enabled": False}, "replicas": 1}}
+    container = controller(await render(helm, VPNCTL_CHART, values, tmp_path))["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    assert "--leader-elect" not in container["args"]
+
+
+async def test_controller_runs_unprivileged(helm: Path, tmp_path: Path) -> None:
+    deployment = controller(await render(helm, VPNCTL_CHART, {}, tmp_path))
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["VPNCTL_AGENT_IMAGE"]["value"] == container["image"]
+
+
+def allows(rules: list[dict[str, Any]], *, group: str, resource: str, verb: str) -> bool:
+    return any(
+        group in r.get("apiGroups", [])
+        and resource in r.get("resources", [])
+        and verb in r.get("verbs", [])
+        and not r.get("resourceNames")
+        for r in rules
+    )
+
+
+def _plural(api_version: str, kind: str) -> resources.Resource:
+    known = [
+        v
+        for v in vars(resources).values()
+        if isinstance(v, resources.Resource) and v.kind == kind and v.api_version == api_version
+    ]
+    assert known, f"{api_version} {kind} is not in vpnctl.kube.resources"
+    return known[0]
+
+
+def _service_side_objects() -> Iterator[dict[str, Any]]:
+    t = tenant(tunnel_cidr="198.18.8.0/24")
+    settings = Settings(agent_image="i")
+    yield ca_secret(tenant=t, cert_pem=CA_PEM, key_pem=b"k")
+    yield apiserver_config_map(tenant=t, role_config={})
+    yield server_deployment(
+        tenant=t, settings=settings, role_config=server_role_config(tenant=t, settings=settings)
+    )
+    yield server_service(tenant=t)
+
+
+async def test_controller_rbac_grants_what_the_controller_writes(
+    helm: Path, tmp_path: Path
+) -> None:
+    objects = await render(helm, VPNCTL_CHART, {}, tmp_path)
+    rules = one(objects, "ClusterRole", "test-vpnctl")["rules"]
+    binding = one(objects, "ClusterRoleBinding", "test-vpnctl")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "test-vpnctl", "namespace": "vpnctl-system"}
+    ]
+    # Every kind the builders make in tenant namespaces, applied, watched and deleted.
+    for obj in _service_side_objects():
+        res = _plural(obj["apiVersion"], obj["kind"])
+        for verb in ("get", "list", "watch", "create", "patch", "update", "delete"):
+            assert allows(rules, group=res.group, resource=res.plural, verb=verb), (res, verb)
+    for verb in ("get", "list", "watch"):
+        for res in (resources.CLUSTER, resources.MACHINE):
+            assert allows(rules, group=res.group, resource=res.plural, verb=verb)
+    # Cluster lifecycle is not ours: no writes to CAPI objects.
+    for verb in ("create", "patch", "update", "delete"):
+        assert not allows(rules, group="cluster.x-k8s.io", resource="clusters", verb=verb)
+    assert allows(rules, group="vpnctl.io", resource="tunnels", verb="create")
+    assert allows(rules, group="vpnctl.io", resource="tunnels/status", verb="update")
+    assert allows(rules, group="vpnctl.io", resource="tunnels/finalizers", verb="update")
+    for verb in ("get", "create", "update"):  # vpnctl.kube.events: dedup by name
+        assert allows(rules, group="", resource="events", verb=verb)
+    # Least privilege: no wildcards, nothing the controller doesn't touch.
+    for rule in rules:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
+    assert not allows(rules, group="", resource="pods", verb="get")
+    assert not allows(rules, group="coordination.k8s.io", resource="leases", verb="get")
+    # Leases only in the release namespace.
+    role = one(objects, "Role", "test-vpnctl-leases")
+    assert role["metadata"]["namespace"] == "vpnctl-system"
+    for verb in ("get", "create", "update"):
+        assert allows(role["rules"], group="coordination.k8s.io", resource="leases", verb=verb)
+
+
+MONITORING = {"monitoring": {"enabled": True}}
+
+
+async def test_monitoring_is_off_by_default(helm: Path, tmp_path: Path) -> None:
+    objects = await render(helm, VPNCTL_CHART, {}, tmp_path)
+    assert not [o for o in objects if o["apiVersion"].startswith("monitoring.coreos.com/")]
+
+
+async def test_pod_monitor_selects_the_controllers_server_pods(helm: Path, tmp_path: Path) -> None:
+    objects = await render(helm, VPNCTL_CHART, MONITORING, tmp_path)
+    monitor = one(objects, "PodMonitor")
+    server_pod_labels = labels(cluster_name="any", component=COMPONENT_SERVER)
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= server_pod_labels.items()
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == [HEALTH_PORT_NAME]
+    # ... and not the controller's own pods.
+    pod_labels = controller(objects)["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= pod_labels.items()
+
+
+async def test_service_monitor_scrapes_the_controller(helm: Path, tmp_path: Path) -> None:
+    objects = await render(helm, VPNCTL_CHART, MONITORING, tmp_path)
+    monitor = one(objects, "ServiceMonitor")
+    service = one(objects, "Service", "test-vpnctl-metrics")
+    pod = controller(objects)["spec"]["template"]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    port_names = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http-metrics"]
+    assert service["spec"]["ports"][0]["targetPort"] in port_names
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+
+
+ALERTS = {
+    "VpnctlTunnelNotReady",
+    "VpnctlNodeDisconnected",
+    "VpnctlKubeletUnreachable",
+    "VpnctlCertificateExpiring",
+    "VpnctlReconcileErrors",
+    "VpnctlWatchRestarts",
+}
+
+
+def alert_rules(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    rule = one(objects, "PrometheusRule")
+    return {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+
+
+async def test_prometheus_rule_alerts(helm: Path, tmp_path: Path) -> None:
+    alerts = alert_rules(await render(helm, VPNCTL_CHART, MONITORING, tmp_path))
+    assert set(alerts) == ALERTS
+    assert alerts["VpnctlTunnelNotReady"]["for"] == "5m"
+    assert "< 7 * 86400" in alerts["VpnctlCertificateExpiring"]["expr"]
+    for rule in alerts.values():
+        assert rule["labels"]["severity"] == "warning"
+        assert rule["annotations"]["summary"]
+        assert "{{ $labels" in json.dumps(rule["annotations"]) or "{{ $value" in json.dumps(
+            rule["annotations"]
+        )
+
+    values = {
+        "monitoring": {
+            "enabled": True,
+            "prometheusRule": {
+                "disabled": ["VpnctlWatchRestarts"],
+                "certificateExpiryDays": 14,
+                "tunnelNotReadyFor": "10m",
+                "additionalLabels": {"team": "platform"},
+            },
+        }
+    }
+    alerts = alert_rules(await render(helm, VPNCTL_CHART, values, tmp_path))
+    assert set(alerts) == ALERTS - {"VpnctlWatchRestarts"}
+    assert "< 14 * 86400" in alerts["VpnctlCertificateExpiring"]["expr"]
+    assert alerts["VpnctlTunnelNotReady"]["for"] == "10m"
+    assert alerts["VpnctlNodeDisconnected"]["labels"] == {"severity": "warning", "team": "platform"}
+
+
+def _exported_names(registry: Any) -> set[str]:
+    names: set[str] = set()
+    for family in registry.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names |= {f"{family.name}_{s}" for s in ("bucket", "sum", "count")}
+    return names
+
+
+async def test_alerts_read_metrics_that_exist(helm: Path, tmp_path: Path) -> None:
+    metrics = pytest.importorskip("vpnctl.controller.metrics")
+    from prometheus_client import CollectorRegistry
+
+    from agent.roles.server import ServerMetrics
+    from vpnctl.kube import SystemClock
+
+    registry = CollectorRegistry()
+    metrics.ControllerMetrics(registry=registry, clock=SystemClock())
+    ServerMetrics(registry=registry)
+    exported = _exported_names(registry)
+
+    alerts = alert_rules(await render(helm, VPNCTL_CHART, MONITORING, tmp_path))
+    used = {m for r in alerts.values() for m in re.findall(r"\bvpnctl_[a-z_]+", r["expr"])}
+    assert used, "the alerts read no vpnctl metric"
+    assert used <= exported, f"alerts read metrics nobody exports: {sorted(used - exported)}"
+
+
+# --- values.schema.json ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"controller": {"replicas": "two"}},
+            "at '/controller/replicas': got string, want integer",
+        ),
+        ({"controller": {"replica": 2}}, "additional properties 'replica' not allowed"),
+        ({"controller": {"metricsPort": 70000}}, "/controller/metricsPort"),
+        ({"image": {"repository": "x", "pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"capi": {"bootstrap": {"rules": [{"verbs": ["get"]}]}}}, "/capi/bootstrap/rules/0"),
+        ({"monitoring": {"prometheusRule": {"disabled": ["NoSuchAlert"]}}}, "/disabled/0"),
+    ],
+)
+async def test_vpnctl_schema_rejects_bad_values(
+    helm: Path, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(HelmError, match=re.escape(message)):
+        await render(helm, VPNCTL_CHART, values, tmp_path)
+
+
+# --- Cluster API -----------------------------------------------------------------------------
+
+
+async def test_capi_core_only_by_default_providers_when_their_image_is_set(
+    helm: Path, tmp_path: Path
+) -> None:
+    objects = await render(helm, VPNCTL_CHART, {}, tmp_path)
+    deployments = {d["metadata"]["name"]: d for d in by_kind(objects, "Deployment")}
+    assert set(deployments) == {"test-vpnctl", "capi-controller-manager"}
+    core = deployments["capi-controller-manager"]
+    assert core["metadata"]["namespace"] == "capi-system"
+    container = core["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.k8s.io/cluster-api/cluster-api-controller:v1.8.4"
+    assert "--leader-elect" in container["args"]
+
+    values = yaml.safe_load((VPNCTL_CHART / "ci" / "custom-values.yaml").read_text())
+    objects = await render(helm, VPNCTL_CHART, values, tmp_path)
+    deployments = {d["metadata"]["name"]: d for d in by_kind(objects, "Deployment")}
+    assert set(deployments) == {
+        "vpnctl-ctl",
+        "capi-controller-manager",
+        "capi-kubeadm-bootstrap-manager",
+        "capi-hosted-control-plane-manager",
+        "capi-openstack-infrastructure-manager",
+    }
+    assert deployments["capi-openstack-infrastructure-manager"]["metadata"]["namespace"] == (
+        "capo-system"
+    )
+    namespaces = {n["metadata"]["name"] for n in by_kind(objects, "Namespace")}
+    assert namespaces == {"capi-custom", "capo-system"}
+    # Each provider's ServiceAccount is bound to its ClusterRole holding its rules.
+    role = one(objects, "ClusterRole", "vpnctl-ctl-capi-kubeadm-bootstrap-manager")
+    assert allows(role["rules"], group="bootstrap.cluster.x-k8s.io", resource="*", verb="update")
+    # Everything namespaced says where it goes (kubectl apply -f of the output works too).
+    for obj in objects:
+        if obj["kind"] not in {
+            "Namespace",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+        }:
+            assert obj["metadata"].get("namespace"), (obj["kind"], obj["metadata"]["name"])
+
+    objects = await render(helm, VPNCTL_CHART, {"capi": {"enabled": False}}, tmp_path)
+    assert not [o for o in objects if "capi" in o["metadata"]["name"]]
+
+
+async def test_a_provider_needs_a_name(helm: Path, tmp_path: Path) -> None:
+    values = {"capi": {"infrastructure": {"image": "registry.example/capx:1"}}}
+    with pytest.raises(HelmError, match=re.escape("capi.infrastructure.name is required")):
+        await render(helm, VPNCTL_CHART, values, tmp_path)
