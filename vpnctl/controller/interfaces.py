@@ -36,6 +36,11 @@ class TenantSideResult:
 
     ``reason``/``message`` become the AgentInstalled condition (CamelCase reason, a
     sentence a person can act on when ``installed`` is False).
+
+    ``signed`` (added after the first version, defaulted so nothing breaks): (node name,
+    serial in hex) of node certificates the CSR loop signed for this tenant. The
+    controller records them in status.allocations[].serials (and desired.json), which is
+    what it revokes when the node's Machine goes. Reporting a serial again is harmless.
     """
 
     installed: bool
@@ -43,6 +48,7 @@ class TenantSideResult:
     message: str
     csr_signed: int = 0
     csr_denied: int = 0
+    signed: tuple[tuple[str, str], ...] = ()
 
 
 class TenantSide(Protocol):
