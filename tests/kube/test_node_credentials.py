@@ -17,9 +17,11 @@ import contextlib
 import datetime as dt
 import json
 import os
+import random
 import ssl
 import stat
 from collections.abc import AsyncIterator, Mapping, Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes_asyncio import client as k8s_client
+from prometheus_client import CollectorRegistry
 
 import certs
 from agent.bootstrap import (
@@ -41,6 +44,10 @@ from agent.bootstrap import (
     Step,
     obtain_certificate,
 )
+from agent.desired import BootstrapSettings, ClientRoleConfig, Common, ProbeSettings
+from agent.netlink import Kernel
+from agent.openvpn.config import ClientConfig
+from agent.roles.node import NodeRole
 from vpnctl.reconcile import samples
 from vpnctl.reconcile.csr import NODE_SIGNER, CSRDecision, csr_state, decide_csr, sign_node_csr
 from vpnctl.testenv import TenantCluster
@@ -416,3 +423,66 @@ async def test_credentials_that_are_not_a_nodes_are_refused(
         session.get(f"{cluster.server_url}/api/v1/secrets") as resp,
     ):
         assert resp.status == 403
+
+
+async def test_node_role_is_unready_until_its_csr_is_signed(
+    tenant_cluster_factory: TenantFactory,
+    tmp_path: Path,
+    tunnel_ca: tuple[certs.Issued, Path],
+) -> None:
+    """The node role's bootstrap task: openvpn's material check is held back and
+    /readyz says what the node waits for, until the CSR is signed."""
+    cluster = await tenant_cluster_factory(controller_manager=True)
+    ca, ca_path = tunnel_ca
+    node = Node(cluster, tmp_path, name="node-1", tunnel_ca=ca_path)
+    cfg = ClientRoleConfig(
+        role="node",
+        common=Common(state_dir=str(node.dir)),
+        openvpn=ClientConfig(
+            remotes=[("198.18.0.1", 1194)],
+            ca=str(ca_path),
+            cert=str(node.cert),
+            key=str(node.key),
+            tls_crypt_v2=str(tmp_path / "tc.key"),
+            management=str(tmp_path / "m.sock"),
+        ),
+        probe=ProbeSettings(target=(IPv4Address("198.18.8.1"), 7947)),
+        bootstrap=BootstrapSettings(
+            server=cluster.server_url,
+            ca=str(cluster.pki.ca.cert),
+            client_cert=node.credentials,
+            client_key=node.credentials,
+        ),
+    )
+    role = NodeRole(
+        cfg=cfg, registry=CollectorRegistry(), clock=_now, rng=random.Random(1),
+        kernel_factory=_no_kernel, environ={"NODE_NAME": "node-1"},
+    )  # fmt: skip
+    task = asyncio.create_task(role._bootstrap_task())
+    try:
+        async with asyncio.timeout(20):
+            while "waiting for vpnctl" not in (role.conditions.reason("certificate") or ""):
+                await asyncio.sleep(0.05)
+        assert not role._first_attempt.is_set()  # openvpn waits
+        async with api_client(cluster) as api, signing(Signer(api, ca=ca)):
+            async with asyncio.timeout(20):
+                while role.conditions.reason("certificate") is not None:
+                    await asyncio.sleep(0.05)
+        assert role._first_attempt.is_set()
+        info = certs.validate(node.cert.read_bytes(), key_pem=node.key.read_bytes(),
+                              ca_pem=ca.cert_pem, now=_now(), usage="client")  # fmt: skip
+        assert info.common_name == "node-1"
+        assert (
+            role.registry.get_sample_value(
+                "vpnctl_agent_certificate_requests_total", {"role": "node", "result": "issued"}
+            )
+            == 1
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _no_kernel() -> Kernel:
+    raise AssertionError("the bootstrap task needs no kernel")
