@@ -460,6 +460,14 @@ class KubeTenantSide:
         state = self._tenants.get(tenant)
         return state.repairs if state is not None else 0
 
+    def synced(self, tenant: TenantRef) -> bool:
+        """True once every watch of the tenant (objects and CSRs) has its first listing."""
+        state = self._tenants.get(tenant)
+        if state is None or not state.started:
+            return False
+        watchers = [*state.watchers.values(), state.csr_watcher]
+        return all(w is not None and w.synced.is_set() for w in watchers)
+
     def task_names(self, tenant: TenantRef) -> list[str]:
         """The names of the tenant's running background tasks (for tests and debugging)."""
         state = self._tenants.get(tenant)
