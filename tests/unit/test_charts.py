@@ -383,7 +383,12 @@ async def test_controller_rbac_grants_what_the_controller_writes(
     # Least privilege: no wildcards, nothing the controller doesn't touch.
     for rule in rules:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
-    assert not allows(rules, group="", resource="pods", verb="get")
+    # Server pods: listed (metrics) and annotated (kubelet refreshes their config at once).
+    for verb in ("get", "list", "patch"):
+        assert allows(rules, group="", resource="pods", verb=verb)
+    for verb in ("create", "delete"):
+        assert not allows(rules, group="", resource="pods", verb=verb)
+    assert not allows(rules, group="", resource="nodes", verb="get")
     assert not allows(rules, group="coordination.k8s.io", resource="leases", verb="get")
     # Leases only in the release namespace.
     role = one(objects, "Role", "test-vpnctl-leases")
