@@ -46,6 +46,7 @@ Choices a reader may wonder about:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import random
@@ -53,7 +54,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mappi
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -258,6 +259,29 @@ def result_for_error(exc: ApiError, *, tenant: TenantRef, server: str) -> Tenant
 # --- the watch source for node CSRs -------------------------------------------------------
 
 
+class SelectingApi(Protocol):
+    """What ``SignerFilteredSource`` needs of a connection (``Kube`` is one)."""
+
+    async def list(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> tuple[builtins.list[KubeObject], str]: ...
+
+    def watch(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        resource_version: str,
+        timeout_seconds: int,
+        label_selector: str | None = None,
+    ) -> AsyncGenerator[WatchEvent, None]: ...
+
+
 class SignerFilteredSource:
     """A WatchSource of CertificateSigningRequests for one signer.
 
@@ -266,8 +290,8 @@ class SignerFilteredSource:
     error passes through.
     """
 
-    def __init__(self, kube: Kube, *, signer: str) -> None:
-        self._kube = kube
+    def __init__(self, api: SelectingApi, *, signer: str) -> None:
+        self._api = api
         self._signer = signer
 
     async def list(
@@ -276,8 +300,8 @@ class SignerFilteredSource:
         namespace: str | None = None,
         *,
         label_selector: str | None = None,
-    ) -> tuple[list[KubeObject], str]:
-        return await self._kube.list(
+    ) -> tuple[builtins.list[KubeObject], str]:
+        return await self._api.list(
             res,
             namespace,
             label_selector=label_selector,
@@ -293,7 +317,7 @@ class SignerFilteredSource:
         timeout_seconds: int,
         label_selector: str | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
-        stream = self._kube.watch(
+        stream = self._api.watch(
             res,
             namespace,
             resource_version=resource_version,
@@ -314,11 +338,91 @@ class SignerFilteredSource:
 
 @dataclass(eq=False)
 class _TaskHealth:
-    """A supervised task's crash record, for ``healthy()``."""
-
     name: str
     started_at: float
     crashes_in_a_row: int = 0
+
+
+class Supervisor:
+    """Runs background bodies that should never end, in a TaskGroup, and knows whether
+    they are well.
+
+    A body that raises (or returns) is logged with its traceback and started again after
+    a jittered backoff; only cancellation ends it. ``healthy()`` is False while a task
+    has crashed ``max_crashes`` times in a row without ``stable_after`` seconds of
+    running in between, or when a task ended anyway.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        backoff_base: float,
+        backoff_cap: float,
+        max_crashes: int,
+        stable_after: float,
+    ) -> None:
+        self._clock = clock
+        self._rng = rng
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._max_crashes = max_crashes
+        self._stable_after = stable_after
+        self._health: dict[asyncio.Task[None], _TaskHealth] = {}
+
+    def spawn(
+        self, group: asyncio.TaskGroup, name: str, body: Callable[[], Awaitable[None]]
+    ) -> asyncio.Task[None]:
+        health = _TaskHealth(name=name, started_at=self._clock.monotonic())
+        task = group.create_task(self._run(health, body), name=name)
+        self._health[task] = health
+        return task
+
+    def discard(self, task: asyncio.Task[None]) -> None:
+        """Stop watching ``task`` (it is being cancelled on purpose)."""
+        self._health.pop(task, None)
+
+    def crashes(self, task: asyncio.Task[None]) -> int:
+        health = self._health.get(task)
+        return health.crashes_in_a_row if health is not None else 0
+
+    def healthy(self) -> bool:
+        now = self._clock.monotonic()
+        for task, health in self._health.items():
+            if task.done():
+                return False  # ended without discard(): cancelled by someone else
+            if (
+                health.crashes_in_a_row >= self._max_crashes
+                and now - health.started_at < self._stable_after
+            ):
+                return False
+        return True
+
+    async def _run(self, health: _TaskHealth, body: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            health.started_at = self._clock.monotonic()
+            try:
+                await body()
+                raise RuntimeError(f"{health.name} returned; it should run until cancelled")
+            except Exception:
+                ran = self._clock.monotonic() - health.started_at
+                health.crashes_in_a_row = (
+                    1 if ran >= self._stable_after else health.crashes_in_a_row + 1
+                )
+                delay = backoff(
+                    attempt=health.crashes_in_a_row,
+                    base=self._backoff_base,
+                    cap=self._backoff_cap,
+                    rng=self._rng,
+                )
+                _log.exception(
+                    "event=tenant_task_crashed task=%r crashes_in_a_row=%d retry_in=%.1fs",
+                    health.name,
+                    health.crashes_in_a_row,
+                    delay,
+                )
+                await self._clock.sleep(delay)
 
 
 @dataclass(eq=False)
@@ -393,8 +497,14 @@ class KubeTenantSide:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._repair_coalesce = repair_coalesce
-        self._max_crashes = max_crashes
-        self._stable_after = stable_after
+        self._supervisor = Supervisor(
+            clock=clock,
+            rng=rng,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            max_crashes=max_crashes,
+            stable_after=stable_after,
+        )
         self._repairs_total = Counter(
             "vpnctl_tenant_repairs",
             "Objects in tenant clusters put back after the tenant deleted or edited them.",
@@ -409,7 +519,6 @@ class KubeTenantSide:
             registry=registry,
         )
         self._tenants: dict[TenantRef, _Tenant] = {}
-        self._health: dict[asyncio.Task[None], _TaskHealth] = {}
         self._group: asyncio.TaskGroup | None = None
         self._closing = False
 
@@ -443,18 +552,7 @@ class KubeTenantSide:
 
         Tenant apiservers that don't answer don't count (see the module docstring).
         """
-        if self._group is None or self._closing:
-            return False
-        now = self._clock.monotonic()
-        for task, health in self._health.items():
-            if task.done():
-                return False  # supervised tasks end only by forget(), which drops them
-            if (
-                health.crashes_in_a_row >= self._max_crashes
-                and now - health.started_at < self._stable_after
-            ):
-                return False
-        return True
+        return self._group is not None and not self._closing and self._supervisor.healthy()
 
     def repairs(self, tenant: TenantRef) -> int:
         state = self._tenants.get(tenant)
@@ -568,7 +666,7 @@ class KubeTenantSide:
         if state.tasks:
             await asyncio.wait(state.tasks)
         for task in state.tasks:
-            self._health.pop(task, None)
+            self._supervisor.discard(task)
         await state.kube.close()
         for kind in state.repaired_kinds:
             with contextlib.suppress(KeyError):
@@ -672,33 +770,9 @@ class KubeTenantSide:
         self, state: _Tenant, name: str, body: Callable[[], Awaitable[None]]
     ) -> asyncio.Task[None]:
         assert self._group is not None  # checked by ensure()
-        health = _TaskHealth(name=name, started_at=self._clock.monotonic())
-        task = self._group.create_task(self._supervise(health, body), name=name)
+        task = self._supervisor.spawn(self._group, name, body)
         state.tasks.append(task)
-        self._health[task] = health
         return task
-
-    async def _supervise(self, health: _TaskHealth, body: Callable[[], Awaitable[None]]) -> None:
-        """Run ``body`` forever: a crash is logged with its traceback and restarted after
-        a backoff; only cancellation ends it."""
-        while True:
-            health.started_at = self._clock.monotonic()
-            try:
-                await body()
-                raise RuntimeError(f"{health.name} returned; it should run until cancelled")
-            except Exception:
-                ran = self._clock.monotonic() - health.started_at
-                health.crashes_in_a_row = (
-                    1 if ran >= self._stable_after else health.crashes_in_a_row + 1
-                )
-                delay = self._backoff(health.crashes_in_a_row)
-                _log.exception(
-                    "event=tenant_task_crashed task=%r crashes_in_a_row=%d retry_in=%.1fs",
-                    health.name,
-                    health.crashes_in_a_row,
-                    delay,
-                )
-                await self._clock.sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
         return backoff(
@@ -733,7 +807,7 @@ class KubeTenantSide:
             task = state.watch_tasks.pop(spec)
             task.cancel()
             state.tasks.remove(task)
-            self._health.pop(task, None)
+            self._supervisor.discard(task)
         if state.started:
             return
         state.started = True

@@ -1,0 +1,414 @@
+"""The pure parts of the tenant side, its supervisor, and what it does without a tenant.
+
+The behaviour against tenant apiservers (install, drift repair, CSRs, cleanup) is in
+tests/kube/test_tenant_side.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import certs
+from vpnctl.controller.interfaces import TenantRef
+from vpnctl.controller.tenant_side import (
+    KNOWN_RESOURCES,
+    REASON_APPLY_FAILED,
+    REASON_KUBECONFIG_INVALID,
+    REASON_REFUSED,
+    REASON_UNREACHABLE,
+    KubeTenantSide,
+    ObjectRef,
+    SignerFilteredSource,
+    Supervisor,
+    WatchSpec,
+    desired_by_ref,
+    drifted,
+    label_selector,
+    object_ref,
+    resource_for,
+    result_for_error,
+    watch_specs,
+)
+from vpnctl.kube import (
+    CERTIFICATE_SIGNING_REQUEST,
+    CLUSTER_ROLE,
+    CONFIG_MAP,
+    DAEMON_SET,
+    NAMESPACE,
+    Forbidden,
+    Invalid,
+    KubeObject,
+    ManualClock,
+    Resource,
+    TooManyRequests,
+    TransportError,
+    Unauthorized,
+    WatchEvent,
+)
+from vpnctl.reconcile.names import labels
+from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.tenant_objects import tenant_objects
+
+SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
+TENANT = TenantRef(namespace="tenant-a", cluster="tenant-a")
+CERT = b"-----BEGIN CERTIFICATE-----\nnot-a-real-cert\n-----END CERTIFICATE-----\n"
+
+
+def agent_objects() -> list[KubeObject]:
+    return list(
+        tenant_objects(
+            cluster_name="tenant-a", settings=SETTINGS, role_config={"v": 1}, ca_pem=CERT
+        )
+    )
+
+
+# --- object bookkeeping ----------------------------------------------------------------------
+
+
+def test_every_agent_object_has_a_known_resource_and_a_ref() -> None:
+    refs = [object_ref(o) for o in agent_objects()]
+    assert [str(r) for r in refs] == [
+        "Namespace vpnctl-system",
+        "ServiceAccount vpnctl-system/vpnctl-node-agent",
+        "Role vpnctl-system/vpnctl-node-agent",
+        "RoleBinding vpnctl-system/vpnctl-node-agent",
+        "ConfigMap vpnctl-system/vpnctl-node-agent",
+        "DaemonSet vpnctl-system/vpnctl-node-agent",
+    ]
+    assert all(r.res in KNOWN_RESOURCES for r in refs)
+    assert resource_for({"apiVersion": "apps/v1", "kind": "DaemonSet"}) == DAEMON_SET
+
+
+def test_an_unknown_kind_is_refused_with_where_to_add_it() -> None:
+    with pytest.raises(ValueError, match=r"batch/v1/Job.*KNOWN_RESOURCES"):
+        resource_for({"apiVersion": "batch/v1", "kind": "Job"})
+    # Same kind, another group version: not the same resource.
+    with pytest.raises(ValueError, match="apps/v1beta2/DaemonSet"):
+        resource_for({"apiVersion": "apps/v1beta2", "kind": "DaemonSet"})
+
+
+def test_desired_by_ref_keeps_the_apply_order_and_refuses_bad_input() -> None:
+    objects = agent_objects()
+    by_ref = desired_by_ref(reversed(objects))
+    assert [r.res.kind for r in by_ref] == [o["kind"] for o in reversed(objects)]
+    with pytest.raises(ValueError, match="twice"):
+        desired_by_ref([objects[0], objects[0]])
+    with pytest.raises(ValueError, match=r"needs metadata\.namespace"):
+        object_ref({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})
+    with pytest.raises(ValueError, match="is cluster-scoped"):
+        object_ref(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "namespace": "y"}}
+        )
+    with pytest.raises(ValueError, match=r"no metadata\.name"):
+        object_ref({"apiVersion": "v1", "kind": "Namespace", "metadata": {}})
+
+
+def test_one_watch_per_kind_in_its_namespace() -> None:
+    specs = watch_specs(object_ref(o) for o in agent_objects())
+    assert len(specs) == 6
+    assert WatchSpec(NAMESPACE, None) in specs
+    assert WatchSpec(DAEMON_SET, "vpnctl-system") in specs
+    # A kind in two namespaces is watched in all of them; cluster-scoped ones as such.
+    specs = watch_specs(
+        [
+            ObjectRef(CONFIG_MAP, "a", "x"),
+            ObjectRef(CONFIG_MAP, "b", "x"),
+            ObjectRef(CLUSTER_ROLE, "", "r"),
+        ]
+    )
+    assert set(specs) == {WatchSpec(CONFIG_MAP, None), WatchSpec(CLUSTER_ROLE, None)}
+
+
+def test_the_label_selector_selects_what_the_builders_label() -> None:
+    selector = label_selector("tenant-a")
+    wanted = dict(term.split("=") for term in selector.split(","))
+    for obj in agent_objects():
+        assert wanted.items() <= obj["metadata"]["labels"].items(), obj["kind"]
+    built = labels(cluster_name="tenant-a", component="node-agent")
+    assert wanted.items() <= built.items()
+    assert label_selector("tenant-b") != selector
+
+
+def test_drift_is_an_absent_or_edited_object_and_unknown_ones_wait() -> None:
+    desired = desired_by_ref(agent_objects())
+    refs = list(desired)
+    ns, sa, _role, _binding, cm, ds = refs
+    edited_cm = {**desired[cm], "data": {"node.json": "{}"}}
+    live: dict[ObjectRef, KubeObject | None] = {
+        ns: desired[ns],
+        sa: None,  # deleted
+        cm: edited_cm,
+        ds: {**desired[ds], "status": {"numberReady": 3}},  # server additions are fine
+        # role, binding: their watch has not listed yet
+    }
+    assert drifted(desired, live) == [sa, cm]
+    assert drifted(desired, {}) == []
+
+
+# --- API errors become results ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "words"),
+    [
+        (TransportError("connection refused", method="GET", path="/api"), REASON_UNREACHABLE,
+         "did not answer"),
+        (TooManyRequests("slow down", status=429), REASON_UNREACHABLE, "did not answer"),
+        (Unauthorized("no", status=401), REASON_REFUSED, "refused the credentials"),
+        (Forbidden("no", status=403), REASON_REFUSED, "refused the credentials"),
+        (Invalid("bad", status=422), REASON_APPLY_FAILED, "failed"),
+    ],
+)  # fmt: skip
+def test_api_errors_map_to_install_results(error: Exception, reason: str, words: str) -> None:
+    assert isinstance(error, TransportError | TooManyRequests | Unauthorized | Forbidden | Invalid)
+    result = result_for_error(error, tenant=TENANT, server="https://198.18.0.1:6443")
+    assert not result.installed
+    assert result.reason == reason
+    assert words in result.message
+    assert "tenant-a/tenant-a" in result.message
+    if reason != REASON_APPLY_FAILED:
+        assert "Secret tenant-a/tenant-a-kubeconfig" in result.message
+        assert "https://198.18.0.1:6443" in result.message
+
+
+# --- the CSR watch source --------------------------------------------------------------------
+
+
+def csr(name: str, signer: str) -> KubeObject:
+    return {"metadata": {"name": name}, "spec": {"signerName": signer}}
+
+
+class FakeApi:
+    """Records list calls; its watch replays fixed events."""
+
+    def __init__(self, events: list[WatchEvent]) -> None:
+        self.events = events
+        self.lists: list[dict[str, Any]] = []
+
+    async def list(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> tuple[list[KubeObject], str]:
+        self.lists.append({"res": res, "field_selector": field_selector})
+        return [csr("a", "vpnctl.io/node")], "10"
+
+    async def watch(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        resource_version: str,
+        timeout_seconds: int,
+        label_selector: str | None = None,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        for event in self.events:
+            yield event
+
+
+async def test_the_csr_source_keeps_only_our_signer() -> None:
+    events: list[WatchEvent] = [
+        {"type": "ADDED", "object": csr("kubelet", "kubernetes.io/kube-apiserver-client-kubelet")},
+        {"type": "ADDED", "object": csr("ours", "vpnctl.io/node")},
+        {"type": "MODIFIED", "object": csr("other", "example.com/x")},
+        {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}},
+        {"type": "DELETED", "object": csr("ours", "vpnctl.io/node")},
+        {"type": "ERROR", "object": {"kind": "Status", "code": 410}},
+    ]
+    api = FakeApi(events)
+    source = SignerFilteredSource(api, signer="vpnctl.io/node")
+    items, version = await source.list(CERTIFICATE_SIGNING_REQUEST)
+    assert (items, version) == ([csr("a", "vpnctl.io/node")], "10")
+    assert api.lists == [
+        {"res": CERTIFICATE_SIGNING_REQUEST, "field_selector": "spec.signerName=vpnctl.io/node"}
+    ]
+    seen = [
+        (e["type"], e["object"].get("metadata", {}).get("name"))
+        async for e in source.watch(
+            CERTIFICATE_SIGNING_REQUEST, resource_version="10", timeout_seconds=5
+        )
+    ]
+    assert seen == [("ADDED", "ours"), ("BOOKMARK", None), ("DELETED", "ours"), ("ERROR", None)]
+
+
+# --- the supervisor --------------------------------------------------------------------------
+
+
+def supervisor(clock: ManualClock, *, max_crashes: int = 3) -> Supervisor:
+    return Supervisor(
+        clock=clock,
+        rng=random.Random(3),
+        backoff_base=1.0,
+        backoff_cap=8.0,
+        max_crashes=max_crashes,
+        stable_after=60.0,
+    )
+
+
+async def test_a_crashing_task_is_logged_restarted_with_backoff_and_unhealthy(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = ManualClock(autoadvance=True)
+    sup = supervisor(clock)
+    calls = 0
+    running = asyncio.Event()
+
+    async def body() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise RuntimeError(f"boom {calls}")
+        running.set()
+        await asyncio.Event().wait()
+
+    caplog.set_level(logging.ERROR, logger="vpnctl.controller.tenant_side")
+    async with asyncio.TaskGroup() as group:
+        task = sup.spawn(group, "tenant x/y repair", body)
+        await running.wait()
+        assert calls == 4
+        assert sup.crashes(task) == 3
+        # Doubling from 1 s, jittered to [50 %, 100 %].
+        assert len(clock.sleeps) == 3
+        for attempt, slept in enumerate(clock.sleeps, start=1):
+            assert 0.5 * 2 ** (attempt - 1) <= slept <= 2 ** (attempt - 1)
+        assert not sup.healthy()  # three crashes in a row, and not stable since
+        clock.advance(61)
+        assert sup.healthy()  # it has run for a minute now
+        task.cancel()
+        sup.discard(task)
+    crashes = [r for r in caplog.records if "event=tenant_task_crashed" in r.getMessage()]
+    assert len(crashes) == 3
+    assert all(r.exc_info is not None for r in crashes)  # the traceback is there
+    assert "task='tenant x/y repair'" in crashes[0].getMessage()
+
+
+async def test_a_task_that_returns_counts_as_a_crash_and_a_stable_run_resets_the_count() -> None:
+    clock = ManualClock(autoadvance=True)
+    sup = supervisor(clock, max_crashes=2)
+    calls = 0
+    second = asyncio.Event()
+
+    async def body() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            clock.advance(120)  # ran long and well, then stopped
+            return
+        second.set()
+        await asyncio.Event().wait()
+
+    async with asyncio.TaskGroup() as group:
+        task = sup.spawn(group, "t", body)
+        await second.wait()
+        assert sup.crashes(task) == 1  # a fresh streak: the first run was stable
+        assert sup.healthy()
+        task.cancel()
+        sup.discard(task)
+
+
+async def test_a_task_ended_behind_the_supervisors_back_is_unhealthy() -> None:
+    sup = supervisor(ManualClock())
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    async with asyncio.TaskGroup() as group:
+        task = sup.spawn(group, "t", forever)
+        await asyncio.sleep(0)
+        assert sup.healthy()
+        task.cancel()
+    assert not sup.healthy()
+    sup.discard(task)
+    assert sup.healthy()
+
+
+# --- KubeTenantSide without a tenant -----------------------------------------------------------
+
+
+def tenant_side(registry: CollectorRegistry | None = None) -> KubeTenantSide:
+    return KubeTenantSide(
+        registry=registry or CollectorRegistry(),
+        clock=ManualClock(autoadvance=True),
+        rng=random.Random(1),
+        node_cert_lifetime=dt.timedelta(days=30),
+    )
+
+
+def ca() -> certs.Issued:
+    return certs.new_ca(
+        common_name="tenant-a-vpn-ca",
+        now=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        lifetime=dt.timedelta(days=365),
+    )
+
+
+async def test_outside_its_context_it_refuses_work_and_is_unhealthy() -> None:
+    ts = tenant_side()
+    assert not ts.healthy()
+    with pytest.raises(RuntimeError, match="async with"):
+        await ts.ensure(tenant=TENANT, kubeconfig_text="", desired_objects=[], ca=ca(), machines=[])
+    async with ts:
+        assert ts.healthy()
+        assert ts.repairs(TENANT) == 0
+        assert not ts.synced(TENANT)
+        assert ts.task_names(TENANT) == []
+    assert not ts.healthy()
+    with pytest.raises(RuntimeError, match="only once"):
+        await ts.__aenter__()
+
+
+async def test_a_malformed_kubeconfig_is_a_result_and_starts_nothing() -> None:
+    async with tenant_side() as ts:
+        result = await ts.ensure(
+            tenant=TENANT,
+            kubeconfig_text="apiVersion: v1\nclusters: []\ncontexts: []\nusers: []\n",
+            desired_objects=agent_objects(),
+            ca=ca(),
+            machines=[],
+        )
+        assert not result.installed
+        assert result.reason == REASON_KUBECONFIG_INVALID
+        assert "Secret tenant-a/tenant-a-kubeconfig: no current-context" in result.message
+        assert ts.task_names(TENANT) == []
+        assert ts.healthy()
+
+
+async def test_an_unknown_kind_in_the_desired_set_is_our_bug_not_a_tenant_problem() -> None:
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "n"}}
+    async with tenant_side() as ts:
+        with pytest.raises(ValueError, match="KNOWN_RESOURCES"):
+            await ts.ensure(
+                tenant=TENANT, kubeconfig_text="", desired_objects=[job], ca=ca(), machines=[]
+            )
+
+
+async def test_cleanup_without_a_kubeconfig_lets_the_cluster_go() -> None:
+    async with tenant_side() as ts:
+        assert await ts.cleanup(tenant=TENANT, kubeconfig_text=None)
+        # A kubeconfig that can't be used: not done, the caller asks again later.
+        assert not await ts.cleanup(tenant=TENANT, kubeconfig_text="::not yaml")
+
+
+def test_metrics_are_registered_on_the_given_registry() -> None:
+    registry = CollectorRegistry()
+    tenant_side(registry)
+    names = {m.name for m in registry.collect()}
+    assert {"vpnctl_tenant_repairs", "vpnctl_tenant_csrs", "vpnctl_watch_restarts"} <= names
+    with pytest.raises(ValueError, match="node_cert_lifetime"):
+        KubeTenantSide(
+            registry=CollectorRegistry(),
+            clock=ManualClock(),
+            rng=random.Random(1),
+            node_cert_lifetime=dt.timedelta(0),
+        )
