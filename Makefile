@@ -5,7 +5,7 @@ PY    := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 NODES ?= 3
 
-.PHONY: lab lab-down test lint deps system k8s-bins bench clean
+.PHONY: lab lab-down test lint deps system k8s-bins charts bench clean
 
 lab: deps
 	$(PY) -m vpnctl lab up --nodes $(NODES)
@@ -35,6 +35,9 @@ $(VENV_STAMP): pyproject.toml
 
 k8s-bins: deps
 	$(PY) -m vpnctl.testenv.build $(if $(WITH_KUBELET),--with-kubelet)
+
+charts: deps k8s-bins
+	$(PY) -m vpnctl.charts package --out dist/
 
 bench: deps
 	$(PY) -m bench
