@@ -97,12 +97,12 @@ def tunnel_ca() -> certs.Issued:
     )
 
 
-def desired_objects(ca: certs.Issued) -> list[KubeObject]:
+def desired_objects(ca: certs.Issued, *, port: int = 1194) -> list[KubeObject]:
     lab = samples.lab_tenant(nodes=1, name=CLUSTER, namespace=TENANT.namespace)
     spec = parse_tenant(
         tunnel=lab.tunnel, cluster=lab.cluster, machines=lab.machines, nodes=lab.nodes
     )
-    role = node_role_config(tenant=spec, settings=SETTINGS, remotes=[("198.18.8.1", 1194)])
+    role = node_role_config(tenant=spec, settings=SETTINGS, remotes=[("198.18.8.1", port)])
     return list(
         tenant_objects(
             cluster_name=CLUSTER, settings=SETTINGS, role_config=role, ca_pem=ca.cert_pem
@@ -313,6 +313,18 @@ async def test_install_resync_without_writes_and_drift_put_back(
         )
         assert result.installed
         assert "3 put back" in result.message
+
+        # Our own change (the server moved) is written once and not fought as drift.
+        moved = desired_objects(ca, port=31194)
+        result = await ts.ensure(
+            tenant=TENANT, kubeconfig_text=text, desired_objects=moved, ca=ca, machines=[]
+        )
+        assert "2 written" in result.message  # node.json, and the pods' config hash
+        await asyncio.sleep(1)
+        assert ts.repairs(TENANT) == 3
+        live = await admin.get(CONFIG_MAP, NODE_AGENT_NAME, AGENT_NS)
+        assert live is not None
+        assert "31194" in live["data"][NODE_JSON]
         assert ts.healthy()
 
 
@@ -522,6 +534,22 @@ async def test_forget_stops_watches_and_cleanup_removes_everything(
         await wait_synced(ts, TENANT)
         names = ts.task_names(TENANT)
         assert len(names) == len(tasks_of(TENANT)) >= 4, names
+
+        # The tenant deletes our whole namespace: it terminates (applies into it are
+        # refused meanwhile, and retried), then everything comes back.
+        await admin.delete(NAMESPACE, AGENT_NS)
+
+        async def all_back() -> bool:
+            ns = await admin.get(NAMESPACE, AGENT_NS)
+            if ns is None or ns["metadata"].get("deletionTimestamp"):
+                return False
+            return await admin.get(DAEMON_SET, NODE_AGENT_NAME, AGENT_NS) is not None
+
+        took = await eventually(all_back, timeout=60, what="namespace and objects back")
+        print(f"\nnamespace deleted by the tenant, it and its objects back after {took:.3f}s")
+        assert await resource_versions(admin, objects)  # every object exists again
+        assert ts.repairs(TENANT) >= 6
+        assert ts.healthy()
 
         await ts.forget(TENANT)
         assert ts.task_names(TENANT) == []
