@@ -588,6 +588,8 @@ class KubeTenantSide:
 
         Transport trouble and refusals come back as a result with installed=False, never
         as an exception. A ValueError means a desired object is malformed (our bug).
+        ``csr_signed``/``csr_denied`` count this tenant's CSR decisions since its loop
+        started (since the last ``forget()``).
         """
         self._check_running()
         desired = desired_by_ref(desired_objects)
