@@ -432,6 +432,7 @@ async def test_node_csrs_signed_for_machine_nodes_denied_otherwise(
             machines=[machine_for("node-1")],
         )
         assert (result.csr_signed, result.csr_denied) == (1, 2)
+        assert result.signed == (("node-1", format(info.serial, "x")),)
         labels_ = {"namespace": TENANT.namespace, "cluster": CLUSTER}
         assert (
             registry.get_sample_value("vpnctl_tenant_csrs_total", {**labels_, "decision": "signed"})
@@ -442,6 +443,32 @@ async def test_node_csrs_signed_for_machine_nodes_denied_otherwise(
             == 2
         )
         assert ts.healthy()
+
+    # A restarted controller still knows the serial (from the issued CSR) to revoke it,
+    # and decides nothing twice.
+    async with tenant_side() as ts:
+        await ts.ensure(
+            tenant=TENANT,
+            kubeconfig_text=text,
+            desired_objects=desired_objects(ca),
+            ca=ca,
+            machines=[machine_for("node-1")],
+        )
+        serial = format(info.serial, "x")
+
+        async def serial_known() -> bool:
+            nonlocal result
+            result = await ts.ensure(
+                tenant=TENANT,
+                kubeconfig_text=text,
+                desired_objects=desired_objects(ca),
+                ca=ca,
+                machines=[machine_for("node-1")],
+            )
+            return result.signed == (("node-1", serial),)
+
+        await eventually(serial_known, timeout=10, what="serial recovered from the CSR")
+        assert (result.csr_signed, result.csr_denied) == (0, 0)
 
 
 async def test_unreachable_and_malformed_kubeconfig_are_results_not_exceptions(

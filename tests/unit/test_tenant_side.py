@@ -7,6 +7,7 @@ tests/kube/test_tenant_side.py.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import logging
 import random
@@ -26,15 +27,18 @@ from vpnctl.controller.tenant_side import (
     REASON_UNREACHABLE,
     KubeTenantSide,
     ObjectRef,
+    SignedCert,
     SignerFilteredSource,
     Supervisor,
     WatchSpec,
     desired_by_ref,
     drifted,
+    issued_certificate,
     label_selector,
     object_ref,
     resource_for,
     result_for_error,
+    signed_report,
     watch_specs,
 )
 from vpnctl.kube import (
@@ -240,6 +244,51 @@ async def test_the_csr_source_keeps_only_our_signer() -> None:
         )
     ]
     assert seen == [("ADDED", "ours"), ("BOOKMARK", None), ("DELETED", "ours"), ("ERROR", None)]
+
+
+# --- serials of signed node certificates ------------------------------------------------------
+
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+def issued_csr(cert_pem: bytes | str) -> KubeObject:
+    encoded = cert_pem if isinstance(cert_pem, str) else base64.b64encode(cert_pem).decode()
+    return {"metadata": {"name": "c"}, "status": {"certificate": encoded}}
+
+
+def test_an_issued_csr_yields_the_node_and_serial_only_for_our_ca() -> None:
+    tunnel_ca, other_ca = ca(), ca()
+    leaf = certs.new_client_cert(
+        tunnel_ca, common_name="node-1", now=NOW, lifetime=dt.timedelta(days=7)
+    )
+    info = certs.cert_info(leaf.cert_pem)
+    # status.certificate may hold a chain: the leaf comes first.
+    found = issued_certificate(
+        issued_csr(leaf.cert_pem + tunnel_ca.cert_pem), ca_pem=tunnel_ca.cert_pem, now=NOW
+    )
+    assert found == SignedCert(
+        node="node-1",
+        serial=format(info.serial, "x"),
+        not_before=info.not_before,
+        not_after=info.not_after,
+    )
+    assert found.serial == found.serial.lower()
+    assert issued_certificate(issued_csr(leaf.cert_pem), ca_pem=other_ca.cert_pem, now=NOW) is None
+    later = NOW + dt.timedelta(days=8)
+    assert (
+        issued_certificate(issued_csr(leaf.cert_pem), ca_pem=tunnel_ca.cert_pem, now=later) is None
+    )
+    for broken in ("!!not base64", base64.b64encode(b"no pem here").decode(), ""):
+        assert issued_certificate(issued_csr(broken), ca_pem=tunnel_ca.cert_pem, now=NOW) is None
+    assert issued_certificate({"metadata": {}}, ca_pem=tunnel_ca.cert_pem, now=NOW) is None
+
+
+def test_the_signed_report_is_oldest_first_without_expired_ones() -> None:
+    day = dt.timedelta(days=1)
+    newer = SignedCert(node="node-1", serial="b2", not_before=NOW, not_after=NOW + 7 * day)
+    older = SignedCert(node="node-2", serial="a1", not_before=NOW - day, not_after=NOW + day)
+    gone = SignedCert(node="node-3", serial="c3", not_before=NOW - 9 * day, not_after=NOW)
+    assert signed_report([newer, gone, older], now=NOW) == (("node-2", "a1"), ("node-1", "b2"))
 
 
 # --- the supervisor --------------------------------------------------------------------------

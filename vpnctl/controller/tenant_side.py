@@ -13,7 +13,10 @@ node unreachable for minutes, so for every tenant this keeps, next to one cached
 - a watch on CertificateSigningRequests of signer ``vpnctl.io/node`` and a loop that
   decides each pending one (``vpnctl.reconcile.csr.decide_csr``, with the Machines the
   last ``ensure()`` passed), then approves and signs it with the tenant CA, or denies it
-  with the reason.
+  with the reason. The serial of every node certificate it signed, or finds in an
+  issued CSR (signed before a restart), is reported by ``ensure()`` in
+  ``TenantSideResult.signed`` until it expires: the controller revokes those serials
+  when the node's Machine goes.
 
 Every background task runs in one TaskGroup owned by the object (``async with``), under
 a supervisor that logs a crash with its traceback and restarts the task with backoff.
@@ -46,13 +49,15 @@ Choices a reader may wonder about:
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import builtins
 import contextlib
 import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -216,6 +221,52 @@ def drifted(
     """Desired objects whose live state (``live``: only what is known; None = absent)
     needs a write, in the desired order."""
     return [ref for ref, obj in desired.items() if ref in live and needs_update(live[ref], obj)]
+
+
+@dataclass(frozen=True)
+class SignedCert:
+    """A node certificate of the tenant CA, as ``TenantSideResult.signed`` reports it."""
+
+    node: str
+    serial: str  # lower-case hex, as status.allocations keeps it
+    not_before: datetime
+    not_after: datetime
+
+
+def issued_certificate(
+    csr: Mapping[str, Any], *, ca_pem: bytes, now: datetime
+) -> SignedCert | None:
+    """The node certificate in an issued CSR's status.certificate when it is a client
+    certificate of ``ca_pem`` valid at ``now``; None for anything else (not issued, not
+    PEM, another CA's, expired)."""
+    status = csr.get("status")
+    encoded = status.get("certificate") if isinstance(status, Mapping) else None
+    if not isinstance(encoded, str) or not encoded:
+        return None
+    try:
+        chain = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    end = b"-----END CERTIFICATE-----"
+    if end not in chain:
+        return None
+    leaf = chain[: chain.index(end) + len(end)] + b"\n"
+    try:
+        info = certs.validate(leaf, ca_pem=ca_pem, now=now, usage="client")
+    except (certs.PKIError, ValueError):
+        return None
+    return SignedCert(
+        node=info.common_name,
+        serial=format(info.serial, "x"),
+        not_before=info.not_before,
+        not_after=info.not_after,
+    )
+
+
+def signed_report(issued: Iterable[SignedCert], *, now: datetime) -> tuple[tuple[str, str], ...]:
+    """(node, serial) of the certificates not yet expired, oldest first."""
+    live = sorted((c for c in issued if c.not_after > now), key=lambda c: (c.not_before, c.serial))
+    return tuple((c.node, c.serial) for c in live)
 
 
 def signer_of(obj: Mapping[str, Any]) -> str:
@@ -447,6 +498,7 @@ class _Tenant:
     repaired_kinds: set[str] = field(default_factory=set)
     signed: int = 0
     denied: int = 0
+    issued: dict[str, SignedCert] = field(default_factory=dict)  # by serial
 
 
 class KubeTenantSide:
@@ -638,6 +690,7 @@ class KubeTenantSide:
                 message=result.message,
                 csr_signed=state.signed,
                 csr_denied=state.denied,
+                signed=self._signed(state),
             )
         self._sync_background(state)
         if written:
@@ -656,6 +709,7 @@ class KubeTenantSide:
             ),
             csr_signed=state.signed,
             csr_denied=state.denied,
+            signed=self._signed(state),
         )
 
     async def forget(self, tenant: TenantRef) -> None:
@@ -965,9 +1019,14 @@ class KubeTenantSide:
         if signer_of(csr) != NODE_SIGNER:
             return  # never ours to decide, whatever reached the cache
         where = csr_state(csr)
+        assert state.ca is not None  # set by ensure() before any loop starts
+        if where == "issued":
+            # Signed before (maybe by a controller that restarted since): its serial
+            # must still be known to be revoked with its Machine.
+            self._record(state, csr, state.ca)
+            return
         if where not in ("pending", "approved"):
             return
-        assert state.ca is not None  # set by ensure() before any loop starts
         decision = decide_csr(csr, machines=state.machines, cluster_name=state.ref.cluster)
         if not decision.approve:
             if where == "approved":
@@ -1011,9 +1070,12 @@ class KubeTenantSide:
                     ),
                     conflicts=True,
                 )
-            await self._retrying(lambda: state.kube.sign_csr(name, certificate_pem=certificate))
+            signed = await self._retrying(
+                lambda: state.kube.sign_csr(name, certificate_pem=certificate)
+            )
         except NotFound:
             return
+        self._record(state, signed, state.ca)
         self._count_csr(state, "signed")
         _log.info(
             "event=tenant_csr_signed tenant=%s csr=%s node=%s machine=%s",
@@ -1022,6 +1084,17 @@ class KubeTenantSide:
             decision.node_name,
             decision.machine,
         )
+
+    def _record(self, state: _Tenant, csr: KubeObject, ca: certs.Issued) -> None:
+        cert = issued_certificate(csr, ca_pem=ca.cert_pem, now=self._clock.now())
+        if cert is not None:
+            state.issued[cert.serial] = cert
+
+    def _signed(self, state: _Tenant) -> tuple[tuple[str, str], ...]:
+        now = self._clock.now()
+        for serial in [s for s, c in state.issued.items() if c.not_after <= now]:
+            del state.issued[serial]
+        return signed_report(state.issued.values(), now=now)
 
     def _count_csr(self, state: _Tenant, decision: Literal["signed", "denied"]) -> None:
         if decision == "signed":
