@@ -154,10 +154,11 @@ class WorkQueue(Generic[K]):
                 self._wake.clear()
                 self._spawn_workers()
                 wait = self._until_next_due()
-                if wait is None:
+                if wait is None or wait <= 0:
+                    # Nothing waiting, or due keys already handed to workers (or all
+                    # workers busy): a new key or a worker's exit wakes us.
                     await self._wake.wait()
-                    continue
-                if wait > 0:
+                else:
                     await self._sleep_or_wake(wait)
         finally:
             await self._cancel_workers()

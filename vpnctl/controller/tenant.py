@@ -338,7 +338,10 @@ class TenantReconciler:
         tunnel = await self._ensure_metadata(tunnel, cluster)
         if cluster is None:
             if _has_cluster_owner(tunnel):
-                return Outcome(), "ok"  # its Cluster is gone: the garbage collector deletes it
+                # Its Cluster is gone. The garbage collector would delete it too, but it
+                # may lag (it learns about new kinds by periodic discovery): don't wait.
+                await self._delete(TUNNEL, tunnel)
+                return Outcome(), "ok"
             error = PermanentError(
                 reason="ClusterNotFound",
                 message=(

@@ -1,0 +1,500 @@
+"""Fakes of the controller's own two seams, and helpers to run it against the real apiserver.
+
+``FakeTenantSide`` and ``FakeObservations`` stand in for the tenant cluster and the
+server pods (our interfaces, so fakes are right); everything in the service cluster is
+real: the apiserver, the CRDs, the garbage collector of kube-controller-manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest_asyncio
+import yaml
+from prometheus_client import CollectorRegistry
+
+import certs
+from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
+from vpnctl.controller.interfaces import TenantRef, TenantSideResult
+from vpnctl.controller.operator import Controller, ControllerSettings
+from vpnctl.controller.tenant import TenantSettings
+from vpnctl.kube import (
+    CLUSTER,
+    CONFIG_MAP,
+    MACHINE,
+    SECRET,
+    TUNNEL,
+    Kube,
+    KubeObject,
+    SystemClock,
+    WatchSource,
+    connect,
+)
+from vpnctl.reconcile.samples import LAB_PODS_CIDR, LAB_SERVICES_CIDR
+from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.status import NodeObservation
+from vpnctl.testenv import ServiceCluster
+
+
+@dataclass
+class EnsureCall:
+    tenant: TenantRef
+    kinds: tuple[str, ...]
+    machines: tuple[str, ...]
+    ca_cert_pem: bytes
+
+
+@dataclass
+class FakeTenantSide:
+    """Records what the controller asks of the tenant side; tenants in ``unreachable``
+    get installed=False. ``signed`` serials are reported on every ensure()."""
+
+    unreachable: set[TenantRef] = field(default_factory=set)
+    cleanup_answers: bool = True
+    signed: dict[TenantRef, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    calls: list[EnsureCall] = field(default_factory=list)
+    cleaned: list[tuple[TenantRef, bool]] = field(default_factory=list)
+    forgotten: list[TenantRef] = field(default_factory=list)
+    repair_counts: dict[TenantRef, int] = field(default_factory=dict)
+
+    async def ensure(
+        self,
+        *,
+        tenant: TenantRef,
+        kubeconfig_text: str,
+        desired_objects: Sequence[dict[str, Any]],
+        ca: certs.Issued,
+        machines: Sequence[dict[str, Any]],
+    ) -> TenantSideResult:
+        assert "clusters:" in kubeconfig_text  # the Secret's text, decoded
+        self.calls.append(
+            EnsureCall(
+                tenant=tenant,
+                kinds=tuple(str(o["kind"]) for o in desired_objects),
+                machines=tuple(str(m["metadata"]["name"]) for m in machines),
+                ca_cert_pem=ca.cert_pem,
+            )
+        )
+        if tenant in self.unreachable:
+            return TenantSideResult(
+                installed=False,
+                reason="TenantUnreachable",
+                message="the tenant apiserver did not answer (fake)",
+            )
+        return TenantSideResult(
+            installed=True,
+            reason="Installed",
+            message="agent installed (fake)",
+            signed=self.signed.get(tenant, ()),
+        )
+
+    async def forget(self, tenant: TenantRef) -> None:
+        self.forgotten.append(tenant)
+
+    async def cleanup(self, *, tenant: TenantRef, kubeconfig_text: str | None) -> bool:
+        self.cleaned.append((tenant, kubeconfig_text is not None))
+        return self.cleanup_answers
+
+    def repairs(self, tenant: TenantRef) -> int:
+        return self.repair_counts.get(tenant, 0)
+
+    def ensures(self, tenant: TenantRef) -> int:
+        return sum(1 for c in self.calls if c.tenant == tenant)
+
+
+@dataclass
+class FakeObservations:
+    """What the server pods would report. Per tenant, or ``default`` for any tenant; a
+    tenant in ``failing`` raises like a server that does not answer."""
+
+    default: dict[str, NodeObservation] = field(default_factory=dict)
+    per_tenant: dict[TenantRef, dict[str, NodeObservation]] = field(default_factory=dict)
+    failing: set[TenantRef] = field(default_factory=set)
+    asked: int = 0
+
+    async def observe(self, tenant: TenantRef) -> Mapping[str, NodeObservation]:
+        self.asked += 1
+        if tenant in self.failing:
+            raise ConnectionRefusedError(f"server of {tenant} refused the connection (fake)")
+        return dict(self.per_tenant.get(tenant, self.default))
+
+    def set(self, tenant: TenantRef, connected: Mapping[str, bool]) -> None:
+        self.per_tenant[tenant] = {
+            node: NodeObservation(node=node, connected=up, rtt_seconds=0.002 if up else None,
+                                  kubelet_reachable=up)
+            for node, up in connected.items()
+        }  # fmt: skip
+
+
+def all_connected(nodes: Sequence[str]) -> dict[str, NodeObservation]:
+    return {
+        n: NodeObservation(node=n, connected=True, rtt_seconds=0.002, kubelet_reachable=True)
+        for n in nodes
+    }
+
+
+def controller_settings(
+    namespace: str | None, *, identity: str = "test-controller", **overrides: Any
+) -> ControllerSettings:
+    tenant = TenantSettings(
+        build=Settings(agent_image="vpnctl:test"),
+        instance=identity,
+        # No load balancer controller here: the server Service is a ClusterIP, whose
+        # address the node config can use at once.
+        tunnel_defaults={"expose": {"serviceType": "ClusterIP"}},
+        tenant_side_timeout=5.0,
+        observe_timeout=2.0,
+    )
+    base = ControllerSettings(
+        tenant=tenant,
+        identity=identity,
+        namespace=namespace,
+        leader_elect=False,
+        lease_namespace=namespace or "default",
+        resync_period=3600.0,
+        observe_interval=0.5,
+        workers=4,
+        backoff_base=0.2,
+        backoff_cap=5.0,
+        health_host="127.0.0.1",
+        health_port=0,
+        watch_timeout_seconds=30,
+        shutdown_grace=5.0,
+    )
+    tenant_overrides = {k: overrides.pop(k) for k in list(overrides) if hasattr(tenant, k)}
+    if tenant_overrides:
+        base = replace(base, tenant=replace(tenant, **tenant_overrides))
+    return replace(base, **overrides)
+
+
+@dataclass
+class Running:
+    controller: Controller
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+    registry: CollectorRegistry
+
+    async def shutdown(self, timeout: float = 20.0) -> None:
+        self.stop.set()
+        await asyncio.wait_for(asyncio.shield(self.task), timeout)
+
+    def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, dict(labels or {})) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def running_controller(
+    kube: Kube,
+    settings: ControllerSettings,
+    *,
+    side: FakeTenantSide,
+    observations: FakeObservations,
+    watch_source: WatchSource | None = None,
+    registry: CollectorRegistry | None = None,
+) -> AsyncIterator[Running]:
+    """The controller as a task on this loop; stopped (gracefully) afterwards."""
+    registry = registry or CollectorRegistry()
+    controller = Controller(
+        settings=settings,
+        kube=kube,
+        registry=registry,
+        clock=SystemClock(),
+        tenant_side=side,
+        observations=observations,
+        rng=random.Random(7),
+        watch_source=watch_source,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.run(stop=stop), name=f"controller-{settings.identity}")
+    run = Running(controller=controller, task=task, stop=stop, registry=registry)
+    try:
+        yield run
+    finally:
+        if not task.done():
+            stop.set()
+            try:
+                await asyncio.wait_for(task, 30)
+            except BaseException:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        elif not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+async def wait_for(
+    probe: Callable[[], Any],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> Any:
+    """Poll ``probe`` (sync or async) until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        result = probe()
+        if inspect.isawaitable(result):
+            result = await result
+        last = result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+# --- CAPI objects as a provider would write them ----------------------------------------------
+
+
+async def create_cluster(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    *,
+    pods: Sequence[str] | None = (LAB_PODS_CIDR,),
+    services: Sequence[str] | None = (LAB_SERVICES_CIDR,),
+    annotations: Mapping[str, str] | None = None,
+    kubeconfig: bool = True,
+) -> KubeObject:
+    spec: dict[str, Any] = {"controlPlaneEndpoint": {"host": "198.18.0.2", "port": 6443}}
+    if pods is not None or services is not None:
+        network: dict[str, Any] = {}
+        if pods is not None:
+            network["pods"] = {"cidrBlocks": list(pods)}
+        if services is not None:
+            network["services"] = {"cidrBlocks": list(services)}
+        spec["clusterNetwork"] = network
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    cluster = await kube.create(CLUSTER, {"metadata": meta, "spec": spec})
+    if kubeconfig:
+        await create_kubeconfig_secret(kube, namespace, name)
+    return cluster
+
+
+def kubeconfig_text(cluster: str, server: str = "https://198.18.0.2:6443") -> str:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": {"server": server}}],
+        "users": [{"name": "admin", "user": {"token": "not-a-real-token"}}],
+        "contexts": [
+            {"name": "admin@" + cluster, "context": {"cluster": cluster, "user": "admin"}}
+        ],
+        "current-context": "admin@" + cluster,
+    }
+    return yaml.safe_dump(doc)
+
+
+async def create_kubeconfig_secret(
+    kube: Kube, namespace: str, cluster: str, *, text: str | None = None
+) -> KubeObject:
+    value = text if text is not None else kubeconfig_text(cluster)
+    return await kube.apply(
+        SECRET,
+        {
+            "metadata": {
+                "name": f"{cluster}-kubeconfig",
+                "namespace": namespace,
+                "labels": {CAPI_CLUSTER_NAME_LABEL: cluster},
+            },
+            "type": "cluster.x-k8s.io/secret",
+            "data": {"value": base64.b64encode(value.encode()).decode()},
+        },
+        field_manager="capi-fake",
+    )
+
+
+async def create_machine(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    *,
+    cluster: str,
+    node: str | None,
+    internal_ip: str | None,
+) -> KubeObject:
+    await kube.create(
+        MACHINE,
+        {
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {CAPI_CLUSTER_NAME_LABEL: cluster},
+            },
+            "spec": {
+                "clusterName": cluster,
+                "bootstrap": {"dataSecretName": f"{name}-bootstrap"},
+                "infrastructureRef": {
+                    "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1",
+                    "kind": "DockerMachine",
+                    "name": name,
+                },
+            },
+        },
+    )
+    return await set_machine_status(kube, namespace, name, node=node, internal_ip=internal_ip)
+
+
+async def set_machine_status(
+    kube: Kube, namespace: str, name: str, *, node: str | None, internal_ip: str | None
+) -> KubeObject:
+    status: dict[str, Any] = {}
+    if node is not None:
+        status["nodeRef"] = {"apiVersion": "v1", "kind": "Node", "name": node}
+    if internal_ip is not None:
+        status["addresses"] = [
+            {"type": "InternalIP", "address": internal_ip},
+            {"type": "Hostname", "address": node or name},
+        ]
+    return await kube.apply_status(
+        MACHINE,
+        {"metadata": {"name": name, "namespace": namespace}, "status": status},
+        field_manager="capi-fake",
+    )
+
+
+async def create_tenant(
+    kube: Kube, namespace: str, name: str, *, nodes: int = 3, **cluster_options: Any
+) -> list[str]:
+    """A Cluster with ``nodes`` joined Machines (node-<i> at 198.19.0.(10+i)); node names."""
+    await create_cluster(kube, namespace, name, **cluster_options)
+    names = []
+    for i in range(1, nodes + 1):
+        node = f"{name}-node-{i}"
+        await create_machine(
+            kube,
+            namespace,
+            f"{name}-md-{i}",
+            cluster=name,
+            node=node,
+            internal_ip=f"198.19.0.{10 + i}",
+        )
+        names.append(node)
+    return names
+
+
+async def tunnel(kube: Kube, namespace: str, name: str) -> KubeObject | None:
+    return await kube.get(TUNNEL, name, namespace)
+
+
+def condition(tunnel_obj: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+    for c in ((tunnel_obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return None
+
+
+async def wait_ready(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    *,
+    nodes: int | None = None,
+    connected: int | None = None,
+    timeout: float = 30.0,
+) -> KubeObject:
+    """The Tunnel once Ready (with ``nodes`` rows, ``connected`` of them connected)."""
+
+    async def ready() -> KubeObject | None:
+        obj = await tunnel(kube, namespace, name)
+        c = condition(obj, "Ready")
+        if c is None or c.get("status") != "True":
+            return None
+        status = (obj or {}).get("status") or {}
+        if nodes is not None and status.get("nodeCount") != nodes:
+            return None
+        if connected is not None and status.get("connectedCount") != connected:
+            return None
+        return obj
+
+    found: KubeObject = await wait_for(
+        ready, timeout=timeout, what=f"Tunnel {namespace}/{name} Ready"
+    )
+    return found
+
+
+async def wait_condition(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    type_: str,
+    *,
+    status: str,
+    reason: str | None = None,
+    timeout: float = 20.0,
+) -> KubeObject:
+    async def probe() -> KubeObject | None:
+        obj = await tunnel(kube, namespace, name)
+        c = condition(obj, type_)
+        if c is None or c.get("status") != status:
+            return None
+        if reason is not None and c.get("reason") != reason:
+            return None
+        return obj
+
+    found: KubeObject = await wait_for(
+        probe, timeout=timeout, what=f"{type_}={status} ({reason}) on Tunnel {namespace}/{name}"
+    )
+    return found
+
+
+async def events_for(kube: Kube, namespace: str, *, name: str | None = None) -> list[KubeObject]:
+    from vpnctl.kube import EVENT
+
+    items, _ = await kube.list(EVENT, namespace)
+    return [e for e in items if name is None or (e.get("involvedObject") or {}).get("name") == name]
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def gc_knows_tunnels(service_cluster: ServiceCluster) -> None:
+    """Wait until kube-controller-manager's garbage collector can delete Tunnels.
+
+    The test harness installs the CRDs after kube-controller-manager started, and the
+    garbage collector learns about new kinds only by rediscovering every 30 s; until then
+    owner references to or from Tunnels are not acted on (a real cluster has its CRDs
+    long before). Each try uses fresh objects, so no GC backoff carries over.
+    """
+    async with await connect(kubeconfig=str(service_cluster.kubeconfig_path)) as client:
+        namespace = "default"
+        deadline = time.monotonic() + 90
+        attempt = 0
+        while True:
+            attempt += 1
+            name = f"gc-probe-{attempt}-{time.time_ns()}"
+            owner = await client.create(
+                CONFIG_MAP, {"metadata": {"name": name, "namespace": namespace}}
+            )
+            meta = owner["metadata"]
+            probe = await client.create(
+                TUNNEL,
+                {
+                    "metadata": {
+                        "name": meta["name"],
+                        "namespace": namespace,
+                        "ownerReferences": [
+                            {"apiVersion": "v1", "kind": "ConfigMap", "name": meta["name"],
+                             "uid": meta["uid"]}
+                        ],
+                    },
+                    "spec": {"clusterName": meta["name"]},
+                },
+            )  # fmt: skip
+            await client.delete(CONFIG_MAP, meta["name"], namespace)
+            for _ in range(20):
+                await asyncio.sleep(0.1)
+                if await client.get(TUNNEL, probe["metadata"]["name"], namespace) is None:
+                    return
+            await client.delete(TUNNEL, probe["metadata"]["name"], namespace)
+            if time.monotonic() > deadline:
+                raise AssertionError("the garbage collector never learned about Tunnels")
