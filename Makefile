@@ -5,7 +5,7 @@ PY    := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 NODES ?= 3
 
-.PHONY: lab lab-down test lint deps system k8s-bins charts bench clean
+.PHONY: lab lab-down test lint deps system k8s-bins charts bench bench-dataplane clean
 
 lab: deps
 	$(PY) -m vpnctl lab up --nodes $(NODES)
@@ -39,8 +39,11 @@ k8s-bins: deps
 charts: deps k8s-bins
 	$(PY) -m vpnctl.charts package --out dist/
 
-bench: deps
+bench: deps k8s-bins
 	$(PY) -m bench
+
+bench-dataplane: deps
+	$(PY) -m bench.dataplane
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
