@@ -410,11 +410,13 @@ class Controller:
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stopping.cancel()
+            election_ended = self._elector_task is not None and self._elector_task.done()
             await self._shutdown()
             if self._failed.done():
                 self._failed.result()  # raises what killed the term
-            if self._elector_task is not None and self._elector_task.done():
-                self._elector_task.result()  # the election loop should never end by itself
+            if election_ended and self._elector_task is not None:
+                self._elector_task.result()  # raises what ended the election loop
+                raise RuntimeError("the leader election loop ended by itself")
         finally:
             if self._elector_task is not None and not self._elector_task.done():
                 self._elector_task.cancel()
