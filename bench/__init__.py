@@ -1,1 +1,1 @@
-"""Benchmarks: `make bench` / `python -m bench`. Figures go into the README's table."""
+"""Benchmarks: `python -m bench` (or `make bench`) runs them and prints a table."""
