@@ -12,10 +12,11 @@ input always gives the same bytes, and a resync with no change writes nothing.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vpnctl.reconcile.errors import TemporaryError
+from vpnctl.reconcile.errors import PermanentError, TemporaryError
 from vpnctl.reconcile.routes import ClientRoutes
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant import TenantSpec
@@ -68,6 +69,11 @@ class NodePaths:
     management = "/run/vpnctl/client.sock"
     run_dir = "/run/vpnctl"
     host_proc_sys = "/host/proc/sys"
+    # The CA that verifies the tenant apiserver: every pod with a service account gets it
+    # here (the kube-root-ca.crt ConfigMap), the node agent's DaemonSet pods included.
+    apiserver_ca = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    # The kubelet's rotating client certificate and key, one PEM file in its pki dir.
+    kubelet_client_file = "kubelet-client-current.pem"
 
 
 def canonical_json(doc: Mapping[str, Any]) -> str:
@@ -198,12 +204,58 @@ def apiserver_role_config(
     return doc
 
 
+def node_bootstrap_config(*, server: str, settings: Settings) -> dict[str, Any]:
+    """node.json's `bootstrap` section (agent/bootstrap.py): the node makes its own key and
+    asks the tenant apiserver at SERVER for its certificate, authenticated as its node
+    with the kubelet's client certificate (from `settings.kubelet_pki_dir`).
+
+    SERVER is the apiserver as the nodes reach it: the server of CAPI's
+    `<cluster>-kubeconfig`, which is the Cluster's controlPlaneEndpoint, the address the
+    kubelets themselves use. PermanentError when it is not an https URL without a path
+    (the agent would refuse the config).
+    """
+    parsed = urllib.parse.urlsplit(server)
+    try:
+        port_ok = parsed.port is None or 0 < parsed.port < 65536
+    except ValueError:
+        port_ok = False
+    if (
+        parsed.scheme != "https"
+        or not parsed.hostname
+        or parsed.path not in ("", "/")
+        or not port_ok
+    ):
+        raise PermanentError(
+            reason="InvalidKubeconfig",
+            message=(
+                f"the tenant apiserver address {server!r} (the server of the cluster's "
+                "kubeconfig Secret) is not an https URL without a path, like "
+                "https://203.0.113.10:6443; the node agents could not ask it for their "
+                "certificates; fix the kubeconfig Secret"
+            ),
+        )
+    pki_dir = settings.kubelet_pki_dir.rstrip("/")
+    client = f"{pki_dir}/{NodePaths.kubelet_client_file}"
+    return {
+        "server": server.rstrip("/"),
+        "ca": NodePaths.apiserver_ca,
+        "client_cert": client,
+        "client_key": client,
+    }
+
+
 def node_role_config(
-    *, tenant: TenantSpec, settings: Settings, remotes: Sequence[tuple[str, int]]
+    *,
+    tenant: TenantSpec,
+    settings: Settings,
+    remotes: Sequence[tuple[str, int]],
+    bootstrap_server: str | None = None,
 ) -> dict[str, Any]:
     """node.json, the same for every node of the tenant (the node's name comes from the
     pod's NODE_NAME). `remotes` are where the nodes reach the server from outside: see
-    `service_remotes`."""
+    `service_remotes`. With `bootstrap_server` (the tenant apiserver's URL, see
+    `node_bootstrap_config`), each node obtains its certificate with a CSR; without it,
+    something else must put `NodePaths.cert` and `.key` on the node."""
     if not remotes:
         raise TemporaryError(
             reason="WaitingForServerAddress",
@@ -213,7 +265,7 @@ def node_role_config(
             ),
         )
     p = NodePaths
-    return _client_role_config(
+    doc = _client_role_config(
         tenant=tenant,
         remotes=remotes,
         health_port=settings.node_health_port,
@@ -224,6 +276,9 @@ def node_role_config(
         tls_crypt_v2=p.tls_crypt_v2,
         management=p.management,
     )
+    if bootstrap_server is not None:
+        doc["bootstrap"] = node_bootstrap_config(server=bootstrap_server, settings=settings)
+    return doc
 
 
 def service_remotes(
