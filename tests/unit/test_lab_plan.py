@@ -14,6 +14,7 @@ def test_infrastructure_addresses_follow_the_lab_plan() -> None:
     assert str(plan.api_if) == "198.18.0.2/24"
     assert str(plan.rtr_wan_if) == "198.18.0.3/24"
     assert plan.nat_ip == IPv4Address("198.18.0.3")
+    assert (plan.svc_ns, str(plan.svc_if)) == ("vt3a9f-svc", "198.18.0.4/24")
     assert str(plan.lan_gateway) == "198.19.0.1/24"
     assert plan.server_port == 1194
     assert plan.tenant_cidrs == (
@@ -44,7 +45,7 @@ def test_node_entries_follow_the_lab_plan() -> None:
 def test_namespaces_are_listed_in_build_order_without_duplicates() -> None:
     plan = make_plan(prefix="ab", nodes=2)
     assert plan.namespaces == (
-        "ab-wan", "ab-srv", "ab-api", "ab-rtr", "ab-n1", "ab-p1", "ab-n2", "ab-p2",
+        "ab-wan", "ab-srv", "ab-api", "ab-rtr", "ab-svc", "ab-n1", "ab-p1", "ab-n2", "ab-p2",
     )  # fmt: skip
 
 
@@ -82,7 +83,8 @@ def test_unknown_node_names_the_known_ones() -> None:
 
 def test_namespace_pattern_matches_only_this_labs_names() -> None:
     pattern = lab_namespace_re("vt")
-    assert all(pattern.fullmatch(n) for n in ("vt-wan", "vt-srv", "vt-n1", "vt-p40", "vt-rtr"))
+    ours = ("vt-wan", "vt-srv", "vt-n1", "vt-p40", "vt-rtr", "vt-svc")
+    assert all(pattern.fullmatch(n) for n in ours)
     # Other people's namespaces with a similar prefix must never match: destroy deletes them.
     for other in ("vt-1a2b3c-a", "vtx-wan", "vt-wan2", "vt-n0", "vt-n100", "xvt-wan", "vt-api-x"):
         assert not pattern.fullmatch(other), other

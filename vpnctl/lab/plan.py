@@ -81,11 +81,13 @@ class LabPlan:
     srv_ns: str
     api_ns: str
     rtr_ns: str
+    svc_ns: str  # the service cluster (etcd, kube-apiserver, controller-manager) and vpnctl
 
     wan_cidr: IPv4Network  # 198.18.0.0/24, "the internet"
     srv_if: IPv4Interface  # 198.18.0.1/24
     api_if: IPv4Interface  # 198.18.0.2/24
     rtr_wan_if: IPv4Interface  # 198.18.0.3/24
+    svc_if: IPv4Interface  # 198.18.0.4/24
     lan_gateway: IPv4Interface  # 198.19.0.1/24 on br-lan in P-rtr
     server_port: int
 
@@ -108,6 +110,10 @@ class LabPlan:
         return self.api_if.ip
 
     @property
+    def svc_ip(self) -> IPv4Address:
+        return self.svc_if.ip
+
+    @property
     def nat_ip(self) -> IPv4Address:
         """The source address the tenant's traffic has on the wan, after NAT."""
         return self.rtr_wan_if.ip
@@ -118,8 +124,8 @@ class LabPlan:
         return (self.node_cidr, self.pod_cidr, self.service_cidr)
 
     @property
-    def infra_namespaces(self) -> tuple[str, str, str, str]:
-        return (self.wan_ns, self.srv_ns, self.api_ns, self.rtr_ns)
+    def infra_namespaces(self) -> tuple[str, str, str, str, str]:
+        return (self.wan_ns, self.srv_ns, self.api_ns, self.rtr_ns, self.svc_ns)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -143,6 +149,7 @@ class LabPlan:
             self.srv_if.ip,
             self.api_if.ip,
             self.rtr_wan_if.ip,
+            self.svc_if.ip,
             self.lan_gateway.ip,
             self.lan_gateway.network,
             self.node_cidr,
@@ -167,7 +174,7 @@ def lab_namespace_re(prefix: str) -> re.Pattern[str]:
     Strict on purpose: `destroy` deletes what this matches, and other people's
     namespaces (e.g. `vt-1a2b3c-a` from the test helpers) must never match.
     """
-    return re.compile(rf"{re.escape(prefix)}-(?:wan|srv|api|rtr|n[1-9][0-9]?|p[1-9][0-9]?)")
+    return re.compile(rf"{re.escape(prefix)}-(?:wan|srv|api|rtr|svc|n[1-9][0-9]?|p[1-9][0-9]?)")
 
 
 def validate_prefix(prefix: str) -> str:
@@ -216,10 +223,12 @@ def make_plan(*, prefix: str = DEFAULT_PREFIX, nodes: int) -> LabPlan:
         srv_ns=namespace_name(prefix, "srv"),
         api_ns=namespace_name(prefix, "api"),
         rtr_ns=namespace_name(prefix, "rtr"),
+        svc_ns=namespace_name(prefix, "svc"),
         wan_cidr=IPv4Network("198.18.0.0/24"),
         srv_if=IPv4Interface("198.18.0.1/24"),
         api_if=IPv4Interface("198.18.0.2/24"),
         rtr_wan_if=IPv4Interface("198.18.0.3/24"),
+        svc_if=IPv4Interface("198.18.0.4/24"),
         lan_gateway=IPv4Interface("198.19.0.1/24"),
         server_port=SERVER_PORT,
         node_cidr=IPv4Network("198.19.0.0/24"),

@@ -8,7 +8,8 @@ must therefore have crossed the tunnel. The topology is in lab-plan.md:
 
     P-srv 198.18.0.1 ─┐
     P-api 198.18.0.2 ─┼─ br0 in P-wan
-    P-rtr 198.18.0.3 ─┘  (NAT; br-lan 198.19.0.1/24)
+    P-rtr 198.18.0.3 ─┤  (NAT; br-lan 198.19.0.1/24)
+    P-svc 198.18.0.4 ─┘  (the service cluster and vpnctl)
       └─ br-lan ── P-n<i> eth0 198.19.0.(10+i)
                      └─ pod0 198.19.(64+i).1 ── P-p<i> eth0 198.19.(64+i).2
 
@@ -46,6 +47,7 @@ async def build_underlay(plan: LabPlan) -> None:
         (plan.srv_ns, "srv", ETH0, plan.srv_if),
         (plan.api_ns, "api", ETH0, plan.api_if),
         (plan.rtr_ns, "rtr", RTR_WAN_IF, plan.rtr_wan_if),
+        (plan.svc_ns, "svc", ETH0, plan.svc_if),
     ):
         await netns.add_veth(ns_a=plan.wan_ns, name_a=port, ns_b=ns, name_b=dev)
         await netns.set_master(port, bridge=WAN_BRIDGE, ns=plan.wan_ns)

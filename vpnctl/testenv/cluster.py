@@ -111,6 +111,9 @@ class LaunchOptions(TypedDict, total=False):
     extra_sans: Sequence[str]  # more IPs or names in the serving certificate
     die_with_parent: bool  # PR_SET_PDEATHSIG; False for the lab (True)
     start_timeout: float  # seconds for everything to be ready (START_TIMEOUT)
+    # More kube-apiserver flags, appended last (a repeated flag wins), e.g. the lab's
+    # --kubelet-certificate-authority. ()
+    apiserver_extra_args: Sequence[str]
 
 
 class KubeCluster:
@@ -134,6 +137,7 @@ class KubeCluster:
         service_cidr: str,
         pki: ClusterPKI,
         die_with_parent: bool,
+        apiserver_extra_args: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.root = root
@@ -156,6 +160,7 @@ class KubeCluster:
         )
         self._owns_root = owns_root
         self._die_with_parent = die_with_parent
+        self._apiserver_extra_args = tuple(apiserver_extra_args)
         self.processes: dict[str, ManagedProcess] = {}
 
     # --- what callers use -----------------------------------------------------------
@@ -303,6 +308,7 @@ class KubeCluster:
             service_cidr=service_cidr,
             pki=pki,
             die_with_parent=die_with_parent,
+            apiserver_extra_args=options.get("apiserver_extra_args", ()),
         )
         try:
             await cluster._start(controller_manager=controller_manager, timeout=start_timeout)
@@ -431,6 +437,7 @@ class KubeCluster:
             "--profiling=false",
             # Endpoints may not point at loopback; on a real address keep the default.
             f"--endpoint-reconciler-type={'none' if loopback else 'lease'}",
+            *self._apiserver_extra_args,
         ]
         self._process("kube-apiserver", args)
 
