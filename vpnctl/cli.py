@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     down = labsub.add_parser("down", help="remove everything the lab made")
     down.add_argument("--state-dir", default=None)
     down.add_argument("--prefix", default="vlab")
+
+    from vpnctl.controller.cli import add_run_arguments, add_status_arguments
+
+    run = sub.add_parser("run", help="the controller (in the service cluster)")
+    add_run_arguments(run)
+    status = sub.add_parser("status", help="tables of the Tunnels and their nodes")
+    add_status_arguments(status)
     return p
 
 
@@ -44,4 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         from vpnctl.lab import cli as lab_cli
 
         return asyncio.run(lab_cli.run(args))
+    if args.cmd in ("run", "status"):
+        from vpnctl.controller import cli as controller_cli
+
+        command = controller_cli.run if args.cmd == "run" else controller_cli.status
+        return asyncio.run(command(args))
     raise SystemExit(f"unknown command {args.cmd}")

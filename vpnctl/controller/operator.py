@@ -284,7 +284,10 @@ class Controller:
         observations: ObservationSource,
         rng: random.Random | None = None,
         watch_source: WatchSource | None = None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
+        """``metrics``: pass one made on ``registry`` when something else (the tenant
+        side) must share its WatchMetrics; made here otherwise."""
         self.settings = settings
         self.kube = kube
         self.clock = clock
@@ -292,7 +295,7 @@ class Controller:
         self.tenant_side = tenant_side
         self.observations = observations
         self.watch_source: WatchSource = watch_source or kube
-        self.metrics = ControllerMetrics(registry=registry, clock=clock)
+        self.metrics = metrics or ControllerMetrics(registry=registry, clock=clock)
         self.metrics.watch_repairs(tenant_side.repairs)
         self.term: _Term | None = None
         self._term_task: asyncio.Task[None] | None = None

@@ -1,0 +1,162 @@
+"""`vpnctl run` as a process against the real apiserver, and `vpnctl status`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import signal
+import sys
+import time
+
+import aiohttp
+import pytest
+
+from vpnctl.controller import cli
+from vpnctl.controller.interfaces import TenantRef
+from vpnctl.kube import LEASE, Kube
+from vpnctl.testenv import ServiceCluster
+from vpnctl.testenv.cluster import free_ports
+
+from .controllerfix import (
+    FakeObservations,
+    FakeTenantSide,
+    all_connected,
+    controller_settings,
+    create_kubeconfig_secret,
+    create_tenant,
+    running_controller,
+    wait_condition,
+    wait_for,
+    wait_ready,
+)
+from .kubefix import kube  # noqa: F401
+
+pytestmark = pytest.mark.kube
+
+
+async def test_status_prints_the_tunnels_and_their_nodes(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+    service_cluster: ServiceCluster,
+) -> None:
+    observations = FakeObservations(default=all_connected(["one-node-1", "one-node-2"]))
+    observations.per_tenant[TenantRef(namespace, "two")] = all_connected(["two-node-1"])
+    async with running_controller(
+        kube, controller_settings(namespace), side=FakeTenantSide(), observations=observations
+    ):
+        await create_tenant(kube, namespace, "one", nodes=2)
+        await create_tenant(kube, namespace, "two", nodes=1)
+        await wait_ready(kube, namespace, "one", nodes=2, connected=2)
+        await wait_ready(kube, namespace, "two", nodes=1, connected=1)
+
+    def args(*extra: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        cli.add_status_arguments(parser)
+        return parser.parse_args(["--kubeconfig", str(service_cluster.kubeconfig_path), *extra])
+
+    out = io.StringIO()
+    assert await cli.status(args("-n", namespace, "one"), out=out) == 0
+    tenants, nodes = out.getvalue().strip().split("\n\n")
+    assert tenants.splitlines()[0].split() == [
+        "NAMESPACE", "CLUSTER", "READY", "NODES", "CONNECTED", "AGE"
+    ]  # fmt: skip
+    assert tenants.splitlines()[1].split()[:5] == [namespace, "one", "True", "2", "2"]
+    assert nodes.splitlines()[0].split() == [
+        "NODE", "TUNNEL-IP", "CONNECTED", "SINCE", "RTT", "KUBELET"
+    ]  # fmt: skip
+    row = nodes.splitlines()[1].split()
+    assert row[:3] == ["one-node-1", "100.127.255.3", "yes"]
+    assert row[4:] == ["2.0ms", "OK"]
+
+    out = io.StringIO()
+    assert await cli.status(args("-n", namespace), out=out) == 0
+    text = out.getvalue()
+    assert "two-node-1" in text
+    assert "one-node-2" in text
+    out = io.StringIO()
+    assert await cli.status(args("-n", namespace, "nothere"), out=out) == 1
+    assert out.getvalue() == "No tunnels found.\n"
+
+
+async def test_vpnctl_run_serves_health_reconciles_and_stops_on_sigterm(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+    service_cluster: ServiceCluster,
+) -> None:
+    port = free_ports(1)[0]
+    argv = [
+        sys.executable, "-m", "vpnctl", "--log-level", "INFO", "run",
+        "--kubeconfig", str(service_cluster.kubeconfig_path),
+        "--namespace", namespace,
+        "--leader-elect", "--identity", "cli-replica", "--lease-namespace", namespace,
+        "--health-address", f"127.0.0.1:{port}",
+        "--agent-image", "vpnctl:test",
+        "--default-service-type", "ClusterIP",
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+
+        async def healthz() -> bool:
+            try:
+                async with (
+                    aiohttp.ClientSession() as s,
+                    s.get(f"http://127.0.0.1:{port}/healthz") as r,
+                ):
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(healthz, timeout=30, interval=0.2, what="vpnctl run /healthz")
+        # A tenant whose apiserver is nowhere (a closed port on loopback): the real tenant
+        # side says so, the service side is built all the same.
+        await create_tenant(kube, namespace, "cli", nodes=1, kubeconfig=False)
+        await create_kubeconfig_secret(
+            kube, namespace, "cli", text=_kubeconfig("https://127.0.0.1:1")
+        )
+        tunnel = await wait_condition(
+            kube,
+            namespace,
+            "cli",
+            "AgentInstalled",
+            status="False",
+            reason="TenantUnreachable",
+            timeout=30,
+        )
+        assert tunnel["status"]["conditions"]
+        await wait_condition(kube, namespace, "cli", "PKIReady", status="True", timeout=10)
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+            metrics = await r.text()
+        assert "vpnctl_reconciles_total" in metrics
+        assert "vpnctl_certificate_expiry_seconds" in metrics
+        lease = await kube.get(LEASE, "vpnctl-controller", namespace)
+        assert lease is not None
+        assert lease["spec"]["holderIdentity"] == "cli-replica"
+
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 20)
+        assert code == 0
+        print(f"\nvpnctl run stopped {time.monotonic() - started:.2f}s after SIGTERM")
+        lease = await kube.get(LEASE, "vpnctl-controller", namespace)
+        assert lease is not None
+        assert not lease["spec"].get("holderIdentity")  # handed back
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        assert proc.stderr is not None
+        log = (await proc.stderr.read()).decode(errors="replace")
+        if os.environ.get("VPNCTL_SHOW_LOG"):
+            print(log)
+    assert "Traceback" not in log
+    assert "event=controller_stopped" in log
+
+
+def _kubeconfig(server: str) -> str:
+    from .controllerfix import kubeconfig_text
+
+    return kubeconfig_text("cli", server=server)

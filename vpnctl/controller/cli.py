@@ -1,0 +1,259 @@
+"""`vpnctl run` and `vpnctl status`: flags in, the controller (or the tables) out.
+
+Kept apart from vpnctl/cli.py, which only parses and dispatches, so the lab's command
+does not import the controller and this module can be tested by calling it. Imports of
+the Kubernetes client and the controller happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+from ipaddress import IPv4Network
+from typing import TYPE_CHECKING, Any, TextIO, cast
+
+if TYPE_CHECKING:  # the parser is built for every command, `vpnctl lab` too: stay light
+    from vpnctl.kube import Kube
+
+_log = logging.getLogger(__name__)
+
+SERVICE_TYPES = ("LoadBalancer", "NodePort", "ClusterIP")
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_argument_group("connection")
+    where.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube)")
+    where.add_argument("--context", help="kubeconfig context")
+    where.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+    lead = p.add_argument_group("leader election")
+    lead.add_argument("--leader-elect", action="store_true", help="run with a Lease (2 replicas)")
+    lead.add_argument("--identity", default=None, help="lease holder name (default: $POD_NAME)")
+    lead.add_argument("--lease-namespace", default=None, help="default: $POD_NAMESPACE")
+    lead.add_argument("--lease-name", default="vpnctl-controller")
+    ctl = p.add_argument_group("controller")
+    ctl.add_argument("--namespace", default=None, help="watch only this namespace")
+    ctl.add_argument(
+        "--health-address",
+        "--metrics-address",
+        dest="health_address",
+        default="0.0.0.0:8081",
+        help="host:port of /healthz, /readyz and /metrics",
+    )
+    ctl.add_argument("--workers", type=int, default=8, help="tenants reconciled in parallel")
+    ctl.add_argument("--resync-period", type=float, default=300.0, metavar="SECONDS")
+    ctl.add_argument("--observe-interval", type=float, default=5.0, metavar="SECONDS")
+    ctl.add_argument(
+        "--no-auto-tunnel", action="store_true", help="don't create a Tunnel for every Cluster"
+    )
+    ctl.add_argument(
+        "--default-service-type",
+        choices=SERVICE_TYPES,
+        default=None,
+        help="spec.expose.serviceType of automatically created Tunnels (default: the CRD's)",
+    )
+    ctl.add_argument("--node-cert-lifetime", default="720h", help="node certificates (CSRs)")
+    build = p.add_argument_group("what the tenants get")
+    build.add_argument("--agent-image", required=True, help="image of the agent (all roles)")
+    build.add_argument("--image-pull-policy", default="IfNotPresent")
+    build.add_argument("--image-pull-secret", action="append", default=[])
+    build.add_argument("--tenant-namespace", default="vpnctl-system")
+    build.add_argument("--tun-resource", default=None, help="device plugin resource for tun")
+    build.add_argument(
+        "--reserved-cidr",
+        action="append",
+        default=[],
+        help="a network of the service cluster itself (repeat); no tenant may overlap it",
+    )
+    build.add_argument(
+        "--node-port-address",
+        action="append",
+        default=[],
+        help="an address of the service cluster's nodes, for NodePort servers (repeat)",
+    )
+
+
+def add_status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cluster", nargs="?", help="only this Cluster's Tunnel")
+    p.add_argument("-n", "--namespace", default=None, help="default: all namespaces")
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("--context", default=None)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SystemExit(
+            f"vpnctl run: --health-address {text!r} is not host:port (e.g. 0.0.0.0:8081)"
+        )
+    return host or "0.0.0.0", int(port)
+
+
+async def _connect(args: argparse.Namespace) -> Kube:
+    from vpnctl.kube import connect
+
+    in_cluster = bool(getattr(args, "in_cluster", False)) or (
+        args.kubeconfig is None
+        and not os.environ.get("KUBECONFIG")
+        and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    )
+    return await connect(kubeconfig=args.kubeconfig, context=args.context, in_cluster=in_cluster)
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """The ControllerSettings the flags describe (SystemExit naming a bad flag)."""
+    from vpnctl.controller.operator import ControllerSettings
+    from vpnctl.controller.tenant import TenantSettings
+    from vpnctl.reconcile.settings import Settings
+
+    try:
+        reserved = tuple(IPv4Network(c, strict=False) for c in args.reserved_cidr)
+    except ValueError as exc:
+        raise SystemExit(f"vpnctl run: --reserved-cidr: {exc}") from None
+    identity = args.identity or os.environ.get("POD_NAME") or socket.gethostname()
+    host, port = _host_port(args.health_address)
+    defaults: dict[str, Any] = {}
+    if args.default_service_type:
+        defaults["expose"] = {"serviceType": args.default_service_type}
+    build = Settings(
+        agent_image=args.agent_image,
+        image_pull_policy=args.image_pull_policy,
+        image_pull_secrets=tuple(args.image_pull_secret),
+        tenant_namespace=args.tenant_namespace,
+        tun_resource=args.tun_resource,
+        reserved_cidrs=reserved,
+        node_port_addresses=tuple(args.node_port_address),
+    )
+    return ControllerSettings(
+        tenant=TenantSettings(
+            build=build,
+            instance=identity,
+            auto_tunnel=not args.no_auto_tunnel,
+            tunnel_defaults=defaults,
+        ),
+        identity=identity,
+        namespace=args.namespace,
+        leader_elect=args.leader_elect,
+        lease_namespace=args.lease_namespace or os.environ.get("POD_NAMESPACE") or "vpnctl-system",
+        lease_name=args.lease_name,
+        resync_period=args.resync_period,
+        observe_interval=args.observe_interval,
+        workers=args.workers,
+        health_host=host,
+        health_port=port,
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    """`vpnctl run`: the controller until SIGTERM/SIGINT."""
+    from vpnctl.controller.metrics import ControllerMetrics
+    from vpnctl.controller.observe import ServerMetricsObservations
+    from vpnctl.controller.operator import Controller
+    from vpnctl.controller.tenant_side import KubeTenantSide
+    from vpnctl.kube import KubeconfigError, SystemClock
+    from vpnctl.reconcile.durations import parse_duration
+
+    settings = settings_from_args(args)
+    try:
+        node_lifetime = parse_duration(args.node_cert_lifetime)
+    except ValueError as exc:
+        raise SystemExit(f"vpnctl run: --node-cert-lifetime: {exc}") from None
+    try:
+        kube = await _connect(args)
+    except KubeconfigError as exc:
+        print(f"vpnctl run: {exc}", file=sys.stderr)
+        return 1
+    clock = SystemClock()
+    rng = random.Random()
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    metrics = ControllerMetrics(registry=registry, clock=clock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with (
+            kube,
+            KubeTenantSide(
+                registry=registry,
+                clock=clock,
+                rng=rng,
+                node_cert_lifetime=node_lifetime,
+                watch_metrics=metrics.watch,
+            ) as tenant_side,
+            ServerMetricsObservations(
+                kube=kube, health_port=settings.tenant.build.server_health_port
+            ) as observations,
+        ):
+            controller = Controller(
+                settings=_with_liveness(settings, tenant_side=tenant_side.healthy),
+                kube=kube,
+                registry=registry,
+                clock=clock,
+                tenant_side=tenant_side,
+                observations=observations,
+                rng=rng,
+                metrics=metrics,
+            )
+            _log.info(
+                "event=controller_starting identity=%s namespace=%s leader_elect=%s",
+                settings.identity,
+                settings.namespace or "*",
+                settings.leader_elect,
+            )
+            await controller.run(stop=stop)
+    except OSError as exc:  # the health port is taken, typically
+        print(f"vpnctl run: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    _log.info("event=controller_stopped identity=%s", settings.identity)
+    return 0
+
+
+def _with_liveness(settings: Any, **checks: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(settings, extra_liveness={**settings.extra_liveness, **{
+        name.replace("_", "-"): check for name, check in checks.items()
+    }})  # fmt: skip
+
+
+async def status(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+    """`vpnctl status`: the Tunnels' tables, as the controller last wrote them."""
+    from vpnctl.api import Tunnel
+    from vpnctl.kube import TUNNEL, ApiError, KubeconfigError
+    from vpnctl.reconcile.table import render_status
+
+    try:
+        kube = await _connect(args)
+    except KubeconfigError as exc:
+        print(f"vpnctl status: {exc}", file=sys.stderr)
+        return 1
+    async with kube:
+        try:
+            tunnels, _ = await kube.list(TUNNEL, args.namespace)
+        except ApiError as exc:
+            print(f"vpnctl status: listing Tunnels failed: {exc}", file=sys.stderr)
+            return 1
+    if args.cluster:
+        tunnels = [
+            t
+            for t in tunnels
+            if (t.get("spec") or {}).get("clusterName") == args.cluster
+            or (t.get("metadata") or {}).get("name") == args.cluster
+        ]
+    out.write(render_status(cast(list[Tunnel], tunnels), now=dt.datetime.now(dt.UTC)))
+    with contextlib.suppress(BrokenPipeError):
+        out.flush()
+    return 0 if tunnels or not args.cluster else 1
