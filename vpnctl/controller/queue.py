@@ -85,6 +85,7 @@ class WorkQueue(Generic[K]):
         # Keys added while running: handled again after, at the earliest time asked.
         self._again: dict[K, float] = {}
         self._failures: dict[K, int] = {}
+        self._errors: dict[K, Exception] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -251,17 +252,8 @@ class WorkQueue(Generic[K]):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            delay = self.next_backoff(key)
-            _log.error(
-                "event=reconcile_failed queue=%s key=%s attempt=%d retry_in=%.1fs error=%r",
-                self._name,
-                key,
-                self._failures.get(key, 0) + 1,
-                delay,
-                f"{type(exc).__name__}: {exc}",
-                exc_info=not isinstance(exc, OSError | ValueError),
-            )
             outcome = Outcome(retry=True)
+            self._errors[key] = exc
         finally:
             self.handled += 1
         _log.debug(
@@ -275,9 +267,21 @@ class WorkQueue(Generic[K]):
 
     def _after(self, key: K, outcome: Outcome) -> None:
         delays: list[float] = []
+        error = self._errors.pop(key, None)
         if outcome.retry:
-            delays.append(self.next_backoff(key))
+            delay = self.next_backoff(key)
+            delays.append(delay)
             self._failures[key] = self._failures.get(key, 0) + 1
+            if error is not None:
+                _log.error(
+                    "event=reconcile_failed queue=%s key=%s attempt=%d retry_in=%.1fs error=%r",
+                    self._name,
+                    key,
+                    self._failures[key],
+                    delay,
+                    f"{type(error).__name__}: {error}",
+                    exc_info=error if not isinstance(error, OSError | ValueError) else None,
+                )
         else:
             self._failures.pop(key, None)
         if outcome.requeue_after is not None:
