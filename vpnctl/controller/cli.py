@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -21,6 +22,7 @@ from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 if TYPE_CHECKING:  # the parser is built for every command, `vpnctl lab` too: stay light
+    from vpnctl.controller.operator import ControllerSettings
     from vpnctl.kube import Kube
 
 _log = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ async def _connect(args: argparse.Namespace) -> Kube:
     return await connect(kubeconfig=args.kubeconfig, context=args.context, in_cluster=in_cluster)
 
 
-def settings_from_args(args: argparse.Namespace) -> Any:
+def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
     """The ControllerSettings the flags describe (SystemExit naming a bad flag)."""
     from vpnctl.controller.operator import ControllerSettings
     from vpnctl.controller.tenant import TenantSettings
@@ -153,6 +155,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 async def run(args: argparse.Namespace) -> int:
     """`vpnctl run`: the controller until SIGTERM/SIGINT."""
+    from prometheus_client import CollectorRegistry
+
     from vpnctl.controller.metrics import ControllerMetrics
     from vpnctl.controller.observe import ServerMetricsObservations
     from vpnctl.controller.operator import Controller
@@ -172,8 +176,6 @@ async def run(args: argparse.Namespace) -> int:
         return 1
     clock = SystemClock()
     rng = random.Random()
-    from prometheus_client import CollectorRegistry
-
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry=registry, clock=clock)
     stop = asyncio.Event()
@@ -195,7 +197,9 @@ async def run(args: argparse.Namespace) -> int:
             ) as observations,
         ):
             controller = Controller(
-                settings=_with_liveness(settings, tenant_side=tenant_side.healthy),
+                settings=dataclasses.replace(
+                    settings, extra_liveness={"tenant-side": tenant_side.healthy}
+                ),
                 kube=kube,
                 registry=registry,
                 clock=clock,
@@ -219,14 +223,6 @@ async def run(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(signum)
     _log.info("event=controller_stopped identity=%s", settings.identity)
     return 0
-
-
-def _with_liveness(settings: Any, **checks: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(settings, extra_liveness={**settings.extra_liveness, **{
-        name.replace("_", "-"): check for name, check in checks.items()
-    }})  # fmt: skip
 
 
 async def status(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:

@@ -64,6 +64,7 @@ from vpnctl.kube import (
     CLUSTER,
     CONFIG_MAP,
     DEPLOYMENT,
+    EVENT,
     MACHINE,
     POD,
     SECRET,
@@ -305,10 +306,18 @@ class TenantReconciler:
         try:
             outcome, result = await self._reconcile(key)
             return outcome
+        except ReconcileError as exc:  # a step found the world not ready yet
+            result = "retry"
+            self._metrics.reconcile_errors.labels(reason=exc.reason).inc()
+            _log.info(
+                "event=reconcile_retry tenant=%s reason=%s message=%r", key, exc.reason, exc.message
+            )
+            return Outcome(retry=True)
+        except Exception as exc:  # API trouble (the queue backs off) or a bug (logged there)
+            self._metrics.reconcile_errors.labels(reason=type(exc).__name__).inc()
+            raise
         finally:
             self._metrics.reconciles.labels(result=result).inc()
-            if result == "error":
-                self._metrics.reconcile_errors.labels(reason="ApiError").inc()
             self._metrics.reconcile_duration.observe(self._clock.monotonic() - started)
 
     async def forget_tenant(self, key: TenantRef) -> None:
@@ -742,7 +751,7 @@ class TenantReconciler:
         except (ApiError, ValueError) as exc:  # an Event is never worth failing a reconcile
             _log.warning("event=k8s_event_failed reason=%s error=%r", reason, str(exc))
             return
-        self._count("event", Resource("", "v1", "events", True, "Event"))
+        self._count("event", EVENT)
 
     async def _condition_events(
         self,

@@ -1,0 +1,66 @@
+"""`vpnctl run` flags become ControllerSettings; mistakes are named before anything starts."""
+
+from __future__ import annotations
+
+import argparse
+from ipaddress import IPv4Network
+
+import pytest
+
+from vpnctl.cli import _parser
+from vpnctl.controller.cli import settings_from_args
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return _parser().parse_args(["run", "--agent-image", "registry.example/vpnctl:1", *argv])
+
+
+def test_run_flags_become_settings() -> None:
+    args = parse(
+        "--leader-elect", "--identity", "vpnctl-0", "--lease-namespace", "vpnctl-system",
+        "--health-address", "0.0.0.0:8081", "--namespace", "tenants",
+        "--reserved-cidr", "10.96.0.0/12", "--reserved-cidr", "10.244.0.0/16",
+        "--default-service-type", "NodePort", "--node-port-address", "192.0.2.10",
+        "--workers", "4", "--resync-period", "60",
+    )  # fmt: skip
+    settings = settings_from_args(args)
+    assert settings.identity == "vpnctl-0"
+    assert settings.leader_elect
+    assert (settings.lease_duration, settings.renew_deadline, settings.retry_period) == (10, 7, 2)
+    assert settings.lease_namespace == "vpnctl-system"
+    assert (settings.health_host, settings.health_port) == ("0.0.0.0", 8081)
+    assert settings.namespace == "tenants"
+    assert settings.workers == 4
+    assert settings.resync_period == 60
+    build = settings.tenant.build
+    assert build.agent_image == "registry.example/vpnctl:1"
+    assert build.reserved_cidrs == (IPv4Network("10.96.0.0/12"), IPv4Network("10.244.0.0/16"))
+    assert build.node_port_addresses == ("192.0.2.10",)
+    assert settings.tenant.tunnel_defaults == {"expose": {"serviceType": "NodePort"}}
+    assert settings.tenant.auto_tunnel
+    assert settings.tenant.instance == "vpnctl-0"
+
+
+def test_metrics_address_is_the_same_port() -> None:
+    settings = settings_from_args(parse("--metrics-address", ":9090"))
+    assert (settings.health_host, settings.health_port) == ("0.0.0.0", 9090)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--health-address", "8081"), "is not host:port"),
+        (("--reserved-cidr", "10.0.0.0/33"), "--reserved-cidr"),
+    ],
+)
+def test_bad_flags_are_named(flags: tuple[str, ...], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        settings_from_args(parse(*flags))
+
+
+def test_run_needs_an_agent_image_and_status_takes_a_cluster() -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run"])
+    args = _parser().parse_args(["status", "-n", "tenant-a", "acme"])
+    assert (args.cmd, args.namespace, args.cluster) == ("status", "tenant-a", "acme")
+    assert _parser().parse_args(["status"]).namespace is None
