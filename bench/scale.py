@@ -95,6 +95,8 @@ class ScaleResult:
     peak_rss_mib: float
     when: str
     machine: str
+    # 1-minute load average at the start and the end: other work on the machine slows it.
+    load: tuple[float, float] = (0.0, 0.0)
 
     def table(self) -> str:
         rows = [
@@ -108,6 +110,7 @@ class ScaleResult:
                 f"{self.rss_before_mib:.0f} / {self.rss_after_mib:.0f} MiB",
             ),
             ("process peak RSS", f"{self.peak_rss_mib:.0f} MiB"),
+            ("load average (1 min) start / end", f"{self.load[0]:.1f} / {self.load[1]:.1f}"),
             ("date", self.when),
             ("machine", self.machine),
         ]
@@ -275,6 +278,7 @@ async def run_controller_scale(
         rng=random.Random(1),
     )
     rss_before = rss_mib()
+    load_before = os.getloadavg()[0]
     stop = asyncio.Event()
     task = asyncio.create_task(controller.run(stop=stop))
     try:
@@ -320,6 +324,7 @@ async def run_controller_scale(
         peak_rss_mib=peak_rss_mib(),
         when=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         machine=machine_description(),
+        load=(load_before, os.getloadavg()[0]),
     )
 
 

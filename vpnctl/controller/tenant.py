@@ -306,6 +306,13 @@ class TenantReconciler:
         try:
             outcome, result = await self._reconcile(key)
             return outcome
+        except Conflict:
+            # An object changed between our read and our conditional write: read again
+            # now (SSA writes never conflict; only the Tunnel's metadata patches can).
+            result = "retry"
+            self._metrics.reconcile_errors.labels(reason="Conflict").inc()
+            _log.info("event=reconcile_conflict tenant=%s action=reread", key)
+            return Outcome(requeue_after=0.0)
         except ReconcileError as exc:  # a step found the world not ready yet
             result = "retry"
             self._metrics.reconcile_errors.labels(reason=exc.reason).inc()
@@ -562,12 +569,9 @@ class TenantReconciler:
                 "resourceVersion": meta.get("resourceVersion"),
             }
         }
-        try:
-            await self._call(
-                lambda: self._kube.patch_merge(TUNNEL, key.cluster, patch, namespace=key.namespace)
-            )
-        except Conflict:
-            return Outcome(requeue_after=0.0), "retry"  # changed meanwhile: read it again
+        await self._call(
+            lambda: self._kube.patch_merge(TUNNEL, key.cluster, patch, namespace=key.namespace)
+        )
         self._count("patch", TUNNEL)
         _log.info("event=tunnel_finalized tenant=%s", key)
         return Outcome(), "ok"
