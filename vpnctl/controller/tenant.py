@@ -108,13 +108,16 @@ from vpnctl.reconcile.names import (
     selector_labels,
 )
 from vpnctl.reconcile.objects import (
+    ATTACH_SIDECAR_LABEL,
     TLS_CRYPT_V2_CLIENT,
     apiserver_client_secret,
     apiserver_config_map,
+    apiserver_sidecar,
     ca_secret,
     server_config_map,
     server_deployment,
     server_service,
+    sidecar_apply_body,
     tls_crypt_secret,
 )
 from vpnctl.reconcile.objects import (
@@ -436,6 +439,7 @@ class TenantReconciler:
             CONFIG_MAP,
             apiserver_config_map(tenant=plan.tenant, role_config=plan.apiserver_role_config),
         )
+        await self._attach_sidecar(plan)
 
         agent, side_retry, signed = await self._ensure_tenant_side(
             key, plan, keys, service=service, machines=machines
@@ -647,6 +651,36 @@ class TenantReconciler:
             meta["name"],
         )
         return applied
+
+    async def _attach_sidecar(self, plan: TenantPlan) -> None:
+        """Attach the apiserver sidecar to every Deployment labelled for this Cluster
+        (`vpnctl.io/apiserver-for: <cluster>`): the hosted kube-apiserver opts in."""
+        tenant = plan.tenant
+        selector = f"{ATTACH_SIDECAR_LABEL}={tenant.cluster_name}"
+        deployments, _ = await self._call(
+            lambda: self._kube.list(DEPLOYMENT, tenant.namespace, label_selector=selector)
+        )
+        attachment = apiserver_sidecar(
+            tenant=tenant, settings=self._settings.build, role_config=plan.apiserver_role_config
+        )
+        for deployment in deployments:
+            body = sidecar_apply_body(deployment, attachment=attachment)
+            if body is None:
+                continue
+
+            async def apply(body: KubeObject = body) -> KubeObject:
+                return await self._kube.apply(
+                    DEPLOYMENT, body, field_manager=self._settings.field_manager
+                )
+
+            await self._call(apply)
+            self._count("apply", DEPLOYMENT)
+            _log.info(
+                "event=apiserver_sidecar_attached tenant=%s/%s deployment=%s",
+                tenant.namespace,
+                tenant.cluster_name,
+                body["metadata"]["name"],
+            )
 
     async def _delete(self, res: Resource, obj: Mapping[str, Any]) -> None:
         meta = _meta(obj)

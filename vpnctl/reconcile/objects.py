@@ -543,3 +543,44 @@ def attach_sidecar(pod_spec: Mapping[str, Any], *, attachment: SidecarAttachment
         *attachment.volumes,
     ]
     return spec
+
+
+# A Deployment in the tenant's namespace that carries this label, with the Cluster's name
+# as its value, gets the apiserver sidecar attached by the controller (server-side apply
+# of just our container, our volumes and one annotation: the user's own fields stay theirs).
+ATTACH_SIDECAR_LABEL = "vpnctl.io/apiserver-for"
+SIDECAR_HASH_ANNOTATION = "vpnctl.io/apiserver-sidecar-hash"
+
+
+def sidecar_apply_body(
+    deployment: Mapping[str, Any], *, attachment: SidecarAttachment
+) -> dict[str, Any] | None:
+    """The server-side-apply body that attaches the sidecar to `deployment`, or None when
+    the live Deployment already runs this exact attachment (nothing to write).
+
+    Only fields we own are in the body, so the apply never touches the apiserver
+    container; containers and volumes merge by name. The hash on the pod template rolls
+    the pods when the sidecar's config changes.
+    """
+    meta = deployment.get("metadata") or {}
+    template = (deployment.get("spec") or {}).get("template") or {}
+    live_hash = ((template.get("metadata") or {}).get("annotations") or {}).get(
+        SIDECAR_HASH_ANNOTATION
+    )
+    live_names = {c.get("name") for c in (template.get("spec") or {}).get("containers") or []}
+    if live_hash == attachment.config_hash and APISERVER_CONTAINER in live_names:
+        return None
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {SIDECAR_HASH_ANNOTATION: attachment.config_hash}},
+                "spec": {
+                    "containers": [attachment.container],
+                    "volumes": list(attachment.volumes),
+                },
+            }
+        },
+    }
