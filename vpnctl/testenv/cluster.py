@@ -311,9 +311,9 @@ class KubeCluster:
             apiserver_extra_args=options.get("apiserver_extra_args", ()),
         )
         try:
-            await cluster._start(controller_manager=controller_manager, timeout=start_timeout)
-            if crds:
-                await cluster.apply_crds(crds)
+            await cluster._start(
+                controller_manager=controller_manager, timeout=start_timeout, crds=crds
+            )
             (root / "cluster.json").write_text(json.dumps(cluster.state(), indent=2))
         except BaseException:
             await cluster.stop()
@@ -371,7 +371,9 @@ class KubeCluster:
         proc.start()
         return proc
 
-    async def _start(self, *, controller_manager: bool, timeout: float) -> None:
+    async def _start(
+        self, *, controller_manager: bool, timeout: float, crds: Sequence[Path] = ()
+    ) -> None:
         deadline = time.monotonic() + timeout
         if self.netns:
             # The namespace's loopback carries etcd's traffic; it starts down.
@@ -385,6 +387,11 @@ class KubeCluster:
             await self._wait_etcd(etcd_port, deadline)
         self._start_apiserver(etcd_port)
         await self._wait_apiserver(deadline)
+        if crds:
+            # Before the controller manager: its garbage collector maps owner kinds at
+            # start and only rediscovers every ~30 s, so a Tunnel owned by a Cluster would
+            # not be collected until then.
+            await self.apply_crds(crds)
         if controller_manager:
             self._start_controller_manager(kcm_port)
             await self._wait_controller_manager(kcm_port, deadline)
