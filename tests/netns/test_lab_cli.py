@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from vpnctl.lab.plan import make_plan
+
 pytestmark = pytest.mark.netns
 
 
@@ -82,7 +84,7 @@ def test_lab_up_prints_all_ok_and_down_leaves_nothing(lab_args: list[str]) -> No
         assert "FAIL" not in row, up.stdout
     assert "2/2 nodes OK, 6/6 checks OK" in up.stdout
     assert "dev tun0" in up.stdout, "the apiserver's route to the nodes must be the tunnel"
-    assert len(_namespaces(prefix)) == 2 + 4 + 2  # per-node ns and pod ns, wan/srv/api/rtr
+    assert sorted(_namespaces(prefix)) == sorted(make_plan(prefix=prefix, nodes=2).namespaces)
     assert _procs_mentioning(state), "the lab's processes must outlive `lab up`"
 
     status = _vpnctl("lab", "status", *lab_args)
