@@ -1,0 +1,152 @@
+"""The lab's Kubernetes objects are what vpnctl's own readers accept, on the lab's plan."""
+
+from __future__ import annotations
+
+import base64
+from ipaddress import IPv4Address
+from typing import Any, cast
+
+import yaml
+
+from vpnctl.api import Cluster, Machine, Tunnel
+from vpnctl.lab import objects as lo
+from vpnctl.lab.plan import make_plan
+from vpnctl.reconcile.objects import (
+    ATTACH_SIDECAR_LABEL,
+    apiserver_sidecar,
+    sidecar_apply_body,
+)
+from vpnctl.reconcile.secrets import parse_kubeconfig_secret
+from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.tenant import parse_tenant
+
+PLAN = make_plan(prefix="vt1", nodes=3)
+
+
+def _service_objects() -> dict[str, dict[str, Any]]:
+    text = lo.kubeconfig_text(
+        name="tenant-a", server="https://198.18.0.2:6443", ca_pem=b"ca", cert_pem=b"c", key_pem=b"k"
+    )
+    return {o["kind"]: o for o in lo.service_objects(PLAN, tenant_kubeconfig=text)}
+
+
+def _machine(node_index: int) -> Machine:
+    node = PLAN.nodes[node_index]
+    return cast(Machine, {**lo.machine(node), **lo.machine_status(node)})
+
+
+def test_the_tunnel_is_created_before_its_cluster_and_stays_in_the_lab_range() -> None:
+    kinds = [o["kind"] for o in lo.service_objects(PLAN, tenant_kubeconfig="x")]
+    assert kinds.index("Tunnel") < kinds.index("Cluster")
+    objects = _service_objects()
+    assert objects["Tunnel"]["spec"]["tunnelCIDR"] == "198.18.8.0/24"
+
+
+def test_vpnctl_reads_the_lab_tenant_as_the_plan_says() -> None:
+    objects = _service_objects()
+    tenant = parse_tenant(
+        tunnel=cast(
+            Tunnel,
+            {
+                **objects["Tunnel"],
+                "metadata": {**objects["Tunnel"]["metadata"], "uid": "u", "generation": 1},
+            },
+        ),
+        cluster=cast(Cluster, objects["Cluster"]),
+        machines=[_machine(i) for i in range(3)],
+    )
+    assert tenant.networks.pods == (PLAN.pod_cidr,)
+    assert tenant.networks.services == (PLAN.service_cidr,)
+    assert [(m.node, m.internal_ip) for m in tenant.members] == [
+        (n.name, n.internal_ip) for n in PLAN.nodes
+    ]
+    assert tenant.spec.server_ip == PLAN.tunnel_server_ip
+    assert tenant.spec.apiserver_ip == PLAN.tunnel_apiserver_ip
+    assert not tenant.pending
+
+
+def test_the_kubeconfig_secret_is_what_capi_writes() -> None:
+    secret = _service_objects()["Secret"]
+    kubeconfig = parse_kubeconfig_secret(secret, namespace="tenant-a", cluster_name="tenant-a")
+    assert kubeconfig.server == "https://198.18.0.2:6443"
+    doc = yaml.safe_load(base64.b64decode(secret["data"]["value"]))
+    assert base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]) == b"ca"
+
+
+def test_a_machine_made_again_gets_a_new_name() -> None:
+    node = PLAN.nodes[2]
+    assert lo.machine_name(node) == "tenant-a-md-3"
+    assert lo.machine(node, generation=2)["metadata"]["name"] == "tenant-a-md-3-2"
+    assert "status" not in lo.machine(node)  # CAPI sets it once the node joined
+
+
+def test_vpnctl_attaches_its_sidecar_to_the_lab_apiserver_deployment() -> None:
+    deployment = lo.apiserver_deployment(PLAN)
+    assert deployment["metadata"]["labels"][ATTACH_SIDECAR_LABEL] == "tenant-a"
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = dict(kv.split("=") for kv in lo.apiserver_pod_selector().split(","))
+    assert selector == template_labels == deployment["spec"]["selector"]["matchLabels"]
+    objects = _service_objects()
+    tenant = parse_tenant(
+        tunnel=cast(
+            Tunnel,
+            {
+                **objects["Tunnel"],
+                "metadata": {**objects["Tunnel"]["metadata"], "uid": "u", "generation": 1},
+            },
+        ),
+        cluster=cast(Cluster, objects["Cluster"]),
+        machines=[],
+    )
+    attachment = apiserver_sidecar(
+        tenant=tenant, settings=Settings(agent_image="x"), role_config={}
+    )
+    body = sidecar_apply_body(deployment, attachment=attachment)
+    assert body is not None
+    assert body["metadata"]["name"] == lo.APISERVER_DEPLOYMENT
+
+
+def test_webhook_services_have_fixed_addresses_in_the_service_cidr() -> None:
+    ips = [lo.webhook_cluster_ip(PLAN, n) for n in PLAN.nodes]
+    assert len(set(ips)) == 3
+    assert all(ip in PLAN.service_cidr for ip in ips)
+    assert ips[0] == IPv4Address("198.19.200.1")
+    first_service = next(
+        o
+        for o in lo.node_workload(PLAN, PLAN.nodes[0], webhook_ca_pem=b"x")
+        if o["kind"] == "Service"
+    )
+    assert first_service["spec"]["clusterIP"] == "198.19.200.1"
+
+
+def test_each_webhook_reviews_only_objects_labelled_for_its_node() -> None:
+    node = PLAN.nodes[1]
+    config = lo.validating_webhook(node, ca_pem=b"pem")
+    (hook,) = config["webhooks"]
+    assert hook["objectSelector"] == {"matchLabels": {lo.WEBHOOK_LABEL: "node-2"}}
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["clientConfig"]["service"]["name"] == "webhook-node-2"
+    assert base64.b64decode(hook["clientConfig"]["caBundle"]) == b"pem"
+    review = lo.review_object(node, name="x", deny=True)
+    assert review["metadata"]["labels"] == {lo.WEBHOOK_LABEL: "node-2", "vpnctl.io/deny": "true"}
+    assert lo.webhook_dns_name(node) == "webhook-node-2.lab.svc"
+
+
+def test_kube_proxy_rules_dnat_each_service_and_masquerade_outside_sources() -> None:
+    rules = lo.kube_proxy_rules(PLAN, PLAN.nodes)
+    assert len(rules) == 2 * len(PLAN.nodes)
+    dnat, masq = rules[0], rules[1]
+    assert dnat[:3] == ["PREROUTING", "-d", "198.19.200.1/32"]
+    assert dnat[-2:] == ["--to-destination", "198.19.65.2:8443"]
+    assert masq[0] == "POSTROUTING"
+    assert masq[-1] == "MASQUERADE"
+    assert masq[masq.index("!") : masq.index("!") + 3] == ["!", "-s", "198.19.0.0/16"]
+
+
+def test_tenant_nodes_carry_what_the_apiserver_dials() -> None:
+    node = PLAN.nodes[0]
+    body = lo.tenant_node(node)
+    assert body["spec"]["podCIDRs"] == ["198.19.65.0/24"]
+    status = lo.tenant_node_status(node)["status"]
+    assert {"type": "InternalIP", "address": "198.19.0.11"} in status["addresses"]
+    assert status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 10250

@@ -1,0 +1,422 @@
+"""The Kubernetes objects the lab creates, as plain dicts: what the providers would make.
+
+Two clusters, two sets:
+
+- **Service cluster** (what Cluster API and its providers would create): the tenant's
+  namespace, its `Cluster` with `clusterNetwork` from the lab plan, one `Machine` per
+  node with `status.nodeRef` and `status.addresses` (CAPI's machine controller sets them
+  once the node joined), the `<cluster>-kubeconfig` Secret (key `value`) pointing at the
+  hosted tenant apiserver, and a `Tunnel` with the lab's tunnel CIDR (the default,
+  100.127.255.0/24, lies outside 198.18.0.0/15, where the lab must stay).
+- **Tenant cluster** (what the kubelets and the tenant's own workloads would create):
+  a `Node` per node with its InternalIP, podCIDR and kubelet port; a Pod bound to each
+  node whose logs the kubelet stand-in serves; and per node a webhook: a Service whose
+  Endpoints are the webhook stand-in in the pod behind that node, and a
+  ValidatingWebhookConfiguration that sends it ConfigMaps labelled for that node.
+
+Pure builders, so the lab's shape is tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+import yaml
+
+from vpnctl.api import CAPI_API_VERSION, CAPI_CLUSTER_NAME_LABEL, TUNNEL_API_VERSION, TUNNEL_KIND
+from vpnctl.lab.plan import LabPlan, NodePlan
+from vpnctl.reconcile.objects import ATTACH_SIDECAR_LABEL
+from vpnctl.reconcile.secrets import kubeconfig_secret_name
+
+CLUSTER_NAME = "tenant-a"
+CLUSTER_NAMESPACE = "tenant-a"
+TENANT_APISERVER_PORT = 6443
+SERVICE_APISERVER_PORT = 6443
+# The namespace vpnctl's leader election Lease lives in (ControllerSettings' default).
+CONTROLLER_NAMESPACE = "vpnctl-system"
+APISERVER_DEPLOYMENT = f"{CLUSTER_NAME}-kube-apiserver"
+
+# In the tenant cluster.
+WORKLOAD_NAMESPACE = "lab"
+LOG_CONTAINER = "app"
+WEBHOOK_LABEL = "lab.vpnctl.io/webhook"
+WEBHOOK_SERVICE_PORT = 443
+KUBELET_CLIENT_GROUP = "system:nodes"
+
+
+def machine_name(node: NodePlan, *, generation: int = 1) -> str:
+    """`tenant-a-md-<i>`; a Machine made again for the same node gets a new name."""
+    base = f"{CLUSTER_NAME}-md-{node.index}"
+    return base if generation == 1 else f"{base}-{generation}"
+
+
+def log_pod_name(node: NodePlan) -> str:
+    return f"logs-{node.name}"
+
+
+def webhook_name(node: NodePlan) -> str:
+    return f"webhook-{node.name}"
+
+
+def webhook_dns_name(node: NodePlan) -> str:
+    """The name the apiserver checks the webhook's certificate against."""
+    return f"{webhook_name(node)}.{WORKLOAD_NAMESPACE}.svc"
+
+
+def webhook_cluster_ip(plan: LabPlan, node: NodePlan) -> IPv4Address:
+    """A fixed ClusterIP per node's webhook Service (198.19.200.<i>), so the node's
+    kube-proxy stand-in rules can be written before the Service exists."""
+    return plan.service_cidr.network_address + (8 * 256) + node.index
+
+
+def kubeconfig_text(*, name: str, server: str, ca_pem: bytes, cert_pem: bytes,
+                    key_pem: bytes) -> str:  # fmt: skip
+    """A kubeconfig with everything embedded, as CAPI writes `<cluster>-kubeconfig`."""
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": server,
+                                                "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": f"{name}-admin", "user": {"client-certificate-data": b64(cert_pem),
+                                                      "client-key-data": b64(key_pem)}}],
+        "contexts": [{"name": f"{name}-admin@{name}",
+                      "context": {"cluster": name, "user": f"{name}-admin"}}],
+        "current-context": f"{name}-admin@{name}",
+    }  # fmt: skip
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+# --- the service cluster ----------------------------------------------------------------------
+
+
+def service_objects(plan: LabPlan, *, tenant_kubeconfig: str) -> list[dict[str, Any]]:
+    """Namespaces, Tunnel, Cluster, kubeconfig Secret and the hosted apiserver's
+    Deployment, in the order to create them.
+
+    The Tunnel comes before its Cluster: vpnctl would otherwise create one with the
+    default tunnel CIDR first. Machines are separate (`machine`, `machine_status`): CAPI
+    creates them, and sets their status only once the node has joined.
+    """
+    meta = {"namespace": CLUSTER_NAMESPACE}
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CLUSTER_NAMESPACE}},
+        {
+            "apiVersion": TUNNEL_API_VERSION,
+            "kind": TUNNEL_KIND,
+            "metadata": {"name": CLUSTER_NAME, **meta},
+            "spec": {"clusterName": CLUSTER_NAME, "tunnelCIDR": str(plan.tunnel_cidr)},
+        },
+        {
+            "apiVersion": CAPI_API_VERSION,
+            "kind": "Cluster",
+            "metadata": {"name": CLUSTER_NAME, **meta},
+            "spec": {
+                "clusterNetwork": {
+                    "pods": {"cidrBlocks": [str(plan.pod_cidr)]},
+                    "services": {"cidrBlocks": [str(plan.service_cidr)]},
+                },
+                "controlPlaneEndpoint": {
+                    "host": str(plan.api_ip),
+                    "port": TENANT_APISERVER_PORT,
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": kubeconfig_secret_name(CLUSTER_NAME),
+                **meta,
+                "labels": {CAPI_CLUSTER_NAME_LABEL: CLUSTER_NAME},
+            },
+            "type": "cluster.x-k8s.io/secret",
+            "data": {"value": base64.b64encode(tenant_kubeconfig.encode()).decode("ascii")},
+        },
+        apiserver_deployment(plan),
+    ]
+
+
+def apiserver_deployment(plan: LabPlan) -> dict[str, Any]:
+    """The hosted tenant kube-apiserver, as a control-plane provider would deploy it.
+
+    Labelled `vpnctl.io/apiserver-for`, so vpnctl attaches its apiserver sidecar. The
+    lab kubelet runs only that sidecar from its pods: the kube-apiserver container is
+    the `TenantCluster` process the lab started in P-api.
+    """
+    labels = {"app.kubernetes.io/name": "kube-apiserver", "lab.vpnctl.io/cluster": CLUSTER_NAME}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": APISERVER_DEPLOYMENT,
+            "namespace": CLUSTER_NAMESPACE,
+            "labels": {ATTACH_SIDECAR_LABEL: CLUSTER_NAME, **labels},
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "containers": [
+                        {
+                            "name": "kube-apiserver",
+                            "image": "registry.k8s.io/kube-apiserver:v1.34.4",
+                            "command": ["kube-apiserver", f"--bind-address={plan.api_ip}"],
+                            "ports": [{"containerPort": TENANT_APISERVER_PORT, "name": "https"}],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def apiserver_pod_selector() -> str:
+    return f"app.kubernetes.io/name=kube-apiserver,lab.vpnctl.io/cluster={CLUSTER_NAME}"
+
+
+def machine(node: NodePlan, *, generation: int = 1) -> dict[str, Any]:
+    """A worker Machine as a MachineDeployment's MachineSet creates it (no status yet)."""
+    return {
+        "apiVersion": CAPI_API_VERSION,
+        "kind": "Machine",
+        "metadata": {
+            "name": machine_name(node, generation=generation),
+            "namespace": CLUSTER_NAMESPACE,
+            "labels": {CAPI_CLUSTER_NAME_LABEL: CLUSTER_NAME},
+        },
+        "spec": {
+            "clusterName": CLUSTER_NAME,
+            "bootstrap": {"dataSecretName": f"{machine_name(node, generation=generation)}-boot"},
+            "infrastructureRef": {
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1",
+                "kind": "LabMachine",
+                "name": machine_name(node, generation=generation),
+            },
+        },
+    }
+
+
+def machine_status(node: NodePlan) -> dict[str, Any]:
+    """What CAPI's machine controller sets once the node joined (a status merge patch)."""
+    return {
+        "status": {
+            "nodeRef": {"apiVersion": "v1", "kind": "Node", "name": node.name},
+            "addresses": [
+                {"type": "InternalIP", "address": str(node.internal_ip)},
+                {"type": "Hostname", "address": node.name},
+            ],
+            "phase": "Running",
+        }
+    }
+
+
+# --- the tenant cluster -------------------------------------------------------------------------
+
+
+def tenant_node(node: NodePlan) -> dict[str, Any]:
+    """The Node its kubelet registers (spec and labels; status is `tenant_node_status`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node.name,
+            "labels": {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"},
+        },
+        "spec": {"podCIDR": str(node.pod_cidr), "podCIDRs": [str(node.pod_cidr)]},
+    }
+
+
+def tenant_node_status(node: NodePlan) -> dict[str, Any]:
+    """Addresses and the kubelet port: where the apiserver dials the kubelet."""
+    return {
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": str(node.internal_ip)},
+                {"type": "Hostname", "address": node.name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": node.kubelet_port}},
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "lab kubelet stand-in",
+                },
+            ],
+        }
+    }
+
+
+def workload_objects(plan: LabPlan, *, webhook_ca_pem: bytes) -> list[dict[str, Any]]:
+    """Namespace, ServiceAccount, and per node a log Pod and a webhook, in create order.
+
+    There is no controller-manager in the tenant cluster, so the namespace's `default`
+    ServiceAccount is made here, and the webhook Services get hand-written Endpoints
+    (what the endpoints controller would derive from a ready pod).
+    """
+    out: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": WORKLOAD_NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": WORKLOAD_NAMESPACE},
+        },
+    ]
+    for node in plan.nodes:
+        out += node_workload(plan, node, webhook_ca_pem=webhook_ca_pem)
+    return out
+
+
+def node_workload(plan: LabPlan, node: NodePlan, *, webhook_ca_pem: bytes) -> list[dict[str, Any]]:
+    ns = WORKLOAD_NAMESPACE
+    name = webhook_name(node)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": log_pod_name(node), "namespace": ns, "labels": {"app": "logs"}},
+            "spec": {
+                "nodeName": node.name,
+                "automountServiceAccountToken": False,
+                "containers": [{"name": LOG_CONTAINER, "image": "lab.invalid/logs:1"}],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+            "spec": {
+                "nodeName": node.name,
+                "automountServiceAccountToken": False,
+                "containers": [
+                    {
+                        "name": "webhook",
+                        "image": "lab.invalid/webhook:1",
+                        "ports": [{"containerPort": node.webhook_port}],
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "clusterIP": str(webhook_cluster_ip(plan, node)),
+                "ports": [
+                    {
+                        "name": "https",
+                        "port": WEBHOOK_SERVICE_PORT,
+                        "protocol": "TCP",
+                        "targetPort": node.webhook_port,
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": name, "namespace": ns},
+            "subsets": [
+                {
+                    "addresses": [
+                        {
+                            "ip": str(node.pod_ip),
+                            "nodeName": node.name,
+                            "targetRef": {"kind": "Pod", "name": name, "namespace": ns},
+                        }
+                    ],
+                    "ports": [{"name": "https", "port": node.webhook_port, "protocol": "TCP"}],
+                }
+            ],
+        },
+        validating_webhook(node, ca_pem=webhook_ca_pem),
+    ]
+
+
+def validating_webhook(node: NodePlan, *, ca_pem: bytes) -> dict[str, Any]:
+    """Sends the webhook behind NODE every ConfigMap labelled `lab.vpnctl.io/webhook:
+    <node>`; fails closed, so an unreachable webhook is a refused request."""
+    name = webhook_name(node)
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": f"lab-{name}"},
+        "webhooks": [
+            {
+                "name": f"{name}.lab.vpnctl.io",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Fail",
+                "timeoutSeconds": 5,
+                "objectSelector": {"matchLabels": {WEBHOOK_LABEL: node.name}},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["configmaps"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "clientConfig": {
+                    "service": {
+                        "name": name,
+                        "namespace": WORKLOAD_NAMESPACE,
+                        "path": "/validate",
+                        "port": WEBHOOK_SERVICE_PORT,
+                    },
+                    "caBundle": base64.b64encode(ca_pem).decode("ascii"),
+                },
+            }
+        ],
+    }
+
+
+def review_object(node: NodePlan, *, name: str, deny: bool = False) -> dict[str, Any]:
+    """A ConfigMap the webhook behind NODE reviews; DENY labels it to be refused."""
+    labels = {WEBHOOK_LABEL: node.name}
+    if deny:
+        labels["vpnctl.io/deny"] = "true"
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": WORKLOAD_NAMESPACE, "labels": labels},
+        "data": {"node": node.name},
+    }
+
+
+def kube_proxy_rules(plan: LabPlan, nodes: Sequence[NodePlan]) -> list[list[str]]:
+    """iptables `-t nat` rules a node's kube-proxy would hold for the webhook Services.
+
+    DNAT from each ClusterIP to its pod, and masquerade for sources outside the
+    cluster's networks (kube-proxy's KUBE-MARK-MASQ for traffic from outside the cluster
+    CIDR): the apiserver's requests arrive from its tunnel address, and the pod behind
+    another node must answer through the node that forwarded them.
+    """
+    cluster_nets = IPv4Network(plan.node_cidr).supernet(new_prefix=16)
+    rules: list[list[str]] = []
+    for node in nodes:
+        ip, pod = str(webhook_cluster_ip(plan, node)), str(node.pod_ip)
+        port = str(node.webhook_port)
+        rules.append(["PREROUTING", "-d", f"{ip}/32", "-p", "tcp", "--dport",
+                      str(WEBHOOK_SERVICE_PORT), "-j", "DNAT", "--to-destination",
+                      f"{pod}:{port}"])  # fmt: skip
+        rules.append(["POSTROUTING", "-d", f"{pod}/32", "-p", "tcp", "--dport", port,
+                      "!", "-s", str(cluster_nets), "-j", "MASQUERADE"])  # fmt: skip
+    return rules
+
+
+def labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
