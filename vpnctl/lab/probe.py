@@ -113,6 +113,29 @@ async def probe_admission(
     return await _run_probe(ns, argv, python=python, deadline=timeout * count)
 
 
+async def probe_post(
+    ns: str,
+    url: str,
+    *,
+    ca: str,
+    body: object,
+    timeout: float = 5.0,
+    count: int = 1,
+    cert: str | None = None,
+    key: str | None = None,
+    python: str = sys.executable,
+) -> ProbeResult:
+    """POST BODY as JSON to URL COUNT times from inside NS; ok on any 2xx every time.
+
+    With a client certificate this is an API request, e.g. a server-side dry-run create
+    that the apiserver's admission webhooks must allow.
+    """
+    argv = ["https-post", url, "--ca", ca, "--count", str(count), "--timeout", str(timeout),
+            "--body", json.dumps(body)]  # fmt: skip
+    argv += _client_cert_args(cert, key)
+    return await _run_probe(ns, argv, python=python, deadline=timeout * count)
+
+
 async def probe_tcp(
     ns: str, host: str, port: int, *, timeout: float = 3.0, python: str = sys.executable
 ) -> ProbeResult:
@@ -217,6 +240,10 @@ async def _https(args: argparse.Namespace) -> dict[str, Any]:
                 if args.cmd == "admission":
                     review = _admission_review(review_uid, labels=dict(args.label))
                     resp_cm = session.post(args.url, json=review)
+                elif args.cmd == "https-post":
+                    resp_cm = session.post(
+                        args.url, data=args.body, headers={"Content-Type": "application/json"}
+                    )
                 else:
                     resp_cm = session.get(args.url)
                 async with resp_cm as resp:
@@ -225,8 +252,10 @@ async def _https(args: argparse.Namespace) -> dict[str, Any]:
                 total += len(body)
                 if args.output is not None:
                     await asyncio.to_thread(Path(args.output).write_bytes, body)
-                if resp.status != 200:
-                    return _result(ok=False, error=f"http {resp.status}", bytes_=total)
+                if not _status_ok(args.cmd, resp.status):
+                    reason = _api_reason(body) if args.cmd == "https-post" else ""
+                    error = f"http {resp.status}" + (f": {reason}" if reason else "")
+                    return _result(ok=False, error=error, bytes_=total)
                 problem = _check_body(args, body, review_uid)
                 if problem is not None:
                     return _result(ok=False, error=problem, bytes_=total)
@@ -234,6 +263,19 @@ async def _https(args: argparse.Namespace) -> dict[str, Any]:
     except Exception as e:  # every failure becomes a cell in the table
         return _result(ok=False, error=describe_error(e), bytes_=total, latencies=latencies)
     return _result(ok=True, bytes_=total, latencies=latencies)
+
+
+def _status_ok(cmd: str, status: int) -> bool:
+    return 200 <= status < 300 if cmd == "https-post" else status == 200
+
+
+def _api_reason(body: bytes) -> str:
+    """The message of a Kubernetes Status answer, shortened for a table cell."""
+    try:
+        message = str(json.loads(body).get("message") or "")
+    except (ValueError, AttributeError):
+        return ""
+    return message if len(message) <= 160 else message[:157] + "..."
 
 
 def _admission_review(uid: str, *, labels: Mapping[str, str]) -> dict[str, Any]:
@@ -297,7 +339,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object (the default)")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("https-get", "admission"):
+    for name in ("https-get", "admission", "https-post"):
         s = sub.add_parser(name)
         s.add_argument("url")
         s.add_argument("--ca", required=True, help="the only trusted CA (PEM)")
@@ -309,6 +351,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--output", default=None, help="write the last body to this file")
         s.add_argument("--label", type=_label, action="append", default=[],
                        help="KEY=VALUE on the reviewed object (admission)")  # fmt: skip
+        s.add_argument("--body", default="{}", help="JSON request body (https-post)")
     t = sub.add_parser("tcp-connect")
     t.add_argument("target", help="HOST:PORT")
     t.add_argument("--timeout", type=float, default=3.0)

@@ -1,0 +1,381 @@
+"""The product's promise, proven on the lab `make lab` shows.
+
+One lab per module (`lab_run`): real service cluster and vpnctl, a tenant made as
+Cluster API makes it, its hosted kube-apiserver with the apiserver sidecar, the server
+pod and three nodes whose agents got their certificates through the CSR flow.
+
+The tests run in file order and leave the lab as they found it, except the last, which
+takes it down and checks that nothing is left. Measured figures are printed (`-s`, or
+the captured output of a failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vpnctl.controller.observe import parse_server_metrics
+from vpnctl.lab import objects as lo
+from vpnctl.lab.checks import kubectl_logs
+from vpnctl.lab.dataplane import http_get, in_netns
+from vpnctl.lab.probe import check_lines
+from vpnctl.lab.standins import DEFAULT_LOG_LINES, log_line
+from vpnctl.lab.system import Lab, add_machine
+from vpnctl.reconcile.names import NODE_AGENT_NAME
+
+from .conftest import LabRun, api_get, kubelet_ok, root_net_state, vpnctl
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+SERVER_HEALTH_PORT = 9190
+
+
+def until(check: Callable[[], bool], *, timeout: float, every: float = 0.05) -> float | None:
+    """Seconds until CHECK is true (polled every EVERY), or None after TIMEOUT."""
+    t0 = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            return None
+        time.sleep(every)
+
+
+def kubectl(
+    lab: Lab, *args: str, cluster: str = "tenant", stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        lab.kubectl_argv(*args, cluster=cluster),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def connected_nodes(lab: Lab) -> dict[str, bool]:
+    """The server role's own view (its /metrics, read as vpnctl reads it), from inside the
+    server's namespace."""
+    status, text = http_get(lab.plan.srv_ns, f"http://127.0.0.1:{SERVER_HEALTH_PORT}/metrics")
+    if status != 200:
+        return {}
+    return {node: seen.connected for node, seen in parse_server_metrics(text).items()}
+
+
+def tcp_reachable(lab: Lab, host: str, port: int, *, timeout: float = 0.3) -> bool:
+    """A TCP connection from the apiserver's namespace to HOST:PORT succeeds."""
+
+    def connect() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+    return in_netns(lab.plan.api_ns, connect)
+
+
+def tun_bytes(lab: Lab) -> int:
+    out = subprocess.run(
+        ["ip", "-n", lab.plan.api_ns, "-s", "-j", "link", "show", "tun0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    stats = json.loads(out)[0]["stats64"]
+    return int(stats["rx"]["bytes"]) + int(stats["tx"]["bytes"])
+
+
+def ns_pids(ns: str) -> list[int]:
+    out = subprocess.run(
+        ["ip", "netns", "pids", ns], capture_output=True, text=True, check=False
+    ).stdout
+    return [int(p) for p in out.split()]
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def frozen(*, groups: list[int], pids: list[int]) -> Iterator[None]:
+    """SIGSTOP process GROUPS and PIDS for the block, SIGCONT after (even when it fails)."""
+    for group in groups:
+        os.killpg(group, signal.SIGSTOP)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGCONT)
+
+
+# --- the table `make lab` prints ---
+
+
+def test_lab_status_without_a_lab_says_what_to_do(tmp_path: Path) -> None:
+    status = vpnctl("lab", "status", "--prefix", "vtnone", "--state-dir", str(tmp_path / "no"))
+    assert status.returncode == 1
+    assert "run `vpnctl lab up`" in status.stderr
+
+
+
+def test_lab_up_prints_all_ok_for_three_nodes(lab_run: LabRun) -> None:
+    out = lab_run.up.stdout
+    rows = [ln for ln in out.splitlines() if ln.startswith("node-") and "198.19.0." in ln]
+    assert [r.split()[0] for r in rows] == ["node-1", "node-2", "node-3"], out
+    for row in rows:
+        assert row.count(" OK ") == 3, out
+        assert "FAIL" not in row, out
+    assert "3/3 nodes OK, 9/9 checks OK" in out
+    assert "dev tun0" in out, "the apiserver's route to the nodes must be the tunnel"
+    assert re.search(r"tenant-a\s+tenant-a\s+True\s+3\s+3", out), "vpnctl status: Ready, 3/3"
+    print(out)
+
+
+def test_lab_status_prints_the_same_table(lab_run: LabRun) -> None:
+    status = vpnctl("lab", "status", *lab_run.args, timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "3/3 nodes OK, 9/9 checks OK" in status.stdout
+
+
+# --- kubectl logs ---
+
+
+def test_kubectl_logs_brings_100000_lines_in_order_through_the_tunnel(lab_run: LabRun) -> None:
+    lab = lab_run.lab
+    node = lab.plan.node("node-2")
+    before = tun_bytes(lab)
+    t0 = time.monotonic()
+    done = kubectl(
+        lab, "logs", "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), "-c", lo.LOG_CONTAINER
+    )
+    elapsed = time.monotonic() - t0
+    crossed = tun_bytes(lab) - before
+    assert done.returncode == 0, done.stderr
+    body = done.stdout.encode()
+    assert check_lines(body, DEFAULT_LOG_LINES) is None
+    lines = done.stdout.splitlines()
+    pod = lo.log_pod_name(node)
+    assert lines[0] == log_line("node-2", pod, 0)
+    assert lines[-1] == log_line("node-2", pod, DEFAULT_LOG_LINES - 1)
+    assert crossed >= len(body), "the log must have crossed the apiserver's tun device"
+    print(
+        f"\nkubectl logs: {len(lines):,} lines, {len(body):,} bytes in {elapsed:.2f}s "
+        f"(kubectl start-up included); {crossed:,} bytes crossed tun0"
+    )
+
+
+# --- the webhook ---
+
+
+def test_webhook_behind_a_node_admits_one_object_and_denies_another(lab_run: LabRun) -> None:
+    lab = lab_run.lab
+    node = lab.plan.node("node-1")
+    allowed = lo.review_object(node, name="e2e-allowed")
+    denied = lo.review_object(node, name="e2e-denied", deny=True)
+    ok = kubectl(lab, "apply", "-f", "-", stdin=json.dumps(allowed))
+    assert ok.returncode == 0, ok.stderr
+    no = kubectl(lab, "apply", "-f", "-", stdin=json.dumps(denied))
+    assert no.returncode != 0
+    assert "denied the request" in no.stderr, no.stderr
+    assert "vpnctl.io/deny=true" in no.stderr, no.stderr  # the webhook's own message
+    got = kubectl(lab, "get", "configmap", "-n", lo.WORKLOAD_NAMESPACE, "-o", "name")
+    assert "configmap/e2e-allowed" in got.stdout
+    assert "configmap/e2e-denied" not in got.stdout
+    kubectl(lab, "delete", "configmap", "-n", lo.WORKLOAD_NAMESPACE, "e2e-allowed")
+
+
+# --- the tunnel is the only path ---
+
+
+def test_with_the_tunnel_down_the_same_requests_fail(lab_run: LabRun) -> None:
+    lab = lab_run.lab
+    plan = lab.plan
+    node = plan.node("node-1")
+    # The apiserver's namespace routes the tenant's networks into tun0 and nowhere else.
+    routes = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-n", plan.api_ns, "route", "show", "table", "all"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert not [r for r in routes if r.get("dst") == "default"], routes
+    tenant = [r for r in routes if str(r.get("dst", "")).startswith("198.19.")]
+    assert tenant, routes
+    assert all(r.get("dev") == "tun0" for r in tenant), tenant
+    assert kubelet_ok(lab, node.name)
+
+    sidecar = next(
+        c["pid"]
+        for c in lab.kubelet_status()["containers"].values()
+        if c.get("pod_set") == "apiserver"
+    )
+    openvpn = [p for p in ns_pids(plan.api_ns) if comm(p) == "openvpn"]
+    assert isinstance(sidecar, int), "the apiserver sidecar must be running"
+    assert openvpn, "the sidecar's openvpn must be running"
+    with frozen(groups=[sidecar], pids=openvpn):
+        status, _ = api_get(lab, f"/api/v1/nodes/{node.name}/proxy/healthz", timeout=4)
+        assert status != 200
+        logs = kubectl(
+            lab, "logs", "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), "--request-timeout=6s"
+        )
+        assert logs.returncode != 0
+        hook = kubectl(
+            lab,
+            "apply",
+            "--dry-run=server",
+            "-f",
+            "-",
+            stdin=json.dumps(lo.review_object(node, name="e2e-down")),
+        )
+        assert hook.returncode != 0
+        assert "failed calling webhook" in hook.stderr, hook.stderr
+        assert not tcp_reachable(lab, str(node.internal_ip), node.kubelet_port, timeout=1.0)
+    back = until(lambda: kubelet_ok(lab, node.name), timeout=60, every=0.2)
+    assert back is not None, "the tunnel did not come back after the sidecar was thawed"
+    print(f"\ntunnel back {back:.1f}s after the apiserver sidecar and openvpn were thawed")
+
+
+# --- node churn ---
+
+
+def test_deleting_a_machine_takes_its_node_off_the_tunnel_within_2s(lab_run: LabRun) -> None:
+    lab = lab_run.lab
+    node = lab.plan.node("node-3")
+    assert connected_nodes(lab).get(node.name) is True
+    assert tcp_reachable(lab, str(node.internal_ip), node.kubelet_port)
+    t0 = time.monotonic()
+    deleted = kubectl(
+        lab,
+        "delete",
+        "machine",
+        "-n",
+        lo.CLUSTER_NAMESPACE,
+        lo.machine_name(node),
+        "--wait=false",
+        cluster="service",
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    unreachable = until(
+        lambda: not tcp_reachable(lab, str(node.internal_ip), node.kubelet_port), timeout=10
+    )
+    kicked = until(lambda: connected_nodes(lab).get(node.name) is not True, timeout=10)
+    total = time.monotonic() - t0
+    print(
+        f"\nMachine deleted: {node.name} unreachable after "
+        f"{unreachable if unreachable is None else round(unreachable, 2)}s, disconnected "
+        f"(server's view) after {total if kicked is None else round(total, 2)}s"
+    )
+    assert unreachable is not None
+    assert unreachable < 2.0
+    assert kicked is not None
+    assert total < 2.0 + 1.0
+    # It stays out: the agent still runs and retries, with a revoked certificate.
+    time.sleep(3)
+    assert connected_nodes(lab).get(node.name) is not True
+    assert not kubelet_ok(lab, node.name)
+    assert lab.kubelet_status()["containers"][f"agent/{node.name}"]["pid"] is not None
+
+
+def test_a_new_machine_makes_its_node_reachable_within_seconds(lab_run: LabRun) -> None:
+    """A new machine: the node boots with an empty state directory (new key, new CSR)."""
+    lab = lab_run.lab
+    node = lab.plan.node("node-3")
+    state = lab.agent_state_dir(node)
+    for f in state.glob("node.*"):
+        f.unlink()
+    pid = lab.kubelet_status()["containers"][f"agent/{node.name}"]["pid"]
+    assert isinstance(pid, int)
+    # The machine goes down hard (the agent's container and openvpn with it); the lab
+    # kubelet starts the DaemonSet's pod again, as on the new machine.
+    os.killpg(pid, signal.SIGKILL)
+    asyncio.run(add_machine(lab, node, generation=2))
+    time.monotonic()
+    reachable = until(lambda: kubelet_ok(lab, node.name, timeout=1.0), timeout=60, every=0.2)
+    print(
+        f"\nnew Machine for {node.name}: kubelet reachable through the tunnel after "
+        f"{reachable if reachable is None else round(reachable, 1)}s"
+    )
+    assert reachable is not None
+    assert reachable < 30
+    assert (state / "node.key").exists(), "the node made its own key"
+    logs = asyncio.run(kubectl_logs(lab, node))
+    assert logs.ok, logs.error
+
+
+# --- the tenant deletes what vpnctl installed ---
+
+
+def test_vpnctl_restores_the_agent_daemonset_the_tenant_deleted(lab_run: LabRun) -> None:
+    lab = lab_run.lab
+    ns = "vpnctl-system"
+    before = kubectl(
+        lab, "get", "daemonset", "-n", ns, NODE_AGENT_NAME, "-o", "jsonpath={.metadata.uid}"
+    )
+    assert before.returncode == 0, before.stderr
+    assert before.stdout
+    t0 = time.monotonic()
+    gone = kubectl(lab, "delete", "daemonset", "-n", ns, NODE_AGENT_NAME, "--wait=true")
+    assert gone.returncode == 0, gone.stderr
+
+    def restored() -> bool:
+        now = kubectl(
+            lab, "get", "daemonset", "-n", ns, NODE_AGENT_NAME, "-o", "jsonpath={.metadata.uid}"
+        )
+        return now.returncode == 0 and bool(now.stdout) and now.stdout != before.stdout
+
+    took = until(restored, timeout=30, every=0.2)
+    print(
+        f"\nDaemonSet deleted by the tenant: restored by vpnctl after "
+        f"{took if took is None else round(time.monotonic() - t0, 1)}s"
+    )
+    assert took is not None
+    assert all(kubelet_ok(lab, n.name) for n in lab.plan.nodes)
+
+
+# --- and then nothing ---
+
+
+def test_lab_down_removes_everything(lab_run: LabRun) -> None:
+    lab = lab_run.lab
+    down = vpnctl("lab", "down", *lab_run.args, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    listed = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert not [ln for ln in listed.splitlines() if ln.startswith(f"{lab.plan.prefix}-")]
+    assert not lab.state.exists()
+    mentioning = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+                if str(lab.state).encode() in cmd:
+                    mentioning.append(int(entry))
+    assert mentioning == []
+    assert root_net_state() == lab_run.root_before, "the lab must not touch the root namespace"
+    again = vpnctl("lab", "down", *lab_run.args, timeout=60)
+    assert again.returncode == 0, again.stderr

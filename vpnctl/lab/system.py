@@ -1,0 +1,527 @@
+"""The whole lab: real Kubernetes and the real controller, in network namespaces.
+
+`bring_up` builds, in this order (each step is one progress line):
+
+1. the underlay (`vpnctl.lab.underlay`): the wan, the tenant's NATed LAN, the namespaces;
+2. the Kubernetes binaries (`vpnctl.testenv`; cached after the first build);
+3. the **service cluster** (etcd, kube-apiserver, kube-controller-manager, the CAPI CRDs
+   and ours) in P-svc on 198.18.0.4, and the **hosted tenant apiserver** (etcd and
+   kube-apiserver) in P-api on 198.18.0.2, which trusts the kubelets' serving CA;
+4. **vpnctl** (`vpnctl run`) in P-svc, against the service cluster, as the chart would
+   run it but as a process;
+5. the tenant **as Cluster API would make it**: namespace, Tunnel (the lab's tunnel
+   CIDR), Cluster, kubeconfig Secret, and three Machines whose status names their Node;
+6. the tenant cluster's **Nodes** (InternalIP, podCIDR, kubelet port), a Pod bound to each
+   node, and per node a **webhook** (Service, Endpoints, ValidatingWebhookConfiguration);
+7. per node a **kubelet stand-in** (HTTPS on :10250, client certificates from the tenant
+   CA only) and a **webhook stand-in** in the pod behind it, plus the node's kube-proxy
+   rules for the webhook Services; then the **lab kubelet** (`vpnctl.lab.kubelet`), which
+   runs what vpnctl created: the server pod in P-srv, the apiserver sidecar in P-api, the
+   node agents in P-n<i>;
+8. a wait until the Tunnel is Ready, every node connected and every kubelet answers
+   through the apiserver.
+
+Nothing of it runs in, or changes, the root namespace. Every process is in a lab
+namespace, started in its own session so it outlives `vpnctl lab up`; `tear_down` stops
+the clusters gracefully, the recorded processes, then whatever is left in the
+namespaces, and deletes them and the state directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vpnctl.lab import labpki, netns
+from vpnctl.lab import objects as lo
+from vpnctl.lab.dataplane import Proc, kill_recorded, write_json_atomic
+from vpnctl.lab.kubelet import (
+    KubeletConfig,
+    NodeConfig,
+    PodSetConfig,
+    config_path,
+    status_path,
+)
+from vpnctl.lab.plan import LabPlan, NodePlan, make_plan
+from vpnctl.lab.underlay import build_underlay, destroy_underlay
+from vpnctl.reconcile.names import COMPONENT_SERVER, selector_labels
+from vpnctl.reconcile.objects import APISERVER_CONTAINER, SERVER_CONTAINER
+from vpnctl.testenv.cluster import ServiceCluster, TenantCluster, stop_recorded_cluster
+from vpnctl.testenv.procs import environ_without_proxies, netns_argv
+
+PY = sys.executable
+REPO = Path(__file__).resolve().parents[2]
+OUR_CRDS = REPO / "charts" / "vpnctl" / "crds"
+CONTROLLER_HEALTH_PORT = 8081
+READY_TIMEOUT = 180.0
+
+Say = Callable[[str], None]
+
+
+class LabUpError(RuntimeError):
+    """The lab did not come up; the message says which part and where its log is."""
+
+
+# --- a running lab, as files ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lab:
+    """A lab that is up (or being brought up): its plan, state directory and clusters."""
+
+    plan: LabPlan
+    state: Path
+    proto: str
+    kubectl_binary: Path
+
+    @classmethod
+    def open(cls, state: Path) -> Lab:
+        """The lab recorded in STATE/lab.json; FileNotFoundError when there is none."""
+        meta = json.loads((state / "lab.json").read_text())
+        return cls(
+            plan=make_plan(prefix=meta["prefix"], nodes=int(meta["nodes"])),
+            state=state,
+            proto=meta["proto"],
+            kubectl_binary=Path(meta["kubectl"]),
+        )
+
+    def record(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            self.state / "lab.json",
+            {
+                "prefix": self.plan.prefix,
+                "nodes": len(self.plan.nodes),
+                "proto": self.proto,
+                "kubectl": str(self.kubectl_binary),
+                "kind": "full",
+            },
+        )
+
+    # -- paths
+    @property
+    def service_dir(self) -> Path:
+        return self.state / "service"
+
+    @property
+    def tenant_dir(self) -> Path:
+        return self.state / "tenant"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state / "pki"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def service_kubeconfig(self) -> Path:
+        return self.service_dir / "kubeconfig"
+
+    @property
+    def tenant_kubeconfig(self) -> Path:
+        return self.tenant_dir / "kubeconfig"
+
+    @property
+    def tenant_ca(self) -> Path:
+        return self.tenant_dir / "pki" / "ca.crt"
+
+    @property
+    def tenant_admin(self) -> tuple[Path, Path]:
+        return (self.tenant_dir / "pki" / "admin.crt", self.tenant_dir / "pki" / "admin.key")
+
+    @property
+    def kubelet_ca(self) -> Path:
+        return self.pki_dir / "kubelet-serving-ca.pem"
+
+    @property
+    def webhook_ca(self) -> Path:
+        return self.pki_dir / "webhook-ca.pem"
+
+    @property
+    def tenant_url(self) -> str:
+        return f"https://{self.plan.api_ip}:{lo.TENANT_APISERVER_PORT}"
+
+    # -- kubectl in the namespaces that reach the clusters
+    def kubectl_argv(self, *args: str, cluster: str) -> list[str]:
+        ns, kubeconfig = (
+            (self.plan.svc_ns, self.service_kubeconfig)
+            if cluster == "service"
+            else (self.plan.api_ns, self.tenant_kubeconfig)
+        )
+        return netns_argv(ns, [str(self.kubectl_binary), "--kubeconfig", str(kubeconfig), *args])
+
+    async def kubectl(
+        self,
+        *args: str,
+        cluster: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60.0,
+    ) -> str:
+        """kubectl as the cluster's admin ("service" or "tenant"); its stdout."""
+        code, out, err = await run_captured(
+            self.kubectl_argv(*args, cluster=cluster), input=input, timeout=timeout
+        )
+        if check and code != 0:
+            raise LabUpError(
+                f"kubectl {' '.join(args)} ({cluster} cluster) exited {code}: "
+                f"{err.strip() or out.strip()}"
+            )
+        return out
+
+    async def get_json(self, *args: str, cluster: str) -> dict[str, Any] | None:
+        """`kubectl get ARGS -o json`, or None when it is not found."""
+        code, out, err = await run_captured(
+            self.kubectl_argv("get", *args, "-o", "json", cluster=cluster), timeout=30
+        )
+        if code != 0:
+            if "NotFound" in err or "not found" in err:
+                return None
+            raise LabUpError(f"kubectl get {' '.join(args)} ({cluster}): {err.strip()}")
+        doc: dict[str, Any] = json.loads(out)
+        return doc
+
+    async def apply(self, docs: Sequence[dict[str, Any]], *, cluster: str) -> None:
+        text = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
+        await self.kubectl("apply", "--server-side", "--force-conflicts",
+                           "--field-manager=vpnctl-lab", "-f", "-",
+                           cluster=cluster, input=text)  # fmt: skip
+
+    async def patch_status(self, kind: str, name: str, patch: dict[str, Any], *,
+                           cluster: str, namespace: str | None = None) -> None:  # fmt: skip
+        ns_args = ["-n", namespace] if namespace else []
+        await self.kubectl("patch", kind, name, *ns_args, "--subresource=status",
+                           "--type=merge", "-p", json.dumps(patch), cluster=cluster)  # fmt: skip
+
+    def kubelet_status(self) -> dict[str, Any]:
+        try:
+            doc: dict[str, Any] = json.loads(status_path(self.state).read_text())
+        except (FileNotFoundError, ValueError):
+            return {"containers": {}}
+        return doc
+
+    def agent_state_dir(self, node: NodePlan) -> Path:
+        return KubeletConfig.load(config_path(self.state)).node_state_dir(node.name)
+
+
+async def run_captured(
+    argv: Sequence[str], *, input: str | None = None, timeout: float = 60.0
+) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environ_without_proxies(),
+    )
+    try:
+        out, err = await asyncio.wait_for(
+            proc.communicate(input.encode() if input is not None else None), timeout
+        )
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return -1, "", f"timed out after {timeout:g}s"
+    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+# --- bringing it up -----------------------------------------------------------------------------
+
+
+class _Steps:
+    def __init__(self, say: Say, total: int) -> None:
+        self.say = say
+        self.total = total
+        self.n = 0
+        self.t0 = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        self.n += 1
+        self.say(f"lab: [{self.n}/{self.total}] {text} (t={time.monotonic() - self.t0:.1f}s)")
+
+
+async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
+    """Build the whole lab (see the module docstring); LabUpError saying what failed."""
+    from vpnctl.testenv import ensure_binaries
+
+    step = _Steps(say, 8)
+    step(f"network namespaces: {len(plan.namespaces)} under prefix {plan.prefix!r}")
+    await build_underlay(plan)
+
+    step("Kubernetes binaries (built once, then cached)")
+    binaries = await asyncio.to_thread(ensure_binaries, progress=lambda m: say(f"lab:   {m}"))
+    lab = Lab(plan=plan, state=state, proto=proto, kubectl_binary=binaries.kubectl)
+    lab.record()
+    for d in (lab.pki_dir, lab.logs_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    kubelet_ca = labpki.new_ca("lab-kubelet-serving")
+    webhook_ca = labpki.new_ca("lab-webhook-serving")
+    lab.kubelet_ca.write_bytes(kubelet_ca.cert_pem)
+    lab.webhook_ca.write_bytes(webhook_ca.cert_pem)
+
+    step(f"service cluster in {plan.svc_ns} ({plan.svc_ip}), tenant apiserver in "
+         f"{plan.api_ns} ({plan.api_ip})")  # fmt: skip
+    service, tenant = await asyncio.gather(
+        ServiceCluster.launch(
+            lab.service_dir, binaries, netns=plan.svc_ns, bind_address=str(plan.svc_ip),
+            port=lo.SERVICE_APISERVER_PORT, crds=[OUR_CRDS], die_with_parent=False,
+        ),
+        TenantCluster.launch(
+            lab.tenant_dir, binaries, name=lo.CLUSTER_NAME, netns=plan.api_ns,
+            bind_address=str(plan.api_ip), port=lo.TENANT_APISERVER_PORT,
+            service_cidr=str(plan.service_cidr), die_with_parent=False,
+            apiserver_extra_args=[
+                f"--kubelet-certificate-authority={lab.kubelet_ca}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ],
+        ),
+    )  # fmt: skip
+    del service, tenant  # running detached; `tear_down` stops them from their cluster.json
+
+    step(f"vpnctl run in {plan.svc_ns}, against the service cluster")
+    procs: dict[str, Proc] = {}
+    procs["vpnctl"] = Proc(
+        name="vpnctl",
+        ns=plan.svc_ns,
+        argv=[PY, "-m", "vpnctl", "run", "--kubeconfig", str(lab.service_kubeconfig),
+              "--agent-image", "vpnctl:lab",
+              "--health-address", f"0.0.0.0:{CONTROLLER_HEALTH_PORT}"],
+        log=lab.logs_dir / "vpnctl.log",
+    ).start()  # fmt: skip
+    _save_procs(lab, procs)
+
+    step(f"tenant {lo.CLUSTER_NAMESPACE}/{lo.CLUSTER_NAME}: Tunnel, Cluster, kubeconfig "
+         f"Secret, {len(plan.nodes)} Machines; tenant Nodes, Pods, webhooks")  # fmt: skip
+    await create_tenant(lab)
+
+    step("kubelet and webhook stand-ins, kube-proxy rules, the lab kubelet")
+    await start_standins(lab, kubelet_ca=kubelet_ca, webhook_ca=webhook_ca, procs=procs)
+    cfg = kubelet_config(lab)
+    cfg.dump(config_path(state))
+    procs["lab-kubelet"] = Proc(
+        name="lab-kubelet", ns=plan.svc_ns,
+        argv=[PY, "-m", "vpnctl.lab.kubelet", "--config", str(config_path(state))],
+        log=lab.logs_dir / "lab-kubelet.log",
+    ).start()  # fmt: skip
+    _save_procs(lab, procs)
+
+    step("waiting for vpnctl: Tunnel Ready, server and sidecar running, nodes connected")
+    await wait_ready(lab, say=say, procs=procs)
+    return lab
+
+
+def _save_procs(lab: Lab, procs: dict[str, Proc]) -> None:
+    recorded: dict[str, Any] = {}
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        recorded = json.loads((lab.state / "procs.json").read_text())
+    recorded.update({name: {"ns": p.ns, "pid": p.pid} for name, p in procs.items()})
+    write_json_atomic(lab.state / "procs.json", recorded)
+
+
+async def create_tenant(lab: Lab) -> None:
+    plan = lab.plan
+    cert, key = lab.tenant_admin
+    kubeconfig = lo.kubeconfig_text(
+        name=lo.CLUSTER_NAME,
+        server=lab.tenant_url,
+        ca_pem=lab.tenant_ca.read_bytes(),
+        cert_pem=cert.read_bytes(),
+        key_pem=key.read_bytes(),
+    )
+    await lab.apply(lo.service_objects(plan, tenant_kubeconfig=kubeconfig), cluster="service")
+    await lab.apply([lo.tenant_node(n) for n in plan.nodes], cluster="tenant")
+    for node in plan.nodes:
+        await lab.patch_status("node", node.name, lo.tenant_node_status(node), cluster="tenant")
+    await lab.apply(
+        lo.workload_objects(plan, webhook_ca_pem=lab.webhook_ca.read_bytes()), cluster="tenant"
+    )
+    for node in plan.nodes:
+        await add_machine(lab, node)
+
+
+async def add_machine(lab: Lab, node: NodePlan, *, generation: int = 1) -> str:
+    """Create NODE's Machine and set its status, as CAPI does once the node joined."""
+    body = lo.machine(node, generation=generation)
+    await lab.apply([body], cluster="service")
+    name = str(body["metadata"]["name"])
+    await lab.patch_status("machine", name, lo.machine_status(node), cluster="service",
+                           namespace=lo.CLUSTER_NAMESPACE)  # fmt: skip
+    return name
+
+
+async def start_standins(
+    lab: Lab, *, kubelet_ca: Any, webhook_ca: Any, procs: dict[str, Proc]
+) -> None:
+    plan = lab.plan
+    tenant_ca = str(lab.tenant_ca)
+    for node in plan.nodes:
+        for kind, ns, ip, port, dns in (
+            ("kubelet", node.ns, node.internal_ip, node.kubelet_port, ()),
+            ("webhook", node.pod_ns, node.pod_ip, node.webhook_port,
+             (lo.webhook_dns_name(node),)),
+        ):  # fmt: skip
+            ca = kubelet_ca if kind == "kubelet" else webhook_ca
+            serving = labpki.serving_cert(ca, name=f"{kind}-{node.name}", ips=(ip,), dns=dns)
+            d = lab.pki_dir / f"{kind}-{node.name}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "tls.pem").write_bytes(serving.cert_pem)
+            labpki.write_private(d / "tls.key", serving.key_pem)
+            argv = [PY, "-m", "vpnctl.lab.standins", kind, "--listen", f"{ip}:{port}",
+                    "--cert", str(d / "tls.pem"), "--key", str(d / "tls.key")]  # fmt: skip
+            if kind == "kubelet":
+                # Only the tenant apiserver's kubelet client (tenant CA) gets in.
+                argv += ["--name", node.name, "--client-ca", tenant_ca]
+            name = f"{kind}-{node.name}"
+            procs[name] = Proc(name=name, ns=ns, argv=argv,
+                               log=lab.logs_dir / f"{name}.log").start()  # fmt: skip
+        for rule in lo.kube_proxy_rules(plan, plan.nodes):
+            await netns.run("iptables", "-w", "-t", "nat", "-A", *rule, ns=node.ns)
+    _save_procs(lab, procs)
+
+
+def kubelet_config(lab: Lab) -> KubeletConfig:
+    plan = lab.plan
+    server_selector = ",".join(
+        f"{k}={v}"
+        for k, v in selector_labels(
+            cluster_name=lo.CLUSTER_NAME, component=COMPONENT_SERVER
+        ).items()
+    )
+    return KubeletConfig(
+        state_dir=str(lab.state),
+        python=PY,
+        service_kubeconfig=str(lab.service_kubeconfig),
+        tenant_kubeconfig=str(lab.tenant_kubeconfig),
+        namespace=lo.CLUSTER_NAMESPACE,
+        cluster=lo.CLUSTER_NAME,
+        load_balancer_ip=str(plan.server_ip),
+        pod_sets=(
+            PodSetConfig(
+                name="server",
+                selector=server_selector,
+                node=plan.srv_ns,
+                netns=plan.srv_ns,
+                ip=str(plan.server_ip),
+                run_containers=(SERVER_CONTAINER,),
+            ),
+            PodSetConfig(
+                name="apiserver",
+                selector=lo.apiserver_pod_selector(),
+                node=plan.api_ns,
+                netns=plan.api_ns,
+                ip=str(plan.api_ip),
+                run_containers=(APISERVER_CONTAINER,),
+                service_hosts=True,
+            ),
+        ),
+        tenant_ca_cert=str(lab.tenant_ca),
+        tenant_ca_key=str(lab.tenant_dir / "pki" / "ca.key"),
+        nodes=tuple(NodeConfig(name=n.name, netns=n.ns) for n in plan.nodes),
+    )
+
+
+async def tunnel_status(lab: Lab) -> dict[str, Any]:
+    tunnel = await lab.get_json("tunnel", lo.CLUSTER_NAME, "-n", lo.CLUSTER_NAMESPACE,
+                                cluster="service")  # fmt: skip
+    status: dict[str, Any] = (tunnel or {}).get("status") or {}
+    return status
+
+
+def conditions_of(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {
+        str(c.get("type")): (str(c.get("status")), str(c.get("message") or c.get("reason") or ""))
+        for c in status.get("conditions") or []
+    }
+
+
+async def wait_ready(
+    lab: Lab, *, say: Say, procs: dict[str, Proc], timeout: float = READY_TIMEOUT
+) -> None:
+    """Until the Tunnel is Ready with every node connected and its kubelet probed by the
+    server through the tunnel (vpnctl's own view); LabUpError with the reason."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    want = {n.name for n in lab.plan.nodes}
+    while True:
+        for name, proc in procs.items():
+            if not proc.alive:
+                raise LabUpError(
+                    f"{name} exited; the end of its log ({proc.log}):\n{proc.text()[-3000:]}"
+                )
+        status = await tunnel_status(lab)
+        conditions = conditions_of(status)
+        nodes = status.get("nodes") or []
+        connected = {n.get("name") for n in nodes if n.get("connected")}
+        probed = {n.get("name") for n in nodes if n.get("kubeletReachable")}
+        parts = [f"{t}={s}" for t, (s, _) in sorted(conditions.items())]
+        line = (
+            f"{' '.join(parts) or 'no status yet'}; connected {len(connected & want)}/"
+            f"{len(want)}, kubelets probed by the server {len(probed & want)}/{len(want)}"
+        )
+        if line != last:
+            say(f"lab:   {line}")
+            last = line
+        if conditions.get("Ready", ("",))[0] == "True" and want <= connected & probed:
+            return
+        if time.monotonic() > deadline:
+            reasons = "; ".join(f"{t}: {m}" for t, (s, m) in conditions.items() if s != "True")
+            raise LabUpError(
+                f"the lab was not ready after {timeout:.0f}s ({line}; {reasons or 'no reason'}); "
+                f"logs are in {lab.logs_dir} (vpnctl.log, lab-kubelet.log, agent-*.log)"
+            )
+        await asyncio.sleep(1.0)
+
+
+# --- taking it down --------------------------------------------------------------------------
+
+
+async def tear_down(*, state: Path, prefix: str) -> tuple[int, list[str], list[str]]:
+    """Stop everything the lab with PREFIX (and STATE) made; remove its namespaces and STATE.
+
+    Returns (processes signalled, namespaces removed, namespaces still present).
+    """
+    killed = kill_recorded(state)  # vpnctl, the lab kubelet (stops its containers), stand-ins
+    if killed:
+        await _wait_gone(killed, timeout=12.0)
+    for d in (state / "service", state / "tenant"):
+        killed += await asyncio.to_thread(stop_recorded_cluster, d)
+    names = await netns.list_lab_namespaces(prefix)
+    nodes = sum(1 for n in names if n.startswith(f"{prefix}-n")) or 1
+    await destroy_underlay(make_plan(prefix=prefix, nodes=nodes))
+    shutil.rmtree(state, ignore_errors=True)
+    left = await netns.list_lab_namespaces(prefix)
+    return len(killed), names, left
+
+
+async def _wait_gone(pids: Sequence[int], *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            return
+        await asyncio.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
