@@ -1080,6 +1080,8 @@ class TenantReconciler:
                 remotes=service_remotes(
                     service, node_addresses=self._settings.build.node_port_addresses
                 ),
+                # The nodes ask this apiserver for their certificates (agent/bootstrap.py).
+                bootstrap_server=kubeconfig.server,
             )
         except ReconcileError as exc:
             return ("False", exc.reason, exc.message), False, ()
