@@ -40,6 +40,9 @@ def test_the_tunnel_is_created_before_its_cluster_and_stays_in_the_lab_range() -
     assert kinds.index("Tunnel") < kinds.index("Cluster")
     objects = _service_objects()
     assert objects["Tunnel"]["spec"]["tunnelCIDR"] == "198.18.8.0/24"
+    assert objects["Tunnel"]["spec"]["transport"] == {"protocol": "udp"}
+    tcp = lo.service_objects(PLAN, tenant_kubeconfig="x", protocol="tcp")
+    assert next(o for o in tcp if o["kind"] == "Tunnel")["spec"]["transport"]["protocol"] == "tcp"
 
 
 def test_vpnctl_reads_the_lab_tenant_as_the_plan_says() -> None:

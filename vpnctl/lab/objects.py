@@ -96,7 +96,9 @@ def kubeconfig_text(*, name: str, server: str, ca_pem: bytes, cert_pem: bytes,
 # --- the service cluster ----------------------------------------------------------------------
 
 
-def service_objects(plan: LabPlan, *, tenant_kubeconfig: str) -> list[dict[str, Any]]:
+def service_objects(
+    plan: LabPlan, *, tenant_kubeconfig: str, protocol: str = "udp"
+) -> list[dict[str, Any]]:
     """Namespaces, Tunnel, Cluster, kubeconfig Secret and the hosted apiserver's
     Deployment, in the order to create them.
 
@@ -112,7 +114,11 @@ def service_objects(plan: LabPlan, *, tenant_kubeconfig: str) -> list[dict[str, 
             "apiVersion": TUNNEL_API_VERSION,
             "kind": TUNNEL_KIND,
             "metadata": {"name": CLUSTER_NAME, **meta},
-            "spec": {"clusterName": CLUSTER_NAME, "tunnelCIDR": str(plan.tunnel_cidr)},
+            "spec": {
+                "clusterName": CLUSTER_NAME,
+                "tunnelCIDR": str(plan.tunnel_cidr),
+                "transport": {"protocol": protocol},
+            },
         },
         {
             "apiVersion": CAPI_API_VERSION,

@@ -339,7 +339,10 @@ async def create_tenant(lab: Lab) -> None:
         cert_pem=cert.read_bytes(),
         key_pem=key.read_bytes(),
     )
-    await lab.apply(lo.service_objects(plan, tenant_kubeconfig=kubeconfig), cluster="service")
+    await lab.apply(
+        lo.service_objects(plan, tenant_kubeconfig=kubeconfig, protocol=lab.proto),
+        cluster="service",
+    )
     await lab.apply([lo.tenant_node(n) for n in plan.nodes], cluster="tenant")
     for node in plan.nodes:
         await lab.patch_status("node", node.name, lo.tenant_node_status(node), cluster="tenant")
