@@ -146,10 +146,18 @@ def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlan
     assert m.get("vpnctl_agent_apiserver_connected", role="server") == 1
     assert m.get("vpnctl_agent_ready", role="server") == 1
     for name in names:
-        nm = dataplane.metrics(name)
-        assert nm.get("vpnctl_agent_tunnel_up", role="node") == 1
-        assert (nm.get("vpnctl_agent_probe_rtt_seconds_count", role="node") or 0) >= 1
-        assert (nm.get("vpnctl_agent_tunnel_bytes_received_total", role="node") or 0) > 0
+
+        def node_reports(n: str = name) -> bool:
+            # Byte counters are sampled periodically, so they may trail the server's view.
+            nm = dataplane.metrics(n)
+            return (
+                nm.get("vpnctl_agent_tunnel_up", role="node") == 1
+                and (nm.get("vpnctl_agent_probe_rtt_seconds_count", role="node") or 0) >= 1
+                and (nm.get("vpnctl_agent_tunnel_bytes_received_total", role="node") or 0) > 0
+            )
+
+        wait_until(f"{name} reports its tunnel up, probed and carrying bytes", node_reports,
+                   timeout=10, interval=0.2)  # fmt: skip
 
 
 # --- no initiation from nodes -------------------------------------------------------------------
