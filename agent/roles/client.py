@@ -41,15 +41,13 @@ from agent.roles.common import (
     CommonMetrics,
     Conditions,
     EventLog,
-    FileWatch,
-    MaterialError,
     MaterialPaths,
-    check_material,
     openvpn_supervisor,
     render_to,
     restart_openvpn,
     run_group,
     wait_for_material,
+    watch_material,
 )
 from agent.roles.mgmt import LINK_ERRORS, Management, ManagementLink, real_management
 
@@ -276,24 +274,19 @@ class ClientRole:
         )
         render_to(self.config_path, render_client(self.cfg.openvpn))
         self._material_ready.set()
-        watch = FileWatch(self.material.all)
-        watch.changed()
-        while True:
-            await watch.wait_changed(interval=0.5)
-            try:
-                info = check_material(self.material, now=self.clock())
-            except MaterialError as e:
-                self.conditions.set("material", f"{e} (openvpn keeps the previous material)")
-                self.common.config_errors.labels(self.role, "material").inc()
-                self.events.error(
-                    "material_invalid", error=str(e), action="keeping openvpn running"
-                )
-                continue
-            self.conditions.ok("material")
-            self.events("material_changed", cn=info.common_name, serial=f"{info.serial:x}",
-                        action="restart openvpn")  # fmt: skip
-            self._forced = ("material_changed", time.monotonic())
-            await restart_openvpn(self.supervisor, events=self.events, reason="material_changed")
+        await watch_material(
+            self.material,
+            clock=self.clock,
+            conditions=self.conditions,
+            condition="material",
+            metrics=self.common,
+            events=self.events,
+            supervisor=self.supervisor,
+            on_change=self._mark_material_change,
+        )
+
+    def _mark_material_change(self) -> None:
+        self._forced = ("material_changed", time.monotonic())
 
     async def _openvpn_task(self) -> None:
         await self._material_ready.wait()

@@ -329,6 +329,42 @@ async def wait_for_material(
         return info
 
 
+async def watch_material(
+    paths: MaterialPaths,
+    *,
+    clock: Clock,
+    conditions: Conditions,
+    condition: str,
+    metrics: CommonMetrics,
+    events: EventLog,
+    supervisor: Supervisor,
+    on_change: Callable[[], None] | None = None,
+    poll_interval: float = 0.5,
+) -> None:
+    """After `wait_for_material`: restart openvpn on every valid change of the files.
+
+    Invalid new material is reported and ignored: openvpn keeps running on what it has.
+    `on_change` runs just before the restart (the node role marks it as a forced reconnect).
+    """
+    watch = FileWatch(paths.all)
+    watch.changed()
+    while True:
+        await watch.wait_changed(interval=poll_interval)
+        try:
+            info = check_material(paths, now=clock())
+        except MaterialError as e:
+            conditions.set(condition, f"{e} (openvpn keeps the previous material)")
+            metrics.config_errors.labels(metrics.role, "material").inc()
+            events.error("material_invalid", error=str(e), action="keeping openvpn running")
+            continue
+        conditions.ok(condition)
+        events("material_changed", cn=info.common_name, serial=f"{info.serial:x}",
+               action="restart openvpn")  # fmt: skip
+        if on_change is not None:
+            on_change()
+        await restart_openvpn(supervisor, events=events, reason="material_changed")
+
+
 # --- openvpn ---------------------------------------------------------------------------------
 
 

@@ -54,13 +54,13 @@ from agent.roles.common import (
     MaterialError,
     MaterialPaths,
     atomic_write,
-    check_material,
     openvpn_supervisor,
     read_small,
     render_to,
     restart_openvpn,
     run_group,
     wait_for_material,
+    watch_material,
 )
 from agent.roles.mgmt import LINK_ERRORS, Management, ManagementLink, real_management
 from agent.roles.server_state import (
@@ -422,22 +422,15 @@ class ServerRole:
         os.makedirs(self.cfg.openvpn.ccd_dir, exist_ok=True)
         render_to(self.config_path, render_server(self.cfg.openvpn))
         self._ready["material"].set()
-        watch = FileWatch(self.material.all)
-        watch.changed()
-        while True:
-            await watch.wait_changed(interval=0.5)
-            try:
-                info = check_material(self.material, now=self.clock())
-            except MaterialError as e:
-                self.conditions.set("material", f"{e} (openvpn keeps the previous material)")
-                self.common.config_errors.labels(self.role, "material").inc()
-                self.events.error(
-                    "material_invalid", error=str(e), action="keeping openvpn running"
-                )
-                continue
-            self.conditions.ok("material")
-            self.events("material_changed", cn=info.common_name, action="restart openvpn")
-            await restart_openvpn(self.supervisor, events=self.events, reason="material_changed")
+        await watch_material(
+            self.material,
+            clock=self.clock,
+            conditions=self.conditions,
+            condition="material",
+            metrics=self.common,
+            events=self.events,
+            supervisor=self.supervisor,
+        )
 
     async def _openvpn_task(self) -> None:
         for name, event in self._ready.items():
