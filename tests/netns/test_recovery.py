@@ -133,7 +133,14 @@ def test_server_sigkill_recovers(dataplane: DataPlane) -> None:
             "kubelets reachable again", lambda: _all_kubelets_reachable(dataplane), timeout=15
         )
         recovered = time.monotonic() - killed
-        time.sleep(0.2)
+        # The apiserver's probe can still be missing (from before the restart) when the
+        # kubelets answer again; wait for its readiness to come back, or fail here.
+        wait_until(
+            "the apiserver's /readyz to go down and come back",
+            watch.saw_outage_and_recovery,
+            timeout=15,
+            interval=0.1,
+        )
     print(f"{dataplane.proto}: server openvpn SIGKILL -> recovered in {recovered:.1f}s; "
           f"apiserver readyz {watch.statuses}")  # fmt: skip
     assert watch.saw_outage_and_recovery(), watch.changes
