@@ -11,10 +11,17 @@ import asyncio
 import logging
 import sys
 
+from vpnctl import __version__
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vpnctl", description=__doc__)
-    p.add_argument("--log-level", default="INFO")
+    p = argparse.ArgumentParser(
+        prog="vpnctl",
+        description="Reverse connectivity from hosted Kubernetes control planes to their "
+        "tenants' worker nodes: the controller, its status tables and the local lab.",
+    )
+    p.add_argument("--version", action="version", version=f"vpnctl {__version__}")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     lab = sub.add_parser("lab", help="the local miniature of the whole system")

@@ -102,7 +102,12 @@ def test_client_sigkill_recovers(dataplane: DataPlane) -> None:
             "kubelets reachable again", lambda: _all_kubelets_reachable(dataplane), timeout=10
         )
         recovered = time.monotonic() - killed
-        time.sleep(0.2)  # one more /readyz sample after recovery
+        wait_until(
+            "node-1's /readyz to go down and come back",
+            watch.saw_outage_and_recovery,
+            timeout=15,
+            interval=0.1,
+        )
     print(f"{dataplane.proto}: node openvpn SIGKILL -> recovered in {recovered:.1f}s; "
           f"readyz {watch.statuses}")  # fmt: skip
     assert watch.saw_outage_and_recovery(), watch.changes
