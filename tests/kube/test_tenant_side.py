@@ -241,7 +241,7 @@ async def test_install_resync_without_writes_and_drift_put_back(
         assert first.reason == REASON_INSTALLED
         assert f"{len(objects)} written" in first.message
         before = await resource_versions(admin, objects)
-        assert len(before) == 6  # Namespace, SA, Role, RoleBinding, ConfigMap, DaemonSet
+        assert len(before) == 4  # Namespace, ServiceAccount, ConfigMap, DaemonSet
 
         # A resync with nothing changed writes nothing: before and after the caches sync.
         again = await ts.ensure(

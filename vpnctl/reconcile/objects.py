@@ -15,12 +15,18 @@ Choices worth knowing:
   only the controller reads.
 - The server's files come through one projected volume, so the role config is at
   /etc/vpnctl/server.json and every file the agent reads sits beside it.
-- `/dev/net/tun` comes from a hostPath char device by default (the namespace must allow
-  hostPath, e.g. Pod Security "privileged"), or from a device plugin resource when
-  `Settings.tun_resource` names one (e.g. `squat.ai/tun` of generic-device-plugin).
-- The server runs as root with only NET_ADMIN (plus NET_BIND_SERVICE for a port below
-  1024): it creates tun, sets routes and its firewall in its own network namespace.
-  Kubernetes gives added capabilities to root only, unless the image sets file caps.
+- `/dev/net/tun`: by default no volume at all. The container gets CAP_MKNOD and the
+  agent makes the device node itself when it is missing (`agent/tundev.py`); the
+  runtime's default device cgroup allows c 10:200, so no hostPath and no privileged
+  pod. `Settings.tun_host_path` mounts the host's device instead (the namespace must
+  then allow hostPath), and `Settings.tun_resource` takes it from a device plugin
+  (e.g. `squat.ai/tun` of generic-device-plugin).
+- Every container vpnctl runs: seccomp `RuntimeDefault`, no privilege escalation, a
+  read-only root filesystem, every capability dropped and only NET_ADMIN added (plus
+  MKNOD for the tun device, NET_BIND_SERVICE for a port below 1024): it creates tun,
+  sets routes and its firewall in its own network namespace. It starts as root because
+  Kubernetes gives added capabilities to root only, unless the image sets file caps;
+  openvpn itself drops to an unprivileged user once its device is open.
 - IPv4 forwarding in the pod's namespace: Linux copies it from the host for new network
   namespaces, and every Kubernetes node forwards, so nothing is set here by default. A
   cluster that needs it explicitly lists `net.ipv4.ip_forward` in
@@ -225,26 +231,34 @@ def apiserver_config_map(*, tenant: TenantSpec, role_config: Mapping[str, Any]) 
 # --- pod parts shared by the server and the apiserver sidecar ------------------------------
 
 
-def _tun_parts(
+def tun_parts(
     settings: Settings, *, volume_name: str = "dev-net-tun"
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """(volumes, volumeMounts, resources) that give a container /dev/net/tun."""
+    """(volumes, volumeMounts, resources) that give a container /dev/net/tun.
+
+    Shared by the server pod, the apiserver sidecar and the node agent DaemonSet."""
     if settings.tun_resource:
         return [], [], {"limits": {settings.tun_resource: "1"}}
+    if not settings.tun_host_path:
+        return [], [], {}  # the agent makes the device node (CAP_MKNOD, see the docstring)
     volume = {"name": volume_name, "hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}}
     return [volume], [{"name": volume_name, "mountPath": "/dev/net/tun"}], {}
 
 
-def _capabilities(*, port: int | None = None) -> dict[str, Any]:
+def container_security(settings: Settings, *, port: int | None = None) -> dict[str, Any]:
+    """The securityContext of every container vpnctl runs (see the module docstring)."""
     add = ["NET_ADMIN"]
+    if not settings.tun_resource and not settings.tun_host_path:
+        add.append("MKNOD")
     if port is not None and port < 1024:
         add.append("NET_BIND_SERVICE")
     return {
         "allowPrivilegeEscalation": False,
-        "capabilities": {"add": add, "drop": ["ALL"]},
+        "capabilities": {"add": sorted(add), "drop": ["ALL"]},
         "readOnlyRootFilesystem": True,
         "runAsNonRoot": False,
         "runAsUser": 0,
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
@@ -324,7 +338,7 @@ def server_deployment(
     spec = tenant.spec
     names = _names(tenant)
     selector = selector_labels(cluster_name=tenant.cluster_name, component=COMPONENT_SERVER)
-    tun_volumes, tun_mounts, resources = _tun_parts(settings)
+    tun_volumes, tun_mounts, resources = tun_parts(settings)
     protocol = spec.transport.protocol.upper()
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
@@ -341,7 +355,7 @@ def server_deployment(
         ],
         "livenessProbe": _probe("/healthz", HEALTH_PORT_NAME, period=10, failures=3),
         "readinessProbe": _probe("/readyz", HEALTH_PORT_NAME, period=2, failures=2),
-        "securityContext": _capabilities(port=spec.transport.port),
+        "securityContext": container_security(settings, port=spec.transport.port),
         "volumeMounts": sorted(
             [
                 {"mountPath": ServerPaths.config_dir, "name": "config", "readOnly": True},
@@ -369,10 +383,10 @@ def server_deployment(
             key=lambda v: str(v["name"]),
         ),
     }
+    pod_security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     if settings.server_pod_sysctls:
-        pod_spec["securityContext"] = {
-            "sysctls": [{"name": n, "value": v} for n, v in settings.server_pod_sysctls]
-        }
+        pod_security["sysctls"] = [{"name": n, "value": v} for n, v in settings.server_pod_sysctls]
+    pod_spec["securityContext"] = pod_security
     if settings.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
     template_labels = labels(cluster_name=tenant.cluster_name, component=COMPONENT_SERVER)
@@ -462,7 +476,7 @@ def apiserver_sidecar(
     def rel(path: str) -> str:
         return _relative(path, under=p.config_dir)
 
-    tun_volumes, tun_mounts, resources = _tun_parts(settings, volume_name="vpnctl-dev-net-tun")
+    tun_volumes, tun_mounts, resources = tun_parts(settings, volume_name="vpnctl-dev-net-tun")
     config_volume = {
         "name": "vpnctl-apiserver",
         "projected": {
@@ -501,7 +515,7 @@ def apiserver_sidecar(
             }
         ],
         "livenessProbe": _probe("/healthz", "vpnctl-metrics", period=10, failures=3),
-        "securityContext": _capabilities(),
+        "securityContext": container_security(settings),
         "volumeMounts": sorted(
             [
                 {"mountPath": p.config_dir, "name": "vpnctl-apiserver", "readOnly": True},
