@@ -69,6 +69,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     build.add_argument("--tenant-namespace", default="vpnctl-system")
     build.add_argument("--tun-resource", default=None, help="device plugin resource for tun")
     build.add_argument(
+        "--tun-host-path",
+        action="store_true",
+        help="mount the host's /dev/net/tun (hostPath) instead of the agent making it (MKNOD)",
+    )
+    build.add_argument(
+        "--metrics-allow-namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="a namespace (monitoring) allowed to scrape the server pods (repeat)",
+    )
+    build.add_argument(
         "--reserved-cidr",
         action="append",
         default=[],
@@ -130,6 +142,9 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         image_pull_secrets=tuple(args.image_pull_secret),
         tenant_namespace=args.tenant_namespace,
         tun_resource=args.tun_resource,
+        tun_host_path=args.tun_host_path,
+        controller_namespace=os.environ.get("POD_NAMESPACE") or args.lease_namespace,
+        metrics_namespaces=tuple(args.metrics_allow_namespace),
         reserved_cidrs=reserved,
         node_port_addresses=tuple(args.node_port_address),
     )
