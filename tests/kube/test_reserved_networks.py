@@ -85,8 +85,8 @@ async def test_detects_node_pod_and_service_networks(
 class _NoServiceCidrApi:
     """Our `Lister` seam, as a cluster older than 1.33 answers: no ServiceCIDR API."""
 
-    def __init__(self, kube: Kube) -> None:
-        self._kube = kube
+    def __init__(self, client: Kube) -> None:
+        self._kube = client
 
     async def list(
         self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None
