@@ -10,10 +10,11 @@ usually writable. So the keeper here:
   whose `all` is loose already needs no write at all;
 - writes only what is wrong, and where the write works, counts it as set or repaired;
 - where the write is refused (read-only /proc/sys, no permission), reports the key as
-  *wrong*: a gauge per key, one warning line naming the command that fixes it on the
-  host, and a readiness reason. A refusal is not a failure of the agent (liveness stays
-  green: a restart would not help), and a refused key whose value is right is no
-  problem at all.
+  *wrong*: a gauge per key (`vpnctl_agent_sysctl_ok`), one warning line naming the
+  command that fixes it on the host, and a readiness reason. A refusal is not counted
+  as a failure of the keeper (`vpnctl_agent_sysctl_errors`, `healthy`): retrying or
+  restarting would not make /proc/sys writable. A refused key whose effective value is
+  right is no problem at all.
 
 The kernel is reached through `SysctlAccess`, so the decisions are tested against a fake
 of that interface, and `ProcSysctls` against real files.
