@@ -14,7 +14,7 @@ Least privilege: the ServiceAccount gets no Role at all.
 - The pod gets no host `/proc/sys` (a writable one is a known container escape): the
   node's sysctls are checked and reported by the agent, and set only where the
   container can (`agent/sysctls.py`). `/dev/net/tun` as for the server pod
-  (`objects.tun_parts`).
+  (`pod_security.tun_parts`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from vpnctl.reconcile.names import (
     labels,
     selector_labels,
 )
-from vpnctl.reconcile.objects import CA_CERT, HEALTH_PORT_NAME, container_security, tun_parts
+from vpnctl.reconcile.objects import CA_CERT, HEALTH_PORT_NAME
+from vpnctl.reconcile.pod_security import container_security, tun_parts
 from vpnctl.reconcile.settings import Settings
 
 NODE_JSON = "node.json"
