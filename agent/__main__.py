@@ -24,6 +24,7 @@ from agent.roles.client import ClientRole
 from agent.roles.common import EventLog, install_signal_handlers, setup_logging
 from agent.roles.node import NodeRole
 from agent.roles.server import ServerRole
+from agent.tundev import TunDeviceError, ensure_tun_device
 
 log = logging.getLogger("agent")
 
@@ -69,6 +70,10 @@ async def run(role: Role, config_path: str) -> int:
         assert isinstance(cfg, ClientRoleConfig)
         cls = NodeRole if role == "node" else ApiserverRole
         runner = cls(cfg=cfg, registry=registry, clock=_now, rng=rng, kernel_factory=_open_kernel)
+    try:  # every role's openvpn needs it; without it openvpn says why itself, too
+        events("tun_device", result=ensure_tun_device())
+    except TunDeviceError as e:
+        events.error("tun_device_missing", error=str(e))
     try:
         await runner.run(stop)
     except BaseExceptionGroup as eg:  # a task died: already logged with its name

@@ -1,4 +1,5 @@
-"""Keep the kernel's routes, addresses and forwarding sysctls the way the agent wants them.
+"""Keep the kernel's routes and addresses the way the agent wants them (sysctls:
+agent/sysctls.py).
 
 Someone (a person, a CNI, a restarted openvpn taking its tun down) will delete or change
 what the agent set up. The keepers here re-read the kernel on a short interval and
@@ -33,9 +34,6 @@ from agent.netlink import (
     Kernel,
     NetlinkError,
     Route,
-    SysctlNotFound,
-    get_sysctl,
-    set_sysctl,
 )
 
 log = logging.getLogger(__name__)
@@ -382,149 +380,3 @@ class RouteKeeper:
                     await self._wake_event.wait()
             except TimeoutError:
                 pass
-
-
-# --------------------------------------------------------------------------- sysctls
-
-
-def forwarding_sysctls(*, tun: str, rp_filter: int = 2) -> dict[str, str]:
-    """The sysctls a router in front of a tun needs: forwarding on, and rp_filter on the
-    tun loose (2) or off (0), because replies from tenant networks arrive on the tun
-    while the kernel's reverse path may point elsewhere.
-
-    The kernel applies max(conf.all.rp_filter, conf.<dev>.rp_filter), so 0 only takes
-    effect if conf.all is 0 too; 2 works either way, hence the default.
-    """
-    if rp_filter not in (0, 2):
-        raise ValueError(
-            f"rp_filter={rp_filter} for {tun} would drop tunnel replies; use 2 (loose) or 0 (off)"
-        )
-    # Slashed form: a device name may contain dots (e.g. eth0.100).
-    return {"net.ipv4.ip_forward": "1", f"net/ipv4/conf/{tun}/rp_filter": str(rp_filter)}
-
-
-@dataclass(frozen=True, kw_only=True)
-class SysctlResult:
-    """What one `SysctlKeeper.sync_once` did: keys set for the first time, keys found
-    changed and restored, keys whose file does not exist yet, and failures."""
-
-    applied: tuple[str, ...] = ()
-    repaired: tuple[str, ...] = ()
-    pending: tuple[str, ...] = ()
-    errors: tuple[str, ...] = ()
-
-
-class SysctlKeeper:
-    """Keeps a few sysctls at their desired values and counts every repair.
-
-    Sysctls of a device that does not exist yet (`conf.<tun>.*`) are pending until it
-    appears. Writes are plain /proc/sys file writes in the agent's own namespace; they
-    take microseconds, so they run on the loop.
-    """
-
-    def __init__(
-        self,
-        *,
-        registry: CollectorRegistry,
-        role: str,
-        proc_root: str = "/proc/sys",
-        interval: float = 1.0,
-        unhealthy_after: int = DEFAULT_UNHEALTHY_AFTER,
-    ) -> None:
-        self._role = role
-        self._proc_root = proc_root
-        self._interval = interval
-        self._unhealthy_after = unhealthy_after
-        self._lock = threading.Lock()
-        self._desired: dict[str, str] = {}
-        # (key, value) pairs seen in effect; a value changing later is then a repair.
-        self._applied: set[tuple[str, str]] = set()
-        self._consecutive_failures = 0
-        self._last_errors: tuple[str, ...] = ()
-        self._pending: tuple[str, ...] = ()
-        self._m_repairs = Counter(
-            "vpnctl_agent_sysctl_repairs",
-            "Sysctls found changed after the agent had set them, and set back.",
-            ["role", "key"],
-            registry=registry,
-        )
-        self._m_errors = Counter(
-            "vpnctl_agent_sysctl_errors",
-            "Failed sysctl reads or writes.",
-            ["role"],
-            registry=registry,
-        ).labels(role)
-
-    def set_desired(self, values: Mapping[str, str]) -> None:
-        snapshot = {key: " ".join(value.split()) for key, value in values.items()}
-        with self._lock:
-            self._desired = snapshot
-
-    @property
-    def healthy(self) -> bool:
-        return self._consecutive_failures < self._unhealthy_after
-
-    @property
-    def in_sync(self) -> bool:
-        return self._consecutive_failures == 0 and not self._pending
-
-    @property
-    def pending(self) -> tuple[str, ...]:
-        return self._pending
-
-    async def sync_once(self) -> SysctlResult:
-        with self._lock:
-            desired = dict(self._desired)
-        self._applied &= set(desired.items())
-        applied: list[str] = []
-        repaired: list[str] = []
-        pending: list[str] = []
-        errors: list[str] = []
-        for key, value in sorted(desired.items()):
-            try:
-                before = get_sysctl(key, proc_root=self._proc_root)
-                changed = before != value and set_sysctl(key, value, proc_root=self._proc_root)
-            except SysctlNotFound:
-                pending.append(key)
-                continue
-            except (NetlinkError, ValueError) as exc:
-                errors.append(str(exc))
-                continue
-            if not changed:
-                self._applied.add((key, value))
-            elif (key, value) in self._applied:
-                repaired.append(key)
-                self._m_repairs.labels(self._role, key).inc()
-                log.warning(
-                    "event=sysctl_repaired role=%s key=%s was=%r now=%r",
-                    self._role, key, before, value,
-                )  # fmt: skip
-            else:
-                applied.append(key)
-                self._applied.add((key, value))
-                log.info(
-                    "event=sysctl_set role=%s key=%s was=%r now=%r", self._role, key, before, value
-                )
-        result = SysctlResult(
-            applied=tuple(applied),
-            repaired=tuple(repaired),
-            pending=tuple(pending),
-            errors=tuple(errors),
-        )
-        self._pending = result.pending
-        if errors:
-            self._m_errors.inc(len(errors))
-            self._consecutive_failures += 1
-            if result.errors != self._last_errors:
-                for err in errors:
-                    log.warning("event=sysctl_error role=%s error=%r", self._role, err)
-        else:
-            self._consecutive_failures = 0
-        self._last_errors = result.errors
-        return result
-
-    async def run(self) -> None:
-        """Sync every `interval` seconds until cancelled."""
-        while True:
-            await self.sync_once()
-            await asyncio.sleep(self._interval)

@@ -42,7 +42,7 @@ from agent.bootstrap import (
 from agent.desired import BootstrapSettings
 from agent.roles.client import ClientRole
 from agent.roles.common import FileWatch
-from agent.routes import SysctlKeeper, forwarding_sysctls
+from agent.sysctls import SysctlKeeper, forwarding_sysctls, readiness_reason
 
 NODE_NAME_ENV = "NODE_NAME"
 # A valid certificate is re-checked at least this often (files replaced, clock jumps).
@@ -105,12 +105,7 @@ class NodeRole(ClientRole):
         dev = self.cfg.openvpn.dev
         while True:
             result = await self.sysctls.sync_once()
-            if result.errors:
-                self.conditions.set("sysctls", "; ".join(result.errors))
-            elif result.pending:
-                self.conditions.set("sysctls", f"waiting for {dev}: {', '.join(result.pending)}")
-            else:
-                self.conditions.ok("sysctls")
+            self.conditions.set("sysctls", readiness_reason(result, dev=dev))
             await asyncio.sleep(1.0)
 
     # --- the node's own certificate --------------------------------------------------------

@@ -70,7 +70,8 @@ from agent.roles.server_state import (
     plan_ccd,
     revoked_names,
 )
-from agent.routes import RouteKeeper, SysctlKeeper, forwarding_sysctls
+from agent.routes import RouteKeeper
+from agent.sysctls import SysctlKeeper, forwarding_sysctls, readiness_reason
 
 KUBELET_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 FILE_POLL = 0.25
@@ -609,12 +610,7 @@ class ServerRole:
         dev = self.cfg.openvpn.dev
         while True:
             result = await self.sysctls.sync_once()
-            if result.errors:
-                self.conditions.set("sysctls", "; ".join(result.errors))
-            elif result.pending:
-                self.conditions.set("sysctls", f"waiting for {dev}: {', '.join(result.pending)}")
-            else:
-                self.conditions.ok("sysctls")
+            self.conditions.set("sysctls", readiness_reason(result, dev=dev))
             await asyncio.sleep(1.0)
 
     # --- lifecycle ----------------------------------------------------------------------------

@@ -241,7 +241,7 @@ async def test_install_resync_without_writes_and_drift_put_back(
         assert first.reason == REASON_INSTALLED
         assert f"{len(objects)} written" in first.message
         before = await resource_versions(admin, objects)
-        assert len(before) == 6  # Namespace, SA, Role, RoleBinding, ConfigMap, DaemonSet
+        assert len(before) == 4  # Namespace, ServiceAccount, ConfigMap, DaemonSet
 
         # A resync with nothing changed writes nothing: before and after the caches sync.
         again = await ts.ensure(
@@ -575,7 +575,7 @@ async def test_forget_stops_watches_and_cleanup_removes_everything(
         took = await eventually(all_back, timeout=60, what="namespace and objects back")
         print(f"\nnamespace deleted by the tenant, it and its objects back after {took:.3f}s")
         assert await resource_versions(admin, objects)  # every object exists again
-        assert ts.repairs(TENANT) >= 6
+        assert ts.repairs(TENANT) >= 4  # Namespace, ServiceAccount, ConfigMap, DaemonSet
         assert ts.healthy()
 
         await ts.forget(TENANT)

@@ -33,6 +33,7 @@ from vpnctl.reconcile.objects import (
     server_deployment,
     server_service,
 )
+from vpnctl.reconcile.server_policy import server_network_policy
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant import TenantSpec, parse_tenant
 from vpnctl.reconcile.tenant_objects import tenant_objects
@@ -175,6 +176,15 @@ CASES = {
             "tunResource": "squat.ai/tun",
         },
     ),
+    "host-tun": dict(
+        settings=Settings(agent_image="registry.example/vpnctl:1.0.0", tun_host_path=True),
+        tenant=dict(tunnel_cidr="100.127.255.0/24"),
+        remotes=[("203.0.113.7", 1194)],
+        values={
+            "image": {"repository": "registry.example/vpnctl", "tag": "1.0.0"},
+            "tunHostPath": True,
+        },
+    ),
 }
 
 
@@ -221,22 +231,38 @@ async def test_agent_chart_renders_what_the_controller_installs(
         assert not diffs, f"{where}:\n" + "\n".join(diffs)
 
 
-async def test_agent_chart_without_tun_resource_mounts_the_hosts_tun(
+async def test_agent_chart_pod_is_confined_and_makes_its_own_tun(
     helm: Path, tmp_path: Path
 ) -> None:
+    """No host /proc/sys (a writable one is a container escape), no hostPath for tun by
+    default (the agent makes it with MKNOD), seccomp RuntimeDefault, no RBAC at all."""
     values = yaml.safe_load((AGENT_CHART / "ci" / "example-values.yaml").read_text())
-    pod = one(await render(helm, AGENT_CHART, values, tmp_path), "DaemonSet")["spec"]["template"]
+    rendered = await render(helm, AGENT_CHART, values, tmp_path)
+    assert not {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} & {
+        o["kind"] for o in rendered
+    }
+    pod = one(rendered, "DaemonSet")["spec"]["template"]
     container = pod["spec"]["containers"][0]
-    assert {"name": "dev-net-tun", "mountPath": "/dev/net/tun"} in container["volumeMounts"]
+    host_paths = {v["hostPath"]["path"] for v in pod["spec"]["volumes"] if "hostPath" in v}
+    assert host_paths == {"/var/lib/vpnctl", "/var/lib/kubelet/pki"}
+    assert not [m for m in container["volumeMounts"] if "proc" in m["mountPath"]]
     assert "resources" not in container
     assert pod["spec"]["hostNetwork"] is True
+    assert container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {
-        "add": ["NET_ADMIN"],
+        "add": ["MKNOD", "NET_ADMIN"],
         "drop": ["ALL"],
     }
     assert container["command"] == [
         "python", "-m", "agent", "node", "--config", "/etc/vpnctl/node.json",
     ]  # fmt: skip
+
+    values["tunHostPath"] = True
+    pod = one(await render(helm, AGENT_CHART, values, tmp_path), "DaemonSet")["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert {"name": "dev-net-tun", "mountPath": "/dev/net/tun"} in container["volumeMounts"]
+    assert container["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
 
 
 @pytest.mark.parametrize(
@@ -353,21 +379,34 @@ def _service_side_objects() -> Iterator[dict[str, Any]]:
         tenant=t, settings=settings, role_config=server_role_config(tenant=t, settings=settings)
     )
     yield server_service(tenant=t)
+    yield server_network_policy(tenant=t, settings=settings)
 
 
-async def test_controller_rbac_grants_what_the_controller_writes(
-    helm: Path, tmp_path: Path
-) -> None:
+async def test_controller_rbac_is_what_the_controller_calls(helm: Path, tmp_path: Path) -> None:
+    """Issue 9, item 6: no update or delete it never uses, nothing cluster-wide but a
+    read of nodes and servicecidrs. tests/kube/test_rbac.py runs the controller under it."""
     objects = await render(helm, VPNCTL_CHART, {}, tmp_path)
-    rules = one(objects, "ClusterRole", "test-vpnctl")["rules"]
-    binding = one(objects, "ClusterRoleBinding", "test-vpnctl")
+    role = one(objects, "Role", "test-vpnctl")
+    assert role["metadata"]["namespace"] == "vpnctl-system"  # the watched namespace
+    rules = role["rules"]
+    binding = one(objects, "RoleBinding", "test-vpnctl")
+    assert binding["metadata"]["namespace"] == "vpnctl-system"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "test-vpnctl",
+    }  # fmt: skip
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "test-vpnctl", "namespace": "vpnctl-system"}
     ]
-    # Every kind the builders make in tenant namespaces, applied, watched and deleted.
+    # Every kind the builders make in tenant namespaces: read, watched where the controller
+    # watches it, and server-side applied (create + patch); never updated or deleted.
     for obj in _service_side_objects():
         res = _plural(obj["apiVersion"], obj["kind"])
-        for verb in ("get", "list", "watch", "create", "patch", "update", "delete"):
+        for verb in ("get", "create", "patch"):
+            assert allows(rules, group=res.group, resource=res.plural, verb=verb), (res, verb)
+        for verb in ("update", "delete"):
+            assert not allows(rules, group=res.group, resource=res.plural, verb=verb), (res, verb)
+    for res in (resources.SECRET, resources.CONFIG_MAP, resources.SERVICE, resources.DEPLOYMENT):
+        for verb in ("list", "watch"):
             assert allows(rules, group=res.group, resource=res.plural, verb=verb), (res, verb)
     for verb in ("get", "list", "watch"):
         for res in (resources.CLUSTER, resources.MACHINE):
@@ -375,26 +414,78 @@ async def test_controller_rbac_grants_what_the_controller_writes(
     # Cluster lifecycle is not ours: no writes to CAPI objects.
     for verb in ("create", "patch", "update", "delete"):
         assert not allows(rules, group="cluster.x-k8s.io", resource="clusters", verb=verb)
-    assert allows(rules, group="vpnctl.io", resource="tunnels", verb="create")
-    assert allows(rules, group="vpnctl.io", resource="tunnels/status", verb="update")
+    for verb in ("create", "patch", "delete"):
+        assert allows(rules, group="vpnctl.io", resource="tunnels", verb=verb)
+    assert not allows(rules, group="vpnctl.io", resource="tunnels", verb="update")
+    assert allows(rules, group="vpnctl.io", resource="tunnels/status", verb="patch")
+    assert not allows(rules, group="vpnctl.io", resource="tunnels/status", verb="update")
     assert allows(rules, group="vpnctl.io", resource="tunnels/finalizers", verb="update")
     for verb in ("get", "create", "update"):  # vpnctl.kube.events: dedup by name
         assert allows(rules, group="", resource="events", verb=verb)
-    # Least privilege: no wildcards, nothing the controller doesn't touch.
+    assert not [r for r in rules if "events.k8s.io" in r["apiGroups"]]
+    # Least privilege: no wildcards.
     for rule in rules:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
     # Server pods: listed (metrics) and annotated (kubelet refreshes their config at once).
-    for verb in ("get", "list", "patch"):
+    for verb in ("list", "patch"):
         assert allows(rules, group="", resource="pods", verb=verb)
-    for verb in ("create", "delete"):
+    for verb in ("get", "create", "update", "delete"):
         assert not allows(rules, group="", resource="pods", verb=verb)
-    assert not allows(rules, group="", resource="nodes", verb="get")
+    # Nothing cluster-wide but reading the service cluster's networks.
+    cluster_roles = {r["metadata"]["name"]: r for r in by_kind(objects, "ClusterRole")}
+    ours = {n: r for n, r in cluster_roles.items() if "-capi-" not in n}
+    assert set(ours) == {"test-vpnctl-networks"}
+    assert ours["test-vpnctl-networks"]["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["servicecidrs"], "verbs": ["list"]},
+    ]
     assert not allows(rules, group="coordination.k8s.io", resource="leases", verb="get")
     # Leases only in the release namespace.
-    role = one(objects, "Role", "test-vpnctl-leases")
-    assert role["metadata"]["namespace"] == "vpnctl-system"
+    leases = one(objects, "Role", "test-vpnctl-leases")
+    assert leases["metadata"]["namespace"] == "vpnctl-system"
     for verb in ("get", "create", "update"):
-        assert allows(role["rules"], group="coordination.k8s.io", resource="leases", verb=verb)
+        assert allows(leases["rules"], group="coordination.k8s.io", resource="leases", verb=verb)
+
+
+async def test_controller_namespace_drives_args_and_rbac_scope(helm: Path, tmp_path: Path) -> None:
+    values: dict[str, Any] = {"controller": {"namespace": "tenants"}}
+    objects = await render(helm, VPNCTL_CHART, values, tmp_path)
+    assert one(objects, "Role", "test-vpnctl")["metadata"]["namespace"] == "tenants"
+    assert one(objects, "RoleBinding", "test-vpnctl")["metadata"]["namespace"] == "tenants"
+    assert one(objects, "Role", "test-vpnctl-leases")["metadata"]["namespace"] == "vpnctl-system"
+    args = controller(objects)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=tenants" in args
+
+    objects = await render(helm, VPNCTL_CHART, {"controller": {"namespace": "*"}}, tmp_path)
+    args = controller(objects)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [a for a in args if a.startswith("--namespace")]
+    assert (
+        one(objects, "ClusterRole", "test-vpnctl")["rules"]
+        == one(await render(helm, VPNCTL_CHART, {}, tmp_path), "Role", "test-vpnctl")["rules"]
+    )
+    assert one(objects, "ClusterRoleBinding", "test-vpnctl")["roleRef"]["kind"] == "ClusterRole"
+    assert not [o for o in by_kind(objects, "Role") if o["metadata"]["name"] == "test-vpnctl"]
+
+
+async def test_reserved_cidrs_and_metrics_namespaces_in_values(helm: Path, tmp_path: Path) -> None:
+    values: dict[str, Any] = {
+        "reservedCIDRs": ["10.96.0.0/12", "10.244.0.0/16"],
+        "controller": {"metricsAllowNamespaces": ["monitoring"]},
+    }
+    objects = await render(helm, VPNCTL_CHART, values, tmp_path)
+    args = controller(objects)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-3:] == [
+        "--reserved-cidr=10.96.0.0/12",
+        "--reserved-cidr=10.244.0.0/16",
+        "--metrics-allow-namespace=monitoring",
+    ]
+    assert "--no-detect-reserved-cidrs" not in args
+    objects = await render(helm, VPNCTL_CHART, {"detectReservedCIDRs": False}, tmp_path)
+    args = controller(objects)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--no-detect-reserved-cidrs" in args
+    assert not [o for o in by_kind(objects, "ClusterRole") if "networks" in o["metadata"]["name"]]
+    with pytest.raises(HelmError, match="/reservedCIDRs/0"):
+        await render(helm, VPNCTL_CHART, {"reservedCIDRs": ["the pods"]}, tmp_path)
 
 
 MONITORING = {"monitoring": {"enabled": True}}

@@ -64,3 +64,24 @@ def test_run_needs_an_agent_image_and_status_takes_a_cluster() -> None:
     args = _parser().parse_args(["status", "-n", "tenant-a", "acme"])
     assert (args.cmd, args.namespace, args.cluster) == ("status", "tenant-a", "acme")
     assert _parser().parse_args(["status"]).namespace is None
+
+
+def test_privilege_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9, items 7 and 8: how tun is provided, who may scrape the server pods, and
+    whether the service cluster's networks are detected."""
+    monkeypatch.setenv("POD_NAMESPACE", "vpnctl-system")
+    args = parse()
+    assert args.detect_reserved_cidrs is True
+    build = settings_from_args(args).tenant.build
+    assert (build.tun_host_path, build.tun_resource) == (False, None)  # MKNOD by default
+    assert build.controller_namespace == "vpnctl-system"
+    assert build.metrics_namespaces == ()
+
+    args = parse(
+        "--tun-host-path", "--no-detect-reserved-cidrs",
+        "--metrics-allow-namespace", "monitoring", "--metrics-allow-namespace", "obs",
+    )  # fmt: skip
+    assert args.detect_reserved_cidrs is False
+    build = settings_from_args(args).tenant.build
+    assert build.tun_host_path is True
+    assert build.metrics_namespaces == ("monitoring", "obs")

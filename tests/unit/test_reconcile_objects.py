@@ -125,8 +125,6 @@ def test_tenant_side_objects_are_labelled_without_owner_references() -> None:
     assert [o["kind"] for o in objs] == [
         "Namespace",
         "ServiceAccount",
-        "Role",
-        "RoleBinding",
         "ConfigMap",
         "DaemonSet",
     ]
@@ -319,17 +317,16 @@ def test_server_deployment() -> None:
         "--config",
         "/etc/vpnctl/server.json",
     ]
-    assert c["securityContext"]["capabilities"] == {"add": ["NET_ADMIN"], "drop": ["ALL"]}
+    assert c["securityContext"]["capabilities"] == {"add": ["MKNOD", "NET_ADMIN"], "drop": ["ALL"]}
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     ports = {p["name"]: p for p in c["ports"]}
     assert ports["vpn"] == {"containerPort": 1194, "name": "vpn", "protocol": "UDP"}
     assert ports["http-metrics"]["containerPort"] == SETTINGS.server_health_port
-    assert {"mountPath": "/dev/net/tun", "name": "dev-net-tun"} in c["volumeMounts"]
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["dev-net-tun"]["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}
+    # No hostPath: the agent makes /dev/net/tun itself (MKNOD), see test_pod_security.py.
+    assert "dev-net-tun" not in {v["name"] for v in pod["volumes"]}
     assert pod["automountServiceAccountToken"] is False
-    assert "securityContext" not in pod
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def test_server_pod_files_are_where_the_role_config_says() -> None:
@@ -436,7 +433,7 @@ def test_apiserver_sidecar_and_attach() -> None:
         "/etc/vpnctl-apiserver/apiserver.json",
     ]
     assert "readinessProbe" not in c  # a tunnel outage must not take the apiserver out
-    assert c["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+    assert c["securityContext"]["capabilities"]["add"] == ["MKNOD", "NET_ADMIN"]
     assert all(v["name"].startswith("vpnctl-") for v in attachment.volumes)
     mounts = {m["name"] for m in c["volumeMounts"]}
     assert mounts <= {v["name"] for v in attachment.volumes}
@@ -473,31 +470,19 @@ def test_node_agent_daemon_set() -> None:
     assert pod["serviceAccountName"] == NODE_AGENT_NAME
     (c,) = pod["containers"]
     assert c["command"] == ["python", "-m", "agent", "node", "--config", "/etc/vpnctl/node.json"]
-    assert c["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+    assert c["securityContext"]["capabilities"]["add"] == ["MKNOD", "NET_ADMIN"]
     assert c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["dev-net-tun"]["hostPath"]["type"] == "CharDevice"
-    assert volumes["host-proc-sys"]["hostPath"]["path"] == "/proc/sys"
     assert volumes["kubelet-pki"]["hostPath"]["path"] == "/var/lib/kubelet/pki"
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert mounts["kubelet-pki"]["readOnly"] is True
     assert set(mounts) <= set(volumes)
 
 
-def test_node_agent_rbac_is_one_role_on_its_own_config_map() -> None:
+def test_node_agent_gets_no_rbac_at_all() -> None:
+    """The agent never calls the API with its ServiceAccount (its CSR goes as its node)."""
     objs = {o["kind"]: o for o in all_tenant_side(lab())}
-    assert "ClusterRole" not in objs
-    assert objs["Role"]["rules"] == [
-        {
-            "apiGroups": [""],
-            "resourceNames": [NODE_AGENT_NAME],
-            "resources": ["configmaps"],
-            "verbs": ["get", "list", "watch"],
-        }
-    ]
-    binding = objs["RoleBinding"]
-    assert binding["roleRef"]["name"] == NODE_AGENT_NAME
-    assert binding["subjects"][0]["name"] == objs["ServiceAccount"]["metadata"]["name"]
+    assert not {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} & set(objs)
     assert objs["Namespace"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == (
         "privileged"
     )

@@ -29,7 +29,8 @@ from agent.netlink import (
     get_sysctl,
     set_sysctl,
 )
-from agent.routes import RouteKeeper, SysctlKeeper, forwarding_sysctls
+from agent.routes import RouteKeeper
+from agent.sysctls import SysctlKeeper, forwarding_sysctls
 
 ROLE = "node"
 

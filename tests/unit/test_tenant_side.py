@@ -82,8 +82,6 @@ def test_every_agent_object_has_a_known_resource_and_a_ref() -> None:
     assert [str(r) for r in refs] == [
         "Namespace vpnctl-system",
         "ServiceAccount vpnctl-system/vpnctl-node-agent",
-        "Role vpnctl-system/vpnctl-node-agent",
-        "RoleBinding vpnctl-system/vpnctl-node-agent",
         "ConfigMap vpnctl-system/vpnctl-node-agent",
         "DaemonSet vpnctl-system/vpnctl-node-agent",
     ]
@@ -117,7 +115,7 @@ def test_desired_by_ref_keeps_the_apply_order_and_refuses_bad_input() -> None:
 
 def test_one_watch_per_kind_in_its_namespace() -> None:
     specs = watch_specs(object_ref(o) for o in agent_objects())
-    assert len(specs) == 6
+    assert len(specs) == 4
     assert WatchSpec(NAMESPACE, None) in specs
     assert WatchSpec(DAEMON_SET, "vpnctl-system") in specs
     # A kind in two namespaces is watched in all of them; cluster-scoped ones as such.
@@ -144,14 +142,13 @@ def test_the_label_selector_selects_what_the_builders_label() -> None:
 def test_drift_is_an_absent_or_edited_object_and_unknown_ones_wait() -> None:
     desired = desired_by_ref(agent_objects())
     refs = list(desired)
-    ns, sa, _role, _binding, cm, ds = refs
+    _ns, sa, cm, ds = refs
     edited_cm = {**desired[cm], "data": {"node.json": "{}"}}
     live: dict[ObjectRef, KubeObject | None] = {
-        ns: desired[ns],
         sa: None,  # deleted
         cm: edited_cm,
         ds: {**desired[ds], "status": {"numberReady": 3}},  # server additions are fine
-        # role, binding: their watch has not listed yet
+        # ns: its watch has not listed yet
     }
     assert drifted(desired, live) == [sa, cm]
     assert drifted(desired, {}) == []

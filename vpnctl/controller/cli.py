@@ -69,10 +69,29 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     build.add_argument("--tenant-namespace", default="vpnctl-system")
     build.add_argument("--tun-resource", default=None, help="device plugin resource for tun")
     build.add_argument(
+        "--tun-host-path",
+        action="store_true",
+        help="mount the host's /dev/net/tun (hostPath) instead of the agent making it (MKNOD)",
+    )
+    build.add_argument(
+        "--metrics-allow-namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="a namespace (monitoring) allowed to scrape the server pods (repeat)",
+    )
+    build.add_argument(
         "--reserved-cidr",
         action="append",
         default=[],
         help="a network of the service cluster itself (repeat); no tenant may overlap it",
+    )
+    build.add_argument(
+        "--no-detect-reserved-cidrs",
+        dest="detect_reserved_cidrs",
+        action="store_false",
+        help="reserve only what --reserved-cidr names; by default the service cluster's "
+        "node, pod and Service networks are detected at start and reserved too",
     )
     build.add_argument(
         "--node-port-address",
@@ -130,6 +149,9 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         image_pull_secrets=tuple(args.image_pull_secret),
         tenant_namespace=args.tenant_namespace,
         tun_resource=args.tun_resource,
+        tun_host_path=args.tun_host_path,
+        controller_namespace=os.environ.get("POD_NAMESPACE") or args.lease_namespace,
+        metrics_namespaces=tuple(args.metrics_allow_namespace),
         reserved_cidrs=reserved,
         node_port_addresses=tuple(args.node_port_address),
     )
@@ -153,11 +175,29 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
     )
 
 
+async def _with_reserved_networks(
+    settings: ControllerSettings, kube: Kube, *, detect: bool
+) -> ControllerSettings:
+    """`settings` with the detected service-cluster networks added to --reserved-cidr
+    (vpnctl/controller/networks.py); NetworkDetectionError when that is not enough."""
+    from vpnctl.controller.networks import reserved_networks
+
+    build = settings.tenant.build
+    reserved = await reserved_networks(kube, flags=build.reserved_cidrs, detect_networks=detect)
+    return dataclasses.replace(
+        settings,
+        tenant=dataclasses.replace(
+            settings.tenant, build=dataclasses.replace(build, reserved_cidrs=reserved)
+        ),
+    )
+
+
 async def run(args: argparse.Namespace) -> int:
     """`vpnctl run`: the controller until SIGTERM/SIGINT."""
     from prometheus_client import CollectorRegistry
 
     from vpnctl.controller.metrics import ControllerMetrics
+    from vpnctl.controller.networks import NetworkDetectionError
     from vpnctl.controller.observe import ServerMetricsObservations
     from vpnctl.controller.operator import Controller
     from vpnctl.controller.tenant_side import KubeTenantSide
@@ -172,6 +212,12 @@ async def run(args: argparse.Namespace) -> int:
     try:
         kube = await _connect(args)
     except KubeconfigError as exc:
+        print(f"vpnctl run: {exc}", file=sys.stderr)
+        return 1
+    try:
+        settings = await _with_reserved_networks(settings, kube, detect=args.detect_reserved_cidrs)
+    except NetworkDetectionError as exc:
+        await kube.close()
         print(f"vpnctl run: {exc}", file=sys.stderr)
         return 1
     clock = SystemClock()

@@ -66,6 +66,7 @@ from vpnctl.kube import (
     DEPLOYMENT,
     EVENT,
     MACHINE,
+    NETWORK_POLICY,
     POD,
     SECRET,
     SERVICE,
@@ -132,6 +133,7 @@ from vpnctl.reconcile.secrets import (
     read_ca_secret,
     read_tls_crypt_server_key,
 )
+from vpnctl.reconcile.server_policy import server_network_policy
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation, build_status
 from vpnctl.reconcile.tenant import APISERVER_COMMON_NAME, TenantSpec
@@ -433,6 +435,10 @@ class TenantReconciler:
             server_deployment(
                 tenant=plan.tenant, settings=self._settings.build, role_config=role_config
             ),
+        )
+        await self._ensure(
+            NETWORK_POLICY,
+            server_network_policy(tenant=plan.tenant, settings=self._settings.build),
         )
         service = await self._ensure(SERVICE, server_service(tenant=plan.tenant))
         await self._ensure(

@@ -87,6 +87,9 @@ CLUSTER_ROLE_BINDING = Resource(
 ROLE = Resource("rbac.authorization.k8s.io", "v1", "roles", True, "Role")
 ROLE_BINDING = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", True, "RoleBinding")
 
+NETWORK_POLICY = Resource("networking.k8s.io", "v1", "networkpolicies", True, "NetworkPolicy")
+SERVICE_CIDR = Resource("networking.k8s.io", "v1", "servicecidrs", False, "ServiceCIDR")
+
 LEASE = Resource("coordination.k8s.io", "v1", "leases", True, "Lease")
 CERTIFICATE_SIGNING_REQUEST = Resource(
     "certificates.k8s.io", "v1", "certificatesigningrequests", False, "CertificateSigningRequest"

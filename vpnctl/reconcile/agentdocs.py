@@ -68,7 +68,6 @@ class NodePaths:
     tls_crypt_v2 = "/var/lib/vpnctl/tls-crypt-v2-client.key"
     management = "/run/vpnctl/client.sock"
     run_dir = "/run/vpnctl"
-    host_proc_sys = "/host/proc/sys"
     # The CA that verifies the tenant apiserver: every pod with a service account gets it
     # here (the kube-root-ca.crt ConfigMap), the node agent's DaemonSet pods included.
     apiserver_ca = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"

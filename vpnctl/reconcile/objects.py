@@ -15,12 +15,7 @@ Choices worth knowing:
   only the controller reads.
 - The server's files come through one projected volume, so the role config is at
   /etc/vpnctl/server.json and every file the agent reads sits beside it.
-- `/dev/net/tun` comes from a hostPath char device by default (the namespace must allow
-  hostPath, e.g. Pod Security "privileged"), or from a device plugin resource when
-  `Settings.tun_resource` names one (e.g. `squat.ai/tun` of generic-device-plugin).
-- The server runs as root with only NET_ADMIN (plus NET_BIND_SERVICE for a port below
-  1024): it creates tun, sets routes and its firewall in its own network namespace.
-  Kubernetes gives added capabilities to root only, unless the image sets file caps.
+- `/dev/net/tun` and every container's securityContext: `pod_security.py`.
 - IPv4 forwarding in the pod's namespace: Linux copies it from the host for new network
   namespaces, and every Kubernetes node forwards, so nothing is set here by default. A
   cluster that needs it explicitly lists `net.ipv4.ip_forward` in
@@ -50,6 +45,7 @@ from vpnctl.reconcile.names import (
     selector_labels,
     tunnel_owner_reference,
 )
+from vpnctl.reconcile.pod_security import container_security, tun_parts
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant import TenantSpec
 
@@ -225,29 +221,6 @@ def apiserver_config_map(*, tenant: TenantSpec, role_config: Mapping[str, Any]) 
 # --- pod parts shared by the server and the apiserver sidecar ------------------------------
 
 
-def _tun_parts(
-    settings: Settings, *, volume_name: str = "dev-net-tun"
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """(volumes, volumeMounts, resources) that give a container /dev/net/tun."""
-    if settings.tun_resource:
-        return [], [], {"limits": {settings.tun_resource: "1"}}
-    volume = {"name": volume_name, "hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}}
-    return [volume], [{"name": volume_name, "mountPath": "/dev/net/tun"}], {}
-
-
-def _capabilities(*, port: int | None = None) -> dict[str, Any]:
-    add = ["NET_ADMIN"]
-    if port is not None and port < 1024:
-        add.append("NET_BIND_SERVICE")
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"add": add, "drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": False,
-        "runAsUser": 0,
-    }
-
-
 def _probe(path: str, port_name: str, *, period: int = 5, failures: int = 3) -> dict[str, Any]:
     return {
         "failureThreshold": failures,
@@ -324,7 +297,7 @@ def server_deployment(
     spec = tenant.spec
     names = _names(tenant)
     selector = selector_labels(cluster_name=tenant.cluster_name, component=COMPONENT_SERVER)
-    tun_volumes, tun_mounts, resources = _tun_parts(settings)
+    tun_volumes, tun_mounts, resources = tun_parts(settings)
     protocol = spec.transport.protocol.upper()
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
@@ -341,7 +314,7 @@ def server_deployment(
         ],
         "livenessProbe": _probe("/healthz", HEALTH_PORT_NAME, period=10, failures=3),
         "readinessProbe": _probe("/readyz", HEALTH_PORT_NAME, period=2, failures=2),
-        "securityContext": _capabilities(port=spec.transport.port),
+        "securityContext": container_security(settings, port=spec.transport.port),
         "volumeMounts": sorted(
             [
                 {"mountPath": ServerPaths.config_dir, "name": "config", "readOnly": True},
@@ -369,10 +342,10 @@ def server_deployment(
             key=lambda v: str(v["name"]),
         ),
     }
+    pod_security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     if settings.server_pod_sysctls:
-        pod_spec["securityContext"] = {
-            "sysctls": [{"name": n, "value": v} for n, v in settings.server_pod_sysctls]
-        }
+        pod_security["sysctls"] = [{"name": n, "value": v} for n, v in settings.server_pod_sysctls]
+    pod_spec["securityContext"] = pod_security
     if settings.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
     template_labels = labels(cluster_name=tenant.cluster_name, component=COMPONENT_SERVER)
@@ -462,7 +435,7 @@ def apiserver_sidecar(
     def rel(path: str) -> str:
         return _relative(path, under=p.config_dir)
 
-    tun_volumes, tun_mounts, resources = _tun_parts(settings, volume_name="vpnctl-dev-net-tun")
+    tun_volumes, tun_mounts, resources = tun_parts(settings, volume_name="vpnctl-dev-net-tun")
     config_volume = {
         "name": "vpnctl-apiserver",
         "projected": {
@@ -501,7 +474,7 @@ def apiserver_sidecar(
             }
         ],
         "livenessProbe": _probe("/healthz", "vpnctl-metrics", period=10, failures=3),
-        "securityContext": _capabilities(),
+        "securityContext": container_security(settings),
         "volumeMounts": sorted(
             [
                 {"mountPath": p.config_dir, "name": "vpnctl-apiserver", "readOnly": True},

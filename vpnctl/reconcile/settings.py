@@ -35,11 +35,17 @@ class Settings:
     # Priority of the node agent's pods; without the tunnel the node is unreachable for
     # logs/exec, so it is as critical as kube-proxy.
     node_priority_class: str = "system-node-critical"
-    # A device plugin resource that provides /dev/net/tun (e.g. "squat.ai/tun"); when None,
-    # pods mount the host's /dev/net/tun as a hostPath char device.
+    # A device plugin resource that provides /dev/net/tun (e.g. "squat.ai/tun"). When None,
+    # the agent makes the device node itself with CAP_MKNOD (no hostPath, no privileged
+    # pod), or, with tun_host_path, pods mount the host's /dev/net/tun as a hostPath.
     tun_resource: str | None = None
+    tun_host_path: bool = False
     # Namespaced sysctls for the server pod, e.g. (("net.ipv4.ip_forward", "1"),). Empty by
     # default: a new network namespace copies IPv4 forwarding from the host (see objects.py).
     server_pod_sysctls: tuple[tuple[str, str], ...] = ()
+    # Who may reach the server pods' HTTP port (metrics, health) past their NetworkPolicy
+    # (reconcile/server_policy.py): the controller's own namespace, and monitoring's.
+    controller_namespace: str | None = None
+    metrics_namespaces: tuple[str, ...] = ()
     # Addresses of the service cluster's nodes, for spec.expose.serviceType NodePort.
     node_port_addresses: tuple[str, ...] = ()

@@ -4,13 +4,17 @@ Applied through CAPI's `<cluster>-kubeconfig` Secret and watched, so a tenant wh
 or edits one gets it back (diff.needs_update tells which). Owner references cannot point
 across clusters, so these carry our labels only; the Cluster's finalizer removes them.
 
-Least privilege, and why there is no ClusterRole:
-- The agent reads its config from a mounted ConfigMap.
+Least privilege: the ServiceAccount gets no Role at all.
+- The agent reads its config from a mounted ConfigMap and never calls the API with the
+  ServiceAccount; it only uses the ServiceAccount volume's `ca.crt` to check the
+  apiserver.
 - It asks for its certificate with a CertificateSigningRequest authenticated *as its
   node* (the kubelet's client certificate), which the Node authorizer already allows;
   authenticating with the ServiceAccount instead would let any agent pose as any node.
-- So the ServiceAccount gets one Role: read the agent's own ConfigMap by name (for an
-  agent that watches it rather than waiting for the kubelet to refresh the volume).
+- The pod gets no host `/proc/sys` (a writable one is a known container escape): the
+  node's sysctls are checked and reported by the agent, and set only where the
+  container can (`agent/sysctls.py`). `/dev/net/tun` as for the server pod
+  (`pod_security.tun_parts`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from vpnctl.reconcile.names import (
     selector_labels,
 )
 from vpnctl.reconcile.objects import CA_CERT, HEALTH_PORT_NAME
+from vpnctl.reconcile.pod_security import container_security, tun_parts
 from vpnctl.reconcile.settings import Settings
 
 NODE_JSON = "node.json"
@@ -89,54 +94,6 @@ def agent_service_account(*, cluster_name: str, settings: Settings) -> KubeObjec
     )
 
 
-def agent_role(*, cluster_name: str, settings: Settings) -> KubeObject:
-    return stamp(
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": _metadata(
-                cluster_name=cluster_name,
-                name=NODE_AGENT_NAME,
-                namespace=settings.tenant_namespace,
-            ),
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resourceNames": [NODE_AGENT_NAME],
-                    "resources": ["configmaps"],
-                    "verbs": ["get", "list", "watch"],
-                }
-            ],
-        }
-    )
-
-
-def agent_role_binding(*, cluster_name: str, settings: Settings) -> KubeObject:
-    return stamp(
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": _metadata(
-                cluster_name=cluster_name,
-                name=NODE_AGENT_NAME,
-                namespace=settings.tenant_namespace,
-            ),
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": NODE_AGENT_NAME,
-            },
-            "subjects": [
-                {
-                    "kind": "ServiceAccount",
-                    "name": NODE_AGENT_NAME,
-                    "namespace": settings.tenant_namespace,
-                }
-            ],
-        }
-    )
-
-
 def agent_config_map(
     *, cluster_name: str, settings: Settings, role_config: Mapping[str, Any], ca_pem: bytes
 ) -> KubeObject:
@@ -161,22 +118,12 @@ def agent_daemon_set(
     """The node role on every node: hostNetwork (the tunnel is the node's), NET_ADMIN and
     /dev/net/tun, tolerating every taint (a tainted node still needs `kubectl logs`).
 
-    The node's sysctls (ip_forward, rp_filter on tun) live in the host's /proc/sys, which
-    is read-only inside a container; it is mounted writable at /host/proc/sys instead of
-    making the container privileged.
+    Not the host's /proc/sys: with hostNetwork, /proc/sys/net already is the node's, and
+    the agent checks its sysctls there (read-only in a container) instead of setting them.
     """
     p = NodePaths
     selector = selector_labels(cluster_name=cluster_name, component=COMPONENT_NODE_AGENT)
-    tun_volumes: list[dict[str, Any]] = []
-    tun_mounts: list[dict[str, Any]] = []
-    resources: dict[str, Any] = {}
-    if settings.tun_resource:
-        resources = {"limits": {settings.tun_resource: "1"}}
-    else:
-        tun_volumes = [
-            {"hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}, "name": "dev-net-tun"}
-        ]
-        tun_mounts = [{"mountPath": "/dev/net/tun", "name": "dev-net-tun"}]
+    tun_volumes, tun_mounts, resources = tun_parts(settings)
     container: dict[str, Any] = {
         "name": NODE_AGENT_CONTAINER,
         "image": settings.agent_image,
@@ -205,19 +152,12 @@ def agent_daemon_set(
             "periodSeconds": 5,
             "timeoutSeconds": 2,
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": False,
-            "runAsUser": 0,
-        },
+        "securityContext": container_security(settings),
         "volumeMounts": sorted(
             [
                 {"mountPath": p.config_dir, "name": "config", "readOnly": True},
                 {"mountPath": p.state_dir, "name": "state"},
                 {"mountPath": p.run_dir, "name": "run"},
-                {"mountPath": p.host_proc_sys, "name": "host-proc-sys"},
                 {"mountPath": settings.kubelet_pki_dir, "name": "kubelet-pki", "readOnly": True},
                 {"mountPath": "/tmp", "name": "tmp"},
                 *tun_mounts,
@@ -253,7 +193,6 @@ def agent_daemon_set(
                     "name": "state",
                 },
                 {"emptyDir": {"medium": "Memory"}, "name": "run"},
-                {"hostPath": {"path": "/proc/sys", "type": "Directory"}, "name": "host-proc-sys"},
                 {
                     "hostPath": {"path": settings.kubelet_pki_dir, "type": "Directory"},
                     "name": "kubelet-pki",
@@ -300,8 +239,6 @@ def tenant_objects(
     return (
         agent_namespace(cluster_name=cluster_name, settings=settings),
         agent_service_account(cluster_name=cluster_name, settings=settings),
-        agent_role(cluster_name=cluster_name, settings=settings),
-        agent_role_binding(cluster_name=cluster_name, settings=settings),
         agent_config_map(
             cluster_name=cluster_name, settings=settings, role_config=role_config, ca_pem=ca_pem
         ),

@@ -56,6 +56,11 @@ app.kubernetes.io/component: controller
 {{- end -}}
 {{- end -}}
 
+{{/* The namespace the controller watches: controller.namespace, else the release's. */}}
+{{- define "vpnctl.watchNamespace" -}}
+{{- default .Release.Namespace .Values.controller.namespace -}}
+{{- end -}}
+
 {{/* The controller's command line (see values.yaml: controller.args). */}}
 {{- define "vpnctl.controller.args" -}}
 {{- $c := .Values.controller -}}
@@ -66,9 +71,21 @@ app.kubernetes.io/component: controller
 {{- if $c.leaderElection.enabled }}
 - --leader-elect
 {{- end }}
-- --namespace={{ .Release.Namespace }}
+{{- $ns := include "vpnctl.watchNamespace" . }}
+{{- if ne $ns "*" }}
+- --namespace={{ $ns }}
+{{- end }}
 - --metrics-address=:{{ $c.metricsPort }}
 - --health-address=:{{ $c.healthPort }}
+{{- range .Values.reservedCIDRs }}
+- --reserved-cidr={{ . }}
+{{- end }}
+{{- if not .Values.detectReservedCIDRs }}
+- --no-detect-reserved-cidrs
+{{- end }}
+{{- range $c.metricsAllowNamespaces }}
+- --metrics-allow-namespace={{ . }}
+{{- end }}
 {{- with $c.extraArgs }}
 {{ toYaml . }}
 {{- end }}

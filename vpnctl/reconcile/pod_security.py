@@ -1,0 +1,53 @@
+"""How vpnctl's containers are confined, shared by the server pod, the apiserver sidecar
+and the node agent DaemonSet (issue 9, item 7).
+
+- `/dev/net/tun`: by default no volume at all. The container gets CAP_MKNOD and the
+  agent makes the device node itself when it is missing (`agent/tundev.py`); the
+  runtime's default device cgroup allows c 10:200, so no hostPath and no privileged
+  pod. `Settings.tun_host_path` mounts the host's device instead (the namespace must
+  then allow hostPath), and `Settings.tun_resource` takes it from a device plugin
+  (e.g. `squat.ai/tun` of generic-device-plugin).
+- Every container vpnctl runs: seccomp `RuntimeDefault`, no privilege escalation, a
+  read-only root filesystem, every capability dropped and only NET_ADMIN added (plus
+  MKNOD for the tun device, NET_BIND_SERVICE for a port below 1024): it creates tun,
+  sets routes and its firewall in its own network namespace. It starts as root because
+  Kubernetes gives added capabilities to root only, unless the image sets file caps.
+  Dropping openvpn's own privileges after start is agent/openvpn's job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vpnctl.reconcile.settings import Settings
+
+
+def tun_parts(
+    settings: Settings, *, volume_name: str = "dev-net-tun"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(volumes, volumeMounts, resources) that give a container /dev/net/tun.
+
+    Shared by the server pod, the apiserver sidecar and the node agent DaemonSet."""
+    if settings.tun_resource:
+        return [], [], {"limits": {settings.tun_resource: "1"}}
+    if not settings.tun_host_path:
+        return [], [], {}  # the agent makes the device node (CAP_MKNOD, see the docstring)
+    volume = {"name": volume_name, "hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}}
+    return [volume], [{"name": volume_name, "mountPath": "/dev/net/tun"}], {}
+
+
+def container_security(settings: Settings, *, port: int | None = None) -> dict[str, Any]:
+    """The securityContext of every container vpnctl runs (see the module docstring)."""
+    add = ["NET_ADMIN"]
+    if not settings.tun_resource and not settings.tun_host_path:
+        add.append("MKNOD")
+    if port is not None and port < 1024:
+        add.append("NET_BIND_SERVICE")
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"add": sorted(add), "drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": False,
+        "runAsUser": 0,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
