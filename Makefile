@@ -18,7 +18,7 @@ test: deps k8s-bins lint
 
 lint: deps
 	.venv/bin/ruff check .
-	.venv/bin/mypy vpnctl agent certs
+	.venv/bin/mypy vpnctl agent certs telemetry
 	.venv/bin/lint-imports
 
 deps: system $(VENV_STAMP)

@@ -25,6 +25,7 @@ from agent.roles.common import EventLog, install_signal_handlers, setup_logging
 from agent.roles.node import NodeRole
 from agent.roles.server import ServerRole
 from agent.tundev import TunDeviceError, ensure_tun_device
+from telemetry.logs import FORMATS, LEVELS
 
 log = logging.getLogger("agent")
 
@@ -36,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("role", choices=ROLES, help="which role to run")
     p.add_argument("--config", required=True, help="the role's JSON config file")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=LEVELS, help="default: %(default)s")
+    p.add_argument(
+        "--log-format", default="logfmt", choices=FORMATS, help="default: %(default)s"
+    )
     return p
 
 
@@ -87,7 +91,7 @@ async def run(role: Role, config_path: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    setup_logging(level=getattr(logging, args.log_level))
+    setup_logging(level=args.log_level, fmt=args.log_format)
     return asyncio.run(run(args.role, args.config))
 
 

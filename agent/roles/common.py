@@ -36,6 +36,7 @@ import certs
 from agent.desired import Common, FileSignature, file_signature
 from agent.health import HealthServer
 from agent.openvpn.supervisor import Supervisor
+from telemetry.logs import LogFormat, configure_logging, pairs
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -48,16 +49,9 @@ _MAX_MATERIAL_BYTES = 1024 * 1024
 # --- logging ------------------------------------------------------------------------------
 
 
-def _value(v: object) -> str:
-    text = str(v)
-    if text == "" or any(c.isspace() or c in "\"'=" for c in text):
-        return repr(text)
-    return text
-
-
 def kv(**fields: object) -> str:
-    """`k=v` pairs for one log line; values with spaces or quotes are repr()-quoted."""
-    return " ".join(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
+    """`k=v` pairs for one log line, in logfmt (`telemetry.logs.pairs`)."""
+    return pairs(**fields)
 
 
 class EventLog:
@@ -77,15 +71,9 @@ class EventLog:
         self(event, level=logging.ERROR, **fields)
 
 
-def setup_logging(*, level: int = logging.INFO) -> None:
-    """Plain one-line records on stderr: `<time> <level> <logger> <message>`."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+def setup_logging(*, level: int | str = logging.INFO, fmt: LogFormat = "logfmt") -> None:
+    """One record a line on stderr, in the format every vpnctl binary writes."""
+    configure_logging(level=level, fmt=fmt)
 
 
 # --- readiness and common metrics ----------------------------------------------------------

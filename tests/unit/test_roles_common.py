@@ -125,7 +125,7 @@ def test_atomic_write_sets_mode_and_mtime(tmp_path: Path) -> None:
 
 def test_kv_quotes_what_needs_it() -> None:
     assert kv(event="x", n=3, text="two words", empty="", skip=None) == (
-        "event=x n=3 text='two words' empty=''"
+        'event=x n=3 text="two words" empty=""'
     )
 
 
@@ -142,7 +142,7 @@ async def test_a_dying_task_is_logged_and_escalates(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.ERROR), pytest.raises(ExceptionGroup) as info:
         await run_group({"bad": dies, "good": forever}, stop=stop, events=events)
     assert info.group_contains(RuntimeError, match="boom")
-    assert "event=task_died role=node task=bad error='RuntimeError: boom'" in caplog.text
+    assert 'event=task_died role=node task=bad error="RuntimeError: boom"' in caplog.text
 
 
 async def test_stop_ends_the_group_gracefully() -> None:
