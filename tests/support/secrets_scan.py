@@ -38,11 +38,13 @@ def _forms(value: str | bytes) -> list[tuple[str, str]]:
     raw = value.encode() if isinstance(value, str) else value
     text = raw.decode("utf-8", "replace")
     forms = [("value", text), ("base64", base64.b64encode(raw).decode())]
-    # The base64 inside a PEM, line by line: each is long, random and unique to the key.
-    for line in text.splitlines():
-        line = line.strip()
-        if len(line) >= _MIN_FRAGMENT and not line.startswith("-----"):
-            forms.append(("pem line", line))
+    if "-----BEGIN " in text:
+        # The base64 inside a PEM, line by line: each is long, random and unique to the
+        # key (other text, a kubeconfig say, has lines that are neither).
+        for line in text.splitlines():
+            line = line.strip()
+            if len(line) >= _MIN_FRAGMENT and not line.startswith("-----"):
+                forms.append(("pem line", line))
     return [(form, needle) for form, needle in forms if needle.strip()]
 
 
@@ -56,6 +58,8 @@ def scan(
         needles += [("marker", marker, marker) for marker in MARKERS]
     for blob_name, blob in blobs.items():
         for name, form, needle in needles:
+            if needle not in blob:  # the fast path, for large logs
+                continue
             for match in re.finditer(re.escape(needle), blob):
                 findings.append(Finding(blob_name, name, form, match.start()))
     return findings
