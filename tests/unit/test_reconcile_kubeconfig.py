@@ -126,7 +126,7 @@ def test_bad_inline_data_is_named_not_quoted(
     with pytest.raises(KubeconfigRejected, match=needle) as err:
         parse_kubeconfig(kubeconfigs.dump(doc))
     assert err.value.field == f"users[0].user.{field}"
-    assert "not base64" not in str(err.value).replace("is not valid base64", "")
+    assert str(value) not in str(err.value)
 
 
 def test_yaml_errors_do_not_quote_the_document(m: Material) -> None:

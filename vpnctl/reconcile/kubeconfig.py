@@ -181,7 +181,7 @@ def parse_kubeconfig(text: str | bytes, *, context: str | None = None) -> Kubeco
             )
         chosen = next(iter(contexts))
     if not isinstance(chosen, str) or chosen not in contexts:
-        have = ", ".join(repr(c) for c in contexts) or "none"
+        have = ", ".join(_shown(c) for c in contexts) or "none"
         raise KubeconfigRejected(
             "current-context" if context is None else "context",
             f"names context {_shown(chosen)}, which is not in contexts (have: {have})",
