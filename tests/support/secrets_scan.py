@@ -2,7 +2,8 @@
 
 ``scan(blobs, secrets)`` looks for each secret value in each named blob, in the forms a
 leak takes: the value itself, its base64 (as in a Secret or a kubeconfig's ``*-data``),
-and each line of a PEM body (a key split across log lines, or re-wrapped, still leaks).
+and each line of a private key's or tls-crypt-v2 key's PEM body (a key split across log
+lines, or quoted in part, still leaks).
 It also flags the markers of key material whatever the value (``PRIVATE KEY``, the
 tls-crypt-v2 markers), so a key we did not think to list is caught too.
 """
@@ -34,17 +35,24 @@ class Finding:
         return f"{self.secret} ({self.form}) in {self.blob} at offset {self.at}"
 
 
+_PEM_BLOCK = re.compile(r"-----BEGIN ([^\n]+?)-----(.*?)-----END \1-----", re.DOTALL)
+
+
 def _forms(value: str | bytes) -> list[tuple[str, str]]:
     raw = value.encode() if isinstance(value, str) else value
     text = raw.decode("utf-8", "replace")
     forms = [("value", text), ("base64", base64.b64encode(raw).decode())]
-    if "-----BEGIN " in text:
-        # The base64 inside a PEM, line by line: each is long, random and unique to the
-        # key (other text, a kubeconfig say, has lines that are neither).
-        for line in text.splitlines():
-            line = line.strip()
-            if len(line) >= _MIN_FRAGMENT and not line.startswith("-----"):
-                forms.append(("pem line", line))
+    # The base64 inside a secret PEM block, line by line: a key split across log lines
+    # or quoted in part still leaks. Only secret blocks count: certificates are public,
+    # and so is the last line of a private key (for EC keys, mostly the public point,
+    # which a certificate or CSR in a log may carry too).
+    for label, body in _PEM_BLOCK.findall(text):
+        lines = [line.strip() for line in body.splitlines() if line.strip()]
+        if "PRIVATE KEY" in label:
+            lines = lines[:-1]
+        elif "tls-crypt" not in label:
+            continue
+        forms += [("pem line", line) for line in lines if len(line) >= _MIN_FRAGMENT]
     return [(form, needle) for form, needle in forms if needle.strip()]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import certs
 from tests.support.secrets_scan import scan
@@ -40,3 +40,16 @@ def test_clean_text_has_no_findings() -> None:
 def test_findings_say_where() -> None:
     [finding] = scan({"events[3]": "xx tok-123"}, {"token": "tok-123"})
     assert str(finding) == "token (value) in events[3] at offset 3"
+
+
+def test_a_line_of_a_tls_crypt_v2_key_is_found() -> None:
+    line = TC.decode().splitlines()[2]
+    assert {(f.secret, f.form) for f in scan({"log": f"x {line} y"}, {"tc": TC})} == {
+        ("tc", "pem line")
+    }
+
+
+def test_a_certificate_is_public_even_when_its_key_is_secret() -> None:
+    ca = certs.new_ca(common_name="ca", now=datetime.now(UTC), lifetime=timedelta(days=1))
+    assert scan({"log": ca.cert_pem.decode()}, {"CA key": ca.key_pem}) == []
+    assert scan({"log": ca.key_pem.decode()}, {"CA key": ca.key_pem}) != []
