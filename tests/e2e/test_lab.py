@@ -12,6 +12,7 @@ the captured output of a failure).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.secrets_scan import scan
 from vpnctl.controller.observe import parse_server_metrics
 from vpnctl.lab import objects as lo
 from vpnctl.lab.checks import kubectl_logs
@@ -354,6 +356,50 @@ def test_vpnctl_restores_the_agent_daemonset_the_tenant_deleted(lab_run: LabRun)
     )
     assert took is not None
     assert all(kubelet_ok(lab, n.name) for n in lab.plan.nodes)
+
+
+def test_no_key_material_in_the_lab_logs_events_or_status(lab_run: LabRun) -> None:
+    """After everything above (install, CSR flow, revocation, a new node, a repaired
+    DaemonSet): no log file of the lab, and no Event or Tunnel of the service cluster,
+    holds a private key, a tls-crypt-v2 key, the tenant's token or its kubeconfig."""
+    lab = lab_run.lab
+    secrets: dict[str, str | bytes] = {}
+    # Every key file on the lab's disk: both clusters' PKI, the tunnel PKI as mounted
+    # into the pods, each node's own key and tls-crypt-v2 client key.
+    # (kubelet client credentials are one .pem with certificate and key).
+    for path in sorted([*lab.state.rglob("*.key"), *lab.state.rglob("*.pem")]):
+        data = path.read_bytes() if path.is_file() else b""
+        if (path.suffix == ".key" and data.strip()) or b"PRIVATE KEY-----" in data:
+            secrets[str(path.relative_to(lab.state))] = data
+    # What the service cluster keeps for the tenant: our keys and CAPI's kubeconfig.
+    got = kubectl(
+        lab, "get", "secrets", "-n", lo.CLUSTER_NAMESPACE, "-o", "json", cluster="service"
+    )
+    assert got.returncode == 0, got.stderr
+    for item in json.loads(got.stdout)["items"]:
+        for key, value in (item.get("data") or {}).items():
+            if key == "value" or key.endswith(".key"):
+                secrets[f"Secret {item['metadata']['name']}/{key}"] = base64.b64decode(value)
+    assert any(name.endswith("-kubeconfig/value") for name in secrets), sorted(secrets)
+    assert any("tls-crypt-v2" in name for name in secrets), sorted(secrets)
+
+    blobs = {
+        str(path.relative_to(lab.state)): path.read_text(errors="replace")
+        for path in sorted(lab.state.rglob("*.log"))
+        if path.is_file()
+    }
+    assert "logs/vpnctl.log" in blobs, sorted(blobs)  # the controller's own log is scanned
+    for kind in ("events", "tunnels"):
+        listed = kubectl(lab, "get", kind, "-A", "-o", "json", cluster="service")
+        assert listed.returncode == 0, listed.stderr
+        for item in json.loads(listed.stdout)["items"]:
+            meta = item["metadata"]
+            blobs[f"{kind} {meta.get('namespace')}/{meta['name']}"] = json.dumps(item)
+    assert any(name.startswith("events ") for name in blobs)
+
+    findings = scan(blobs, secrets)
+    print(f"\nscanned {len(blobs)} logs, Events and Tunnels for {len(secrets)} secrets")
+    assert findings == [], "\n".join(str(f) for f in findings[:30])
 
 
 # --- and then nothing ---

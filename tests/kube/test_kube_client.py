@@ -216,7 +216,7 @@ def _kubeconfig_text(*, server: str, ca: bytes, cert: bytes, key: bytes) -> str:
     if ca:
         cluster += f"    certificate-authority-data: {b64(ca)}\n"
     user = (
-        "    {}\n"
+        "    token: not-a-real-token\n"
         if not cert
         else (f"    client-certificate-data: {b64(cert)}\n    client-key-data: {b64(key)}\n")
     )
@@ -261,7 +261,7 @@ async def test_kubeconfig_from_a_capi_style_secret(
         kubeconfig_text_from_secret(secret)
 
     broken = text.replace(service_cluster.server_url, "not-a-url")
-    with pytest.raises(KubeconfigError, match="cluster 'c' has no http"):
+    with pytest.raises(KubeconfigError, match=r"clusters\[0\]\.cluster\.server must be an https"):
         await Kube.from_kubeconfig_text(broken, name="secret t/x")
 
     # A CA that isn't a certificate: caught when the client is built, not at first use.

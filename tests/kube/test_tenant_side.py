@@ -502,7 +502,7 @@ async def test_unreachable_and_malformed_kubeconfig_are_results_not_exceptions(
                 inline_kubeconfig(cluster.kubeconfig_path).replace(
                     "current-context: ts-unreach", "current-context: elsewhere"
                 ),
-                "context 'elsewhere' not found",
+                "current-context names context 'elsewhere', which is not in contexts",
             ),
         ):
             result = await ts.ensure(

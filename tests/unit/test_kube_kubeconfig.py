@@ -17,9 +17,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support import kubeconfigs
+from tests.support.secrets_scan import scan
 from vpnctl.kube import Kube, KubeconfigError, connect, kubeconfig_text_from_secret
 
 SECRET_KEY_DATA = base64.b64encode(b"-----BEGIN EC PRIVATE KEY-----\nsecret\n").decode()
+# Shaped like a certificate (so parsing passes), but TLS can't load it.
+NOT_A_CERT = base64.b64encode(
+    b"-----BEGIN CERTIFICATE-----\nbm90\n-----END CERTIFICATE-----\n"
+).decode()
 
 
 def kubeconfig(
@@ -34,7 +40,7 @@ def kubeconfig(
     cluster_lines = f"    server: {server}\n"
     if ca is not None:
         cluster_lines += f"    certificate-authority-data: {ca}\n"
-    user_lines = "    client-certificate-data: bm90LWEtY2VydA==\n"
+    user_lines = f"    client-certificate-data: {NOT_A_CERT}\n"
     if key is not None:
         user_lines += f"    client-key-data: {key}\n"
     return (
@@ -49,25 +55,43 @@ def kubeconfig(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("clusters: [unclosed", r"secret t/k-kubeconfig: not valid YAML"),
-        ("just a string", r"not a kubeconfig \(expected a mapping .* got str\)"),
+        ("clusters: [unclosed", r"secret t/k-kubeconfig: document is not valid YAML"),
+        ("just a string", r"document is not a kubeconfig \(expected a mapping .* got str\)"),
         ("", r"not a kubeconfig .* got nothing"),
-        (kubeconfig(context="missing"), r"context 'missing' not found \(contexts: t\)"),
-        (kubeconfig(cluster="elsewhere"), r"names cluster 'elsewhere', which isn't defined"),
-        (kubeconfig(user="nobody"), r"names user 'nobody', which isn't defined"),
-        (kubeconfig(server="198.18.0.1:6443"), r"cluster 'c' has no http\(s\) server URL"),
+        (
+            kubeconfig(context="missing"),
+            r"current-context names context 'missing', which is not in contexts \(have: 't'\)",
+        ),
+        (
+            kubeconfig(cluster="elsewhere"),
+            r"contexts\[0\]\.context\.cluster names cluster 'elsewhere', which is not in",
+        ),
+        (
+            kubeconfig(user="nobody"),
+            r"contexts\[0\]\.context\.user names user 'nobody', which is not in users",
+        ),
+        (
+            kubeconfig(server="198.18.0.1:6443"),
+            r"clusters\[0\]\.cluster\.server must be an https:// URL",
+        ),
         (
             kubeconfig(ca='"%%%not base64%%%"'),
-            r"cluster 'c' certificate-authority-data is not valid",
+            r"clusters\[0\]\.cluster\.certificate-authority-data is not valid base64",
         ),
-        (kubeconfig(key=f'"#{SECRET_KEY_DATA}"'), r"user 'u' client-key-data is not valid base64"),
+        (
+            kubeconfig(key=f'"#{SECRET_KEY_DATA}"'),
+            r"users\[0\]\.user\.client-key-data is not valid base64",
+        ),
         # PyYAML would quote the bad scalar (the key) in its message; we say where only.
         (kubeconfig(key="!!" + SECRET_KEY_DATA), r"not valid YAML \(line 12, column 22\)"),
         (
             "apiVersion: v1\nclusters: {c: 1}\ncontexts: []\nusers: []\n",
             r"clusters must be a list",
         ),
-        ("apiVersion: v1\nclusters: []\ncontexts: []\nusers: []\n", r"no current-context"),
+        (
+            "apiVersion: v1\nclusters: []\ncontexts: []\nusers: []\n",
+            r"current-context is missing and the file has 0 contexts",
+        ),
     ],
 )
 async def test_malformed_kubeconfig_text_is_explained(text: str, message: str) -> None:
@@ -79,8 +103,7 @@ async def test_malformed_kubeconfig_text_is_explained(text: str, message: str) -
 
 
 async def test_certificates_that_do_not_load_are_a_kubeconfig_error() -> None:
-    junk = base64.b64encode(b"not a PEM at all").decode()
-    text = kubeconfig(ca=junk, key=junk)
+    text = kubeconfig(ca=NOT_A_CERT)
     with pytest.raises(KubeconfigError, match="CA certificate or the client certificate/key"):
         await Kube.from_kubeconfig_text(text, name="tenant")
 
@@ -189,3 +212,60 @@ async def test_relative_paths_in_a_kubeconfig_file_start_at_its_folder(tmp_path:
     (folder / "pki" / "admin.key").unlink()
     with pytest.raises(KubeconfigError, match=r"kubeconfig .*/config: can't be used"):
         await connect(kubeconfig=str(folder / "config"))
+
+
+# --- a tenant's kubeconfig is data, never instructions --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def material() -> kubeconfigs.Material:
+    return kubeconfigs.material()
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [(e, f) for _, e, f in kubeconfigs.REFUSED],
+    ids=[i for i, _, _ in kubeconfigs.REFUSED],
+)
+async def test_refused_forms_never_make_a_client(
+    material: kubeconfigs.Material, edit: kubeconfigs.Edit, field: str
+) -> None:
+    text = kubeconfigs.dump(kubeconfigs.refused(material, edit))
+    with pytest.raises(KubeconfigError) as err:
+        await Kube.from_kubeconfig_text(text, name="Secret t/k-kubeconfig")
+    assert str(err.value).startswith(f"Secret t/k-kubeconfig: {field} ")
+    secrets = {"key": material.client.key_pem, "token": kubeconfigs.TOKEN}
+    assert scan({"message": str(err.value)}, secrets) == []
+
+
+async def test_exec_command_never_runs(material: kubeconfigs.Material, tmp_path: Path) -> None:
+    marker = tmp_path / "exec-ran"
+    doc = kubeconfigs.valid(material)
+    doc["users"][0]["user"]["exec"] = kubeconfigs.exec_user(str(marker))
+    with pytest.raises(KubeconfigError, match=r"users\[0\]\.user\.exec runs a command"):
+        await Kube.from_kubeconfig_text(kubeconfigs.dump(doc), name="tenant")
+    assert not marker.exists(), "the kubeconfig's exec command ran"
+
+
+async def test_token_file_is_never_read(material: kubeconfigs.Material, tmp_path: Path) -> None:
+    """A loader would read the file (say, the controller's own service account token)
+    and send it to the server the tenant chose."""
+    token_file = tmp_path / "token"
+    token_file.write_text("the-controllers-own-token")
+    doc = kubeconfigs.valid(material)
+    doc["users"][0]["user"] = {"tokenFile": str(token_file)}
+    with pytest.raises(KubeconfigError, match=r"users\[0\]\.user\.tokenFile reads a file"):
+        await Kube.from_kubeconfig_text(kubeconfigs.dump(doc), name="tenant")
+
+
+async def test_token_and_inline_certificates_make_a_client(
+    material: kubeconfigs.Material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    doc = kubeconfigs.valid(material)
+    doc["users"][0]["user"]["token"] = kubeconfigs.TOKEN
+    async with await Kube.from_kubeconfig_text(kubeconfigs.dump(doc), name="tenant") as kube:
+        assert kube.server == "https://198.18.0.2:6443"
+    assert list(scratch.iterdir()) == []  # CA, certificate and key were on disk only briefly

@@ -23,9 +23,17 @@ from vpnctl.reconcile.tenant import parse_tenant
 PLAN = make_plan(prefix="vt1", nodes=3)
 
 
+CA_PEM = b"-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n"
+
+
 def _service_objects() -> dict[str, dict[str, Any]]:
+    # PEM-shaped placeholders: vpnctl checks the kind of PEM block each field holds.
     text = lo.kubeconfig_text(
-        name="tenant-a", server="https://198.18.0.2:6443", ca_pem=b"ca", cert_pem=b"c", key_pem=b"k"
+        name="tenant-a",
+        server="https://198.18.0.2:6443",
+        ca_pem=CA_PEM,
+        cert_pem=b"-----BEGIN CERTIFICATE-----\nc\n-----END CERTIFICATE-----\n",
+        key_pem=b"-----BEGIN PRIVATE KEY-----\nk\n-----END PRIVATE KEY-----\n",
     )
     return {o["kind"]: o for o in lo.service_objects(PLAN, tenant_kubeconfig=text)}
 
@@ -73,7 +81,7 @@ def test_the_kubeconfig_secret_is_what_capi_writes() -> None:
     kubeconfig = parse_kubeconfig_secret(secret, namespace="tenant-a", cluster_name="tenant-a")
     assert kubeconfig.server == "https://198.18.0.2:6443"
     doc = yaml.safe_load(base64.b64decode(secret["data"]["value"]))
-    assert base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]) == b"ca"
+    assert base64.b64decode(doc["clusters"][0]["cluster"]["certificate-authority-data"]) == CA_PEM
 
 
 def test_a_machine_made_again_gets_a_new_name() -> None:

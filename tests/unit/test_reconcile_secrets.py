@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 import certs
+from tests.support import kubeconfigs
+from tests.support.secrets_scan import scan
 from vpnctl.reconcile import samples
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
 from vpnctl.reconcile.objects import (
@@ -44,14 +46,17 @@ def ca() -> certs.Issued:
     return certs.new_ca(common_name="tenant-a-ca", now=NOW, lifetime=timedelta(days=3650))
 
 
+@pytest.fixture(scope="module")
+def material() -> kubeconfigs.Material:
+    return kubeconfigs.material()
+
+
 def kubeconfig(**changes: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "c", "cluster": {"server": "https://198.18.0.2:6443"}}],
-        "users": [
-            {"name": "u", "user": {"client-certificate-data": "AA==", "client-key-data": "AA=="}}
-        ],
+        "users": [{"name": "u", "user": {"token": kubeconfigs.TOKEN}}],
         "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
         "current-context": "ctx",
     }
@@ -74,13 +79,35 @@ def parse(secret: dict[str, Any] | None) -> Any:
 # --- kubeconfig ---------------------------------------------------------------------------------
 
 
-def test_good_kubeconfig() -> None:
-    got = parse(kubeconfig_secret(yaml.safe_dump(kubeconfig()).encode()))
+def test_good_kubeconfig(material: kubeconfigs.Material) -> None:
+    got = parse(kubeconfig_secret(kubeconfigs.dump(kubeconfigs.valid(material)).encode()))
     assert got.server == "https://198.18.0.2:6443"
-    assert got.context == "ctx"
+    assert got.context == "admin@c"
+    assert got.credentials.client_key_pem == material.client.key_pem
     assert "client-key-data" in got.text
     assert "client-key-data" not in repr(got)
+    assert scan({"repr": repr(got)}, {"key": material.client.key_pem}) == []
     assert kubeconfig_secret_name("tenant-a") == "tenant-a-kubeconfig"
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [(e, f) for _, e, f in kubeconfigs.REFUSED],
+    ids=[i for i, _, _ in kubeconfigs.REFUSED],
+)
+def test_refused_kubeconfig_forms_are_permanent_and_name_the_field(
+    material: kubeconfigs.Material, edit: kubeconfigs.Edit, field: str
+) -> None:
+    """Each form a kubeconfig loader would act on (run a command, read a file of the
+    controller's, skip TLS checks, use a proxy), added to valid credentials."""
+    text = kubeconfigs.dump(kubeconfigs.refused(material, edit))
+    with pytest.raises(PermanentError) as info:
+        parse(kubeconfig_secret(text.encode()))
+    assert info.value.reason == "InvalidKubeconfig"
+    where = "Secret tenant-a/tenant-a-kubeconfig"
+    assert info.value.message.startswith(f"{where} is refused: {field} ")
+    secrets = {"key": material.client.key_pem, "token": kubeconfigs.TOKEN}
+    assert scan({"message": info.value.message, "repr": repr(info.value)}, secrets) == []
 
 
 def test_missing_kubeconfig_secret_is_temporary() -> None:
@@ -94,23 +121,26 @@ def test_missing_kubeconfig_secret_is_temporary() -> None:
     ("value", "needle"),
     [
         (None, "has no key 'value'"),
-        (b"\xff\xfe", "is not a YAML kubeconfig"),
-        (b"{unclosed", "is not a YAML kubeconfig"),
-        (b"- a list", "not a YAML mapping"),
-        (yaml.safe_dump(kubeconfig(contexts=[])).encode(), "no usable current-context"),
+        (b"\xff\xfe", "document is not UTF-8 text"),
+        (b"{unclosed", "document is not valid YAML"),
+        (b"- a list", "document is not a kubeconfig"),
+        (
+            yaml.safe_dump(kubeconfig(contexts=[])).encode(),
+            "current-context names context 'ctx', which is not in contexts",
+        ),
         (
             yaml.safe_dump(kubeconfig(clusters=[])).encode(),
-            "names a cluster that is not in the file",
+            "contexts[0].context.cluster names cluster 'c', which is not in clusters",
         ),
         (
             yaml.safe_dump(
                 kubeconfig(clusters=[{"name": "c", "cluster": {"server": "http://x"}}])
             ).encode(),
-            "no https:// server URL",
+            "clusters[0].cluster.server must be an https:// URL",
         ),
         (
             yaml.safe_dump(kubeconfig(users=[{"name": "u", "user": {}}])).encode(),
-            "no user credentials",
+            "users[0].user has no credentials",
         ),
     ],
 )

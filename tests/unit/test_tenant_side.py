@@ -425,7 +425,9 @@ async def test_a_malformed_kubeconfig_is_a_result_and_starts_nothing() -> None:
         )
         assert not result.installed
         assert result.reason == REASON_KUBECONFIG_INVALID
-        assert "Secret tenant-a/tenant-a-kubeconfig: no current-context" in result.message
+        assert (
+            "Secret tenant-a/tenant-a-kubeconfig: current-context is missing" in result.message
+        )
         assert ts.task_names(TENANT) == []
         assert ts.healthy()
 

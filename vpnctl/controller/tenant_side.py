@@ -479,7 +479,7 @@ class Supervisor:
 @dataclass(eq=False)
 class _Tenant:
     ref: TenantRef
-    kubeconfig_text: str
+    kubeconfig_text: str = field(repr=False)  # holds the tenant admin's credentials
     kube: Kube
     desired: dict[ObjectRef, KubeObject] = field(default_factory=dict)
     machines: tuple[KubeObject, ...] = ()

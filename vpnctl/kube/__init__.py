@@ -3,7 +3,8 @@
 Everything above works on plain JSON dicts (see ``vpnctl.api`` for their TypedDicts)
 and on the small pieces here:
 
-- ``Kube`` (``connect()``, ``Kube.from_kubeconfig_text()``): get, list, watch, create,
+- ``Kube`` (``connect()`` for the operator's kubeconfig; ``Kube.from_kubeconfig_text()``
+  for a tenant's, parsed strictly, see ``apiconfig``): get, list, watch, create,
   replace, server-side apply (also of status), merge patch, delete, CSR decisions;
   ``Resource`` constants name the kinds.
 - ``errors``: the ``ApiError`` tiers (transport/429/409 retryable, the rest permanent)
@@ -14,7 +15,8 @@ and on the small pieces here:
 - ``record_event``: Events that count repeats instead of piling up.
 """
 
-from vpnctl.kube.client import Kube, connect, kubeconfig_text_from_secret
+from vpnctl.kube.apiconfig import kubeconfig_text_from_secret
+from vpnctl.kube.client import Kube, connect
 from vpnctl.kube.clock import Clock, ManualClock, SystemClock
 from vpnctl.kube.errors import (
     AlreadyExists,

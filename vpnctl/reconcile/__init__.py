@@ -9,6 +9,7 @@ plain dicts out (what it should apply). No Kubernetes client, no clock, no I/O.
 - `plan`: all of the above for one tenant in one call (`plan_tenant`).
 - `agentdocs`: the JSON documents the agent roles read (desired state, role configs).
 - `objects`, `tenant_objects`: desired Kubernetes objects on both sides.
+- `kubeconfig`: a tenant's kubeconfig parsed as data (no exec, no plugins, no file paths).
 - `secrets`: reading back CAPI's kubeconfig Secret and our PKI Secrets.
 - `diff`: whether an object needs writing (`needs_update`).
 - `conditions`, `status`, `table`: status conditions, the status body, `vpnctl status`.

@@ -3,8 +3,9 @@
 Two kinds, two policies:
 
 - CAPI's `<cluster>-kubeconfig` Secret (how vpnctl reaches the tenant cluster). Missing is
-  temporary (CAPI writes it once the control plane is up); malformed is permanent until
-  the Secret changes.
+  temporary (CAPI writes it once the control plane is up); malformed or refused (anything
+  beyond inline credentials, see `vpnctl.reconcile.kubeconfig`) is permanent until the
+  Secret changes.
 - Our own PKI Secrets. A missing one is simply issued. A *corrupt* CA or tls-crypt-v2
   server key is reported and never replaced: every node's certificate and client key
   hangs off them, so re-issuing silently would cut every node off, and the old material
@@ -24,10 +25,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-import yaml
-
 import certs
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
+from vpnctl.reconcile.kubeconfig import Kubeconfig, KubeconfigRejected, parse_kubeconfig
 from vpnctl.reconcile.objects import TLS_CERT, TLS_CRYPT_V2_SERVER, TLS_KEY
 
 KUBECONFIG_KEY = "value"
@@ -45,6 +45,7 @@ class TenantKubeconfig:
     text: str = field(repr=False)
     server: str
     context: str
+    credentials: Kubeconfig = field(repr=False)
 
 
 def _where(secret: Mapping[str, Any], fallback: str) -> str:
@@ -95,40 +96,16 @@ def parse_kubeconfig_secret(
     except _BadData as exc:
         raise bad(str(exc)) from None
     try:
-        text = raw.decode("utf-8")
-        doc = yaml.safe_load(text)
-    except (UnicodeDecodeError, yaml.YAMLError):
-        raise bad("is not a YAML kubeconfig") from None
-    if not isinstance(doc, Mapping):
-        raise bad("is not a kubeconfig (not a YAML mapping)")
-
-    def named(section: str) -> dict[str, Mapping[str, Any]]:
-        entries = doc.get(section)
-        out: dict[str, Mapping[str, Any]] = {}
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
-                body = entry.get(section[:-1])
-                out[entry["name"]] = body if isinstance(body, Mapping) else {}
-        return out
-
-    contexts, clusters, users = named("contexts"), named("clusters"), named("users")
-    current = doc.get("current-context")
-    if not isinstance(current, str) or current not in contexts:
-        if len(contexts) != 1:
-            raise bad("has no usable current-context")
-        current = next(iter(contexts))
-    context = contexts[current]
-    cluster = clusters.get(str(context.get("cluster")))
-    if cluster is None:
-        raise bad(f"context {current!r} names a cluster that is not in the file")
-    server = cluster.get("server")
-    if not isinstance(server, str) or not server.startswith("https://"):
-        raise bad(f"context {current!r} has no https:// server URL")
-    user = users.get(str(context.get("user")))
-    credentials = ("client-certificate-data", "client-key-data", "token", "client-certificate")
-    if user is None or not any(user.get(k) for k in credentials):
-        raise bad(f"context {current!r} has no user credentials")
-    return TenantKubeconfig(text=text, server=server, context=current)
+        credentials = parse_kubeconfig(raw)
+    except KubeconfigRejected as exc:
+        raise bad(f"is refused: {exc}") from None
+    # parse_kubeconfig checked that the bytes are UTF-8.
+    return TenantKubeconfig(
+        text=raw.decode("utf-8"),
+        server=credentials.server,
+        context=credentials.context,
+        credentials=credentials,
+    )
 
 
 # --- our PKI ----------------------------------------------------------------------------

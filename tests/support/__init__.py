@@ -1,0 +1,1 @@
+"""Shared test support: samples and scanners that several test folders use."""
