@@ -37,7 +37,7 @@ FROM runtime AS build
 # built on the host and mounted only while this RUN runs: no index is contacted.
 ARG WHEELHOUSE=""
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml setup.py ./
 COPY vpnctl ./vpnctl
 COPY agent ./agent
 COPY certs ./certs

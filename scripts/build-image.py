@@ -16,8 +16,10 @@ the shipped source files, the base recipe, this script's recipe version): it is 
 ``localhost/vpnctl:<key>`` in buildah's storage and saved as an OCI archive in
 ``$VPNCTL_CACHE/images/`` (default ``~/.cache/vpnctl/images``) for
 ``ctr -n k8s.io images import``. A second run with nothing changed finds both and only
-prints the reference. stdout carries the reference alone (or JSON with ``--json``);
-progress goes to stderr.
+prints the reference. The revision label names the commit the image was built from
+(``-dirty`` when its inputs differed from that commit); a later commit whose inputs are
+the same reuses the image and keeps that label. stdout carries the reference alone
+(or JSON with ``--json``); progress goes to stderr.
 
 Needs root (buildah's system storage, mmdebstrap's root mode) and the tools that
 ``scripts/install-image-tools.sh`` installs (``make image`` runs it first).
@@ -86,7 +88,7 @@ BASE_HOOKS = (
 
 # The build context: packaging files and the source trees; pyproject.toml and
 # setup.py decide what of the trees ships, and the hash follows that decision.
-CONTEXT_FILES = ("Dockerfile", "pyproject.toml", "setup.py", "README.md")
+CONTEXT_FILES = ("Dockerfile", "pyproject.toml", "setup.py")
 SOURCE_TREES = ("vpnctl", "agent", "certs")
 
 
@@ -357,9 +359,11 @@ def save_archive(ref: str, archive: Path) -> None:
     partial.rename(archive)
 
 
-def prune(cache: Path, keep: str) -> None:
-    """Older images of ours go: their archives and their tags in buildah's storage."""
-    for old in cache.glob("vpnctl-*.oci.tar"):
+def prune(cache: Path, keep: str, *, recent: int = 3) -> None:
+    """Older images of ours go, their archives and their tags in buildah's storage;
+    KEEP and the RECENT newest stay (several checkouts may share the cache)."""
+    archives = sorted(cache.glob("vpnctl-*.oci.tar"), key=lambda p: p.stat().st_mtime)
+    for old in archives[:-recent]:
         key = old.name.removeprefix("vpnctl-").removesuffix(".oci.tar")
         if key == keep:
             continue
@@ -385,11 +389,20 @@ def ensure_image(repo: Path, cache: Path, *, rebuild: bool = False) -> dict[str,
             info = json.loads(meta.read_text())
             info["cached"] = True
             return dict(info)
+        how = "built"
         if saved and not stored:
+            how = "restored from the OCI archive"
             log(f"restoring {ref} from {archive}")
-            run(["buildah", "pull", "--quiet", f"oci-archive:{archive}"], what="buildah pull")
-            run(["buildah", "tag", _archive_image_id(archive), ref], what="buildah tag")
+            pulled = run(
+                ["buildah", "pull", "--quiet", f"oci-archive:{archive}"],
+                what="buildah pull",
+                capture=True,
+            ).split()
+            if not pulled:
+                raise ImageError(f"buildah pull of {archive} printed no image ID; delete it")
+            run(["buildah", "tag", pulled[-1], ref], what="buildah tag")
         elif stored and not saved:
+            how = "archived from buildah's storage"
             save_archive(ref, archive)
         elif not stored:
             build(repo, cache, key, files, archive)
@@ -399,22 +412,13 @@ def ensure_image(repo: Path, cache: Path, *, rebuild: bool = False) -> dict[str,
             "archive": str(archive),
             "archive_bytes": archive.stat().st_size,
             "image_size": _image_size(ref),
-            "build_seconds": round(time.monotonic() - started, 1),
+            "how": how,
+            "seconds": round(time.monotonic() - started, 1),
         }
         meta.write_text(json.dumps(info, indent=2) + "\n")
         prune(cache, keep=key)
         info["cached"] = False
         return info
-
-
-def _archive_image_id(archive: Path) -> str:
-    out = run(
-        ["buildah", "images", "--noheading", "--no-trunc", "--format", "{{.ID}}",
-         f"oci-archive:{archive}"],
-        what="buildah images",
-        capture=True,
-    )  # fmt: skip
-    return out.split()[0] if out.split() else f"oci-archive:{archive}"
 
 
 def _image_size(ref: str) -> str:
@@ -443,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        state = "cached" if info["cached"] else f"built in {info['build_seconds']}s"
+        state = "cached" if info["cached"] else f"{info['how']} in {info['seconds']}s"
         log(f"{state}; OCI archive {info['archive']}")
         print(info["ref"])
     return 0

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGING = ("pyproject.toml", "setup.py", "README.md", "Dockerfile")
+PACKAGING = ("pyproject.toml", "setup.py", "Dockerfile")
 TREES = ("vpnctl", "agent", "certs")
 
 
