@@ -56,6 +56,8 @@ UID = 65532
 # step finds nothing missing and the image build never reaches a mirror.
 BASE_SUITE = "bookworm"
 BASE_VARIANT = "minbase"
+# bookworm's python3; the host builds the dependency wheels, so it must match.
+BASE_PYTHON = (3, 11)
 BASE_PACKAGES = (
     "python3",
     "python3-venv",
@@ -127,6 +129,13 @@ def check_host() -> None:
         raise ImageError(
             "needs root: buildah's system storage and mmdebstrap's root mode; run `sudo make image`"
         )
+    if sys.version_info[:2] != BASE_PYTHON:
+        want = ".".join(map(str, BASE_PYTHON))
+        raise ImageError(
+            f"the dependency wheels are built with this interpreter ({sys.version.split()[0]}) "
+            f"but the image runs Python {want} ({BASE_SUITE}); run with a Python {want} "
+            "(`make image` uses .venv/bin/python)"
+        )
     missing = [t for t in ("buildah", "mmdebstrap", "runc") if shutil.which(t) is None]
     if missing:
         raise ImageError(
@@ -197,6 +206,8 @@ def base_key() -> str:
 def image_key(repo: Path, files: Sequence[Path]) -> str:
     h = hashlib.sha256()
     h.update(f"recipe {RECIPE_VERSION}\nbase {base_key()}\n".encode())
+    # This script is an input too: how it calls buildah shapes the image.
+    h.update(hashlib.sha256(Path(__file__).read_bytes()).digest())
     for rel in files:
         h.update(f"{rel}\0".encode())
         h.update(hashlib.sha256((repo / rel).read_bytes()).digest())

@@ -4,6 +4,9 @@ as a module and asked for the key of a copy of the repository's inputs."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -57,3 +60,19 @@ def test_image_key_follows_what_ships(tmp_path: Path) -> None:
         key = key_of(bi, repo)
         assert key not in keys, f"editing {shipped} did not change the image key"
         keys.add(key)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
+def test_build_as_non_root_says_what_to_do(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+         str(REPO / "scripts" / "build-image.py"), "--cache-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "build-image: error: needs root" in done.stderr
+    assert "sudo make image" in done.stderr
+    assert "Traceback" not in done.stderr
