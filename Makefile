@@ -5,7 +5,7 @@ PY    := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 NODES ?= 3
 
-.PHONY: lab lab-down test lint deps system k8s-bins charts bench bench-dataplane clean
+.PHONY: lab lab-down test lint deps system image-tools image k8s-bins charts bench bench-dataplane clean
 
 lab: deps
 	$(PY) -m vpnctl lab up --nodes $(NODES)
@@ -13,13 +13,14 @@ lab: deps
 lab-down: deps
 	$(PY) -m vpnctl lab down
 
-test: deps k8s-bins lint
+test: deps k8s-bins image-tools lint
 	scripts/run-tests.sh
 
 lint: deps
 	.venv/bin/ruff check .
 	.venv/bin/mypy vpnctl agent certs telemetry
 	.venv/bin/lint-imports
+	.venv/bin/hadolint Dockerfile
 
 deps: system $(VENV_STAMP)
 
@@ -32,6 +33,14 @@ $(VENV_STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@rm -f .venv/.installed-*
 	@touch $@
+
+image-tools:
+	@scripts/install-image-tools.sh
+
+# The one image of the controller and every agent role, built here from Debian's
+# packages without a registry; cached in ~/.cache/vpnctl/images by a hash of its inputs.
+image: deps image-tools
+	$(PY) scripts/build-image.py
 
 k8s-bins: deps
 	$(PY) -m vpnctl.testenv.build $(if $(WITH_KUBELET),--with-kubelet)

@@ -83,8 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(level=args.log_level, fmt=args.log_format)
     if args.cmd == "lab":
-        from vpnctl.lab import cli as lab_cli
-
+        try:
+            from vpnctl.lab import cli as lab_cli
+        except ModuleNotFoundError as e:
+            if not (e.name or "").startswith("vpnctl.lab"):
+                raise
+            print(
+                "vpnctl: error: the lab is not part of this installation (the wheel and the "
+                "image leave it out); run it from a source checkout with `make lab`",
+                file=sys.stderr,
+            )
+            return 2
         return asyncio.run(lab_cli.run(args))
     if args.cmd in ("run", "status"):
         from vpnctl.controller import cli as controller_cli
