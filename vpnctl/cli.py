@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from telemetry.logs import FORMATS, LEVELS, configure_logging
 from vpnctl import __version__

@@ -7,7 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGING = ("pyproject.toml", "setup.py", "Dockerfile")
-TREES = ("vpnctl", "agent", "certs")
+TREES = ("vpnctl", "agent", "certs", "telemetry")
 
 
 def copy_inputs(dest: Path) -> Path:
