@@ -51,19 +51,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import builtins
 import contextlib
+import functools
 import logging
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
 import certs
+from vpnctl.controller.budgets import (
+    REASON_CACHE,
+    REASON_CSR_RATE,
+    REASON_CSR_TOO_LARGE,
+    REASON_REPAIR_RATE,
+    Budgets,
+    OverBudget,
+    TenantBudget,
+    dropped_bytes,
+    object_bytes,
+    slim_csr,
+)
 from vpnctl.controller.interfaces import TenantRef, TenantSideResult
 from vpnctl.kube import (
     CERTIFICATE_SIGNING_REQUEST,
@@ -90,7 +102,6 @@ from vpnctl.kube import (
     TransportError,
     Unauthorized,
     Watcher,
-    WatchEvent,
     WatchMetrics,
     with_retries,
 )
@@ -127,6 +138,9 @@ KNOWN_RESOURCES: tuple[Resource, ...] = (
     DEPLOYMENT,
 )
 _BY_TYPE = {(r.api_version, r.kind): r for r in KNOWN_RESOURCES}
+# Node CSRs per list page: a tenant's may be big (until slim_csr drops the request), and
+# a page is held in full before that.
+_CSR_PAGE_SIZE = 25
 
 
 # --- pure helpers -------------------------------------------------------------------------
@@ -274,6 +288,15 @@ def signer_of(obj: Mapping[str, Any]) -> str:
     return str(spec.get("signerName") or "") if isinstance(spec, Mapping) else ""
 
 
+def _first_over_budget(group: BaseExceptionGroup[OverBudget]) -> OverBudget:
+    for exc in group.exceptions:
+        if isinstance(exc, OverBudget):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_over_budget(exc)
+    raise AssertionError("an OverBudget group without an OverBudget")  # pragma: no cover
+
+
 def result_for_error(exc: ApiError, *, tenant: TenantRef, server: str) -> TenantSideResult:
     """The install state for an API error met while installing (retries already spent)."""
     secret = f"Secret {tenant.namespace}/{tenant.cluster}-kubeconfig"
@@ -305,83 +328,6 @@ def result_for_error(exc: ApiError, *, tenant: TenantRef, server: str) -> Tenant
             f"({exc}); it is retried, and this clears once the tenant cluster accepts it"
         ),
     )
-
-
-# --- the watch source for node CSRs -------------------------------------------------------
-
-
-class SelectingApi(Protocol):
-    """What ``SignerFilteredSource`` needs of a connection (``Kube`` is one)."""
-
-    async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> tuple[builtins.list[KubeObject], str]: ...
-
-    def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]: ...
-
-
-class SignerFilteredSource:
-    """A WatchSource of CertificateSigningRequests for one signer.
-
-    The list uses the apiserver's field selector ``spec.signerName``. ``Kube.watch``
-    takes no field selector, so the watch stream is filtered here; a bookmark or an
-    error passes through.
-    """
-
-    def __init__(self, api: SelectingApi, *, signer: str) -> None:
-        self._api = api
-        self._signer = signer
-
-    async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-    ) -> tuple[builtins.list[KubeObject], str]:
-        return await self._api.list(
-            res,
-            namespace,
-            label_selector=label_selector,
-            field_selector=f"spec.signerName={self._signer}",
-        )
-
-    async def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]:
-        stream = self._api.watch(
-            res,
-            namespace,
-            resource_version=resource_version,
-            timeout_seconds=timeout_seconds,
-            label_selector=label_selector,
-        )
-        async with contextlib.aclosing(stream):
-            async for event in stream:
-                if event["type"] in ("ADDED", "MODIFIED", "DELETED") and (
-                    signer_of(event["object"]) != self._signer
-                ):
-                    continue
-                yield event
 
 
 # --- per-tenant state ---------------------------------------------------------------------
@@ -487,6 +433,9 @@ class _Tenant:
     watchers: dict[WatchSpec, Watcher] = field(default_factory=dict)
     watch_tasks: dict[WatchSpec, asyncio.Task[None]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    budget: TenantBudget | None = None
+    lane: asyncio.TaskGroup | None = None  # while the tenant's work runs (not paused)
+    lane_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     csr_watcher: Watcher | None = None
     started: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -494,6 +443,8 @@ class _Tenant:
     csr_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     drift_seen: dict[ObjectRef, float] = field(default_factory=dict)
     csr_done: set[str] = field(default_factory=set)  # uids decided (or not ours to decide)
+    csr_dirty: set[str] = field(default_factory=set)  # names changed since the last pass
+    csr_rescan: bool = True  # look at every cached CSR (Machines or CA changed, resumed)
     repairs: int = 0
     repaired_kinds: set[str] = field(default_factory=set)
     signed: int = 0
@@ -505,8 +456,9 @@ class KubeTenantSide:
     """``TenantSide`` against real tenant apiservers. Use as ``async with``: the
     background tasks of every tenant live in a TaskGroup that the context owns.
 
-    - ``registry``: where ``vpnctl_tenant_repairs_total{namespace,cluster,kind}`` and
-      ``vpnctl_tenant_csrs_total{namespace,cluster,decision}`` are registered.
+    - ``registry``: where ``vpnctl_tenant_repairs_total{namespace,cluster,kind}``,
+      ``vpnctl_tenant_csrs_total{namespace,cluster,decision}`` and
+      ``vpnctl_tenant_budget_trips_total{namespace,cluster,reason}`` are registered.
     - ``watch_metrics``: the controller's shared ``WatchMetrics`` (one per registry);
       made on ``registry`` when not given.
     - ``node_cert_lifetime``: lifetime of the node client certificates signed for CSRs
@@ -518,6 +470,9 @@ class KubeTenantSide:
       burst (a deleted namespace) is repaired in one pass.
     - ``max_crashes``/``stable_after``: a task that crashed this many times in a row,
       without ``stable_after`` seconds of running in between, makes ``healthy()`` False.
+    - ``budgets``: what one tenant may cost (``vpnctl.controller.budgets``); a tenant
+      over budget has all its background work paused, and ``ensure()`` reports it
+      (``TenantSideResult.degraded``) without calling its apiserver until it resumes.
     """
 
     def __init__(
@@ -536,6 +491,7 @@ class KubeTenantSide:
         repair_coalesce: float = 0.05,
         max_crashes: int = 5,
         stable_after: float = 60.0,
+        budgets: Budgets | None = None,
     ) -> None:
         if node_cert_lifetime <= timedelta(0):
             raise ValueError(f"node_cert_lifetime must be positive, got {node_cert_lifetime}")
@@ -570,6 +526,13 @@ class KubeTenantSide:
             ["namespace", "cluster", "decision"],
             registry=registry,
         )
+        self._budget_trips_total = Counter(
+            "vpnctl_tenant_budget_trips",
+            "Times a tenant went over one of its budgets and its tenant-side work paused.",
+            ["namespace", "cluster", "reason"],
+            registry=registry,
+        )
+        self._budgets = budgets or Budgets()
         self._tenants: dict[TenantRef, _Tenant] = {}
         self._group: asyncio.TaskGroup | None = None
         self._closing = False
@@ -623,7 +586,15 @@ class KubeTenantSide:
         state = self._tenants.get(tenant)
         if state is None:
             return []
-        return sorted(t.get_name() for t in state.tasks if not t.done())
+        tasks = [*state.tasks, *state.lane_tasks]
+        return sorted(t.get_name() for t in tasks if not t.done())
+
+    def degraded(self, tenant: TenantRef) -> tuple[str, str] | None:
+        """(reason, message) while the tenant is over budget or just resumed; else None."""
+        state = self._tenants.get(tenant)
+        if state is None or state.budget is None:
+            return None
+        return state.budget.degraded()
 
     # --- the TenantSide protocol ----------------------------------------------------------
 
@@ -663,15 +634,40 @@ class KubeTenantSide:
                         "control plane: check the control plane provider"
                     ),
                 )
-            state = _Tenant(ref=tenant, kubeconfig_text=kubeconfig_text, kube=kube)
+            state = _Tenant(
+                ref=tenant,
+                kubeconfig_text=kubeconfig_text,
+                kube=kube,
+                budget=TenantBudget(
+                    self._budgets, tenant=str(tenant), clock=self._clock, rng=self._rng
+                ),
+            )
             self._tenants[tenant] = state
 
         machines_now = tuple(dict(m) for m in machines)
         if machines_now != state.machines or ca != state.ca:
-            state.csr_wakeup.set()  # an approved CSR may now be signable
+            state.csr_rescan = True  # an approved CSR may now be signable
+            state.csr_wakeup.set()
         state.machines = machines_now
         state.ca = ca
         state.desired = desired
+        assert state.budget is not None
+        if state.started and state.budget.paused():
+            # Over budget: not one request to this tenant's apiserver until it resumes, so
+            # its slow webhooks hold no worker that other tenants' revocations need. The
+            # lane picks up the desired state, Machines and CA set above when it resumes.
+            return TenantSideResult(
+                installed=True,
+                reason=REASON_INSTALLED,
+                message=(
+                    "node agent installed in the tenant cluster earlier; keeping it "
+                    "installed is paused while the tenant is over budget (see Degraded)"
+                ),
+                csr_signed=state.signed,
+                csr_denied=state.denied,
+                signed=self._signed(state),
+                degraded=state.budget.degraded(),
+            )
 
         try:
             async with state.lock:
@@ -691,6 +687,7 @@ class KubeTenantSide:
                 csr_signed=state.signed,
                 csr_denied=state.denied,
                 signed=self._signed(state),
+                degraded=state.budget.degraded(),
             )
         self._sync_background(state)
         if written:
@@ -710,6 +707,7 @@ class KubeTenantSide:
             csr_signed=state.signed,
             csr_denied=state.denied,
             signed=self._signed(state),
+            degraded=state.budget.degraded(),
         )
 
     async def forget(self, tenant: TenantRef) -> None:
@@ -730,6 +728,9 @@ class KubeTenantSide:
         for decision in ("signed", "denied"):
             with contextlib.suppress(KeyError):
                 self._csrs_total.remove(tenant.namespace, tenant.cluster, decision)
+        for reason in (REASON_CACHE, REASON_CSR_RATE, REASON_REPAIR_RATE):
+            with contextlib.suppress(KeyError):
+                self._budget_trips_total.remove(tenant.namespace, tenant.cluster, reason)
         _log.info("event=tenant_forgotten tenant=%s tasks_stopped=%d", tenant, len(state.tasks))
 
     async def cleanup(self, *, tenant: TenantRef, kubeconfig_text: str | None) -> bool:
@@ -836,8 +837,16 @@ class KubeTenantSide:
         )
 
     def _sync_background(self, state: _Tenant) -> None:
-        """Start the watches, the repair loop and the CSR loop (once); follow changes in
-        the kinds we install with the watches."""
+        """Start the tenant's lane (once); while it runs, follow changes in the kinds we
+        install with the watches (a paused lane picks them up when it resumes)."""
+        if not state.started:
+            state.started = True
+            self._spawn(state, f"tenant {state.ref} lane", lambda: self._lane(state))
+            return
+        if state.lane is not None:
+            self._sync_watches(state, state.lane)
+
+    def _sync_watches(self, state: _Tenant, group: asyncio.TaskGroup) -> None:
         tenant = state.ref
         wanted = set(watch_specs(state.desired))
         for spec in wanted - set(state.watchers):
@@ -850,46 +859,113 @@ class KubeTenantSide:
                 metrics=self._watch_metrics,
                 rng=self._rng,
                 label_selector=label_selector(tenant.cluster),
+                sizer=object_bytes,
                 timeout_seconds=self._watch_timeout_seconds,
                 backoff_base=self._backoff_base,
                 backoff_cap=self._backoff_cap,
             )
             state.watchers[spec] = watcher
-            state.watch_tasks[spec] = self._spawn(
-                state, f"tenant {tenant} watch {spec.res.label}", self._watch_body(state, watcher)
+            state.watch_tasks[spec] = self._lane_task(
+                state, group, f"watch {spec.res.label}", self._watch_body(state, watcher)()
             )
         for spec in set(state.watchers) - wanted:
             del state.watchers[spec]
-            task = state.watch_tasks.pop(spec)
-            task.cancel()
-            state.tasks.remove(task)
-            self._supervisor.discard(task)
-        if state.started:
-            return
-        state.started = True
-        self._spawn(state, f"tenant {tenant} repair", lambda: self._repair_loop(state))
+            state.watch_tasks.pop(spec).cancel()
+
+    def _lane_task(
+        self, state: _Tenant, group: asyncio.TaskGroup, what: str, body: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
+        task = group.create_task(body, name=f"tenant {state.ref} {what}")
+        state.lane_tasks = [t for t in state.lane_tasks if not t.done()] + [task]
+        return task
+
+    async def _lane(self, state: _Tenant) -> None:
+        """All of one tenant's background work (watches, drift repair, the CSR loop) in
+        one TaskGroup, so that going over budget (``OverBudget``, from any of them) stops
+        all of it at once: the caches are dropped, and everything starts again, from a
+        fresh listing, after the budget's pause. Any other exception ends the lane as a
+        crash, which the Supervisor logs and restarts."""
+        tenant = state.ref
+        assert state.budget is not None  # set by ensure()
+        while True:
+            state.watchers.clear()
+            state.watch_tasks.clear()
+            state.csr_watcher = None
+            state.csr_dirty.clear()
+            state.csr_rescan = True
+            over: OverBudget | None = None
+            try:
+                async with asyncio.TaskGroup() as group:
+                    state.lane = group
+                    self._start_lane(state, group)
+            except* OverBudget as caught:
+                over = _first_over_budget(caught)
+            finally:
+                state.lane = None
+                state.lane_tasks.clear()
+            if over is None:  # pragma: no cover - the lane's loops never return
+                raise RuntimeError(f"the lane of tenant {tenant} ended")
+            state.watchers.clear()  # drop the caches now, not after the pause
+            state.csr_watcher = None
+            delay = state.budget.trip(over)
+            self._budget_trips_total.labels(
+                namespace=tenant.namespace, cluster=tenant.cluster, reason=over.reason
+            ).inc()
+            _log.warning(
+                "event=tenant_over_budget tenant=%s reason=%s paused_for=%.1fs trips=%d message=%r",
+                tenant,
+                over.reason,
+                delay,
+                state.budget.trips,
+                over.message,
+            )
+            await self._clock.sleep(delay)
+            _log.info("event=tenant_resumed tenant=%s trips=%d", tenant, state.budget.trips)
+
+    def _start_lane(self, state: _Tenant, group: asyncio.TaskGroup) -> None:
+        assert state.budget is not None
+        self._sync_watches(state, group)
+        self._lane_task(state, group, "repair", self._repair_loop(state))
         csr_watcher = Watcher(
-            SignerFilteredSource(state.kube, signer=NODE_SIGNER),
+            state.kube,
             CERTIFICATE_SIGNING_REQUEST,
             None,
-            on_event=lambda _type, _obj: state.csr_wakeup.set(),
+            on_event=self._csr_handler(state),
             clock=self._clock,
             metrics=self._watch_metrics,
             rng=self._rng,
+            # Only ours: the kubelets' own CSRs never reach this controller.
+            field_selector=f"spec.signerName={NODE_SIGNER}",
+            page_size=_CSR_PAGE_SIZE,
+            transform=functools.partial(
+                slim_csr, max_request_bytes=state.budget.budgets.max_csr_request_bytes
+            ),
+            sizer=object_bytes,
             timeout_seconds=self._watch_timeout_seconds,
             backoff_base=self._backoff_base,
             backoff_cap=self._backoff_cap,
         )
         state.csr_watcher = csr_watcher
-        self._spawn(state, f"tenant {tenant} watch csrs", csr_watcher.run)
-        self._spawn(state, f"tenant {tenant} csr", lambda: self._csr_loop(state))
+        self._lane_task(state, group, "watch csrs", csr_watcher.run())
+        self._lane_task(state, group, "csr", self._csr_loop(state))
         _log.info(
             "event=tenant_watches_started tenant=%s kinds=%s",
-            tenant,
-            ",".join(sorted(s.res.kind for s in wanted)),
+            state.ref,
+            ",".join(sorted(s.res.kind for s in state.watchers)),
         )
 
-    def _watch_body(self, state: _Tenant, watcher: Watcher) -> Callable[[], Awaitable[None]]:
+    def _check_cache(self, state: _Tenant) -> None:
+        """Raises OverBudget when the tenant's caches hold too much."""
+        assert state.budget is not None
+        watchers = [*state.watchers.values(), state.csr_watcher]
+        stores = [w.store for w in watchers if w is not None]
+        state.budget.check_cache(
+            objects=sum(len(s) for s in stores), size=sum(s.bytes for s in stores)
+        )
+
+    def _watch_body(
+        self, state: _Tenant, watcher: Watcher
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
         async def body() -> None:
             # After a listing, a desired object that is simply absent gives no event:
             # wake the repair pass once the cache is there, so it looks.
@@ -902,6 +978,7 @@ class KubeTenantSide:
 
     def _object_handler(self, state: _Tenant, spec: WatchSpec) -> Callable[[str, KubeObject], None]:
         def on_event(event_type: str, obj: KubeObject) -> None:
+            self._check_cache(state)
             meta = obj.get("metadata") or {}
             ref = ObjectRef(spec.res, str(meta.get("namespace") or ""), str(meta.get("name")))
             wanted = state.desired.get(ref)
@@ -910,6 +987,21 @@ class KubeTenantSide:
             if event_type == "DELETED" or needs_update(obj, wanted):
                 state.drift_seen.setdefault(ref, self._clock.monotonic())
                 state.repair_wakeup.set()
+
+        return on_event
+
+    def _csr_handler(self, state: _Tenant) -> Callable[[str, KubeObject], None]:
+        """Only the CSR that changed is looked at again, never the whole cache."""
+
+        def on_event(event_type: str, obj: KubeObject) -> None:
+            meta = obj.get("metadata") or {}
+            if event_type == "DELETED":
+                state.csr_done.discard(str(meta.get("uid") or ""))
+                state.csr_dirty.discard(str(meta.get("name") or ""))
+                return
+            self._check_cache(state)
+            state.csr_dirty.add(str(meta.get("name") or ""))
+            state.csr_wakeup.set()
 
         return on_event
 
@@ -937,6 +1029,7 @@ class KubeTenantSide:
                 await self._clock.sleep(delay)
 
     async def _repair_pass(self, state: _Tenant) -> None:
+        assert state.budget is not None
         live: dict[ObjectRef, KubeObject | None] = {}
         for ref in state.desired:
             known, cached = self._cached(state, ref)
@@ -948,6 +1041,7 @@ class KubeTenantSide:
             if not needs_update(current, wanted):
                 state.drift_seen.pop(ref, None)
                 continue
+            state.budget.take_repair()
             await self._apply(state, ref, wanted)
             seen = state.drift_seen.pop(ref, None)
             latency = self._clock.monotonic() - seen if seen is not None else 0.0
@@ -975,43 +1069,99 @@ class KubeTenantSide:
             watcher = state.csr_watcher
             if watcher is None or not watcher.synced.is_set():
                 continue  # its first listing wakes us again
-            if await self._csr_pass(state, list(watcher.store)):
+            if state.csr_rescan:
+                state.csr_rescan = False
+                state.csr_dirty.clear()
+                csrs = list(watcher.store)
+                # Forget the decisions about CSRs that went while we were not watching.
+                state.csr_done &= {str((c.get("metadata") or {}).get("uid")) for c in csrs}
+            else:
+                names, state.csr_dirty = state.csr_dirty, set()
+                csrs = [c for n in sorted(names) if (c := watcher.store.get(n)) is not None]
+            failed = await self._csr_pass(state, csrs)
+            if not failed:
                 failures = 0
                 continue
+            state.csr_dirty |= failed
             failures += 1
             delay = self._backoff(failures)
             _log.warning(
-                "event=tenant_csr_retry tenant=%s failures=%d retry_in=%.1fs",
+                "event=tenant_csr_retry tenant=%s failures=%d csrs=%d retry_in=%.1fs",
                 state.ref,
                 failures,
+                len(failed),
                 delay,
             )
             state.csr_wakeup.set()
             await self._clock.sleep(delay)
 
-    async def _csr_pass(self, state: _Tenant, csrs: Sequence[KubeObject]) -> bool:
-        """Decide every undecided CSR of ours; False if any of them failed (retried)."""
-        ok = True
-        seen: set[str] = set()
+    async def _csr_pass(self, state: _Tenant, csrs: Sequence[KubeObject]) -> set[str]:
+        """Decide each undecided CSR of ours given; the names of those that failed (to be
+        retried). Every CSR waiting for a decision takes one from the tenant's budget
+        (OverBudget ends the pass, and pauses the tenant)."""
+        assert state.budget is not None
+        failed: set[str] = set()
         for csr in csrs:
             meta = csr.get("metadata") or {}
-            uid = str(meta.get("uid") or "")
-            seen.add(uid)
+            uid, name = str(meta.get("uid") or ""), str(meta.get("name") or "")
             if uid in state.csr_done:
                 continue
+            if signer_of(csr) == NODE_SIGNER and csr_state(csr) in ("pending", "approved"):
+                state.budget.take_csr_decision()
             try:
-                await self._handle_csr(state, csr)
+                if dropped_bytes(csr):
+                    await self._deny_oversize(state, csr)
+                else:
+                    await self._handle_csr(state, csr)
                 state.csr_done.add(uid)
             except (ApiError, certs.PKIError) as exc:
-                ok = False
+                failed.add(name)
                 _log.warning(
                     "event=tenant_csr_failed tenant=%s csr=%s error=%r",
                     state.ref,
-                    meta.get("name"),
+                    name,
                     str(exc),
                 )
-        state.csr_done &= seen  # forget CSRs that are gone
-        return ok
+        return failed
+
+    async def _deny_oversize(self, state: _Tenant, csr: KubeObject) -> None:
+        """Deny a pending CSR whose request was too big to cache (see ``budgets``)."""
+        assert state.budget is not None
+        name = str((csr.get("metadata") or {}).get("name"))
+        where = csr_state(csr)
+        if signer_of(csr) != NODE_SIGNER or where not in ("pending", "approved"):
+            return
+        limit = state.budget.budgets.max_csr_request_bytes
+        message = (
+            f"spec.request is {dropped_bytes(csr)} bytes, over the {limit} bytes vpnctl "
+            "accepts for a node CSR (a node's is under 1 KiB); the node agent creates a "
+            "new one"
+        )
+        if where == "approved":
+            # Approved by someone else: a CSR can't be denied too; we just never sign it.
+            _log.warning(
+                "event=tenant_csr_not_signed tenant=%s csr=%s reason=%s message=%r",
+                state.ref,
+                name,
+                REASON_CSR_TOO_LARGE,
+                message,
+            )
+            return
+        try:
+            await self._retrying(
+                lambda: state.kube.deny_csr(name, reason=REASON_CSR_TOO_LARGE, message=message),
+                conflicts=True,
+            )
+        except NotFound:
+            return
+        self._count_csr(state, "denied")
+        _log.info(
+            "event=tenant_csr_denied tenant=%s csr=%s reason=%s message=%r",
+            state.ref,
+            name,
+            REASON_CSR_TOO_LARGE,
+            message,
+        )
 
     async def _handle_csr(self, state: _Tenant, csr: KubeObject) -> None:
         """Decide one CSR (and sign it) unless that is done; raises what should be retried."""

@@ -21,7 +21,7 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -58,6 +58,9 @@ MERGE_PATCH = "application/merge-patch+json"
 # The apiserver ends a watch after timeoutSeconds; a socket silent for that long plus
 # this grace is dead (a half-open connection), not quiet.
 _WATCH_READ_GRACE = 30.0
+# etcd refuses values over 1.5 MiB and the apiserver request bodies over 3 MiB; a watch
+# event is one object in JSON, so this is comfortably above any real one.
+_MAX_WATCH_LINE = 16 * 1024 * 1024
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
@@ -136,11 +139,14 @@ class Kube:
         label_selector: str | None = None,
         field_selector: str | None = None,
         page_size: int = 500,
+        transform: Callable[[KubeObject], KubeObject] | None = None,
     ) -> tuple[Objects, str]:
         """All matching objects (every page) and the list's resourceVersion, to watch from.
 
         ``namespace=None`` on a namespaced resource lists all namespaces. Items carry
-        apiVersion and kind (list items from the apiserver often don't).
+        apiVersion and kind (list items from the apiserver often don't). ``transform``
+        is applied to each item as its page arrives, so a caller that slims big objects
+        never holds more than one page of them in full.
         """
         path = res.path(namespace=namespace)
         selectors: Query = []
@@ -161,7 +167,9 @@ class Kube:
                     page = await self.request("GET", path, query=query)
                     meta = page.get("metadata") or {}
                     resource_version = resource_version or str(meta.get("resourceVersion", ""))
-                    items.extend(_with_type(res, item) for item in page.get("items") or [])
+                    typed = (_with_type(res, item) for item in page.get("items") or [])
+                    items.extend(map(transform, typed) if transform else typed)
+                    del page
                     token = str(meta.get("continue") or "")
                     if not token:
                         return items, resource_version
@@ -179,12 +187,16 @@ class Kube:
         resource_version: str,
         timeout_seconds: int,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Events after ``resource_version``, with bookmarks, until the server ends the
         stream (after ``timeout_seconds``) or the connection breaks (TransportError).
 
         A too-old resourceVersion arrives either as a Gone error or as an ERROR event
-        (code 410) in the stream; both are left to the caller (see ``Watcher``).
+        (code 410) in the stream; both are left to the caller (see ``Watcher``). An event
+        may be as big as any object the apiserver stores (``_MAX_WATCH_LINE``), not just
+        aiohttp's default line limit (128 KiB): a bigger one would stall the watch forever
+        at the same resourceVersion.
         """
         query: Query = [
             ("watch", "true"),
@@ -194,6 +206,8 @@ class Kube:
         ]
         if label_selector:
             query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         path = res.path(namespace=namespace)
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -210,7 +224,7 @@ class Kube:
                     method="GET",
                     path=path,
                 )
-            async for line in response.content:
+            while line := await response.content.readline(max_line_length=_MAX_WATCH_LINE):
                 line = line.strip()
                 if not line:
                     continue
