@@ -452,6 +452,12 @@ class _Tenant:
     issued: dict[str, SignedCert] = field(default_factory=dict)  # by serial
 
 
+def _cache_usage(state: _Tenant) -> tuple[int, int]:
+    watchers = [*state.watchers.values(), state.csr_watcher]
+    stores = [w.store for w in watchers if w is not None]
+    return sum(len(s) for s in stores), sum(s.bytes for s in stores)
+
+
 class KubeTenantSide:
     """``TenantSide`` against real tenant apiservers. Use as ``async with``: the
     background tasks of every tenant live in a TaskGroup that the context owns.
@@ -588,6 +594,18 @@ class KubeTenantSide:
             return []
         tasks = [*state.tasks, *state.lane_tasks]
         return sorted(t.get_name() for t in tasks if not t.done())
+
+    def cache_usage(self, tenant: TenantRef) -> tuple[int, int]:
+        """(objects, bytes) the tenant's watch caches hold now, CSRs included."""
+        state = self._tenants.get(tenant)
+        return _cache_usage(state) if state is not None else (0, 0)
+
+    def cached_csrs(self, tenant: TenantRef) -> list[KubeObject]:
+        """The tenant's node CSRs as cached (for tests and debugging)."""
+        state = self._tenants.get(tenant)
+        if state is None or state.csr_watcher is None:
+            return []
+        return state.csr_watcher.store.list()
 
     def degraded(self, tenant: TenantRef) -> tuple[str, str] | None:
         """(reason, message) while the tenant is over budget or just resumed; else None."""
@@ -957,11 +975,8 @@ class KubeTenantSide:
     def _check_cache(self, state: _Tenant) -> None:
         """Raises OverBudget when the tenant's caches hold too much."""
         assert state.budget is not None
-        watchers = [*state.watchers.values(), state.csr_watcher]
-        stores = [w.store for w in watchers if w is not None]
-        state.budget.check_cache(
-            objects=sum(len(s) for s in stores), size=sum(s.bytes for s in stores)
-        )
+        objects, size = _cache_usage(state)
+        state.budget.check_cache(objects=objects, size=size)
 
     def _watch_body(
         self, state: _Tenant, watcher: Watcher
