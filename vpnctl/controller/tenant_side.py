@@ -70,13 +70,13 @@ from vpnctl.controller.budgets import (
     REASON_CSR_TOO_LARGE,
     REASON_REPAIR_RATE,
     Budgets,
-    OverBudget,
     TenantBudget,
     dropped_bytes,
     object_bytes,
     slim_csr,
 )
 from vpnctl.controller.interfaces import TenantRef, TenantSideResult
+from vpnctl.controller.tenant_lane import Lane
 from vpnctl.kube import (
     CERTIFICATE_SIGNING_REQUEST,
     CLUSTER_ROLE,
@@ -288,15 +288,6 @@ def signer_of(obj: Mapping[str, Any]) -> str:
     return str(spec.get("signerName") or "") if isinstance(spec, Mapping) else ""
 
 
-def _first_over_budget(group: BaseExceptionGroup[OverBudget]) -> OverBudget:
-    for exc in group.exceptions:
-        if isinstance(exc, OverBudget):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_over_budget(exc)
-    raise AssertionError("an OverBudget group without an OverBudget")  # pragma: no cover
-
-
 def result_for_error(exc: ApiError, *, tenant: TenantRef, server: str) -> TenantSideResult:
     """The install state for an API error met while installing (retries already spent)."""
     secret = f"Secret {tenant.namespace}/{tenant.cluster}-kubeconfig"
@@ -434,10 +425,8 @@ class _Tenant:
     watch_tasks: dict[WatchSpec, asyncio.Task[None]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     budget: TenantBudget | None = None
-    lane: asyncio.TaskGroup | None = None  # while the tenant's work runs (not paused)
-    lane_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    lane: Lane | None = None  # its background work, started after a first install
     csr_watcher: Watcher | None = None
-    started: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     repair_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     csr_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -582,7 +571,7 @@ class KubeTenantSide:
     def synced(self, tenant: TenantRef) -> bool:
         """True once every watch of the tenant (objects and CSRs) has its first listing."""
         state = self._tenants.get(tenant)
-        if state is None or not state.started:
+        if state is None or state.lane is None:
             return False
         watchers = [*state.watchers.values(), state.csr_watcher]
         return all(w is not None and w.synced.is_set() for w in watchers)
@@ -592,8 +581,8 @@ class KubeTenantSide:
         state = self._tenants.get(tenant)
         if state is None:
             return []
-        tasks = [*state.tasks, *state.lane_tasks]
-        return sorted(t.get_name() for t in tasks if not t.done())
+        names = [t.get_name() for t in state.tasks if not t.done()]
+        return sorted(names + (state.lane.task_names() if state.lane is not None else []))
 
     def cache_usage(self, tenant: TenantRef) -> tuple[int, int]:
         """(objects, bytes) the tenant's watch caches hold now, CSRs included."""
@@ -670,7 +659,7 @@ class KubeTenantSide:
         state.ca = ca
         state.desired = desired
         assert state.budget is not None
-        if state.started and state.budget.paused():
+        if state.lane is not None and state.budget.paused():
             # Over budget: not one request to this tenant's apiserver until it resumes, so
             # its slow webhooks hold no worker that other tenants' revocations need. The
             # lane picks up the desired state, Machines and CA set above when it resumes.
@@ -857,93 +846,36 @@ class KubeTenantSide:
     def _sync_background(self, state: _Tenant) -> None:
         """Start the tenant's lane (once); while it runs, follow changes in the kinds we
         install with the watches (a paused lane picks them up when it resumes)."""
-        if not state.started:
-            state.started = True
-            self._spawn(state, f"tenant {state.ref} lane", lambda: self._lane(state))
-            return
-        if state.lane is not None:
+        if state.lane is None:
+            assert state.budget is not None  # set by ensure()
+            tenant = state.ref
+            state.lane = Lane(
+                name=str(tenant),
+                budget=state.budget,
+                clock=self._clock,
+                start=lambda lane: self._start_lane(state, lane),
+                on_pause=lambda: self._drop_caches(state),
+                on_trip=lambda over, _delay: self._budget_trips_total.labels(
+                    namespace=tenant.namespace, cluster=tenant.cluster, reason=over.reason
+                ).inc(),
+            )
+            self._spawn(state, f"tenant {tenant} lane", state.lane.run)
+        elif state.lane.running:
             self._sync_watches(state, state.lane)
 
-    def _sync_watches(self, state: _Tenant, group: asyncio.TaskGroup) -> None:
-        tenant = state.ref
-        wanted = set(watch_specs(state.desired))
-        for spec in wanted - set(state.watchers):
-            watcher = Watcher(
-                state.kube,
-                spec.res,
-                spec.namespace,
-                on_event=self._object_handler(state, spec),
-                clock=self._clock,
-                metrics=self._watch_metrics,
-                rng=self._rng,
-                label_selector=label_selector(tenant.cluster),
-                sizer=object_bytes,
-                timeout_seconds=self._watch_timeout_seconds,
-                backoff_base=self._backoff_base,
-                backoff_cap=self._backoff_cap,
-            )
-            state.watchers[spec] = watcher
-            state.watch_tasks[spec] = self._lane_task(
-                state, group, f"watch {spec.res.label}", self._watch_body(state, watcher)()
-            )
-        for spec in set(state.watchers) - wanted:
-            del state.watchers[spec]
-            state.watch_tasks.pop(spec).cancel()
+    def _drop_caches(self, state: _Tenant) -> None:
+        state.watchers.clear()
+        state.watch_tasks.clear()
+        state.csr_watcher = None
+        state.csr_dirty.clear()
+        state.csr_rescan = True
 
-    def _lane_task(
-        self, state: _Tenant, group: asyncio.TaskGroup, what: str, body: Coroutine[Any, Any, None]
-    ) -> asyncio.Task[None]:
-        task = group.create_task(body, name=f"tenant {state.ref} {what}")
-        state.lane_tasks = [t for t in state.lane_tasks if not t.done()] + [task]
-        return task
-
-    async def _lane(self, state: _Tenant) -> None:
-        """All of one tenant's background work (watches, drift repair, the CSR loop) in
-        one TaskGroup, so that going over budget (``OverBudget``, from any of them) stops
-        all of it at once: the caches are dropped, and everything starts again, from a
-        fresh listing, after the budget's pause. Any other exception ends the lane as a
-        crash, which the Supervisor logs and restarts."""
-        tenant = state.ref
-        assert state.budget is not None  # set by ensure()
-        while True:
-            state.watchers.clear()
-            state.watch_tasks.clear()
-            state.csr_watcher = None
-            state.csr_dirty.clear()
-            state.csr_rescan = True
-            over: OverBudget | None = None
-            try:
-                async with asyncio.TaskGroup() as group:
-                    state.lane = group
-                    self._start_lane(state, group)
-            except* OverBudget as caught:
-                over = _first_over_budget(caught)
-            finally:
-                state.lane = None
-                state.lane_tasks.clear()
-            if over is None:  # pragma: no cover - the lane's loops never return
-                raise RuntimeError(f"the lane of tenant {tenant} ended")
-            state.watchers.clear()  # drop the caches now, not after the pause
-            state.csr_watcher = None
-            delay = state.budget.trip(over)
-            self._budget_trips_total.labels(
-                namespace=tenant.namespace, cluster=tenant.cluster, reason=over.reason
-            ).inc()
-            _log.warning(
-                "event=tenant_over_budget tenant=%s reason=%s paused_for=%.1fs trips=%d message=%r",
-                tenant,
-                over.reason,
-                delay,
-                state.budget.trips,
-                over.message,
-            )
-            await self._clock.sleep(delay)
-            _log.info("event=tenant_resumed tenant=%s trips=%d", tenant, state.budget.trips)
-
-    def _start_lane(self, state: _Tenant, group: asyncio.TaskGroup) -> None:
+    def _start_lane(self, state: _Tenant, lane: Lane) -> None:
+        """The tenant's background work: what its lane (re)starts (see ``tenant_lane``)."""
         assert state.budget is not None
-        self._sync_watches(state, group)
-        self._lane_task(state, group, "repair", self._repair_loop(state))
+        self._drop_caches(state)  # after a crash, too
+        self._sync_watches(state, lane)
+        lane.spawn("repair", self._repair_loop(state))
         csr_watcher = Watcher(
             state.kube,
             CERTIFICATE_SIGNING_REQUEST,
@@ -964,13 +896,39 @@ class KubeTenantSide:
             backoff_cap=self._backoff_cap,
         )
         state.csr_watcher = csr_watcher
-        self._lane_task(state, group, "watch csrs", csr_watcher.run())
-        self._lane_task(state, group, "csr", self._csr_loop(state))
+        lane.spawn("watch csrs", csr_watcher.run())
+        lane.spawn("csr", self._csr_loop(state))
         _log.info(
             "event=tenant_watches_started tenant=%s kinds=%s",
             state.ref,
             ",".join(sorted(s.res.kind for s in state.watchers)),
         )
+
+    def _sync_watches(self, state: _Tenant, lane: Lane) -> None:
+        tenant = state.ref
+        wanted = set(watch_specs(state.desired))
+        for spec in wanted - set(state.watchers):
+            watcher = Watcher(
+                state.kube,
+                spec.res,
+                spec.namespace,
+                on_event=self._object_handler(state, spec),
+                clock=self._clock,
+                metrics=self._watch_metrics,
+                rng=self._rng,
+                label_selector=label_selector(tenant.cluster),
+                sizer=object_bytes,
+                timeout_seconds=self._watch_timeout_seconds,
+                backoff_base=self._backoff_base,
+                backoff_cap=self._backoff_cap,
+            )
+            state.watchers[spec] = watcher
+            state.watch_tasks[spec] = lane.spawn(
+                f"watch {spec.res.label}", self._watch_body(state, watcher)()
+            )
+        for spec in set(state.watchers) - wanted:
+            del state.watchers[spec]
+            state.watch_tasks.pop(spec).cancel()
 
     def _check_cache(self, state: _Tenant) -> None:
         """Raises OverBudget when the tenant's caches hold too much."""
