@@ -18,6 +18,15 @@ node unreachable for minutes, so for every tenant this keeps, next to one cached
   ``TenantSideResult.signed`` until it expires: the controller revokes those serials
   when the node's Machine goes.
 
+A tenant is hostile input, and one tenant must not cost the others (issue 9): each
+tenant has budgets (``vpnctl.controller.budgets``: cached objects and bytes, CSR
+decisions and repairs per minute). The CSR watch asks the apiserver for our signer only
+(a field selector), its cache drops oversize requests (such a CSR is denied
+``RequestTooLarge``), and the CSR loop looks only at CSRs that changed
+(``csr_backlog``). A tenant over budget has all its background work paused and its
+caches dropped (``tenant_lane``); until it resumes, ``ensure()`` sends it no request and
+reports it ``degraded``, so its slow webhooks hold no reconcile worker.
+
 Every background task runs in one TaskGroup owned by the object (``async with``), under
 a supervisor that logs a crash with its traceback and restarts the task with backoff.
 API errors never crash a task: the loops retry them with backoff themselves. So nothing
@@ -75,6 +84,7 @@ from vpnctl.controller.budgets import (
     object_bytes,
     slim_csr,
 )
+from vpnctl.controller.csr_backlog import CsrBacklog
 from vpnctl.controller.interfaces import TenantRef, TenantSideResult
 from vpnctl.controller.tenant_lane import Lane
 from vpnctl.kube import (
@@ -431,9 +441,7 @@ class _Tenant:
     repair_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     csr_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     drift_seen: dict[ObjectRef, float] = field(default_factory=dict)
-    csr_done: set[str] = field(default_factory=set)  # uids decided (or not ours to decide)
-    csr_dirty: set[str] = field(default_factory=set)  # names changed since the last pass
-    csr_rescan: bool = True  # look at every cached CSR (Machines or CA changed, resumed)
+    csr_backlog: CsrBacklog = field(default_factory=CsrBacklog)
     repairs: int = 0
     repaired_kinds: set[str] = field(default_factory=set)
     signed: int = 0
@@ -653,7 +661,7 @@ class KubeTenantSide:
 
         machines_now = tuple(dict(m) for m in machines)
         if machines_now != state.machines or ca != state.ca:
-            state.csr_rescan = True  # an approved CSR may now be signable
+            state.csr_backlog.rescan()  # an approved CSR may now be signable
             state.csr_wakeup.set()
         state.machines = machines_now
         state.ca = ca
@@ -867,8 +875,7 @@ class KubeTenantSide:
         state.watchers.clear()
         state.watch_tasks.clear()
         state.csr_watcher = None
-        state.csr_dirty.clear()
-        state.csr_rescan = True
+        state.csr_backlog.rescan()
 
     def _start_lane(self, state: _Tenant, lane: Lane) -> None:
         """The tenant's background work: what its lane (re)starts (see ``tenant_lane``)."""
@@ -967,14 +974,10 @@ class KubeTenantSide:
         """Only the CSR that changed is looked at again, never the whole cache."""
 
         def on_event(event_type: str, obj: KubeObject) -> None:
-            meta = obj.get("metadata") or {}
-            if event_type == "DELETED":
-                state.csr_done.discard(str(meta.get("uid") or ""))
-                state.csr_dirty.discard(str(meta.get("name") or ""))
-                return
-            self._check_cache(state)
-            state.csr_dirty.add(str(meta.get("name") or ""))
-            state.csr_wakeup.set()
+            state.csr_backlog.changed(event_type, obj)
+            if event_type != "DELETED":
+                self._check_cache(state)
+                state.csr_wakeup.set()
 
         return on_event
 
@@ -1042,20 +1045,11 @@ class KubeTenantSide:
             watcher = state.csr_watcher
             if watcher is None or not watcher.synced.is_set():
                 continue  # its first listing wakes us again
-            if state.csr_rescan:
-                state.csr_rescan = False
-                state.csr_dirty.clear()
-                csrs = list(watcher.store)
-                # Forget the decisions about CSRs that went while we were not watching.
-                state.csr_done &= {str((c.get("metadata") or {}).get("uid")) for c in csrs}
-            else:
-                names, state.csr_dirty = state.csr_dirty, set()
-                csrs = [c for n in sorted(names) if (c := watcher.store.get(n)) is not None]
-            failed = await self._csr_pass(state, csrs)
+            failed = await self._csr_pass(state, state.csr_backlog.take(watcher.store))
             if not failed:
                 failures = 0
                 continue
-            state.csr_dirty |= failed
+            state.csr_backlog.retry(failed)
             failures += 1
             delay = self._backoff(failures)
             _log.warning(
@@ -1069,16 +1063,14 @@ class KubeTenantSide:
             await self._clock.sleep(delay)
 
     async def _csr_pass(self, state: _Tenant, csrs: Sequence[KubeObject]) -> set[str]:
-        """Decide each undecided CSR of ours given; the names of those that failed (to be
-        retried). Every CSR waiting for a decision takes one from the tenant's budget
+        """Decide each CSR given (the backlog's: not decided yet); the names of those that
+        failed (to be retried). Every CSR waiting for a decision takes one from the tenant's budget
         (OverBudget ends the pass, and pauses the tenant)."""
         assert state.budget is not None
         failed: set[str] = set()
         for csr in csrs:
             meta = csr.get("metadata") or {}
-            uid, name = str(meta.get("uid") or ""), str(meta.get("name") or "")
-            if uid in state.csr_done:
-                continue
+            name = str(meta.get("name") or "")
             if signer_of(csr) == NODE_SIGNER and csr_state(csr) in ("pending", "approved"):
                 state.budget.take_csr_decision()
             try:
@@ -1086,7 +1078,7 @@ class KubeTenantSide:
                     await self._deny_oversize(state, csr)
                 else:
                     await self._handle_csr(state, csr)
-                state.csr_done.add(uid)
+                state.csr_backlog.decided(csr)
             except (ApiError, certs.PKIError) as exc:
                 failed.add(name)
                 _log.warning(
