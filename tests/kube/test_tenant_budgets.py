@@ -3,9 +3,8 @@
 Against real tenant apiservers (etcd + kube-apiserver each) and, for the last test, the
 real controller on the session's service cluster:
 
-- the CSR watch asks the apiserver for our signer only, reads events bigger than
-  aiohttp's 128 KiB line limit, and denies an oversize request (``RequestTooLarge``)
-  without caching its body;
+- the CSR watch asks the apiserver for our signer only and denies an oversize request
+  (``RequestTooLarge``) without caching its body;
 - a tenant webhook that rewrites the agent DaemonSet on every write makes drift repair
   loop; the repair budget stops it, the tenant is Degraded, and while it is paused
   ``ensure()`` costs no request to its apiserver;
@@ -37,6 +36,7 @@ from vpnctl.controller.budgets import (
     REASON_CSR_RATE,
     REASON_CSR_TOO_LARGE,
     REASON_REPAIR_RATE,
+    REASON_SLOW,
     Budgets,
 )
 from vpnctl.controller.interfaces import TenantRef, TenantSide, TenantSideResult
@@ -155,7 +155,7 @@ async def test_the_csr_watch_takes_only_our_signer_and_denies_oversize_requests(
 
         await wait_for(watching, what="the CSR watch running")
         # Created while the watch runs: they reach us as watch events, each one line of
-        # about 700 KiB of JSON (aiohttp's default line limit is 128 KiB).
+        # about 700 KiB of JSON.
         pem = big_pem()
         for i in range(3):
             await admin.create(CERTIFICATE_SIGNING_REQUEST, node_csr(f"big-{i}", pem))
@@ -434,3 +434,54 @@ async def test_a_flooding_tenant_is_degraded_and_another_tenants_revocation_stay
             f"webhook calls {len(hook.calls)}"
         )
         assert grown < RSS_BOUND
+
+
+async def test_a_tenant_too_slow_to_install_into_is_paused_not_waited_for(
+    tenant_cluster_factory: TenantFactory, tmp_path: Path
+) -> None:
+    """The webhook takes 1.5 s per DaemonSet write; an install may take 1 s. Each
+    ensure() is cut after 1 s instead of holding its reconcile worker for as long as the
+    tenant likes; the third slow one in a minute pauses the tenant, and then ensure()
+    returns at once without a request to it."""
+    cluster = await tenant_cluster_factory(name="slow")
+    text = inline_kubeconfig(cluster.kubeconfig_path)
+    ca = tunnel_ca()
+    budgets = Budgets(max_call_seconds=1.0, slow_calls_per_minute=2, pause_base=30.0)
+    async with (
+        rewriting_webhook(tmp_path, delay=1.5) as hook,
+        admin_of(cluster) as admin,
+        budgeted_side(budgets) as ts,
+    ):
+        await install_webhook(admin, hook)
+
+        async def ensure() -> tuple[float, TenantSideResult]:
+            started = time.monotonic()
+            result = await ts.ensure(
+                tenant=TENANT,
+                kubeconfig_text=text,
+                desired_objects=desired_objects(ca),
+                ca=ca,
+                machines=[],
+            )
+            return time.monotonic() - started, result
+
+        for attempt in (1, 2):
+            took, result = await ensure()
+            print(f"\nslow install #{attempt}: cut after {took:.2f}s: {result.message}")
+            assert not result.installed
+            assert "took longer than 1s" in result.message
+            assert took < 1.4
+            assert result.degraded is None
+        took, result = await ensure()
+        assert took < 1.4
+        assert result.degraded is not None
+        assert result.degraded[0] == REASON_SLOW
+        assert "--tenant-max-call-seconds" in result.degraded[1]
+        assert ts.healthy()
+        calls = len(hook.calls)
+        took, result = await ensure()
+        print(f"paused tenant: ensure() took {took:.3f}s: {result.degraded}")
+        assert took < 0.1
+        assert result.degraded is not None
+        assert result.degraded[0] == REASON_SLOW
+        assert len(hook.calls) == calls

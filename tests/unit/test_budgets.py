@@ -15,6 +15,7 @@ from vpnctl.controller.budgets import (
     REASON_CACHE,
     REASON_CSR_RATE,
     REASON_REPAIR_RATE,
+    REASON_SLOW,
     REASON_WITHIN,
     WINDOW,
     Budgets,
@@ -51,6 +52,8 @@ def test_a_rate_window_slides() -> None:
 def test_budgets_refuse_nonsense() -> None:
     with pytest.raises(ValueError, match="max_objects must be at least 1"):
         Budgets(max_objects=0)
+    with pytest.raises(ValueError, match="max_call_seconds must be positive"):
+        Budgets(max_call_seconds=0)
     with pytest.raises(ValueError, match="pause"):
         Budgets(pause_base=60.0, pause_cap=30.0)
 
@@ -84,6 +87,19 @@ def test_csr_decisions_and_repairs_are_counted_per_minute_each() -> None:
     clock.advance(WINDOW)
     b.take_csr_decision()
     b.take_repair()
+
+
+def test_slow_installs_are_counted_per_minute() -> None:
+    b, clock = budget(slow_calls_per_minute=2, max_call_seconds=4.0)
+    b.take_slow_call()
+    b.take_slow_call()
+    with pytest.raises(OverBudget) as over:
+        b.take_slow_call()
+    assert over.value.reason == REASON_SLOW
+    assert "longer than 4s" in over.value.message
+    assert "--tenant-max-call-seconds" in over.value.message
+    clock.advance(WINDOW)
+    b.take_slow_call()
 
 
 def test_a_trip_pauses_with_doubling_backoff_and_degraded_clears_after_a_calm_window() -> None:

@@ -75,6 +75,7 @@ def test_tenant_budget_flags_have_sane_defaults_and_are_read() -> None:
         "--tenant-csr-decisions-per-minute", "30", "--tenant-repairs-per-minute", "6",
         "--tenant-max-csr-request-bytes", "4096", "--tenant-pause", "10",
         "--tenant-max-pause", "120", "--tenant-side-timeout", "3",
+        "--tenant-max-call-seconds", "2.5", "--tenant-slow-calls-per-minute", "4",
     )  # fmt: skip
     assert budgets_from_args(args) == Budgets(
         max_objects=500,
@@ -82,6 +83,8 @@ def test_tenant_budget_flags_have_sane_defaults_and_are_read() -> None:
         csr_decisions_per_minute=30,
         repairs_per_minute=6,
         max_csr_request_bytes=4096,
+        max_call_seconds=2.5,
+        slow_calls_per_minute=4,
         pause_base=10.0,
         pause_cap=120.0,
     )

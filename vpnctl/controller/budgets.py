@@ -10,6 +10,10 @@ agent DaemonSet on every write). So, per tenant:
 - cached objects and bytes (``max_objects``, ``max_bytes``): what the tenant's watch
   caches hold, measured after ``slim_csr`` dropped oversize fields;
 - CSR decisions and drift repairs per minute, over a sliding 60 s window;
+- slow installs: an ``ensure()`` that takes longer than ``max_call_seconds`` (slow
+  admission webhooks, a slow apiserver) is cut there, and more than
+  ``slow_calls_per_minute`` of those pause the tenant, so it stops holding a reconcile
+  worker for that long at every pass;
 - a CSR whose ``spec.request`` is over ``max_csr_request_bytes`` (a node CSR is under
   1 KiB) is denied with ``RequestTooLarge``; its body is dropped before it is cached.
 
@@ -48,6 +52,7 @@ DEGRADED = "Degraded"
 REASON_CACHE = "CacheBudgetExceeded"
 REASON_CSR_RATE = "CSRBudgetExceeded"
 REASON_REPAIR_RATE = "RepairBudgetExceeded"
+REASON_SLOW = "TenantTooSlow"
 REASON_WITHIN = "WithinBudget"
 # The reason of a CSR denied for its size.
 REASON_CSR_TOO_LARGE = "RequestTooLarge"
@@ -66,6 +71,8 @@ class Budgets:
     csr_decisions_per_minute: int = 300
     repairs_per_minute: int = 60
     max_csr_request_bytes: int = 8 * KIB
+    max_call_seconds: float = 8.0
+    slow_calls_per_minute: int = 2
     pause_base: float = 30.0
     pause_cap: float = 600.0
 
@@ -76,9 +83,14 @@ class Budgets:
             "csr_decisions_per_minute",
             "repairs_per_minute",
             "max_csr_request_bytes",
+            "slow_calls_per_minute",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"budget {name} must be at least 1, got {getattr(self, name)}")
+        if not self.max_call_seconds > 0:
+            raise ValueError(
+                f"budget max_call_seconds must be positive, got {self.max_call_seconds}"
+            )
         if not 0 < self.pause_base <= self.pause_cap:
             raise ValueError(
                 f"budget pause must satisfy 0 < base <= cap, got base={self.pause_base} "
@@ -125,6 +137,7 @@ class TenantBudget:
         self._rng = rng
         self._csr = RateWindow(budgets.csr_decisions_per_minute)
         self._repairs = RateWindow(budgets.repairs_per_minute)
+        self._slow = RateWindow(budgets.slow_calls_per_minute)
         self.trips = 0  # in a row; reset by a full window without one
         self.total_trips = 0
         self._last: OverBudget | None = None
@@ -170,6 +183,19 @@ class TenantBudget:
             "raise the budget",
         )
 
+    def take_slow_call(self) -> None:
+        """An ensure() that was cut after ``max_call_seconds``."""
+        if self._slow.take(self._clock.monotonic()):
+            return
+        b = self.budgets
+        raise OverBudget(
+            REASON_SLOW,
+            f"the tenant cluster of {self._tenant} took longer than {b.max_call_seconds:g}s "
+            f"to install the agent more than {b.slow_calls_per_minute} times in a minute "
+            "(--tenant-max-call-seconds, --tenant-slow-calls-per-minute): its admission "
+            "webhooks or its apiserver are too slow; fix them, or raise the budget",
+        )
+
     # --- pausing ---------------------------------------------------------------------------
 
     def trip(self, exc: OverBudget) -> float:
@@ -191,6 +217,7 @@ class TenantBudget:
         self._resume_wall = self._clock.now() + timedelta(seconds=delay)
         self._csr.reset()
         self._repairs.reset()
+        self._slow.reset()
         return delay
 
     def paused(self) -> bool:

@@ -91,6 +91,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="node CSRs with a bigger spec.request are denied (RequestTooLarge)",
     )
     budget.add_argument(
+        "--tenant-max-call-seconds",
+        type=float,
+        default=b.max_call_seconds,
+        metavar="SECONDS",
+        help="an install in a tenant cluster taking longer is cut, and counts as slow",
+    )
+    budget.add_argument("--tenant-slow-calls-per-minute", type=int, default=b.slow_calls_per_minute)
+    budget.add_argument(
         "--tenant-pause",
         type=float,
         default=b.pause_base,
@@ -199,6 +207,8 @@ def budgets_from_args(args: argparse.Namespace) -> Budgets:
             csr_decisions_per_minute=args.tenant_csr_decisions_per_minute,
             repairs_per_minute=args.tenant_repairs_per_minute,
             max_csr_request_bytes=args.tenant_max_csr_request_bytes,
+            max_call_seconds=args.tenant_max_call_seconds,
+            slow_calls_per_minute=args.tenant_slow_calls_per_minute,
             pause_base=args.tenant_pause,
             pause_cap=args.tenant_max_pause,
         )

@@ -81,6 +81,15 @@ class Lane:
         self._tasks = [t for t in self._tasks if not t.done()] + [task]
         return task
 
+    def interrupt(self, over: OverBudget) -> None:
+        """Pause now, as if a child had found the tenant over budget (``ensure()`` does,
+        for a tenant that is too slow). Only while running."""
+
+        async def over_budget() -> None:
+            raise over
+
+        self.spawn("over budget", over_budget())
+
     async def run(self) -> None:
         while True:
             over: OverBudget | None = None

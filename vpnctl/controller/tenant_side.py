@@ -78,7 +78,9 @@ from vpnctl.controller.budgets import (
     REASON_CSR_RATE,
     REASON_CSR_TOO_LARGE,
     REASON_REPAIR_RATE,
+    REASON_SLOW,
     Budgets,
+    OverBudget,
     TenantBudget,
     dropped_bytes,
     object_bytes,
@@ -667,16 +669,18 @@ class KubeTenantSide:
         state.ca = ca
         state.desired = desired
         assert state.budget is not None
-        if state.lane is not None and state.budget.paused():
+        if state.budget.paused():
             # Over budget: not one request to this tenant's apiserver until it resumes, so
             # its slow webhooks hold no worker that other tenants' revocations need. The
             # lane picks up the desired state, Machines and CA set above when it resumes.
+            installed = state.lane is not None
             return TenantSideResult(
-                installed=True,
-                reason=REASON_INSTALLED,
+                installed=installed,
+                reason=REASON_INSTALLED if installed else REASON_UNREACHABLE,
                 message=(
-                    "node agent installed in the tenant cluster earlier; keeping it "
-                    "installed is paused while the tenant is over budget (see Degraded)"
+                    f"node agent {'installed' if installed else 'not installed'} in the "
+                    "tenant cluster; work there is paused while the tenant is over budget "
+                    "(see the Degraded condition)"
                 ),
                 csr_signed=state.signed,
                 csr_denied=state.denied,
@@ -685,8 +689,11 @@ class KubeTenantSide:
             )
 
         try:
-            async with state.lock:
-                written = await self._apply_all(state)
+            async with asyncio.timeout(state.budget.budgets.max_call_seconds):
+                async with state.lock:
+                    written = await self._apply_all(state)
+        except TimeoutError:
+            return self._too_slow(state)
         except ApiError as exc:
             result = result_for_error(exc, tenant=tenant, server=state.kube.server)
             _log.warning(
@@ -725,6 +732,48 @@ class KubeTenantSide:
             degraded=state.budget.degraded(),
         )
 
+    def _too_slow(self, state: _Tenant) -> TenantSideResult:
+        """The result of an ensure() cut after ``max_call_seconds``; one too many of those
+        pauses the tenant."""
+        assert state.budget is not None
+        limit = state.budget.budgets.max_call_seconds
+        _log.warning("event=tenant_too_slow tenant=%s cut_after=%.1fs", state.ref, limit)
+        degraded = state.budget.degraded()
+        try:
+            state.budget.take_slow_call()
+        except OverBudget as over:
+            degraded = (over.reason, over.message)
+            if state.lane is not None and state.lane.running:
+                state.lane.interrupt(over)
+            else:  # paused already, or never installed: no lane to stop
+                delay = state.budget.trip(over)
+                self._count_trip(state, over)
+                _log.warning(
+                    "event=tenant_over_budget tenant=%s reason=%s paused_for=%.1fs message=%r",
+                    state.ref,
+                    over.reason,
+                    delay,
+                    over.message,
+                )
+        return TenantSideResult(
+            installed=False,
+            reason=REASON_UNREACHABLE,
+            message=(
+                f"the tenant apiserver {state.kube.server} of Cluster {state.ref} took longer "
+                f"than {limit:g}s to install the node agent (slow admission webhooks, or a "
+                "slow apiserver); retrying with backoff"
+            ),
+            csr_signed=state.signed,
+            csr_denied=state.denied,
+            signed=self._signed(state),
+            degraded=degraded,
+        )
+
+    def _count_trip(self, state: _Tenant, over: OverBudget) -> None:
+        self._budget_trips_total.labels(
+            namespace=state.ref.namespace, cluster=state.ref.cluster, reason=over.reason
+        ).inc()
+
     async def forget(self, tenant: TenantRef) -> None:
         """Stop the tenant's watches and loops, close its client, drop its metrics."""
         state = self._tenants.pop(tenant, None)
@@ -743,7 +792,7 @@ class KubeTenantSide:
         for decision in ("signed", "denied"):
             with contextlib.suppress(KeyError):
                 self._csrs_total.remove(tenant.namespace, tenant.cluster, decision)
-        for reason in (REASON_CACHE, REASON_CSR_RATE, REASON_REPAIR_RATE):
+        for reason in (REASON_CACHE, REASON_CSR_RATE, REASON_REPAIR_RATE, REASON_SLOW):
             with contextlib.suppress(KeyError):
                 self._budget_trips_total.remove(tenant.namespace, tenant.cluster, reason)
         _log.info("event=tenant_forgotten tenant=%s tasks_stopped=%d", tenant, len(state.tasks))
@@ -863,9 +912,7 @@ class KubeTenantSide:
                 clock=self._clock,
                 start=lambda lane: self._start_lane(state, lane),
                 on_pause=lambda: self._drop_caches(state),
-                on_trip=lambda over, _delay: self._budget_trips_total.labels(
-                    namespace=tenant.namespace, cluster=tenant.cluster, reason=over.reason
-                ).inc(),
+                on_trip=lambda over, _delay: self._count_trip(state, over),
             )
             self._spawn(state, f"tenant {tenant} lane", state.lane.run)
         elif state.lane.running:

@@ -58,9 +58,6 @@ MERGE_PATCH = "application/merge-patch+json"
 # The apiserver ends a watch after timeoutSeconds; a socket silent for that long plus
 # this grace is dead (a half-open connection), not quiet.
 _WATCH_READ_GRACE = 30.0
-# etcd refuses values over 1.5 MiB and the apiserver request bodies over 3 MiB; a watch
-# event is one object in JSON, so this is comfortably above any real one.
-_MAX_WATCH_LINE = 16 * 1024 * 1024
 _TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
@@ -193,10 +190,7 @@ class Kube:
         stream (after ``timeout_seconds``) or the connection breaks (TransportError).
 
         A too-old resourceVersion arrives either as a Gone error or as an ERROR event
-        (code 410) in the stream; both are left to the caller (see ``Watcher``). An event
-        may be as big as any object the apiserver stores (``_MAX_WATCH_LINE``), not just
-        aiohttp's default line limit (128 KiB): a bigger one would stall the watch forever
-        at the same resourceVersion.
+        (code 410) in the stream; both are left to the caller (see ``Watcher``).
         """
         query: Query = [
             ("watch", "true"),
@@ -224,7 +218,7 @@ class Kube:
                     method="GET",
                     path=path,
                 )
-            while line := await response.content.readline(max_line_length=_MAX_WATCH_LINE):
+            async for line in response.content:
                 line = line.strip()
                 if not line:
                     continue
