@@ -84,6 +84,7 @@ from .test_tenant_side import (
 )
 from .webhookfix import (
     REWRITTEN_IMAGE,
+    create_csrs,
     csr_pem,
     flood_in_subprocess,
     install_webhook,
@@ -485,3 +486,36 @@ async def test_a_tenant_too_slow_to_install_into_is_paused_not_waited_for(
         assert result.degraded is not None
         assert result.degraded[0] == REASON_SLOW
         assert len(hook.calls) == calls
+
+
+async def test_a_listing_over_budget_stops_early_and_the_tenant_is_degraded(
+    tenant_cluster_factory: TenantFactory,
+) -> None:
+    """300 pending node CSRs against a budget of 100 cached objects: the CSR listing
+    stops at the first object over budget (the tenant's agent objects count too), the
+    caches are dropped, and the tenant is reported, paused."""
+    cluster = await tenant_cluster_factory(name="many")
+    text = inline_kubeconfig(cluster.kubeconfig_path)
+    ca = tunnel_ca()
+    async with admin_of(cluster) as admin:
+        await create_csrs(admin, "many", 300, csr_pem())
+    async with budgeted_side(Budgets(max_objects=100, pause_base=30.0)) as ts:
+        result = await ts.ensure(
+            tenant=TENANT,
+            kubeconfig_text=text,
+            desired_objects=desired_objects(ca),
+            ca=ca,
+            machines=[],
+        )
+        assert result.installed, result.message
+
+        async def degraded() -> tuple[str, str] | None:
+            return ts.degraded(TENANT)
+
+        reason, message = await wait_for(degraded, timeout=30, what="the tenant Degraded")
+        print(f"\n{reason}: {message}")
+        assert reason == REASON_CACHE
+        assert "holds 101 objects" in message
+        assert ts.cache_usage(TENANT) == (0, 0)  # dropped while paused
+        assert ts.cached_csrs(TENANT) == []
+        assert ts.healthy()

@@ -19,6 +19,7 @@ from vpnctl.controller.budgets import (
     REASON_WITHIN,
     WINDOW,
     Budgets,
+    GuardedListing,
     OverBudget,
     RateWindow,
     TenantBudget,
@@ -202,3 +203,54 @@ def test_a_store_counts_the_bytes_it_holds() -> None:
     store.clear()
     assert (store.bytes, len(store)) == (0, 0)
     assert Store().bytes == 0  # no sizer: nothing counted
+
+
+class PagedSource:
+    """A fake of the listing interface: ``count`` objects in pages of ``page_size``,
+    each passed through ``transform`` as a page arrives (as ``Kube.list`` does)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.produced = 0
+        self.watched: list[dict[str, object]] = []
+
+    async def list(
+        self, res: object, namespace: object = None, *, page_size: int = 500,
+        transform: object = None, **_: object,
+    ) -> tuple[list[KubeObject], str]:  # fmt: skip
+        items = []
+        for i in range(self.count):
+            self.produced += 1
+            obj = csr("C" * 100)
+            obj["metadata"] = {"name": f"c{i}"}
+            items.append(transform(obj) if callable(transform) else obj)
+        return items, "1"
+
+    def watch(self, res: object, namespace: object = None, **options: object) -> object:
+        self.watched.append(options)
+        return "stream"
+
+
+async def test_a_listing_stops_as_soon_as_it_alone_is_over_budget() -> None:
+    b, _ = budget(max_objects=100)
+    source = PagedSource(10_000)
+    guarded = GuardedListing(source, b, others=lambda: (7, 5000))  # type: ignore[arg-type]
+    with pytest.raises(OverBudget) as over:
+        await guarded.list(
+            "csrs", transform=lambda o: slim_csr(o, max_request_bytes=50), page_size=25
+        )
+    assert "holds 101 objects" in over.value.message
+    assert source.produced == 94  # 7 elsewhere + 94 listed: one over, then it stopped
+    # Within budget, the listing comes back whole and transformed.
+    small = PagedSource(50)
+    items, _ = await GuardedListing(small, b, others=lambda: (0, 0)).list(  # type: ignore[arg-type]
+        "csrs", transform=lambda o: slim_csr(o, max_request_bytes=50)
+    )
+    assert len(items) == 50
+    assert all(dropped_bytes(i) == 100 for i in items)
+    # Watches pass through, field selector included.
+    stream = GuardedListing(small, b, others=lambda: (0, 0)).watch(  # type: ignore[arg-type]
+        "csrs", resource_version="1", timeout_seconds=5, field_selector="spec.signerName=x"
+    )
+    assert stream == "stream"
+    assert small.watched[0]["field_selector"] == "spec.signerName=x"

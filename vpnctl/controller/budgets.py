@@ -33,13 +33,15 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vpnctl.api import Condition
 from vpnctl.reconcile.conditions import find_condition, set_condition
 
 if TYPE_CHECKING:  # vpnctl.controller.cli reads the defaults without the Kubernetes client
-    from vpnctl.kube import Clock, KubeObject
+    from collections.abc import AsyncGenerator, Callable
+
+    from vpnctl.kube import Clock, KubeObject, Resource, WatchEvent
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -275,6 +277,101 @@ def with_degraded(
         observed_generation=observed_generation,
         now=now,
     )
+
+
+# --- a listing that alone is over budget -----------------------------------------------------
+
+
+class ListingSource(Protocol):
+    """What ``GuardedListing`` needs of a connection (``Kube`` is one)."""
+
+    async def list(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        transform: Callable[[KubeObject], KubeObject] | None = None,
+    ) -> tuple[list[KubeObject], str]: ...
+
+    def watch(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        resource_version: str,
+        timeout_seconds: int,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> AsyncGenerator[WatchEvent, None]: ...
+
+
+class GuardedListing:
+    """A watch source whose listings stop, page by page, as soon as what they brought so
+    far plus what the tenant's other caches hold (``others()``: objects, bytes) is over
+    the budget: a tenant with a million CSRs must not make us download them all before
+    the cache check after the listing says no. Watches pass through unchanged."""
+
+    def __init__(
+        self,
+        source: ListingSource,
+        budget: TenantBudget,
+        *,
+        others: Callable[[], tuple[int, int]],
+    ) -> None:
+        self._source = source
+        self._budget = budget
+        self._others = others
+
+    async def list(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        transform: Callable[[KubeObject], KubeObject] | None = None,
+    ) -> tuple[list[KubeObject], str]:
+        objects, size = self._others()
+
+        def counted(obj: KubeObject) -> KubeObject:
+            nonlocal objects, size
+            kept = transform(obj) if transform is not None else obj
+            objects += 1
+            size += object_bytes(kept)
+            self._budget.check_cache(objects=objects, size=size)
+            return kept
+
+        return await self._source.list(
+            res,
+            namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            page_size=page_size,
+            transform=counted,
+        )
+
+    def watch(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        resource_version: str,
+        timeout_seconds: int,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        return self._source.watch(
+            res,
+            namespace,
+            resource_version=resource_version,
+            timeout_seconds=timeout_seconds,
+            label_selector=label_selector,
+            field_selector=field_selector,
+        )
 
 
 # --- what the cache keeps of a CSR ----------------------------------------------------------

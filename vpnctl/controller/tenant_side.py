@@ -80,6 +80,7 @@ from vpnctl.controller.budgets import (
     REASON_REPAIR_RATE,
     REASON_SLOW,
     Budgets,
+    GuardedListing,
     OverBudget,
     TenantBudget,
     dropped_bytes,
@@ -451,8 +452,9 @@ class _Tenant:
     issued: dict[str, SignedCert] = field(default_factory=dict)  # by serial
 
 
-def _cache_usage(state: _Tenant) -> tuple[int, int]:
-    watchers = [*state.watchers.values(), state.csr_watcher]
+def _cache_usage(state: _Tenant, *, csrs: bool = True) -> tuple[int, int]:
+    """(objects, bytes) in the tenant's watch caches; without the CSRs' if not ``csrs``."""
+    watchers = [*state.watchers.values(), state.csr_watcher if csrs else None]
     stores = [w.store for w in watchers if w is not None]
     return sum(len(s) for s in stores), sum(s.bytes for s in stores)
 
@@ -931,7 +933,10 @@ class KubeTenantSide:
         self._sync_watches(state, lane)
         lane.spawn("repair", self._repair_loop(state))
         csr_watcher = Watcher(
-            state.kube,
+            # The listing stops as soon as it is over budget, not after it is complete.
+            GuardedListing(
+                state.kube, state.budget, others=lambda: _cache_usage(state, csrs=False)
+            ),
             CERTIFICATE_SIGNING_REQUEST,
             None,
             on_event=self._csr_handler(state),
