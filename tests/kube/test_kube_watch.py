@@ -220,3 +220,43 @@ async def test_a_quiet_watch_turns_unhealthy_and_recovers(kube: Kube, namespace:
         await kube.create(CONFIG_MAP, _cm("ping", namespace))
         await events.expect(("ADDED", "ping"))
         assert watcher.healthy(max_silence=1.0)
+
+
+async def test_kube_watch_takes_a_field_selector_and_events_over_128_kib(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    """The apiserver filters by field: only ``wanted`` reaches us, ``other`` never does,
+    though both change the same way; an event of about 600 KiB is read whole."""
+    _, version = await kube.list(CONFIG_MAP, namespace)
+    stream = kube.watch(
+        CONFIG_MAP,
+        namespace,
+        resource_version=version,
+        timeout_seconds=30,
+        field_selector="metadata.name=wanted",
+    )
+    seen: builtins.list[tuple[str, str, int]] = []
+
+    async def read() -> None:
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                obj = event["object"]
+                size = len((obj.get("data") or {}).get("big", ""))
+                seen.append((event["type"], obj["metadata"]["name"], size))
+                if event["type"] == "DELETED":
+                    return
+
+    reader = asyncio.create_task(read())
+    big = "x" * (600 * 1024)
+    await kube.create(CONFIG_MAP, {"metadata": {"name": "other", "namespace": namespace}})
+    await kube.create(CONFIG_MAP, {"metadata": {"name": "wanted", "namespace": namespace}})
+    await kube.patch_merge(CONFIG_MAP, "other", {"data": {"big": big}}, namespace=namespace)
+    await kube.patch_merge(CONFIG_MAP, "wanted", {"data": {"big": big}}, namespace=namespace)
+    await kube.delete(CONFIG_MAP, "wanted", namespace)
+    await asyncio.wait_for(reader, 20)
+    assert seen == [
+        ("ADDED", "wanted", 0),
+        ("MODIFIED", "wanted", len(big)),
+        ("DELETED", "wanted", len(big)),
+    ]

@@ -8,7 +8,8 @@ from ipaddress import IPv4Network
 import pytest
 
 from vpnctl.cli import _parser
-from vpnctl.controller.cli import settings_from_args
+from vpnctl.controller.budgets import Budgets
+from vpnctl.controller.cli import budgets_from_args, settings_from_args
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -85,3 +86,29 @@ def test_privilege_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     build = settings_from_args(args).tenant.build
     assert build.tun_host_path is True
     assert build.metrics_namespaces == ("monitoring", "obs")
+
+
+def test_tenant_budget_flags_have_sane_defaults_and_are_read() -> None:
+    assert budgets_from_args(parse()) == Budgets()
+    assert settings_from_args(parse()).tenant.tenant_side_timeout == 10.0  # under 30 s
+    args = parse(
+        "--tenant-max-objects", "500", "--tenant-max-cache-bytes", "1048576",
+        "--tenant-csr-decisions-per-minute", "30", "--tenant-repairs-per-minute", "6",
+        "--tenant-max-csr-request-bytes", "4096", "--tenant-pause", "10",
+        "--tenant-max-pause", "120", "--tenant-side-timeout", "3",
+        "--tenant-max-call-seconds", "2.5", "--tenant-slow-calls-per-minute", "4",
+    )  # fmt: skip
+    assert budgets_from_args(args) == Budgets(
+        max_objects=500,
+        max_bytes=1048576,
+        csr_decisions_per_minute=30,
+        repairs_per_minute=6,
+        max_csr_request_bytes=4096,
+        max_call_seconds=2.5,
+        slow_calls_per_minute=4,
+        pause_base=10.0,
+        pause_cap=120.0,
+    )
+    assert settings_from_args(args).tenant.tenant_side_timeout == 3.0
+    with pytest.raises(SystemExit, match=r"--tenant-.*max_objects must be at least 1"):
+        budgets_from_args(parse("--tenant-max-objects", "0"))

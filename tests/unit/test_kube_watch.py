@@ -324,3 +324,77 @@ async def test_an_async_handler_is_awaited_and_a_failing_one_stops_the_watcher()
     with pytest.raises(RuntimeError, match="handler bug"):
         await watcher.run()
     assert seen == ["a"]
+
+
+class SelectingSource(FakeSource):
+    """A FakeSource that records the optional arguments the Watcher passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.list_options: builtins.list[dict[str, Any]] = []
+        self.watch_options: builtins.list[dict[str, Any]] = []
+
+    async def list(  # type: ignore[override]
+        self, res: Resource, namespace: str | None = None, **options: Any
+    ) -> tuple[builtins.list[KubeObject], str]:
+        self.list_options.append(options)
+        return await super().list(res, namespace)
+
+    def watch(  # type: ignore[override]
+        self, res: Resource, namespace: str | None = None, **options: Any
+    ) -> AsyncGenerator[WatchEvent, None]:
+        self.watch_options.append(options)
+        return super().watch(
+            res,
+            namespace,
+            resource_version=options["resource_version"],
+            timeout_seconds=options["timeout_seconds"],
+        )
+
+
+async def test_field_selector_page_size_and_transform_reach_the_source_and_the_store() -> None:
+    source = SelectingSource()
+    source.lists = [([obj("a", "1", big="x" * 50)], "2")]
+    source.streams = [[ev("ADDED", obj("b", "3", big="y" * 50))]]
+
+    def slim(o: KubeObject) -> KubeObject:
+        return {**o, "data": {}}
+
+    recorder = Recorder()
+    watcher = Watcher(
+        source,
+        SECRET,
+        on_event=recorder,
+        clock=ManualClock(),
+        metrics=WatchMetrics(CollectorRegistry()),
+        rng=random.Random(1),
+        field_selector="type=Opaque",
+        page_size=25,
+        transform=slim,
+        sizer=len,
+    )
+    task = asyncio.ensure_future(watcher.run())
+    try:
+        await until(lambda: len(recorder.events) == 2, "the listed and the watched object")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert source.list_options[0]["field_selector"] == "type=Opaque"
+    assert source.list_options[0]["page_size"] == 25
+    assert source.list_options[0]["transform"] is slim
+    assert source.watch_options[0]["field_selector"] == "type=Opaque"
+    # Stored after the transform, whether listed (a source may not apply it) or watched.
+    assert [o["data"] for o in watcher.store.list()] == [{}, {}]
+    assert watcher.store.bytes == 2 * len(slim(obj("a", "1")))
+
+
+async def test_without_the_options_the_watcher_passes_none_of_them() -> None:
+    # Sources that predate field selectors (tests' fakes) keep working.
+    h = Harness()
+    h.source.lists = [([obj("a", "1")], "2")]
+    h.start()
+    try:
+        await until(lambda: h.names() == ["a"], "listed")
+    finally:
+        await h.stop()

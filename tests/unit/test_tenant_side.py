@@ -11,8 +11,6 @@ import base64
 import datetime as dt
 import logging
 import random
-from collections.abc import AsyncGenerator
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -28,7 +26,6 @@ from vpnctl.controller.tenant_side import (
     KubeTenantSide,
     ObjectRef,
     SignedCert,
-    SignerFilteredSource,
     Supervisor,
     WatchSpec,
     desired_by_ref,
@@ -42,7 +39,6 @@ from vpnctl.controller.tenant_side import (
     watch_specs,
 )
 from vpnctl.kube import (
-    CERTIFICATE_SIGNING_REQUEST,
     CLUSTER_ROLE,
     CONFIG_MAP,
     DAEMON_SET,
@@ -51,11 +47,9 @@ from vpnctl.kube import (
     Invalid,
     KubeObject,
     ManualClock,
-    Resource,
     TooManyRequests,
     TransportError,
     Unauthorized,
-    WatchEvent,
 )
 from vpnctl.reconcile.names import labels
 from vpnctl.reconcile.settings import Settings
@@ -178,69 +172,6 @@ def test_api_errors_map_to_install_results(error: Exception, reason: str, words:
     if reason != REASON_APPLY_FAILED:
         assert "Secret tenant-a/tenant-a-kubeconfig" in result.message
         assert "https://198.18.0.1:6443" in result.message
-
-
-# --- the CSR watch source --------------------------------------------------------------------
-
-
-def csr(name: str, signer: str) -> KubeObject:
-    return {"metadata": {"name": name}, "spec": {"signerName": signer}}
-
-
-class FakeApi:
-    """Records list calls; its watch replays fixed events."""
-
-    def __init__(self, events: list[WatchEvent]) -> None:
-        self.events = events
-        self.lists: list[dict[str, Any]] = []
-
-    async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> tuple[list[KubeObject], str]:
-        self.lists.append({"res": res, "field_selector": field_selector})
-        return [csr("a", "vpnctl.io/node")], "10"
-
-    async def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]:
-        for event in self.events:
-            yield event
-
-
-async def test_the_csr_source_keeps_only_our_signer() -> None:
-    events: list[WatchEvent] = [
-        {"type": "ADDED", "object": csr("kubelet", "kubernetes.io/kube-apiserver-client-kubelet")},
-        {"type": "ADDED", "object": csr("ours", "vpnctl.io/node")},
-        {"type": "MODIFIED", "object": csr("other", "example.com/x")},
-        {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}},
-        {"type": "DELETED", "object": csr("ours", "vpnctl.io/node")},
-        {"type": "ERROR", "object": {"kind": "Status", "code": 410}},
-    ]
-    api = FakeApi(events)
-    source = SignerFilteredSource(api, signer="vpnctl.io/node")
-    items, version = await source.list(CERTIFICATE_SIGNING_REQUEST)
-    assert (items, version) == ([csr("a", "vpnctl.io/node")], "10")
-    assert api.lists == [
-        {"res": CERTIFICATE_SIGNING_REQUEST, "field_selector": "spec.signerName=vpnctl.io/node"}
-    ]
-    seen = [
-        (e["type"], e["object"].get("metadata", {}).get("name"))
-        async for e in source.watch(
-            CERTIFICATE_SIGNING_REQUEST, resource_version="10", timeout_seconds=5
-        )
-    ]
-    assert seen == [("ADDED", "ours"), ("BOOKMARK", None), ("DELETED", "ours"), ("ERROR", None)]
 
 
 # --- serials of signed node certificates ------------------------------------------------------

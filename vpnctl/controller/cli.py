@@ -21,6 +21,8 @@ import sys
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from vpnctl.controller.budgets import Budgets
+
 if TYPE_CHECKING:  # the parser is built for every command, `vpnctl lab` too: stay light
     from vpnctl.controller.operator import ControllerSettings
     from vpnctl.kube import Kube
@@ -62,6 +64,48 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="spec.expose.serviceType of automatically created Tunnels (default: the CRD's)",
     )
     ctl.add_argument("--node-cert-lifetime", default="720h", help="node certificates (CSRs)")
+    budget = p.add_argument_group(
+        "per-tenant budgets",
+        "what one tenant cluster may cost the controller; a tenant over budget gets the "
+        "Degraded condition and its tenant-side work pauses, with backoff",
+    )
+    b = Budgets()
+    budget.add_argument(
+        "--tenant-side-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="upper bound of one reconcile's calls into a tenant cluster",
+    )
+    budget.add_argument("--tenant-max-objects", type=int, default=b.max_objects)
+    budget.add_argument("--tenant-max-cache-bytes", type=int, default=b.max_bytes, metavar="BYTES")
+    budget.add_argument(
+        "--tenant-csr-decisions-per-minute", type=int, default=b.csr_decisions_per_minute
+    )
+    budget.add_argument("--tenant-repairs-per-minute", type=int, default=b.repairs_per_minute)
+    budget.add_argument(
+        "--tenant-max-csr-request-bytes",
+        type=int,
+        default=b.max_csr_request_bytes,
+        metavar="BYTES",
+        help="node CSRs with a bigger spec.request are denied (RequestTooLarge)",
+    )
+    budget.add_argument(
+        "--tenant-max-call-seconds",
+        type=float,
+        default=b.max_call_seconds,
+        metavar="SECONDS",
+        help="an install in a tenant cluster taking longer is cut, and counts as slow",
+    )
+    budget.add_argument("--tenant-slow-calls-per-minute", type=int, default=b.slow_calls_per_minute)
+    budget.add_argument(
+        "--tenant-pause",
+        type=float,
+        default=b.pause_base,
+        metavar="SECONDS",
+        help="first pause of a tenant over budget (doubles while it stays over)",
+    )
+    budget.add_argument("--tenant-max-pause", type=float, default=b.pause_cap, metavar="SECONDS")
     build = p.add_argument_group("what the tenants get")
     build.add_argument("--agent-image", required=True, help="image of the agent (all roles)")
     build.add_argument("--image-pull-policy", default="IfNotPresent")
@@ -161,6 +205,7 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
             instance=identity,
             auto_tunnel=not args.no_auto_tunnel,
             tunnel_defaults=defaults,
+            tenant_side_timeout=args.tenant_side_timeout,
         ),
         identity=identity,
         namespace=args.namespace,
@@ -192,6 +237,24 @@ async def _with_reserved_networks(
     )
 
 
+def budgets_from_args(args: argparse.Namespace) -> Budgets:
+    """The per-tenant Budgets the flags describe (SystemExit naming a bad one)."""
+    try:
+        return Budgets(
+            max_objects=args.tenant_max_objects,
+            max_bytes=args.tenant_max_cache_bytes,
+            csr_decisions_per_minute=args.tenant_csr_decisions_per_minute,
+            repairs_per_minute=args.tenant_repairs_per_minute,
+            max_csr_request_bytes=args.tenant_max_csr_request_bytes,
+            max_call_seconds=args.tenant_max_call_seconds,
+            slow_calls_per_minute=args.tenant_slow_calls_per_minute,
+            pause_base=args.tenant_pause,
+            pause_cap=args.tenant_max_pause,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"vpnctl run: --tenant-*: {exc}") from None
+
+
 async def run(args: argparse.Namespace) -> int:
     """`vpnctl run`: the controller until SIGTERM/SIGINT."""
     from prometheus_client import CollectorRegistry
@@ -205,6 +268,7 @@ async def run(args: argparse.Namespace) -> int:
     from vpnctl.reconcile.durations import parse_duration
 
     settings = settings_from_args(args)
+    budgets = budgets_from_args(args)
     try:
         node_lifetime = parse_duration(args.node_cert_lifetime)
     except ValueError as exc:
@@ -237,6 +301,7 @@ async def run(args: argparse.Namespace) -> int:
                 rng=rng,
                 node_cert_lifetime=node_lifetime,
                 watch_metrics=metrics.watch,
+                budgets=budgets,
             ) as tenant_side,
             ServerMetricsObservations(
                 kube=kube, health_port=settings.tenant.build.server_health_port

@@ -41,6 +41,10 @@ class TenantSideResult:
     serial in hex) of node certificates the CSR loop signed for this tenant. The
     controller records them in status.allocations[].serials (and desired.json), which is
     what it revokes when the node's Machine goes. Reporting a serial again is harmless.
+
+    ``degraded`` (also added later): (reason, message) while the tenant is over one of
+    its budgets (``vpnctl.controller.budgets``) and its tenant-side work is paused;
+    the controller shows it as the Tunnel's ``Degraded`` condition.
     """
 
     installed: bool
@@ -49,6 +53,7 @@ class TenantSideResult:
     csr_signed: int = 0
     csr_denied: int = 0
     signed: tuple[tuple[str, str], ...] = ()
+    degraded: tuple[str, str] | None = None
 
 
 class TenantSide(Protocol):

@@ -52,6 +52,7 @@ from typing import Any, TypeVar, cast
 import certs
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL, Condition, ConditionStatus, TunnelStatusBody
 from vpnctl.controller import pki
+from vpnctl.controller.budgets import DEGRADED, with_degraded
 from vpnctl.controller.interfaces import (
     ObservationSource,
     TenantRef,
@@ -300,6 +301,8 @@ class TenantReconciler:
         # operator's poller compares against it), and Machines reported as waiting.
         self.observed: dict[TenantRef, frozenset[tuple[str, bool, bool | None]]] = {}
         self._reported_waiting: dict[TenantRef, dict[str, str]] = {}
+        # What the tenant side last said about each tenant's budgets (absent: no answer).
+        self._side_degraded: dict[TenantRef, tuple[str, str] | None] = {}
 
     # --- entry points ---------------------------------------------------------------------
 
@@ -336,6 +339,7 @@ class TenantReconciler:
         """Drop everything kept in memory about a tenant (it is gone, or not ours)."""
         self.observed.pop(key, None)
         self._reported_waiting.pop(key, None)
+        self._side_degraded.pop(key, None)
         self._metrics.forget(key)
         await self._side.forget(key)
 
@@ -465,6 +469,13 @@ class TenantReconciler:
             server_error=observe_error,
             agent=agent,
         )
+        if key in self._side_degraded:
+            conditions = with_degraded(
+                conditions,
+                self._side_degraded[key],
+                observed_generation=plan.tenant.generation,
+                now=now,
+            )
         status = build_status(
             tenant=plan.tenant,
             result=dataclasses.replace(plan.allocation, allocations=allocations),
@@ -809,7 +820,9 @@ class TenantReconciler:
                 continue
             await self._event(
                 tunnel,
-                "Normal" if condition["status"] == "True" else "Warning",
+                "Normal"
+                if (condition["status"] == "True") != (condition["type"] == DEGRADED)
+                else "Warning",
                 condition["reason"],
                 f"{condition['type']} is {condition['status']}: {condition['message']}",
             )
@@ -1106,6 +1119,7 @@ class TenantReconciler:
                     ca=keys.ca,
                     machines=machines,
                 )
+            self._side_degraded[key] = result.degraded
         except TimeoutError:
             result = TenantSideResult(
                 installed=False,

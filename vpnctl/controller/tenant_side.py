@@ -18,6 +18,15 @@ node unreachable for minutes, so for every tenant this keeps, next to one cached
   ``TenantSideResult.signed`` until it expires: the controller revokes those serials
   when the node's Machine goes.
 
+A tenant is hostile input, and one tenant must not cost the others (issue 9): each
+tenant has budgets (``vpnctl.controller.budgets``: cached objects and bytes, CSR
+decisions and repairs per minute). The CSR watch asks the apiserver for our signer only
+(a field selector), its cache drops oversize requests (such a CSR is denied
+``RequestTooLarge``), and the CSR loop looks only at CSRs that changed
+(``csr_backlog``). A tenant over budget has all its background work paused and its
+caches dropped (``tenant_lane``); until it resumes, ``ensure()`` sends it no request and
+reports it ``degraded``, so its slow webhooks hold no reconcile worker.
+
 Every background task runs in one TaskGroup owned by the object (``async with``), under
 a supervisor that logs a crash with its traceback and restarts the task with backoff.
 API errors never crash a task: the loops retry them with backoff themselves. So nothing
@@ -51,20 +60,36 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import builtins
 import contextlib
+import functools
 import logging
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
 import certs
+from vpnctl.controller.budgets import (
+    REASON_CACHE,
+    REASON_CSR_RATE,
+    REASON_CSR_TOO_LARGE,
+    REASON_REPAIR_RATE,
+    REASON_SLOW,
+    Budgets,
+    GuardedListing,
+    OverBudget,
+    TenantBudget,
+    dropped_bytes,
+    object_bytes,
+    slim_csr,
+)
+from vpnctl.controller.csr_backlog import CsrBacklog
 from vpnctl.controller.interfaces import TenantRef, TenantSideResult
+from vpnctl.controller.tenant_lane import Lane
 from vpnctl.kube import (
     CERTIFICATE_SIGNING_REQUEST,
     CLUSTER_ROLE,
@@ -90,7 +115,6 @@ from vpnctl.kube import (
     TransportError,
     Unauthorized,
     Watcher,
-    WatchEvent,
     WatchMetrics,
     with_retries,
 )
@@ -127,6 +151,9 @@ KNOWN_RESOURCES: tuple[Resource, ...] = (
     DEPLOYMENT,
 )
 _BY_TYPE = {(r.api_version, r.kind): r for r in KNOWN_RESOURCES}
+# Node CSRs per list page: a tenant's may be big (until slim_csr drops the request), and
+# a page is held in full before that.
+_CSR_PAGE_SIZE = 25
 
 
 # --- pure helpers -------------------------------------------------------------------------
@@ -307,83 +334,6 @@ def result_for_error(exc: ApiError, *, tenant: TenantRef, server: str) -> Tenant
     )
 
 
-# --- the watch source for node CSRs -------------------------------------------------------
-
-
-class SelectingApi(Protocol):
-    """What ``SignerFilteredSource`` needs of a connection (``Kube`` is one)."""
-
-    async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> tuple[builtins.list[KubeObject], str]: ...
-
-    def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]: ...
-
-
-class SignerFilteredSource:
-    """A WatchSource of CertificateSigningRequests for one signer.
-
-    The list uses the apiserver's field selector ``spec.signerName``. ``Kube.watch``
-    takes no field selector, so the watch stream is filtered here; a bookmark or an
-    error passes through.
-    """
-
-    def __init__(self, api: SelectingApi, *, signer: str) -> None:
-        self._api = api
-        self._signer = signer
-
-    async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-    ) -> tuple[builtins.list[KubeObject], str]:
-        return await self._api.list(
-            res,
-            namespace,
-            label_selector=label_selector,
-            field_selector=f"spec.signerName={self._signer}",
-        )
-
-    async def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]:
-        stream = self._api.watch(
-            res,
-            namespace,
-            resource_version=resource_version,
-            timeout_seconds=timeout_seconds,
-            label_selector=label_selector,
-        )
-        async with contextlib.aclosing(stream):
-            async for event in stream:
-                if event["type"] in ("ADDED", "MODIFIED", "DELETED") and (
-                    signer_of(event["object"]) != self._signer
-                ):
-                    continue
-                yield event
-
-
 # --- per-tenant state ---------------------------------------------------------------------
 
 
@@ -487,13 +437,14 @@ class _Tenant:
     watchers: dict[WatchSpec, Watcher] = field(default_factory=dict)
     watch_tasks: dict[WatchSpec, asyncio.Task[None]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    budget: TenantBudget | None = None
+    lane: Lane | None = None  # its background work, started after a first install
     csr_watcher: Watcher | None = None
-    started: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     repair_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     csr_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     drift_seen: dict[ObjectRef, float] = field(default_factory=dict)
-    csr_done: set[str] = field(default_factory=set)  # uids decided (or not ours to decide)
+    csr_backlog: CsrBacklog = field(default_factory=CsrBacklog)
     repairs: int = 0
     repaired_kinds: set[str] = field(default_factory=set)
     signed: int = 0
@@ -501,12 +452,20 @@ class _Tenant:
     issued: dict[str, SignedCert] = field(default_factory=dict)  # by serial
 
 
+def _cache_usage(state: _Tenant, *, csrs: bool = True) -> tuple[int, int]:
+    """(objects, bytes) in the tenant's watch caches; without the CSRs' if not ``csrs``."""
+    watchers = [*state.watchers.values(), state.csr_watcher if csrs else None]
+    stores = [w.store for w in watchers if w is not None]
+    return sum(len(s) for s in stores), sum(s.bytes for s in stores)
+
+
 class KubeTenantSide:
     """``TenantSide`` against real tenant apiservers. Use as ``async with``: the
     background tasks of every tenant live in a TaskGroup that the context owns.
 
-    - ``registry``: where ``vpnctl_tenant_repairs_total{namespace,cluster,kind}`` and
-      ``vpnctl_tenant_csrs_total{namespace,cluster,decision}`` are registered.
+    - ``registry``: where ``vpnctl_tenant_repairs_total{namespace,cluster,kind}``,
+      ``vpnctl_tenant_csrs_total{namespace,cluster,decision}`` and
+      ``vpnctl_tenant_budget_trips_total{namespace,cluster,reason}`` are registered.
     - ``watch_metrics``: the controller's shared ``WatchMetrics`` (one per registry);
       made on ``registry`` when not given.
     - ``node_cert_lifetime``: lifetime of the node client certificates signed for CSRs
@@ -518,6 +477,9 @@ class KubeTenantSide:
       burst (a deleted namespace) is repaired in one pass.
     - ``max_crashes``/``stable_after``: a task that crashed this many times in a row,
       without ``stable_after`` seconds of running in between, makes ``healthy()`` False.
+    - ``budgets``: what one tenant may cost (``vpnctl.controller.budgets``); a tenant
+      over budget has all its background work paused, and ``ensure()`` reports it
+      (``TenantSideResult.degraded``) without calling its apiserver until it resumes.
     """
 
     def __init__(
@@ -536,6 +498,7 @@ class KubeTenantSide:
         repair_coalesce: float = 0.05,
         max_crashes: int = 5,
         stable_after: float = 60.0,
+        budgets: Budgets | None = None,
     ) -> None:
         if node_cert_lifetime <= timedelta(0):
             raise ValueError(f"node_cert_lifetime must be positive, got {node_cert_lifetime}")
@@ -570,6 +533,13 @@ class KubeTenantSide:
             ["namespace", "cluster", "decision"],
             registry=registry,
         )
+        self._budget_trips_total = Counter(
+            "vpnctl_tenant_budget_trips",
+            "Times a tenant went over one of its budgets and its tenant-side work paused.",
+            ["namespace", "cluster", "reason"],
+            registry=registry,
+        )
+        self._budgets = budgets or Budgets()
         self._tenants: dict[TenantRef, _Tenant] = {}
         self._group: asyncio.TaskGroup | None = None
         self._closing = False
@@ -613,7 +583,7 @@ class KubeTenantSide:
     def synced(self, tenant: TenantRef) -> bool:
         """True once every watch of the tenant (objects and CSRs) has its first listing."""
         state = self._tenants.get(tenant)
-        if state is None or not state.started:
+        if state is None or state.lane is None:
             return False
         watchers = [*state.watchers.values(), state.csr_watcher]
         return all(w is not None and w.synced.is_set() for w in watchers)
@@ -623,7 +593,27 @@ class KubeTenantSide:
         state = self._tenants.get(tenant)
         if state is None:
             return []
-        return sorted(t.get_name() for t in state.tasks if not t.done())
+        names = [t.get_name() for t in state.tasks if not t.done()]
+        return sorted(names + (state.lane.task_names() if state.lane is not None else []))
+
+    def cache_usage(self, tenant: TenantRef) -> tuple[int, int]:
+        """(objects, bytes) the tenant's watch caches hold now, CSRs included."""
+        state = self._tenants.get(tenant)
+        return _cache_usage(state) if state is not None else (0, 0)
+
+    def cached_csrs(self, tenant: TenantRef) -> list[KubeObject]:
+        """The tenant's node CSRs as cached (for tests and debugging)."""
+        state = self._tenants.get(tenant)
+        if state is None or state.csr_watcher is None:
+            return []
+        return state.csr_watcher.store.list()
+
+    def degraded(self, tenant: TenantRef) -> tuple[str, str] | None:
+        """(reason, message) while the tenant is over budget or just resumed; else None."""
+        state = self._tenants.get(tenant)
+        if state is None or state.budget is None:
+            return None
+        return state.budget.degraded()
 
     # --- the TenantSide protocol ----------------------------------------------------------
 
@@ -663,19 +653,49 @@ class KubeTenantSide:
                         "control plane: check the control plane provider"
                     ),
                 )
-            state = _Tenant(ref=tenant, kubeconfig_text=kubeconfig_text, kube=kube)
+            state = _Tenant(
+                ref=tenant,
+                kubeconfig_text=kubeconfig_text,
+                kube=kube,
+                budget=TenantBudget(
+                    self._budgets, tenant=str(tenant), clock=self._clock, rng=self._rng
+                ),
+            )
             self._tenants[tenant] = state
 
         machines_now = tuple(dict(m) for m in machines)
         if machines_now != state.machines or ca != state.ca:
-            state.csr_wakeup.set()  # an approved CSR may now be signable
+            state.csr_backlog.rescan()  # an approved CSR may now be signable
+            state.csr_wakeup.set()
         state.machines = machines_now
         state.ca = ca
         state.desired = desired
+        assert state.budget is not None
+        if state.budget.paused():
+            # Over budget: not one request to this tenant's apiserver until it resumes, so
+            # its slow webhooks hold no worker that other tenants' revocations need. The
+            # lane picks up the desired state, Machines and CA set above when it resumes.
+            installed = state.lane is not None
+            return TenantSideResult(
+                installed=installed,
+                reason=REASON_INSTALLED if installed else REASON_UNREACHABLE,
+                message=(
+                    f"node agent {'installed' if installed else 'not installed'} in the "
+                    "tenant cluster; work there is paused while the tenant is over budget "
+                    "(see the Degraded condition)"
+                ),
+                csr_signed=state.signed,
+                csr_denied=state.denied,
+                signed=self._signed(state),
+                degraded=state.budget.degraded(),
+            )
 
         try:
-            async with state.lock:
-                written = await self._apply_all(state)
+            async with asyncio.timeout(state.budget.budgets.max_call_seconds):
+                async with state.lock:
+                    written = await self._apply_all(state)
+        except TimeoutError:
+            return self._too_slow(state)
         except ApiError as exc:
             result = result_for_error(exc, tenant=tenant, server=state.kube.server)
             _log.warning(
@@ -691,6 +711,7 @@ class KubeTenantSide:
                 csr_signed=state.signed,
                 csr_denied=state.denied,
                 signed=self._signed(state),
+                degraded=state.budget.degraded(),
             )
         self._sync_background(state)
         if written:
@@ -710,7 +731,50 @@ class KubeTenantSide:
             csr_signed=state.signed,
             csr_denied=state.denied,
             signed=self._signed(state),
+            degraded=state.budget.degraded(),
         )
+
+    def _too_slow(self, state: _Tenant) -> TenantSideResult:
+        """The result of an ensure() cut after ``max_call_seconds``; one too many of those
+        pauses the tenant."""
+        assert state.budget is not None
+        limit = state.budget.budgets.max_call_seconds
+        _log.warning("event=tenant_too_slow tenant=%s cut_after=%.1fs", state.ref, limit)
+        degraded = state.budget.degraded()
+        try:
+            state.budget.take_slow_call()
+        except OverBudget as over:
+            degraded = (over.reason, over.message)
+            if state.lane is not None and state.lane.running:
+                state.lane.interrupt(over)
+            else:  # paused already, or never installed: no lane to stop
+                delay = state.budget.trip(over)
+                self._count_trip(state, over)
+                _log.warning(
+                    "event=tenant_over_budget tenant=%s reason=%s paused_for=%.1fs message=%r",
+                    state.ref,
+                    over.reason,
+                    delay,
+                    over.message,
+                )
+        return TenantSideResult(
+            installed=False,
+            reason=REASON_UNREACHABLE,
+            message=(
+                f"the tenant apiserver {state.kube.server} of Cluster {state.ref} took longer "
+                f"than {limit:g}s to install the node agent (slow admission webhooks, or a "
+                "slow apiserver); retrying with backoff"
+            ),
+            csr_signed=state.signed,
+            csr_denied=state.denied,
+            signed=self._signed(state),
+            degraded=degraded,
+        )
+
+    def _count_trip(self, state: _Tenant, over: OverBudget) -> None:
+        self._budget_trips_total.labels(
+            namespace=state.ref.namespace, cluster=state.ref.cluster, reason=over.reason
+        ).inc()
 
     async def forget(self, tenant: TenantRef) -> None:
         """Stop the tenant's watches and loops, close its client, drop its metrics."""
@@ -730,6 +794,9 @@ class KubeTenantSide:
         for decision in ("signed", "denied"):
             with contextlib.suppress(KeyError):
                 self._csrs_total.remove(tenant.namespace, tenant.cluster, decision)
+        for reason in (REASON_CACHE, REASON_CSR_RATE, REASON_REPAIR_RATE, REASON_SLOW):
+            with contextlib.suppress(KeyError):
+                self._budget_trips_total.remove(tenant.namespace, tenant.cluster, reason)
         _log.info("event=tenant_forgotten tenant=%s tasks_stopped=%d", tenant, len(state.tasks))
 
     async def cleanup(self, *, tenant: TenantRef, kubeconfig_text: str | None) -> bool:
@@ -836,8 +903,67 @@ class KubeTenantSide:
         )
 
     def _sync_background(self, state: _Tenant) -> None:
-        """Start the watches, the repair loop and the CSR loop (once); follow changes in
-        the kinds we install with the watches."""
+        """Start the tenant's lane (once); while it runs, follow changes in the kinds we
+        install with the watches (a paused lane picks them up when it resumes)."""
+        if state.lane is None:
+            assert state.budget is not None  # set by ensure()
+            tenant = state.ref
+            state.lane = Lane(
+                name=str(tenant),
+                budget=state.budget,
+                clock=self._clock,
+                start=lambda lane: self._start_lane(state, lane),
+                on_pause=lambda: self._drop_caches(state),
+                on_trip=lambda over, _delay: self._count_trip(state, over),
+            )
+            self._spawn(state, f"tenant {tenant} lane", state.lane.run)
+        elif state.lane.running:
+            self._sync_watches(state, state.lane)
+
+    def _drop_caches(self, state: _Tenant) -> None:
+        state.watchers.clear()
+        state.watch_tasks.clear()
+        state.csr_watcher = None
+        state.csr_backlog.rescan()
+
+    def _start_lane(self, state: _Tenant, lane: Lane) -> None:
+        """The tenant's background work: what its lane (re)starts (see ``tenant_lane``)."""
+        assert state.budget is not None
+        self._drop_caches(state)  # after a crash, too
+        self._sync_watches(state, lane)
+        lane.spawn("repair", self._repair_loop(state))
+        csr_watcher = Watcher(
+            # The listing stops as soon as it is over budget, not after it is complete.
+            GuardedListing(
+                state.kube, state.budget, others=lambda: _cache_usage(state, csrs=False)
+            ),
+            CERTIFICATE_SIGNING_REQUEST,
+            None,
+            on_event=self._csr_handler(state),
+            clock=self._clock,
+            metrics=self._watch_metrics,
+            rng=self._rng,
+            # Only ours: the kubelets' own CSRs never reach this controller.
+            field_selector=f"spec.signerName={NODE_SIGNER}",
+            page_size=_CSR_PAGE_SIZE,
+            transform=functools.partial(
+                slim_csr, max_request_bytes=state.budget.budgets.max_csr_request_bytes
+            ),
+            sizer=object_bytes,
+            timeout_seconds=self._watch_timeout_seconds,
+            backoff_base=self._backoff_base,
+            backoff_cap=self._backoff_cap,
+        )
+        state.csr_watcher = csr_watcher
+        lane.spawn("watch csrs", csr_watcher.run())
+        lane.spawn("csr", self._csr_loop(state))
+        _log.info(
+            "event=tenant_watches_started tenant=%s kinds=%s",
+            state.ref,
+            ",".join(sorted(s.res.kind for s in state.watchers)),
+        )
+
+    def _sync_watches(self, state: _Tenant, lane: Lane) -> None:
         tenant = state.ref
         wanted = set(watch_specs(state.desired))
         for spec in wanted - set(state.watchers):
@@ -850,46 +976,28 @@ class KubeTenantSide:
                 metrics=self._watch_metrics,
                 rng=self._rng,
                 label_selector=label_selector(tenant.cluster),
+                sizer=object_bytes,
                 timeout_seconds=self._watch_timeout_seconds,
                 backoff_base=self._backoff_base,
                 backoff_cap=self._backoff_cap,
             )
             state.watchers[spec] = watcher
-            state.watch_tasks[spec] = self._spawn(
-                state, f"tenant {tenant} watch {spec.res.label}", self._watch_body(state, watcher)
+            state.watch_tasks[spec] = lane.spawn(
+                f"watch {spec.res.label}", self._watch_body(state, watcher)()
             )
         for spec in set(state.watchers) - wanted:
             del state.watchers[spec]
-            task = state.watch_tasks.pop(spec)
-            task.cancel()
-            state.tasks.remove(task)
-            self._supervisor.discard(task)
-        if state.started:
-            return
-        state.started = True
-        self._spawn(state, f"tenant {tenant} repair", lambda: self._repair_loop(state))
-        csr_watcher = Watcher(
-            SignerFilteredSource(state.kube, signer=NODE_SIGNER),
-            CERTIFICATE_SIGNING_REQUEST,
-            None,
-            on_event=lambda _type, _obj: state.csr_wakeup.set(),
-            clock=self._clock,
-            metrics=self._watch_metrics,
-            rng=self._rng,
-            timeout_seconds=self._watch_timeout_seconds,
-            backoff_base=self._backoff_base,
-            backoff_cap=self._backoff_cap,
-        )
-        state.csr_watcher = csr_watcher
-        self._spawn(state, f"tenant {tenant} watch csrs", csr_watcher.run)
-        self._spawn(state, f"tenant {tenant} csr", lambda: self._csr_loop(state))
-        _log.info(
-            "event=tenant_watches_started tenant=%s kinds=%s",
-            tenant,
-            ",".join(sorted(s.res.kind for s in wanted)),
-        )
+            state.watch_tasks.pop(spec).cancel()
 
-    def _watch_body(self, state: _Tenant, watcher: Watcher) -> Callable[[], Awaitable[None]]:
+    def _check_cache(self, state: _Tenant) -> None:
+        """Raises OverBudget when the tenant's caches hold too much."""
+        assert state.budget is not None
+        objects, size = _cache_usage(state)
+        state.budget.check_cache(objects=objects, size=size)
+
+    def _watch_body(
+        self, state: _Tenant, watcher: Watcher
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
         async def body() -> None:
             # After a listing, a desired object that is simply absent gives no event:
             # wake the repair pass once the cache is there, so it looks.
@@ -902,6 +1010,7 @@ class KubeTenantSide:
 
     def _object_handler(self, state: _Tenant, spec: WatchSpec) -> Callable[[str, KubeObject], None]:
         def on_event(event_type: str, obj: KubeObject) -> None:
+            self._check_cache(state)
             meta = obj.get("metadata") or {}
             ref = ObjectRef(spec.res, str(meta.get("namespace") or ""), str(meta.get("name")))
             wanted = state.desired.get(ref)
@@ -910,6 +1019,17 @@ class KubeTenantSide:
             if event_type == "DELETED" or needs_update(obj, wanted):
                 state.drift_seen.setdefault(ref, self._clock.monotonic())
                 state.repair_wakeup.set()
+
+        return on_event
+
+    def _csr_handler(self, state: _Tenant) -> Callable[[str, KubeObject], None]:
+        """Only the CSR that changed is looked at again, never the whole cache."""
+
+        def on_event(event_type: str, obj: KubeObject) -> None:
+            state.csr_backlog.changed(event_type, obj)
+            if event_type != "DELETED":
+                self._check_cache(state)
+                state.csr_wakeup.set()
 
         return on_event
 
@@ -937,6 +1057,7 @@ class KubeTenantSide:
                 await self._clock.sleep(delay)
 
     async def _repair_pass(self, state: _Tenant) -> None:
+        assert state.budget is not None
         live: dict[ObjectRef, KubeObject | None] = {}
         for ref in state.desired:
             known, cached = self._cached(state, ref)
@@ -948,6 +1069,7 @@ class KubeTenantSide:
             if not needs_update(current, wanted):
                 state.drift_seen.pop(ref, None)
                 continue
+            state.budget.take_repair()
             await self._apply(state, ref, wanted)
             seen = state.drift_seen.pop(ref, None)
             latency = self._clock.monotonic() - seen if seen is not None else 0.0
@@ -975,43 +1097,88 @@ class KubeTenantSide:
             watcher = state.csr_watcher
             if watcher is None or not watcher.synced.is_set():
                 continue  # its first listing wakes us again
-            if await self._csr_pass(state, list(watcher.store)):
+            failed = await self._csr_pass(state, state.csr_backlog.take(watcher.store))
+            if not failed:
                 failures = 0
                 continue
+            state.csr_backlog.retry(failed)
             failures += 1
             delay = self._backoff(failures)
             _log.warning(
-                "event=tenant_csr_retry tenant=%s failures=%d retry_in=%.1fs",
+                "event=tenant_csr_retry tenant=%s failures=%d csrs=%d retry_in=%.1fs",
                 state.ref,
                 failures,
+                len(failed),
                 delay,
             )
             state.csr_wakeup.set()
             await self._clock.sleep(delay)
 
-    async def _csr_pass(self, state: _Tenant, csrs: Sequence[KubeObject]) -> bool:
-        """Decide every undecided CSR of ours; False if any of them failed (retried)."""
-        ok = True
-        seen: set[str] = set()
+    async def _csr_pass(self, state: _Tenant, csrs: Sequence[KubeObject]) -> set[str]:
+        """Decide each CSR given (the backlog's: not decided yet); the names of those that
+        failed (to be retried). Every CSR waiting for a decision takes one from the tenant's budget
+        (OverBudget ends the pass, and pauses the tenant)."""
+        assert state.budget is not None
+        failed: set[str] = set()
         for csr in csrs:
             meta = csr.get("metadata") or {}
-            uid = str(meta.get("uid") or "")
-            seen.add(uid)
-            if uid in state.csr_done:
-                continue
+            name = str(meta.get("name") or "")
+            if signer_of(csr) == NODE_SIGNER and csr_state(csr) in ("pending", "approved"):
+                state.budget.take_csr_decision()
             try:
-                await self._handle_csr(state, csr)
-                state.csr_done.add(uid)
+                if dropped_bytes(csr):
+                    await self._deny_oversize(state, csr)
+                else:
+                    await self._handle_csr(state, csr)
+                state.csr_backlog.decided(csr)
             except (ApiError, certs.PKIError) as exc:
-                ok = False
+                failed.add(name)
                 _log.warning(
                     "event=tenant_csr_failed tenant=%s csr=%s error=%r",
                     state.ref,
-                    meta.get("name"),
+                    name,
                     str(exc),
                 )
-        state.csr_done &= seen  # forget CSRs that are gone
-        return ok
+        return failed
+
+    async def _deny_oversize(self, state: _Tenant, csr: KubeObject) -> None:
+        """Deny a pending CSR whose request was too big to cache (see ``budgets``)."""
+        assert state.budget is not None
+        name = str((csr.get("metadata") or {}).get("name"))
+        where = csr_state(csr)
+        if signer_of(csr) != NODE_SIGNER or where not in ("pending", "approved"):
+            return
+        limit = state.budget.budgets.max_csr_request_bytes
+        message = (
+            f"spec.request is {dropped_bytes(csr)} bytes, over the {limit} bytes vpnctl "
+            "accepts for a node CSR (a node's is under 1 KiB); the node agent creates a "
+            "new one"
+        )
+        if where == "approved":
+            # Approved by someone else: a CSR can't be denied too; we just never sign it.
+            _log.warning(
+                "event=tenant_csr_not_signed tenant=%s csr=%s reason=%s message=%r",
+                state.ref,
+                name,
+                REASON_CSR_TOO_LARGE,
+                message,
+            )
+            return
+        try:
+            await self._retrying(
+                lambda: state.kube.deny_csr(name, reason=REASON_CSR_TOO_LARGE, message=message),
+                conflicts=True,
+            )
+        except NotFound:
+            return
+        self._count_csr(state, "denied")
+        _log.info(
+            "event=tenant_csr_denied tenant=%s csr=%s reason=%s message=%r",
+            state.ref,
+            name,
+            REASON_CSR_TOO_LARGE,
+            message,
+        )
 
     async def _handle_csr(self, state: _Tenant, csr: KubeObject) -> None:
         """Decide one CSR (and sign it) unless that is done; raises what should be retried."""

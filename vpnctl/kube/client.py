@@ -16,7 +16,7 @@ import builtins
 import copy
 import json
 import logging
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -143,11 +143,14 @@ class Kube:
         label_selector: str | None = None,
         field_selector: str | None = None,
         page_size: int = 500,
+        transform: Callable[[KubeObject], KubeObject] | None = None,
     ) -> tuple[Objects, str]:
         """All matching objects (every page) and the list's resourceVersion, to watch from.
 
         ``namespace=None`` on a namespaced resource lists all namespaces. Items carry
-        apiVersion and kind (list items from the apiserver often don't).
+        apiVersion and kind (list items from the apiserver often don't). ``transform``
+        is applied to each item as its page arrives, so a caller that slims big objects
+        never holds more than one page of them in full.
         """
         path = res.path(namespace=namespace)
         selectors: Query = []
@@ -168,7 +171,9 @@ class Kube:
                     page = await self.request("GET", path, query=query)
                     meta = page.get("metadata") or {}
                     resource_version = resource_version or str(meta.get("resourceVersion", ""))
-                    items.extend(_with_type(res, item) for item in page.get("items") or [])
+                    typed = (_with_type(res, item) for item in page.get("items") or [])
+                    items.extend(map(transform, typed) if transform else typed)
+                    del page
                     token = str(meta.get("continue") or "")
                     if not token:
                         return items, resource_version
@@ -186,6 +191,7 @@ class Kube:
         resource_version: str,
         timeout_seconds: int,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Events after ``resource_version``, with bookmarks, until the server ends the
         stream (after ``timeout_seconds``) or the connection breaks (TransportError).
@@ -201,6 +207,8 @@ class Kube:
         ]
         if label_selector:
             query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         path = res.path(namespace=namespace)
         timeout = aiohttp.ClientTimeout(
             total=None,

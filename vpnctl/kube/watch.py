@@ -16,6 +16,12 @@ connection dies quietly; kopf's worst failures come from exactly that. So here:
 
 The watcher keeps the ``Store`` up to date *before* calling ``on_event``, so a handler
 (which should only enqueue a key) and the reconciler after it see the same world.
+
+Watches of objects a hostile party writes (a tenant's CSRs) need two more things: a
+``field_selector`` so the apiserver sends only what we asked for, and a ``transform``
+applied to every object *before* it is stored (and, through ``list``, page by page), so
+the cache can drop a huge field instead of holding it; it must be idempotent. ``Store``
+counts the bytes it holds with the ``sizer`` given, for per-tenant budgets.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import inspect
 import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -39,11 +45,17 @@ from vpnctl.kube.retry import backoff
 _log = logging.getLogger(__name__)
 
 EventHandler = Callable[[str, KubeObject], Awaitable[None] | None]
+Transform = Callable[[KubeObject], KubeObject]
+Sizer = Callable[[KubeObject], int]
 Key = tuple[str, str]  # (namespace or "", name)
 
 
 class WatchSource(Protocol):
-    """What a Watcher needs of a connection; ``Kube`` is one, tests bring a fake."""
+    """What a Watcher needs of a connection; ``Kube`` is one, tests bring a fake.
+
+    The Watcher passes ``field_selector``, ``page_size`` and ``transform`` only when it
+    was given them, so a fake for a plain watch needs just ``label_selector``.
+    """
 
     async def list(
         self,
@@ -51,6 +63,9 @@ class WatchSource(Protocol):
         namespace: str | None = None,
         *,
         label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        transform: Transform | None = None,
     ) -> tuple[builtins.list[KubeObject], str]: ...
 
     def watch(
@@ -61,6 +76,7 @@ class WatchSource(Protocol):
         resource_version: str,
         timeout_seconds: int,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> AsyncGenerator[WatchEvent, None]: ...
 
 
@@ -80,12 +96,16 @@ class WatchMetrics:
 class Store:
     """The last known state of each watched object, keyed by (namespace, name).
 
-    Only its Watcher writes to it. Readers get the objects as the apiserver sent them:
-    treat them as read-only.
+    Only its Watcher writes to it. Readers get the objects as the apiserver sent them
+    (after the Watcher's ``transform``): treat them as read-only. ``bytes`` is the sum of
+    ``sizer`` over the objects held (0 without a sizer).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sizer: Sizer | None = None) -> None:
         self._objects: dict[Key, KubeObject] = {}
+        self._sizer = sizer
+        self._sizes: dict[Key, int] = {}
+        self.bytes = 0
 
     def get(self, name: str, namespace: str | None = None) -> KubeObject | None:
         return self._objects.get((namespace or "", name))
@@ -110,15 +130,29 @@ class Store:
     # --- for the watcher ------------------------------------------------------------------
 
     def upsert(self, obj: KubeObject) -> None:
-        self._objects[object_key(obj)] = obj
+        key = object_key(obj)
+        self._objects[key] = obj
+        if self._sizer is not None:
+            size = self._sizer(obj)
+            self.bytes += size - self._sizes.get(key, 0)
+            self._sizes[key] = size
 
     def discard(self, obj: KubeObject) -> None:
-        self._objects.pop(object_key(obj), None)
+        key = object_key(obj)
+        self._objects.pop(key, None)
+        self.bytes -= self._sizes.pop(key, 0)
 
     def replace_all(self, objects: dict[Key, KubeObject]) -> dict[Key, KubeObject]:
         """Swap in a fresh listing; returns what was there before."""
         old, self._objects = self._objects, dict(objects)
+        if self._sizer is not None:
+            sizer = self._sizer
+            self._sizes = {key: sizer(obj) for key, obj in self._objects.items()}
+            self.bytes = sum(self._sizes.values())
         return old
+
+    def clear(self) -> None:
+        self.replace_all({})
 
 
 def _resource_version(obj: KubeObject) -> str:
@@ -141,13 +175,17 @@ class Watcher:
         metrics: WatchMetrics,
         rng: random.Random,
         label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int | None = None,
+        transform: Transform | None = None,
+        sizer: Sizer | None = None,
         timeout_seconds: int = 120,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
     ) -> None:
         self.res = res
         self.namespace = namespace
-        self.store = Store()
+        self.store = Store(sizer)
         self.synced = asyncio.Event()  # set once the first list is in the store
         self.last_activity = clock.monotonic()
         self.resource_version = ""
@@ -157,10 +195,15 @@ class Watcher:
         self._metrics = metrics
         self._rng = rng
         self._label_selector = label_selector
+        self._field_selector = field_selector
+        self._page_size = page_size
+        self._transform = transform
         self._timeout_seconds = timeout_seconds
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._where = f"resource={res.label} namespace={namespace or '*'}"
+        if field_selector:
+            self._where += f" field_selector={field_selector}"
 
     def healthy(self, max_silence: float) -> bool:
         """True if the watch showed a sign of life within ``max_silence`` seconds.
@@ -234,11 +277,24 @@ class Watcher:
         if inspect.isawaitable(result):
             await result
 
+    def _optional(self, **options: Any) -> dict[str, Any]:
+        """The optional arguments that were given (see ``WatchSource``)."""
+        return {k: v for k, v in options.items() if v is not None}
+
     async def _relist(self) -> None:
         items, resource_version = await self._source.list(
-            self.res, self.namespace, label_selector=self._label_selector
+            self.res,
+            self.namespace,
+            label_selector=self._label_selector,
+            **self._optional(
+                field_selector=self._field_selector,
+                page_size=self._page_size,
+                transform=self._transform,
+            ),
         )
         self._touch()
+        if self._transform is not None:  # idempotent: a source may not have applied it
+            items = [self._transform(obj) for obj in items]
         fresh = {object_key(obj): obj for obj in items}
         old = self.store.replace_all(fresh)
         self.resource_version = resource_version
@@ -270,6 +326,7 @@ class Watcher:
             resource_version=self.resource_version,
             timeout_seconds=self._timeout_seconds,
             label_selector=self._label_selector,
+            **self._optional(field_selector=self._field_selector),
         )
         async with contextlib.aclosing(stream):
             async for event in stream:
@@ -286,6 +343,8 @@ class Watcher:
                 if event_type not in ("ADDED", "MODIFIED", "DELETED"):
                     _log.warning("event=watch_unknown_type %s type=%r", self._where, event_type)
                     continue
+                if self._transform is not None:
+                    obj = self._transform(obj)
                 if event_type == "DELETED":
                     self.store.discard(obj)
                 else:
