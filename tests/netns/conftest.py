@@ -31,6 +31,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -306,7 +307,6 @@ class DataPlane(LabDataPlane):
         return proc
 
 
-
 def build_dataplane(*, proto: str, base: Path) -> DataPlane:
     plan = make_plan(prefix=f"v{secrets.token_hex(3)}", nodes=AGENT_NODES + 1)
     lab = prepare_dataplane(
@@ -338,15 +338,20 @@ def dataplane(
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
     proto = str(request.param)
-    base = tmp_path_factory.mktemp(f"dp-{proto}")
-    dp = build_dataplane(proto=proto, base=base)
-    failed_before = request.session.testsfailed
+    # Not under pytest's 0700 tmp root: openvpn, once it has dropped to nobody, re-reads
+    # the CRL and CCD files in here.
+    base = Path(tempfile.mkdtemp(prefix=f"vpnctl-dp-{proto}-"))
     try:
-        yield dp
+        dp = build_dataplane(proto=proto, base=base)
+        failed_before = request.session.testsfailed
+        try:
+            yield dp
+        finally:
+            if request.session.testsfailed != failed_before:
+                print(dp.dump_logs())
+            teardown_dataplane(dp)
     finally:
-        if request.session.testsfailed != failed_before:
-            print(dp.dump_logs())
-        teardown_dataplane(dp)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def route_get(ns: str, dst: str) -> str:

@@ -163,10 +163,12 @@ def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlan
 # --- no initiation from nodes -------------------------------------------------------------------
 
 
-def _forward_drops(dataplane: DataPlane) -> int:
+def _forward_drops(dataplane: DataPlane, rule: str = 'iifname "tun0" counter') -> int:
+    """Packets dropped by the forward chain's rule that starts with RULE (default: the
+    last one, what came from a tunnel client and was not allowed)."""
     out = ip_out("netns", "exec", dataplane.plan.srv_ns, "nft", "list", "chain", "inet",
                  "vpnctl", "forward")  # fmt: skip
-    m = re.search(r"counter packets (\d+) bytes \d+ drop", out)
+    m = re.search(rf"^\s*{re.escape(rule)} packets (\d+) bytes \d+ drop", out, re.MULTILINE)
     assert m, out
     return int(m.group(1))
 

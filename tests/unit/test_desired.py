@@ -230,7 +230,7 @@ def test_duplicate_names_addresses_and_serials() -> None:
         p.startswith("clients[1].ifconfig_ip: 198.18.8.2 is also given to apiserver (apiserver)")
         for p in problems
     )
-    assert any(p.startswith("clients[1].serial: a1b is also the serial of") for p in problems)
+    assert any(p.startswith("clients[1].serials: a1b is also a serial of") for p in problems)
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ class FakeManagement:
         self.clients: dict[str, ClientStatus] = {}
         self.killed: list[str] = []
         self.signals: list[str] = []
+        self.answers: list[tuple[str, int, int, str]] = []
         self.fail_commands = False
         self._closed = asyncio.Event()
 
@@ -91,6 +92,14 @@ class FakeManagement:
         self.killed.append(common_name)
         del self.clients[common_name]
         return True
+
+    async def client_auth(self, cid: int, kid: int) -> None:
+        self._check()
+        self.answers.append(("auth", cid, kid, ""))
+
+    async def client_deny(self, cid: int, kid: int, reason: str) -> None:
+        self._check()
+        self.answers.append(("deny", cid, kid, reason))
 
     async def signal(self, sig: Literal["SIGHUP", "SIGTERM", "SIGUSR1", "SIGUSR2"]) -> None:
         self._check()
