@@ -168,6 +168,38 @@ def wait_until(
         time.sleep(interval)
 
 
+READY = "Initialization Sequence Completed"
+
+
+class LogCursor:
+    """Reads only what a log file gained after the cursor was made."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def new(self) -> str:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
+
+    def wait_for(self, pattern: str, *, timeout: float) -> str:
+        regex = re.compile(pattern)
+
+        def find() -> str | None:
+            return next((ln for ln in self.new().splitlines() if regex.search(ln)), None)
+
+        return wait_until(f"/{pattern}/ in {self.path}", find, timeout=timeout, interval=0.02)
+
+    def never(self, pattern: str, *, within: float) -> None:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            hits = [ln for ln in self.new().splitlines() if regex.search(ln)]
+            assert not hits, f"unexpected /{pattern}/ in {self.path}: {hits[0]}"
+            time.sleep(0.1)
+
+
 # --- metrics ---------------------------------------------------------------------------------
 
 
