@@ -306,10 +306,12 @@ class DataPlane(LabDataPlane):
         files: ClientFiles | None = None,
         tls_crypt: bool = True,
         label: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> Proc:
         """A plain openvpn client as CN on the spare machine (no agent), logging to a file.
 
-        `tls_crypt=False` leaves out the tls-crypt-v2 key altogether.
+        `tls_crypt=False` leaves out the tls-crypt-v2 key altogether; `extra` directives
+        are appended to the rendered config.
         """
         files = files or self.pki.clients[cn]
         label = label or cn
@@ -330,6 +332,7 @@ class DataPlane(LabDataPlane):
         text = render_client(cfg)
         if not tls_crypt:
             text = "".join(ln for ln in text.splitlines(True) if not ln.startswith("tls-crypt-v2 "))
+        text += "".join(f"{line}\n" for line in extra)
         conf.write_text(text)
         log = d / "openvpn.log"
         log.write_bytes(b"")

@@ -17,6 +17,7 @@ On the shared lab (`dataplane`, udp and tcp), with real openvpn 2.6:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -143,6 +144,34 @@ def test_a_node_gets_in_only_with_a_serial_vpnctl_issued_for_its_name(
     _whole_log(dp.procs["server"].log).wait_for(
         r"event=client_allowed .*cn=spare-node .*kind=CONNECT", timeout=1
     )
+
+
+def test_every_renegotiation_is_asked_again_and_a_withdrawn_serial_is_dropped(
+    dataplane: DataPlane,
+) -> None:
+    dp = dataplane
+    agent_log = _agent_log(dp)
+    doc = dp.desired_doc()
+    client = dp.raw_client("spare-node", dev="tun11", label="reneg", extra=("reneg-sec 2",))
+    try:
+        _whole_log(client.log).wait_for(READY, timeout=20)
+        # Renegotiation: openvpn asks again (REAUTH) and the agent admits it again.
+        agent_log.wait_for(r"event=client_allowed .*cn=spare-node .*kind=REAUTH", timeout=10)
+        connected = LogCursor(client.log)
+        # vpnctl withdraws the serial (its CCD entry stays, so nothing kicks the client):
+        # the next renegotiation is refused and the session ends.
+        withdrawn = json.loads(json.dumps(doc))
+        for c in withdrawn["clients"]:
+            if c["common_name"] == "spare-node":
+                c["serial"], c["serials"] = None, []
+        dp.write_desired(withdrawn)
+        agent_log.wait_for(r"event=client_denied .*cn=spare-node .*kind=REAUTH", timeout=15)
+        connected.wait_for(r"AUTH_FAILED|SIGUSR1|RESTART|TLS Error", timeout=10)
+    finally:
+        client.stop()
+        restored = _agent_log(dp)
+        dp.write_desired(doc)
+    restored.wait_for(r"event=desired_applied", timeout=5)  # the shared lab as it was
 
 
 def test_nobody_gets_in_while_the_agent_stalls_and_clients_do_after_the_link_was_cut(
