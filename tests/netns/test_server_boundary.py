@@ -125,9 +125,11 @@ def test_a_node_gets_in_only_with_a_serial_vpnctl_issued_for_its_name(
 ) -> None:
     dp = dataplane
     agent_log = _agent_log(dp)
+    started = time.monotonic()
     known = dp.raw_client("spare-node", dev="tun7", label="known-node")
     try:
         _whole_log(known.log).wait_for(READY, timeout=20)
+        print(f"{dp.proto}: known node connected in {time.monotonic() - started:.2f} s")
     finally:
         known.stop()
     stranger = dp.raw_client("spare-node", dev="tun8", files=_ca_valid(dp, "spare-node", "unk"),
