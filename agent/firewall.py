@@ -18,8 +18,9 @@ policy of DESIGN.md lives:
   of its own prefixes (tunnel address and iroutes; openvpn already refuses a packet
   from a client whose source is not one of them), matched as
   `ip saddr . ct original ip daddr`.
-* INPUT from tun: answers to what the server itself opened (its kubelet probes), the
-  probe responder's UDP port and ICMP echo; everything else to the server is dropped.
+* INPUT from tun: answers to what the server itself opened (its kubelet probes, ICMP
+  errors about them only from the probed node, as above), the probe responder's UDP port
+  and ICMP echo; everything else to the server is dropped.
 
 Why nftables in one owned table (`inet vpnctl`): a table is a namespace of its own, so we
 never edit or reorder anyone else's rules; the whole ruleset is replaced atomically in
@@ -100,7 +101,9 @@ def render_ruleset(policy: FirewallPolicy, *, table: str = TABLE) -> str:
         "    }\n"
         "    chain input {\n"
         "        type filter hook input priority filter; policy accept;\n"
-        f"        iifname {tun} ct state established,related accept\n"
+        f"        iifname {tun} ct state established accept\n"
+        f"        iifname {tun} ct state related meta l4proto icmp"
+        " ip saddr . ct original ip daddr @owned accept\n"
         f"        iifname {tun} udp dport {policy.probe_port} accept\n"
         f"        iifname {tun} icmp type echo-request accept\n"
         f"        iifname {tun} counter drop\n"

@@ -29,6 +29,12 @@ def test_ruleset_allows_new_only_from_the_apiserver_and_only_within_tun() -> Non
         'iifname "tun0" counter drop',
     ]
     input_chain = text.split("chain input")[1]
+    assert 'iifname "tun0" ct state established accept' in input_chain
+    assert (
+        'iifname "tun0" ct state related meta l4proto icmp ip saddr . ct original ip daddr @owned'
+        in input_chain
+    )
+    assert "established,related" not in text
     assert 'iifname "tun0" udp dport 7947 accept' in input_chain
     assert 'iifname "tun0" icmp type echo-request accept' in input_chain
     assert input_chain.strip().splitlines()[-3].strip() == 'iifname "tun0" counter drop'
