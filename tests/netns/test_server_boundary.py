@@ -39,12 +39,11 @@ from tests.netns.conftest import (
     DataPlane,
     LogCursor,
     http_get,
-    in_netns,
     ip_out,
     ns_pids,
     wait_until,
 )
-from vpnctl.lab.dataplane import APISERVER_CN
+from vpnctl.lab.dataplane import APISERVER_CN, in_netns
 
 pytestmark = [
     pytest.mark.netns,
@@ -195,13 +194,18 @@ def test_nobody_gets_in_while_the_agent_stalls_and_clients_do_after_the_link_was
         _whole_log(impostor.log).never(READY, within=3)
     finally:
         os.kill(server.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+    assert impostor is not None
     try:
         # Back, it denies it (or drops the question if its link was reset meanwhile; then
         # openvpn keeps holding it until the client retries and is denied).
         agent_log.wait_for(r"event=client_denied .*cn=spare-node", timeout=20)
+        print(f"{dp.proto}: held impostor denied {time.monotonic() - resumed:.2f} s after the "
+              "agent resumed")  # fmt: skip
         _whole_log(impostor.log).never(READY, within=1)
     finally:
-        impostor.stop()
+        if impostor is not None:
+            impostor.stop()
 
     # 2. The management link is cut: openvpn stops answering, the agent's command times
     # out and it drops the connection; openvpn comes back and the link is re-established.
@@ -211,11 +215,15 @@ def test_nobody_gets_in_while_the_agent_stalls_and_clients_do_after_the_link_was
         agent_log.wait_for(r"event=management_(disconnected|unusable)", timeout=8)
     finally:
         os.kill(pid, signal.SIGCONT)
+        resumed = time.monotonic()
     agent_log.wait_for(r"event=management_connected", timeout=15)
+    relinked = time.monotonic()
     assert ns_pids(dp.plan.srv_ns, "openvpn") == [pid], "openvpn was restarted, not the link"
     client = dp.raw_client("spare-node", dev="tun10", label="after-cut")
     try:
         _whole_log(client.log).wait_for(READY, timeout=30)
+        print(f"{dp.proto}: link back {relinked - resumed:.2f} s after openvpn resumed; "
+              f"a new client in {time.monotonic() - relinked:.2f} s after that")  # fmt: skip
         agent_log.wait_for(r"event=client_allowed .*cn=spare-node", timeout=5)
     finally:
         client.stop()
@@ -324,7 +332,7 @@ def _connect(host: str, port: int) -> str:
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
