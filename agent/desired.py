@@ -23,15 +23,17 @@ server role:
                  "ca": "/pki/ca.pem", "cert": "/pki/server.pem", "key": "/pki/server.key",
                  "tls_crypt_v2": "/pki/tc2-server.key", "ccd_dir": "/run/vpnctl/ccd",
                  "management": "/run/vpnctl/server.sock", "crl": "/run/vpnctl/crl.pem",
-                 "keepalive": [1, 5], "verb": 3},
+                 "keepalive": [1, 5], "verb": 3, "user": "nobody", "group": "nogroup"},
      "desired_path": "/etc/vpnctl/desired.json",
      "crl_source": "/etc/vpnctl/crl.pem",
      "probe_port": 7947, "status_interval": 1.0,
      "kubelet_probe_interval": 2.0, "kubelet_probe_timeout": 1.0,
      "firewall": true, ...common keys}
 
-    `openvpn.crl` is where openvpn's `crl-verify` reads; the agent installs `crl_source`
-    there (validated against the CA) and never lets openvpn read `crl_source` directly.
+    `openvpn.user`/`openvpn.group` (every role): who openvpn runs as once started
+    (default nobody/nogroup; null keeps root). `openvpn.crl` is where openvpn's
+    `crl-verify` reads; the agent installs `crl_source` there (validated against the CA)
+    and never lets openvpn read `crl_source` directly.
 
 node and apiserver roles (the apiserver adds `routes`):
 
@@ -39,7 +41,7 @@ node and apiserver roles (the apiserver adds `routes`):
                  "ca": ..., "cert": ..., "key": ..., "tls_crypt_v2": ...,
                  "management": "/run/vpnctl/client.sock",
                  "connect_retry": [1, 5], "keepalive": [1, 5], "server_poll_timeout": 10,
-                 "verb": 3},
+                 "verb": 3, "user": "nobody", "group": "nogroup"},
      "probe": {"target": "198.18.8.1:7947", "interval": 1.0, "timeout": 1.0, "misses": 3},
      "routes": ["198.19.0.0/24", "198.19.64.0/18", "198.19.192.0/20"],   # apiserver only
      "bootstrap": {...},                                                   # node only
@@ -63,15 +65,22 @@ node and apiserver roles (the apiserver adds `routes`):
 Desired state of the server (`desired_path`), re-read whenever it changes:
 
     {"apiserver": {"common_name": "apiserver", "ifconfig_ip": "198.18.8.2",
-                   "push_routes": [], "serial": "3f9a..."},
+                   "push_routes": [], "serial": "3f9a...", "serials": ["3f9a..."]},
      "clients": [{"common_name": "node-1", "ifconfig_ip": "198.18.8.11",
                   "iroutes": ["198.19.0.11/32", "198.19.65.0/24"], "push_routes": [],
-                  "kubelet": "198.19.0.11:10250", "serial": "5b01..."}]}
+                  "kubelet": "198.19.0.11:10250", "serial": "5b01...",
+                  "serials": ["4a77...", "5b01..."]}]}
 
     - `apiserver` may be null (then nothing may open connections through the tunnel);
     - `serial` is the client certificate's serial in hex (colons allowed, as `openssl x509
       -serial` prints it), or null; the server kicks a connected client the moment its
       serial appears in the CRL, so a client without one is only refused on reconnect;
+    - `serials` (optional, default []) lists the serials, in the same hex form, of every
+      certificate vpnctl issued for that common name that may still be in use. The server
+      admits a client (openvpn `management-client-auth`, at connect and at every
+      renegotiation) only if its certificate's serial is `serial` or in `serials`, and not
+      in the CRL: a CA-valid certificate with an unknown serial is refused, and an entry
+      with no serial at all admits nobody;
     - `kubelet` is "ip:port" inside one of the client's iroutes, or null (not probed).
     - Rejected: duplicate common names, addresses or serials; an address outside the
       tunnel CIDR or on its network, broadcast or server address; iroutes that overlap
@@ -220,6 +229,10 @@ def _str(value: object, _where: str) -> str:
     if not isinstance(value, str) or not value:
         raise _FieldError(f"must be a non-empty string, got {_kind(value)}")
     return value
+
+
+def _opt_str(value: object, where: str) -> str | None:
+    return None if value is None else _str(value, where)
 
 
 def _abspath(value: object, where: str) -> str:
@@ -478,11 +491,11 @@ def _common(r: _Reader, doc: Mapping[str, Any]) -> Common | None:
 
 _SERVER_OVPN_KEYS = (
     "proto", "port", "listen", "tunnel_cidr", "dev", "ca", "cert", "key", "tls_crypt_v2",
-    "ccd_dir", "management", "crl", "keepalive", "max_clients", "verb",
+    "ccd_dir", "management", "crl", "keepalive", "max_clients", "verb", "user", "group",
 )  # fmt: skip
 _CLIENT_OVPN_KEYS = (
     "proto", "remotes", "dev", "ca", "cert", "key", "tls_crypt_v2", "management",
-    "connect_retry", "keepalive", "server_poll_timeout", "verb",
+    "connect_retry", "keepalive", "server_poll_timeout", "verb", "user", "group",
 )  # fmt: skip
 
 
@@ -505,6 +518,7 @@ def _server_openvpn(r: _Reader, raw: object) -> ServerConfig | None:
         for key, conv in (
             ("proto", _proto), ("port", _port), ("listen", _opt_ip), ("dev", _str),
             ("keepalive", _pair), ("max_clients", _int), ("verb", _int),
+            ("user", _opt_str), ("group", _opt_str),
         ):  # fmt: skip
             if key in o:
                 kwargs[key] = g(o, where, key, conv)
@@ -533,7 +547,8 @@ def _client_openvpn(r: _Reader, raw: object) -> ClientConfig | None:
         }
         for key, conv in (
             ("proto", _proto), ("dev", _str), ("connect_retry", _pair), ("keepalive", _pair),
-            ("server_poll_timeout", _int), ("verb", _int),
+            ("server_poll_timeout", _int), ("verb", _int), ("user", _opt_str),
+            ("group", _opt_str),
         ):  # fmt: skip
             if key in o:
                 kwargs[key] = g(o, where, key, conv)
@@ -726,7 +741,14 @@ class ClientEntry:
     push_routes: tuple[IPv4Network, ...] = ()
     kubelet: tuple[IPv4Address, int] | None = None
     serial: int | None = None
+    # Every serial vpnctl issued for this common name that may still be in use.
+    serials: tuple[int, ...] = ()
     is_apiserver: bool = False
+
+    @property
+    def allowed_serials(self) -> frozenset[int]:
+        """The certificate serials this client may connect with (before the CRL)."""
+        return frozenset(self.serials) | ({self.serial} if self.serial is not None else set())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -742,7 +764,10 @@ class DesiredState:
         return ((self.apiserver,) if self.apiserver is not None else ()) + self.clients
 
     def serial_to_cn(self) -> dict[int, str]:
-        return {e.serial: e.common_name for e in self.entries if e.serial is not None}
+        return {s: e.common_name for e in self.entries for s in e.allowed_serials}
+
+    def entry(self, common_name: str) -> ClientEntry | None:
+        return next((e for e in self.entries if e.common_name == common_name), None)
 
     @property
     def routes(self) -> tuple[IPv4Network, ...]:
@@ -750,8 +775,10 @@ class DesiredState:
         return tuple(sorted({n for e in self.entries for n in e.iroutes}))
 
 
-_CLIENT_KEYS = ("common_name", "ifconfig_ip", "iroutes", "push_routes", "kubelet", "serial")
-_APISERVER_KEYS = ("common_name", "ifconfig_ip", "push_routes", "serial")
+_CLIENT_KEYS = (
+    "common_name", "ifconfig_ip", "iroutes", "push_routes", "kubelet", "serial", "serials",
+)  # fmt: skip
+_APISERVER_KEYS = ("common_name", "ifconfig_ip", "push_routes", "serial", "serials")
 
 
 def _entry(r: _Reader, raw: object, where: str, *, apiserver: bool) -> ClientEntry | None:
@@ -764,7 +791,13 @@ def _entry(r: _Reader, raw: object, where: str, *, apiserver: bool) -> ClientEnt
         push_routes = r.soft(lambda: g(o, where, "push_routes", _list(_net), NO_NETS))
         kubelet = r.soft(lambda: g(o, where, "kubelet", _opt_hostport, None))
         serial = r.soft(lambda: g(o, where, "serial", _serial, None))
+        no_serials: tuple[int | None, ...] = ()
+        serials = r.soft(lambda: g(o, where, "serials", _list(_serial), no_serials))
         if name is None or ip is None or iroutes is None or push_routes is None:
+            raise _Problems
+        if serials is None or any(s is None for s in serials):
+            if serials is not None:
+                r.fail(_join(where, "serials"), "must list hex serials, not null")
             raise _Problems
         return ClientEntry(
             common_name=name,
@@ -773,6 +806,7 @@ def _entry(r: _Reader, raw: object, where: str, *, apiserver: bool) -> ClientEnt
             push_routes=push_routes,
             kubelet=kubelet,
             serial=serial,
+            serials=tuple(s for s in serials if s is not None),
             is_apiserver=apiserver,
         )
 
@@ -806,11 +840,11 @@ def _check_semantics(r: _Reader, state: DesiredState, *, tunnel: IPv4Network) ->
             r.fail(f"{where}.ifconfig_ip", f"{ip} is also given to {ips[ip]}; "
                    "every client needs its own address")  # fmt: skip
         ips.setdefault(ip, label)
-        if e.serial is not None:
-            if e.serial in serials:
-                r.fail(f"{where}.serial", f"{e.serial:x} is also the serial of "
-                       f"{serials[e.serial]}; each client has its own certificate")  # fmt: skip
-            serials.setdefault(e.serial, label)
+        for serial in sorted(e.allowed_serials):
+            if serial in serials:
+                r.fail(f"{where}.serials", f"{serial:x} is also a serial of "
+                       f"{serials[serial]}; each client has its own certificates")  # fmt: skip
+            serials.setdefault(serial, label)
         for j, net in enumerate(e.push_routes):
             if net.overlaps(tunnel):
                 r.fail(f"{where}.push_routes[{j}]", f"{net} overlaps the tunnel CIDR {tunnel}; "

@@ -4,11 +4,23 @@ Without `client-to-client`, every packet between two tunnel clients leaves openv
 through tun and comes back in, so the kernel's FORWARD hook sees it. That is where the
 policy of DESIGN.md lives:
 
-* FORWARD from tun: NEW connections only from the apiserver's tunnel address;
-  ESTABLISHED,RELATED (the answers) from anyone; everything else dropped. So a node
-  cannot open anything towards the apiserver, nor towards another node.
-* INPUT from tun: answers to what the server itself opened (its kubelet probes), the
-  probe responder's UDP port and ICMP echo; everything else to the server is dropped.
+* FORWARD into tun only from tun: nothing that enters from eth0 (the pod network, the
+  outside) is ever forwarded to a tunnel client, and tunnel clients reach nothing but
+  the tunnel.
+* FORWARD from tun: NEW connections only from the apiserver's tunnel address; answers
+  (ESTABLISHED) from anyone; everything else dropped. So a node cannot open anything
+  towards the apiserver, nor towards another node.
+* RELATED (ICMP errors about a tracked flow) only towards the apiserver, and only from
+  the client that owns the flow's destination: conntrack relates an ICMP error to a
+  flow by the header quoted inside it, which any node can forge. Without this a node
+  could send "fragmentation needed" about the apiserver's flow to another node and
+  shrink the apiserver's path MTU for it. The `owned` set holds, per client, every pair
+  of its own prefixes (tunnel address and iroutes; openvpn already refuses a packet
+  from a client whose source is not one of them), matched as
+  `ip saddr . ct original ip daddr`.
+* INPUT from tun: answers to what the server itself opened (its kubelet probes, ICMP
+  errors about them only from the probed node, as above), the probe responder's UDP port
+  and ICMP echo; everything else to the server is dropped.
 
 Why nftables in one owned table (`inet vpnctl`): a table is a namespace of its own, so we
 never edit or reorder anyone else's rules; the whole ruleset is replaced atomically in
@@ -21,8 +33,9 @@ runs inside the server pod's network namespace.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from ipaddress import IPv4Address
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from agent.openvpn.config import ConfigError
@@ -40,35 +53,57 @@ class FirewallPolicy:
     tun: str
     apiserver_ip: IPv4Address | None
     probe_port: int
+    # Per tunnel client, the prefixes it owns (its tunnel address /32 and its iroutes).
+    owners: Sequence[tuple[IPv4Network, ...]] = field(default=())
 
     def __post_init__(self) -> None:
         if not self.tun or not all(c.isalnum() or c in "_-" for c in self.tun):
             raise ConfigError(f"tun device name {self.tun!r} is not a plain interface name")
         if not 1 <= self.probe_port <= 65535:
             raise ConfigError(f"probe port {self.probe_port} is out of range 1..65535")
+        object.__setattr__(self, "owners", tuple(tuple(nets) for nets in self.owners))
+
+
+def owned_pairs(owners: Sequence[Sequence[IPv4Network]]) -> list[str]:
+    """nft elements `a . b` for every pair of prefixes owned by the same client."""
+    return sorted({f"{a} . {b}" for nets in owners for a in nets for b in nets})
 
 
 def render_ruleset(policy: FirewallPolicy, *, table: str = TABLE) -> str:
     """The nft script that (re)creates our table atomically."""
     tun = f'"{policy.tun}"'
-    new_from_apiserver = (
-        f"        iifname {tun} ip saddr {policy.apiserver_ip} ct state new accept\n"
-        if policy.apiserver_ip is not None
+    api = policy.apiserver_ip
+    from_apiserver = (
+        f"        iifname {tun} ip saddr {api} ct state new accept\n"
+        f"        iifname {tun} ip daddr {api} ct state related meta l4proto icmp"
+        " ip saddr . ct original ip daddr @owned accept\n"
+        if api is not None
         else ""
     )
+    pairs = owned_pairs(policy.owners)
+    elements = f"        elements = {{ {', '.join(pairs)} }}\n" if pairs else ""
     return (
         f"table {FAMILY} {table}\n"
         f"delete table {FAMILY} {table}\n"
         f"table {FAMILY} {table} {{\n"
+        "    set owned {\n"
+        "        type ipv4_addr . ipv4_addr\n"
+        "        flags interval\n"
+        f"{elements}"
+        "    }\n"
         "    chain forward {\n"
         "        type filter hook forward priority filter; policy accept;\n"
-        f"        iifname {tun} ct state established,related accept\n"
-        f"{new_from_apiserver}"
+        f"        oifname {tun} iifname != {tun} counter drop\n"
+        f"        iifname {tun} oifname != {tun} counter drop\n"
+        f"        iifname {tun} ct state established accept\n"
+        f"{from_apiserver}"
         f"        iifname {tun} counter drop\n"
         "    }\n"
         "    chain input {\n"
         "        type filter hook input priority filter; policy accept;\n"
-        f"        iifname {tun} ct state established,related accept\n"
+        f"        iifname {tun} ct state established accept\n"
+        f"        iifname {tun} ct state related meta l4proto icmp"
+        " ip saddr . ct original ip daddr @owned accept\n"
         f"        iifname {tun} udp dport {policy.probe_port} accept\n"
         f"        iifname {tun} icmp type echo-request accept\n"
         f"        iifname {tun} counter drop\n"

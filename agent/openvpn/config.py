@@ -15,11 +15,20 @@ Choices that are not obvious, with the openvpn(8) reasoning:
   can ever collide with an address we allocated.
 - No `client-to-client`: node-to-node traffic must leave openvpn through tun so the server
   pod's firewall sees it (and drops it).
-- `persist-key` on both sides. `persist-tun` only on the client: there it keeps tun and the
-  pushed routes in place across a reconnect, so traffic for the tenant networks is dropped
-  rather than leaking onto the direct path while the tunnel recovers. The server never
-  gets SIGUSR1/SIGHUP from us (CCD and CRL are re-read live); if it does, it should rebuild
-  tun from the config as it is now, which persist-tun would prevent.
+- `user`/`group` (default nobody/nogroup) on both sides: openvpn drops root once tun,
+  sockets and keys are open (openvpn 2.6 on Linux keeps only CAP_NET_ADMIN, for routes and
+  tun). What it re-reads afterwards must be readable by that user: the CRL (`crl-verify`,
+  re-read when it changes) and the CCD files (read at each connect); the agent writes both
+  0644 in directories of their own. The management socket stays open across the drop.
+- `persist-key` and `persist-tun` on both sides: after the drop openvpn could not re-read
+  its key or re-create tun on a soft restart (SIGUSR1, ping-restart). On the client
+  persist-tun also keeps tun and the pushed routes across a reconnect, so traffic for the
+  tenant networks is dropped rather than leaking onto the direct path while the tunnel
+  recovers. A full restart is a new process, started as root by the agent's supervisor.
+- `management-client-auth` on the server: openvpn holds every client that passed TLS until
+  the agent answers `client-auth`/`client-deny` (agent/roles/server_auth.py), so only a
+  certificate serial vpnctl issued for that common name gets in; a CA-valid certificate
+  is not enough. While nobody answers, nobody gets in.
 - `explicit-exit-notify 1` is rendered for UDP on both sides: the client tells the server it
   is leaving, and a UDP server that restarts sends RESTART to its clients so they reconnect
   at once instead of waiting for ping-restart. openvpn refuses it with TCP.
@@ -51,6 +60,9 @@ _IFNAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
 # Characters that openvpn's config lexer treats specially, or that end a directive.
 _UNSAFE_PATH_CHARS = re.compile(r"[\s\"'\\#;\x00-\x1f\x7f]")
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+_ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+DEFAULT_USER = "nobody"
+DEFAULT_GROUP = "nogroup"
 
 
 class ConfigError(ValueError):
@@ -97,6 +109,14 @@ def _check_management_path(field: str, value: str) -> None:
         raise ConfigError(
             f"{field} {value!r} is {len(value.encode())} bytes; a unix socket path may be at "
             f"most {_SUN_PATH_MAX} bytes, use a shorter directory"
+        )
+
+
+def _check_account(field: str, value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or not _ACCOUNT.fullmatch(value)):
+        raise ConfigError(
+            f"{field} {value!r} is not a user or group name (lower-case letters, digits, "
+            "'_' and '-', at most 32); use null to keep openvpn running as root"
         )
 
 
@@ -195,10 +215,15 @@ class ServerConfig:
     verb: int = 3
     status_file: str | None = None
     txqueuelen: int = 1000
+    # The unprivileged user and group openvpn switches to after start (None: stay root).
+    user: str | None = DEFAULT_USER
+    group: str | None = DEFAULT_GROUP
 
     def __post_init__(self) -> None:
         _check_proto("proto", self.proto)
         _check_port("port", self.port)
+        _check_account("user", self.user)
+        _check_account("group", self.group)
         if self.listen is not None and not isinstance(self.listen, IPv4Address):
             raise ConfigError(f"listen must be an IPv4Address or None, got {self.listen!r}")
         tunnel = _check_tunnel_cidr("tunnel_cidr", self.tunnel_cidr)
@@ -238,9 +263,13 @@ class ClientConfig:
     # Give up on a silent remote after this many seconds (openvpn's default is 120).
     server_poll_timeout: int = 10
     txqueuelen: int = 1000
+    user: str | None = DEFAULT_USER
+    group: str | None = DEFAULT_GROUP
 
     def __post_init__(self) -> None:
         _check_proto("proto", self.proto)
+        _check_account("user", self.user)
+        _check_account("group", self.group)
         remotes_in: object = self.remotes
         if (
             not isinstance(remotes_in, Sequence)
@@ -299,6 +328,10 @@ def _route_args(net: IPv4Network) -> str:
     return f"{net.network_address} {net.netmask}"
 
 
+def _drop_privileges(user: str | None, group: str | None) -> list[str]:
+    return [*([f"user {user}"] if user else []), *([f"group {group}"] if group else [])]
+
+
 def _lines(directives: Sequence[str]) -> str:
     return "".join(f"{d}\n" for d in directives)
 
@@ -324,6 +357,8 @@ def render_server(cfg: ServerConfig) -> str:
         f"max-clients {cfg.max_clients}",
         f"keepalive {cfg.keepalive[0]} {cfg.keepalive[1]}",
         "persist-key",
+        "persist-tun",
+        *_drop_privileges(cfg.user, cfg.group),
         f"ca {cfg.ca}",
         f"cert {cfg.cert}",
         f"key {cfg.key}",
@@ -345,6 +380,9 @@ def render_server(cfg: ServerConfig) -> str:
         d.append("tcp-nodelay")
     d += [
         f"management {cfg.management} unix",
+        "management-client-auth",
+        # The question is about the certificate; no username/password is asked for.
+        "auth-user-pass-optional",
         "script-security 1",
         f"verb {cfg.verb}",
     ]
@@ -372,6 +410,7 @@ def render_client(cfg: ClientConfig) -> str:
         f"keepalive {cfg.keepalive[0]} {cfg.keepalive[1]}",
         "persist-key",
         "persist-tun",
+        *_drop_privileges(cfg.user, cfg.group),
         f"ca {cfg.ca}",
         f"cert {cfg.cert}",
         f"key {cfg.key}",

@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from typing import Literal
 
+from agent.openvpn.client_auth import ClientAuthRequest, ClientBlockReader
 from agent.openvpn.config import ConfigError, validate_common_name
 
 _log = logging.getLogger(__name__)
@@ -52,6 +54,15 @@ _DEFAULT_CLIENT_LIST_HEADER = (
     "Peer ID",
     "Data Channel Cipher",
 )
+
+
+_UNSAFE_REASON = re.compile(r"[^A-Za-z0-9 _.,:/=()+-]")
+
+
+def _uint(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ManagementError(f"client and key IDs are whole numbers >= 0, got {value!r}")
+    return value
 
 
 class ManagementError(Exception):
@@ -85,7 +96,7 @@ class ByteCount:
     client_id: int | None  # set on a server (>BYTECOUNT_CLI), None on a client
 
 
-Event = StateEvent | ByteCount
+Event = StateEvent | ByteCount | ClientAuthRequest
 
 
 def parse_state_line(line: str) -> StateEvent:
@@ -188,6 +199,7 @@ class ManagementClient:
         self._reply: list[str] = []
         self._banner: asyncio.Event = asyncio.Event()
         self._events: asyncio.Queue[Event | None] = asyncio.Queue(_EVENT_QUEUE_SIZE)
+        self._client_blocks = ClientBlockReader()
         self._connected = False
 
     @property
@@ -224,6 +236,7 @@ class ManagementClient:
         self._reader, self._writer = reader, writer
         self._banner = asyncio.Event()
         self._events = asyncio.Queue(_EVENT_QUEUE_SIZE)
+        self._client_blocks = ClientBlockReader()
         self._reply = []
         self._connected = True
         reader_task = asyncio.create_task(
@@ -356,12 +369,16 @@ class ManagementClient:
                 self._put_event(parse_state_line(payload))
             elif kind in ("BYTECOUNT", "BYTECOUNT_CLI"):
                 self._put_event(parse_bytecount(kind, payload))
+            elif kind == "CLIENT":
+                request = self._client_blocks.feed(payload)
+                if request is not None:
+                    self._put_event(request)
             elif kind == "INFO":
                 self._banner.set()
             elif kind == "FATAL":
                 _log.error("event=openvpn-fatal message=%r", payload[:500])
             else:
-                # >CLIENT:ENV lines, >LOG, >HOLD, ... and types we do not know.
+                # >LOG, >HOLD, ... and types we do not know.
                 _log.debug("event=management-notification-ignored type=%s", kind[:40])
         except ValueError as exc:
             _log.warning("event=management-garbage reason=%r", str(exc)[:300])
@@ -373,7 +390,7 @@ class ManagementClient:
             _log.warning("event=management-event-dropped reason=queue-full path=%s", self.path)
         self._events.put_nowait(event)
 
-    def events(self) -> AsyncIterator[StateEvent | ByteCount]:
+    def events(self) -> AsyncIterator[Event]:
         """Real-time notifications of the current connection; the iterator ends when it closes.
 
         Meant for one consumer. Events that arrive before the first iteration are queued.
@@ -382,7 +399,7 @@ class ManagementClient:
             raise ManagementError(f"management socket {self.path} is not connected")
         queue = self._events
 
-        async def iterate() -> AsyncIterator[StateEvent | ByteCount]:
+        async def iterate() -> AsyncIterator[Event]:
             while True:
                 event = await queue.get()
                 if event is None:
@@ -489,6 +506,17 @@ class ManagementClient:
         if killed:
             _log.info("event=client-killed common_name=%s instances=%d", common_name, len(matches))
         return killed
+
+    async def client_auth(self, cid: int, kid: int) -> None:
+        """Admit a client held by `management-client-auth` (`client-auth-nt`: no extra
+        config; its CCD file still applies)."""
+        await self.command(f"client-auth-nt {_uint(cid)} {_uint(kid)}")
+
+    async def client_deny(self, cid: int, kid: int, reason: str) -> None:
+        """Refuse a client held by `management-client-auth`; REASON goes to openvpn's log
+        (reduced to a quoted token of safe characters), the client is told only "denied"."""
+        safe = _UNSAFE_REASON.sub("_", reason)[:200] or "denied"
+        await self.command(f'client-deny {_uint(cid)} {_uint(kid)} "{safe}" "denied"')
 
     async def signal(self, sig: Literal["SIGHUP", "SIGTERM", "SIGUSR1", "SIGUSR2"]) -> None:
         if sig not in _SIGNALS:

@@ -9,7 +9,9 @@ It makes openvpn follow two inputs and reports what it sees:
   what is wrong, `vpnctl_agent_config_errors_total` counts it;
 * the CRL at `crl_source`: checked against the CA, installed atomically where openvpn's
   `crl-verify` reads it (mtime pushed forward when needed, see `server_state`), and every
-  connected client with a revoked serial is kicked at once.
+  connected client with a revoked serial is kicked at once;
+* openvpn's `management-client-auth` questions: a client is admitted only with a serial the
+  desired state lists for its common name and the CRL does not revoke (`server_auth`).
 
 Kernel routes: the server owns one route per iroute towards tun (RouteKeeper, protocol
 211) instead of rendering openvpn `route` lines, because the iroutes change at runtime
@@ -32,6 +34,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Coroutine
+from ipaddress import IPv4Network
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -63,8 +66,10 @@ from agent.roles.common import (
     watch_material,
 )
 from agent.roles.mgmt import LINK_ERRORS, Management, ManagementLink, real_management
+from agent.roles.server_auth import ClientAuthorizer
 from agent.roles.server_state import (
     KICK_REVOKED,
+    authorize,
     crl_install_mtime,
     desired_ccd,
     plan_ccd,
@@ -221,11 +226,19 @@ class ServerRole:
             extra_on_start=lambda _pid: self.link.restart_grace(),
             extra_on_exit=self._on_openvpn_exit,
         )
+        self.authorizer = ClientAuthorizer(
+            client=lambda: (self.link.connects, self.link.client),
+            decide=lambda r: authorize(r, desired=self.desired, revoked=self.revoked),
+            events=self.events,
+            registry=registry,
+            role=self.role,
+        )
         self.link = ManagementLink(
             path=ovpn.management,
             events=self.events,
             factory=management_factory,
             on_connect=self._on_management_connect,
+            on_event=self.authorizer.submit,
         )
         self.health = HealthServer(
             registry=registry, host=cfg.common.health_host, port=cfg.common.health_port
@@ -257,10 +270,12 @@ class ServerRole:
 
     def _desired_policy(self) -> FirewallPolicy:
         api = self.desired.apiserver if self.desired is not None else None
+        nodes = self.desired.clients if self.desired is not None else ()
         return FirewallPolicy(
             tun=self.cfg.openvpn.dev,
             apiserver_ip=api.ifconfig_ip if api is not None else None,
             probe_port=self.cfg.probe_port,
+            owners=[(IPv4Network(e.ifconfig_ip), *e.iroutes) for e in nodes],
         )
 
     async def apply_desired(self, state: DesiredState) -> None:
@@ -633,6 +648,7 @@ class ServerRole:
                 "crl": self._crl_task,
                 "openvpn": self._openvpn_task,
                 "management": self.link.run,
+                "client_auth": self.authorizer.run,
                 "status": self._status_task,
                 "watchdog": self._watchdog_task,
                 "kubelet": self._kubelet_task,

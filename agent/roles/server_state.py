@@ -11,6 +11,11 @@ Kept apart from the I/O so the rules can be read (and unit-tested) in one place:
   client whose serial is revoked is kicked at once. openvpn's own `crl-verify` only
   refuses *new* handshakes, so without the kick a revoked node would stay connected
   until it reconnects on its own.
+* Who may connect (`authorize`): openvpn asks at every connect and renegotiation; the
+  answer is yes only for a certificate serial the desired state lists for that common
+  name and the CRL does not revoke. A CA-valid certificate is not an identity: a tenant
+  can get one with any CN, and the impostor of the apiserver would hold the one address
+  allowed to open connections. Unknown is no.
 * CRL install time: openvpn re-reads the `crl-verify` file only when its mtime (whole
   seconds) or size changed since the last read. Two CRLs of the same size written in the
   same second would look identical to it, so the new file's mtime is pushed past the
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from agent.desired import DesiredState
+from agent.openvpn.client_auth import ClientAuthRequest
 from agent.openvpn.config import CCDEntry, render_ccd
 
 KICK_CCD_CHANGED = "ccd_changed"
@@ -98,3 +104,36 @@ def crl_install_mtime(
     if math.floor(now) > math.floor(old_mtime):
         return now
     return float(math.floor(old_mtime) + 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthVerdict:
+    allow: bool
+    reason: str  # for logs and openvpn's log; never key material
+
+
+def authorize(
+    request: ClientAuthRequest, *, desired: DesiredState | None, revoked: frozenset[int]
+) -> AuthVerdict:
+    """Admit REQUEST's client only if its serial is one vpnctl issued for its common name
+    and not revoked; every other case is a denial with the reason."""
+    cn = request.common_name
+    serial = request.serial
+    if request.problems:
+        return AuthVerdict(allow=False, reason=f"malformed request: {request.problems[0]}")
+    if cn is None:
+        return AuthVerdict(allow=False, reason="no common_name in the request")
+    if serial is None:
+        return AuthVerdict(allow=False, reason=f"no usable certificate serial for {cn}")
+    if desired is None:
+        return AuthVerdict(allow=False, reason="desired state not read yet")
+    entry = desired.entry(cn)
+    if entry is None:
+        return AuthVerdict(allow=False, reason=f"{cn} is not a client of this tunnel")
+    if serial in revoked:
+        return AuthVerdict(allow=False, reason=f"serial {serial:x} of {cn} is revoked")
+    if serial not in entry.allowed_serials:
+        return AuthVerdict(
+            allow=False, reason=f"serial {serial:x} was not issued by vpnctl for {cn}"
+        )
+    return AuthVerdict(allow=True, reason=f"serial {serial:x} issued for {cn}")

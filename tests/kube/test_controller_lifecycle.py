@@ -92,12 +92,10 @@ async def test_machine_deletion_revokes_its_certificates_within_two_seconds(
         # The serials the tenant side signed are the controller's memory of what to revoke.
         recorded = {a["node"]: a.get("serials") for a in tunnel["status"]["allocations"]}
         assert recorded == {node: [serial] for node, serial in serials.items()}
-        assert (
-            _desired(await kube.get(CONFIG_MAP, "rev-vpn-server", namespace))["rev-node-2"][
-                "serial"
-            ]
-            == serials["rev-node-2"]
-        )
+        node2 = _desired(await kube.get(CONFIG_MAP, "rev-vpn-server", namespace))["rev-node-2"]
+        assert node2["serial"] == serials["rev-node-2"]
+        # ... and what the server admits rev-node-2 with (issue 9): that serial only.
+        assert node2["serials"] == [serials["rev-node-2"]]
         # kube-controller-manager has made the server's pods (unscheduled: no kubelet here).
         pods = await wait_for(
             lambda: _server_pods(kube, namespace, "rev"), what="server pods", timeout=20

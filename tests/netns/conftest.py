@@ -31,6 +31,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -167,6 +168,38 @@ def wait_until(
         time.sleep(interval)
 
 
+READY = "Initialization Sequence Completed"
+
+
+class LogCursor:
+    """Reads only what a log file gained after the cursor was made."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def new(self) -> str:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
+
+    def wait_for(self, pattern: str, *, timeout: float) -> str:
+        regex = re.compile(pattern)
+
+        def find() -> str | None:
+            return next((ln for ln in self.new().splitlines() if regex.search(ln)), None)
+
+        return wait_until(f"/{pattern}/ in {self.path}", find, timeout=timeout, interval=0.02)
+
+    def never(self, pattern: str, *, within: float) -> None:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            hits = [ln for ln in self.new().splitlines() if regex.search(ln)]
+            assert not hits, f"unexpected /{pattern}/ in {self.path}: {hits[0]}"
+            time.sleep(0.1)
+
+
 # --- metrics ---------------------------------------------------------------------------------
 
 
@@ -273,10 +306,12 @@ class DataPlane(LabDataPlane):
         files: ClientFiles | None = None,
         tls_crypt: bool = True,
         label: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> Proc:
         """A plain openvpn client as CN on the spare machine (no agent), logging to a file.
 
-        `tls_crypt=False` leaves out the tls-crypt-v2 key altogether.
+        `tls_crypt=False` leaves out the tls-crypt-v2 key altogether; `extra` directives
+        are appended to the rendered config.
         """
         files = files or self.pki.clients[cn]
         label = label or cn
@@ -297,6 +332,7 @@ class DataPlane(LabDataPlane):
         text = render_client(cfg)
         if not tls_crypt:
             text = "".join(ln for ln in text.splitlines(True) if not ln.startswith("tls-crypt-v2 "))
+        text += "".join(f"{line}\n" for line in extra)
         conf.write_text(text)
         log = d / "openvpn.log"
         log.write_bytes(b"")
@@ -304,7 +340,6 @@ class DataPlane(LabDataPlane):
                     log=log).start()  # fmt: skip
         self.procs[proc.name] = proc
         return proc
-
 
 
 def build_dataplane(*, proto: str, base: Path) -> DataPlane:
@@ -338,15 +373,20 @@ def dataplane(
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
     proto = str(request.param)
-    base = tmp_path_factory.mktemp(f"dp-{proto}")
-    dp = build_dataplane(proto=proto, base=base)
-    failed_before = request.session.testsfailed
+    # Not under pytest's 0700 tmp root: openvpn, once it has dropped to nobody, re-reads
+    # the CRL and CCD files in here.
+    base = Path(tempfile.mkdtemp(prefix=f"vpnctl-dp-{proto}-"))
     try:
-        yield dp
+        dp = build_dataplane(proto=proto, base=base)
+        failed_before = request.session.testsfailed
+        try:
+            yield dp
+        finally:
+            if request.session.testsfailed != failed_before:
+                print(dp.dump_logs())
+            teardown_dataplane(dp)
     finally:
-        if request.session.testsfailed != failed_before:
-            print(dp.dump_logs())
-        teardown_dataplane(dp)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def route_get(ns: str, dst: str) -> str:

@@ -20,7 +20,6 @@ import re
 import time
 from datetime import UTC, datetime
 from ipaddress import IPv4Network
-from pathlib import Path
 
 import pytest
 
@@ -28,9 +27,11 @@ import certs
 from tests.netns.conftest import (
     DAY,
     HEALTH_PORT,
+    READY,
     ClientFiles,
     DataPlane,
     Listener,
+    LogCursor,
     http_get,
     ip_out,
     link_bytes,
@@ -44,37 +45,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
 ]
 
-READY = "Initialization Sequence Completed"
 TENANT = IPv4Network("198.19.0.0/16")
-
-
-class LogCursor:
-    """Reads only what a log file gained after the cursor was made."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-
-    def new(self) -> str:
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            return f.read().decode(errors="replace")
-
-    def wait_for(self, pattern: str, *, timeout: float) -> str:
-        regex = re.compile(pattern)
-
-        def find() -> str | None:
-            return next((ln for ln in self.new().splitlines() if regex.search(ln)), None)
-
-        return wait_until(f"/{pattern}/ in {self.path}", find, timeout=timeout, interval=0.02)
-
-    def never(self, pattern: str, *, within: float) -> None:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            hits = [ln for ln in self.new().splitlines() if regex.search(ln)]
-            assert not hits, f"unexpected /{pattern}/ in {self.path}: {hits[0]}"
-            time.sleep(0.1)
 
 
 # --- reachability -----------------------------------------------------------------------------
@@ -163,10 +134,12 @@ def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlan
 # --- no initiation from nodes -------------------------------------------------------------------
 
 
-def _forward_drops(dataplane: DataPlane) -> int:
+def _forward_drops(dataplane: DataPlane, rule: str = 'iifname "tun0" counter') -> int:
+    """Packets dropped by the forward chain's rule that starts with RULE (default: the
+    last one, what came from a tunnel client and was not allowed)."""
     out = ip_out("netns", "exec", dataplane.plan.srv_ns, "nft", "list", "chain", "inet",
                  "vpnctl", "forward")  # fmt: skip
-    m = re.search(r"counter packets (\d+) bytes \d+ drop", out)
+    m = re.search(rf"^\s*{re.escape(rule)} packets (\d+) bytes \d+ drop", out, re.MULTILINE)
     assert m, out
     return int(m.group(1))
 

@@ -9,7 +9,10 @@ Two fresh namespaces (server and client) joined by a veth in 198.19.0.0/30; the 
 - the client-side management client sees CONNECTED as a real-time event;
 - client_kill() disconnects the client (it then reconnects on its own);
 - a client without a CCD file is refused (ccd-exclusive);
-- Supervisor.restart() of the server (old exits before new starts) and the client recovers.
+- Supervisor.restart() of the server (old exits before new starts) and the client recovers;
+- with `management-client-auth`, every client waits for the management client's answer
+  (here the test answers client-auth for everyone; the agent's policy is tested with the
+  data plane), and openvpn runs as nobody after start while all of the above still works.
 
 Material comes from `certs`; every wait polls against a deadline.
 """
@@ -17,6 +20,7 @@ Material comes from `certs`; every wait polls against a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -32,6 +36,7 @@ from pathlib import Path
 import pytest
 
 import certs
+from agent.openvpn.client_auth import ClientAuthRequest
 from agent.openvpn.config import (
     CCDEntry,
     ClientConfig,
@@ -41,7 +46,7 @@ from agent.openvpn.config import (
     render_client,
     render_server,
 )
-from agent.openvpn.management import ByteCount, ManagementClient, StateEvent
+from agent.openvpn.management import Event, ManagementClient, StateEvent
 from agent.openvpn.supervisor import Supervisor
 from tests.netns.nsutil import NsEnd, netns_pair
 
@@ -74,7 +79,7 @@ async def eventually(
 
 
 async def wait_state(
-    events: AsyncIterator[StateEvent | ByteCount],
+    events: AsyncIterator[Event],
     name: str,
     *,
     timeout: float,
@@ -94,6 +99,26 @@ async def wait_state(
     raise AssertionError(f"no {name} state event within {timeout}s; saw {seen}\n{diag()}")
 
 
+def _openvpn_pids(*namespaces: str) -> list[int]:
+    pids = []
+    for ns in namespaces:
+        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+        for text in out.stdout.split():
+            with contextlib.suppress(OSError):
+                if os.path.basename(os.readlink(f"/proc/{text}/exe")) == "openvpn":
+                    pids.append(int(text))
+    assert pids, f"no openvpn in {namespaces}"
+    return pids
+
+
+def _uid(pid: int) -> int:
+    """The process's uid; fails unless real, effective, saved and fs uid are all one."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (line,) = [ln for ln in status.splitlines() if ln.startswith("Uid:")]
+    (uid,) = {int(u) for u in line.split()[1:]}
+    return uid
+
+
 def ip_out(ns: str, *argv: str) -> str:
     return subprocess.run(
         ["ip", "-n", ns, *argv], capture_output=True, text=True, check=True, timeout=10
@@ -104,6 +129,7 @@ def ip_out(ns: str, *argv: str) -> str:
 def workdir() -> Iterator[Path]:
     # Short, so management socket paths stay under the 107-byte unix socket limit.
     d = Path(tempfile.mkdtemp(prefix="vto-"))
+    d.chmod(0o755)  # openvpn, as nobody after start, re-reads the CRL and CCD in here
     try:
         yield d
     finally:
@@ -131,6 +157,7 @@ class Material:
         self.tc_server_path = self.write("tc-server.key", self.tc_server)
         crl = certs.build_crl(self.ca, revoked=[], now=now, next_update=DAY, crl_number=1)
         self.crl = self.write("crl.pem", crl)
+        os.chmod(self.crl, 0o644)  # re-read by openvpn after it dropped root
 
     def write(self, name: str, data: bytes) -> str:
         path = self.dir / name
@@ -267,9 +294,28 @@ async def test_rendered_configs_run_in_real_openvpn(
 
         tasks.append(asyncio.create_task(server_sup.run()))
         await server_mc.connect(timeout=15)
+        answered: list[ClientAuthRequest] = []
+
+        async def answer_auth() -> None:
+            # Stands in for the server role: admit everyone (ccd-exclusive still applies).
+            while True:
+                if server_mc.connected:
+                    async for ev in server_mc.events():
+                        if isinstance(ev, ClientAuthRequest):
+                            answered.append(ev)
+                            await server_mc.client_auth(ev.cid, ev.kid)
+                await asyncio.sleep(0.1)
+
+        auth_task = asyncio.create_task(answer_auth())
+        stack.callback(auth_task.cancel)
 
         connected = await wait_state(client_events, "CONNECTED", timeout=45, diag=diag)
         assert connected.local_ip == str(NODE_IP)
+        first = answered[0]
+        assert (first.kind, first.common_name) == ("CONNECT", "node-1")
+        assert first.serial == certs.cert_info(Path(workdir / "node-1.crt").read_bytes()).serial
+        # openvpn dropped root once started; it still answers management and routes.
+        assert {_uid(pid) for pid in _openvpn_pids(srv_ns.ns, cli_ns.ns)} == {65534}
         assert (await client_mc.state()).name == "CONNECTED"
 
         # Addresses and routes came from our CCD and server config.

@@ -230,7 +230,7 @@ def test_duplicate_names_addresses_and_serials() -> None:
         p.startswith("clients[1].ifconfig_ip: 198.18.8.2 is also given to apiserver (apiserver)")
         for p in problems
     )
-    assert any(p.startswith("clients[1].serial: a1b is also the serial of") for p in problems)
+    assert any(p.startswith("clients[1].serials: a1b is also a serial of") for p in problems)
 
 
 @pytest.mark.parametrize(
@@ -299,3 +299,45 @@ def test_load_desired_and_file_signature(tmp_path: Path) -> None:
     Path(path).write_text(json.dumps(desired_doc() | {"clients": []}))
     assert file_signature(path) != first
     assert file_signature(str(tmp_path / "gone.json")) is None
+
+
+# --- pinned identities ---------------------------------------------------------------------------
+
+
+def test_serials_list_every_certificate_a_client_may_connect_with() -> None:
+    doc = desired_doc()
+    doc["apiserver"]["serials"] = ["09", "0a:1b"]
+    doc["clients"][0]["serials"] = ["4a77", "5b:01:9f"]
+    state = parse_desired(doc, path="/d.json", tunnel_cidr=TUNNEL)
+    assert state.apiserver is not None
+    assert state.apiserver.allowed_serials == {0x09, 0x0A1B}
+    node1, node2 = state.clients
+    assert node1.allowed_serials == {0x4A77, 0x5B019F}
+    assert node2.allowed_serials == frozenset()  # nothing known: nobody gets in as node-2
+    assert state.serial_to_cn() == {
+        0x09: "apiserver", 0x0A1B: "apiserver", 0x4A77: "node-1", 0x5B019F: "node-1"
+    }  # fmt: skip
+    assert state.entry("node-1") is node1
+    assert state.entry("node-9") is None
+
+
+@pytest.mark.parametrize(
+    ("serials", "expected"),
+    [
+        (["zz"], "clients[0].serials: item 0: 'zz' is not a hex certificate serial"),
+        ([None], "clients[0].serials: must list hex serials, not null"),
+        ("5b019f", "clients[0].serials: must be a list"),
+    ],
+)
+def test_bad_serials_are_refused(serials: object, expected: str) -> None:
+    doc = desired_doc()
+    doc["clients"][0]["serials"] = serials
+    (problem,) = _problems(doc)
+    assert problem.startswith(expected), problem
+
+
+def test_a_serial_belongs_to_one_client_only() -> None:
+    doc = desired_doc()
+    doc["clients"][1]["serials"] = ["0a1b"]  # the apiserver's
+    (problem,) = _problems(doc)
+    assert problem.startswith("clients[1].serials: a1b is also a serial of apiserver")

@@ -73,6 +73,9 @@ def test_server_udp_golden() -> None:
         "max-clients 1024",
         "keepalive 1 5",
         "persist-key",
+        "persist-tun",
+        "user nobody",
+        "group nogroup",
         "ca /etc/vpn/ca.crt",
         "cert /etc/vpn/server.crt",
         "key /etc/vpn/server.key",
@@ -87,6 +90,8 @@ def test_server_udp_golden() -> None:
         "explicit-exit-notify 1",
         "fast-io",
         "management /run/vpn/mgmt.sock unix",
+        "management-client-auth",
+        "auth-user-pass-optional",
         "script-security 1",
         "verb 3",
     ]
@@ -117,13 +122,29 @@ def test_server_tcp_has_no_udp_only_directives_and_optional_parts() -> None:
     assert "tcp-nodelay" not in _directives(render_server(_server()))
 
 
-def test_server_never_allows_client_to_client_or_pool_or_management_auth() -> None:
+def test_server_never_allows_client_to_client_or_pool_and_asks_the_agent_about_clients() -> None:
     text = render_server(_server())
     assert "client-to-client" not in text
     assert "ifconfig-pool" not in text
-    assert "management-client-auth" not in text
     assert "management-hold" not in text
-    assert "persist-tun" not in text
+    lines = _directives(text)
+    # Every client that passed TLS waits for the agent's client-auth/client-deny.
+    assert "management-client-auth" in lines
+    # openvpn drops root after start; persist-* because it could not reopen them then.
+    assert {"user nobody", "group nogroup", "persist-tun", "persist-key"} <= set(lines)
+
+
+@pytest.mark.parametrize("render", ["server", "client"])
+def test_privilege_drop_can_be_configured_or_turned_off(render: str) -> None:
+    def lines(**kw: object) -> list[str]:
+        if render == "server":
+            return _directives(render_server(_server(**kw)))
+        return _directives(render_client(_client(**kw)))
+
+    assert {"user vpn", "group vpn"} <= set(lines(user="vpn", group="vpn"))
+    assert not [x for x in lines(user=None, group=None) if x.startswith(("user ", "group "))]
+    with pytest.raises(ConfigError, match="is not a user or group name"):
+        lines(user="nobody\nup /bin/sh")
 
 
 def test_client_udp_golden() -> None:
@@ -143,6 +164,8 @@ def test_client_udp_golden() -> None:
         "keepalive 1 5",
         "persist-key",
         "persist-tun",
+        "user nobody",
+        "group nogroup",
         "ca /etc/vpn/ca.crt",
         "cert /etc/vpn/node.crt",
         "key /etc/vpn/node.key",
@@ -390,7 +413,8 @@ def test_rendered_text_is_one_directive_per_line() -> None:
         "tls-version-min", "data-ciphers", "crl-verify", "route", "explicit-exit-notify",
         "fast-io", "management", "script-security", "verb", "status", "status-version",
         "client", "remote", "nobind", "resolv-retry", "connect-retry", "server-poll-timeout",
-        "ifconfig-push", "iroute", "push",
+        "ifconfig-push", "iroute", "push", "user", "group", "management-client-auth",
+        "auth-user-pass-optional",
     }  # fmt: skip
     texts = [
         render_server(_server(routes=[IPv4Network("198.19.0.0/24")], status_file="/run/s")),

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.openvpn.client_auth import ClientAuthRequest
 from agent.openvpn.management import (
     ByteCount,
     ClientStatus,
+    Event,
     ManagementClient,
     ManagementError,
     StateEvent,
@@ -155,7 +157,7 @@ def is_up(mc: ManagementClient) -> bool:
     return mc.connected
 
 
-async def next_event(mc_events: AsyncIterator[StateEvent | ByteCount]) -> StateEvent | ByteCount:
+async def next_event(mc_events: AsyncIterator[Event]) -> Event:
     return await asyncio.wait_for(anext(mc_events), timeout=5)
 
 
@@ -563,3 +565,47 @@ async def test_full_event_queue_keeps_the_newest(
     first = await next_event(events)
     assert isinstance(first, ByteCount)
     assert first.bytes_in == 1100 - 1024
+
+
+# --- management-client-auth -------------------------------------------------------------------
+
+
+async def test_client_auth_blocks_arrive_as_requests_even_inside_a_reply(
+    fake: FakeOpenVPN, client: ManagementClient
+) -> None:
+    block = (
+        ">CLIENT:CONNECT,7,1\r\n>CLIENT:ENV,common_name=node-1\r\n"
+        ">CLIENT:ENV,tls_serial_0=1234567\r\n>CLIENT:ENV,tls_serial_hex_0=12:d6:87\r\n"
+    )
+    fake.replies["status 3"] = (
+        STATUS3.replace("HEADER\tROUTING_TABLE", block + "HEADER\tROUTING_TABLE", 1)
+        + ">CLIENT:ENV,END\r\n>CLIENT:ESTABLISHED,7\r\n>CLIENT:ENV,common_name=x\r\n"
+        ">CLIENT:ENV,END\r\n>CLIENT:ADDRESS,7,198.18.8.11,1\r\n"
+        ">CLIENT:REAUTH,7,2\r\n>CLIENT:ENV,common_name=node-1\r\n"
+        ">CLIENT:ENV,tls_serial_0=1234567\r\n>CLIENT:ENV,END\r\n"
+    ).encode()
+    events = client.events()
+    assert [c.common_name for c in await client.status()] == ["node-1", "node-2"]
+    first, second = await next_event(events), await next_event(events)
+    assert isinstance(first, ClientAuthRequest)
+    assert isinstance(second, ClientAuthRequest)
+    assert (first.kind, first.cid, first.kid, first.common_name, first.serial) == (
+        "CONNECT", 7, 1, "node-1", 1234567,
+    )  # fmt: skip
+    assert (second.kind, second.cid, second.kid, second.serial) == ("REAUTH", 7, 2, 1234567)
+
+
+async def test_client_auth_and_deny_commands(fake: FakeOpenVPN, client: ManagementClient) -> None:
+    fake.replies["client-auth-nt 7 1"] = b"SUCCESS: client-auth command succeeded\r\n"
+    fake.replies['client-deny 8 0 "serial 5b was not issued_ rm -rf _" "denied"'] = (
+        b"SUCCESS: client-deny command succeeded\r\n"
+    )
+    await client.client_auth(7, 1)
+    # The reason is reduced to one quoted token: no quote or newline of the peer's gets in.
+    await client.client_deny(8, 0, 'serial 5b was not issued" rm -rf "')
+    fake.replies["client-auth-nt 9 0"] = b"ERROR: client-auth command failed\r\n"
+    with pytest.raises(ManagementError, match="command failed"):
+        await client.client_auth(9, 0)
+    with pytest.raises(ManagementError, match="whole numbers"):
+        await client.client_auth(-1, 0)
+    assert fake.received[-1] == "client-auth-nt 9 0"

@@ -167,3 +167,30 @@ def test_service_remotes() -> None:
     )
     assert service_remotes(service("ClusterIP", spec={"clusterIP": "None"})) == ()
     assert service_remotes({"spec": {}}) == ()
+
+
+def test_desired_state_pins_every_serial_vpnctl_signed_for_each_client() -> None:
+    # Issue 9: the server admits a client only with a serial listed for its name. The
+    # planner lists every certificate recorded when signing (the node may still run an
+    # older one until it has picked up the renewal), and the apiserver's.
+    t = lab_tenant()
+    result = allocate(tunnel_cidr=t.spec.tunnel_cidr, previous=(), released=(), members=t.members)
+    allocations = record_serial(result.allocations, machine="tenant-a-md-1", serial=0x4A77)
+    allocations = record_serial(allocations, machine="tenant-a-md-1", serial="5b:01")
+    clients = client_routes(tenant=t, allocations=allocations, service_route_node=None)
+    doc = server_desired_state(clients=clients, apiserver_serial=["3f99", 0x3F9A])
+    assert doc["apiserver"]["serial"] == "3f9a"
+    assert doc["apiserver"]["serials"] == ["3f99", "3f9a"]
+    by_name = {c["common_name"]: c for c in doc["clients"]}
+    assert by_name["node-1"]["serial"] == "5b01"
+    assert by_name["node-1"]["serials"] == ["4a77", "5b01"]
+    assert by_name["node-2"]["serials"] == []  # nothing signed yet: nobody gets in as node-2
+    state = parse_desired(doc, path="desired.json", tunnel_cidr=t.spec.tunnel_cidr)
+    assert state.apiserver is not None
+    assert state.apiserver.allowed_serials == {0x3F99, 0x3F9A}
+    assert {c.common_name: c.allowed_serials for c in state.clients} == {
+        "node-1": {0x4A77, 0x5B01}, "node-2": frozenset(), "node-3": frozenset()
+    }  # fmt: skip
+    # A single current serial, as the controller passes it today.
+    single = server_desired_state(clients=clients, apiserver_serial="3F:9A")
+    assert single["apiserver"]["serials"] == ["3f9a"]

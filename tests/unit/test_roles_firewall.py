@@ -5,29 +5,58 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from agent.firewall import FirewallPolicy, render_ruleset
+from agent.firewall import FirewallPolicy, owned_pairs, render_ruleset
 from agent.openvpn.config import ConfigError
 
 
-def test_ruleset_allows_new_only_from_the_apiserver() -> None:
+def test_ruleset_allows_new_only_from_the_apiserver_and_only_within_tun() -> None:
     text = render_ruleset(
         FirewallPolicy(tun="tun0", apiserver_ip=IPv4Address("198.18.8.2"), probe_port=7947)
     )
     forward = text.split("chain forward")[1].split("chain input")[0]
     lines = [ln.strip() for ln in forward.splitlines() if "iifname" in ln]
     assert lines == [
-        'iifname "tun0" ct state established,related accept',
+        'oifname "tun0" iifname != "tun0" counter drop',
+        'iifname "tun0" oifname != "tun0" counter drop',
+        'iifname "tun0" ct state established accept',
         'iifname "tun0" ip saddr 198.18.8.2 ct state new accept',
+        'iifname "tun0" ip daddr 198.18.8.2 ct state related meta l4proto icmp'
+        " ip saddr . ct original ip daddr @owned accept",
         'iifname "tun0" counter drop',
     ]
     input_chain = text.split("chain input")[1]
+    assert 'iifname "tun0" ct state established accept' in input_chain
+    assert (
+        'iifname "tun0" ct state related meta l4proto icmp ip saddr . ct original ip daddr @owned'
+        in input_chain
+    )
+    assert "established,related" not in text
     assert 'iifname "tun0" udp dport 7947 accept' in input_chain
     assert 'iifname "tun0" icmp type echo-request accept' in input_chain
     assert input_chain.strip().splitlines()[-3].strip() == 'iifname "tun0" counter drop'
+
+
+def test_related_icmp_is_allowed_only_between_prefixes_of_one_client() -> None:
+    n1 = (IPv4Network("198.18.8.11/32"), IPv4Network("198.19.65.0/24"))
+    n2 = (IPv4Network("198.18.8.12/32"),)
+    assert owned_pairs([n1, n2]) == [
+        "198.18.8.11/32 . 198.18.8.11/32",
+        "198.18.8.11/32 . 198.19.65.0/24",
+        "198.18.8.12/32 . 198.18.8.12/32",
+        "198.19.65.0/24 . 198.18.8.11/32",
+        "198.19.65.0/24 . 198.19.65.0/24",
+    ]
+    text = render_ruleset(
+        FirewallPolicy(
+            tun="tun0", apiserver_ip=IPv4Address("198.18.8.2"), probe_port=7947, owners=[n1, n2]
+        )
+    )
+    assert "198.18.8.11/32 . 198.18.8.12/32" not in text
+    assert "elements = { 198.18.8.11/32 . 198.18.8.11/32," in text
 
 
 def test_ruleset_replaces_the_table_atomically() -> None:
@@ -35,6 +64,7 @@ def test_ruleset_replaces_the_table_atomically() -> None:
     first = text.splitlines()[:3]
     assert first == ["table inet vpnctl", "delete table inet vpnctl", "table inet vpnctl {"]
     assert "ct state new accept" not in text  # no apiserver: nothing may be opened
+    assert "ct state related" not in text.split("chain input")[0]
 
 
 @pytest.mark.parametrize(
@@ -52,8 +82,11 @@ def test_policy_refuses_injection_and_bad_ports(tun: str, port: int, match: str)
 )
 def test_nft_accepts_the_ruleset_in_check_mode() -> None:
     # -c: parse and validate only, and in a throw-away network namespace at that.
+    owners = [(IPv4Network("198.18.8.11/32"), IPv4Network("198.19.65.0/24"))]
     text = render_ruleset(
-        FirewallPolicy(tun="tun0", apiserver_ip=IPv4Address("198.18.8.2"), probe_port=7947)
+        FirewallPolicy(
+            tun="tun0", apiserver_ip=IPv4Address("198.18.8.2"), probe_port=7947, owners=owners
+        )
     )
     proc = subprocess.run(
         ["unshare", "--net", "nft", "-c", "-f", "-"],

@@ -8,6 +8,7 @@ against real openvpn.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -29,11 +30,14 @@ from agent.desired import (
 )
 from agent.firewall import FirewallPolicy
 from agent.netlink import Kernel, Route
+from agent.openvpn.client_auth import ClientAuthRequest
 from agent.openvpn.config import ClientConfig, ServerConfig
 from agent.openvpn.management import ClientStatus, Event, StateEvent
-from agent.roles.common import MaterialError
+from agent.roles.common import EventLog, MaterialError
 from agent.roles.node import NodeRole
 from agent.roles.server import ServerRole
+from agent.roles.server_auth import ClientAuthorizer
+from agent.roles.server_state import AuthVerdict
 
 TUNNEL = IPv4Network("198.18.8.0/24")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -48,8 +52,10 @@ class FakeManagement:
         self.clients: dict[str, ClientStatus] = {}
         self.killed: list[str] = []
         self.signals: list[str] = []
+        self.answers: list[tuple[str, int, int, str]] = []
         self.fail_commands = False
         self._closed = asyncio.Event()
+        self._notifications: asyncio.Queue[Event] = asyncio.Queue()
 
     def connect_client(self, cn: str, *, client_id: int) -> None:
         self.clients[cn] = ClientStatus(
@@ -92,15 +98,33 @@ class FakeManagement:
         del self.clients[common_name]
         return True
 
+    async def client_auth(self, cid: int, kid: int) -> None:
+        self._check()
+        self.answers.append(("auth", cid, kid, ""))
+
+    async def client_deny(self, cid: int, kid: int, reason: str) -> None:
+        self._check()
+        self.answers.append(("deny", cid, kid, reason))
+
     async def signal(self, sig: Literal["SIGHUP", "SIGTERM", "SIGUSR1", "SIGUSR2"]) -> None:
         self._check()
         self.signals.append(sig)
 
+    def notify(self, event: Event) -> None:
+        """A real-time notification from "openvpn" (e.g. a >CLIENT:CONNECT block)."""
+        self._notifications.put_nowait(event)
+
     def events(self) -> AsyncIterator[Event]:
         async def it() -> AsyncIterator[Event]:
-            await self._closed.wait()
-            return
-            yield  # pragma: no cover
+            while not self._closed.is_set():
+                get = asyncio.ensure_future(self._notifications.get())
+                closed = asyncio.ensure_future(self._closed.wait())
+                done, _ = await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+                for f in (get, closed):
+                    if f not in done:
+                        f.cancel()
+                if get in done:
+                    yield get.result()
 
         return it()
 
@@ -377,3 +401,84 @@ async def test_client_reconnects_are_attributed_to_their_cause(tmp_path: Path) -
         link.cancel()
         with pytest.raises(asyncio.CancelledError):
             await link
+
+
+# --- who may connect -------------------------------------------------------------------------
+
+
+def _ask(cn: str, serial: int, *, cid: int, kind: str = "CONNECT") -> ClientAuthRequest:
+    return ClientAuthRequest(kind="REAUTH" if kind == "REAUTH" else "CONNECT", cid=cid, kid=0,
+                             env={"common_name": cn, "tls_serial_0": str(serial)})  # fmt: skip
+
+
+async def _answers(mgmt: FakeManagement, count: int) -> list[tuple[str, int, int, str]]:
+    async with asyncio.timeout(2):
+        while len(mgmt.answers) < count:
+            await asyncio.sleep(0.01)
+    return mgmt.answers
+
+
+async def test_openvpn_questions_are_answered_from_the_desired_state_and_the_crl(
+    server: tuple[ServerRole, FakeManagement], pki: Pki, tmp_path: Path
+) -> None:
+    role, mgmt = server
+    await _usable(role)
+    await role.apply_desired(_desired(pki, node1_iroutes=["198.19.0.11/32"]))
+    answering = asyncio.create_task(role.authorizer.run())
+    try:
+        mgmt.notify(_ask("node-1", pki.serials["node-1"], cid=1))
+        mgmt.notify(_ask("apiserver", pki.serials["node-1"] + 1, cid=2))  # an impostor
+        mgmt.notify(_ask("apiserver", pki.serials["apiserver"], cid=3))
+        first = await _answers(mgmt, 3)
+        assert [(verb, cid) for verb, cid, _, _ in first] == [("auth", 1), ("deny", 2), ("auth", 3)]
+        assert "was not issued by vpnctl for apiserver" in first[1][3]
+
+        # node-1 is revoked: its next renegotiation is refused.
+        (tmp_path / "crl.pem").write_bytes(pki.crl("node-1", number=1))
+        await role.install_crl()
+        mgmt.notify(_ask("node-1", pki.serials["node-1"], cid=1, kind="REAUTH"))
+        verb, cid, _, reason = (await _answers(mgmt, 4))[3]
+        assert (verb, cid) == ("deny", 1)
+        assert "is revoked" in reason
+    finally:
+        answering.cancel()
+    sample = role.registry.get_sample_value
+    assert sample("vpnctl_agent_client_auth_total",
+                  {"role": "server", "kind": "CONNECT", "result": "denied"}) == 1  # fmt: skip
+    assert sample("vpnctl_agent_client_auth_total",
+                  {"role": "server", "kind": "REAUTH", "result": "denied"}) == 1  # fmt: skip
+
+
+async def test_questions_from_an_earlier_management_connection_are_never_answered() -> None:
+    # If openvpn restarted in between, its client IDs start again: an answer for the old
+    # question would admit whichever new client got that ID.
+    mgmt = FakeManagement()
+    link: list[tuple[int, FakeManagement | None]] = [(1, mgmt)]
+    registry = CollectorRegistry()
+    auth = ClientAuthorizer(
+        client=lambda: link[0], decide=lambda _r: AuthVerdict(allow=True, reason="ok"),
+        events=EventLog(logger=logging.getLogger("test"), role="server"), registry=registry,
+        role="server",
+    )  # fmt: skip
+    auth.submit(_ask("node-1", 1, cid=7))
+    link[0] = (2, mgmt)  # the link reconnected
+    auth.submit(_ask("node-1", 1, cid=8))
+
+    def unanswered() -> float:
+        return registry.get_sample_value(
+            "vpnctl_agent_client_auth_total",
+            {"role": "server", "kind": "CONNECT", "result": "unanswered"},
+        ) or 0.0
+
+    answering = asyncio.create_task(auth.run())
+    try:
+        assert [cid for _, cid, _, _ in await _answers(mgmt, 1)] == [8]
+        assert unanswered() == 1  # cid 7 came on connection 1
+        link[0] = (3, None)  # the link is down: nobody is answered (openvpn holds them)
+        auth.submit(_ask("node-1", 1, cid=9))
+        async with asyncio.timeout(2):
+            while unanswered() < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        answering.cancel()
+    assert [cid for _, cid, _, _ in mgmt.answers] == [8]

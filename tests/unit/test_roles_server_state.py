@@ -7,9 +7,11 @@ from ipaddress import IPv4Network
 import pytest
 
 from agent.desired import parse_desired
+from agent.openvpn.client_auth import ClientAuthRequest
 from agent.roles.server_state import (
     KICK_CCD_CHANGED,
     KICK_REMOVED,
+    authorize,
     crl_install_mtime,
     desired_ccd,
     plan_ccd,
@@ -103,3 +105,60 @@ def test_crl_install_mtime_always_looks_new_to_openvpn(
     assert mtime == expected
     if old_mtime is not None and old_size == new_size:
         assert int(mtime) != int(old_mtime)
+
+
+# --- who may connect -----------------------------------------------------------------------
+
+
+def _request(cn: str | None, serial: int | None, *, kind: str = "CONNECT") -> ClientAuthRequest:
+    env = {} if cn is None else {"common_name": cn}
+    if serial is not None:
+        env["tls_serial_0"] = str(serial)
+    return ClientAuthRequest(kind="REAUTH" if kind == "REAUTH" else "CONNECT", cid=1, kid=0,
+                             env=env)  # fmt: skip
+
+
+_PINNED = parse_desired(
+    {
+        "apiserver": {"common_name": "vpnctl-apiserver", "ifconfig_ip": "198.18.8.2",
+                      "serial": "a1", "serials": ["a0", "a1"]},
+        "clients": [{"common_name": "node-1", "ifconfig_ip": "198.18.8.11",
+                     "serials": ["b1", "b2"]}],
+    },
+    path="/d.json",
+    tunnel_cidr=TUNNEL,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cn", "serial", "revoked", "allow", "reason"),
+    [
+        ("vpnctl-apiserver", 0xA1, set(), True, "serial a1 issued for vpnctl-apiserver"),
+        ("vpnctl-apiserver", 0xA0, set(), True, "serial a0 issued"),  # the renewed one's
+        ("vpnctl-apiserver", 0xC3, set(), False, "serial c3 was not issued by vpnctl for"),
+        ("vpnctl-apiserver", 0xB1, set(), False, "serial b1 was not issued by vpnctl"),
+        ("node-1", 0xB2, set(), True, "issued for node-1"),
+        ("node-1", 0xB1, {0xB1}, False, "serial b1 of node-1 is revoked"),
+        ("node-9", 0xB1, set(), False, "node-9 is not a client of this tunnel"),
+        (None, 0xB1, set(), False, "no common_name"),
+        ("node-1", None, set(), False, "no usable certificate serial for node-1"),
+    ],
+)
+def test_only_a_serial_vpnctl_issued_for_the_name_and_not_revoked_gets_in(
+    cn: str | None, serial: int | None, revoked: set[int], allow: bool, reason: str
+) -> None:
+    for kind in ("CONNECT", "REAUTH"):  # a renegotiation is asked the same question
+        verdict = authorize(_request(cn, serial, kind=kind), desired=_PINNED,
+                            revoked=frozenset(revoked))  # fmt: skip
+        assert verdict.allow is allow
+        assert reason in verdict.reason
+
+
+def test_nobody_gets_in_before_the_desired_state_or_with_a_malformed_request() -> None:
+    assert not authorize(_request("node-1", 0xB1), desired=None, revoked=frozenset()).allow
+    odd = ClientAuthRequest(kind="CONNECT", cid=1, kid=0,
+                            env={"common_name": "node-1", "tls_serial_0": "177"},
+                            problems=("ENV variable 'common_name' repeated",))  # fmt: skip
+    verdict = authorize(odd, desired=_PINNED, revoked=frozenset())
+    assert not verdict.allow
+    assert "malformed request: ENV variable 'common_name' repeated" in verdict.reason

@@ -34,13 +34,15 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
 import certs
 from vpnctl.lab.netns import LabError
 from vpnctl.lab.plan import LabPlan, NodePlan
+from vpnctl.reconcile.agentdocs import server_desired_state
+from vpnctl.reconcile.routes import ClientRoutes
 
 T = TypeVar("T")
 
@@ -303,36 +305,47 @@ class DataPlane:
 
     # -- inputs
     def desired_doc(self) -> dict[str, Any]:
-        """The server's desired state: one CCD entry per node, the first node elected
-        to carry the service CIDR, and the apiserver client (whose routes its role owns)."""
-        api = self.pki.clients[APISERVER_CN]
-        clients: list[dict[str, Any]] = []
+        """The server's desired state, made by the controller's own serialiser: one CCD
+        entry per node, the first node elected to carry the service CIDR, and the
+        apiserver client (whose routes its role owns). Each client's serial is the one
+        certificate the lab issued it: the server admits nobody else under that name."""
+        routes = [
+            ClientRoutes(
+                common_name=APISERVER_CN,
+                tunnel_ip=self.plan.tunnel_apiserver_ip,
+                iroutes=(),
+                push_routes=(),
+            )
+        ]
         for i, n in enumerate(self.agent_nodes):
-            iroutes = [f"{n.internal_ip}/32", str(n.pod_cidr)]
+            iroutes = [IPv4Network(f"{n.internal_ip}/32"), n.pod_cidr]
             if i == 0:
-                iroutes.append(str(self.plan.service_cidr))
-            clients.append(
-                {
-                    "common_name": n.name,
-                    "ifconfig_ip": str(n.tunnel_ip),
-                    "iroutes": iroutes,
-                    "kubelet": n.kubelet_address,
-                    "serial": f"{self.pki.clients[n.name].serial:x}",
-                }
+                iroutes.append(self.plan.service_cidr)
+            routes.append(
+                ClientRoutes(
+                    common_name=n.name,
+                    tunnel_ip=n.tunnel_ip,
+                    iroutes=tuple(iroutes),
+                    push_routes=(),
+                    machine=n.name,
+                    kubelet=(n.internal_ip, n.kubelet_port),
+                    serial=f"{self.pki.clients[n.name].serial:x}",
+                )
             )
         for cn, ip in self.extra_clients.items():
-            clients.append(
-                {"common_name": cn, "ifconfig_ip": ip, "serial": f"{self.pki.clients[cn].serial:x}"}
+            routes.append(
+                ClientRoutes(
+                    common_name=cn,
+                    tunnel_ip=IPv4Address(ip),
+                    iroutes=(),
+                    push_routes=(),
+                    machine=cn,
+                    serial=f"{self.pki.clients[cn].serial:x}",
+                )
             )
-        return {
-            "apiserver": {
-                "common_name": APISERVER_CN,
-                "ifconfig_ip": str(self.plan.tunnel_apiserver_ip),
-                "push_routes": [],
-                "serial": f"{api.serial:x}",
-            },
-            "clients": clients,
-        }
+        return server_desired_state(
+            clients=routes, apiserver_serial=self.pki.clients[APISERVER_CN].serial
+        )
 
     def write_desired(self, doc: object) -> None:
         write_json_atomic(self.desired_path, doc)
@@ -503,6 +516,9 @@ def prepare_dataplane(
     agents = plan.nodes if agent_count is None else plan.nodes[:agent_count]
     extra = dict(extra_clients or {})
     base.mkdir(parents=True, exist_ok=True)
+    # openvpn drops to an unprivileged user after start and then re-reads the installed
+    # CRL and the CCD files under BASE: it must be able to traverse it (keys stay 0600).
+    base.chmod(0o755)
     pki = Pki.create(base / "pki", server_ip=plan.server_ip)
     for cn in [APISERVER_CN, *(n.name for n in agents), *extra]:
         if cn in foreign_tc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
@@ -88,15 +88,39 @@ def _serial_text(serial: str | int | None) -> str | None:
     return serial.replace(":", "").lower()
 
 
+def _serial_list(serials: Iterable[str | int]) -> list[str]:
+    """Hex serials, each once, in the given order."""
+    out: list[str] = []
+    for s in serials:
+        text = _serial_text(s)
+        if text is not None and text not in out:
+            out.append(text)
+    return out
+
+
 def server_desired_state(
-    *, clients: Sequence[ClientRoutes], apiserver_serial: str | int | None
+    *,
+    clients: Sequence[ClientRoutes],
+    apiserver_serial: str | int | Sequence[str | int] | None,
 ) -> dict[str, Any]:
     """The server's desired state (agent.desired.parse_desired's format).
 
     `clients` is routes.client_routes' result: the apiserver entry (no machine) and the
     nodes. The apiserver entry is null when there is none; then nothing can open
     connections through the tunnel, which is the safe default.
+
+    `serials` pins identities: the server admits a client only with a certificate whose
+    serial is listed for its common name (and not revoked), so a CA-valid certificate
+    for a name we did not sign is refused. For nodes they are the serials recorded when
+    signing (`Allocation.serials`); `apiserver_serial` is the sidecar's current serial, or
+    a sequence (oldest first, current last) to keep a renewed one's predecessor admitted
+    until the sidecar has the new certificate.
     """
+    api_serials = (
+        _serial_list(apiserver_serial)
+        if isinstance(apiserver_serial, Sequence) and not isinstance(apiserver_serial, str)
+        else _serial_list([] if apiserver_serial is None else [apiserver_serial])
+    )
     apiserver: dict[str, Any] | None = None
     nodes: list[dict[str, Any]] = []
     for client in clients:
@@ -105,10 +129,12 @@ def server_desired_state(
                 "common_name": client.common_name,
                 "ifconfig_ip": str(client.tunnel_ip),
                 "push_routes": [str(n) for n in client.push_routes],
-                "serial": _serial_text(apiserver_serial),
+                "serial": api_serials[-1] if api_serials else None,
+                "serials": api_serials,
             }
             continue
         kubelet = None if client.kubelet is None else f"{client.kubelet[0]}:{client.kubelet[1]}"
+        serial = _serial_text(client.serial)
         nodes.append(
             {
                 "common_name": client.common_name,
@@ -116,7 +142,8 @@ def server_desired_state(
                 "iroutes": [str(n) for n in client.iroutes],
                 "push_routes": [str(n) for n in client.push_routes],
                 "kubelet": kubelet,
-                "serial": _serial_text(client.serial),
+                "serial": serial,
+                "serials": _serial_list([*client.serials, *([serial] if serial else [])]),
             }
         )
     return {

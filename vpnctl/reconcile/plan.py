@@ -50,7 +50,9 @@ class TenantPlan:
         """Machines without a tunnel and why: pending ones and those the pool could not fit."""
         return (*self.tenant.pending, *self.allocation.unallocated)
 
-    def desired_state(self, *, apiserver_serial: str | int | None) -> dict[str, Any]:
+    def desired_state(
+        self, *, apiserver_serial: str | int | Sequence[str | int] | None
+    ) -> dict[str, Any]:
         """The server's desired.json."""
         return server_desired_state(clients=self.clients, apiserver_serial=apiserver_serial)
 

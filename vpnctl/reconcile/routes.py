@@ -49,6 +49,9 @@ class ClientRoutes:
     # The node's current certificate serial (hex), when known: the server kicks the client
     # the moment it appears in the CRL.
     serial: str | None = None
+    # Every serial (hex) vpnctl signed for the node that may still be in use, oldest
+    # first: the server admits the node only with one of these (and not revoked).
+    serials: tuple[str, ...] = ()
 
 
 def elect_service_route_node(*, current: str | None, connected: Collection[str]) -> str | None:
@@ -120,6 +123,7 @@ def client_routes(
                 machine=member.machine,
                 kubelet=(member.internal_ip, member.kubelet_port),
                 serial=alloc.serial,
+                serials=alloc.serials,
             )
         )
     apiserver = ClientRoutes(
