@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import certs
+from vpnctl.reconcile.revocations import IssuedCert
 from vpnctl.reconcile.status import NodeObservation
 
 
@@ -41,6 +42,10 @@ class TenantSideResult:
     serial in hex) of node certificates the CSR loop signed for this tenant. The
     controller records them in status.allocations[].serials (and desired.json), which is
     what it revokes when the node's Machine goes. Reporting a serial again is harmless.
+
+    ``certificates``: the same certificates with their expiry and the Machine that
+    vouched, for the revocation book (a serial only in ``signed`` is kept until the
+    CA's own expiry, the bound of every certificate it signed).
     """
 
     installed: bool
@@ -49,6 +54,7 @@ class TenantSideResult:
     csr_signed: int = 0
     csr_denied: int = 0
     signed: tuple[tuple[str, str], ...] = ()
+    certificates: tuple[IssuedCert, ...] = ()
 
 
 class TenantSide(Protocol):
@@ -63,6 +69,12 @@ class TenantSide(Protocol):
     ) -> TenantSideResult:
         """Apply the agent objects in the tenant cluster, start (once) a drift watch and
         the CSR loop for this tenant, and return the install state."""
+        ...
+
+    def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
+        """The Cluster's Machines as they are now, on every reconcile (also when the
+        spec is invalid and ``ensure`` is not called): the CSR signer never approves for
+        a Machine that is gone."""
         ...
 
     async def forget(self, tenant: TenantRef) -> None:

@@ -60,6 +60,13 @@ from vpnctl.controller.interfaces import (
 )
 from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.queue import Outcome
+from vpnctl.controller.revocations import (
+    RevocationStep,
+    RevocationStore,
+    TunnelOwner,
+    reported_certificates,
+    revoke_and_plan_crl,
+)
 from vpnctl.kube import (
     CLUSTER,
     CONFIG_MAP,
@@ -104,6 +111,7 @@ from vpnctl.reconcile.names import (
     DESIRED_HASH_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    SERVER_COMMON_NAME,
     TenantNames,
     selector_labels,
 )
@@ -124,6 +132,7 @@ from vpnctl.reconcile.objects import (
     server_secret as server_secret_object,
 )
 from vpnctl.reconcile.plan import TenantPlan, plan_tenant
+from vpnctl.reconcile.revocations import IssuedCert, server_config_after_revocation
 from vpnctl.reconcile.routes import client_routes
 from vpnctl.reconcile.secrets import (
     check_leaf_secret,
@@ -149,7 +158,6 @@ SERVER_CONFIG_ANNOTATION = "vpnctl.io/server-config"
 # How many serials per node status keeps: certificates are renewed at 2/3 of their
 # lifetime, so older ones than this have long expired.
 MAX_SERIALS_PER_NODE = 8
-SERVER_COMMON_NAME = "vpnctl-server"
 ALL_PARTS = (PKI_READY, SERVER_READY, AGENT_INSTALLED)
 
 
@@ -294,6 +302,9 @@ class TenantReconciler:
         self._source = observations
         self._metrics = metrics
         self._machines = machines
+        self._book = RevocationStore(
+            kube=kube, clock=clock, rng=rng, attempts=settings.api_attempts
+        )
         # Fingerprint of the observations each tenant was last reconciled with (the
         # operator's poller compares against it), and Machines reported as waiting.
         self.observed: dict[TenantRef, frozenset[tuple[str, bool, bool | None]]] = {}
@@ -373,6 +384,8 @@ class TenantReconciler:
             return Outcome(), "invalid"
 
         machines = await self._list_machines(key)
+        # The CSR signer decides with the Machines of now, whatever the spec's state.
+        self._side.machines_changed(key, machines)
         observations, observe_error = await self._observe(key, tunnel)
         try:
             plan = plan_tenant(
@@ -384,6 +397,9 @@ class TenantReconciler:
                 settings=self._settings.build,
             )
         except PermanentError as exc:
+            # Revocation does not wait for a valid spec: a Machine deleted meanwhile
+            # loses its certificates and its CCD now.
+            await self._revoke_while_invalid(key, tunnel, machines)
             await self._report(key, tunnel, error=exc, part=SERVER_READY)
             return Outcome(), "invalid"
         for warning in plan.tenant.warnings:
@@ -393,39 +409,36 @@ class TenantReconciler:
         now = self._clock.now()
         try:
             keys = await self._ensure_pki(plan.tenant, plan.names, now=now)
+            # The revocation book, then the server ConfigMap: it carries the CRL.
+            server_cm = await self._get(CONFIG_MAP, plan.names.server_config, key.namespace)
+            step = await self._revocations(
+                key,
+                tunnel,
+                keys.ca,
+                server_cm,
+                machines,
+                known=[
+                    (a.node, a.machine, serial)
+                    for a in (*plan.allocation.allocations, *plan.allocation.removed)
+                    for text in a.serials
+                    if (serial := pki.parse_serial(text)) is not None
+                ],
+                revoke=[
+                    (removed.node, serial)
+                    for removed in plan.allocation.removed
+                    for text in removed.serials
+                    if (serial := pki.parse_serial(text)) is not None
+                ],
+                now=now,
+            )
         except PermanentError as exc:
             await self._report(key, tunnel, error=exc, part=PKI_READY)
             return Outcome(), "invalid"
-
-        # The server ConfigMap first: it carries the CRL.
-        server_cm = await self._get(CONFIG_MAP, plan.names.server_config, key.namespace)
-        revoke = [
-            serial
-            for removed in plan.allocation.removed
-            for text in removed.serials
-            if (serial := pki.parse_serial(text)) is not None
-        ]
-        crl = pki.plan_crl(
-            ca=keys.ca,
-            current_pem=_config_bytes(server_cm, "crl.pem"),
-            revoke=revoke,
-            now=now,
-            keep_for=plan.tenant.spec.certificates.client,
-            lifetime=self._settings.crl_lifetime,
-        )
-        if crl.problem:
-            await self._event(tunnel, "Warning", "CRLReissued", crl.problem)
+        crl = step.crl
         allocations = plan.allocation.allocations
         server_cm = await self._apply_server_config(
             plan, keys, crl, allocations=allocations, live=server_cm
         )
-        if crl.newly_revoked:
-            _log.info(
-                "event=certificates_revoked tenant=%s serials=%s crl_number=%d",
-                key,
-                ",".join(format(s, "x") for s in sorted(crl.newly_revoked)),
-                crl.state.number,
-            )
 
         role_config = plan.server_role_config
         await self._ensure(
@@ -444,8 +457,15 @@ class TenantReconciler:
         agent, side_retry, signed = await self._ensure_tenant_side(
             key, plan, keys, service=service, machines=machines
         )
-        updated = _record_signed(allocations, signed)
-        if updated != allocations:
+        if signed:
+            # Recorded (and, for a Machine that is gone by now, revoked) in the book
+            # before the status learns them: the book is what revokes.
+            step = await self._revocations(
+                key, tunnel, keys.ca, server_cm, machines, reported=signed, now=now
+            )
+            crl = step.crl
+        updated = _record_signed(allocations, [(c.node, format(c.serial, "x")) for c in signed])
+        if updated != allocations or crl.changed:
             allocations = updated
             await self._apply_server_config(
                 plan, keys, crl, allocations=allocations, live=server_cm
@@ -713,16 +733,99 @@ class TenantReconciler:
             assert live is not None
             return live
         applied = await self._ensure(CONFIG_MAP, desired, live=live, read=False)
-        await self._kick_server_pods(plan.tenant, desired)
+        await self._kick_server_pods(
+            TenantRef(namespace=plan.tenant.namespace, cluster=plan.tenant.cluster_name), desired
+        )
         return applied
 
-    async def _kick_server_pods(self, tenant: TenantSpec, config_map: KubeObject) -> None:
+    async def _revocations(
+        self,
+        key: TenantRef,
+        tunnel: KubeObject,
+        ca: certs.Issued,
+        server_cm: KubeObject | None,
+        machines: Sequence[KubeObject],
+        *,
+        known: Sequence[tuple[str, str | None, int]] = (),
+        revoke: Sequence[tuple[str, int]] = (),
+        reported: Sequence[IssuedCert] = (),
+        now: datetime,
+    ) -> RevocationStep:
+        """The revocation book's pass (controller/revocations.py) and what it tells."""
+        owner = TunnelOwner(
+            namespace=key.namespace, cluster=key.cluster, tunnel_uid=str(_meta(tunnel)["uid"])
+        )
+        step = await revoke_and_plan_crl(
+            self._book,
+            tenant=key,
+            owner=owner,
+            ca=ca,
+            current_crl_pem=_config_bytes(server_cm, "crl.pem"),
+            machines=machines,
+            reported=reported,
+            known_serials=known,
+            revoke=revoke,
+            now=now,
+            crl_lifetime=self._settings.crl_lifetime,
+        )
+        if step.created and server_cm is not None:
+            await self._event(
+                tunnel,
+                "Warning",
+                "RevocationsRecreated",
+                f"ConfigMap {key.namespace}/{self._book.name(key)}, vpnctl's record of node "
+                "certificates, was missing; it was re-created from the published CRL and the "
+                "Tunnel's status. Certificates signed while it was missing may be unknown: "
+                "restore it from a backup if you have one",
+            )
+        if step.crl.problem:
+            await self._event(tunnel, "Warning", "CRLReissued", step.crl.problem)
+        if step.newly_revoked:
+            _log.info(
+                "event=certificates_revoked tenant=%s serials=%s crl_number=%d",
+                key,
+                ",".join(format(s, "x") for s in sorted(step.newly_revoked)),
+                step.crl.state.number,
+            )
+        return step
+
+    async def _revoke_while_invalid(
+        self, key: TenantRef, tunnel: KubeObject, machines: Sequence[KubeObject]
+    ) -> None:
+        """Revoke the certificates of Machines that are gone, and drop their clients from
+        desired.json, while the spec cannot be planned (a tenant-wide error must not
+        keep a deleted node connected)."""
+        names = TenantNames.for_cluster(key.cluster)
+        now = self._clock.now()
+        try:
+            ca = read_ca_secret(await self._get(SECRET, names.ca_secret, key.namespace), now=now)
+            if ca is None:
+                return  # no CA, nothing was ever signed
+            server_cm = await self._get(CONFIG_MAP, names.server_config, key.namespace)
+            step = await self._revocations(key, tunnel, ca, server_cm, machines, now=now)
+        except PermanentError as exc:  # reported when the spec is valid again
+            _log.warning(
+                "event=revocation_skipped tenant=%s reason=%s message=%r",
+                key,
+                exc.reason,
+                exc.message,
+            )
+            return
+        if server_cm is None:
+            return
+        desired = server_config_after_revocation(server_cm, crl_pem=step.crl.pem, machines=machines)
+        if desired is None:
+            return
+        await self._ensure(CONFIG_MAP, desired, live=server_cm, read=False)
+        await self._kick_server_pods(key, desired)
+
+    async def _kick_server_pods(self, tenant: TenantRef, config_map: KubeObject) -> None:
         """Make kubelet refresh the server pods' ConfigMap volume now (see step 4)."""
         version = config_map["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]
         selector = ",".join(
             f"{k}={v}"
             for k, v in selector_labels(
-                cluster_name=tenant.cluster_name, component=COMPONENT_SERVER
+                cluster_name=tenant.cluster, component=COMPONENT_SERVER
             ).items()
         )
         pods, _ = await self._call(
@@ -922,6 +1025,7 @@ class TenantReconciler:
 
         ca = read_ca_secret(await self._get(SECRET, names.ca_secret, tenant.namespace), now=now)
         if ca is None:
+            await self._check_no_ca_was_lost(tenant, names)
             new = certs.new_ca(common_name=names.ca_secret, now=now, lifetime=lifetimes.ca)
             body = ca_secret(tenant=tenant, cert_pem=new.cert_pem, key_pem=new.key_pem)
             ca = await self._create_once(body, lambda s: read_ca_secret(s, now=now))
@@ -1028,6 +1132,42 @@ class TenantReconciler:
             issued=tuple(issued),
         )
 
+    async def _check_no_ca_was_lost(self, tenant: TenantSpec, names: TenantNames) -> None:
+        """Raise PermanentError(CASecretMissing) when the tenant had a CA (its revocation
+        book names one, or a server/apiserver certificate of it exists): a CA Secret that
+        disappears is an alarm, never a reason to mint a new CA in silence, which would cut
+        every node off and orphan every revocation."""
+        where = f"Secret {tenant.namespace}/{names.ca_secret}"
+        key = TenantRef(namespace=tenant.namespace, cluster=tenant.cluster_name)
+        evidence: str | None = None
+        try:
+            book = await self._book.read(key)
+        except PermanentError:  # unreadable, but it exists: so did a CA
+            book = None
+            evidence = f"ConfigMap {tenant.namespace}/{names.revocations} exists"
+        if book is not None and book.ca:
+            evidence = f"ConfigMap {tenant.namespace}/{names.revocations} records CA {book.ca[:16]}"
+        for leaf in (names.server_secret, names.apiserver_secret):
+            if evidence is None and await self._get(SECRET, leaf, tenant.namespace):
+                evidence = f"Secret {tenant.namespace}/{leaf} holds a certificate of it"
+        if evidence is None:
+            return
+        error = PermanentError(
+            reason="CASecretMissing",
+            message=(
+                f"{where}, the tenant's tunnel CA, is gone although the tenant had one "
+                f"({evidence}); vpnctl does not mint a new CA in its place, which would cut "
+                "off every node. Restore the Secret from a backup; to start over with a new "
+                f"CA on purpose (every node gets new credentials), delete ConfigMap "
+                f"{tenant.namespace}/{names.revocations} and Secrets {names.server_secret} "
+                f"and {names.apiserver_secret}"
+            ),
+        )
+        tunnel = await self._get(TUNNEL, tenant.tunnel_name, tenant.namespace)
+        if tunnel is not None:
+            await self._event(tunnel, "Warning", error.reason, error.message)
+        raise error
+
     async def _create_once(
         self, body: KubeObject, read: Callable[[KubeObject | None], T | None]
     ) -> T:
@@ -1059,9 +1199,9 @@ class TenantReconciler:
         *,
         service: Mapping[str, Any],
         machines: Sequence[KubeObject],
-    ) -> tuple[tuple[ConditionStatus, str, str], bool, tuple[tuple[str, str], ...]]:
+    ) -> tuple[tuple[ConditionStatus, str, str], bool, tuple[IssuedCert, ...]]:
         """AgentInstalled as (status, reason, message), whether to retry with backoff, and
-        the node certificate serials the tenant side reported."""
+        the node certificates the tenant side reported."""
         tenant = plan.tenant
         if not tenant.spec.install_agent:
             return (
@@ -1116,9 +1256,10 @@ class TenantReconciler:
                 reason="TenantSideError",
                 message=f"installing the agent in the tenant cluster failed: {exc}",
             )
+        signed = reported_certificates(result, ca=keys.ca)
         if result.installed:
-            return ("True", result.reason or "Installed", result.message), False, result.signed
-        return ("False", result.reason or "NotInstalled", result.message), True, result.signed
+            return ("True", result.reason or "Installed", result.message), False, signed
+        return ("False", result.reason or "NotInstalled", result.message), True, signed
 
 
 def _config_bytes(config_map: Mapping[str, Any] | None, key: str) -> bytes | None:
