@@ -4,6 +4,7 @@ and certificates recorded before they are handed out (item 4)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import random
@@ -15,7 +16,9 @@ from prometheus_client import CollectorRegistry
 
 import certs
 from agent.bootstrap import CSRRefused, obtain_certificate
+from vpnctl.controller.csr_signer import IssuedRecorder
 from vpnctl.controller.interfaces import TenantRef
+from vpnctl.controller.revocations import RevocationsMissing
 from vpnctl.controller.tenant_side import KubeTenantSide
 from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, Kube, KubeObject, SystemClock
 from vpnctl.reconcile.revocations import IssuedCert
@@ -26,6 +29,7 @@ from .test_tenant_side import (
     TENANT,
     admin_of,
     desired_objects,
+    eventually,
     inline_kubeconfig,
     machine_for,
     tunnel_ca,
@@ -53,7 +57,7 @@ class RecordingBook:
 
 
 @contextlib.asynccontextmanager
-async def signer(recorder: RecordingBook | None = None) -> AsyncIterator[KubeTenantSide]:
+async def signer(recorder: IssuedRecorder | None = None) -> AsyncIterator[KubeTenantSide]:
     extra = {} if recorder is None else {"recorder": recorder}
     async with KubeTenantSide(
         registry=CollectorRegistry(),
@@ -153,3 +157,46 @@ async def test_no_certificate_for_a_machine_that_is_gone_and_each_is_recorded_fi
                 await obtain(cluster, tmp_path, ca, "node-2")
             assert refused.value.reason == "NoMachineForNode"
             assert len(book.recorded) == 1
+
+
+class MissingBook:
+    """``IssuedRecorder`` whose book does not exist until ``ready`` is set."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.refused = 0
+
+    async def record_issued(self, tenant: TenantRef, cert: IssuedCert) -> None:
+        if not self.ready:
+            self.refused += 1
+            raise RevocationsMissing(reason="RevocationsMissing", message="no book (test)")
+
+
+async def test_a_certificate_that_cannot_be_recorded_is_not_handed_out(
+    tenant_cluster_factory: TenantFactory, tmp_path: Path
+) -> None:
+    """No record, no certificate: the CSR stays unapproved, the signer loop keeps
+    running (healthy, no crash loop) and signs once the book takes the record."""
+    cluster = await tenant_cluster_factory(name="ts-nobook")
+    ca = tunnel_ca()
+    book = MissingBook()
+    async with admin_of(cluster) as admin, signer(book) as ts:
+        await install(ts, inline_kubeconfig(cluster.kubeconfig_path), ca, [machine_for("node-1")])
+        asking = asyncio.create_task(obtain(cluster, tmp_path, ca, "node-1"))
+        try:
+
+            async def refused_twice() -> bool:
+                return book.refused >= 2  # the first attempt and a retry
+
+            await eventually(refused_twice, timeout=15, what="record refused and retried")
+            csrs, _ = await admin.list(CERTIFICATE_SIGNING_REQUEST)
+            assert csrs
+            assert all(not (c.get("status") or {}).get("conditions") for c in csrs)
+            assert ts.healthy()
+            book.ready = True
+            info = await asyncio.wait_for(asyncio.shield(asking), 20)
+            assert info.common_name == "node-1"
+        finally:
+            asking.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asking

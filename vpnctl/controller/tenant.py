@@ -3,8 +3,10 @@
 Level-triggered: every run reads the world afresh (the Tunnel and its Cluster with GETs,
 Machines from the watch cache, our objects with GETs), so it does not matter which event
 brought the key, or how many were coalesced. What is remembered between runs lives in
-the Tunnel's status (addresses, certificate serials, the service-route holder) and in the
-server ConfigMap (the CRL), never in this process, so another replica can take over.
+the Tunnel's status (addresses, the service-route holder) and in the revocation book
+(ConfigMap ``<cluster>-vpn-revocations``: every node certificate signed and every
+revocation, ``controller/revocations.py``), never in this process, so another replica
+can take over.
 
 The order of writes is the order that keeps promises:
 
@@ -14,10 +16,13 @@ The order of writes is the order that keeps promises:
    tenant's own cluster (``TenantSide.cleanup``).
 2. PKI Secrets. The CA and the tls-crypt-v2 server key are only ever *created* (POST),
    never overwritten: a corrupt one is reported (PKIReady=False CorruptPKISecret) and left
-   for a person. Leaf certificates are renewed with the same CA once due.
-3. The server ConfigMap (server.json, desired.json, crl.pem), *before* the status: a
-   deleted Machine's serials go into the CRL first and leave status.allocations after, so
-   a crash in between can't lose a revocation.
+   for a person, and so is a CA Secret that disappeared (CASecretMissing): no new CA is
+   minted in its place. Leaf certificates are renewed with the same CA once due.
+3. The revocation book, then the server ConfigMap (server.json, desired.json, crl.pem)
+   built from it, *before* the status: a deleted Machine's certificates are revoked in
+   the book and the CRL first, so a crash in between can't lose a revocation, and a lost
+   server ConfigMap is re-published with every revocation. This step also runs when the
+   spec is invalid (``tenant_revocations.py``).
 4. Revocation in about two seconds: kubelet refreshes a ConfigMap volume only on its
    periodic pod sync (up to a minute plus its cache TTL), so after a config change we
    patch an annotation (``vpnctl.io/server-config``) on each server *pod* (not the pod

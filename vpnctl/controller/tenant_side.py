@@ -12,11 +12,12 @@ node unreachable for minutes, so for every tenant this keeps, next to one cached
   ``vpnctl_tenant_repairs_total{namespace,cluster,kind}`` and logs it with its latency;
 - a watch on CertificateSigningRequests of signer ``vpnctl.io/node`` and a loop that
   decides each pending one (``vpnctl.reconcile.csr.decide_csr``, with the Machines the
-  last ``ensure()`` passed), then approves and signs it with the tenant CA, or denies it
-  with the reason. The serial of every node certificate it signed, or finds in an
-  issued CSR (signed before a restart), is reported by ``ensure()`` in
-  ``TenantSideResult.signed`` until it expires: the controller revokes those serials
-  when the node's Machine goes.
+  last ``ensure()`` or ``machines_changed()`` passed), then approves and signs it with
+  the tenant CA, or denies it with the reason (``controller/csr_signer.py``: every call
+  is bound to the decided object's uid and resourceVersion, and each certificate is in
+  the revocation book before it is handed out). The serial of every node certificate it
+  signed, or finds in an issued CSR (signed before a restart), is reported by
+  ``ensure()`` in ``TenantSideResult.signed``/``certificates`` until it expires.
 
 Every background task runs in one TaskGroup owned by the object (``async with``), under
 a supervisor that logs a crash with its traceback and restarts the task with backoff.
@@ -97,6 +98,7 @@ from vpnctl.kube import (
 from vpnctl.kube.retry import backoff
 from vpnctl.reconcile.csr import NODE_SIGNER, csr_state
 from vpnctl.reconcile.diff import needs_update
+from vpnctl.reconcile.errors import ReconcileError
 from vpnctl.reconcile.names import CLUSTER_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from vpnctl.reconcile.revocations import IssuedCert
 
@@ -1021,7 +1023,9 @@ class KubeTenantSide:
             try:
                 await self._handle_csr(state, csr)
                 state.csr_done.add(uid)
-            except (ApiError, certs.PKIError) as exc:
+            except (ApiError, certs.PKIError, ReconcileError) as exc:
+                # ReconcileError: the revocation book could not record the certificate
+                # (missing, unreadable, contended), so nothing was handed out; retried.
                 ok = False
                 _log.warning(
                     "event=tenant_csr_failed tenant=%s csr=%s error=%r",
