@@ -76,11 +76,21 @@ class TunnelOwner:
 class RevocationStore:
     """Reads and writes tenants' revocation books in the service cluster."""
 
-    def __init__(self, *, kube: Kube, clock: Clock, rng: random.Random, attempts: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        clock: Clock,
+        rng: random.Random,
+        attempts: int = 4,
+        on_write: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_write("create"|"replace")`` is called after each write (for metrics)."""
         self._kube = kube
         self._clock = clock
         self._rng = rng
         self._attempts = attempts
+        self._on_write = on_write
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         return await with_retries(fn, rng=self._rng, clock=self._clock, attempts=self._attempts)
@@ -132,6 +142,8 @@ class RevocationStore:
                 await self._call(self._writer(live, owner, book))
             except (Conflict, AlreadyExists):
                 continue  # someone wrote in between: redo the change on what they wrote
+            if self._on_write is not None:
+                self._on_write("create" if live is None else "replace")
             return book, live is None
         raise TemporaryError(
             reason="RevocationsContended",

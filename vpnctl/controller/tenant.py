@@ -303,7 +303,11 @@ class TenantReconciler(RevocationPasses):
         self._metrics = metrics
         self._machines = machines
         self._book = RevocationStore(
-            kube=kube, clock=clock, rng=rng, attempts=settings.api_attempts
+            kube=kube,
+            clock=clock,
+            rng=rng,
+            attempts=settings.api_attempts,
+            on_write=lambda kind: self._count(kind, CONFIG_MAP),
         )
         # Fingerprint of the observations each tenant was last reconciled with (the
         # operator's poller compares against it), and Machines reported as waiting.
