@@ -217,3 +217,48 @@ async def test_a_vanished_ca_secret_is_an_alarm_not_a_new_ca(
         again = await kube.get(SECRET, "lostca-vpn-server-tls", namespace)
         assert again is not None
         assert again["data"] == server_tls["data"]
+
+
+async def test_a_deleted_revocation_book_is_recreated_from_the_crl_and_reported(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    tenant, nodes, serials = _tenant(namespace, "book")
+    side = FakeTenantSide(signed={tenant: tuple(serials.items())})
+    async with running_controller(
+        kube,
+        controller_settings(namespace),
+        side=side,
+        observations=FakeObservations(default=all_connected(nodes)),
+    ):
+        await create_tenant(kube, namespace, "book")
+        await wait_ready(kube, namespace, "book", nodes=3)
+        ca_pem = await _ca_pem(kube, namespace, "book")
+        await kube.delete(MACHINE, "book-md-2", namespace)
+        revoked = int(serials["book-node-2"], 16)
+        await _revoked(kube, namespace, "book", ca_pem, {revoked}, "node-2 revoked")
+        old = await kube.get(CONFIG_MAP, "book-vpn-revocations", namespace)
+        assert old is not None
+        assert format(revoked, "x") in old["data"]["revocations.json"]
+
+        await kube.delete(CONFIG_MAP, "book-vpn-revocations", namespace)
+        await kube.patch_merge(
+            TUNNEL, "book", {"metadata": {"annotations": {"test/poke": "1"}}}, namespace=namespace
+        )
+
+        async def recreated() -> KubeObject | None:
+            cm = await kube.get(CONFIG_MAP, "book-vpn-revocations", namespace)
+            return (
+                cm if cm is not None and cm["metadata"]["uid"] != old["metadata"]["uid"] else None
+            )
+
+        book = await wait_for(recreated, timeout=10, what="revocation book re-created")
+        doc = json.loads(book["data"]["revocations.json"])
+        assert [r["serial"] for r in doc["revoked"]] == [format(revoked, "x")]
+        assert await _crl(kube, namespace, "book", ca_pem) == {revoked}
+
+        async def warned() -> bool:
+            events = await events_for(kube, namespace, name="book")
+            return any(e.get("reason") == "RevocationsRecreated" for e in events)
+
+        await wait_for(warned, timeout=10, what="RevocationsRecreated Event")
