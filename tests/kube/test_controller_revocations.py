@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +18,10 @@ import pytest
 import certs
 from vpnctl.controller import pki
 from vpnctl.controller.interfaces import TenantRef
-from vpnctl.kube import CONFIG_MAP, MACHINE, SECRET, TUNNEL, Kube, KubeObject
+from vpnctl.controller.revocations import RevocationStore, TunnelOwner, revoke_and_plan_crl
+from vpnctl.kube import CONFIG_MAP, MACHINE, SECRET, TUNNEL, Kube, KubeObject, ManualClock
+from vpnctl.reconcile import samples
+from vpnctl.reconcile.revocations import IssuedCert
 from vpnctl.reconcile.samples import LAB_PODS_CIDR
 
 from .controllerfix import (
@@ -34,6 +39,8 @@ from .controllerfix import (
 from .kubefix import kube  # noqa: F401
 
 pytestmark = pytest.mark.kube
+
+DAY = timedelta(days=1)
 
 
 async def _ca_pem(kube: Kube, namespace: str, name: str) -> bytes:  # noqa: F811
@@ -262,3 +269,56 @@ async def test_a_deleted_revocation_book_is_recreated_from_the_crl_and_reported(
             return any(e.get("reason") == "RevocationsRecreated" for e in events)
 
         await wait_for(warned, timeout=10, what="RevocationsRecreated Event")
+
+
+async def test_a_revoked_serial_stays_in_the_crl_until_its_own_certificate_expires(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    """Node certificates live --node-cert-lifetime (30 days) while a Tunnel's
+    clientLifetime may be a day: the old CRL dropped the serial after the latter. The
+    controller's revocation step, on the real apiserver, with a clock that jumps."""
+    clock = ManualClock(wall=datetime(2030, 1, 1, tzinfo=UTC))
+    start = clock.now()
+    ca = certs.new_ca(common_name="keep-vpn-ca", now=start, lifetime=timedelta(days=365))
+    tunnel = await kube.create(
+        TUNNEL,
+        {"metadata": {"name": "keep", "namespace": namespace}, "spec": {"clusterName": "keep"}},
+    )
+    ref = TenantRef(namespace, "keep")
+    owner = TunnelOwner(namespace=namespace, cluster="keep", tunnel_uid=tunnel["metadata"]["uid"])
+    store = RevocationStore(kube=kube, clock=clock, rng=random.Random(3))
+    machines = [
+        samples.machine(name=f"m-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
+        for i in (1, 2)
+    ]
+    cert = IssuedCert(serial=0x7E57, node="node-2", machine="m-2", not_after=start + 30 * DAY)
+    crl_pem: bytes | None = None
+
+    async def step(at: timedelta, live: list[Any]) -> frozenset[int]:
+        nonlocal crl_pem
+        result = await revoke_and_plan_crl(
+            store,
+            tenant=ref,
+            owner=owner,
+            ca=ca,
+            current_crl_pem=crl_pem,
+            machines=live,
+            reported=[cert],
+            now=start + at,
+            crl_lifetime=timedelta(days=7),
+        )
+        crl_pem = result.crl.pem
+        return certs.crl_serials(crl_pem, ca_pem=ca.cert_pem)
+
+    assert await step(timedelta(0), machines) == frozenset()
+    assert await step(timedelta(hours=1), machines[:1]) == {0x7E57}  # Machine m-2 gone
+    assert await step(2 * DAY, machines[:1]) == {0x7E57}  # past a 1-day clientLifetime
+    assert await step(29 * DAY, machines[:1]) == {0x7E57}
+    book = await store.read(ref)
+    assert book is not None
+    assert set(book.revoked) == {0x7E57}
+    assert book.revoked[0x7E57].not_after == start + 30 * DAY
+    # Only once the certificate itself has expired does the serial leave.
+    after = 30 * DAY + certs.CLOCK_SKEW + timedelta(seconds=1)
+    assert await step(after, machines[:1]) == frozenset()
