@@ -58,6 +58,9 @@ class StandInTenantSide:
         self.ensures += 1
         return TenantSideResult(installed=True, reason="Installed", message="stand-in")
 
+    def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
+        pass
+
     async def forget(self, tenant: TenantRef) -> None:
         return None
 

@@ -64,6 +64,8 @@ class FakeTenantSide:
     cleaned: list[tuple[TenantRef, bool]] = field(default_factory=list)
     forgotten: list[TenantRef] = field(default_factory=list)
     repair_counts: dict[TenantRef, int] = field(default_factory=dict)
+    vouched: dict[TenantRef, set[str]] = field(default_factory=dict)
+    machine_lists: list[tuple[TenantRef, tuple[str, ...]]] = field(default_factory=list)
 
     async def ensure(
         self,
@@ -83,6 +85,18 @@ class FakeTenantSide:
                 ca_cert_pem=ca.cert_pem,
             )
         )
+        # Like the real signer: a node's certificate exists only once a Machine of it
+        # was seen; it is then reported until it expires, Machine or not.
+        self.vouched.setdefault(tenant, set()).update(
+            str(m["status"]["nodeRef"]["name"])
+            for m in machines
+            if ((m.get("status") or {}).get("nodeRef") or {}).get("name")
+        )
+        signed = tuple(
+            (node, serial)
+            for node, serial in self.signed.get(tenant, ())
+            if node in self.vouched[tenant]
+        )
         if tenant in self.unreachable:
             return TenantSideResult(
                 installed=False,
@@ -93,8 +107,11 @@ class FakeTenantSide:
             installed=True,
             reason="Installed",
             message="agent installed (fake)",
-            signed=self.signed.get(tenant, ()),
+            signed=signed,
         )
+
+    def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
+        self.machine_lists.append((tenant, tuple(str(m["metadata"]["name"]) for m in machines)))
 
     async def forget(self, tenant: TenantRef) -> None:
         self.forgotten.append(tenant)

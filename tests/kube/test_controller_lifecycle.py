@@ -238,7 +238,7 @@ async def test_cluster_deletion_removes_everything_through_the_finalizer(
         await create_tenant(kube, namespace, "gone", nodes=2)
         await wait_ready(kube, namespace, "gone", nodes=2)
         ours = await _ours(kube, namespace, "gone")
-        assert len(ours) == 8  # 4 Secrets, 2 ConfigMaps, a Deployment, a Service
+        assert len(ours) == 9  # 4 Secrets, 3 ConfigMaps, a Deployment, a Service
 
         await kube.delete(CLUSTER, "gone", namespace)
         # The Tunnel waits for the tenant side (the fake's cluster is "still cleaning")...

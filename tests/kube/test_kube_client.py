@@ -23,6 +23,7 @@ from vpnctl.kube import (
     Invalid,
     Kube,
     KubeconfigError,
+    KubeObject,
     ManualClock,
     NotFound,
     Resource,
@@ -309,48 +310,103 @@ def _self_signed_pem(node: str) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+async def _new_csr(kube: Kube, name: str, *, signer: str = "vpnctl.io/node") -> KubeObject:  # noqa: F811
+    return await kube.create(
+        CERTIFICATE_SIGNING_REQUEST,
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "request": base64.b64encode(_csr_pem("n1")).decode(),
+                "signerName": signer,
+                "usages": ["digital signature", "client auth"],
+            },
+        },
+    )
+
+
 async def test_csr_approve_deny_and_sign(kube: Kube) -> None:  # noqa: F811
     names = [unique("csr-a"), unique("csr-d")]
-    for name in names:
-        await kube.create(
-            CERTIFICATE_SIGNING_REQUEST,
-            {
-                "metadata": {"name": name},
-                "spec": {
-                    "request": base64.b64encode(_csr_pem("n1")).decode(),
-                    "signerName": "vpnctl.io/node",
-                    "usages": ["digital signature", "client auth"],
-                },
-            },
-        )
-    approved_name, denied_name = names
+    created = [await _new_csr(kube, name) for name in names]
+    approved_name = names[0]
     try:
         approved = await kube.approve_csr(
-            approved_name, reason="MachineMatches", message="node n1 is Machine m1's nodeRef"
+            created[0],
+            signer="vpnctl.io/node",
+            reason="MachineMatches",
+            message="node n1 is Machine m1's nodeRef",
         )
         conditions = approved["status"]["conditions"]
         assert [(c["type"], c["status"], c["reason"]) for c in conditions] == [
             ("Approved", "True", "MachineMatches")
         ]
         # Approving again changes nothing.
-        again = await kube.approve_csr(approved_name, reason="MachineMatches", message="again")
+        again = await kube.approve_csr(
+            approved, signer="vpnctl.io/node", reason="MachineMatches", message="again"
+        )
         assert len(again["status"]["conditions"]) == 1
 
         certificate = _self_signed_pem("n1")
-        signed = await kube.sign_csr(approved_name, certificate_pem=certificate)
+        signed = await kube.sign_csr(approved, signer="vpnctl.io/node", certificate_pem=certificate)
         assert base64.b64decode(signed["status"]["certificate"]) == certificate
         read = await kube.get(CERTIFICATE_SIGNING_REQUEST, approved_name)
         assert read is not None
         assert base64.b64decode(read["status"]["certificate"]) == certificate
 
         denied = await kube.deny_csr(
-            denied_name, reason="NoSuchMachine", message="no Machine has nodeRef n1"
+            created[1],
+            signer="vpnctl.io/node",
+            reason="NoSuchMachine",
+            message="no Machine has nodeRef n1",
         )
         assert [(c["type"], c["message"]) for c in denied["status"]["conditions"]] == [
             ("Denied", "no Machine has nodeRef n1")
         ]
+        gone = dict(created[0], metadata={**created[0]["metadata"], "name": unique("absent")})
         with pytest.raises(NotFound):
-            await kube.approve_csr(unique("absent"), reason="X", message="y")
+            await kube.approve_csr(gone, signer="vpnctl.io/node", reason="X", message="y")
     finally:
         for name in names:
             await kube.delete(CERTIFICATE_SIGNING_REQUEST, name)
+
+
+async def test_csr_recreated_under_the_same_name_is_not_approved_or_signed(
+    kube: Kube,  # noqa: F811
+) -> None:
+    """Issue 9, item 5: approval and signing are bound to the decided object, so a CSR
+    deleted and re-created under the same name (here a kube-apiserver-client request)
+    between the decision and the approval gets a Conflict, not our approval."""
+    name = unique("csr-swap")
+    decided = await _new_csr(kube, name)
+    try:
+        await kube.delete(CERTIFICATE_SIGNING_REQUEST, name)
+        swapped = await _new_csr(kube, name, signer="kubernetes.io/kube-apiserver-client")
+        with pytest.raises(Conflict):
+            await kube.approve_csr(
+                decided, signer="vpnctl.io/node", reason="NodeHasMachine", message="m"
+            )
+        with pytest.raises(ValueError, match=r"not 'vpnctl\.io/node'"):
+            await kube.approve_csr(
+                swapped, signer="vpnctl.io/node", reason="NodeHasMachine", message="m"
+            )
+        read = await kube.get(CERTIFICATE_SIGNING_REQUEST, name)
+        assert read is not None
+        assert not (read.get("status") or {}).get("conditions")
+
+        # Replaced after the approval: the certificate does not land on the new one.
+        await kube.delete(CERTIFICATE_SIGNING_REQUEST, name)
+        ours = await _new_csr(kube, name)
+        approved = await kube.approve_csr(
+            ours, signer="vpnctl.io/node", reason="NodeHasMachine", message="m"
+        )
+        await kube.delete(CERTIFICATE_SIGNING_REQUEST, name)
+        other = await _new_csr(kube, name)
+        await kube.approve_csr(other, signer="vpnctl.io/node", reason="Someone", message="else")
+        with pytest.raises((Conflict, Invalid)):
+            await kube.sign_csr(
+                approved, signer="vpnctl.io/node", certificate_pem=_self_signed_pem("n1")
+            )
+        read = await kube.get(CERTIFICATE_SIGNING_REQUEST, name)
+        assert read is not None
+        assert not (read.get("status") or {}).get("certificate")
+    finally:
+        await kube.delete(CERTIFICATE_SIGNING_REQUEST, name)

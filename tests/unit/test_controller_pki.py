@@ -1,4 +1,5 @@
-"""CRL decisions: numbers only grow, revocations stick until expiry, refreshed early."""
+"""CRL decisions: the CRL lists exactly the book's revocations, numbers only grow, refreshed
+early. (Which serials stay listed, and until when, is the book's: test_revocation_book.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from vpnctl.controller import pki
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
-KEEP = timedelta(days=30)
+
+
+def at(when: datetime, *serials: int) -> dict[int, datetime]:
+    return dict.fromkeys(serials, when)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +24,7 @@ def ca() -> certs.Issued:
 
 
 def test_a_first_crl_is_issued_empty_with_number_one(ca: certs.Issued) -> None:
-    plan = pki.plan_crl(ca=ca, current_pem=None, revoke=(), now=NOW, keep_for=KEEP)
+    plan = pki.plan_crl(ca=ca, current_pem=None, revoked={}, now=NOW)
     assert plan.changed
     assert plan.problem is None
     assert certs.crl_serials(plan.pem, ca_pem=ca.cert_pem) == frozenset()
@@ -31,33 +35,33 @@ def test_a_first_crl_is_issued_empty_with_number_one(ca: certs.Issued) -> None:
 
 
 def test_nothing_new_and_fresh_keeps_the_same_bytes(ca: certs.Issued) -> None:
-    first = pki.plan_crl(ca=ca, current_pem=None, revoke=(), now=NOW, keep_for=KEEP)
-    again = pki.plan_crl(ca=ca, current_pem=first.pem, revoke=(), now=NOW + DAY, keep_for=KEEP)
+    first = pki.plan_crl(ca=ca, current_pem=None, revoked={}, now=NOW)
+    again = pki.plan_crl(ca=ca, current_pem=first.pem, revoked={}, now=NOW + DAY)
     assert not again.changed
     assert again.pem == first.pem  # no write on a resync
 
 
 def test_revoking_adds_the_serial_and_the_number_grows(ca: certs.Issued) -> None:
-    first = pki.plan_crl(ca=ca, current_pem=None, revoke=(), now=NOW, keep_for=KEEP)
+    first = pki.plan_crl(ca=ca, current_pem=None, revoked={}, now=NOW)
     second = pki.plan_crl(
-        ca=ca, current_pem=first.pem, revoke=[0xABC, 0xDEF], now=NOW + DAY, keep_for=KEEP
+        ca=ca, current_pem=first.pem, revoked=at(NOW, 0xABC, 0xDEF), now=NOW + DAY
     )
     assert second.changed
     assert second.newly_revoked == {0xABC, 0xDEF}
     assert certs.crl_serials(second.pem, ca_pem=ca.cert_pem) == {0xABC, 0xDEF}
     assert pki.read_crl(second.pem, ca_pem=ca.cert_pem).number == 2
-    # Revoking what is already listed changes nothing.
+    # Listing what is already listed changes nothing.
     third = pki.plan_crl(
-        ca=ca, current_pem=second.pem, revoke=[0xABC], now=NOW + 2 * DAY, keep_for=KEEP
+        ca=ca, current_pem=second.pem, revoked=at(NOW, 0xABC, 0xDEF), now=NOW + 2 * DAY
     )
     assert not third.changed
     assert third.newly_revoked == frozenset()
 
 
 def test_a_crl_is_reissued_once_half_its_validity_is_gone(ca: certs.Issued) -> None:
-    first = pki.plan_crl(ca=ca, current_pem=None, revoke=[7], now=NOW, keep_for=KEEP)
+    first = pki.plan_crl(ca=ca, current_pem=None, revoked=at(NOW, 7), now=NOW)
     later = NOW + pki.DEFAULT_CRL_LIFETIME / 2 + timedelta(seconds=1)
-    renewed = pki.plan_crl(ca=ca, current_pem=first.pem, revoke=(), now=later, keep_for=KEEP)
+    renewed = pki.plan_crl(ca=ca, current_pem=first.pem, revoked=at(NOW, 7), now=later)
     assert renewed.changed
     assert certs.crl_serials(renewed.pem, ca_pem=ca.cert_pem) == {7}
     state = pki.read_crl(renewed.pem, ca_pem=ca.cert_pem)
@@ -65,28 +69,24 @@ def test_a_crl_is_reissued_once_half_its_validity_is_gone(ca: certs.Issued) -> N
     assert state.next_update == later + pki.DEFAULT_CRL_LIFETIME
 
 
-def test_a_serial_is_dropped_once_every_certificate_it_names_has_expired(
+def test_the_number_grows_above_the_books_floor_when_the_crl_was_lost(
     ca: certs.Issued,
 ) -> None:
-    first = pki.plan_crl(ca=ca, current_pem=None, revoke=[7], now=NOW, keep_for=KEEP)
-    within = NOW + KEEP  # the skew margin keeps it a little longer
-    kept = pki.plan_crl(ca=ca, current_pem=first.pem, revoke=(), now=within, keep_for=KEEP)
-    assert certs.crl_serials(kept.pem, ca_pem=ca.cert_pem) == {7}
-    after = NOW + KEEP + certs.CLOCK_SKEW + timedelta(seconds=1)
-    dropped = pki.plan_crl(ca=ca, current_pem=kept.pem, revoke=(), now=after, keep_for=KEEP)
-    assert dropped.changed
-    assert certs.crl_serials(dropped.pem, ca_pem=ca.cert_pem) == frozenset()
+    """A deleted server ConfigMap must not restart CRL numbers at 1."""
+    plan = pki.plan_crl(ca=ca, current_pem=None, revoked=at(NOW, 7), now=NOW, number_floor=41)
+    assert pki.read_crl(plan.pem, ca_pem=ca.cert_pem).number == 42
+    assert certs.crl_serials(plan.pem, ca_pem=ca.cert_pem) == {7}
 
 
 def test_a_crl_of_another_ca_is_replaced_and_reported(ca: certs.Issued) -> None:
     other = certs.new_ca(common_name="tenant-vpn-ca", now=NOW - DAY, lifetime=timedelta(days=10))
-    foreign = pki.plan_crl(ca=other, current_pem=None, revoke=[9], now=NOW, keep_for=KEEP)
-    plan = pki.plan_crl(ca=ca, current_pem=foreign.pem, revoke=[5], now=NOW, keep_for=KEEP)
+    foreign = pki.plan_crl(ca=other, current_pem=None, revoked=at(NOW, 9), now=NOW)
+    plan = pki.plan_crl(ca=ca, current_pem=foreign.pem, revoked=at(NOW, 5), now=NOW)
     assert plan.changed
     assert plan.problem is not None
     assert "unusable" in plan.problem
     assert certs.crl_serials(plan.pem, ca_pem=ca.cert_pem) == {5}
-    garbage = pki.plan_crl(ca=ca, current_pem=b"not a crl", revoke=(), now=NOW, keep_for=KEEP)
+    garbage = pki.plan_crl(ca=ca, current_pem=b"not a crl", revoked={}, now=NOW)
     assert garbage.problem is not None
 
 

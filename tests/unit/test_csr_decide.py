@@ -188,6 +188,21 @@ def test_forbidden_usages(usages: list[str]) -> None:
     assert d.node_name == "node-1"
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["vpnctl-apiserver", "vpnctl-server", "vpnctl-anything", f"{CLUSTER}-vpn-ca"],
+)
+def test_reserved_names_are_denied_even_with_a_machine(name: str) -> None:
+    """A tenant admin can name a Node `vpnctl-apiserver` and point a Machine's nodeRef at
+    it; the certificate would impersonate the apiserver sidecar (issue 9, item 2)."""
+    machine = samples.machine(name="m-evil", node=name, internal_ip="198.19.0.66")
+    d = decide(csr_body(cn=name, user=f"system:node:{name}"), machines=[*MACHINES, machine])
+    assert not d.approve
+    assert d.reason == "ReservedName"
+    assert name in d.message
+    assert "rename the Node" in d.message
+
+
 def test_no_machine_for_node() -> None:
     d = decide(csr_body(cn="node-3", user="system:node:node-3"))
     assert not d.approve

@@ -263,6 +263,7 @@ async def run(args: argparse.Namespace) -> int:
     from vpnctl.controller.networks import NetworkDetectionError
     from vpnctl.controller.observe import ServerMetricsObservations
     from vpnctl.controller.operator import Controller
+    from vpnctl.controller.revocations import RevocationStore
     from vpnctl.controller.tenant_side import KubeTenantSide
     from vpnctl.kube import KubeconfigError, SystemClock
     from vpnctl.reconcile.durations import parse_duration
@@ -302,6 +303,9 @@ async def run(args: argparse.Namespace) -> int:
                 node_cert_lifetime=node_lifetime,
                 watch_metrics=metrics.watch,
                 budgets=budgets,
+                # Every node certificate is in the tenant's revocation book before it
+                # is handed out.
+                recorder=RevocationStore(kube=kube, clock=clock, rng=rng),
             ) as tenant_side,
             ServerMetricsObservations(
                 kube=kube, health_port=settings.tenant.build.server_health_port

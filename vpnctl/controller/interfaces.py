@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import certs
+from vpnctl.reconcile.revocations import IssuedCert
 from vpnctl.reconcile.status import NodeObservation
 
 
@@ -45,6 +46,10 @@ class TenantSideResult:
     ``degraded`` (also added later): (reason, message) while the tenant is over one of
     its budgets (``vpnctl.controller.budgets``) and its tenant-side work is paused;
     the controller shows it as the Tunnel's ``Degraded`` condition.
+
+    ``certificates``: the same certificates with their expiry and the Machine that
+    vouched, for the revocation book (a serial only in ``signed`` is kept until the
+    CA's own expiry, the bound of every certificate it signed).
     """
 
     installed: bool
@@ -54,6 +59,7 @@ class TenantSideResult:
     csr_denied: int = 0
     signed: tuple[tuple[str, str], ...] = ()
     degraded: tuple[str, str] | None = None
+    certificates: tuple[IssuedCert, ...] = ()
 
 
 class TenantSide(Protocol):
@@ -68,6 +74,12 @@ class TenantSide(Protocol):
     ) -> TenantSideResult:
         """Apply the agent objects in the tenant cluster, start (once) a drift watch and
         the CSR loop for this tenant, and return the install state."""
+        ...
+
+    def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
+        """The Cluster's Machines as they are now, on every reconcile (also when the
+        spec is invalid and ``ensure`` is not called): the CSR signer never approves for
+        a Machine that is gone."""
         ...
 
     async def forget(self, tenant: TenantRef) -> None:

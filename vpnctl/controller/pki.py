@@ -5,16 +5,15 @@ return. Kept apart so the rules (never a new CA over a corrupt one, renew leaf
 certificates with the same CA, CRL numbers only grow, CRL re-issued long before
 nextUpdate) are readable in one place and testable without an apiserver.
 
-The CRL in the server ConfigMap is the durable record of revocations: a Machine's
-allocation (and with it the serials of its certificates) leaves the Tunnel's status in
-the same reconcile that revokes it, after the new CRL has been written. A revoked serial
-stays listed until every certificate it could belong to has expired (client lifetime
-plus clock skew after the revocation).
+The CRL in the server ConfigMap is *derived*: the durable record of revocations is the
+revocation book (`vpnctl.reconcile.revocations`), which keeps each revoked serial until
+its own certificate has expired. A lost or edited server ConfigMap is re-published from
+the book, so a published CRL shrinks only when a certificate expires.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -83,17 +82,16 @@ def plan_crl(
     *,
     ca: certs.Issued,
     current_pem: bytes | None,
-    revoke: Collection[int],
+    revoked: Mapping[int, datetime],
     now: datetime,
-    keep_for: timedelta,
     lifetime: timedelta = DEFAULT_CRL_LIFETIME,
+    number_floor: int = 0,
 ) -> CRLPlan:
-    """The CRL to install: the current one when nothing changed and it is fresh enough,
-    else a new one with a higher number.
-
-    ``revoke``: serials to add (certificates of Machines that are gone). ``keep_for``:
-    how long after its revocation a serial stays listed (the client certificate lifetime;
-    after that every certificate it could name has expired).
+    """The CRL to install: one that lists exactly ``revoked`` (serial -> revocation time,
+    the revocation book's entries). The current one is kept when it lists exactly those
+    serials and is fresh enough; else a new one is numbered above both the current CRL
+    and ``number_floor`` (the last number the book recorded), so numbers only grow even
+    when the published CRL was lost.
     """
     problem: str | None = None
     state: CRLState | None = None
@@ -102,15 +100,15 @@ def plan_crl(
             state = read_crl(current_pem, ca_pem=ca.cert_pem)
         except certs.PKIError as exc:
             problem = (
-                f"the CRL in the server ConfigMap is unusable ({exc}); a new CRL was issued "
-                "that lists only what is revoked from now on"
+                f"the CRL in the server ConfigMap is unusable ({exc}); it was re-issued "
+                "from vpnctl's revocation record"
             )
     old = dict(state.revoked) if state is not None else {}
-    wanted = {s: at for s, at in old.items() if at + keep_for + certs.CLOCK_SKEW > now}
-    newly = frozenset(int(s) for s in revoke if int(s) not in wanted)
-    for serial in newly:
-        wanted[serial] = now
-    fresh_enough = state is not None and state.next_update - now > lifetime / 2 and wanted == old
+    wanted = {int(s): at for s, at in revoked.items()}
+    newly = frozenset(set(wanted) - set(old))
+    fresh_enough = (
+        state is not None and state.next_update - now > lifetime / 2 and set(wanted) == set(old)
+    )
     if state is not None and fresh_enough:
         return CRLPlan(
             pem=current_pem or b"",
@@ -119,7 +117,7 @@ def plan_crl(
             newly_revoked=newly,
             lifetime=lifetime,
         )
-    number = state.number + 1 if state is not None else 1
+    number = max(state.number if state is not None else 0, number_floor) + 1
     pem = certs.build_crl(
         ca,
         revoked=[certs.Revoked(serial=s, revoked_at=at) for s, at in sorted(wanted.items())],

@@ -3,8 +3,10 @@
 Level-triggered: every run reads the world afresh (the Tunnel and its Cluster with GETs,
 Machines from the watch cache, our objects with GETs), so it does not matter which event
 brought the key, or how many were coalesced. What is remembered between runs lives in
-the Tunnel's status (addresses, certificate serials, the service-route holder) and in the
-server ConfigMap (the CRL), never in this process, so another replica can take over.
+the Tunnel's status (addresses, the service-route holder) and in the revocation book
+(ConfigMap ``<cluster>-vpn-revocations``: every node certificate signed and every
+revocation, ``controller/revocations.py``), never in this process, so another replica
+can take over.
 
 The order of writes is the order that keeps promises:
 
@@ -14,10 +16,13 @@ The order of writes is the order that keeps promises:
    tenant's own cluster (``TenantSide.cleanup``).
 2. PKI Secrets. The CA and the tls-crypt-v2 server key are only ever *created* (POST),
    never overwritten: a corrupt one is reported (PKIReady=False CorruptPKISecret) and left
-   for a person. Leaf certificates are renewed with the same CA once due.
-3. The server ConfigMap (server.json, desired.json, crl.pem), *before* the status: a
-   deleted Machine's serials go into the CRL first and leave status.allocations after, so
-   a crash in between can't lose a revocation.
+   for a person, and so is a CA Secret that disappeared (CASecretMissing): no new CA is
+   minted in its place. Leaf certificates are renewed with the same CA once due.
+3. The revocation book, then the server ConfigMap (server.json, desired.json, crl.pem)
+   built from it, *before* the status: a deleted Machine's certificates are revoked in
+   the book and the CRL first, so a crash in between can't lose a revocation, and a lost
+   server ConfigMap is re-published with every revocation. This step also runs when the
+   spec is invalid (``tenant_revocations.py``).
 4. Revocation in about two seconds: kubelet refreshes a ConfigMap volume only on its
    periodic pod sync (up to a minute plus its cache TTL), so after a config change we
    patch an annotation (``vpnctl.io/server-config``) on each server *pod* (not the pod
@@ -61,6 +66,8 @@ from vpnctl.controller.interfaces import (
 )
 from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.queue import Outcome
+from vpnctl.controller.revocations import RevocationStore, reported_certificates
+from vpnctl.controller.tenant_revocations import RevocationPasses
 from vpnctl.kube import (
     CLUSTER,
     CONFIG_MAP,
@@ -106,6 +113,7 @@ from vpnctl.reconcile.names import (
     DESIRED_HASH_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    SERVER_COMMON_NAME,
     TenantNames,
     selector_labels,
 )
@@ -126,6 +134,7 @@ from vpnctl.reconcile.objects import (
     server_secret as server_secret_object,
 )
 from vpnctl.reconcile.plan import TenantPlan, plan_tenant
+from vpnctl.reconcile.revocations import IssuedCert
 from vpnctl.reconcile.routes import client_routes
 from vpnctl.reconcile.secrets import (
     check_leaf_secret,
@@ -152,7 +161,6 @@ SERVER_CONFIG_ANNOTATION = "vpnctl.io/server-config"
 # How many serials per node status keeps: certificates are renewed at 2/3 of their
 # lifetime, so older ones than this have long expired.
 MAX_SERIALS_PER_NODE = 8
-SERVER_COMMON_NAME = "vpnctl-server"
 ALL_PARTS = (PKI_READY, SERVER_READY, AGENT_INSTALLED)
 
 
@@ -272,7 +280,7 @@ def _observations_from_status(status: Mapping[str, Any]) -> dict[str, NodeObserv
     return out
 
 
-class TenantReconciler:
+class TenantReconciler(RevocationPasses):
     """Reconciles tenants one key at a time (the queue guarantees that); see the module
     docstring. ``machines`` is the operator's Machine watch cache; without it Machines are
     listed from the API on every run."""
@@ -297,6 +305,13 @@ class TenantReconciler:
         self._source = observations
         self._metrics = metrics
         self._machines = machines
+        self._book = RevocationStore(
+            kube=kube,
+            clock=clock,
+            rng=rng,
+            attempts=settings.api_attempts,
+            on_write=lambda kind: self._count(kind, CONFIG_MAP),
+        )
         # Fingerprint of the observations each tenant was last reconciled with (the
         # operator's poller compares against it), and Machines reported as waiting.
         self.observed: dict[TenantRef, frozenset[tuple[str, bool, bool | None]]] = {}
@@ -379,6 +394,8 @@ class TenantReconciler:
             return Outcome(), "invalid"
 
         machines = await self._list_machines(key)
+        # The CSR signer decides with the Machines of now, whatever the spec's state.
+        self._side.machines_changed(key, machines)
         observations, observe_error = await self._observe(key, tunnel)
         try:
             plan = plan_tenant(
@@ -390,6 +407,9 @@ class TenantReconciler:
                 settings=self._settings.build,
             )
         except PermanentError as exc:
+            # Revocation does not wait for a valid spec: a Machine deleted meanwhile
+            # loses its certificates and its CCD now.
+            await self._revoke_while_invalid(key, tunnel, machines)
             await self._report(key, tunnel, error=exc, part=SERVER_READY)
             return Outcome(), "invalid"
         for warning in plan.tenant.warnings:
@@ -399,39 +419,36 @@ class TenantReconciler:
         now = self._clock.now()
         try:
             keys = await self._ensure_pki(plan.tenant, plan.names, now=now)
+            # The revocation book, then the server ConfigMap: it carries the CRL.
+            server_cm = await self._get(CONFIG_MAP, plan.names.server_config, key.namespace)
+            step = await self._revocations(
+                key,
+                tunnel,
+                keys.ca,
+                server_cm,
+                machines,
+                known=[
+                    (a.node, a.machine, serial)
+                    for a in (*plan.allocation.allocations, *plan.allocation.removed)
+                    for text in a.serials
+                    if (serial := pki.parse_serial(text)) is not None
+                ],
+                revoke=[
+                    (removed.node, serial)
+                    for removed in plan.allocation.removed
+                    for text in removed.serials
+                    if (serial := pki.parse_serial(text)) is not None
+                ],
+                now=now,
+            )
         except PermanentError as exc:
             await self._report(key, tunnel, error=exc, part=PKI_READY)
             return Outcome(), "invalid"
-
-        # The server ConfigMap first: it carries the CRL.
-        server_cm = await self._get(CONFIG_MAP, plan.names.server_config, key.namespace)
-        revoke = [
-            serial
-            for removed in plan.allocation.removed
-            for text in removed.serials
-            if (serial := pki.parse_serial(text)) is not None
-        ]
-        crl = pki.plan_crl(
-            ca=keys.ca,
-            current_pem=_config_bytes(server_cm, "crl.pem"),
-            revoke=revoke,
-            now=now,
-            keep_for=plan.tenant.spec.certificates.client,
-            lifetime=self._settings.crl_lifetime,
-        )
-        if crl.problem:
-            await self._event(tunnel, "Warning", "CRLReissued", crl.problem)
+        crl = step.crl
         allocations = plan.allocation.allocations
         server_cm = await self._apply_server_config(
             plan, keys, crl, allocations=allocations, live=server_cm
         )
-        if crl.newly_revoked:
-            _log.info(
-                "event=certificates_revoked tenant=%s serials=%s crl_number=%d",
-                key,
-                ",".join(format(s, "x") for s in sorted(crl.newly_revoked)),
-                crl.state.number,
-            )
 
         role_config = plan.server_role_config
         await self._ensure(
@@ -454,8 +471,15 @@ class TenantReconciler:
         agent, side_retry, signed = await self._ensure_tenant_side(
             key, plan, keys, service=service, machines=machines
         )
-        updated = _record_signed(allocations, signed)
-        if updated != allocations:
+        if signed:
+            # Recorded (and, for a Machine that is gone by now, revoked) in the book
+            # before the status learns them: the book is what revokes.
+            step = await self._revocations(
+                key, tunnel, keys.ca, server_cm, machines, reported=signed, now=now
+            )
+            crl = step.crl
+        updated = _record_signed(allocations, [(c.node, format(c.serial, "x")) for c in signed])
+        if updated != allocations or crl.changed:
             allocations = updated
             await self._apply_server_config(
                 plan, keys, crl, allocations=allocations, live=server_cm
@@ -730,16 +754,18 @@ class TenantReconciler:
             assert live is not None
             return live
         applied = await self._ensure(CONFIG_MAP, desired, live=live, read=False)
-        await self._kick_server_pods(plan.tenant, desired)
+        await self._kick_server_pods(
+            TenantRef(namespace=plan.tenant.namespace, cluster=plan.tenant.cluster_name), desired
+        )
         return applied
 
-    async def _kick_server_pods(self, tenant: TenantSpec, config_map: KubeObject) -> None:
+    async def _kick_server_pods(self, tenant: TenantRef, config_map: KubeObject) -> None:
         """Make kubelet refresh the server pods' ConfigMap volume now (see step 4)."""
         version = config_map["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]
         selector = ",".join(
             f"{k}={v}"
             for k, v in selector_labels(
-                cluster_name=tenant.cluster_name, component=COMPONENT_SERVER
+                cluster_name=tenant.cluster, component=COMPONENT_SERVER
             ).items()
         )
         pods, _ = await self._call(
@@ -941,6 +967,7 @@ class TenantReconciler:
 
         ca = read_ca_secret(await self._get(SECRET, names.ca_secret, tenant.namespace), now=now)
         if ca is None:
+            await self._check_no_ca_was_lost(tenant, names)
             new = certs.new_ca(common_name=names.ca_secret, now=now, lifetime=lifetimes.ca)
             body = ca_secret(tenant=tenant, cert_pem=new.cert_pem, key_pem=new.key_pem)
             ca = await self._create_once(body, lambda s: read_ca_secret(s, now=now))
@@ -1078,9 +1105,9 @@ class TenantReconciler:
         *,
         service: Mapping[str, Any],
         machines: Sequence[KubeObject],
-    ) -> tuple[tuple[ConditionStatus, str, str], bool, tuple[tuple[str, str], ...]]:
+    ) -> tuple[tuple[ConditionStatus, str, str], bool, tuple[IssuedCert, ...]]:
         """AgentInstalled as (status, reason, message), whether to retry with backoff, and
-        the node certificate serials the tenant side reported."""
+        the node certificates the tenant side reported."""
         tenant = plan.tenant
         if not tenant.spec.install_agent:
             return (
@@ -1136,9 +1163,10 @@ class TenantReconciler:
                 reason="TenantSideError",
                 message=f"installing the agent in the tenant cluster failed: {exc}",
             )
+        signed = reported_certificates(result, ca=keys.ca)
         if result.installed:
-            return ("True", result.reason or "Installed", result.message), False, result.signed
-        return ("False", result.reason or "NotInstalled", result.message), True, result.signed
+            return ("True", result.reason or "Installed", result.message), False, signed
+        return ("False", result.reason or "NotInstalled", result.message), True, signed
 
 
 def _config_bytes(config_map: Mapping[str, Any] | None, key: str) -> bytes | None:

@@ -12,11 +12,12 @@ node unreachable for minutes, so for every tenant this keeps, next to one cached
   ``vpnctl_tenant_repairs_total{namespace,cluster,kind}`` and logs it with its latency;
 - a watch on CertificateSigningRequests of signer ``vpnctl.io/node`` and a loop that
   decides each pending one (``vpnctl.reconcile.csr.decide_csr``, with the Machines the
-  last ``ensure()`` passed), then approves and signs it with the tenant CA, or denies it
-  with the reason. The serial of every node certificate it signed, or finds in an
-  issued CSR (signed before a restart), is reported by ``ensure()`` in
-  ``TenantSideResult.signed`` until it expires: the controller revokes those serials
-  when the node's Machine goes.
+  last ``ensure()`` or ``machines_changed()`` passed), then approves and signs it with
+  the tenant CA, or denies it with the reason (``controller/csr_signer.py``: every call
+  is bound to the decided object's uid and resourceVersion, and each certificate is in
+  the revocation book before it is handed out). The serial of every node certificate it
+  signed, or finds in an issued CSR (signed before a restart), is reported by
+  ``ensure()`` in ``TenantSideResult.signed``/``certificates`` until it expires.
 
 A tenant is hostile input, and one tenant must not cost the others (issue 9): each
 tenant has budgets (``vpnctl.controller.budgets``: cached objects and bytes, CSR
@@ -88,6 +89,7 @@ from vpnctl.controller.budgets import (
     slim_csr,
 )
 from vpnctl.controller.csr_backlog import CsrBacklog
+from vpnctl.controller.csr_signer import IssuedRecorder, handle_csr
 from vpnctl.controller.interfaces import TenantRef, TenantSideResult
 from vpnctl.controller.tenant_lane import Lane
 from vpnctl.kube import (
@@ -119,9 +121,11 @@ from vpnctl.kube import (
     with_retries,
 )
 from vpnctl.kube.retry import backoff
-from vpnctl.reconcile.csr import NODE_SIGNER, csr_state, decide_csr, sign_node_csr
+from vpnctl.reconcile.csr import NODE_SIGNER, csr_state
 from vpnctl.reconcile.diff import needs_update
+from vpnctl.reconcile.errors import ReconcileError
 from vpnctl.reconcile.names import CLUSTER_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from vpnctl.reconcile.revocations import IssuedCert
 
 _log = logging.getLogger(__name__)
 
@@ -258,6 +262,7 @@ class SignedCert:
     serial: str  # lower-case hex, as status.allocations keeps it
     not_before: datetime
     not_after: datetime
+    machine: str | None = None  # the Machine that vouched, when this process signed it
 
 
 def issued_certificate(
@@ -480,6 +485,9 @@ class KubeTenantSide:
     - ``budgets``: what one tenant may cost (``vpnctl.controller.budgets``); a tenant
       over budget has all its background work paused, and ``ensure()`` reports it
       (``TenantSideResult.degraded``) without calling its apiserver until it resumes.
+    - ``recorder``: where each node certificate is recorded before it is handed out
+      (the revocation book, ``controller/revocations.py``); a failed record means no
+      certificate. None only in tests that look at the tenant cluster alone.
     """
 
     def __init__(
@@ -499,12 +507,14 @@ class KubeTenantSide:
         max_crashes: int = 5,
         stable_after: float = 60.0,
         budgets: Budgets | None = None,
+        recorder: IssuedRecorder | None = None,
     ) -> None:
         if node_cert_lifetime <= timedelta(0):
             raise ValueError(f"node_cert_lifetime must be positive, got {node_cert_lifetime}")
         self._clock = clock
         self._rng = rng
         self._node_cert_lifetime = node_cert_lifetime
+        self._recorder = recorder
         self._watch_metrics = watch_metrics or WatchMetrics(registry)
         self._request_timeout = request_timeout
         self._request_attempts = request_attempts
@@ -712,6 +722,7 @@ class KubeTenantSide:
                 csr_denied=state.denied,
                 signed=self._signed(state),
                 degraded=state.budget.degraded(),
+                certificates=self._certificates(state),
             )
         self._sync_background(state)
         if written:
@@ -732,6 +743,7 @@ class KubeTenantSide:
             csr_denied=state.denied,
             signed=self._signed(state),
             degraded=state.budget.degraded(),
+            certificates=self._certificates(state),
         )
 
     def _too_slow(self, state: _Tenant) -> TenantSideResult:
@@ -769,12 +781,24 @@ class KubeTenantSide:
             csr_denied=state.denied,
             signed=self._signed(state),
             degraded=degraded,
+            certificates=self._certificates(state),
         )
 
     def _count_trip(self, state: _Tenant, over: OverBudget) -> None:
         self._budget_trips_total.labels(
             namespace=state.ref.namespace, cluster=state.ref.cluster, reason=over.reason
         ).inc()
+
+    def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
+        """The CSR loop decides with MACHINES from now on (see ``TenantSide``)."""
+        state = self._tenants.get(tenant)
+        if state is None:
+            return
+        machines_now = tuple(dict(m) for m in machines)
+        if machines_now != state.machines:
+            state.machines = machines_now
+            state.csr_backlog.rescan()  # a pending CSR may now be decidable, or deniable
+            state.csr_wakeup.set()
 
     async def forget(self, tenant: TenantRef) -> None:
         """Stop the tenant's watches and loops, close its client, drop its metrics."""
@@ -1131,7 +1155,9 @@ class KubeTenantSide:
                 else:
                     await self._handle_csr(state, csr)
                 state.csr_backlog.decided(csr)
-            except (ApiError, certs.PKIError) as exc:
+            except (ApiError, certs.PKIError, ReconcileError) as exc:
+                # ReconcileError: the revocation book could not record the certificate
+                # (missing, unreadable, contended), so nothing was handed out; retried.
                 failed.add(name)
                 _log.warning(
                     "event=tenant_csr_failed tenant=%s csr=%s error=%r",
@@ -1166,8 +1192,9 @@ class KubeTenantSide:
             return
         try:
             await self._retrying(
-                lambda: state.kube.deny_csr(name, reason=REASON_CSR_TOO_LARGE, message=message),
-                conflicts=True,
+                lambda: state.kube.deny_csr(
+                    csr, signer=NODE_SIGNER, reason=REASON_CSR_TOO_LARGE, message=message
+                ),
             )
         except NotFound:
             return
@@ -1181,41 +1208,28 @@ class KubeTenantSide:
         )
 
     async def _handle_csr(self, state: _Tenant, csr: KubeObject) -> None:
-        """Decide one CSR (and sign it) unless that is done; raises what should be retried."""
+        """Decide one CSR (and sign it) unless that is done; raises what should be retried
+        (a Conflict: the CSR changed since it was read; the next pass reads it anew)."""
         name = str((csr.get("metadata") or {}).get("name"))
-        if signer_of(csr) != NODE_SIGNER:
-            return  # never ours to decide, whatever reached the cache
-        where = csr_state(csr)
         assert state.ca is not None  # set by ensure() before any loop starts
-        if where == "issued":
+        if signer_of(csr) == NODE_SIGNER and csr_state(csr) == "issued":
             # Signed before (maybe by a controller that restarted since): its serial
             # must still be known to be revoked with its Machine.
             self._record(state, csr, state.ca)
             return
-        if where not in ("pending", "approved"):
-            return
-        decision = decide_csr(csr, machines=state.machines, cluster_name=state.ref.cluster)
-        if not decision.approve:
-            if where == "approved":
-                # Approved by someone else, but our policy says no: we don't sign it.
-                _log.warning(
-                    "event=tenant_csr_not_signed tenant=%s csr=%s node=%s reason=%s message=%r",
-                    state.ref,
-                    name,
-                    decision.node_name,
-                    decision.reason,
-                    decision.message,
-                )
-                return
-            try:
-                await self._retrying(
-                    lambda: state.kube.deny_csr(
-                        name, reason=decision.reason, message=decision.message
-                    ),
-                    conflicts=True,
-                )
-            except NotFound:
-                return
+        handled = await handle_csr(
+            state.kube,
+            csr,
+            tenant=state.ref,
+            ca=state.ca,
+            machines=state.machines,
+            now=self._clock.now(),
+            lifetime=self._node_cert_lifetime,
+            recorder=self._recorder,
+            retrying=self._retrying,
+        )
+        decision = handled.decision
+        if handled.outcome == "denied" and decision is not None:
             self._count_csr(state, "denied")
             _log.info(
                 "event=tenant_csr_denied tenant=%s csr=%s node=%s reason=%s message=%r",
@@ -1225,32 +1239,24 @@ class KubeTenantSide:
                 decision.reason,
                 decision.message,
             )
-            return
-        certificate = sign_node_csr(
-            state.ca, csr, now=self._clock.now(), lifetime=self._node_cert_lifetime
-        )
-        try:
-            if where == "pending":
-                await self._retrying(
-                    lambda: state.kube.approve_csr(
-                        name, reason=decision.reason, message=decision.message
-                    ),
-                    conflicts=True,
-                )
-            signed = await self._retrying(
-                lambda: state.kube.sign_csr(name, certificate_pem=certificate)
+        elif handled.outcome == "signed" and handled.cert is not None and decision is not None:
+            cert = handled.cert
+            state.issued[format(cert.serial, "x")] = SignedCert(
+                node=cert.node,
+                serial=format(cert.serial, "x"),
+                not_before=self._clock.now(),
+                not_after=cert.not_after,
+                machine=cert.machine,
             )
-        except NotFound:
-            return
-        self._record(state, signed, state.ca)
-        self._count_csr(state, "signed")
-        _log.info(
-            "event=tenant_csr_signed tenant=%s csr=%s node=%s machine=%s",
-            state.ref,
-            name,
-            decision.node_name,
-            decision.machine,
-        )
+            self._count_csr(state, "signed")
+            _log.info(
+                "event=tenant_csr_signed tenant=%s csr=%s node=%s machine=%s serial=%x",
+                state.ref,
+                name,
+                decision.node_name,
+                decision.machine,
+                cert.serial,
+            )
 
     def _record(self, state: _Tenant, csr: KubeObject, ca: certs.Issued) -> None:
         cert = issued_certificate(csr, ca_pem=ca.cert_pem, now=self._clock.now())
@@ -1262,6 +1268,16 @@ class KubeTenantSide:
         for serial in [s for s, c in state.issued.items() if c.not_after <= now]:
             del state.issued[serial]
         return signed_report(state.issued.values(), now=now)
+
+    def _certificates(self, state: _Tenant) -> tuple[IssuedCert, ...]:
+        """The certificates of ``_signed`` with their expiry, for the revocation book."""
+        self._signed(state)  # drops the expired ones
+        return tuple(
+            IssuedCert(
+                serial=int(c.serial, 16), node=c.node, machine=c.machine, not_after=c.not_after
+            )
+            for c in state.issued.values()
+        )
 
     def _count_csr(self, state: _Tenant, decision: Literal["signed", "denied"]) -> None:
         if decision == "signed":

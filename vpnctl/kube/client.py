@@ -330,18 +330,45 @@ class Kube:
 
     # --- CertificateSigningRequests -----------------------------------------------------
 
-    async def approve_csr(self, name: str, *, reason: str, message: str) -> KubeObject:
-        """Add an Approved condition (the ``approval`` subresource). Idempotent; Conflict
-        if the CSR changed since it was read here (retry with ``conflicts=True``)."""
-        return await self._decide_csr(name, "Approved", reason=reason, message=message)
+    async def approve_csr(
+        self, decided: Mapping[str, Any], *, signer: str, reason: str, message: str
+    ) -> KubeObject:
+        """Approve exactly the CSR that was decided, not whatever bears its name now.
 
-    async def deny_csr(self, name: str, *, reason: str, message: str) -> KubeObject:
-        """Add a Denied condition; ``message`` is what the requester will read."""
-        return await self._decide_csr(name, "Denied", reason=reason, message=message)
+        ``decided`` is the object as read when it was decided. Its uid and
+        resourceVersion go with the PUT to the approval subresource, so the apiserver
+        answers Conflict when the CSR changed, or was deleted and re-created under the
+        same name, since that read: decide again from a fresh read (never retry the same
+        body). ValueError, before any request, when its spec.signerName is not
+        ``signer`` or it carries no uid/resourceVersion. Idempotent: an approved CSR is
+        returned as is."""
+        return await self._decide_csr(
+            decided, "Approved", signer=signer, reason=reason, message=message
+        )
 
-    async def sign_csr(self, name: str, *, certificate_pem: bytes) -> KubeObject:
-        """Set status.certificate (PEM, the leaf first) on an approved CSR."""
-        patch = {"status": {"certificate": base64.b64encode(certificate_pem).decode("ascii")}}
+    async def deny_csr(
+        self, decided: Mapping[str, Any], *, signer: str, reason: str, message: str
+    ) -> KubeObject:
+        """Add a Denied condition to exactly the CSR decided (as ``approve_csr``);
+        ``message`` is what the requester will read."""
+        return await self._decide_csr(
+            decided, "Denied", signer=signer, reason=reason, message=message
+        )
+
+    async def sign_csr(
+        self, approved: Mapping[str, Any], *, signer: str, certificate_pem: bytes
+    ) -> KubeObject:
+        """Set status.certificate (PEM, the leaf first) on exactly the approved CSR
+        ``approved`` (as ``approve_csr`` returned it): the patch carries its uid and
+        resourceVersion, so a CSR changed or replaced since is refused (Conflict or
+        Invalid). ValueError when it is not approved, or not for ``signer``."""
+        name, uid, version = _csr_identity(approved, signer=signer)
+        if not _has_condition(approved, "Approved"):
+            raise ValueError(f"CertificateSigningRequest {name!r} is not approved; not signing it")
+        patch = {
+            "metadata": {"uid": uid, "resourceVersion": version},
+            "status": {"certificate": base64.b64encode(certificate_pem).decode("ascii")},
+        }
         return await self.patch_merge(
             CERTIFICATE_SIGNING_REQUEST, name, patch, subresource="status"
         )
@@ -438,28 +465,55 @@ class Kube:
         return _with_type(res, answer)
 
     async def _decide_csr(
-        self, name: str, decision: Literal["Approved", "Denied"], *, reason: str, message: str
+        self,
+        decided: Mapping[str, Any],
+        decision: Literal["Approved", "Denied"],
+        *,
+        signer: str,
+        reason: str,
+        message: str,
     ) -> KubeObject:
-        csr = await self.get(CERTIFICATE_SIGNING_REQUEST, name)
-        if csr is None:
-            raise NotFound(
-                f"CertificateSigningRequest {name!r} does not exist",
-                status=404,
-                reason="NotFound",
-                method="GET",
-                path=CERTIFICATE_SIGNING_REQUEST.path(name=name),
-            )
+        _csr_identity(decided, signer=signer)
+        csr = copy.deepcopy(dict(decided))
+        if _has_condition(csr, decision):
+            return csr
+        csr.pop("kind", None)
+        csr.pop("apiVersion", None)
         status = csr.get("status") or {}
         csr["status"] = status
-        conditions: Objects = status.get("conditions") or []
-        for condition in conditions:
-            if condition.get("type") == decision and condition.get("status") == "True":
-                return csr
+        conditions: Objects = list(status.get("conditions") or [])
         conditions.append(
             {"type": decision, "status": "True", "reason": reason, "message": message}
         )
         status["conditions"] = conditions
         return await self.replace(CERTIFICATE_SIGNING_REQUEST, csr, subresource="approval")
+
+
+def _csr_identity(csr: Mapping[str, Any], *, signer: str) -> tuple[str, str, str]:
+    """(name, uid, resourceVersion) of a CSR as read, after checking it is ``signer``'s."""
+    meta = csr.get("metadata") or {}
+    spec = csr.get("spec") or {}
+    name, uid, version = (str(meta.get(k) or "") for k in ("name", "uid", "resourceVersion"))
+    if not (name and uid and version):
+        raise ValueError(
+            f"CertificateSigningRequest {name or '<no name>'!r} has no metadata.uid or "
+            "resourceVersion: decide only CSRs read from the apiserver"
+        )
+    actual = spec.get("signerName") if isinstance(spec, Mapping) else None
+    if actual != signer:
+        raise ValueError(
+            f"CertificateSigningRequest {name!r} is for signer {actual!r}, not {signer!r}; "
+            "refusing to decide or sign another signer's request"
+        )
+    return name, uid, version
+
+
+def _has_condition(csr: Mapping[str, Any], kind: str) -> bool:
+    status = csr.get("status") or {}
+    return any(
+        isinstance(c, Mapping) and c.get("type") == kind and c.get("status") == "True"
+        for c in (status.get("conditions") or [])
+    )
 
 
 async def connect(

@@ -12,6 +12,10 @@ have a tunnel certificate for the name in the request:
 - the request parses, its self-signature verifies, and its key is one we sign;
 - it asks for client auth only (digital signature / key encipherment tolerated, they
   are what kubelet-style clients ask for);
+- `<n>` is not a name vpnctl keeps for its own identities (`vpnctl-apiserver`,
+  `vpnctl-server`, anything starting `vpnctl-`, the tenant CA's name): a tenant admin
+  can name a Node and point a Machine's nodeRef at it, and a node certificate with the
+  apiserver sidecar's CN would impersonate the side that may open connections;
 - its CN is exactly `<n>`: a node asks for itself, never for another node;
 - a Machine of this Cluster, not being deleted, has `status.nodeRef.name == <n>`:
   a node that joined the tenant's apiserver without a Machine gets nothing.
@@ -42,6 +46,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import certs
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
+from vpnctl.reconcile.names import RESERVED_NAME_PREFIX, SERVER_COMMON_NAME, TenantNames
+from vpnctl.reconcile.tenant import APISERVER_COMMON_NAME
 
 NODE_SIGNER = "vpnctl.io/node"
 NODE_USER_PREFIX = "system:node:"
@@ -57,6 +63,7 @@ DenyReason = Literal[
     "WrongSigner",
     "MalformedRequest",
     "RequesterNotANode",
+    "ReservedName",
     "ForbiddenUsages",
     "CommonNameMismatch",
     "NoMachineForNode",
@@ -133,6 +140,19 @@ def _belongs(machine: Mapping[str, Any], *, cluster_name: str) -> bool:
     return labels.get(CAPI_CLUSTER_NAME_LABEL) == cluster_name
 
 
+def reserved_for(name: str, *, cluster_name: str) -> str | None:
+    """What NAME is reserved for in Cluster CLUSTER_NAME's PKI, or None for a free name."""
+    if name == APISERVER_COMMON_NAME:
+        return "the apiserver sidecar's certificate"
+    if name == SERVER_COMMON_NAME:
+        return "the openvpn server's certificate"
+    if name == TenantNames.for_cluster(cluster_name).ca_secret:
+        return "the tenant CA"
+    if name.startswith(RESERVED_NAME_PREFIX):
+        return f"vpnctl's own identities (every name starting {RESERVED_NAME_PREFIX!r})"
+    return None
+
+
 def machine_for_node(
     machines: Sequence[Mapping[str, Any]], *, node: str, cluster_name: str
 ) -> str | None:
@@ -179,6 +199,15 @@ def decide_csr(
             "must authenticate with the kubelet's client certificate",
         )
     node = username[len(NODE_USER_PREFIX) :]
+    reserved = reserved_for(node, cluster_name=cluster_name)
+    if reserved is not None:
+        return _deny(
+            "ReservedName",
+            f"{what} was created by node {node}, a name reserved for {reserved}; vpnctl "
+            "never signs a node certificate in that name, whatever Machine names the node: "
+            "rename the Node",
+            node=node,
+        )
 
     common_name: str | None = None
     bad_name: str | None = None

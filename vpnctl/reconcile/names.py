@@ -24,6 +24,12 @@ DESIRED_HASH_ANNOTATION = "vpnctl.io/desired-hash"
 # start, so a change rolls the pods. Desired state and CRL are re-read live and excluded.
 CONFIG_HASH_ANNOTATION = "vpnctl.io/config-hash"
 
+# Common names of vpnctl's own certificates in a tenant's PKI (the apiserver sidecar's is
+# APISERVER_COMMON_NAME in reconcile/tenant.py). Every name starting with
+# RESERVED_NAME_PREFIX is kept for vpnctl: the CSR signer never gives one to a node.
+SERVER_COMMON_NAME = "vpnctl-server"
+RESERVED_NAME_PREFIX = "vpnctl-"
+
 COMPONENT_SERVER = "server"
 COMPONENT_PKI = "pki"
 COMPONENT_APISERVER = "apiserver-client"
@@ -52,6 +58,7 @@ class TenantNames:
     apiserver_secret: str
     server_config: str  # ConfigMap: server.json, desired.json, crl.pem
     apiserver_config: str  # ConfigMap: apiserver.json
+    revocations: str  # ConfigMap: revocations.json, vpnctl's record (reconcile/revocations.py)
     deployment: str
     service: str
 
@@ -64,6 +71,7 @@ class TenantNames:
             apiserver_secret=bounded_name(cluster_name, "vpn-apiserver-tls"),
             server_config=bounded_name(cluster_name, "vpn-server"),
             apiserver_config=bounded_name(cluster_name, "vpn-apiserver"),
+            revocations=bounded_name(cluster_name, "vpn-revocations"),
             deployment=bounded_name(cluster_name, "vpn-server"),
             service=bounded_name(cluster_name, "vpn"),
         )

@@ -1,0 +1,324 @@
+"""Revocations are complete and durable (issue 9, item 4), against the real apiserver.
+
+Each test breaks one promise the old controller broke: a deleted server ConfigMap
+un-revoked everything, a certificate signed just before its Machine went was never
+revoked, an invalid spec stopped revocation, a vanished CA Secret was silently replaced.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import certs
+from vpnctl.controller import pki
+from vpnctl.controller.interfaces import TenantRef
+from vpnctl.controller.revocations import RevocationStore, TunnelOwner, revoke_and_plan_crl
+from vpnctl.kube import CONFIG_MAP, MACHINE, SECRET, TUNNEL, Kube, KubeObject, ManualClock
+from vpnctl.reconcile import samples
+from vpnctl.reconcile.revocations import IssuedCert
+from vpnctl.reconcile.samples import LAB_PODS_CIDR
+
+from .controllerfix import (
+    FakeObservations,
+    FakeTenantSide,
+    all_connected,
+    controller_settings,
+    create_tenant,
+    events_for,
+    running_controller,
+    wait_condition,
+    wait_for,
+    wait_ready,
+)
+from .kubefix import kube  # noqa: F401
+
+pytestmark = pytest.mark.kube
+
+DAY = timedelta(days=1)
+
+
+async def _ca_pem(kube: Kube, namespace: str, name: str) -> bytes:  # noqa: F811
+    secret = await kube.get(SECRET, f"{name}-vpn-ca", namespace)
+    assert secret is not None
+    return base64.b64decode(secret["data"]["tls.crt"])
+
+
+async def _crl(kube: Kube, namespace: str, name: str, ca_pem: bytes) -> frozenset[int] | None:  # noqa: F811
+    cm = await kube.get(CONFIG_MAP, f"{name}-vpn-server", namespace)
+    if cm is None:
+        return None
+    return certs.crl_serials(cm["data"]["crl.pem"].encode(), ca_pem=ca_pem)
+
+
+def _clients(cm: KubeObject | None) -> list[str]:
+    assert cm is not None
+    return [c["common_name"] for c in json.loads(cm["data"]["desired.json"])["clients"]]
+
+
+def _tenant(namespace: str, name: str) -> tuple[TenantRef, list[str], dict[str, str]]:
+    nodes = [f"{name}-node-{i}" for i in (1, 2, 3)]
+    return TenantRef(namespace, name), nodes, {n: f"c0de{i:04x}" for i, n in enumerate(nodes, 1)}
+
+
+async def _revoked(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+    name: str,
+    ca_pem: bytes,
+    serials: set[int],
+    what: str,
+) -> frozenset[int]:
+    async def listed() -> frozenset[int] | None:
+        crl = await _crl(kube, namespace, name, ca_pem)
+        return crl if crl is not None and serials <= crl else None
+
+    found: frozenset[int] = await wait_for(listed, timeout=10, interval=0.05, what=what)
+    return found
+
+
+async def test_a_deleted_server_configmap_never_unrevokes(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    tenant, nodes, serials = _tenant(namespace, "dur")
+    side = FakeTenantSide(signed={tenant: tuple(serials.items())})
+    async with running_controller(
+        kube,
+        controller_settings(namespace),
+        side=side,
+        observations=FakeObservations(default=all_connected(nodes)),
+    ):
+        await create_tenant(kube, namespace, "dur")
+        await wait_ready(kube, namespace, "dur", nodes=3)
+        ca_pem = await _ca_pem(kube, namespace, "dur")
+        await kube.delete(MACHINE, "dur-md-2", namespace)
+        revoked = int(serials["dur-node-2"], 16)
+        await _revoked(kube, namespace, "dur", ca_pem, {revoked}, "node-2 revoked")
+        old = await kube.get(CONFIG_MAP, "dur-vpn-server", namespace)
+        assert old is not None
+        number = pki.read_crl(old["data"]["crl.pem"].encode(), ca_pem=ca_pem).number
+
+        # Someone deletes the server ConfigMap; the next pass puts it back with the CRL.
+        await kube.delete(CONFIG_MAP, "dur-vpn-server", namespace)
+        await kube.patch_merge(
+            TUNNEL, "dur", {"metadata": {"annotations": {"test/poke": "1"}}}, namespace=namespace
+        )
+
+        async def back() -> KubeObject | None:
+            cm = await kube.get(CONFIG_MAP, "dur-vpn-server", namespace)
+            fresh = cm is not None and cm["metadata"]["uid"] != old["metadata"]["uid"]
+            return cm if fresh else None
+
+        cm = await wait_for(back, timeout=10, what="server ConfigMap re-created")
+        crl = pki.read_crl(cm["data"]["crl.pem"].encode(), ca_pem=ca_pem)
+        assert set(crl.revoked) == {revoked}
+        assert crl.number > number  # numbers never restart
+        assert _clients(cm) == ["dur-node-1", "dur-node-3"]
+
+
+async def test_a_certificate_signed_just_before_its_machine_goes_is_revoked(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    tenant, nodes, serials = _tenant(namespace, "late")
+    side = FakeTenantSide(signed={tenant: tuple(serials.items())})
+    async with running_controller(
+        kube,
+        controller_settings(namespace),
+        side=side,
+        observations=FakeObservations(default=all_connected(nodes)),
+    ):
+        await create_tenant(kube, namespace, "late")
+        await wait_ready(kube, namespace, "late", nodes=3)
+        ca_pem = await _ca_pem(kube, namespace, "late")
+        # node-2 renews (a new certificate, reported from the next ensure() on) and its
+        # Machine is deleted before any reconcile saw the new serial; and many renewals
+        # before that must all stay revocable (no cut by count).
+        renewals = [f"beef{i:04x}" for i in range(12)]
+        side.signed[tenant] = (*side.signed[tenant], *(("late-node-2", s) for s in renewals))
+        await kube.delete(MACHINE, "late-md-2", namespace)
+        wanted = {int(serials["late-node-2"], 16), *(int(s, 16) for s in renewals)}
+        crl = await _revoked(kube, namespace, "late", ca_pem, wanted, "every node-2 serial")
+        assert crl == wanted  # and nothing of the other nodes
+
+
+async def test_revocation_goes_on_while_the_spec_is_invalid(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    tenant, nodes, serials = _tenant(namespace, "inval")
+    side = FakeTenantSide(signed={tenant: tuple(serials.items())})
+    async with running_controller(
+        kube,
+        controller_settings(namespace),
+        side=side,
+        observations=FakeObservations(default=all_connected(nodes)),
+    ):
+        await create_tenant(kube, namespace, "inval")
+        await wait_ready(kube, namespace, "inval", nodes=3)
+        ca_pem = await _ca_pem(kube, namespace, "inval")
+        # A tenant-wide validation error: the tunnel CIDR overlaps the pod CIDR.
+        overlapping = LAB_PODS_CIDR.split("/")[0] + "/24"
+        await kube.patch_merge(
+            TUNNEL, "inval", {"spec": {"tunnelCIDR": overlapping}}, namespace=namespace
+        )
+        await wait_condition(kube, namespace, "inval", "Ready", status="False")
+        await kube.delete(MACHINE, "inval-md-2", namespace)
+        revoked = int(serials["inval-node-2"], 16)
+        await _revoked(kube, namespace, "inval", ca_pem, {revoked}, "revoked while invalid")
+
+        async def ccd_gone() -> bool:
+            cm = await kube.get(CONFIG_MAP, "inval-vpn-server", namespace)
+            return _clients(cm) == ["inval-node-1", "inval-node-3"]
+
+        await wait_for(ccd_gone, timeout=10, what="node-2 out of desired.json")
+        # The CSR signer was told the Machines of now, without ensure().
+        latest = [names for t, names in side.machine_lists if t == tenant][-1]
+        assert latest == ("inval-md-1", "inval-md-3")
+        still = await kube.get(TUNNEL, "inval", namespace)
+        assert (still or {}).get("status", {}).get("conditions")
+        ready: Any = next(c for c in still["status"]["conditions"] if c["type"] == "Ready")  # type: ignore[index]
+        assert ready["status"] == "False"
+
+
+async def test_a_vanished_ca_secret_is_an_alarm_not_a_new_ca(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    tenant, nodes, serials = _tenant(namespace, "lostca")
+    side = FakeTenantSide(signed={tenant: tuple(serials.items())})
+    async with running_controller(
+        kube,
+        controller_settings(namespace),
+        side=side,
+        observations=FakeObservations(default=all_connected(nodes)),
+    ):
+        await create_tenant(kube, namespace, "lostca")
+        await wait_ready(kube, namespace, "lostca", nodes=3)
+        server_tls = await kube.get(SECRET, "lostca-vpn-server-tls", namespace)
+        assert server_tls is not None
+        await kube.delete(SECRET, "lostca-vpn-ca", namespace)
+        await kube.patch_merge(
+            TUNNEL, "lostca", {"metadata": {"annotations": {"test/poke": "1"}}}, namespace=namespace
+        )
+        tunnel = await wait_condition(
+            kube, namespace, "lostca", "PKIReady", status="False", reason="CASecretMissing"
+        )
+        pki_ready: Any = next(c for c in tunnel["status"]["conditions"] if c["type"] == "PKIReady")
+        assert "lostca-vpn-ca" in pki_ready["message"]
+        assert "Restore the Secret" in pki_ready["message"]
+
+        async def warned() -> bool:
+            events = await events_for(kube, namespace, name="lostca")
+            return any(e.get("reason") == "CASecretMissing" for e in events)
+
+        await wait_for(warned, timeout=10, what="CASecretMissing Event")
+        # No new CA, and the server certificate of the old one is left alone.
+        assert await kube.get(SECRET, "lostca-vpn-ca", namespace) is None
+        again = await kube.get(SECRET, "lostca-vpn-server-tls", namespace)
+        assert again is not None
+        assert again["data"] == server_tls["data"]
+
+
+async def test_a_deleted_revocation_book_is_recreated_from_the_crl_and_reported(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    tenant, nodes, serials = _tenant(namespace, "book")
+    side = FakeTenantSide(signed={tenant: tuple(serials.items())})
+    async with running_controller(
+        kube,
+        controller_settings(namespace),
+        side=side,
+        observations=FakeObservations(default=all_connected(nodes)),
+    ):
+        await create_tenant(kube, namespace, "book")
+        await wait_ready(kube, namespace, "book", nodes=3)
+        ca_pem = await _ca_pem(kube, namespace, "book")
+        await kube.delete(MACHINE, "book-md-2", namespace)
+        revoked = int(serials["book-node-2"], 16)
+        await _revoked(kube, namespace, "book", ca_pem, {revoked}, "node-2 revoked")
+        old = await kube.get(CONFIG_MAP, "book-vpn-revocations", namespace)
+        assert old is not None
+        assert format(revoked, "x") in old["data"]["revocations.json"]
+
+        await kube.delete(CONFIG_MAP, "book-vpn-revocations", namespace)
+        await kube.patch_merge(
+            TUNNEL, "book", {"metadata": {"annotations": {"test/poke": "1"}}}, namespace=namespace
+        )
+
+        async def recreated() -> KubeObject | None:
+            cm = await kube.get(CONFIG_MAP, "book-vpn-revocations", namespace)
+            return (
+                cm if cm is not None and cm["metadata"]["uid"] != old["metadata"]["uid"] else None
+            )
+
+        book = await wait_for(recreated, timeout=10, what="revocation book re-created")
+        doc = json.loads(book["data"]["revocations.json"])
+        assert [r["serial"] for r in doc["revoked"]] == [format(revoked, "x")]
+        assert await _crl(kube, namespace, "book", ca_pem) == {revoked}
+
+        async def warned() -> bool:
+            events = await events_for(kube, namespace, name="book")
+            return any(e.get("reason") == "RevocationsRecreated" for e in events)
+
+        await wait_for(warned, timeout=10, what="RevocationsRecreated Event")
+
+
+async def test_a_revoked_serial_stays_in_the_crl_until_its_own_certificate_expires(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    """Node certificates live --node-cert-lifetime (30 days) while a Tunnel's
+    clientLifetime may be a day: the old CRL dropped the serial after the latter. The
+    controller's revocation step, on the real apiserver, with a clock that jumps."""
+    clock = ManualClock(wall=datetime(2030, 1, 1, tzinfo=UTC))
+    start = clock.now()
+    ca = certs.new_ca(common_name="keep-vpn-ca", now=start, lifetime=timedelta(days=365))
+    tunnel = await kube.create(
+        TUNNEL,
+        {"metadata": {"name": "keep", "namespace": namespace}, "spec": {"clusterName": "keep"}},
+    )
+    ref = TenantRef(namespace, "keep")
+    owner = TunnelOwner(namespace=namespace, cluster="keep", tunnel_uid=tunnel["metadata"]["uid"])
+    store = RevocationStore(kube=kube, clock=clock, rng=random.Random(3))
+    machines = [
+        samples.machine(name=f"m-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
+        for i in (1, 2)
+    ]
+    cert = IssuedCert(serial=0x7E57, node="node-2", machine="m-2", not_after=start + 30 * DAY)
+    crl_pem: bytes | None = None
+
+    async def step(at: timedelta, live: list[Any]) -> frozenset[int]:
+        nonlocal crl_pem
+        result = await revoke_and_plan_crl(
+            store,
+            tenant=ref,
+            owner=owner,
+            ca=ca,
+            current_crl_pem=crl_pem,
+            machines=live,
+            reported=[cert],
+            now=start + at,
+            crl_lifetime=timedelta(days=7),
+        )
+        crl_pem = result.crl.pem
+        return certs.crl_serials(crl_pem, ca_pem=ca.cert_pem)
+
+    assert await step(timedelta(0), machines) == frozenset()
+    assert await step(timedelta(hours=1), machines[:1]) == {0x7E57}  # Machine m-2 gone
+    assert await step(2 * DAY, machines[:1]) == {0x7E57}  # past a 1-day clientLifetime
+    assert await step(29 * DAY, machines[:1]) == {0x7E57}
+    book = await store.read(ref)
+    assert book is not None
+    assert set(book.revoked) == {0x7E57}
+    assert book.revoked[0x7E57].not_after == start + 30 * DAY
+    # Only once the certificate itself has expired does the serial leave.
+    after = 30 * DAY + certs.CLOCK_SKEW + timedelta(seconds=1)
+    assert await step(after, machines[:1]) == frozenset()
