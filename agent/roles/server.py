@@ -295,6 +295,7 @@ class ServerRole:
                         removed=",".join(sorted(plan.remove)) or None)  # fmt: skip
         old_nodes = {e.common_name for e in self.desired.clients} if self.desired else set()
         self.desired = state
+        self.authorizer.reconsider()
         for cn in old_nodes - {e.common_name for e in state.clients}:
             self._forget_node(cn)
         for e in state.clients:

@@ -14,7 +14,15 @@ renegotiation, and a slow or absent answer stalls them. Hence:
   connection of the link is dropped, never answered on the next: if openvpn restarted in
   between, its client IDs start again, and the answer would admit a different client;
 * the queue is bounded: a flood of handshakes drops the oldest question, which openvpn
-  then times out (hand-window) like any unanswered one.
+  then times out (hand-window) like any unanswered one;
+* a first connect that the *next* desired state may admit (a serial vpnctl signed a
+  moment ago, a node whose Machine just appeared) is held, not denied, for up to
+  `HOLD_SECONDS`, and decided again as soon as the desired state changes
+  (`reconsider`). Denying it would send the node into its reconnect backoff, and a new
+  node would wait tens of seconds for a tunnel it was already entitled to. Revoked and
+  malformed requests, renegotiations and anything past `MAX_HELD` held clients are
+  answered at once; a held client gets the same answer at the deadline as it would
+  have got at first.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ from agent.roles.mgmt import LINK_ERRORS, Management
 from agent.roles.server_state import AuthVerdict
 
 QUEUE_SIZE = 1024
+HOLD_SECONDS = 4.0
+MAX_HELD = 64
+_RECHECK = -1  # a queue item that asks for the held questions to be decided again
 
 
 class ClientAuthorizer:
@@ -43,17 +54,21 @@ class ClientAuthorizer:
         events: EventLog,
         registry: CollectorRegistry,
         role: str,
+        hold_seconds: float = HOLD_SECONDS,
     ) -> None:
         """CLIENT gives the link's connection number and its usable client (or None)."""
+        self.hold_seconds = hold_seconds
         self._client = client
         self._decide = decide
         self._events = events
         self._role = role
-        self._queue: asyncio.Queue[tuple[int, ClientAuthRequest]] = asyncio.Queue(QUEUE_SIZE)
+        self._queue: asyncio.Queue[tuple[int, ClientAuthRequest | None]] = asyncio.Queue(QUEUE_SIZE)
+        # (cid, kid) -> (the link connection it came on, the question, its deadline)
+        self._held: dict[tuple[int, int], tuple[int, ClientAuthRequest, float]] = {}
         self.answers = Counter(
             "vpnctl_agent_client_auth",
             "Answers to openvpn's client authorisation questions, by kind (CONNECT, REAUTH) "
-            "and result (allowed, denied, unanswered).",
+            "and result (allowed, denied, held, unanswered).",
             ["role", "kind", "result"],
             registry=registry,
         )
@@ -62,11 +77,20 @@ class ClientAuthorizer:
         """The management link's event callback: queue authorisation questions."""
         if not isinstance(event, ClientAuthRequest):
             return
+        self._put((self._client()[0], event))
+
+    def reconsider(self) -> None:
+        """The desired state changed: decide the held questions again, now."""
+        if self._held:
+            self._put((_RECHECK, None))
+
+    def _put(self, item: tuple[int, ClientAuthRequest | None]) -> None:
         if self._queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
                 _, dropped = self._queue.get_nowait()
-                self._unanswered(dropped, "queue full")
-        self._queue.put_nowait((self._client()[0], event))
+                if dropped is not None:
+                    self._unanswered(dropped, "queue full")
+        self._queue.put_nowait(item)
 
     def _unanswered(self, request: ClientAuthRequest, why: str) -> None:
         self.answers.labels(self._role, request.kind, "unanswered").inc()
@@ -74,12 +98,23 @@ class ClientAuthorizer:
                              cid=request.cid, reason=why,
                              effect="openvpn holds the client until it retries")  # fmt: skip
 
-    async def answer(self, generation: int, request: ClientAuthRequest) -> None:
+    async def answer(
+        self, generation: int, request: ClientAuthRequest, *, final: bool = False
+    ) -> None:
         connection, client = self._client()
         if client is None or connection != generation:
+            self._held.pop((request.cid, request.kid), None)
             self._unanswered(request, "the management connection it came on is gone")
             return
         verdict = self._decide(request)
+        if (
+            not verdict.allow
+            and verdict.pending
+            and not final
+            and self._hold(generation, request, verdict.reason)
+        ):
+            return
+        self._held.pop((request.cid, request.kid), None)
         try:
             if verdict.allow:
                 await client.client_auth(request.cid, request.kid)
@@ -94,7 +129,43 @@ class ClientAuthorizer:
         log(f"client_{result}", cn=request.common_name or "-", kind=request.kind,
             cid=request.cid, reason=verdict.reason)  # fmt: skip
 
+    def _hold(self, generation: int, request: ClientAuthRequest, reason: str) -> bool:
+        """Hold a first connect the next desired state may admit; False: answer it now."""
+        key = (request.cid, request.kid)
+        if key in self._held:
+            return True  # decided again before its deadline, still not admitted
+        if request.kind != "CONNECT" or len(self._held) >= MAX_HELD:
+            return False
+        deadline = asyncio.get_running_loop().time() + self.hold_seconds
+        self._held[key] = (generation, request, deadline)
+        self.answers.labels(self._role, request.kind, "held").inc()
+        self._events("client_held", cn=request.common_name or "-", cid=request.cid,
+                     reason=reason, hold_s=self.hold_seconds)  # fmt: skip
+        return True
+
+    async def _decide_held(self, *, expired_only: bool) -> None:
+        now = asyncio.get_running_loop().time()
+        for generation, request, deadline in list(self._held.values()):
+            expired = now >= deadline
+            if expired or not expired_only:
+                await self.answer(generation, request, final=expired)
+
+    def _next_deadline(self) -> float | None:
+        if not self._held:
+            return None
+        return max(
+            0.0, min(d for _, _, d in self._held.values()) - asyncio.get_running_loop().time()
+        )
+
     async def run(self) -> None:
         while True:
-            generation, request = await self._queue.get()
-            await self.answer(generation, request)
+            try:
+                async with asyncio.timeout(self._next_deadline()):
+                    generation, request = await self._queue.get()
+            except TimeoutError:
+                await self._decide_held(expired_only=True)
+                continue
+            if request is None:
+                await self._decide_held(expired_only=False)
+            else:
+                await self.answer(generation, request)

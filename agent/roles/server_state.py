@@ -110,6 +110,10 @@ def crl_install_mtime(
 class AuthVerdict:
     allow: bool
     reason: str  # for logs and openvpn's log; never key material
+    # A denial that the next desired state may turn into an admission: a node whose
+    # certificate vpnctl has just signed (or whose Machine just appeared) connects before
+    # its serial reaches this server. Never set for a revoked or malformed request.
+    pending: bool = False
 
 
 def authorize(
@@ -126,14 +130,18 @@ def authorize(
     if serial is None:
         return AuthVerdict(allow=False, reason=f"no usable certificate serial for {cn}")
     if desired is None:
-        return AuthVerdict(allow=False, reason="desired state not read yet")
+        return AuthVerdict(allow=False, reason="desired state not read yet", pending=True)
     entry = desired.entry(cn)
     if entry is None:
-        return AuthVerdict(allow=False, reason=f"{cn} is not a client of this tunnel")
+        return AuthVerdict(
+            allow=False, reason=f"{cn} is not a client of this tunnel", pending=True
+        )
     if serial in revoked:
         return AuthVerdict(allow=False, reason=f"serial {serial:x} of {cn} is revoked")
     if serial not in entry.allowed_serials:
         return AuthVerdict(
-            allow=False, reason=f"serial {serial:x} was not issued by vpnctl for {cn}"
+            allow=False,
+            reason=f"serial {serial:x} was not issued by vpnctl for {cn}",
+            pending=True,
         )
     return AuthVerdict(allow=True, reason=f"serial {serial:x} issued for {cn}")

@@ -151,8 +151,14 @@ async def test_the_service_account_cannot_do_what_the_controller_never_does(
         await sa.delete(CONFIG_MAP, "keep", namespace)
     keep = await kube.get(CONFIG_MAP, "keep", namespace)
     assert keep is not None
+    # ConfigMaps are updated (the revocation book's optimistic writes); Secrets never.
+    await kube.create(
+        SECRET, {"metadata": {"name": "keep", "namespace": namespace}, "data": {"a": "MQ=="}}
+    )
+    secret = await kube.get(SECRET, "keep", namespace)
+    assert secret is not None
     with pytest.raises(Forbidden):
-        await sa.replace(CONFIG_MAP, keep)
+        await sa.replace(SECRET, secret)
     with pytest.raises(Forbidden):
         await sa.create(
             POD,

@@ -20,7 +20,7 @@ import base64
 import datetime as dt
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,6 +290,9 @@ class ByTenant:
 
     def repairs(self, tenant: TenantRef) -> int:
         return self._side(tenant).repairs(tenant)
+
+    def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
+        self._side(tenant).machines_changed(tenant, machines)
 
 
 def rss() -> int:
