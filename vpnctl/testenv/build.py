@@ -45,6 +45,7 @@ CONTROLLER_TOOLS_VERSION = "v0.23.0"
 # storage version: a single-version CRD needs no conversion webhook, and vpnctl
 # consumes cluster.x-k8s.io/v1beta1.
 CLUSTER_API_VERSION = "v1.8.4"
+METRICS_SERVER_VERSION = "v0.8.0"
 
 HEARTBEAT_SECONDS = 15.0
 
@@ -111,7 +112,11 @@ class Binaries:
     controller_gen: Path
     # Folder of generated cluster.x-k8s.io CRD manifests, one YAML file per CRD.
     capi_crds: Path
+    # What a real tenant node and its control plane add (``with_nodes``).
     kubelet: Path | None = None
+    kube_proxy: Path | None = None
+    kube_scheduler: Path | None = None
+    metrics_server: Path | None = None
 
     def as_dict(self) -> dict[str, str | None]:
         return {
@@ -135,19 +140,23 @@ def ensure_binaries(
     *,
     cache_dir: Path | None = None,
     with_kubelet: bool = False,
+    with_nodes: bool = False,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Binaries:
     """Return paths to every binary at its pinned version, building only what is missing.
 
-    Blocking, and up to ~25 minutes on a cold 2-core machine; async callers wrap it in
-    ``asyncio.to_thread``. Raises ``BuildError`` with the tail of the failing log.
+    ``with_kubelet`` adds the kubelet; ``with_nodes`` adds everything a real tenant
+    node and its control plane run: kubelet, kube-proxy, kube-scheduler and
+    metrics-server. Blocking, and up to ~25 minutes on a cold 2-core machine; async
+    callers wrap it in ``asyncio.to_thread``. Raises ``BuildError`` with the tail of
+    the failing log.
     """
     return _Builder(
         cache_dir=cache_dir or default_cache_dir(env),
         progress=progress or _stderr_progress,
         env=dict(os.environ if env is None else env),
-    ).ensure(with_kubelet=with_kubelet)
+    ).ensure(with_kubelet=with_kubelet, with_nodes=with_nodes)
 
 
 # --- resolution ------------------------------------------------------------------------
@@ -165,7 +174,7 @@ def _version_output(binary: Path, args: Sequence[str]) -> str:
 
 def _reports_version(component: str, binary: Path) -> bool:
     """Whether a binary found outside our cache is the version we pin."""
-    if component in ("kube-apiserver", "kube-controller-manager", "kubelet"):
+    if component in _KUBE_CMDS and component != "kubectl":
         return f"Kubernetes {KUBERNETES_VERSION}" in _version_output(binary, ["--version"])
     if component == "kubectl":
         out = _version_output(binary, ["version", "--client", "-o", "json"])
@@ -190,12 +199,24 @@ _PINNED = {
     "kube-controller-manager": KUBERNETES_VERSION,
     "kubectl": KUBERNETES_VERSION,
     "kubelet": KUBERNETES_VERSION,
+    "kube-proxy": KUBERNETES_VERSION,
+    "kube-scheduler": KUBERNETES_VERSION,
+    "metrics-server": METRICS_SERVER_VERSION,
     "etcd": ETCD_VERSION,
     "helm": HELM_VERSION,
     "controller-gen": CONTROLLER_TOOLS_VERSION,
 }
 _ENVTEST_ASSETS = ("kube-apiserver", "etcd", "kubectl")
-_KUBE_CMDS = ("kube-apiserver", "kube-controller-manager", "kubectl", "kubelet")
+_KUBE_CMDS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+    "kubelet",
+    "kube-proxy",
+    "kube-scheduler",
+)
+# What ``with_nodes`` adds: the node's programs and the control plane's scheduler.
+_NODE_CMDS = ("kubelet", "kube-proxy", "kube-scheduler")
 
 
 def _fmt_elapsed(seconds: float) -> str:
@@ -238,7 +259,7 @@ class _Builder:
 
     # - the whole job
 
-    def ensure(self, *, with_kubelet: bool) -> Binaries:
+    def ensure(self, *, with_kubelet: bool, with_nodes: bool = False) -> Binaries:
         started = time.monotonic()
         wanted = [
             "kube-apiserver",
@@ -248,17 +269,22 @@ class _Builder:
             "helm",
             "controller-gen",
         ]
-        found = {c: self.resolve(c) for c in wanted}
+        optional: list[str] = []
+        if with_kubelet or with_nodes:
+            optional.append("kubelet")
+        if with_nodes:
+            optional += ["kube-proxy", "kube-scheduler", "metrics-server"]
+        found = {c: self.resolve(c) for c in wanted + optional}
         crds = self._cached_crds()
-        kubelet = self.resolve("kubelet") if with_kubelet else None
-        if all(found.values()) and crds and (kubelet or not with_kubelet):
-            return self._binaries(found, crds, kubelet)
+        if all(found.values()) and crds:
+            return self._binaries(found, crds)
 
         self.cache.mkdir(parents=True, exist_ok=True)
         with self._lock():
             # Another builder may have finished while we waited for the lock.
-            found = {c: self.resolve(c) for c in wanted}
-            missing_kube = [c for c in _KUBE_CMDS[:3] if not found[c]]
+            found = {c: self.resolve(c) for c in wanted + optional}
+            # One go build for every missing Kubernetes command: they share packages.
+            missing_kube = [c for c in _KUBE_CMDS if c in found and not found[c]]
             if missing_kube:
                 self._build_kubernetes(missing_kube)
             if not found["etcd"]:
@@ -267,25 +293,22 @@ class _Builder:
                 self._build_helm()
             if not found["controller-gen"]:
                 self._build_controller_gen()
-            found = {c: self.resolve(c) for c in wanted}
+            if "metrics-server" in found and not found["metrics-server"]:
+                self._build_metrics_server()
+            found = {c: self.resolve(c) for c in wanted + optional}
             crds = self._cached_crds()
             if not crds:
                 gen = found["controller-gen"]
                 assert gen is not None
                 crds = self._generate_capi_crds(gen)
-            if with_kubelet:
-                kubelet = self.resolve("kubelet")
-                if not kubelet:
-                    self._build_kubernetes(["kubelet"])
-                    kubelet = self.resolve("kubelet")
         still_missing = [c for c, p in found.items() if p is None]
-        if still_missing or (with_kubelet and kubelet is None):
+        if still_missing:
             raise BuildError(f"built, but still can't find {still_missing} in {self.cache}")
         self.progress(f"all binaries ready in {_fmt_elapsed(time.monotonic() - started)}")
-        return self._binaries(found, crds, kubelet)
+        return self._binaries(found, crds)
 
     @staticmethod
-    def _binaries(found: dict[str, Path | None], crds: Path, kubelet: Path | None) -> Binaries:
+    def _binaries(found: dict[str, Path | None], crds: Path) -> Binaries:
         def get(name: str) -> Path:
             path = found[name]
             assert path is not None
@@ -299,7 +322,10 @@ class _Builder:
             helm=get("helm"),
             controller_gen=get("controller-gen"),
             capi_crds=crds,
-            kubelet=kubelet,
+            kubelet=found.get("kubelet"),
+            kube_proxy=found.get("kube-proxy"),
+            kube_scheduler=found.get("kube-scheduler"),
+            metrics_server=found.get("metrics-server"),
         )
 
     @contextlib.contextmanager
@@ -535,6 +561,40 @@ class _Builder:
             "-s -w",
         )
 
+    def _build_metrics_server(self) -> None:
+        # `go install pkg@version` refuses it (replace directives in its go.mod), so a
+        # wrapper module requires it and builds the command, as the note on it says.
+        v = METRICS_SERVER_VERSION
+        src = self._wrapper_module(
+            f"metrics-server-{v}",
+            "module vpnctl.local/metricsserverbuild\n\ngo 1.24.0\n\n"
+            f"require sigs.k8s.io/metrics-server {v}\n",
+            {
+                "tools.go": "//go:build tools\n\npackage tools\n\n"
+                'import _ "sigs.k8s.io/metrics-server/cmd/metrics-server"\n'
+            },
+        )
+        with self._tmpdir("metrics-server") as out:
+            self._run(
+                f"metrics-server {v}: go build",
+                [
+                    self._go(),
+                    "build",
+                    "-v",
+                    "-p",
+                    "2",
+                    "-trimpath",
+                    "-ldflags",
+                    f"-s -w -X k8s.io/component-base/version.gitVersion={v}",
+                    "-o",
+                    str(out / "metrics-server"),
+                    "sigs.k8s.io/metrics-server/cmd/metrics-server",
+                ],
+                cwd=src,
+                log=self.cache / "logs" / f"metrics-server-{v}.log",
+            )
+            self._install({"metrics-server": out / "metrics-server"}, v)
+
     def _cached_crds(self) -> Path | None:
         path = self.entry("capi-crds", CLUSTER_API_VERSION)
         return path if path.is_dir() else None
@@ -600,11 +660,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Build (or find) the pinned Kubernetes binaries and print their paths.",
     )
     parser.add_argument("--with-kubelet", action="store_true", help="also build the kubelet")
+    parser.add_argument(
+        "--with-nodes",
+        action="store_true",
+        help="also build what real tenant nodes run: kubelet, kube-proxy, kube-scheduler, "
+        "metrics-server",
+    )
     parser.add_argument("--json", action="store_true", help="print the paths as JSON")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        binaries = ensure_binaries(with_kubelet=args.with_kubelet)
+        binaries = ensure_binaries(with_kubelet=args.with_kubelet, with_nodes=args.with_nodes)
     except BuildError as exc:
         print(f"k8s-bins: FAILED: {exc}", file=sys.stderr)
         return 1

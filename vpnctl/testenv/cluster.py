@@ -22,9 +22,7 @@ import contextlib
 import http.client
 import ipaddress
 import json
-import os
 import shutil
-import signal
 import socket
 import ssl
 import tempfile
@@ -38,6 +36,19 @@ import yaml
 from vpnctl.testenv.build import Binaries
 from vpnctl.testenv.pki import ClusterPKI, write_cluster_pki, write_kubeconfig
 from vpnctl.testenv.procs import ManagedProcess, ProcessExited, environ_without_proxies, netns_argv
+from vpnctl.testenv.recorded_cluster import stop_recorded_cluster
+
+__all__ = [
+    "DEFAULT_SERVICE_CIDR",
+    "ClusterStartError",
+    "KubeCluster",
+    "KubectlError",
+    "LaunchOptions",
+    "ServiceCluster",
+    "TenantCluster",
+    "free_ports",
+    "stop_recorded_cluster",
+]
 
 # Inside the lab's address plan (198.18.0.0/15, RFC 2544). Service IPs are virtual,
 # but keeping them in the plan means nothing ever points outside it.
@@ -102,6 +113,7 @@ class LaunchOptions(TypedDict, total=False):
 
     name: str  # used in file names, the CA's name and the kubeconfig context
     controller_manager: bool  # also run kube-controller-manager
+    scheduler: bool  # also run kube-scheduler (needs Binaries.kube_scheduler); False
     capi_crds: bool  # install the Cluster API CRDs
     crds: Sequence[Path]  # more CRD files or folders to install (ours)
     netns: str | None  # run every process inside this network namespace
@@ -273,6 +285,9 @@ class KubeCluster:
         """
         name = options.get("name", cls.default_name)
         controller_manager = options.get("controller_manager", cls.default_controller_manager)
+        scheduler = options.get("scheduler", False)
+        if scheduler and binaries.kube_scheduler is None:
+            raise ClusterStartError("scheduler=True needs binaries built with with_nodes=True")
         crds = list(options.get("crds", ()))
         if options.get("capi_crds", cls.default_capi_crds):
             crds.insert(0, binaries.capi_crds)
@@ -312,7 +327,10 @@ class KubeCluster:
         )
         try:
             await cluster._start(
-                controller_manager=controller_manager, timeout=start_timeout, crds=crds
+                controller_manager=controller_manager,
+                scheduler=scheduler,
+                timeout=start_timeout,
+                crds=crds,
             )
             (root / "cluster.json").write_text(json.dumps(cluster.state(), indent=2))
         except BaseException:
@@ -372,14 +390,19 @@ class KubeCluster:
         return proc
 
     async def _start(
-        self, *, controller_manager: bool, timeout: float, crds: Sequence[Path] = ()
+        self,
+        *,
+        controller_manager: bool,
+        scheduler: bool = False,
+        timeout: float,
+        crds: Sequence[Path] = (),
     ) -> None:
         deadline = time.monotonic() + timeout
         if self.netns:
             # The namespace's loopback carries etcd's traffic; it starts down.
             await _run_checked(["ip", "-n", self.netns, "link", "set", "lo", "up"])
             # Ports picked in our namespace are as good as any in a fresh one.
-        etcd_port, peer_port, kcm_port = free_ports(3)
+        etcd_port, peer_port, kcm_port, scheduler_port = free_ports(4)
         self._start_etcd(etcd_port, peer_port)
         if not self.netns:
             # Inside a netns the apiserver's own readyz covers etcd; out here, waiting
@@ -395,6 +418,34 @@ class KubeCluster:
         if controller_manager:
             self._start_controller_manager(kcm_port)
             await self._wait_controller_manager(kcm_port, deadline)
+        if scheduler:
+            # Observed by what it does: the pods a test creates get a node.
+            self._start_scheduler(scheduler_port)
+
+    def _start_scheduler(self, port: int) -> None:
+        assert self.binaries.kube_scheduler is not None
+        kubeconfig = write_kubeconfig(
+            self.root / "scheduler.kubeconfig",
+            server=self.server_url,
+            ca=self.pki.ca.cert,
+            client=self.pki.scheduler,
+            cluster_name=self.name,
+            user="system:kube-scheduler",
+        )
+        self._process(
+            "kube-scheduler",
+            [
+                str(self.binaries.kube_scheduler),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.root / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--profiling=false",
+            ],
+        )
 
     def _start_etcd(self, client_port: int, peer_port: int) -> None:
         data = self.root / "etcd-data"
@@ -589,44 +640,6 @@ class TenantCluster(KubeCluster):
     default_name = "tenant"
     default_controller_manager = False
     default_capi_crds = False
-
-
-def stop_recorded_cluster(workdir: Path, *, grace: float = 10.0) -> list[int]:
-    """Stop a cluster started by another process (``die_with_parent=False``, as the
-    lab does) from its ``<workdir>/cluster.json``. Only kills a recorded PID whose
-    command line still names one of our binaries. Returns the PIDs signalled."""
-    try:
-        state = json.loads((workdir / "cluster.json").read_text())
-    except (OSError, ValueError):
-        return []
-    ours: list[int] = []
-    for name, pid in state.get("pids", {}).items():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue  # already gone
-        if name.encode() in cmdline:
-            ours.append(int(pid))
-    # The controller-manager and apiserver before etcd, as in stop().
-    order = sorted(ours, key=lambda pid: pid == state["pids"].get("etcd"))
-    for pid in order:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(workdir / "etcd-data", ignore_errors=True)
-    return order
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _is_ip(value: str) -> bool:
