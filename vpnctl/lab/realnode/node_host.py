@@ -38,11 +38,20 @@ PRIVATE_PATHS = (
 
 def v1_hierarchies() -> list[Path]:
     """The mounted cgroup v1 hierarchies (cpu, memory, ..., name=systemd)."""
+    return _cgroup_mounts(("cgroup",))
+
+
+def all_hierarchies() -> list[Path]:
+    """v1 and, on a hybrid host, the unified one, where runc mirrors the node's tree."""
+    return _cgroup_mounts(("cgroup", "cgroup2"))
+
+
+def _cgroup_mounts(types: tuple[str, ...]) -> list[Path]:
     found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
         sep = fields.index("-")
-        if fields[sep + 1] == "cgroup":
+        if fields[sep + 1] in types:
             found.append(Path(fields[4]))
     return sorted(set(found))
 
@@ -63,7 +72,7 @@ def create_cgroup_root(name: str) -> list[Path]:
 
 def cgroup_pids(name: str) -> set[int]:
     pids: set[int] = set()
-    for hierarchy in v1_hierarchies():
+    for hierarchy in all_hierarchies():
         root = hierarchy / name.strip("/")
         if not root.is_dir():
             continue
@@ -77,7 +86,7 @@ def remove_cgroup_root(name: str) -> list[Path]:
     """Remove ``/<name>`` and everything under it in every hierarchy, deepest first.
     Returns what could not be removed (still has tasks)."""
     left = []
-    for hierarchy in v1_hierarchies():
+    for hierarchy in all_hierarchies():
         root = hierarchy / name.strip("/")
         if not root.is_dir():
             continue
