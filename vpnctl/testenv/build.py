@@ -21,8 +21,6 @@ cgroup v1.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import re
@@ -31,9 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from vpnctl.testenv.gobuild import BuildError as BuildError  # re-exported
+from vpnctl.testenv.gobuild import GoBuilder, Progress, fmt_elapsed
 
 KUBERNETES_VERSION = "v1.34.4"
 # The k8s.io staging modules (api, apimachinery, client-go, ...) are tagged v0.<minor>.<patch>.
@@ -46,8 +47,6 @@ CONTROLLER_TOOLS_VERSION = "v0.23.0"
 # consumes cluster.x-k8s.io/v1beta1.
 CLUSTER_API_VERSION = "v1.8.4"
 METRICS_SERVER_VERSION = "v0.8.0"
-
-HEARTBEAT_SECONDS = 15.0
 
 # Staging modules of k8s.io/kubernetes; the main module replaces them with ./staging/...
 # so a wrapper module must pin each one to the matching published version.
@@ -92,12 +91,6 @@ _CAPI_PACKAGES = (
     "sigs.k8s.io/cluster-api/api/v1beta1",
     "sigs.k8s.io/cluster-api/exp/api/v1beta1",
 )
-
-Progress = Callable[[str], None]
-
-
-class BuildError(RuntimeError):
-    """A component could not be built; the message says which and where the log is."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,6 +182,8 @@ def _reports_version(component: str, binary: Path) -> bool:
     if component == "helm":
         out = _version_output(binary, ["version", "--short"])
         return out.strip().startswith(HELM_VERSION)
+    if component == "metrics-server":
+        return _version_output(binary, ["--version"]).strip() == METRICS_SERVER_VERSION
     if component == "controller-gen":
         return CONTROLLER_TOOLS_VERSION in _version_output(binary, ["--version"])
     return False
@@ -219,21 +214,10 @@ _KUBE_CMDS = (
 _NODE_CMDS = ("kubelet", "kube-proxy", "kube-scheduler")
 
 
-def _fmt_elapsed(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-class _Builder:
-    def __init__(self, *, cache_dir: Path, progress: Progress, env: dict[str, str]) -> None:
-        self.cache = cache_dir
-        self.progress = progress
-        self.env = env
+class _Builder(GoBuilder):
+    """Resolution and the recipe of each component; the Go plumbing is inherited."""
 
     # - where things are
-
-    def entry(self, component: str, version: str) -> Path:
-        return self.cache / f"{component}-{version}"
 
     def cached(self, component: str) -> Path | None:
         path = self.entry(component, _PINNED[component]) / component
@@ -304,7 +288,7 @@ class _Builder:
         still_missing = [c for c, p in found.items() if p is None]
         if still_missing:
             raise BuildError(f"built, but still can't find {still_missing} in {self.cache}")
-        self.progress(f"all binaries ready in {_fmt_elapsed(time.monotonic() - started)}")
+        self.progress(f"all binaries ready in {fmt_elapsed(time.monotonic() - started)}")
         return self._binaries(found, crds)
 
     @staticmethod
@@ -327,116 +311,6 @@ class _Builder:
             kube_scheduler=found.get("kube-scheduler"),
             metrics_server=found.get("metrics-server"),
         )
-
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(self.cache / ".build.lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self.progress(f"another build holds {self.cache / '.build.lock'}; waiting")
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-
-    # - go plumbing
-
-    def _go(self) -> str:
-        found = shutil.which("go", path=self.env.get("PATH", ""))
-        if found:
-            return found
-        if os.access("/usr/local/go/bin/go", os.X_OK):
-            return "/usr/local/go/bin/go"
-        raise BuildError("no Go toolchain: put `go` on PATH (Go >= 1.24 builds Kubernetes 1.34)")
-
-    def _go_env(self) -> dict[str, str]:
-        env = dict(self.env)
-        env.update(
-            GOFLAGS="-mod=mod",
-            GOTOOLCHAIN="local",
-            GOWORK="off",
-            # Static binaries, like upstream's releases: they run in any netns or chroot.
-            CGO_ENABLED="0",
-        )
-        return env
-
-    def _run(
-        self,
-        what: str,
-        argv: Sequence[str],
-        *,
-        cwd: Path,
-        log: Path,
-        extra_env: Mapping[str, str] | None = None,
-    ) -> None:
-        """Run a long command with a heartbeat, its output going to ``log``."""
-        started = time.monotonic()
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.progress(f"{what}: started (log: {log})")
-        with open(log, "ab") as out:
-            out.write(f"\n$ {' '.join(argv)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(
-                list(argv),
-                cwd=cwd,
-                env={**self._go_env(), **(extra_env or {})},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                while True:
-                    try:
-                        proc.wait(timeout=HEARTBEAT_SECONDS)
-                        break
-                    except subprocess.TimeoutExpired:
-                        elapsed = _fmt_elapsed(time.monotonic() - started)
-                        self.progress(f"{what}: still running, {elapsed} elapsed{_last_line(log)}")
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-        elapsed = _fmt_elapsed(time.monotonic() - started)
-        if proc.returncode != 0:
-            raise BuildError(
-                f"{what} failed after {elapsed} (exit {proc.returncode}); "
-                f"last lines of {log}:\n{_tail(log)}"
-            )
-        self.progress(f"{what}: done in {elapsed}")
-
-    def _wrapper_module(self, name: str, go_mod: str, go_files: Mapping[str, str]) -> Path:
-        """A throw-away module in the cache that requires what we build."""
-        src = self.cache / "src" / name
-        src.mkdir(parents=True, exist_ok=True)
-        mod = src / "go.mod"
-        # Rewrite go.mod only when its pins change: go fills in requirements itself.
-        marker = src / ".go.mod.in"
-        if not marker.exists() or marker.read_text() != go_mod:
-            # go.sum stays: stale lines in it are harmless and save sumdb lookups.
-            mod.write_text(go_mod)
-            marker.write_text(go_mod)
-        for filename, text in go_files.items():
-            (src / filename).write_text(text)
-        return src
-
-    def _install(self, built: dict[str, Path], version: str) -> None:
-        """Move each built file into its own version-keyed entry, atomically."""
-        for component, path in built.items():
-            final = self.entry(component, version)
-            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{component}-", dir=self.cache))
-            staging.chmod(0o755)
-            shutil.move(str(path), staging / component)
-            if os.access(final / component, os.X_OK):  # a concurrent builder beat us
-                shutil.rmtree(staging)
-                continue
-            shutil.rmtree(final, ignore_errors=True)  # a damaged entry, if any
-            os.rename(staging, final)
-
-    @contextlib.contextmanager
-    def _tmpdir(self, component: str) -> Iterator[Path]:
-        path = Path(tempfile.mkdtemp(prefix=f".tmp-build-{component}-", dir=self.cache))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
 
     # - the components
 
@@ -519,27 +393,6 @@ class _Builder:
             )
             self._install({"etcd": out / "etcd"}, v)
 
-    def _go_install(self, component: str, package: str, version: str, ldflags: str) -> None:
-        with self._tmpdir(component) as out:
-            self._run(
-                f"{component} {version}: go install",
-                [
-                    self._go(),
-                    "install",
-                    "-v",
-                    "-p",
-                    "2",
-                    "-trimpath",
-                    "-ldflags",
-                    ldflags,
-                    f"{package}@{version}",
-                ],
-                cwd=out,
-                log=self.cache / "logs" / f"{component}-{version}.log",
-                extra_env={"GOBIN": str(out)},
-            )
-            self._install({component: out / component}, version)
-
     def _build_helm(self) -> None:
         v = HELM_VERSION
         # helm's Makefile stamps its version (and the k8s version it templates for by
@@ -585,7 +438,7 @@ class _Builder:
                     "2",
                     "-trimpath",
                     "-ldflags",
-                    f"-s -w -X k8s.io/component-base/version.gitVersion={v}",
+                    f"-s -w -X k8s.io/client-go/pkg/version.gitVersion={v}",
                     "-o",
                     str(out / "metrics-server"),
                     "sigs.k8s.io/metrics-server/cmd/metrics-server",
@@ -639,19 +492,6 @@ class _Builder:
             else:
                 os.rename(staging, final)
             return final
-
-
-def _tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _last_line(log: Path) -> str:
-    """What go is at: with -v, the package it just compiled."""
-    last = _tail(log, 1).strip()
-    return f" (at: {last[:100]})" if last and last != "(no log)" else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
