@@ -5,7 +5,7 @@ PY    := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 NODES ?= 3
 
-.PHONY: lab lab-down test lint deps system image-tools image k8s-bins charts bench bench-dataplane clean
+.PHONY: lab lab-down test lint deps system image-tools node-tools image k8s-bins node-bins charts bench bench-dataplane clean
 
 lab: deps
 	$(PY) -m vpnctl lab up --nodes $(NODES)
@@ -13,7 +13,7 @@ lab: deps
 lab-down: deps
 	$(PY) -m vpnctl lab down
 
-test: deps k8s-bins image-tools lint
+test: deps k8s-bins image-tools node-tools node-bins lint
 	scripts/run-tests.sh
 
 lint: deps
@@ -44,6 +44,15 @@ image: deps image-tools
 
 k8s-bins: deps
 	$(PY) -m vpnctl.testenv.build $(if $(WITH_KUBELET),--with-kubelet)
+
+# Real tenant nodes (vpnctl/lab/realnode, tests/nodes): containerd, runc, CNI plugins,
+# iptables, conntrack, busybox-static and gcc from Debian ...
+node-tools:
+	@scripts/install-node-tools.sh
+
+# ... and kubelet, kube-proxy, kube-scheduler and metrics-server from Go modules.
+node-bins: deps
+	$(PY) -m vpnctl.testenv.build --with-nodes
 
 charts: deps k8s-bins
 	$(PY) -m vpnctl.charts package --out dist/

@@ -1,9 +1,11 @@
 """Real Kubernetes for the tests and the lab: built from Go modules, run as processes.
 
 - ``build``: ``ensure_binaries()`` builds (or finds) kube-apiserver, etcd, kubectl,
-  kube-controller-manager, helm, controller-gen and the Cluster API CRDs.
+  kube-controller-manager, helm, controller-gen and the Cluster API CRDs; with
+  ``with_nodes`` also kubelet, kube-proxy, kube-scheduler and metrics-server.
 - ``cluster``: ``ServiceCluster`` / ``TenantCluster`` start etcd + kube-apiserver
-  (+ kube-controller-manager) with client-certificate auth and tear them down.
+  (+ kube-controller-manager, + kube-scheduler) with client-certificate auth and tear
+  them down.
 - ``helm``: ``helm_template_dry_run()`` checks a chart against a real apiserver.
 
 Nothing here imports kubernetes_asyncio (only ``vpnctl.kube`` may); it drives kubectl.

@@ -21,8 +21,6 @@ cgroup v1.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import re
@@ -31,9 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from vpnctl.testenv.gobuild import BuildError as BuildError  # re-exported
+from vpnctl.testenv.gobuild import GoBuilder, Progress, fmt_elapsed
 
 KUBERNETES_VERSION = "v1.34.4"
 # The k8s.io staging modules (api, apimachinery, client-go, ...) are tagged v0.<minor>.<patch>.
@@ -45,8 +46,7 @@ CONTROLLER_TOOLS_VERSION = "v0.23.0"
 # storage version: a single-version CRD needs no conversion webhook, and vpnctl
 # consumes cluster.x-k8s.io/v1beta1.
 CLUSTER_API_VERSION = "v1.8.4"
-
-HEARTBEAT_SECONDS = 15.0
+METRICS_SERVER_VERSION = "v0.8.0"
 
 # Staging modules of k8s.io/kubernetes; the main module replaces them with ./staging/...
 # so a wrapper module must pin each one to the matching published version.
@@ -92,12 +92,6 @@ _CAPI_PACKAGES = (
     "sigs.k8s.io/cluster-api/exp/api/v1beta1",
 )
 
-Progress = Callable[[str], None]
-
-
-class BuildError(RuntimeError):
-    """A component could not be built; the message says which and where the log is."""
-
 
 @dataclass(frozen=True, kw_only=True)
 class Binaries:
@@ -111,7 +105,11 @@ class Binaries:
     controller_gen: Path
     # Folder of generated cluster.x-k8s.io CRD manifests, one YAML file per CRD.
     capi_crds: Path
+    # What a real tenant node and its control plane add (``with_nodes``).
     kubelet: Path | None = None
+    kube_proxy: Path | None = None
+    kube_scheduler: Path | None = None
+    metrics_server: Path | None = None
 
     def as_dict(self) -> dict[str, str | None]:
         return {
@@ -135,19 +133,23 @@ def ensure_binaries(
     *,
     cache_dir: Path | None = None,
     with_kubelet: bool = False,
+    with_nodes: bool = False,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Binaries:
     """Return paths to every binary at its pinned version, building only what is missing.
 
-    Blocking, and up to ~25 minutes on a cold 2-core machine; async callers wrap it in
-    ``asyncio.to_thread``. Raises ``BuildError`` with the tail of the failing log.
+    ``with_kubelet`` adds the kubelet; ``with_nodes`` adds everything a real tenant
+    node and its control plane run: kubelet, kube-proxy, kube-scheduler and
+    metrics-server. Blocking, and up to ~25 minutes on a cold 2-core machine; async
+    callers wrap it in ``asyncio.to_thread``. Raises ``BuildError`` with the tail of
+    the failing log.
     """
     return _Builder(
         cache_dir=cache_dir or default_cache_dir(env),
         progress=progress or _stderr_progress,
         env=dict(os.environ if env is None else env),
-    ).ensure(with_kubelet=with_kubelet)
+    ).ensure(with_kubelet=with_kubelet, with_nodes=with_nodes)
 
 
 # --- resolution ------------------------------------------------------------------------
@@ -165,7 +167,7 @@ def _version_output(binary: Path, args: Sequence[str]) -> str:
 
 def _reports_version(component: str, binary: Path) -> bool:
     """Whether a binary found outside our cache is the version we pin."""
-    if component in ("kube-apiserver", "kube-controller-manager", "kubelet"):
+    if component in _KUBE_CMDS and component != "kubectl":
         return f"Kubernetes {KUBERNETES_VERSION}" in _version_output(binary, ["--version"])
     if component == "kubectl":
         out = _version_output(binary, ["version", "--client", "-o", "json"])
@@ -180,6 +182,8 @@ def _reports_version(component: str, binary: Path) -> bool:
     if component == "helm":
         out = _version_output(binary, ["version", "--short"])
         return out.strip().startswith(HELM_VERSION)
+    if component == "metrics-server":
+        return _version_output(binary, ["--version"]).strip() == METRICS_SERVER_VERSION
     if component == "controller-gen":
         return CONTROLLER_TOOLS_VERSION in _version_output(binary, ["--version"])
     return False
@@ -190,29 +194,30 @@ _PINNED = {
     "kube-controller-manager": KUBERNETES_VERSION,
     "kubectl": KUBERNETES_VERSION,
     "kubelet": KUBERNETES_VERSION,
+    "kube-proxy": KUBERNETES_VERSION,
+    "kube-scheduler": KUBERNETES_VERSION,
+    "metrics-server": METRICS_SERVER_VERSION,
     "etcd": ETCD_VERSION,
     "helm": HELM_VERSION,
     "controller-gen": CONTROLLER_TOOLS_VERSION,
 }
 _ENVTEST_ASSETS = ("kube-apiserver", "etcd", "kubectl")
-_KUBE_CMDS = ("kube-apiserver", "kube-controller-manager", "kubectl", "kubelet")
+_KUBE_CMDS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+    "kubelet",
+    "kube-proxy",
+    "kube-scheduler",
+)
+# What ``with_nodes`` adds: the node's programs and the control plane's scheduler.
+_NODE_CMDS = ("kubelet", "kube-proxy", "kube-scheduler")
 
 
-def _fmt_elapsed(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-class _Builder:
-    def __init__(self, *, cache_dir: Path, progress: Progress, env: dict[str, str]) -> None:
-        self.cache = cache_dir
-        self.progress = progress
-        self.env = env
+class _Builder(GoBuilder):
+    """Resolution and the recipe of each component; the Go plumbing is inherited."""
 
     # - where things are
-
-    def entry(self, component: str, version: str) -> Path:
-        return self.cache / f"{component}-{version}"
 
     def cached(self, component: str) -> Path | None:
         path = self.entry(component, _PINNED[component]) / component
@@ -238,7 +243,7 @@ class _Builder:
 
     # - the whole job
 
-    def ensure(self, *, with_kubelet: bool) -> Binaries:
+    def ensure(self, *, with_kubelet: bool, with_nodes: bool = False) -> Binaries:
         started = time.monotonic()
         wanted = [
             "kube-apiserver",
@@ -248,17 +253,22 @@ class _Builder:
             "helm",
             "controller-gen",
         ]
-        found = {c: self.resolve(c) for c in wanted}
+        optional: list[str] = []
+        if with_kubelet or with_nodes:
+            optional.append("kubelet")
+        if with_nodes:
+            optional += ["kube-proxy", "kube-scheduler", "metrics-server"]
+        found = {c: self.resolve(c) for c in wanted + optional}
         crds = self._cached_crds()
-        kubelet = self.resolve("kubelet") if with_kubelet else None
-        if all(found.values()) and crds and (kubelet or not with_kubelet):
-            return self._binaries(found, crds, kubelet)
+        if all(found.values()) and crds:
+            return self._binaries(found, crds)
 
         self.cache.mkdir(parents=True, exist_ok=True)
         with self._lock():
             # Another builder may have finished while we waited for the lock.
-            found = {c: self.resolve(c) for c in wanted}
-            missing_kube = [c for c in _KUBE_CMDS[:3] if not found[c]]
+            found = {c: self.resolve(c) for c in wanted + optional}
+            # One go build for every missing Kubernetes command: they share packages.
+            missing_kube = [c for c in _KUBE_CMDS if c in found and not found[c]]
             if missing_kube:
                 self._build_kubernetes(missing_kube)
             if not found["etcd"]:
@@ -267,25 +277,22 @@ class _Builder:
                 self._build_helm()
             if not found["controller-gen"]:
                 self._build_controller_gen()
-            found = {c: self.resolve(c) for c in wanted}
+            if "metrics-server" in found and not found["metrics-server"]:
+                self._build_metrics_server()
+            found = {c: self.resolve(c) for c in wanted + optional}
             crds = self._cached_crds()
             if not crds:
                 gen = found["controller-gen"]
                 assert gen is not None
                 crds = self._generate_capi_crds(gen)
-            if with_kubelet:
-                kubelet = self.resolve("kubelet")
-                if not kubelet:
-                    self._build_kubernetes(["kubelet"])
-                    kubelet = self.resolve("kubelet")
         still_missing = [c for c, p in found.items() if p is None]
-        if still_missing or (with_kubelet and kubelet is None):
+        if still_missing:
             raise BuildError(f"built, but still can't find {still_missing} in {self.cache}")
-        self.progress(f"all binaries ready in {_fmt_elapsed(time.monotonic() - started)}")
-        return self._binaries(found, crds, kubelet)
+        self.progress(f"all binaries ready in {fmt_elapsed(time.monotonic() - started)}")
+        return self._binaries(found, crds)
 
     @staticmethod
-    def _binaries(found: dict[str, Path | None], crds: Path, kubelet: Path | None) -> Binaries:
+    def _binaries(found: dict[str, Path | None], crds: Path) -> Binaries:
         def get(name: str) -> Path:
             path = found[name]
             assert path is not None
@@ -299,118 +306,11 @@ class _Builder:
             helm=get("helm"),
             controller_gen=get("controller-gen"),
             capi_crds=crds,
-            kubelet=kubelet,
+            kubelet=found.get("kubelet"),
+            kube_proxy=found.get("kube-proxy"),
+            kube_scheduler=found.get("kube-scheduler"),
+            metrics_server=found.get("metrics-server"),
         )
-
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(self.cache / ".build.lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self.progress(f"another build holds {self.cache / '.build.lock'}; waiting")
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-
-    # - go plumbing
-
-    def _go(self) -> str:
-        found = shutil.which("go", path=self.env.get("PATH", ""))
-        if found:
-            return found
-        if os.access("/usr/local/go/bin/go", os.X_OK):
-            return "/usr/local/go/bin/go"
-        raise BuildError("no Go toolchain: put `go` on PATH (Go >= 1.24 builds Kubernetes 1.34)")
-
-    def _go_env(self) -> dict[str, str]:
-        env = dict(self.env)
-        env.update(
-            GOFLAGS="-mod=mod",
-            GOTOOLCHAIN="local",
-            GOWORK="off",
-            # Static binaries, like upstream's releases: they run in any netns or chroot.
-            CGO_ENABLED="0",
-        )
-        return env
-
-    def _run(
-        self,
-        what: str,
-        argv: Sequence[str],
-        *,
-        cwd: Path,
-        log: Path,
-        extra_env: Mapping[str, str] | None = None,
-    ) -> None:
-        """Run a long command with a heartbeat, its output going to ``log``."""
-        started = time.monotonic()
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.progress(f"{what}: started (log: {log})")
-        with open(log, "ab") as out:
-            out.write(f"\n$ {' '.join(argv)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(
-                list(argv),
-                cwd=cwd,
-                env={**self._go_env(), **(extra_env or {})},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                while True:
-                    try:
-                        proc.wait(timeout=HEARTBEAT_SECONDS)
-                        break
-                    except subprocess.TimeoutExpired:
-                        elapsed = _fmt_elapsed(time.monotonic() - started)
-                        self.progress(f"{what}: still running, {elapsed} elapsed{_last_line(log)}")
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-        elapsed = _fmt_elapsed(time.monotonic() - started)
-        if proc.returncode != 0:
-            raise BuildError(
-                f"{what} failed after {elapsed} (exit {proc.returncode}); "
-                f"last lines of {log}:\n{_tail(log)}"
-            )
-        self.progress(f"{what}: done in {elapsed}")
-
-    def _wrapper_module(self, name: str, go_mod: str, go_files: Mapping[str, str]) -> Path:
-        """A throw-away module in the cache that requires what we build."""
-        src = self.cache / "src" / name
-        src.mkdir(parents=True, exist_ok=True)
-        mod = src / "go.mod"
-        # Rewrite go.mod only when its pins change: go fills in requirements itself.
-        marker = src / ".go.mod.in"
-        if not marker.exists() or marker.read_text() != go_mod:
-            # go.sum stays: stale lines in it are harmless and save sumdb lookups.
-            mod.write_text(go_mod)
-            marker.write_text(go_mod)
-        for filename, text in go_files.items():
-            (src / filename).write_text(text)
-        return src
-
-    def _install(self, built: dict[str, Path], version: str) -> None:
-        """Move each built file into its own version-keyed entry, atomically."""
-        for component, path in built.items():
-            final = self.entry(component, version)
-            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{component}-", dir=self.cache))
-            staging.chmod(0o755)
-            shutil.move(str(path), staging / component)
-            if os.access(final / component, os.X_OK):  # a concurrent builder beat us
-                shutil.rmtree(staging)
-                continue
-            shutil.rmtree(final, ignore_errors=True)  # a damaged entry, if any
-            os.rename(staging, final)
-
-    @contextlib.contextmanager
-    def _tmpdir(self, component: str) -> Iterator[Path]:
-        path = Path(tempfile.mkdtemp(prefix=f".tmp-build-{component}-", dir=self.cache))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
 
     # - the components
 
@@ -493,27 +393,6 @@ class _Builder:
             )
             self._install({"etcd": out / "etcd"}, v)
 
-    def _go_install(self, component: str, package: str, version: str, ldflags: str) -> None:
-        with self._tmpdir(component) as out:
-            self._run(
-                f"{component} {version}: go install",
-                [
-                    self._go(),
-                    "install",
-                    "-v",
-                    "-p",
-                    "2",
-                    "-trimpath",
-                    "-ldflags",
-                    ldflags,
-                    f"{package}@{version}",
-                ],
-                cwd=out,
-                log=self.cache / "logs" / f"{component}-{version}.log",
-                extra_env={"GOBIN": str(out)},
-            )
-            self._install({component: out / component}, version)
-
     def _build_helm(self) -> None:
         v = HELM_VERSION
         # helm's Makefile stamps its version (and the k8s version it templates for by
@@ -534,6 +413,40 @@ class _Builder:
             CONTROLLER_TOOLS_VERSION,
             "-s -w",
         )
+
+    def _build_metrics_server(self) -> None:
+        # `go install pkg@version` refuses it (replace directives in its go.mod), so a
+        # wrapper module requires it and builds the command, as the note on it says.
+        v = METRICS_SERVER_VERSION
+        src = self._wrapper_module(
+            f"metrics-server-{v}",
+            "module vpnctl.local/metricsserverbuild\n\ngo 1.24.0\n\n"
+            f"require sigs.k8s.io/metrics-server {v}\n",
+            {
+                "tools.go": "//go:build tools\n\npackage tools\n\n"
+                'import _ "sigs.k8s.io/metrics-server/cmd/metrics-server"\n'
+            },
+        )
+        with self._tmpdir("metrics-server") as out:
+            self._run(
+                f"metrics-server {v}: go build",
+                [
+                    self._go(),
+                    "build",
+                    "-v",
+                    "-p",
+                    "2",
+                    "-trimpath",
+                    "-ldflags",
+                    f"-s -w -X k8s.io/client-go/pkg/version.gitVersion={v}",
+                    "-o",
+                    str(out / "metrics-server"),
+                    "sigs.k8s.io/metrics-server/cmd/metrics-server",
+                ],
+                cwd=src,
+                log=self.cache / "logs" / f"metrics-server-{v}.log",
+            )
+            self._install({"metrics-server": out / "metrics-server"}, v)
 
     def _cached_crds(self) -> Path | None:
         path = self.entry("capi-crds", CLUSTER_API_VERSION)
@@ -581,30 +494,23 @@ class _Builder:
             return final
 
 
-def _tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _last_line(log: Path) -> str:
-    """What go is at: with -v, the package it just compiled."""
-    last = _tail(log, 1).strip()
-    return f" (at: {last[:100]})" if last and last != "(no log)" else ""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m vpnctl.testenv.build",
         description="Build (or find) the pinned Kubernetes binaries and print their paths.",
     )
     parser.add_argument("--with-kubelet", action="store_true", help="also build the kubelet")
+    parser.add_argument(
+        "--with-nodes",
+        action="store_true",
+        help="also build what real tenant nodes run: kubelet, kube-proxy, kube-scheduler, "
+        "metrics-server",
+    )
     parser.add_argument("--json", action="store_true", help="print the paths as JSON")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        binaries = ensure_binaries(with_kubelet=args.with_kubelet)
+        binaries = ensure_binaries(with_kubelet=args.with_kubelet, with_nodes=args.with_nodes)
     except BuildError as exc:
         print(f"k8s-bins: FAILED: {exc}", file=sys.stderr)
         return 1

@@ -22,10 +22,7 @@ import contextlib
 import http.client
 import ipaddress
 import json
-import os
 import shutil
-import signal
-import socket
 import ssl
 import tempfile
 import time
@@ -35,19 +32,28 @@ from typing import Any, ClassVar, Self, TypedDict, Unpack
 
 import yaml
 
+from vpnctl.testenv import local_probes, recorded_cluster
 from vpnctl.testenv.build import Binaries
+from vpnctl.testenv.local_probes import (
+    first_service_ip,
+    http_get,
+    https_status,
+    is_ip,
+    run_checked,
+    run_short,
+)
 from vpnctl.testenv.pki import ClusterPKI, write_cluster_pki, write_kubeconfig
 from vpnctl.testenv.procs import ManagedProcess, ProcessExited, environ_without_proxies, netns_argv
+
+ClusterStartError = local_probes.ClusterStartError  # these three are imported from here
+free_ports = local_probes.free_ports
+stop_recorded_cluster = recorded_cluster.stop_recorded_cluster
 
 # Inside the lab's address plan (198.18.0.0/15, RFC 2544). Service IPs are virtual,
 # but keeping them in the plan means nothing ever points outside it.
 DEFAULT_SERVICE_CIDR = "198.19.255.0/24"
 START_TIMEOUT = 120.0
 _POLL = 0.2
-
-
-class ClusterStartError(RuntimeError):
-    """A control-plane component did not come up; carries the tail of its log."""
 
 
 class KubectlError(RuntimeError):
@@ -61,47 +67,12 @@ class KubectlError(RuntimeError):
         )
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct TCP ports free right now on ``host`` (in our namespace)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
-
-
-def _first_service_ip(cidr: str) -> str:
-    return str(next(ipaddress.ip_network(cidr).hosts()))
-
-
-def _https_status(
-    host: str, port: int, path: str, context: ssl.SSLContext, timeout: float = 2.0
-) -> int:
-    conn = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status
-    finally:
-        conn.close()
-
-
-def _http_get(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        conn.close()
-
-
 class LaunchOptions(TypedDict, total=False):
     """Keyword options of ``launch()`` and ``start()``; defaults per class."""
 
     name: str  # used in file names, the CA's name and the kubeconfig context
     controller_manager: bool  # also run kube-controller-manager
+    scheduler: bool  # also run kube-scheduler (needs Binaries.kube_scheduler); False
     capi_crds: bool  # install the Cluster API CRDs
     crds: Sequence[Path]  # more CRD files or folders to install (ours)
     netns: str | None  # run every process inside this network namespace
@@ -273,6 +244,9 @@ class KubeCluster:
         """
         name = options.get("name", cls.default_name)
         controller_manager = options.get("controller_manager", cls.default_controller_manager)
+        scheduler = options.get("scheduler", False)
+        if scheduler and binaries.kube_scheduler is None:
+            raise ClusterStartError("scheduler=True needs binaries built with with_nodes=True")
         crds = list(options.get("crds", ()))
         if options.get("capi_crds", cls.default_capi_crds):
             crds.insert(0, binaries.capi_crds)
@@ -289,11 +263,11 @@ class KubeCluster:
         root.mkdir(parents=True, exist_ok=True)
         if port is None:
             port = free_ports(1)[0]
-        ips = [_first_service_ip(service_cidr), *extra_sans]
+        ips = [first_service_ip(service_cidr), *extra_sans]
         if bind_address not in ("0.0.0.0", ""):
             ips.insert(0, bind_address)
-        ip_sans = [s for s in ips if _is_ip(s)]
-        dns_sans = [s for s in ips if not _is_ip(s)]
+        ip_sans = [s for s in ips if is_ip(s)]
+        dns_sans = [s for s in ips if not is_ip(s)]
         pki = write_cluster_pki(
             root / "pki", cluster_name=name, apiserver_ips=ip_sans, apiserver_dns=dns_sans
         )
@@ -312,7 +286,10 @@ class KubeCluster:
         )
         try:
             await cluster._start(
-                controller_manager=controller_manager, timeout=start_timeout, crds=crds
+                controller_manager=controller_manager,
+                scheduler=scheduler,
+                timeout=start_timeout,
+                crds=crds,
             )
             (root / "cluster.json").write_text(json.dumps(cluster.state(), indent=2))
         except BaseException:
@@ -372,14 +349,19 @@ class KubeCluster:
         return proc
 
     async def _start(
-        self, *, controller_manager: bool, timeout: float, crds: Sequence[Path] = ()
+        self,
+        *,
+        controller_manager: bool,
+        scheduler: bool = False,
+        timeout: float,
+        crds: Sequence[Path] = (),
     ) -> None:
         deadline = time.monotonic() + timeout
         if self.netns:
             # The namespace's loopback carries etcd's traffic; it starts down.
-            await _run_checked(["ip", "-n", self.netns, "link", "set", "lo", "up"])
+            await run_checked(["ip", "-n", self.netns, "link", "set", "lo", "up"])
             # Ports picked in our namespace are as good as any in a fresh one.
-        etcd_port, peer_port, kcm_port = free_ports(3)
+        etcd_port, peer_port, kcm_port, scheduler_port = free_ports(4)
         self._start_etcd(etcd_port, peer_port)
         if not self.netns:
             # Inside a netns the apiserver's own readyz covers etcd; out here, waiting
@@ -395,6 +377,33 @@ class KubeCluster:
         if controller_manager:
             self._start_controller_manager(kcm_port)
             await self._wait_controller_manager(kcm_port, deadline)
+        if scheduler:  # observed by what it does: pods get a node
+            self._start_scheduler(scheduler_port)
+
+    def _start_scheduler(self, port: int) -> None:
+        assert self.binaries.kube_scheduler is not None
+        kubeconfig = write_kubeconfig(
+            self.root / "scheduler.kubeconfig",
+            server=self.server_url,
+            ca=self.pki.ca.cert,
+            client=self.pki.scheduler,
+            cluster_name=self.name,
+            user="system:kube-scheduler",
+        )
+        self._process(
+            "kube-scheduler",
+            [
+                str(self.binaries.kube_scheduler),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.root / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--profiling=false",
+            ],
+        )
 
     def _start_etcd(self, client_port: int, peer_port: int) -> None:
         data = self.root / "etcd-data"
@@ -499,7 +508,7 @@ class KubeCluster:
         while True:
             self._check_alive()
             try:
-                status, body = await asyncio.to_thread(_http_get, "127.0.0.1", port, "/health")
+                status, body = await asyncio.to_thread(http_get, "127.0.0.1", port, "/health")
                 if status == 200 and '"health":"true"' in body:
                     return
                 last = f"HTTP {status}: {body[:200]}"
@@ -514,7 +523,7 @@ class KubeCluster:
         if self.netns:
             while True:
                 self._check_alive()
-                code, out = await _run(self.kubectl_argv("get", "--raw=/readyz"))
+                code, out = await run_short(self.kubectl_argv("get", "--raw=/readyz"))
                 if code == 0:
                     return
                 last = out.strip().splitlines()[-1] if out.strip() else f"exit {code}"
@@ -527,7 +536,7 @@ class KubeCluster:
             self._check_alive()
             try:
                 status = await asyncio.to_thread(
-                    _https_status, self.host, self.port, "/readyz", context
+                    https_status, self.host, self.port, "/readyz", context
                 )
                 if status == 200:
                     return
@@ -549,7 +558,7 @@ class KubeCluster:
                 self._check_alive()
                 try:
                     status = await asyncio.to_thread(
-                        _https_status, "127.0.0.1", port, "/healthz", insecure
+                        https_status, "127.0.0.1", port, "/healthz", insecure
                     )
                     if status == 200:
                         break
@@ -563,7 +572,7 @@ class KubeCluster:
         # they do (and pods can't be created in "default" without it).
         while True:
             self._check_alive()
-            code, out = await _run(
+            code, out = await run_short(
                 self.kubectl_argv("get", "serviceaccount", "default", "-n", "default", "-o", "name")
             )
             if code == 0:
@@ -589,73 +598,3 @@ class TenantCluster(KubeCluster):
     default_name = "tenant"
     default_controller_manager = False
     default_capi_crds = False
-
-
-def stop_recorded_cluster(workdir: Path, *, grace: float = 10.0) -> list[int]:
-    """Stop a cluster started by another process (``die_with_parent=False``, as the
-    lab does) from its ``<workdir>/cluster.json``. Only kills a recorded PID whose
-    command line still names one of our binaries. Returns the PIDs signalled."""
-    try:
-        state = json.loads((workdir / "cluster.json").read_text())
-    except (OSError, ValueError):
-        return []
-    ours: list[int] = []
-    for name, pid in state.get("pids", {}).items():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue  # already gone
-        if name.encode() in cmdline:
-            ours.append(int(pid))
-    # The controller-manager and apiserver before etcd, as in stop().
-    order = sorted(ours, key=lambda pid: pid == state["pids"].get("etcd"))
-    for pid in order:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(workdir / "etcd-data", ignore_errors=True)
-    return order
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-async def _run(argv: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
-    """Run a short command; return (exit code, stdout+stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=environ_without_proxies(),
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return -1, f"timed out after {timeout}s"
-    return proc.returncode or 0, out.decode(errors="replace")
-
-
-async def _run_checked(argv: Sequence[str]) -> None:
-    code, out = await _run(argv)
-    if code != 0:
-        raise ClusterStartError(f"{' '.join(argv)} exited {code}: {out.strip()}")

@@ -41,6 +41,7 @@ class ClusterPKI:
     controller_manager: CertFiles
     # The apiserver's client certificate towards kubelets (logs, exec, port-forward).
     apiserver_kubelet_client: CertFiles
+    scheduler: CertFiles
     sa_key: Path
     sa_pub: Path
 
@@ -223,9 +224,50 @@ def write_cluster_pki(
         apiserver_kubelet_client=client(
             "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ["system:masters"]
         ),
+        scheduler=client("scheduler", "system:kube-scheduler"),
         sa_key=sa_key_path,
         sa_pub=sa_pub_path,
     )
+
+
+def issue_from_ca(
+    pki: ClusterPKI,
+    stem: str,
+    *,
+    common_name: str,
+    organizations: Sequence[str] = (),
+    server: bool = False,
+    ips: Sequence[str] = (),
+    dns: Sequence[str] = (),
+    directory: Path | None = None,
+    now: datetime.datetime | None = None,
+) -> CertFiles:
+    """One more certificate signed by the cluster's CA, as kubeadm issues a node's:
+    a client certificate (``system:node:<name>`` in ``system:nodes``, ``system:kube-proxy``)
+    or, with ``server``, a serving certificate for ``ips`` and ``dns`` (a kubelet's :10250).
+    Written as ``<stem>.crt``/``<stem>.key`` into ``directory`` (the PKI's by default)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    ca_key = serialization.load_pem_private_key(pki.ca.key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
+    key = _key()
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert = _issue(
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        subject=_name(common_name, organizations),
+        key=key,
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH],
+        sans=sans,
+        now=now,
+    )
+    folder = directory or pki.dir
+    folder.mkdir(parents=True, exist_ok=True)
+    out = CertFiles(cert=folder / f"{stem}.crt", key=folder / f"{stem}.key")
+    _write(out.cert, cert.public_bytes(serialization.Encoding.PEM))
+    _write(out.key, _key_pem(key), private=True)
+    return out
 
 
 def write_kubeconfig(
