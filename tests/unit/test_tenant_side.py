@@ -17,27 +17,15 @@ from prometheus_client import CollectorRegistry
 
 import certs
 from vpnctl.controller.interfaces import TenantRef
-from vpnctl.controller.tenant_side import (
-    KNOWN_RESOURCES,
+from vpnctl.controller.tenant_install import (
     REASON_APPLY_FAILED,
     REASON_KUBECONFIG_INVALID,
     REASON_REFUSED,
     REASON_UNREACHABLE,
-    KubeTenantSide,
-    ObjectRef,
-    SignedCert,
-    Supervisor,
-    WatchSpec,
-    desired_by_ref,
-    drifted,
-    issued_certificate,
-    label_selector,
-    object_ref,
-    resource_for,
     result_for_error,
-    signed_report,
-    watch_specs,
 )
+from vpnctl.controller.tenant_side import KubeTenantSide
+from vpnctl.controller.tenant_tasks import TenantTasks
 from vpnctl.kube import (
     CLUSTER_ROLE,
     CONFIG_MAP,
@@ -52,8 +40,20 @@ from vpnctl.kube import (
     Unauthorized,
 )
 from vpnctl.reconcile.names import labels
+from vpnctl.reconcile.node_certs import SignedCert, issued_certificate, signed_report
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant_objects import tenant_objects
+from vpnctl.reconcile.tenant_refs import (
+    KNOWN_RESOURCES,
+    ObjectRef,
+    WatchSpec,
+    desired_by_ref,
+    drifted,
+    label_selector,
+    object_ref,
+    resource_for,
+    watch_specs,
+)
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 TENANT = TenantRef(namespace="tenant-a", cluster="tenant-a")
@@ -219,11 +219,11 @@ def test_the_signed_report_is_oldest_first_without_expired_ones() -> None:
     assert signed_report([newer, gone, older], now=NOW) == (("node-2", "a1"), ("node-1", "b2"))
 
 
-# --- the supervisor --------------------------------------------------------------------------
+# --- the supervisor (TenantTasks) -----------------------------------------------------------
 
 
-def supervisor(clock: ManualClock, *, max_crashes: int = 3) -> Supervisor:
-    return Supervisor(
+def supervisor(clock: ManualClock, *, max_crashes: int = 3) -> TenantTasks:
+    return TenantTasks(
         clock=clock,
         rng=random.Random(3),
         backoff_base=1.0,
@@ -249,7 +249,7 @@ async def test_a_crashing_task_is_logged_restarted_with_backoff_and_unhealthy(
         running.set()
         await asyncio.Event().wait()
 
-    caplog.set_level(logging.ERROR, logger="vpnctl.controller.tenant_side")
+    caplog.set_level(logging.ERROR, logger="vpnctl.controller.tenant_tasks")
     async with asyncio.TaskGroup() as group:
         task = sup.spawn(group, "tenant x/y repair", body)
         await running.wait()

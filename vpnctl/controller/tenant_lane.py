@@ -9,7 +9,7 @@ them, ``on_pause`` drops what they cached, and after the budget's pause ``start`
 them again from scratch (a fresh listing, since nothing cached survives a pause).
 
 Any other exception from a child ends ``run()``: that is a bug, and the tenant side's
-Supervisor logs it and restarts the lane with backoff, as it would any task.
+supervisor (``TenantTasks``) logs it and restarts the lane with backoff, as it would any task.
 """
 
 from __future__ import annotations
