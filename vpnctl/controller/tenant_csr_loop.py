@@ -11,8 +11,9 @@ resourceVersion, and each certificate is in the revocation book before it is han
 out). The serial of every node certificate it signed, or finds in an issued CSR (signed
 before a restart), is reported (``signed``/``certificates``) until it expires.
 
-The signer checks left here are defence in depth before a write, not a filter: a CSR of
-another signer is never denied, approved or signed, whatever reached the cache.
+Nothing here filters CSRs by signer: the apiserver does. The one check left (in the
+pass, and ``csr_signer``'s before it approves) is defence in depth: a CSR of another
+signer is never denied, approved or signed, whatever reached the cache.
 """
 
 from __future__ import annotations
@@ -147,7 +148,11 @@ class CsrLoop:
         for csr in csrs:
             meta = csr.get("metadata") or {}
             name = str(meta.get("name") or "")
-            if signer_of(csr) == NODE_SIGNER and csr_state(csr) in ("pending", "approved"):
+            if signer_of(csr) != NODE_SIGNER:
+                # Not ours (the field selector keeps these out): never written to.
+                state.csr_backlog.decided(csr)
+                continue
+            if csr_state(csr) in ("pending", "approved"):
                 state.budget.take_csr_decision()
             try:
                 if dropped_bytes(csr):
@@ -172,7 +177,7 @@ class CsrLoop:
         assert state.budget is not None
         name = str((csr.get("metadata") or {}).get("name"))
         where = csr_state(csr)
-        if signer_of(csr) != NODE_SIGNER or where not in ("pending", "approved"):
+        if where not in ("pending", "approved"):
             return
         limit = state.budget.budgets.max_csr_request_bytes
         message = (
@@ -213,7 +218,7 @@ class CsrLoop:
         name = str((csr.get("metadata") or {}).get("name"))
         assert state.ca is not None  # set by ensure() before any loop starts
         now = self._calls.clock.now()
-        if signer_of(csr) == NODE_SIGNER and csr_state(csr) == "issued":
+        if csr_state(csr) == "issued":
             # Signed before (maybe by a controller that restarted since): its serial
             # must still be known to be revoked with its Machine.
             found = issued_certificate(csr, ca_pem=state.ca.cert_pem, now=now)
