@@ -39,6 +39,7 @@ from vpnctl.kube import (
     TransportError,
     Unauthorized,
 )
+from vpnctl.kube.retry import backoff
 from vpnctl.reconcile.names import labels
 from vpnctl.reconcile.node_certs import SignedCert, issued_certificate, signed_report
 from vpnctl.reconcile.settings import Settings
@@ -223,11 +224,10 @@ def test_the_signed_report_is_oldest_first_without_expired_ones() -> None:
 
 
 def supervisor(clock: ManualClock, *, max_crashes: int = 3) -> TenantTasks:
+    rng = random.Random(3)
     return TenantTasks(
         clock=clock,
-        rng=random.Random(3),
-        backoff_base=1.0,
-        backoff_cap=8.0,
+        backoff=lambda n: backoff(attempt=n, base=1.0, cap=8.0, rng=rng),
         max_crashes=max_crashes,
         stable_after=60.0,
     )

@@ -39,33 +39,26 @@ def result_for_error(exc: ApiError, *, tenant: TenantRef, server: str) -> Tenant
     """The install state for an API error met while installing (retries already spent)."""
     secret = f"Secret {tenant.namespace}/{tenant.cluster}-kubeconfig"
     if isinstance(exc, TransportError | TooManyRequests):
-        return TenantSideResult(
-            installed=False,
-            reason=REASON_UNREACHABLE,
-            message=(
-                f"the tenant apiserver {server} of Cluster {tenant} did not answer ({exc}); "
-                f"the agent is installed as soon as it does: check that the control plane "
-                f"runs and that {secret} points at it"
-            ),
+        reason = REASON_UNREACHABLE
+        message = (
+            f"the tenant apiserver {server} of Cluster {tenant} did not answer ({exc}); "
+            f"the agent is installed as soon as it does: check that the control plane "
+            f"runs and that {secret} points at it"
         )
-    if isinstance(exc, Unauthorized | Forbidden):
-        return TenantSideResult(
-            installed=False,
-            reason=REASON_REFUSED,
-            message=(
-                f"the tenant apiserver {server} of Cluster {tenant} refused the credentials "
-                f"of {secret} ({exc}); they need to be the cluster admin's, as Cluster API "
-                "writes them"
-            ),
+    elif isinstance(exc, Unauthorized | Forbidden):
+        reason = REASON_REFUSED
+        message = (
+            f"the tenant apiserver {server} of Cluster {tenant} refused the credentials "
+            f"of {secret} ({exc}); they need to be the cluster admin's, as Cluster API "
+            "writes them"
         )
-    return TenantSideResult(
-        installed=False,
-        reason=REASON_APPLY_FAILED,
-        message=(
+    else:
+        reason = REASON_APPLY_FAILED
+        message = (
             f"installing the node agent in the tenant cluster of Cluster {tenant} failed "
             f"({exc}); it is retried, and this clears once the tenant cluster accepts it"
-        ),
-    )
+        )
+    return TenantSideResult(installed=False, reason=reason, message=message)
 
 
 def cached(state: TenantState, ref: ObjectRef) -> tuple[bool, KubeObject | None]:

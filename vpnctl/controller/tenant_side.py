@@ -169,9 +169,7 @@ class KubeTenantSide:
         )
         self._tasks = TenantTasks(
             clock=clock,
-            rng=rng,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
+            backoff=self._calls.backoff,
             max_crashes=max_crashes,
             stable_after=stable_after,
         )

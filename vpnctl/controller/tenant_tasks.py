@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from vpnctl.kube import Clock
-from vpnctl.kube.retry import backoff
 
 _log = logging.getLogger(__name__)
 
@@ -31,6 +29,7 @@ class TenantTasks:
     """Runs background bodies that should never end, in a TaskGroup, and knows whether
     they are well.
 
+    ``backoff(n)``: the pause before the restart after the n-th crash in a row.
     ``healthy()`` is False while a task has crashed ``max_crashes`` times in a row
     without ``stable_after`` seconds of running in between, or when a task ended anyway.
     """
@@ -39,16 +38,12 @@ class TenantTasks:
         self,
         *,
         clock: Clock,
-        rng: random.Random,
-        backoff_base: float,
-        backoff_cap: float,
+        backoff: Callable[[int], float],
         max_crashes: int,
         stable_after: float,
     ) -> None:
         self._clock = clock
-        self._rng = rng
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
+        self._backoff = backoff
         self._max_crashes = max_crashes
         self._stable_after = stable_after
         self._health: dict[asyncio.Task[None], _TaskHealth] = {}
@@ -92,12 +87,7 @@ class TenantTasks:
                 health.crashes_in_a_row = (
                     1 if ran >= self._stable_after else health.crashes_in_a_row + 1
                 )
-                delay = backoff(
-                    attempt=health.crashes_in_a_row,
-                    base=self._backoff_base,
-                    cap=self._backoff_cap,
-                    rng=self._rng,
-                )
+                delay = self._backoff(health.crashes_in_a_row)
                 _log.exception(
                     "event=tenant_task_crashed task=%r crashes_in_a_row=%d retry_in=%.1fs",
                     health.name,
