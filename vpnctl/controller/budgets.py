@@ -39,9 +39,9 @@ from vpnctl.api import Condition
 from vpnctl.reconcile.conditions import find_condition, set_condition
 
 if TYPE_CHECKING:  # vpnctl.controller.cli reads the defaults without the Kubernetes client
-    from collections.abc import AsyncGenerator, Callable
+    from collections.abc import Callable
 
-    from vpnctl.kube import Clock, KubeObject, Resource, WatchEvent, WatchSource
+    from vpnctl.kube import Clock, KubeObject, Resource, WatchSource
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -301,6 +301,7 @@ class GuardedListing:
         self._source = source
         self._budget = budget
         self._others = others
+        self.watch = source.watch  # watches pass through unchanged
 
     async def list(
         self,
@@ -329,25 +330,6 @@ class GuardedListing:
             field_selector=field_selector,
             page_size=page_size,
             transform=counted,
-        )
-
-    def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]:
-        return self._source.watch(
-            res,
-            namespace,
-            resource_version=resource_version,
-            timeout_seconds=timeout_seconds,
-            label_selector=label_selector,
-            field_selector=field_selector,
         )
 
 

@@ -128,16 +128,13 @@ class CsrLoop:
                 continue
             state.csr_backlog.retry(failed)
             failures += 1
-            delay = self._calls.backoff(failures)
-            _log.warning(
-                "event=tenant_csr_retry tenant=%s failures=%d csrs=%d retry_in=%.1fs",
-                state.ref,
-                failures,
-                len(failed),
-                delay,
+            await self._calls.pause_after_failure(
+                state.csr_wakeup,
+                event="tenant_csr_retry",
+                tenant=state.ref,
+                failures=failures,
+                detail=f"csrs={len(failed)}",
             )
-            state.csr_wakeup.set()
-            await self._calls.clock.sleep(delay)
 
     async def _pass(self, state: TenantState, csrs: Sequence[KubeObject]) -> set[str]:
         """Decide each CSR given (the backlog's: not decided yet); the names of those that

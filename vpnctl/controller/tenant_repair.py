@@ -107,11 +107,10 @@ class DriftRepair:
         return on_event
 
     async def loop(self, state: TenantState) -> None:
-        clock = self._calls.clock
         failures = 0
         while True:
             await state.repair_wakeup.wait()
-            await clock.sleep(self._repair_coalesce)
+            await self._calls.clock.sleep(self._repair_coalesce)
             state.repair_wakeup.clear()
             try:
                 async with state.lock:
@@ -119,16 +118,13 @@ class DriftRepair:
                 failures = 0
             except ApiError as exc:
                 failures += 1
-                delay = self._calls.backoff(failures)
-                _log.warning(
-                    "event=tenant_repair_failed tenant=%s failures=%d retry_in=%.1fs error=%r",
-                    state.ref,
-                    failures,
-                    delay,
-                    str(exc),
+                await self._calls.pause_after_failure(
+                    state.repair_wakeup,
+                    event="tenant_repair_failed",
+                    tenant=state.ref,
+                    failures=failures,
+                    detail=f"error={str(exc)!r}",
                 )
-                state.repair_wakeup.set()
-                await clock.sleep(delay)
 
     async def _repair_pass(self, state: TenantState) -> None:
         assert state.budget is not None

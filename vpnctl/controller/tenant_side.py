@@ -89,7 +89,7 @@ from vpnctl.controller.tenant_install import (
     apply_all,
     result_for_error,
 )
-from vpnctl.controller.tenant_lane import Lane
+from vpnctl.controller.tenant_lane import Lane, trip
 from vpnctl.controller.tenant_repair import DriftRepair
 from vpnctl.controller.tenant_state import TenantCalls, TenantState, cache_usage
 from vpnctl.controller.tenant_tasks import TenantTasks
@@ -410,15 +410,8 @@ class KubeTenantSide:
             if state.lane is not None and state.lane.running:
                 state.lane.interrupt(over)
             else:  # paused already, or never installed: no lane to stop
-                delay = state.budget.trip(over)
+                trip(state.budget, over, name=str(state.ref))
                 self._count_trip(state, over)
-                _log.warning(
-                    "event=tenant_over_budget tenant=%s reason=%s paused_for=%.1fs message=%r",
-                    state.ref,
-                    over.reason,
-                    delay,
-                    over.message,
-                )
         return self._result(
             state,
             installed=False,

@@ -115,6 +115,23 @@ class TenantCalls:
         """The pause of a background loop after its ``attempt``-th failure in a row."""
         return backoff(attempt=attempt, base=self.backoff_base, cap=self.backoff_cap, rng=self.rng)
 
+    async def pause_after_failure(
+        self, wakeup: asyncio.Event, *, event: str, tenant: TenantRef, failures: int, detail: str
+    ) -> None:
+        """A background loop's pass failed for the ``failures``-th time in a row: log
+        ``event`` with ``detail``, see that the loop runs again, and back off until then."""
+        delay = self.backoff(failures)
+        _log.warning(
+            "event=%s tenant=%s failures=%d %s retry_in=%.1fs",
+            event,
+            tenant,
+            failures,
+            detail,
+            delay,
+        )
+        wakeup.set()
+        await self.clock.sleep(delay)
+
     def watcher(
         self,
         source: WatchSource,
