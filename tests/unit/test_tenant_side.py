@@ -16,7 +16,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import certs
+from tests.support import kubeconfigs
+from vpnctl.controller.budgets import Budgets, TenantBudget
 from vpnctl.controller.interfaces import TenantRef
+from vpnctl.controller.tenant_csr_loop import CsrLoop
 from vpnctl.controller.tenant_install import (
     REASON_APPLY_FAILED,
     REASON_KUBECONFIG_INVALID,
@@ -25,6 +28,7 @@ from vpnctl.controller.tenant_install import (
     result_for_error,
 )
 from vpnctl.controller.tenant_side import KubeTenantSide
+from vpnctl.controller.tenant_state import TenantCalls, TenantState
 from vpnctl.controller.tenant_tasks import TenantTasks
 from vpnctl.kube import (
     CLUSTER_ROLE,
@@ -33,6 +37,7 @@ from vpnctl.kube import (
     NAMESPACE,
     Forbidden,
     Invalid,
+    Kube,
     KubeObject,
     ManualClock,
     TooManyRequests,
@@ -40,6 +45,7 @@ from vpnctl.kube import (
     Unauthorized,
 )
 from vpnctl.kube.retry import backoff
+from vpnctl.kube.watch import Store, WatchMetrics
 from vpnctl.reconcile.names import labels
 from vpnctl.reconcile.node_certs import SignedCert, issued_certificate, signed_report
 from vpnctl.reconcile.settings import Settings
@@ -391,3 +397,60 @@ def test_metrics_are_registered_on_the_given_registry() -> None:
             rng=random.Random(1),
             node_cert_lifetime=dt.timedelta(0),
         )
+
+
+# --- the CSR loop's pass ----------------------------------------------------------------------
+
+
+async def test_a_csr_of_another_signer_that_reaches_the_pass_is_never_decided() -> None:
+    """The apiserver filters by signer (a field selector); should one slip through anyway,
+    the pass neither spends the tenant's decision budget on it nor writes to it."""
+    clock = ManualClock(autoadvance=True)
+    rng = random.Random(1)
+    calls = TenantCalls(
+        clock=clock,
+        rng=rng,
+        watch_metrics=WatchMetrics(CollectorRegistry()),
+        request_timeout=1.0,
+        request_attempts=1,
+        watch_timeout_seconds=60,
+        backoff_base=0.5,
+        backoff_cap=1.0,
+    )
+    loop = CsrLoop(
+        calls=calls,
+        registry=CollectorRegistry(),
+        node_cert_lifetime=dt.timedelta(days=30),
+        recorder=None,
+    )
+    text = kubeconfigs.dump(kubeconfigs.valid(kubeconfigs.material()))
+    async with await Kube.from_kubeconfig_text(text, name="t") as kube:
+        state = TenantState(
+            ref=TENANT,
+            kubeconfig_text=text,
+            kube=kube,
+            ca=ca(),
+            # One decision a minute: a second one would raise OverBudget.
+            budget=TenantBudget(
+                Budgets(csr_decisions_per_minute=1), tenant=str(TENANT), clock=clock, rng=rng
+            ),
+        )
+        others = [
+            {
+                "metadata": {"name": f"kubelet-{i}", "uid": f"u{i}", "resourceVersion": "1"},
+                "spec": {"signerName": "kubernetes.io/kube-apiserver-client", "request": ""},
+                "status": {},
+            }
+            for i in range(3)
+        ]
+        assert await loop.decide_csrs(state, others) == set()
+        assert (state.signed, state.denied) == (0, 0)
+        assert state.budget is not None
+        assert state.budget.degraded() is None
+        state.budget.take_csr_decision()  # the one decision of the minute is still there
+        for csr in others:
+            state.csr_backlog.changed("MODIFIED", csr)
+        store = Store()
+        for csr in others:
+            store.upsert(csr)
+        assert state.csr_backlog.take(store) == []  # marked decided: not looked at again

@@ -122,7 +122,7 @@ class CsrLoop:
             watcher = state.csr_watcher
             if watcher is None or not watcher.synced.is_set():
                 continue  # its first listing wakes us again
-            failed = await self._pass(state, state.csr_backlog.take(watcher.store))
+            failed = await self.decide_csrs(state, state.csr_backlog.take(watcher.store))
             if not failed:
                 failures = 0
                 continue
@@ -136,7 +136,7 @@ class CsrLoop:
                 detail=f"csrs={len(failed)}",
             )
 
-    async def _pass(self, state: TenantState, csrs: Sequence[KubeObject]) -> set[str]:
+    async def decide_csrs(self, state: TenantState, csrs: Sequence[KubeObject]) -> set[str]:
         """Decide each CSR given (the backlog's: not decided yet); the names of those that
         failed (to be retried). Every CSR waiting for a decision takes one from the tenant's
         budget (OverBudget ends the pass, and pauses the tenant)."""

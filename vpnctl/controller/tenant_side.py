@@ -38,9 +38,8 @@ other tenant.
 
 Choices a reader may wonder about:
 
-- ``ensure()`` reads from the watch caches when they are synced, so a resync with
-  nothing changed sends no request at all; without a cache (first install) it GETs.
-  Every write is preceded by ``diff.needs_update``: no change, no write.
+- ``ensure()`` reads from the watch caches when they are synced (``tenant_install``),
+  so a resync with nothing changed sends no request at all.
 - Watches start only after a first successful install: watching an apiserver that was
   never reachable would only add retry noise to the ``TenantUnreachable`` condition.
 - ``cleanup()`` first ``forget()``s the tenant, or drift repair would put back what it
@@ -49,8 +48,6 @@ Choices a reader may wonder about:
   cluster is gone or unreachable while its Cluster is being deleted (CAPI deletes the
   control plane at the same time), and a Cluster must not stay undeletable forever
   because of it. The objects die with the tenant cluster.
-- Node CSRs are the nodes', not ours: cleanup leaves them alone, and the loop never
-  denies a CSR of another signer (the kubelet's own live in the same API).
 """
 
 from __future__ import annotations
