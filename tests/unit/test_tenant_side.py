@@ -48,6 +48,7 @@ from vpnctl.kube.retry import backoff
 from vpnctl.kube.watch import Store, WatchMetrics
 from vpnctl.reconcile.names import labels
 from vpnctl.reconcile.node_certs import SignedCert, issued_certificate, signed_report
+from vpnctl.reconcile.revocations import IssuedCert
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant_objects import tenant_objects
 from vpnctl.reconcile.tenant_refs import (
@@ -454,3 +455,16 @@ async def test_a_csr_of_another_signer_that_reaches_the_pass_is_never_decided() 
         for csr in others:
             store.upsert(csr)
         assert state.csr_backlog.take(store) == []  # marked decided: not looked at again
+
+
+def test_a_certificate_just_signed_is_reported_and_recorded_as_issued() -> None:
+    at = dt.datetime(2030, 1, 2, tzinfo=dt.UTC)
+    cert = IssuedCert(
+        serial=0xAB12, node="node-1", machine="md-1", not_after=at + dt.timedelta(days=1)
+    )
+    signed = SignedCert.of(cert, not_before=at)
+    assert signed == SignedCert(
+        node="node-1", serial="ab12", not_before=at, not_after=cert.not_after, machine="md-1"
+    )
+    assert signed.issued() == cert
+    assert signed_report([signed], now=at) == (("node-1", "ab12"),)

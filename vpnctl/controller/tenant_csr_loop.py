@@ -246,13 +246,8 @@ class CsrLoop:
             )
         elif handled.outcome == "signed" and handled.cert is not None and decision is not None:
             cert = handled.cert
-            state.issued[format(cert.serial, "x")] = SignedCert(
-                node=cert.node,
-                serial=format(cert.serial, "x"),
-                not_before=self._calls.clock.now(),
-                not_after=cert.not_after,
-                machine=cert.machine,
-            )
+            signed = SignedCert.of(cert, not_before=self._calls.clock.now())
+            state.issued[signed.serial] = signed
             self._count(state, "signed")
             _log.info(
                 "event=tenant_csr_signed tenant=%s csr=%s node=%s machine=%s serial=%x",

@@ -28,6 +28,12 @@ class SignedCert:
     not_after: datetime
     machine: str | None = None  # the Machine that vouched, when this process signed it
 
+    @classmethod
+    def of(cls, cert: IssuedCert, *, not_before: datetime) -> SignedCert:
+        """The report of a certificate the signer just issued (at ``not_before``)."""
+        serial = format(cert.serial, "x")
+        return cls(cert.node, serial, not_before, cert.not_after, machine=cert.machine)
+
     def issued(self) -> IssuedCert:
         """As the revocation book records it."""
         return IssuedCert(
