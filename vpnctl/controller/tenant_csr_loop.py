@@ -36,7 +36,13 @@ from vpnctl.controller.budgets import (
 )
 from vpnctl.controller.csr_signer import IssuedRecorder, handle_csr
 from vpnctl.controller.tenant_lane import Lane
-from vpnctl.controller.tenant_state import TenantCalls, TenantState, cache_usage, check_cache
+from vpnctl.controller.tenant_state import (
+    FailedPasses,
+    TenantCalls,
+    TenantState,
+    cache_usage,
+    check_cache,
+)
 from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, ApiError, KubeObject, NotFound
 from vpnctl.reconcile.csr import NODE_SIGNER, csr_state
 from vpnctl.reconcile.errors import ReconcileError
@@ -115,7 +121,9 @@ class CsrLoop:
         return on_event
 
     async def _loop(self, state: TenantState) -> None:
-        failures = 0
+        passes = FailedPasses(
+            calls=self._calls, wakeup=state.csr_wakeup, tenant=state.ref, event="tenant_csr_retry"
+        )
         while True:
             await state.csr_wakeup.wait()
             state.csr_wakeup.clear()
@@ -123,18 +131,11 @@ class CsrLoop:
             if watcher is None or not watcher.synced.is_set():
                 continue  # its first listing wakes us again
             failed = await self.decide_csrs(state, state.csr_backlog.take(watcher.store))
-            if not failed:
-                failures = 0
-                continue
-            state.csr_backlog.retry(failed)
-            failures += 1
-            await self._calls.pause_after_failure(
-                state.csr_wakeup,
-                event="tenant_csr_retry",
-                tenant=state.ref,
-                failures=failures,
-                detail=f"csrs={len(failed)}",
-            )
+            if failed:
+                state.csr_backlog.retry(failed)
+                await passes.failed(f"csrs={len(failed)}")
+            else:
+                passes.succeeded()
 
     async def decide_csrs(self, state: TenantState, csrs: Sequence[KubeObject]) -> set[str]:
         """Decide each CSR given (the backlog's: not decided yet); the names of those that

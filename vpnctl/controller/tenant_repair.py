@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from vpnctl.controller.tenant_install import apply, cached, read
 from vpnctl.controller.tenant_lane import Lane
-from vpnctl.controller.tenant_state import TenantCalls, TenantState, check_cache
+from vpnctl.controller.tenant_state import FailedPasses, TenantCalls, TenantState, check_cache
 from vpnctl.kube import ApiError, KubeObject, Watcher
 from vpnctl.reconcile.diff import needs_update
 from vpnctl.reconcile.tenant_refs import (
@@ -107,7 +107,12 @@ class DriftRepair:
         return on_event
 
     async def loop(self, state: TenantState) -> None:
-        failures = 0
+        passes = FailedPasses(
+            calls=self._calls,
+            wakeup=state.repair_wakeup,
+            tenant=state.ref,
+            event="tenant_repair_failed",
+        )
         while True:
             await state.repair_wakeup.wait()
             await self._calls.clock.sleep(self._repair_coalesce)
@@ -115,16 +120,10 @@ class DriftRepair:
             try:
                 async with state.lock:
                     await self._repair_pass(state)
-                failures = 0
             except ApiError as exc:
-                failures += 1
-                await self._calls.pause_after_failure(
-                    state.repair_wakeup,
-                    event="tenant_repair_failed",
-                    tenant=state.ref,
-                    failures=failures,
-                    detail=f"error={str(exc)!r}",
-                )
+                await passes.failed(f"error={str(exc)!r}")
+            else:
+                passes.succeeded()
 
     async def _repair_pass(self, state: TenantState) -> None:
         assert state.budget is not None

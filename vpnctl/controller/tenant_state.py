@@ -115,23 +115,6 @@ class TenantCalls:
         """The pause of a background loop after its ``attempt``-th failure in a row."""
         return backoff(attempt=attempt, base=self.backoff_base, cap=self.backoff_cap, rng=self.rng)
 
-    async def pause_after_failure(
-        self, wakeup: asyncio.Event, *, event: str, tenant: TenantRef, failures: int, detail: str
-    ) -> None:
-        """A background loop's pass failed for the ``failures``-th time in a row: log
-        ``event`` with ``detail``, see that the loop runs again, and back off until then."""
-        delay = self.backoff(failures)
-        _log.warning(
-            "event=%s tenant=%s failures=%d %s retry_in=%.1fs",
-            event,
-            tenant,
-            failures,
-            detail,
-            delay,
-        )
-        wakeup.set()
-        await self.clock.sleep(delay)
-
     def watcher(
         self,
         source: WatchSource,
@@ -162,3 +145,33 @@ class TenantCalls:
             page_size=page_size,
             transform=transform,
         )
+
+
+@dataclass(kw_only=True)
+class FailedPasses:
+    """The failed passes in a row of one background loop of one tenant (repair, CSRs),
+    and what follows a failure: a log line ``event``, and a backoff before the loop runs
+    again."""
+
+    calls: TenantCalls
+    wakeup: asyncio.Event  # the loop's: set, so that it runs again after the backoff
+    tenant: TenantRef
+    event: str
+    failures: int = 0
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    async def failed(self, detail: str) -> None:
+        self.failures += 1
+        delay = self.calls.backoff(self.failures)
+        _log.warning(
+            "event=%s tenant=%s failures=%d %s retry_in=%.1fs",
+            self.event,
+            self.tenant,
+            self.failures,
+            detail,
+            delay,
+        )
+        self.wakeup.set()
+        await self.calls.clock.sleep(delay)
