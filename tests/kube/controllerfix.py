@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from tests.support.fake_tenant_side import EnsureCall as EnsureCall
 from tests.support.fake_tenant_side import FakeTenantSide as FakeTenantSide
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
-from vpnctl.controller.interfaces import TenantRef
+from vpnctl.controller.interfaces import TenantRef, TenantSide
 from vpnctl.controller.operator import Controller, ControllerSettings
 from vpnctl.controller.tenant import TenantSettings
 from vpnctl.kube import (
@@ -133,7 +133,7 @@ async def running_controller(
     kube: Kube,
     settings: ControllerSettings,
     *,
-    side: FakeTenantSide,
+    side: TenantSide,
     observations: FakeObservations,
     watch_source: WatchSource | None = None,
     registry: CollectorRegistry | None = None,
