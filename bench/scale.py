@@ -3,7 +3,9 @@
 The service cluster is real (kube-apiserver, etcd, kube-controller-manager from the test
 harness); the tenant side and the servers' observations are stand-ins, because the
 question is the controller's own cost: its watches, queue, PKI, object building and
-API writes for N tenants x M Machines, all created at once.
+API writes for N tenants x M Machines, all created at once. The tenant side is the
+tests' ``FakeTenantSide`` (tests/support/fake_tenant_side.py): every agent is installed
+at once; it keeps a small record of each ensure() call, part of the RSS measured.
 
 Used by `python -m bench` (standalone, its own service cluster) and by
 tests/kube/test_controller_scale.py (the session's service cluster). RSS is the whole
@@ -20,17 +22,16 @@ import platform
 import random
 import resource
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from prometheus_client import CollectorRegistry
 
-import certs
+from tests.support.fake_tenant_side import FakeTenantSide
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
-from vpnctl.controller.interfaces import TenantRef, TenantSideResult
+from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.operator import Controller, ControllerSettings
 from vpnctl.controller.tenant import TenantSettings
 from vpnctl.kube import CLUSTER, MACHINE, SECRET, TUNNEL, Kube, SystemClock
@@ -38,37 +39,6 @@ from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation
 
 RESULTS = Path(__file__).resolve().parent / "results-controller.txt"
-
-
-class StandInTenantSide:
-    """Answers at once: every agent is installed."""
-
-    def __init__(self) -> None:
-        self.ensures = 0
-
-    async def ensure(
-        self,
-        *,
-        tenant: TenantRef,
-        kubeconfig_text: str,
-        desired_objects: Sequence[dict[str, Any]],
-        ca: certs.Issued,
-        machines: Sequence[dict[str, Any]],
-    ) -> TenantSideResult:
-        self.ensures += 1
-        return TenantSideResult(installed=True, reason="Installed", message="stand-in")
-
-    def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
-        pass
-
-    async def forget(self, tenant: TenantRef) -> None:
-        return None
-
-    async def cleanup(self, *, tenant: TenantRef, kubeconfig_text: str | None) -> bool:
-        return True
-
-    def repairs(self, tenant: TenantRef) -> int:
-        return 0
 
 
 class AllConnected:
@@ -276,7 +246,7 @@ async def run_controller_scale(
         kube=kube,
         registry=registry,
         clock=SystemClock(),
-        tenant_side=StandInTenantSide(),
+        tenant_side=FakeTenantSide(),
         observations=AllConnected(machines),
         rng=random.Random(1),
     )

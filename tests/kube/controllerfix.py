@@ -3,6 +3,9 @@
 ``FakeTenantSide`` and ``FakeObservations`` stand in for the tenant cluster and the
 server pods (our interfaces, so fakes are right); everything in the service cluster is
 real: the apiserver, the CRDs, the garbage collector of kube-controller-manager.
+
+``FakeTenantSide`` lives in ``tests/support/fake_tenant_side.py`` (``bench/`` uses it
+too) and is re-exported here, where the tests import it from.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import pytest_asyncio
 import yaml
 from prometheus_client import CollectorRegistry
 
-import certs
+from tests.support.fake_tenant_side import EnsureCall as EnsureCall
+from tests.support.fake_tenant_side import FakeTenantSide as FakeTenantSide
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
-from vpnctl.controller.interfaces import TenantRef, TenantSideResult
+from vpnctl.controller.interfaces import TenantRef, TenantSide
 from vpnctl.controller.operator import Controller, ControllerSettings
 from vpnctl.controller.tenant import TenantSettings
 from vpnctl.kube import (
@@ -42,89 +46,6 @@ from vpnctl.reconcile.samples import LAB_PODS_CIDR, LAB_SERVICES_CIDR
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation
 from vpnctl.testenv import ServiceCluster
-
-
-@dataclass
-class EnsureCall:
-    tenant: TenantRef
-    kinds: tuple[str, ...]
-    machines: tuple[str, ...]
-    ca_cert_pem: bytes
-
-
-@dataclass
-class FakeTenantSide:
-    """Records what the controller asks of the tenant side; tenants in ``unreachable``
-    get installed=False. ``signed`` serials are reported on every ensure()."""
-
-    unreachable: set[TenantRef] = field(default_factory=set)
-    cleanup_answers: bool = True
-    signed: dict[TenantRef, tuple[tuple[str, str], ...]] = field(default_factory=dict)
-    calls: list[EnsureCall] = field(default_factory=list)
-    cleaned: list[tuple[TenantRef, bool]] = field(default_factory=list)
-    forgotten: list[TenantRef] = field(default_factory=list)
-    repair_counts: dict[TenantRef, int] = field(default_factory=dict)
-    vouched: dict[TenantRef, set[str]] = field(default_factory=dict)
-    machine_lists: list[tuple[TenantRef, tuple[str, ...]]] = field(default_factory=list)
-
-    async def ensure(
-        self,
-        *,
-        tenant: TenantRef,
-        kubeconfig_text: str,
-        desired_objects: Sequence[dict[str, Any]],
-        ca: certs.Issued,
-        machines: Sequence[dict[str, Any]],
-    ) -> TenantSideResult:
-        assert "clusters:" in kubeconfig_text  # the Secret's text, decoded
-        self.calls.append(
-            EnsureCall(
-                tenant=tenant,
-                kinds=tuple(str(o["kind"]) for o in desired_objects),
-                machines=tuple(str(m["metadata"]["name"]) for m in machines),
-                ca_cert_pem=ca.cert_pem,
-            )
-        )
-        # Like the real signer: a node's certificate exists only once a Machine of it
-        # was seen; it is then reported until it expires, Machine or not.
-        self.vouched.setdefault(tenant, set()).update(
-            str(m["status"]["nodeRef"]["name"])
-            for m in machines
-            if ((m.get("status") or {}).get("nodeRef") or {}).get("name")
-        )
-        signed = tuple(
-            (node, serial)
-            for node, serial in self.signed.get(tenant, ())
-            if node in self.vouched[tenant]
-        )
-        if tenant in self.unreachable:
-            return TenantSideResult(
-                installed=False,
-                reason="TenantUnreachable",
-                message="the tenant apiserver did not answer (fake)",
-            )
-        return TenantSideResult(
-            installed=True,
-            reason="Installed",
-            message="agent installed (fake)",
-            signed=signed,
-        )
-
-    def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
-        self.machine_lists.append((tenant, tuple(str(m["metadata"]["name"]) for m in machines)))
-
-    async def forget(self, tenant: TenantRef) -> None:
-        self.forgotten.append(tenant)
-
-    async def cleanup(self, *, tenant: TenantRef, kubeconfig_text: str | None) -> bool:
-        self.cleaned.append((tenant, kubeconfig_text is not None))
-        return self.cleanup_answers
-
-    def repairs(self, tenant: TenantRef) -> int:
-        return self.repair_counts.get(tenant, 0)
-
-    def ensures(self, tenant: TenantRef) -> int:
-        return sum(1 for c in self.calls if c.tenant == tenant)
 
 
 @dataclass
@@ -212,7 +133,7 @@ async def running_controller(
     kube: Kube,
     settings: ControllerSettings,
     *,
-    side: FakeTenantSide,
+    side: TenantSide,
     observations: FakeObservations,
     watch_source: WatchSource | None = None,
     registry: CollectorRegistry | None = None,

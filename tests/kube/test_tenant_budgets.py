@@ -282,6 +282,9 @@ class ByTenant:
     async def ensure(self, *, tenant: TenantRef, **kwargs: Any) -> TenantSideResult:
         return await self._side(tenant).ensure(tenant=tenant, **kwargs)
 
+    def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
+        self._side(tenant).machines_changed(tenant, machines)
+
     async def forget(self, tenant: TenantRef) -> None:
         await self._side(tenant).forget(tenant)
 

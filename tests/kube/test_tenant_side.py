@@ -29,13 +29,12 @@ from prometheus_client import CollectorRegistry
 import certs
 from agent.bootstrap import CSRRefused, obtain_certificate
 from vpnctl.controller.interfaces import TenantRef
-from vpnctl.controller.tenant_side import (
+from vpnctl.controller.tenant_install import (
     REASON_INSTALLED,
     REASON_KUBECONFIG_INVALID,
     REASON_UNREACHABLE,
-    KubeTenantSide,
-    object_ref,
 )
+from vpnctl.controller.tenant_side import KubeTenantSide
 from vpnctl.kube import (
     CERTIFICATE_SIGNING_REQUEST,
     CLUSTER_ROLE,
@@ -55,6 +54,7 @@ from vpnctl.reconcile.names import COMPONENT_NODE_AGENT, NODE_AGENT_NAME, labels
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant import parse_tenant
 from vpnctl.reconcile.tenant_objects import NODE_JSON, tenant_objects
+from vpnctl.reconcile.tenant_refs import object_ref
 from vpnctl.testenv import TenantCluster
 from vpnctl.testenv.cluster import free_ports
 

@@ -58,7 +58,6 @@ class RecordingBook:
 
 @contextlib.asynccontextmanager
 async def signer(recorder: IssuedRecorder | None = None) -> AsyncIterator[KubeTenantSide]:
-    extra = {} if recorder is None else {"recorder": recorder}
     async with KubeTenantSide(
         registry=CollectorRegistry(),
         clock=SystemClock(),
@@ -66,7 +65,7 @@ async def signer(recorder: IssuedRecorder | None = None) -> AsyncIterator[KubeTe
         node_cert_lifetime=dt.timedelta(days=30),
         request_timeout=5.0,
         backoff_cap=2.0,
-        **extra,
+        recorder=recorder,
     ) as ts:
         yield ts
 

@@ -1,1 +1,1 @@
-"""Shared test support: samples and scanners that several test folders use."""
+"""Shared test support: samples, scanners and fakes that several test folders (and bench/) use."""

@@ -22,7 +22,7 @@ from tests.support import kubeconfigs
 from tests.support.secrets_scan import scan
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.tenant import TenantPKI
-from vpnctl.controller.tenant_side import _Tenant
+from vpnctl.controller.tenant_state import TenantState
 from vpnctl.kube import Kube
 from vpnctl.reconcile.kubeconfig import parse_kubeconfig
 from vpnctl.reconcile.secrets import (
@@ -148,7 +148,7 @@ async def tenant_kube(material: dict[str, Any]) -> AsyncIterator[Kube]:
 
 async def test_tenant_side_state(material: dict[str, Any], tenant_kube: Kube) -> None:
     """The tenant side keeps the kubeconfig text to notice when the Secret changes."""
-    state = _Tenant(
+    state = TenantState(
         ref=TenantRef(namespace="t", cluster="t"),
         kubeconfig_text=material["kubeconfig"],
         kube=tenant_kube,

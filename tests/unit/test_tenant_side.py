@@ -16,28 +16,20 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import certs
+from tests.support import kubeconfigs
+from vpnctl.controller.budgets import Budgets, TenantBudget
 from vpnctl.controller.interfaces import TenantRef
-from vpnctl.controller.tenant_side import (
-    KNOWN_RESOURCES,
+from vpnctl.controller.tenant_csr_loop import CsrLoop
+from vpnctl.controller.tenant_install import (
     REASON_APPLY_FAILED,
     REASON_KUBECONFIG_INVALID,
     REASON_REFUSED,
     REASON_UNREACHABLE,
-    KubeTenantSide,
-    ObjectRef,
-    SignedCert,
-    Supervisor,
-    WatchSpec,
-    desired_by_ref,
-    drifted,
-    issued_certificate,
-    label_selector,
-    object_ref,
-    resource_for,
     result_for_error,
-    signed_report,
-    watch_specs,
 )
+from vpnctl.controller.tenant_side import KubeTenantSide
+from vpnctl.controller.tenant_state import TenantCalls, TenantState
+from vpnctl.controller.tenant_tasks import TenantTasks
 from vpnctl.kube import (
     CLUSTER_ROLE,
     CONFIG_MAP,
@@ -45,15 +37,31 @@ from vpnctl.kube import (
     NAMESPACE,
     Forbidden,
     Invalid,
+    Kube,
     KubeObject,
     ManualClock,
     TooManyRequests,
     TransportError,
     Unauthorized,
 )
+from vpnctl.kube.retry import backoff
+from vpnctl.kube.watch import Store, WatchMetrics
 from vpnctl.reconcile.names import labels
+from vpnctl.reconcile.node_certs import SignedCert, issued_certificate, signed_report
+from vpnctl.reconcile.revocations import IssuedCert
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant_objects import tenant_objects
+from vpnctl.reconcile.tenant_refs import (
+    KNOWN_RESOURCES,
+    ObjectRef,
+    WatchSpec,
+    desired_by_ref,
+    drifted,
+    label_selector,
+    object_ref,
+    resource_for,
+    watch_specs,
+)
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 TENANT = TenantRef(namespace="tenant-a", cluster="tenant-a")
@@ -219,15 +227,14 @@ def test_the_signed_report_is_oldest_first_without_expired_ones() -> None:
     assert signed_report([newer, gone, older], now=NOW) == (("node-2", "a1"), ("node-1", "b2"))
 
 
-# --- the supervisor --------------------------------------------------------------------------
+# --- the supervisor (TenantTasks) -----------------------------------------------------------
 
 
-def supervisor(clock: ManualClock, *, max_crashes: int = 3) -> Supervisor:
-    return Supervisor(
+def supervisor(clock: ManualClock, *, max_crashes: int = 3) -> TenantTasks:
+    rng = random.Random(3)
+    return TenantTasks(
         clock=clock,
-        rng=random.Random(3),
-        backoff_base=1.0,
-        backoff_cap=8.0,
+        backoff=lambda n: backoff(attempt=n, base=1.0, cap=8.0, rng=rng),
         max_crashes=max_crashes,
         stable_after=60.0,
     )
@@ -249,7 +256,7 @@ async def test_a_crashing_task_is_logged_restarted_with_backoff_and_unhealthy(
         running.set()
         await asyncio.Event().wait()
 
-    caplog.set_level(logging.ERROR, logger="vpnctl.controller.tenant_side")
+    caplog.set_level(logging.ERROR, logger="vpnctl.controller.tenant_tasks")
     async with asyncio.TaskGroup() as group:
         task = sup.spawn(group, "tenant x/y repair", body)
         await running.wait()
@@ -391,3 +398,73 @@ def test_metrics_are_registered_on_the_given_registry() -> None:
             rng=random.Random(1),
             node_cert_lifetime=dt.timedelta(0),
         )
+
+
+# --- the CSR loop's pass ----------------------------------------------------------------------
+
+
+async def test_a_csr_of_another_signer_that_reaches_the_pass_is_never_decided() -> None:
+    """The apiserver filters by signer (a field selector); should one slip through anyway,
+    the pass neither spends the tenant's decision budget on it nor writes to it."""
+    clock = ManualClock(autoadvance=True)
+    rng = random.Random(1)
+    calls = TenantCalls(
+        clock=clock,
+        rng=rng,
+        watch_metrics=WatchMetrics(CollectorRegistry()),
+        request_timeout=1.0,
+        request_attempts=1,
+        watch_timeout_seconds=60,
+        backoff_base=0.5,
+        backoff_cap=1.0,
+    )
+    loop = CsrLoop(
+        calls=calls,
+        registry=CollectorRegistry(),
+        node_cert_lifetime=dt.timedelta(days=30),
+        recorder=None,
+    )
+    text = kubeconfigs.dump(kubeconfigs.valid(kubeconfigs.material()))
+    async with await Kube.from_kubeconfig_text(text, name="t") as kube:
+        state = TenantState(
+            ref=TENANT,
+            kubeconfig_text=text,
+            kube=kube,
+            ca=ca(),
+            # One decision a minute: a second one would raise OverBudget.
+            budget=TenantBudget(
+                Budgets(csr_decisions_per_minute=1), tenant=str(TENANT), clock=clock, rng=rng
+            ),
+        )
+        others = [
+            {
+                "metadata": {"name": f"kubelet-{i}", "uid": f"u{i}", "resourceVersion": "1"},
+                "spec": {"signerName": "kubernetes.io/kube-apiserver-client", "request": ""},
+                "status": {},
+            }
+            for i in range(3)
+        ]
+        assert await loop.decide_csrs(state, others) == set()
+        assert (state.signed, state.denied) == (0, 0)
+        assert state.budget is not None
+        assert state.budget.degraded() is None
+        state.budget.take_csr_decision()  # the one decision of the minute is still there
+        for csr in others:
+            state.csr_backlog.changed("MODIFIED", csr)
+        store = Store()
+        for csr in others:
+            store.upsert(csr)
+        assert state.csr_backlog.take(store) == []  # marked decided: not looked at again
+
+
+def test_a_certificate_just_signed_is_reported_and_recorded_as_issued() -> None:
+    at = dt.datetime(2030, 1, 2, tzinfo=dt.UTC)
+    cert = IssuedCert(
+        serial=0xAB12, node="node-1", machine="md-1", not_after=at + dt.timedelta(days=1)
+    )
+    signed = SignedCert.of(cert, not_before=at)
+    assert signed == SignedCert(
+        node="node-1", serial="ab12", not_before=at, not_after=cert.not_after, machine="md-1"
+    )
+    assert signed.issued() == cert
+    assert signed_report([signed], now=at) == (("node-1", "ab12"),)

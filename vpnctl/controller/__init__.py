@@ -6,5 +6,6 @@
 - ``operator``: watches, leader election, resync, /healthz; ``run_controller``.
 - ``observe``: the real ObservationSource (the server role's status endpoint).
 - ``metrics``: the controller's Prometheus metrics on a passed-in registry.
-- ``tenant_side``: the tenant-cluster side (agent install, drift repair, CSRs).
+- ``tenant_side``: the tenant-cluster side; its jobs in ``tenant_install``,
+  ``tenant_repair``, ``tenant_csr_loop`` and ``tenant_cleanup``, supervised by ``tenant_tasks``.
 """

@@ -33,15 +33,15 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from vpnctl.api import Condition
 from vpnctl.reconcile.conditions import find_condition, set_condition
 
 if TYPE_CHECKING:  # vpnctl.controller.cli reads the defaults without the Kubernetes client
-    from collections.abc import AsyncGenerator, Callable
+    from collections.abc import Callable
 
-    from vpnctl.kube import Clock, KubeObject, Resource, WatchEvent
+    from vpnctl.kube import Clock, KubeObject, Resource, WatchSource
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -282,41 +282,18 @@ def with_degraded(
 # --- a listing that alone is over budget -----------------------------------------------------
 
 
-class ListingSource(Protocol):
-    """What ``GuardedListing`` needs of a connection (``Kube`` is one)."""
-
-    async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        page_size: int = 500,
-        transform: Callable[[KubeObject], KubeObject] | None = None,
-    ) -> tuple[list[KubeObject], str]: ...
-
-    def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]: ...
-
-
 class GuardedListing:
     """A watch source whose listings stop, page by page, as soon as what they brought so
     far plus what the tenant's other caches hold (``others()``: objects, bytes) is over
     the budget: a tenant with a million CSRs must not make us download them all before
-    the cache check after the listing says no. Watches pass through unchanged."""
+    the cache check after the listing says no. Watches pass through unchanged.
+
+    A ``WatchSource`` wrapping one (``Kube``): what the ``Watcher`` of the tenant's CSRs
+    lists and watches through; the selectors and ``transform`` are the Watcher's."""
 
     def __init__(
         self,
-        source: ListingSource,
+        source: WatchSource,
         budget: TenantBudget,
         *,
         others: Callable[[], tuple[int, int]],
@@ -324,6 +301,7 @@ class GuardedListing:
         self._source = source
         self._budget = budget
         self._others = others
+        self.watch = source.watch  # watches pass through unchanged
 
     async def list(
         self,
@@ -352,25 +330,6 @@ class GuardedListing:
             field_selector=field_selector,
             page_size=page_size,
             transform=counted,
-        )
-
-    def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]:
-        return self._source.watch(
-            res,
-            namespace,
-            resource_version=resource_version,
-            timeout_seconds=timeout_seconds,
-            label_selector=label_selector,
-            field_selector=field_selector,
         )
 
 

@@ -9,7 +9,7 @@ them, ``on_pause`` drops what they cached, and after the budget's pause ``start`
 them again from scratch (a fresh listing, since nothing cached survives a pause).
 
 Any other exception from a child ends ``run()``: that is a bug, and the tenant side's
-Supervisor logs it and restarts the lane with backoff, as it would any task.
+supervisor (``TenantTasks``) logs it and restarts the lane with backoff, as it would any task.
 """
 
 from __future__ import annotations
@@ -33,6 +33,20 @@ def first_over_budget(group: BaseExceptionGroup[OverBudget]) -> OverBudget:
         if isinstance(exc, BaseExceptionGroup):
             return first_over_budget(exc)
     raise AssertionError("an OverBudget group without an OverBudget")  # pragma: no cover
+
+
+def trip(budget: TenantBudget, over: OverBudget, *, name: str) -> float:
+    """Pause the tenant's budget for ``over`` and log it; the pause, in seconds."""
+    delay = budget.trip(over)
+    _log.warning(
+        "event=tenant_over_budget tenant=%s reason=%s paused_for=%.1fs trips=%d message=%r",
+        name,
+        over.reason,
+        delay,
+        budget.trips,
+        over.message,
+    )
+    return delay
 
 
 class Lane:
@@ -105,15 +119,7 @@ class Lane:
             if over is None:  # pragma: no cover - the children never return
                 raise RuntimeError(f"every task of the lane of {self.name} returned")
             self._on_pause()
-            delay = self._budget.trip(over)
+            delay = trip(self._budget, over, name=self.name)
             self._on_trip(over, delay)
-            _log.warning(
-                "event=tenant_over_budget tenant=%s reason=%s paused_for=%.1fs trips=%d message=%r",
-                self.name,
-                over.reason,
-                delay,
-                self._budget.trips,
-                over.message,
-            )
             await self._clock.sleep(delay)
             _log.info("event=tenant_resumed tenant=%s trips=%d", self.name, self._budget.trips)

@@ -59,38 +59,44 @@ def _metadata(
     return meta
 
 
+def _agent_object(
+    api_version: str,
+    kind: str,
+    *,
+    cluster_name: str,
+    namespace: str | None,
+    name: str = NODE_AGENT_NAME,
+    extra_labels: Mapping[str, str] = {},
+    **fields: Any,
+) -> KubeObject:
+    """One of our objects in the tenant cluster: our labels, stamped with its hash;
+    ``fields`` after the metadata (``data``, ``spec``)."""
+    meta = _metadata(
+        cluster_name=cluster_name, name=name, namespace=namespace, extra_labels=extra_labels
+    )
+    return stamp({"apiVersion": api_version, "kind": kind, "metadata": meta, **fields})
+
+
 def agent_namespace(*, cluster_name: str, settings: Settings) -> KubeObject:
     """The agent's namespace. Pod Security "privileged": the agent needs hostNetwork,
     hostPath and NET_ADMIN, which every other level forbids."""
-    return stamp(
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": _metadata(
-                cluster_name=cluster_name,
-                name=settings.tenant_namespace,
-                namespace=None,
-                extra_labels={
-                    "pod-security.kubernetes.io/audit": "privileged",
-                    "pod-security.kubernetes.io/enforce": "privileged",
-                    "pod-security.kubernetes.io/warn": "privileged",
-                },
-            ),
-        }
+    return _agent_object(
+        "v1",
+        "Namespace",
+        cluster_name=cluster_name,
+        name=settings.tenant_namespace,
+        namespace=None,
+        extra_labels={
+            "pod-security.kubernetes.io/audit": "privileged",
+            "pod-security.kubernetes.io/enforce": "privileged",
+            "pod-security.kubernetes.io/warn": "privileged",
+        },
     )
 
 
 def agent_service_account(*, cluster_name: str, settings: Settings) -> KubeObject:
-    return stamp(
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": _metadata(
-                cluster_name=cluster_name,
-                name=NODE_AGENT_NAME,
-                namespace=settings.tenant_namespace,
-            ),
-        }
+    return _agent_object(
+        "v1", "ServiceAccount", cluster_name=cluster_name, namespace=settings.tenant_namespace
     )
 
 
@@ -98,17 +104,12 @@ def agent_config_map(
     *, cluster_name: str, settings: Settings, role_config: Mapping[str, Any], ca_pem: bytes
 ) -> KubeObject:
     """node.json and the tenant CA certificate (public; no key material here)."""
-    return stamp(
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": _metadata(
-                cluster_name=cluster_name,
-                name=NODE_AGENT_NAME,
-                namespace=settings.tenant_namespace,
-            ),
-            "data": {CA_CERT: ca_pem.decode("ascii"), NODE_JSON: canonical_json(role_config)},
-        }
+    return _agent_object(
+        "v1",
+        "ConfigMap",
+        cluster_name=cluster_name,
+        namespace=settings.tenant_namespace,
+        data={CA_CERT: ca_pem.decode("ascii"), NODE_JSON: canonical_json(role_config)},
     )
 
 
@@ -205,30 +206,25 @@ def agent_daemon_set(
     }
     if settings.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
-    return stamp(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "DaemonSet",
-            "metadata": _metadata(
-                cluster_name=cluster_name,
-                name=NODE_AGENT_NAME,
-                namespace=settings.tenant_namespace,
-            ),
-            "spec": {
-                "selector": {"matchLabels": selector},
-                "template": {
-                    "metadata": {
-                        "annotations": {CONFIG_HASH_ANNOTATION: digest(role_config)},
-                        "labels": labels(cluster_name=cluster_name, component=COMPONENT_NODE_AGENT),
-                    },
-                    "spec": pod_spec,
+    return _agent_object(
+        "apps/v1",
+        "DaemonSet",
+        cluster_name=cluster_name,
+        namespace=settings.tenant_namespace,
+        spec={
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "annotations": {CONFIG_HASH_ANNOTATION: digest(role_config)},
+                    "labels": labels(cluster_name=cluster_name, component=COMPONENT_NODE_AGENT),
                 },
-                "updateStrategy": {
-                    "rollingUpdate": {"maxUnavailable": 1},
-                    "type": "RollingUpdate",
-                },
+                "spec": pod_spec,
             },
-        }
+            "updateStrategy": {
+                "rollingUpdate": {"maxUnavailable": 1},
+                "type": "RollingUpdate",
+            },
+        },
     )
 
 
