@@ -294,9 +294,6 @@ class ByTenant:
     def repairs(self, tenant: TenantRef) -> int:
         return self._side(tenant).repairs(tenant)
 
-    def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
-        self._side(tenant).machines_changed(tenant, machines)
-
 
 def rss() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
