@@ -350,8 +350,14 @@ async def signed_world() -> tuple[World, dict[str, int]]:
         serials[node(i)] = certs.cert_info(leaf.cert_pem).serial
     world.side.signed[KEY] = tuple((n, format(s, "x")) for n, s in serials.items())
     await world.reconcile()  # recorded in the book, status and desired.json
+    # What the tenant side signed is in the status (the pass's memory) and pins the
+    # node's identity in desired.json.
     rows = {a["node"]: a for a in world.tunnel()["status"]["allocations"]}
-    assert format(serials[node(2)], "x") in rows[node(2)]["serials"]
+    doc = json.loads(world.server_config()["data"]["desired.json"])
+    pinned = {c["common_name"]: c["serials"] for c in doc["clients"]}
+    for name, serial in serials.items():
+        assert rows[name]["serials"] == [format(serial, "x")]
+        assert format(serial, "x") in pinned[name]
     return world, serials
 
 
