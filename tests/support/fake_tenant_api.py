@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vpnctl.controller.tenant_api import TenantApi
 from vpnctl.kube import (
     AlreadyExists,
     Conflict,
@@ -257,3 +258,8 @@ class FakeTenantApi:
         self.objects[key] = stored
         self.writes.append(Write(verb, res.label, key[1], key[2], copy.deepcopy(dict(sent))))
         return copy.deepcopy(stored)
+
+
+def as_tenant_api(fake: FakeTenantApi) -> TenantApi:
+    """The fake, typed as what it stands in for (mypy checks that it conforms)."""
+    return fake

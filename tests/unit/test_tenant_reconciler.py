@@ -25,7 +25,7 @@ from tests.kube.controllerfix import (
     all_connected,
     kubeconfig_text,
 )
-from tests.support.fake_tenant_api import FakeTenantApi
+from tests.support.fake_tenant_api import FakeTenantApi, as_tenant_api
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
 from vpnctl.cli import _parser
 from vpnctl.controller import pki
@@ -150,7 +150,7 @@ class World:
         )
         self.clock = ManualClock(autoadvance=True)
         self.reconciler = TenantReconciler(
-            api=self.api,
+            api=as_tenant_api(self.api),
             settings=settings
             or TenantSettings(build=Settings(agent_image="vpnctl:test"), instance="test"),
             clock=self.clock,
