@@ -8,12 +8,9 @@ from typing import Any
 
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.operator import key_of
-from vpnctl.controller.tenant import (
-    MAX_SERIALS_PER_NODE,
-    _observations_from_status,
-    _record_signed,
-    observation_fingerprint,
-)
+from vpnctl.controller.tenant_server import record_signed
+from vpnctl.controller.tenant_settings import MAX_SERIALS_PER_NODE
+from vpnctl.controller.tenant_status import observation_fingerprint, observations_from_status
 from vpnctl.reconcile.allocation import Allocation
 from vpnctl.reconcile.status import NodeObservation
 
@@ -50,7 +47,7 @@ def test_status_rows_stand_in_for_a_server_that_does_not_answer() -> None:
             {"name": "pending", "connected": False},
         ]
     }  # fmt: skip
-    seen = _observations_from_status(status)
+    seen = observations_from_status(status)
     assert seen["n1"] == NodeObservation(
         node="n1",
         connected=True,
@@ -76,10 +73,10 @@ def test_signed_serials_are_recorded_once_per_node_and_bounded() -> None:
         Allocation(machine="m1", node="n1", tunnel_ip=IPv4Address("100.127.255.3")),
         Allocation(machine="m2", node="n2", tunnel_ip=IPv4Address("100.127.255.4")),
     )
-    out = _record_signed(allocations, [("n1", "0a"), ("n1", "0A"), ("ghost", "ff"), ("n2", "zz")])
+    out = record_signed(allocations, [("n1", "0a"), ("n1", "0A"), ("ghost", "ff"), ("n2", "zz")])
     assert out[0].serials == ("0a",)
     assert out[1].serials == ()
     many = [("n1", format(i, "x")) for i in range(1, 20)]
-    bounded = _record_signed(allocations, many)
+    bounded = record_signed(allocations, many)
     assert len(bounded[0].serials) == MAX_SERIALS_PER_NODE
     assert bounded[0].serial == format(19, "x")  # the newest is the current one

@@ -17,7 +17,7 @@ from vpnctl.reconcile.agentdocs import (
     server_desired_state,
     server_role_config,
 )
-from vpnctl.reconcile.diff import contains, needs_update, stamp
+from vpnctl.reconcile.diff import contains, needs_update, owned_fields, stamp
 from vpnctl.reconcile.names import (
     CLUSTER_LABEL,
     CONFIG_HASH_ANNOTATION,
@@ -213,12 +213,23 @@ def test_update_on_drift() -> None:
 
 
 def test_update_when_a_field_we_set_is_removed_from_the_spec() -> None:
-    """The subset check alone cannot see this; the desired hash does."""
+    """A subset check of the other fields cannot see this; the desired-hash annotation,
+    compared like every field we set, does."""
     with_annotation = server_service(tenant=lab(expose={"annotations": {"lb/kind": "nlb"}}))
     without = server_service(tenant=lab())
     live = as_read_back(with_annotation)
-    assert contains(live, {"metadata": {"annotations": {}}})
+    # Every field of the new desire but its hash is already in the live object...
+    unhashed = copy.deepcopy(without)
+    del unhashed["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]
+    assert contains(live, owned_fields(unhashed))
+    assert not needs_update(live, unhashed)
+    # ...so it is the hash, one of the fields compared, that asks for the update,
     assert needs_update(live, without)
+    # and once the live object carries the new hash, nothing more is asked.
+    live["metadata"]["annotations"][DESIRED_HASH_ANNOTATION] = without["metadata"]["annotations"][
+        DESIRED_HASH_ANNOTATION
+    ]
+    assert not needs_update(live, without)
 
 
 def test_update_when_secret_data_differs_but_no_digest_of_it_is_published() -> None:

@@ -21,7 +21,7 @@ import certs
 from tests.support import kubeconfigs
 from tests.support.secrets_scan import scan
 from vpnctl.controller.interfaces import TenantRef
-from vpnctl.controller.tenant import TenantPKI
+from vpnctl.controller.tenant_pki import TenantPKI
 from vpnctl.controller.tenant_state import TenantState
 from vpnctl.kube import Kube
 from vpnctl.reconcile.kubeconfig import parse_kubeconfig
@@ -92,13 +92,9 @@ def test_issued_certificates(material: dict[str, Any]) -> None:
 def test_tenant_pki(material: dict[str, Any]) -> None:
     keys = TenantPKI(
         ca=material["ca"],
-        tls_crypt_server_key=material["tc_server"],
-        server=material["server"],
-        apiserver=material["client"],
         apiserver_serial="1a",
         not_after={"ca": NOW},
         renew_at=NOW,
-        issued=("ca",),
     )
     assert_clean(keys, material)
 

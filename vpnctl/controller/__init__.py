@@ -2,8 +2,10 @@
 
 - ``interfaces``: the TenantSide and ObservationSource seams (Protocols).
 - ``queue``: the per-key work queue (one key at a time, keys in parallel, backoff).
-- ``tenant``: ``reconcile_tenant``, the service-cluster side of one tenant.
-- ``operator``: watches, leader election, resync, /healthz; ``run_controller``.
+- ``tenant``: ``reconcile_tenant``, the service-cluster side of one tenant, on the
+  ``TenantApi`` Protocol (``tenant_api``); its parts are ``tenant_lifecycle``,
+  ``tenant_pki``, ``tenant_revocations``, ``tenant_server`` and ``tenant_status``.
+- ``operator``: watches, leader election, resync, /healthz (``Controller``).
 - ``observe``: the real ObservationSource (the server role's status endpoint).
 - ``metrics``: the controller's Prometheus metrics on a passed-in registry.
 - ``tenant_side``: the tenant-cluster side; its jobs in ``tenant_install``,

@@ -43,11 +43,9 @@ from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
 from vpnctl.controller.interfaces import ObservationSource, TenantRef, TenantSide
 from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.queue import Outcome, WorkQueue
-from vpnctl.controller.tenant import (
-    TenantReconciler,
-    TenantSettings,
-    observation_fingerprint,
-)
+from vpnctl.controller.tenant import TenantReconciler
+from vpnctl.controller.tenant_settings import TenantSettings
+from vpnctl.controller.tenant_status import observation_fingerprint
 from vpnctl.kube import (
     CLUSTER,
     CONFIG_MAP,
@@ -177,7 +175,7 @@ class _Term:
             self.watchers.append((plan, watcher))
         machines = next(w for p, w in self.watchers if p.what == "machine")
         self.reconciler = TenantReconciler(
-            kube=c.kube,
+            api=c.kube,
             settings=c.settings.tenant,
             clock=c.clock,
             rng=c.rng,
@@ -442,29 +440,3 @@ class Controller:
             self._elector_task.cancel()  # stops leading, then releases the lease
             with contextlib.suppress(asyncio.CancelledError):
                 await self._elector_task
-
-
-async def run_controller(
-    *,
-    settings: ControllerSettings,
-    kube: Kube,
-    registry: CollectorRegistry,
-    clock: Clock,
-    tenant_side: TenantSide,
-    observations: ObservationSource,
-    rng: random.Random | None = None,
-    stop: asyncio.Event | None = None,
-    watch_source: WatchSource | None = None,
-) -> None:
-    """Run the controller until ``stop`` is set (or cancelled); see the module docstring."""
-    controller = Controller(
-        settings=settings,
-        kube=kube,
-        registry=registry,
-        clock=clock,
-        tenant_side=tenant_side,
-        observations=observations,
-        rng=rng,
-        watch_source=watch_source,
-    )
-    await controller.run(stop=stop)

@@ -30,7 +30,15 @@ from typing import Any, TypeVar
 import certs
 from vpnctl.controller import pki
 from vpnctl.controller.interfaces import TenantRef, TenantSideResult
-from vpnctl.kube import CONFIG_MAP, AlreadyExists, Clock, Conflict, Kube, KubeObject, with_retries
+from vpnctl.kube import (
+    CONFIG_MAP,
+    AlreadyExists,
+    Clock,
+    Conflict,
+    KubeObject,
+    ObjectApi,
+    with_retries,
+)
 from vpnctl.reconcile.errors import TemporaryError
 from vpnctl.reconcile.names import (
     COMPONENT_PKI,
@@ -79,7 +87,7 @@ class RevocationStore:
     def __init__(
         self,
         *,
-        kube: Kube,
+        kube: ObjectApi,
         clock: Clock,
         rng: random.Random,
         attempts: int = 4,

@@ -1,6 +1,6 @@
-"""The revocation passes of ``TenantReconciler`` (a mixin, so ``controller/tenant.py``
-stays one job): the revocation book's step of every pass, revocation while the spec is
-invalid, and the alarm for a CA Secret that disappeared.
+"""The revocation passes of ``TenantReconciler`` (one of its parts, so
+``controller/tenant.py`` stays one job): the revocation book's step of every pass,
+revocation while the spec is invalid, and the alarm for a CA Secret that disappeared.
 
 Why these never wait for a valid spec or a reachable tenant: a deleted Machine must lose
 its certificates and its CCD within seconds whatever else is wrong with its tenant, and
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import certs
 from vpnctl.controller.interfaces import TenantRef
@@ -22,22 +22,16 @@ from vpnctl.controller.revocations import (
     TunnelOwner,
     revoke_and_plan_crl,
 )
-from vpnctl.kube import CONFIG_MAP, SECRET, TUNNEL, Clock, KubeObject, Resource
+from vpnctl.controller.tenant_api import meta_of
+from vpnctl.controller.tenant_server import ServerConfig
+from vpnctl.kube import CONFIG_MAP, SECRET, TUNNEL, KubeObject
 from vpnctl.reconcile.errors import PermanentError
 from vpnctl.reconcile.names import TenantNames
 from vpnctl.reconcile.revocations import IssuedCert, server_config_after_revocation
 from vpnctl.reconcile.secrets import read_ca_secret
 from vpnctl.reconcile.tenant import TenantSpec
 
-if TYPE_CHECKING:
-    from vpnctl.controller.tenant import TenantSettings
-
 _log = logging.getLogger(__name__)
-
-
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, Mapping) else {}
 
 
 def _config_bytes(config_map: Mapping[str, Any] | None, key: str) -> bytes | None:
@@ -46,33 +40,10 @@ def _config_bytes(config_map: Mapping[str, Any] | None, key: str) -> bytes | Non
     return value.encode("ascii", "replace") if isinstance(value, str) and value else None
 
 
-class RevocationPasses:
-    """Mixed into ``TenantReconciler``, which provides what is declared here."""
+class RevocationPasses(ServerConfig):
+    """Part of ``TenantReconciler``: the revocation book's steps."""
 
     _book: RevocationStore
-    _clock: Clock
-    _settings: TenantSettings
-
-    async def _get(self, res: Resource, name: str, namespace: str) -> KubeObject | None:
-        raise NotImplementedError
-
-    async def _event(
-        self, regarding: Mapping[str, Any], type_: str, reason: str, note: str
-    ) -> None:
-        raise NotImplementedError
-
-    async def _ensure(
-        self,
-        res: Resource,
-        desired: KubeObject,
-        *,
-        live: KubeObject | None = None,
-        read: bool = True,
-    ) -> KubeObject:
-        raise NotImplementedError
-
-    async def _kick_server_pods(self, tenant: TenantRef, config_map: KubeObject) -> None:
-        raise NotImplementedError
 
     async def _revocations(
         self,
@@ -89,7 +60,7 @@ class RevocationPasses:
     ) -> RevocationStep:
         """The revocation book's pass (controller/revocations.py) and what it tells."""
         owner = TunnelOwner(
-            namespace=key.namespace, cluster=key.cluster, tunnel_uid=str(_meta(tunnel)["uid"])
+            namespace=key.namespace, cluster=key.cluster, tunnel_uid=str(meta_of(tunnel)["uid"])
         )
         step = await revoke_and_plan_crl(
             self._book,

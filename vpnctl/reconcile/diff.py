@@ -1,14 +1,15 @@
 """Decide whether an object needs writing, so a resync with no change writes nothing.
 
-Two checks, because each alone misses a case:
+One check: every field we set must be present with the same value in the live object (a
+subset comparison). This catches drift: a tenant who edits or strips our DaemonSet.
+Fields the apiserver or other controllers add (defaults, status, their own labels) are
+not ours and are ignored.
 
-1. Every field we set must be present with the same value in the live object (a subset
-   comparison). This catches drift: a tenant who edits or strips our DaemonSet. Fields
-   the apiserver or other controllers add (defaults, status, their own labels) are not
-   ours and are ignored.
-2. The live object's `vpnctl.io/desired-hash` annotation must match the digest of what we
-   want now. This catches what a subset check cannot: a field we *stopped* setting (an
-   annotation removed from spec.expose.annotations) is still in the live object.
+A subset comparison alone cannot see a field we *stopped* setting (an annotation removed
+from spec.expose.annotations is still in the live object). That is why every object we
+build carries the `vpnctl.io/desired-hash` annotation, the digest of the whole desired
+object: it is one of the fields we set, so the same comparison finds a live object
+built from a different desire.
 
 The digest covers the whole desired object except Secret data, so no digest of key
 material is ever published; Secret data is covered by the subset check.
@@ -93,12 +94,5 @@ def needs_update(existing: Mapping[str, Any] | None, desired: Mapping[str, Any])
     """Whether `desired` (as built, stamped) must be applied over `existing` (as read)."""
     if existing is None:
         return True
-    wanted_hash = (desired.get("metadata", {}).get("annotations") or {}).get(
-        DESIRED_HASH_ANNOTATION
-    )
-    live_hash = ((existing.get("metadata") or {}).get("annotations") or {}).get(
-        DESIRED_HASH_ANNOTATION
-    )
-    if wanted_hash is not None and wanted_hash != live_hash:
-        return True
+    # The desired-hash annotation is among the fields compared (see the module docstring).
     return not contains(existing, owned_fields(desired))

@@ -2,7 +2,8 @@
 
 The loop reads (Tunnel, Cluster, Machines, the tenant's Nodes, the server's node
 observations), calls `plan_tenant`, reads or issues PKI with `secrets`/`certs`, builds
-objects with `objects`/`tenant_objects`, applies what `diff.needs_update` says, and writes
+objects with `objects`/`tenant_objects` (the server's desired.json with
+`plan.desired_state(...)`), applies what `diff.needs_update` says, and writes
 `plan.status(...)`. Everything remembered between reconciles comes from the Tunnel's
 status, which is how addresses and the service-route holder survive a restart.
 """
@@ -10,7 +11,7 @@ status, which is how addresses and the service-route holder survive a restart.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from ipaddress import IPv4Network
 from typing import Any
@@ -22,6 +23,7 @@ from vpnctl.reconcile.agentdocs import (
     server_role_config,
 )
 from vpnctl.reconcile.allocation import (
+    Allocation,
     AllocationResult,
     allocate,
     allocations_from_status,
@@ -51,10 +53,23 @@ class TenantPlan:
         return (*self.tenant.pending, *self.allocation.unallocated)
 
     def desired_state(
-        self, *, apiserver_serial: str | int | Sequence[str | int] | None
+        self,
+        *,
+        apiserver_serial: str | int | Sequence[str | int] | None,
+        allocations: Sequence[Allocation] | None = None,
     ) -> dict[str, Any]:
-        """The server's desired.json."""
-        return server_desired_state(clients=self.clients, apiserver_serial=apiserver_serial)
+        """The server's desired.json. ``allocations`` replaces the plan's when the pass
+        learned more since planning (serials the tenant side signed)."""
+        clients = (
+            self.clients
+            if allocations is None
+            else client_routes(
+                tenant=self.tenant,
+                allocations=allocations,
+                service_route_node=self.service_route_node,
+            )
+        )
+        return server_desired_state(clients=clients, apiserver_serial=apiserver_serial)
 
     def status(
         self,
@@ -62,10 +77,14 @@ class TenantPlan:
         conditions: Sequence[Condition],
         previous: TunnelStatusBody | None,
         now: datetime,
+        allocations: Sequence[Allocation] | None = None,
     ) -> TunnelStatusBody:
+        """The Tunnel's status; ``allocations`` as for ``desired_state``."""
         return build_status(
             tenant=self.tenant,
-            result=self.allocation,
+            result=self.allocation
+            if allocations is None
+            else replace(self.allocation, allocations=tuple(allocations)),
             service_route_node=self.service_route_node,
             observations=self.observations,
             conditions=conditions,

@@ -1,0 +1,405 @@
+"""The reconcile pass (``TenantReconciler``) against an in-memory ``TenantApi``: the
+order-of-writes promises of ``vpnctl/controller/tenant.py``'s docstring.
+
+Real planner, real ``certs``, the real revocation book; fakes only of our own seams
+(``TenantApi``, ``TenantSide``, ``ObservationSource``). Each test reads the fake's write
+journal, so "before" and "after" are positions in it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import certs
+from tests.kube.controllerfix import (
+    FakeObservations,
+    FakeTenantSide,
+    all_connected,
+    kubeconfig_text,
+)
+from tests.support.fake_tenant_api import FakeTenantApi, as_tenant_api
+from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
+from vpnctl.cli import _parser
+from vpnctl.controller import pki
+from vpnctl.controller.cli import settings_from_args
+from vpnctl.controller.interfaces import TenantRef
+from vpnctl.controller.metrics import ControllerMetrics
+from vpnctl.controller.tenant import TenantReconciler, TenantSettings
+from vpnctl.controller.tenant_settings import (
+    AUTO_TUNNEL_ANNOTATION,
+    FINALIZER,
+    SERVER_CONFIG_ANNOTATION,
+)
+from vpnctl.kube import CLUSTER, CONFIG_MAP, EVENT, MACHINE, POD, SECRET, TUNNEL, ManualClock
+from vpnctl.reconcile.names import (
+    COMPONENT_SERVER,
+    DESIRED_HASH_ANNOTATION,
+    TenantNames,
+    selector_labels,
+)
+from vpnctl.reconcile.settings import Settings
+
+NS = "tenants"
+NAME = "acme"
+KEY = TenantRef(NS, NAME)
+NAMES = TenantNames.for_cluster(NAME)
+TUNNELS = TUNNEL.label
+CONFIGMAPS = CONFIG_MAP.label
+PODS = POD.label
+
+
+def cluster(*, annotations: Mapping[str, str] | None = None,
+            labels: Mapping[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    return {
+        "apiVersion": CLUSTER.api_version,
+        "kind": CLUSTER.kind,
+        "metadata": {
+            "name": NAME,
+            "namespace": NS,
+            "annotations": dict(annotations or {}),
+            "labels": dict(labels or {}),
+        },
+        "spec": {
+            "controlPlaneEndpoint": {"host": "198.18.0.2", "port": 6443},
+            "clusterNetwork": {
+                "pods": {"cidrBlocks": ["198.19.64.0/18"]},
+                "services": {"cidrBlocks": ["198.19.192.0/20"]},
+            },
+        },
+    }
+
+
+def machine(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": MACHINE.api_version,
+        "kind": MACHINE.kind,
+        "metadata": {
+            "name": f"{NAME}-md-{i}",
+            "namespace": NS,
+            "labels": {CAPI_CLUSTER_NAME_LABEL: NAME},
+        },
+        "spec": {"clusterName": NAME},
+        "status": {
+            "nodeRef": {"apiVersion": "v1", "kind": "Node", "name": node(i)},
+            "addresses": [{"type": "InternalIP", "address": f"198.19.0.{10 + i}"}],
+        },
+    }
+
+
+def node(i: int) -> str:
+    return f"{NAME}-node-{i}"
+
+
+def hand_made_tunnel() -> dict[str, Any]:
+    """A Tunnel someone wrote: no finalizer, no owner reference yet."""
+    return {
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {"clusterName": NAME, "expose": {"serviceType": "ClusterIP"}},
+    }
+
+
+def server_pod(i: int) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"{NAMES.deployment}-{i}",
+            "namespace": NS,
+            "labels": selector_labels(cluster_name=NAME, component=COMPONENT_SERVER),
+        },
+        "spec": {"containers": [{"name": "server", "image": "vpnctl:test"}]},
+    }
+
+
+class World:
+    """One tenant in the fake service cluster, and a reconciler for it."""
+
+    def __init__(
+        self,
+        *,
+        machines: int = 2,
+        tunnel: bool = True,
+        settings: TenantSettings | None = None,
+        annotations: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        self.api = FakeTenantApi()
+        self.api.seed(CLUSTER, cluster(annotations=annotations, labels=labels))
+        text = kubeconfig_text(NAME)
+        self.api.seed(SECRET, {
+            "metadata": {"name": f"{NAME}-kubeconfig", "namespace": NS,
+                         "labels": {CAPI_CLUSTER_NAME_LABEL: NAME}},
+            "type": "cluster.x-k8s.io/secret",
+            "data": {"value": base64.b64encode(text.encode()).decode()},
+        })  # fmt: skip
+        for i in range(1, machines + 1):
+            self.api.seed(MACHINE, machine(i))
+        for i in (1, 2):
+            self.api.seed(POD, server_pod(i))
+        if tunnel:
+            self.api.seed(TUNNEL, hand_made_tunnel())
+        self.side = FakeTenantSide()
+        self.observations = FakeObservations(
+            default=all_connected([node(i) for i in range(1, machines + 1)])
+        )
+        self.clock = ManualClock(autoadvance=True)
+        self.reconciler = TenantReconciler(
+            api=as_tenant_api(self.api),
+            settings=settings
+            or TenantSettings(build=Settings(agent_image="vpnctl:test"), instance="test"),
+            clock=self.clock,
+            rng=random.Random(7),
+            tenant_side=self.side,
+            observations=self.observations,
+            metrics=ControllerMetrics(registry=CollectorRegistry(), clock=self.clock),
+        )
+
+    async def reconcile(self) -> None:
+        outcome = await self.reconciler.reconcile_tenant(KEY)
+        assert not outcome.retry, "the pass asked for a retry"
+
+    def tunnel(self) -> dict[str, Any]:
+        obj = self.api.peek(TUNNEL, NAME, NS)
+        assert obj is not None
+        return obj
+
+    def server_config(self) -> dict[str, Any]:
+        obj = self.api.peek(CONFIG_MAP, NAMES.server_config, NS)
+        assert obj is not None
+        return obj
+
+    def ca_pem(self) -> bytes:
+        secret = self.api.peek(SECRET, NAMES.ca_secret, NS)
+        assert secret is not None
+        return base64.b64decode(secret["data"]["tls.crt"])
+
+    def pod_versions(self) -> list[str | None]:
+        return [
+            (pod["metadata"].get("annotations") or {}).get(SERVER_CONFIG_ANNOTATION)
+            for pod in (self.api.peek(POD, server_pod(i)["metadata"]["name"], NS) for i in (1, 2))
+            if pod is not None
+        ]
+
+
+def index(journal: Sequence[tuple[str, str, str]], verb: str, resource: str, name: str) -> int:
+    assert (verb, resource, name) in journal, f"no {verb} of {resource} {name} in {journal}"
+    return journal.index((verb, resource, name))
+
+
+def last_index(journal: Sequence[tuple[str, str, str]], verb: str, resource: str, name: str) -> int:
+    index(journal, verb, resource, name)
+    return len(journal) - 1 - journal[::-1].index((verb, resource, name))
+
+
+def desired_clients(config_map: Mapping[str, Any]) -> set[str]:
+    doc = json.loads(config_map["data"]["desired.json"])
+    return {str(c["common_name"]) for c in doc["clients"]}
+
+
+# --- 1. the finalizer first ------------------------------------------------------------------
+
+
+async def test_finalizer_and_owner_reference_are_the_first_write() -> None:
+    world = World()
+    await world.reconcile()
+    journal = world.api.journal()
+    assert journal[0] == ("patch", TUNNELS, NAME), journal
+    sent = world.api.writes[0].body["metadata"]
+    assert sent["finalizers"] == [FINALIZER]
+    assert [(r["kind"], r["name"]) for r in sent["ownerReferences"]] == [("Cluster", NAME)]
+    # The patch was conditional on what was read.
+    assert sent["resourceVersion"]
+    # ... and everything else came after it, the PKI and the status included.
+    assert index(journal, "create", SECRET.label, NAMES.ca_secret) > 0
+    assert index(journal, "status", TUNNELS, NAME) > 0
+    assert FINALIZER in world.tunnel()["metadata"]["finalizers"]
+
+
+async def test_auto_created_tunnel_carries_the_finalizer_from_birth() -> None:
+    world = World(tunnel=False)
+    await world.reconcile()
+    assert world.api.journal()[0] == ("create", TUNNELS, NAME)
+    meta = world.api.writes[0].body["metadata"]
+    assert meta["finalizers"] == [FINALIZER]
+    assert meta["ownerReferences"][0]["kind"] == "Cluster"
+    events = [e for e in (await world.api.list(EVENT, NS))[0] if e["reason"] == "TunnelCreated"]
+    assert len(events) == 1
+    assert AUTO_TUNNEL_ANNOTATION in events[0]["message"]
+
+
+async def test_finalizer_removed_only_once_the_tenant_side_is_clean() -> None:
+    world = World()
+    await world.reconcile()
+    await world.api.delete(TUNNEL, NAME, NS)
+    world.side.cleanup_answers = False
+    world.api.clear_journal()
+    outcome = await world.reconciler.reconcile_tenant(KEY)
+    assert outcome.retry
+    assert world.side.cleaned == [(KEY, True)]
+    assert world.api.journal() == []  # the finalizer stays while the tenant side is not clean
+    assert FINALIZER in world.tunnel()["metadata"]["finalizers"]
+
+    world.side.cleanup_answers = True
+    await world.reconcile()
+    assert world.api.journal() == [("patch", TUNNELS, NAME)]
+    assert world.api.peek(TUNNEL, NAME, NS) is None  # the last finalizer gone: the Tunnel goes
+
+
+# --- 2. the auto-tunnel opt-out ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["annotations", "labels"])
+@pytest.mark.parametrize("value", ["false", "False"])
+async def test_cluster_opts_out_of_an_automatic_tunnel(where: str, value: str) -> None:
+    opt_out = {AUTO_TUNNEL_ANNOTATION: value}
+    if where == "annotations":
+        world = World(tunnel=False, annotations=opt_out)
+    else:
+        world = World(tunnel=False, labels=opt_out)
+    await world.reconcile()
+    assert world.api.peek(TUNNEL, NAME, NS) is None
+    assert world.api.journal() == []
+
+
+async def test_no_auto_tunnel_flag_creates_no_tunnel() -> None:
+    args = _parser().parse_args(["run", "--agent-image", "vpnctl:test", "--no-auto-tunnel"])
+    world = World(tunnel=False, settings=settings_from_args(args).tenant)
+    await world.reconcile()
+    assert world.api.peek(TUNNEL, NAME, NS) is None
+    assert world.api.journal() == []
+
+
+async def test_an_opted_out_cluster_keeps_a_tunnel_made_by_hand() -> None:
+    """The opt-out is about creating one: a Tunnel someone wrote is reconciled."""
+    world = World(annotations={AUTO_TUNNEL_ANNOTATION: "false"})
+    await world.reconcile()
+    assert world.tunnel()["status"]["conditions"]
+    assert world.api.peek(CONFIG_MAP, NAMES.server_config, NS) is not None
+
+
+async def test_other_annotation_values_do_not_opt_out() -> None:
+    world = World(tunnel=False, annotations={AUTO_TUNNEL_ANNOTATION: "true"})
+    await world.reconcile()
+    assert world.api.peek(TUNNEL, NAME, NS) is not None
+
+
+# --- 3. server pods kicked after a server ConfigMap change, and only then ------------------
+
+
+async def test_server_pods_are_kicked_after_the_server_config_changes() -> None:
+    world = World()
+    await world.reconcile()
+    journal = world.api.journal()
+    config_write = last_index(journal, "apply", CONFIGMAPS, NAMES.server_config)
+    kicks = [i for i, w in enumerate(journal) if w[:2] == ("patch", PODS)]
+    assert len(kicks) == 2, journal
+    assert all(k > config_write for k in kicks)
+    version = world.server_config()["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]
+    assert world.pod_versions() == [version, version]
+
+
+async def test_no_kick_and_no_write_when_nothing_changed() -> None:
+    world = World()
+    await world.reconcile()
+    world.api.clear_journal()
+    await world.reconcile()
+    assert world.api.journal() == []
+
+
+async def test_a_config_change_kicks_again_with_the_new_version() -> None:
+    world = World()
+    await world.reconcile()
+    before = world.pod_versions()
+    world.api.seed(MACHINE, machine(3))  # a third node joins: desired.json changes
+    world.observations.default = all_connected([node(i) for i in (1, 2, 3)])
+    world.api.clear_journal()
+    await world.reconcile()
+    journal = world.api.journal()
+    config_write = last_index(journal, "apply", CONFIGMAPS, NAMES.server_config)
+    kicks = [i for i, w in enumerate(journal) if w[:2] == ("patch", PODS)]
+    assert kicks
+    assert min(kicks) > config_write
+    after = world.pod_versions()
+    assert after[0] != before[0]
+    assert after == [after[0]] * 2
+    assert node(3) in desired_clients(world.server_config())
+
+
+# --- 4. revocation on Machine deletion: book and CRL before the status --------------------
+
+
+async def signed_world() -> tuple[World, dict[str, int]]:
+    """A tenant whose two nodes have signed certificates, as the tenant side reports."""
+    world = World()
+    await world.reconcile()  # the CA exists after this pass
+    ca_pem = world.ca_pem()
+    ca_key = world.api.peek(SECRET, NAMES.ca_secret, NS)
+    assert ca_key is not None
+    ca = certs.Issued(cert_pem=ca_pem, key_pem=base64.b64decode(ca_key["data"]["tls.key"]))
+    serials: dict[str, int] = {}
+    for i in (1, 2):
+        leaf = certs.new_client_cert(
+            ca, common_name=node(i), now=world.clock.now(), lifetime=timedelta(days=30)
+        )
+        serials[node(i)] = certs.cert_info(leaf.cert_pem).serial
+    world.side.signed[KEY] = tuple((n, format(s, "x")) for n, s in serials.items())
+    await world.reconcile()  # recorded in the book, status and desired.json
+    # What the tenant side signed is in the status (the pass's memory) and pins the
+    # node's identity in desired.json.
+    rows = {a["node"]: a for a in world.tunnel()["status"]["allocations"]}
+    doc = json.loads(world.server_config()["data"]["desired.json"])
+    pinned = {c["common_name"]: c["serials"] for c in doc["clients"]}
+    for name, serial in serials.items():
+        assert rows[name]["serials"] == [format(serial, "x")]
+        assert format(serial, "x") in pinned[name]
+    return world, serials
+
+
+async def test_deleted_machine_is_revoked_in_book_and_crl_before_the_status() -> None:
+    world, serials = await signed_world()
+    del world.api.objects[(MACHINE.label, NS, f"{NAME}-md-2")]
+    world.api.clear_journal()
+    await world.reconcile()
+
+    journal = world.api.journal()
+    book = index(journal, "replace", CONFIGMAPS, NAMES.revocations)
+    crl = index(journal, "apply", CONFIGMAPS, NAMES.server_config)
+    status = index(journal, "status", TUNNELS, NAME)
+    assert book < crl < status, journal
+    kicks = [i for i, w in enumerate(journal) if w[:2] == ("patch", PODS)]
+    assert kicks
+    assert all(crl < k for k in kicks)
+
+    sent = next(w.body for w in world.api.writes if w.what == ("apply", CONFIGMAPS,
+                                                             NAMES.server_config))  # fmt: skip
+    state = pki.read_crl(sent["data"]["crl.pem"].encode(), ca_pem=world.ca_pem())
+    assert serials[node(2)] in state.revoked
+    assert serials[node(1)] not in state.revoked
+    assert node(2) not in desired_clients(sent)
+    assert node(1) in desired_clients(sent)
+    assert node(2) not in {a["node"] for a in world.tunnel()["status"]["allocations"]}
+
+
+async def test_revocation_does_not_wait_for_a_valid_spec() -> None:
+    world, serials = await signed_world()
+    broken = cluster()
+    del broken["spec"]["clusterNetwork"]  # the tenant as a whole is now invalid
+    world.api.seed(CLUSTER, broken)
+    del world.api.objects[(MACHINE.label, NS, f"{NAME}-md-2")]
+    world.api.clear_journal()
+    await world.reconcile()
+
+    journal = world.api.journal()
+    crl = index(journal, "apply", CONFIGMAPS, NAMES.server_config)
+    assert crl < index(journal, "status", TUNNELS, NAME)
+    assert any(w[:2] == ("patch", PODS) for w in journal[crl:])
+    state = pki.read_crl(world.server_config()["data"]["crl.pem"].encode(), ca_pem=world.ca_pem())
+    assert serials[node(2)] in state.revoked
+    ready = {c["type"]: c for c in world.tunnel()["status"]["conditions"]}["Ready"]
+    assert ready["status"] == "False"
