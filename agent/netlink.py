@@ -409,27 +409,6 @@ class PyRoute2Kernel:
             dev=dev,
         )
 
-    async def delete_address(self, dev: str, addr: IPv4Interface) -> None:
-        """Remove the address; a missing address or device is fine."""
-        try:
-            index = await self.link_index(dev)
-        except NetworkInterfaceNotFound:
-            return
-        try:
-            await self._request(
-                f"delete address {addr} on {dev}",
-                lambda: self._ipr.addr(
-                    "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen
-                ),
-                dev=dev,
-            )
-        except NetlinkError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return
-            raise
-
-    # ---------------------------------------------------------------- plumbing
-
     async def _link_name(self, index: int) -> str:
         msgs = await self._request(f"get link #{index}", lambda: self._ipr.link("get", index=index))
         if not msgs:
@@ -648,13 +627,3 @@ def set_sysctl(key: str, value: str, *, proc_root: str = "/proc/sys") -> bool:
             f"cannot set sysctl {key}={wanted} ({path}): {exc.strerror}", errno=exc.errno
         ) from exc
     return True
-
-
-async def aget_sysctl(key: str, *, proc_root: str = "/proc/sys") -> str:
-    """`get_sysctl` off the event loop."""
-    return await asyncio.to_thread(get_sysctl, key, proc_root=proc_root)
-
-
-async def aset_sysctl(key: str, value: str, *, proc_root: str = "/proc/sys") -> bool:
-    """`set_sysctl` off the event loop."""
-    return await asyncio.to_thread(set_sysctl, key, value, proc_root=proc_root)

@@ -30,7 +30,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.desired import ClientRoleConfig
-from agent.health import HealthServer
 from agent.netlink import Kernel, NetlinkError
 from agent.openvpn.config import render_client
 from agent.openvpn.management import ByteCount, Event, StateEvent
@@ -50,6 +49,7 @@ from agent.roles.common import (
     watch_material,
 )
 from agent.roles.mgmt import LINK_ERRORS, Management, ManagementLink, real_management
+from telemetry.health import HealthServer
 
 RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 # A management interface dead this long while openvpn runs means a wedged process.

@@ -34,8 +34,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 import certs
 from agent.desired import Common, FileSignature, file_signature
-from agent.health import HealthServer
 from agent.openvpn.supervisor import Supervisor
+from telemetry.health import HealthServer
 from telemetry.logs import LogFormat, configure_logging, pairs
 
 T = TypeVar("T")

@@ -42,7 +42,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 import certs
 from agent.desired import DesiredState, InputError, ServerRoleConfig, load_desired
 from agent.firewall import Firewall, FirewallError, FirewallPolicy, NftFirewall
-from agent.health import HealthServer
 from agent.netlink import Kernel, Route
 from agent.openvpn.config import render_server
 from agent.openvpn.management import ClientStatus
@@ -77,6 +76,7 @@ from agent.roles.server_state import (
 )
 from agent.routes import RouteKeeper
 from agent.sysctls import SysctlKeeper, forwarding_sysctls, readiness_reason
+from telemetry.health import HealthServer
 
 KUBELET_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 FILE_POLL = 0.25

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from agent.health import HealthServer
+from telemetry.health import HealthServer
 
 
 @pytest.fixture
