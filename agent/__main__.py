@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry
 
 from agent.desired import ROLES, ClientRoleConfig, InputError, Role, load_role_config
+from agent.event_log import EventLog, setup_logging
 from agent.netlink import Kernel, PyRoute2Kernel
 from agent.roles.apiserver import ApiserverRole
 from agent.roles.client import ClientRole
-from agent.roles.common import EventLog, install_signal_handlers, setup_logging
 from agent.roles.node import NodeRole
 from agent.roles.server import ServerRole
+from agent.roles.task_frame import install_signal_handlers
 from agent.tundev import TunDeviceError, ensure_tun_device
 from telemetry.logs import FORMATS, LEVELS
 

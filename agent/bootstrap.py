@@ -55,8 +55,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 import certs
+from agent.files import atomic_write
 from agent.openvpn.config import ConfigError, validate_common_name
-from agent.roles.common import atomic_write
 
 SIGNER = "vpnctl.io/node"
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"

@@ -92,7 +92,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -897,21 +896,3 @@ def parse_desired(doc_raw: object, *, path: str, tunnel_cidr: IPv4Network) -> De
 def load_desired(path: str, *, tunnel_cidr: IPv4Network) -> DesiredState:
     """Read and validate the server's desired state at PATH; raises InputError."""
     return parse_desired(read_json(path), path=path, tunnel_cidr=tunnel_cidr)
-
-
-@dataclass(frozen=True)
-class FileSignature:
-    """What identifies a version of a file without reading it: changes on any rewrite."""
-
-    inode: int
-    size: int
-    mtime_ns: int
-
-
-def file_signature(path: str) -> FileSignature | None:
-    """The file's signature, or None if it doesn't exist (or can't be stat'ed)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return FileSignature(inode=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns)

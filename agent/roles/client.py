@@ -30,25 +30,17 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.desired import ClientRoleConfig
+from agent.event_log import EventLog
 from agent.netlink import Kernel, NetlinkError
 from agent.openvpn.config import render_client
 from agent.openvpn.management import ByteCount, Event, StateEvent
 from agent.openvpn.supervisor import Supervisor
 from agent.probe import CounterDelta, EchoProber, ProbeError, ProbeTracker, Verdict
-from agent.roles.common import (
-    Clock,
-    CommonMetrics,
-    Conditions,
-    EventLog,
-    MaterialPaths,
-    openvpn_supervisor,
-    render_to,
-    restart_openvpn,
-    run_group,
-    wait_for_material,
-    watch_material,
-)
+from agent.roles.material import Clock, MaterialPaths, wait_for_material, watch_material
 from agent.roles.mgmt import LINK_ERRORS, Management, ManagementLink, real_management
+from agent.roles.openvpn_process import openvpn_supervisor, render_to, restart_openvpn
+from agent.roles.readiness import CommonMetrics, Conditions
+from agent.roles.task_frame import run_group
 from telemetry.health import HealthServer
 
 RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)

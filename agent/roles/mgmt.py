@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal, Protocol
 
+from agent.event_log import EventLog
 from agent.openvpn.management import (
     ClientStatus,
     Event,
@@ -26,7 +27,6 @@ from agent.openvpn.management import (
     ManagementError,
     StateEvent,
 )
-from agent.roles.common import EventLog
 
 # What can go wrong talking to a socket that may be gone, half-open or full of garbage.
 LINK_ERRORS: tuple[type[BaseException], ...] = (ManagementError, OSError, TimeoutError, EOFError)

@@ -40,8 +40,8 @@ from agent.bootstrap import (
     obtain_certificate,
 )
 from agent.desired import BootstrapSettings
+from agent.files import FileWatch
 from agent.roles.client import ClientRole
-from agent.roles.common import FileWatch
 from agent.sysctls import SysctlKeeper, forwarding_sysctls, readiness_reason
 
 NODE_NAME_ENV = "NODE_NAME"

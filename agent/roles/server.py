@@ -41,30 +41,25 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 import certs
 from agent.desired import DesiredState, InputError, ServerRoleConfig, load_desired
+from agent.event_log import EventLog
+from agent.files import FileWatch, atomic_write
 from agent.firewall import Firewall, FirewallError, FirewallPolicy, NftFirewall
 from agent.netlink import Kernel, Route
 from agent.openvpn.config import render_server
 from agent.openvpn.management import ClientStatus
 from agent.openvpn.supervisor import Supervisor
 from agent.probe import CounterDelta, EchoResponder, ProbeError, tcp_probe
-from agent.roles.common import (
+from agent.roles.material import (
     Clock,
-    CommonMetrics,
-    Conditions,
-    EventLog,
-    FileWatch,
     MaterialError,
     MaterialPaths,
-    atomic_write,
-    openvpn_supervisor,
     read_small,
-    render_to,
-    restart_openvpn,
-    run_group,
     wait_for_material,
     watch_material,
 )
 from agent.roles.mgmt import LINK_ERRORS, Management, ManagementLink, real_management
+from agent.roles.openvpn_process import openvpn_supervisor, render_to, restart_openvpn
+from agent.roles.readiness import CommonMetrics, Conditions
 from agent.roles.server_auth import ClientAuthorizer
 from agent.roles.server_state import (
     KICK_REVOKED,
@@ -74,6 +69,7 @@ from agent.roles.server_state import (
     plan_ccd,
     revoked_names,
 )
+from agent.roles.task_frame import run_group
 from agent.routes import RouteKeeper
 from agent.sysctls import SysctlKeeper, forwarding_sysctls, readiness_reason
 from telemetry.health import HealthServer

@@ -13,11 +13,11 @@ from agent.desired import (
     ClientRoleConfig,
     InputError,
     ServerRoleConfig,
-    file_signature,
     load_desired,
     load_role_config,
     parse_desired,
 )
+from agent.files import file_signature
 
 TUNNEL = IPv4Network("198.18.8.0/24")
 

@@ -28,12 +28,13 @@ from agent.desired import (
     ServerRoleConfig,
     parse_desired,
 )
+from agent.event_log import EventLog
 from agent.firewall import FirewallPolicy
 from agent.netlink import Kernel, Route
 from agent.openvpn.client_auth import ClientAuthRequest
 from agent.openvpn.config import ClientConfig, ServerConfig
 from agent.openvpn.management import ClientStatus, Event, StateEvent
-from agent.roles.common import EventLog, MaterialError
+from agent.roles.material import MaterialError
 from agent.roles.node import NodeRole
 from agent.roles.server import ServerRole
 from agent.roles.server_auth import ClientAuthorizer
