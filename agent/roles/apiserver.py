@@ -22,10 +22,6 @@ exists") and log an error on every connect.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
-
 from agent.netlink import Route
 from agent.roles.client import ClientRole
 from agent.routes import RouteKeeper
@@ -44,19 +40,3 @@ class ApiserverRole(ClientRole):
         )
         dev = self.cfg.openvpn.dev
         self.routes.set_desired(Route(dst=net, dev=dev) for net in self.cfg.routes)
-
-    def extra_tasks(self) -> dict[str, Callable[[], Coroutine[Any, Any, Any]]]:
-        return {"routes": self.routes.run, "route_readiness": self._route_readiness_task}
-
-    async def _route_readiness_task(self) -> None:
-        while True:
-            if not self.routes.healthy:
-                self.conditions.set("routes", "; ".join(self.routes.last_errors) or "sync failing")
-            elif self.routes.pending:
-                pending = ", ".join(sorted(str(r) for r in self.routes.pending))
-                self.conditions.set("routes", f"waiting for {self.cfg.openvpn.dev}: {pending}")
-            elif not self.routes.in_sync:
-                self.conditions.set("routes", "routes not in sync yet")
-            else:
-                self.conditions.ok("routes")
-            await asyncio.sleep(0.25)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -42,7 +42,7 @@ from agent.bootstrap import (
 from agent.desired import BootstrapSettings
 from agent.files import FileWatch
 from agent.roles.client import ClientRole
-from agent.sysctls import SysctlKeeper, forwarding_sysctls, readiness_reason
+from agent.roles.openvpn_role import Tasks
 
 NODE_NAME_ENV = "NODE_NAME"
 # A valid certificate is re-checked at least this often (files replaced, clock jumps).
@@ -87,11 +87,10 @@ class NodeRole(ClientRole):
         return conditions
 
     async def setup(self) -> None:
-        self.sysctls = SysctlKeeper(registry=self.registry, role=self.role, interval=1.0)
-        self.sysctls.set_desired(forwarding_sysctls(tun=self.cfg.openvpn.dev, rp_filter=2))
+        self.keep_forwarding_sysctls()
 
-    def extra_tasks(self) -> dict[str, Callable[[], Coroutine[Any, Any, Any]]]:
-        tasks: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {"sysctls": self._sysctl_task}
+    def role_tasks(self) -> Tasks:
+        tasks = super().role_tasks()
         if self.bootstrap is not None:
             tasks["bootstrap"] = self._bootstrap_task
         return tasks
@@ -100,13 +99,6 @@ class NodeRole(ClientRole):
         if self.bootstrap is not None:
             await self._first_attempt.wait()
         await super()._material_task()
-
-    async def _sysctl_task(self) -> None:
-        dev = self.cfg.openvpn.dev
-        while True:
-            result = await self.sysctls.sync_once()
-            self.conditions.set("sysctls", readiness_reason(result, dev=dev))
-            await asyncio.sleep(1.0)
 
     # --- the node's own certificate --------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.roles.server import ServerMetrics
+from agent.roles.server_metrics import ServerMetrics
 from telemetry.health import HealthServer
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.observe import ServerMetricsObservations
