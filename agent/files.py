@@ -7,12 +7,13 @@ nothing.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from agent.clock import SYSTEM_CLOCK, AgentClock
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,9 @@ class FileWatch:
         self._seen = now
         return True
 
-    async def wait_changed(self, *, interval: float) -> None:
+    async def wait_changed(self, *, interval: float, clock: AgentClock = SYSTEM_CLOCK) -> None:
         while not self.changed():
-            await asyncio.sleep(interval)
+            await clock.sleep(interval)
 
 
 def atomic_write(path: str, data: bytes, *, mode: int = 0o644, mtime: float | None = None) -> None:

@@ -21,19 +21,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from agent.clock import AgentClock
 from agent.desired import ClientRoleConfig
 from agent.netlink import NetlinkError
 from agent.openvpn.config import render_client
 from agent.openvpn.management import ByteCount, Event, StateEvent
 from agent.probe import CounterDelta, EchoProber, ProbeError, ProbeTracker, Verdict
-from agent.roles.material import Clock, MaterialPaths
+from agent.roles.material import MaterialPaths
 from agent.roles.mgmt import LINK_ERRORS, Management, real_management
 from agent.roles.openvpn_process import restart_openvpn
 from agent.roles.openvpn_role import KernelFactory, OpenVPNRole, Tasks
@@ -113,7 +113,7 @@ class ClientRole(OpenVPNRole):
         *,
         cfg: ClientRoleConfig,
         registry: CollectorRegistry,
-        clock: Clock,
+        clock: AgentClock,
         rng: random.Random,
         kernel_factory: KernelFactory,
         management_factory: Callable[[str], Management] = real_management,
@@ -172,7 +172,7 @@ class ClientRole(OpenVPNRole):
 
     def _take_forced(self) -> str | None:
         forced, self._forced = self._forced, None
-        if forced is not None and time.monotonic() - forced[1] <= FORCED_WINDOW:
+        if forced is not None and self.clock.monotonic() - forced[1] <= FORCED_WINDOW:
             return forced[0]
         return None
 
@@ -220,7 +220,7 @@ class ClientRole(OpenVPNRole):
         return render_client(self.cfg.openvpn)
 
     def _on_material_change(self) -> None:
-        self._forced = ("material_changed", time.monotonic())
+        self._forced = ("material_changed", self.clock.monotonic())
 
     async def _probe_task(self) -> None:
         prober = EchoProber(target=self.cfg.probe.target)
@@ -228,7 +228,7 @@ class ClientRole(OpenVPNRole):
         interval = self.cfg.probe.interval
         try:
             while True:
-                started = time.monotonic()
+                started = self.clock.monotonic()
                 try:
                     rtt = await prober.probe(timeout=self.cfg.probe.timeout)
                 except ProbeError as e:
@@ -244,7 +244,7 @@ class ClientRole(OpenVPNRole):
                         "probe",
                         detail=f"{self.cfg.probe.misses} probes missed: {self.tracker.last_error}",
                     )
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+                await self.clock.sleep(max(0.0, interval - (self.clock.monotonic() - started)))
         finally:
             await prober.stop()
 
@@ -254,7 +254,7 @@ class ClientRole(OpenVPNRole):
         if client is not None:
             # Set before signalling: openvpn's RECONNECTING notification can arrive before
             # the command's SUCCESS line, and must be attributed to this reason.
-            self._forced = (reason, time.monotonic())
+            self._forced = (reason, self.clock.monotonic())
             try:
                 await client.signal("SIGUSR1")
             except LINK_ERRORS as e:
@@ -267,7 +267,7 @@ class ClientRole(OpenVPNRole):
                 return
         if not self._material_ready.is_set():
             return
-        self._forced = ("management", time.monotonic())
+        self._forced = ("management", self.clock.monotonic())
         self.events.warning("reconnect_forced", reason=reason, how="restart", detail=detail)
         await restart_openvpn(self.supervisor, events=self.events, reason=reason)
 
@@ -305,7 +305,7 @@ class ClientRole(OpenVPNRole):
                     self.metrics.bytes_received.labels(self.role).inc(rx.feed(rx_bytes))
                     self.metrics.bytes_sent.labels(self.role).inc(tx.feed(tx_bytes))
             self.common.ready.labels(self.role).set(1 if self.conditions.ready else 0)
-            await asyncio.sleep(1.0)
+            await self.clock.sleep(1.0)
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import certs
+from agent.clock import AgentClock
 from agent.event_log import EventLog
 from agent.files import FileWatch
 from agent.openvpn.supervisor import Supervisor
 from agent.roles.openvpn_process import restart_openvpn
 from agent.roles.readiness import CommonMetrics, Conditions
-
-Clock = Callable[[], datetime]
 
 _TLS_CRYPT_V2_CLIENT_HEADER = b"-----BEGIN OpenVPN tls-crypt-v2 client key-----"
 _TLS_CRYPT_V2_SERVER_HEADER = b"-----BEGIN OpenVPN tls-crypt-v2 server key-----"
@@ -74,7 +73,7 @@ def check_material(paths: MaterialPaths, *, now: datetime) -> certs.CertInfo:
 async def wait_for_material(
     paths: MaterialPaths,
     *,
-    clock: Clock,
+    clock: AgentClock,
     conditions: Conditions,
     condition: str,
     metrics: CommonMetrics,
@@ -90,13 +89,13 @@ async def wait_for_material(
     while True:
         watch.changed()  # remember this version; a retry needs a newer one
         try:
-            info = check_material(paths, now=clock())
+            info = check_material(paths, now=clock.now())
         except MaterialError as e:
             reason = str(e)
             conditions.set(condition, reason)
             metrics.config_errors.labels(metrics.role, "material").inc()
             events.error("material_invalid", error=reason, action="waiting for the files to change")
-            await watch.wait_changed(interval=poll_interval)
+            await watch.wait_changed(interval=poll_interval, clock=clock)
             continue
         conditions.ok(condition)
         events("material_valid", cn=info.common_name, serial=f"{info.serial:x}",
@@ -107,7 +106,7 @@ async def wait_for_material(
 async def watch_material(
     paths: MaterialPaths,
     *,
-    clock: Clock,
+    clock: AgentClock,
     conditions: Conditions,
     condition: str,
     metrics: CommonMetrics,
@@ -124,9 +123,9 @@ async def watch_material(
     watch = FileWatch(paths.all)
     watch.changed()
     while True:
-        await watch.wait_changed(interval=poll_interval)
+        await watch.wait_changed(interval=poll_interval, clock=clock)
         try:
-            info = check_material(paths, now=clock())
+            info = check_material(paths, now=clock.now())
         except MaterialError as e:
             conditions.set(condition, f"{e} (openvpn keeps the previous material)")
             metrics.config_errors.labels(metrics.role, "material").inc()

@@ -110,7 +110,7 @@ class NodeRole(ClientRole):
                 key_path=ovpn.key,
                 tunnel_ca_file=ovpn.ca,
                 node_name=node,
-                now=self.clock(),
+                now=self.clock.now(),
             )
             is not None
         )
@@ -150,7 +150,7 @@ class NodeRole(ClientRole):
                     key_path=ovpn.key,
                     cert_path=ovpn.cert,
                     tunnel_ca_file=ovpn.ca,
-                    clock=self.clock,
+                    clock=self.clock.now,
                     timeout=b.timeout,
                     renew_fraction=b.renew_fraction,
                     expiration_seconds=b.expiration_seconds,
@@ -165,14 +165,14 @@ class NodeRole(ClientRole):
                 self.events.error("certificate_failed", node=node, error=str(e),
                                   still_valid=valid, retry_in=f"{delay:.1f}s")  # fmt: skip
                 self._first_attempt.set()
-                await asyncio.sleep(delay * (0.8 + 0.4 * self.rng.random()))
+                await self.clock.sleep(delay * (0.8 + 0.4 * self.rng.random()))
                 delay = min(delay * 2, b.retry[1])
                 continue
             delay = b.retry[0]
             self._obtained(got, node=node)
             self._first_attempt.set()
             watch.changed()
-            wait = (got.renew_at - self.clock()).total_seconds()
+            wait = (got.renew_at - self.clock.now()).total_seconds()
             if wait <= 0 and got.source == "issued":
                 # Due on arrival (a lifetime shorter than the CA's remaining life, or a
                 # tiny renew_fraction): don't turn that into a stream of CSRs.
@@ -181,7 +181,7 @@ class NodeRole(ClientRole):
                 wait = RECHECK_INTERVAL
             try:
                 async with asyncio.timeout(min(max(wait, 0.0), RECHECK_INTERVAL)):
-                    await watch.wait_changed(interval=0.5)
+                    await watch.wait_changed(interval=0.5, clock=self.clock)
             except TimeoutError:
                 pass
 

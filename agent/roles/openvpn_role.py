@@ -42,12 +42,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from agent.clock import AgentClock
 from agent.desired import Common
 from agent.event_log import EventLog
 from agent.netlink import Kernel
 from agent.openvpn.management import Event
 from agent.openvpn.supervisor import Supervisor
-from agent.roles.material import Clock, MaterialPaths, wait_for_material, watch_material
+from agent.roles.material import MaterialPaths, wait_for_material, watch_material
 from agent.roles.mgmt import Management, ManagementLink, real_management
 from agent.roles.openvpn_process import openvpn_supervisor, render_to
 from agent.roles.readiness import CommonMetrics, Conditions
@@ -83,7 +84,7 @@ class OpenVPNRole:
         management_path: str,
         dev: str,
         registry: CollectorRegistry,
-        clock: Clock,
+        clock: AgentClock,
         rng: random.Random,
         kernel_factory: KernelFactory,
         management_factory: Callable[[str], Management] = real_management,
@@ -119,6 +120,7 @@ class OpenVPNRole:
             factory=management_factory,
             on_connect=self._on_management_connect,
             on_event=self._on_management_event,
+            clock=clock,
         )
         self.health = HealthServer(
             registry=registry, host=common.health_host, port=common.health_port
@@ -213,7 +215,7 @@ class OpenVPNRole:
 
     async def _watchdog_task(self) -> None:
         while True:
-            await asyncio.sleep(self.watchdog_interval)
+            await self.clock.sleep(self.watchdog_interval)
             self._on_watchdog_tick()
             if (
                 self.supervisor.running
@@ -229,7 +231,7 @@ class OpenVPNRole:
         while True:
             result = await sysctls.sync_once()
             self.conditions.set("sysctls", readiness_reason(result, dev=self.dev))
-            await asyncio.sleep(SYSCTL_INTERVAL)
+            await self.clock.sleep(SYSCTL_INTERVAL)
 
     def routes_reason(self) -> str | None:
         """The `routes` condition: None when the kernel has every route the role wants."""
@@ -248,7 +250,7 @@ class OpenVPNRole:
     async def _route_readiness_task(self) -> None:
         while True:
             self.conditions.set("routes", self.routes_reason())
-            await asyncio.sleep(ROUTE_READINESS_INTERVAL)
+            await self.clock.sleep(ROUTE_READINESS_INTERVAL)
 
     # --- lifecycle ----------------------------------------------------------------------------
 

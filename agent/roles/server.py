@@ -40,6 +40,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 import certs
+from agent.clock import AgentClock
 from agent.desired import DesiredState, InputError, ServerRoleConfig, load_desired
 from agent.files import FileWatch, atomic_write
 from agent.firewall import Firewall, FirewallError, FirewallPolicy, NftFirewall
@@ -48,7 +49,6 @@ from agent.openvpn.config import render_server
 from agent.openvpn.management import ClientStatus, Event
 from agent.probe import CounterDelta, EchoResponder, ProbeError, tcp_probe
 from agent.roles.material import (
-    Clock,
     MaterialError,
     MaterialPaths,
     read_small,
@@ -104,7 +104,7 @@ class ServerRole(OpenVPNRole):
         *,
         cfg: ServerRoleConfig,
         registry: CollectorRegistry,
-        clock: Clock,
+        clock: AgentClock,
         rng: random.Random,
         kernel_factory: KernelFactory,
         management_factory: Callable[[str], Management] = real_management,
@@ -261,7 +261,7 @@ class ServerRole(OpenVPNRole):
                     self._ready["desired"].set()
                     self.events("desired_applied", path=path, clients=len(state.clients),
                                 apiserver=state.apiserver is not None)  # fmt: skip
-            await asyncio.sleep(FILE_POLL)
+            await self.clock.sleep(FILE_POLL)
 
     # --- CRL -------------------------------------------------------------------------------------
 
@@ -313,7 +313,7 @@ class ServerRole(OpenVPNRole):
                 else:
                     self.conditions.ok("crl")
                     self._ready["crl"].set()
-            await asyncio.sleep(FILE_POLL)
+            await self.clock.sleep(FILE_POLL)
 
     # --- openvpn and management ---------------------------------------------------------------
 
@@ -400,7 +400,7 @@ class ServerRole(OpenVPNRole):
                 await self.flush_kicks()
             self._update_openvpn_condition()
             self.common.ready.labels(self.role).set(1 if self.conditions.ready else 0)
-            await asyncio.sleep(self.cfg.status_interval)
+            await self.clock.sleep(self.cfg.status_interval)
 
     def _update_openvpn_condition(self) -> None:
         if not self.supervisor.running:
@@ -440,7 +440,7 @@ class ServerRole(OpenVPNRole):
 
     async def _kubelet_task(self) -> None:
         while True:
-            started = time.monotonic()
+            started = self.clock.monotonic()
             desired = self.desired
             if desired is not None:
                 probes = []
@@ -455,7 +455,7 @@ class ServerRole(OpenVPNRole):
                         self.metrics.kubelet_reachable.labels(self.role, e.common_name).set(0)
                 await asyncio.gather(*probes)
             interval = self.cfg.kubelet_probe_interval
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            await self.clock.sleep(max(0.0, interval - (self.clock.monotonic() - started)))
 
     # --- firewall, routes, sysctls ------------------------------------------------------------
 
@@ -483,7 +483,9 @@ class ServerRole(OpenVPNRole):
                 self.conditions.ok("firewall")
                 self._ready["firewall"].set()
                 logged = None
-            await asyncio.sleep(FIREWALL_CHECK if self._policy == self._desired_policy() else 0.1)
+            await self.clock.sleep(
+                FIREWALL_CHECK if self._policy == self._desired_policy() else 0.1
+            )
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from agent.bootstrap import (
     Step,
     obtain_certificate,
 )
+from agent.clock import SYSTEM_CLOCK
 from agent.desired import BootstrapSettings, ClientRoleConfig, Common, ProbeSettings
 from agent.netlink import Kernel
 from agent.openvpn.config import ClientConfig
@@ -455,7 +456,7 @@ async def test_node_role_is_unready_until_its_csr_is_signed(
         ),
     )
     role = NodeRole(
-        cfg=cfg, registry=CollectorRegistry(), clock=_now, rng=random.Random(1),
+        cfg=cfg, registry=CollectorRegistry(), clock=SYSTEM_CLOCK, rng=random.Random(1),
         kernel_factory=_no_kernel, environ={"NODE_NAME": "node-1"},
     )  # fmt: skip
     task = asyncio.create_task(role._bootstrap_task())

@@ -39,6 +39,7 @@ from agent.roles.node import NodeRole
 from agent.roles.server import ServerRole
 from agent.roles.server_auth import ClientAuthorizer
 from agent.roles.server_state import AuthVerdict
+from vpnctl.kube.clock import ManualClock
 
 TUNNEL = IPv4Network("198.18.8.0/24")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -239,7 +240,7 @@ async def server(tmp_path: Path, pki: Pki) -> AsyncIterator[tuple[ServerRole, Fa
     )
     fake = FakeManagement()
     role = ServerRole(
-        cfg=cfg, registry=CollectorRegistry(), clock=lambda: NOW, rng=random.Random(1),
+        cfg=cfg, registry=CollectorRegistry(), clock=ManualClock(wall=NOW), rng=random.Random(1),
         kernel_factory=_no_kernel, management_factory=lambda _path: fake,
         firewall=FakeFirewall(),
     )  # fmt: skip
@@ -359,7 +360,7 @@ def _node(tmp_path: Path, fake: FakeManagement) -> NodeRole:
         probe=ProbeSettings(target=(IPv4Address("198.18.8.1"), 7947)),
     )
     return NodeRole(
-        cfg=cfg, registry=CollectorRegistry(), clock=lambda: NOW, rng=random.Random(1),
+        cfg=cfg, registry=CollectorRegistry(), clock=ManualClock(wall=NOW), rng=random.Random(1),
         kernel_factory=_no_kernel, management_factory=lambda _path: fake,
     )  # fmt: skip
 
