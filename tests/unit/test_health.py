@@ -89,7 +89,7 @@ async def test_broken_and_hanging_checks_fail_instead_of_erroring(
         raise RuntimeError("watch\nis stale")
 
     async def hangs() -> bool:
-        await asyncio.sleep(60)
+        await asyncio.Event().wait()  # never set: only the check timeout ends this
         return True
 
     server = HealthServer(
