@@ -28,11 +28,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.clock import AgentClock
-from agent.desired import ClientRoleConfig
 from agent.netlink import NetlinkError
 from agent.openvpn.config import render_client
 from agent.openvpn.management import ByteCount, Event, StateEvent
 from agent.probe import CounterDelta, EchoProber, ProbeError, ProbeTracker, Verdict
+from agent.role_config import ClientRoleConfig
 from agent.roles.material import MaterialPaths
 from agent.roles.mgmt import LINK_ERRORS, Management, real_management
 from agent.roles.openvpn_process import restart_openvpn

@@ -39,8 +39,8 @@ from agent.bootstrap import (
     current_certificate,
     obtain_certificate,
 )
-from agent.desired import BootstrapSettings
 from agent.files import FileWatch
+from agent.role_config import BootstrapSettings
 from agent.roles.client import ClientRole
 from agent.roles.openvpn_role import Tasks
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from agent.desired import Common
 from agent.event_log import EventLog
 from agent.files import atomic_write
 from agent.openvpn.supervisor import Supervisor
+from agent.role_config import Common
 from agent.roles.readiness import CommonMetrics
 
 

@@ -43,11 +43,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from agent.clock import AgentClock
-from agent.desired import Common
 from agent.event_log import EventLog
 from agent.netlink import Kernel
 from agent.openvpn.management import Event
 from agent.openvpn.supervisor import Supervisor
+from agent.role_config import Common
 from agent.roles.material import MaterialPaths, wait_for_material, watch_material
 from agent.roles.mgmt import Management, ManagementLink, real_management
 from agent.roles.openvpn_process import openvpn_supervisor, render_to

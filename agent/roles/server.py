@@ -2,7 +2,7 @@
 
 It makes openvpn follow two inputs and reports what it sees:
 
-* the desired-state file (clients, addresses, iroutes; format in `agent.desired`): the
+* the desired-state file (clients, addresses, iroutes; format in `agent.desired_state`): the
   CCD directory, the kernel routes towards tun and the firewall follow it; a client whose
   CCD changed or disappeared is kicked so it reconnects with the new config (or is
   refused). An invalid file changes nothing: the last good state stays, /readyz says
@@ -41,13 +41,15 @@ from prometheus_client import CollectorRegistry
 
 import certs
 from agent.clock import AgentClock
-from agent.desired import DesiredState, InputError, ServerRoleConfig, load_desired
+from agent.config_reader import InputError
+from agent.desired_state import DesiredState, load_desired
 from agent.files import FileWatch, atomic_write
 from agent.firewall import Firewall, FirewallError, FirewallPolicy, NftFirewall
 from agent.netlink import Route
 from agent.openvpn.config import render_server
 from agent.openvpn.management import ClientStatus, Event
 from agent.probe import CounterDelta, EchoResponder, ProbeError, tcp_probe
+from agent.role_config import ServerRoleConfig
 from agent.roles.material import (
     MaterialError,
     MaterialPaths,

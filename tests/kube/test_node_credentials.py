@@ -45,9 +45,9 @@ from agent.bootstrap import (
     obtain_certificate,
 )
 from agent.clock import SYSTEM_CLOCK
-from agent.desired import BootstrapSettings, ClientRoleConfig, Common, ProbeSettings
 from agent.netlink import Kernel
 from agent.openvpn.config import ClientConfig
+from agent.role_config import BootstrapSettings, ClientRoleConfig, Common, ProbeSettings
 from agent.roles.node import NodeRole
 from vpnctl.reconcile import samples
 from vpnctl.reconcile.csr import NODE_SIGNER, CSRDecision, csr_state, decide_csr, sign_node_csr

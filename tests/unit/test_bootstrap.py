@@ -32,16 +32,16 @@ from agent.bootstrap import (
     current_certificate,
     obtain_certificate,
 )
-from agent.desired import (
+from agent.config_reader import InputError
+from agent.netlink import Kernel
+from agent.openvpn.config import ClientConfig
+from agent.role_config import (
     BootstrapSettings,
     ClientRoleConfig,
     Common,
-    InputError,
     ProbeSettings,
     load_role_config,
 )
-from agent.netlink import Kernel
-from agent.openvpn.config import ClientConfig
 from agent.roles.node import NodeRole
 from vpnctl.kube.clock import ManualClock
 

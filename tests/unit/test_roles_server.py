@@ -20,20 +20,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import certs
-from agent.desired import (
-    ClientRoleConfig,
-    Common,
-    DesiredState,
-    ProbeSettings,
-    ServerRoleConfig,
-    parse_desired,
-)
+from agent.desired_state import DesiredState, parse_desired
 from agent.event_log import EventLog
 from agent.firewall import FirewallPolicy
 from agent.netlink import Kernel, Route
 from agent.openvpn.client_auth import ClientAuthRequest
 from agent.openvpn.config import ClientConfig, ServerConfig
 from agent.openvpn.management import ClientStatus, Event, StateEvent
+from agent.role_config import ClientRoleConfig, Common, ProbeSettings, ServerRoleConfig
 from agent.roles.material import MaterialError
 from agent.roles.node import NodeRole
 from agent.roles.server import ServerRole

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.desired import ClientRoleConfig, Common, ProbeSettings, ServerRoleConfig
 from agent.netlink import Kernel
 from agent.openvpn.config import ClientConfig, ServerConfig
+from agent.role_config import ClientRoleConfig, Common, ProbeSettings, ServerRoleConfig
 from agent.roles.mgmt import Management
 from agent.roles.node import NodeRole
 from agent.roles.openvpn_role import MANAGEMENT_DEAD_AFTER, OpenVPNRole
