@@ -472,11 +472,6 @@ class ManagementClient:
     async def enable_state_events(self) -> None:
         await self.command("state on")
 
-    async def enable_bytecount(self, seconds: int) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
-            raise ValueError(f"bytecount interval must be a whole number >= 0, got {seconds!r}")
-        await self.command(f"bytecount {seconds}")
-
     async def client_kill(self, common_name: str) -> bool:
         """Disconnect every instance of `common_name`; False if none is connected.
 
