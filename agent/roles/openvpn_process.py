@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from agent.clock import AgentClock
 from agent.event_log import EventLog
 from agent.files import atomic_write
 from agent.openvpn.supervisor import Supervisor
@@ -22,6 +23,7 @@ def openvpn_supervisor(
     config_path: str,
     metrics: CommonMetrics,
     rng: random.Random,
+    clock: AgentClock,
     extra_on_start: Callable[[int], None] | None = None,
     extra_on_exit: Callable[[int], None] | None = None,
 ) -> Supervisor:
@@ -49,6 +51,7 @@ def openvpn_supervisor(
         log_path=common.openvpn_log,
         on_start=on_start,
         on_exit=on_exit,
+        clock=clock,
     )
 
 

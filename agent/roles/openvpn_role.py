@@ -111,6 +111,7 @@ class OpenVPNRole:
             config_path=self.config_path,
             metrics=self.common,
             rng=rng,
+            clock=clock,
             extra_on_start=self._on_openvpn_start,
             extra_on_exit=self._on_openvpn_exit,
         )
