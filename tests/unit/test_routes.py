@@ -26,11 +26,9 @@ from agent.netlink import (
     NetlinkError,
     NetworkInterfaceNotFound,
     Route,
-    get_sysctl,
-    set_sysctl,
 )
 from agent.routes import RouteKeeper
-from agent.sysctls import SysctlKeeper, forwarding_sysctls
+from agent.sysctls import SysctlKeeper, forwarding_sysctls, get_sysctl, set_sysctl
 
 ROLE = "node"
 
