@@ -16,13 +16,13 @@ import sys
 
 from prometheus_client import CollectorRegistry
 
-from agent.clock import SYSTEM_CLOCK
+from agent.agent_clock import SYSTEM_CLOCK
 from agent.config_reader import InputError
 from agent.event_log import EventLog, setup_logging
 from agent.netlink import Kernel, PyRoute2Kernel
 from agent.role_config import ROLES, ClientRoleConfig, Role, load_role_config
 from agent.roles.apiserver import ApiserverRole
-from agent.roles.client import ClientRole
+from agent.roles.client_role import ClientRole
 from agent.roles.node import NodeRole
 from agent.roles.server import ServerRole
 from agent.roles.task_frame import install_signal_handlers

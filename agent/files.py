@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.clock import SYSTEM_CLOCK, AgentClock
+from agent.agent_clock import SYSTEM_CLOCK, AgentClock
 
 
 @dataclass(frozen=True)

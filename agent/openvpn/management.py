@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from typing import Literal
 
-from agent.clock import SYSTEM_CLOCK, AgentClock
+from agent.agent_clock import SYSTEM_CLOCK, AgentClock
 from agent.openvpn.client_auth import ClientAuthRequest, ClientBlockReader
 from agent.openvpn.config import ConfigError, validate_common_name
 

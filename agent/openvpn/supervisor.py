@@ -23,7 +23,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
-from agent.clock import SYSTEM_CLOCK, AgentClock
+from agent.agent_clock import SYSTEM_CLOCK, AgentClock
 
 _log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ pod and service CIDRs.
 
 Who owns those routes: **this role, not openvpn's pushed routes.** The role puts one
 route per configured CIDR on tun, tagged with our protocol (211), through
-`agent.routes.RouteKeeper`. Why:
+`agent.route_keeper.RouteKeeper`. Why:
 
 * a route deleted by hand (or by anything else) is back within a second; routes that
   openvpn pushed are only re-added on the next reconnect;
@@ -23,8 +23,8 @@ exists") and log an error on every connect.
 from __future__ import annotations
 
 from agent.netlink import Route
-from agent.roles.client import ClientRole
-from agent.routes import RouteKeeper
+from agent.roles.client_role import ClientRole
+from agent.route_keeper import RouteKeeper
 
 
 class ApiserverRole(ClientRole):

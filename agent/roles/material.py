@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import certs
-from agent.clock import AgentClock
+from agent.agent_clock import AgentClock
 from agent.event_log import EventLog
 from agent.files import FileWatch
 from agent.openvpn.supervisor import Supervisor

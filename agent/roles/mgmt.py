@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal, Protocol
 
-from agent.clock import SYSTEM_CLOCK, AgentClock
+from agent.agent_clock import SYSTEM_CLOCK, AgentClock
 from agent.event_log import EventLog
 from agent.openvpn.management import (
     ClientStatus,

@@ -41,7 +41,7 @@ from agent.bootstrap import (
 )
 from agent.files import FileWatch
 from agent.role_config import BootstrapSettings
-from agent.roles.client import ClientRole
+from agent.roles.client_role import ClientRole
 from agent.roles.openvpn_role import Tasks
 
 NODE_NAME_ENV = "NODE_NAME"

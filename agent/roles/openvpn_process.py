@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from agent.clock import AgentClock
+from agent.agent_clock import AgentClock
 from agent.event_log import EventLog
 from agent.files import atomic_write
 from agent.openvpn.supervisor import Supervisor

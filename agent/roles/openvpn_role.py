@@ -42,7 +42,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from agent.clock import AgentClock
+from agent.agent_clock import AgentClock
 from agent.event_log import EventLog
 from agent.netlink import Kernel
 from agent.openvpn.management import Event
@@ -53,7 +53,7 @@ from agent.roles.mgmt import Management, ManagementLink, real_management
 from agent.roles.openvpn_process import openvpn_supervisor, render_to
 from agent.roles.readiness import CommonMetrics, Conditions
 from agent.roles.task_frame import run_group
-from agent.routes import RouteKeeper
+from agent.route_keeper import RouteKeeper
 from agent.sysctls import SysctlKeeper, forwarding_sysctls, readiness_reason
 from telemetry.health import HealthServer
 

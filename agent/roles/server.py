@@ -40,7 +40,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 import certs
-from agent.clock import AgentClock
+from agent.agent_clock import AgentClock
 from agent.config_reader import InputError
 from agent.desired_state import DesiredState, load_desired
 from agent.files import FileWatch, atomic_write
@@ -48,7 +48,6 @@ from agent.firewall import Firewall, FirewallError, FirewallPolicy, NftFirewall
 from agent.netlink import Route
 from agent.openvpn.config import render_server
 from agent.openvpn.management import ClientStatus, Event
-from agent.probe import CounterDelta, EchoResponder, ProbeError, tcp_probe
 from agent.role_config import ServerRoleConfig
 from agent.roles.material import (
     MaterialError,
@@ -68,7 +67,8 @@ from agent.roles.server_state import (
     plan_ccd,
     revoked_names,
 )
-from agent.routes import RouteKeeper
+from agent.route_keeper import RouteKeeper
+from agent.tunnel_probe import CounterDelta, EchoResponder, ProbeError, tcp_probe
 
 FILE_POLL = 0.25
 FIREWALL_CHECK = 2.0

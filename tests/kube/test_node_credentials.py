@@ -35,6 +35,7 @@ from kubernetes_asyncio import client as k8s_client
 from prometheus_client import CollectorRegistry
 
 import certs
+from agent.agent_clock import SYSTEM_CLOCK
 from agent.bootstrap import (
     PENDING_SUFFIX,
     ApiRequestError,
@@ -44,7 +45,6 @@ from agent.bootstrap import (
     Step,
     obtain_certificate,
 )
-from agent.clock import SYSTEM_CLOCK
 from agent.netlink import Kernel
 from agent.openvpn.config import ClientConfig
 from agent.role_config import BootstrapSettings, ClientRoleConfig, Common, ProbeSettings

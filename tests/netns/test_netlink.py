@@ -29,7 +29,7 @@ from agent.netlink import (
     PyRoute2Kernel,
     Route,
 )
-from agent.routes import RouteKeeper
+from agent.route_keeper import RouteKeeper
 from tests.netns.nsutil import NsEnd, add_tun, ip, netns_pair, ns_exists, run_in, unique_tag
 
 pytestmark = [

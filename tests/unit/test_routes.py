@@ -27,7 +27,7 @@ from agent.netlink import (
     NetworkInterfaceNotFound,
     Route,
 )
-from agent.routes import RouteKeeper
+from agent.route_keeper import RouteKeeper
 from agent.sysctls import SysctlKeeper, forwarding_sysctls, get_sysctl, set_sysctl
 
 ROLE = "node"

@@ -27,16 +27,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from agent.clock import AgentClock
+from agent.agent_clock import AgentClock
 from agent.netlink import NetlinkError
 from agent.openvpn.config import render_client
 from agent.openvpn.management import ByteCount, Event, StateEvent
-from agent.probe import CounterDelta, EchoProber, ProbeError, ProbeTracker, Verdict
 from agent.role_config import ClientRoleConfig
 from agent.roles.material import MaterialPaths
 from agent.roles.mgmt import LINK_ERRORS, Management, real_management
 from agent.roles.openvpn_process import restart_openvpn
 from agent.roles.openvpn_role import KernelFactory, OpenVPNRole, Tasks
+from agent.tunnel_probe import CounterDelta, EchoProber, ProbeError, ProbeTracker, Verdict
 
 RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 # Attribute an openvpn reconnect to our own SIGUSR1 if it follows within this time.
