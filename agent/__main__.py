@@ -13,17 +13,19 @@ import asyncio
 import logging
 import random
 import sys
-from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
 
-from agent.desired import ROLES, ClientRoleConfig, InputError, Role, load_role_config
+from agent.agent_clock import SYSTEM_CLOCK
+from agent.config_reader import InputError
+from agent.event_log import EventLog, setup_logging
 from agent.netlink import Kernel, PyRoute2Kernel
+from agent.role_config import ROLES, ClientRoleConfig, Role, load_role_config
 from agent.roles.apiserver import ApiserverRole
-from agent.roles.client import ClientRole
-from agent.roles.common import EventLog, install_signal_handlers, setup_logging
+from agent.roles.client_role import ClientRole
 from agent.roles.node import NodeRole
 from agent.roles.server import ServerRole
+from agent.roles.task_frame import install_signal_handlers
 from agent.tundev import TunDeviceError, ensure_tun_device
 from telemetry.logs import FORMATS, LEVELS
 
@@ -38,14 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("role", choices=ROLES, help="which role to run")
     p.add_argument("--config", required=True, help="the role's JSON config file")
     p.add_argument("--log-level", default="INFO", choices=LEVELS, help="default: %(default)s")
-    p.add_argument(
-        "--log-format", default="logfmt", choices=FORMATS, help="default: %(default)s"
-    )
+    p.add_argument("--log-format", default="logfmt", choices=FORMATS, help="default: %(default)s")
     return p
-
-
-def _now() -> datetime:
-    return datetime.now(tz=UTC)
 
 
 async def _open_kernel() -> Kernel:
@@ -68,12 +64,14 @@ async def run(role: Role, config_path: str) -> int:
     if role == "server":
         assert not isinstance(cfg, ClientRoleConfig)
         runner = ServerRole(
-            cfg=cfg, registry=registry, clock=_now, rng=rng, kernel_factory=_open_kernel
+            cfg=cfg, registry=registry, clock=SYSTEM_CLOCK, rng=rng, kernel_factory=_open_kernel
         )
     else:
         assert isinstance(cfg, ClientRoleConfig)
         cls = NodeRole if role == "node" else ApiserverRole
-        runner = cls(cfg=cfg, registry=registry, clock=_now, rng=rng, kernel_factory=_open_kernel)
+        runner = cls(
+            cfg=cfg, registry=registry, clock=SYSTEM_CLOCK, rng=rng, kernel_factory=_open_kernel
+        )
     try:  # every role's openvpn needs it; without it openvpn says why itself, too
         events("tun_device", result=ensure_tun_device())
     except TunDeviceError as e:

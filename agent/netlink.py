@@ -19,9 +19,10 @@ pyroute2 has no type stubs. Nothing of it leaks out of this module: every value 
 from a netlink message is converted to a plain Python type here. This is also the only
 module that may import pyroute2 (an import-linter contract).
 
-sysctls are plain writes under /proc/sys. The agent runs inside the namespace it
-manages (`ip netns exec` in the lab, hostNetwork on a node), and /proc/sys/net always
-shows the namespace of the process that opens it, so no netlink is needed for them.
+sysctls are plain writes under /proc/sys (`agent.sysctls`): the agent runs inside the
+namespace it manages (`ip netns exec` in the lab, hostNetwork on a node), and
+/proc/sys/net always shows the namespace of the process that opens it, so no netlink is
+needed for them. Their errors (`SysctlNotFound`, `PermissionDenied`) are defined here.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from pyroute2 import AsyncIPRoute
@@ -409,27 +409,6 @@ class PyRoute2Kernel:
             dev=dev,
         )
 
-    async def delete_address(self, dev: str, addr: IPv4Interface) -> None:
-        """Remove the address; a missing address or device is fine."""
-        try:
-            index = await self.link_index(dev)
-        except NetworkInterfaceNotFound:
-            return
-        try:
-            await self._request(
-                f"delete address {addr} on {dev}",
-                lambda: self._ipr.addr(
-                    "del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen
-                ),
-                dev=dev,
-            )
-        except NetlinkError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return
-            raise
-
-    # ---------------------------------------------------------------- plumbing
-
     async def _link_name(self, index: int) -> str:
         msgs = await self._request(f"get link #{index}", lambda: self._ipr.link("get", index=index))
         if not msgs:
@@ -593,68 +572,3 @@ def _route_from_msg(msg: Any, *, dev: str) -> Route:
         metric=int(msg.get("priority") or 0),
         src=IPv4Address(str(prefsrc)) if prefsrc else None,
     )
-
-
-# --------------------------------------------------------------------------- sysctl
-
-
-def _sysctl_path(key: str, proc_root: str) -> Path:
-    """`net.ipv4.ip_forward` or `net/ipv4/conf/eth0.100/rp_filter` -> a path.
-
-    With a '/' anywhere the key is taken as a path: that is how to name a device
-    whose name has a dot (as sysctl(8) does).
-    """
-    parts = key.split("/") if "/" in key else key.split(".")
-    if not key or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(
-            f"sysctl key {key!r} is malformed; use dotted (net.ipv4.ip_forward) or "
-            "slashed (net/ipv4/conf/eth0.100/rp_filter) form"
-        )
-    return Path(proc_root, *parts)
-
-
-def get_sysctl(key: str, *, proc_root: str = "/proc/sys") -> str:
-    """The sysctl's current value, whitespace-normalised ("1", "4096 131072 6291456")."""
-    path = _sysctl_path(key, proc_root)
-    try:
-        return " ".join(path.read_text().split())
-    except FileNotFoundError as exc:
-        raise SysctlNotFound(
-            f"sysctl {key} does not exist ({path}); for net.ipv4.conf.<dev>.* the device "
-            "must exist first",
-            errno=errno.ENOENT,
-        ) from exc
-
-
-def set_sysctl(key: str, value: str, *, proc_root: str = "/proc/sys") -> bool:
-    """Set the sysctl if it differs; True if it changed anything. Idempotent."""
-    wanted = " ".join(value.split())
-    if get_sysctl(key, proc_root=proc_root) == wanted:
-        return False
-    path = _sysctl_path(key, proc_root)
-    try:
-        path.write_text(wanted + "\n")
-    except FileNotFoundError as exc:
-        raise SysctlNotFound(f"sysctl {key} vanished while writing it ({path})") from exc
-    except PermissionError as exc:
-        raise PermissionDenied(
-            f"cannot set sysctl {key}={wanted} ({path}): {exc.strerror}; the agent needs "
-            "root and a writable /proc/sys (in a container: privileged or NET_ADMIN with "
-            "/proc/sys/net not read-only)",
-            errno=exc.errno,
-        ) from exc
-    except OSError as exc:
-        raise NetlinkError(
-            f"cannot set sysctl {key}={wanted} ({path}): {exc.strerror}", errno=exc.errno
-        ) from exc
-    return True
-
-
-async def aget_sysctl(key: str, *, proc_root: str = "/proc/sys") -> str:
-    """`get_sysctl` off the event loop."""
-    return await asyncio.to_thread(get_sysctl, key, proc_root=proc_root)
-
-
-async def aset_sysctl(key: str, value: str, *, proc_root: str = "/proc/sys") -> bool:
-    """`set_sysctl` off the event loop."""
-    return await asyncio.to_thread(set_sysctl, key, value, proc_root=proc_root)

@@ -29,16 +29,72 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from agent.netlink import NetlinkError, SysctlNotFound, get_sysctl, set_sysctl
+from agent.netlink import NetlinkError, PermissionDenied, SysctlNotFound
 
 log = logging.getLogger(__name__)
 
 DEFAULT_UNHEALTHY_AFTER: Final = 3
 _REFUSED_ERRNOS: Final = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+# --- /proc/sys -------------------------------------------------------------------------------
+
+
+def _sysctl_path(key: str, proc_root: str) -> Path:
+    """`net.ipv4.ip_forward` or `net/ipv4/conf/eth0.100/rp_filter` -> a path.
+
+    With a '/' anywhere the key is taken as a path: that is how to name a device
+    whose name has a dot (as sysctl(8) does).
+    """
+    parts = key.split("/") if "/" in key else key.split(".")
+    if not key or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(
+            f"sysctl key {key!r} is malformed; use dotted (net.ipv4.ip_forward) or "
+            "slashed (net/ipv4/conf/eth0.100/rp_filter) form"
+        )
+    return Path(proc_root, *parts)
+
+
+def get_sysctl(key: str, *, proc_root: str = "/proc/sys") -> str:
+    """The sysctl's current value, whitespace-normalised ("1", "4096 131072 6291456")."""
+    path = _sysctl_path(key, proc_root)
+    try:
+        return " ".join(path.read_text().split())
+    except FileNotFoundError as exc:
+        raise SysctlNotFound(
+            f"sysctl {key} does not exist ({path}); for net.ipv4.conf.<dev>.* the device "
+            "must exist first",
+            errno=errno.ENOENT,
+        ) from exc
+
+
+def set_sysctl(key: str, value: str, *, proc_root: str = "/proc/sys") -> bool:
+    """Set the sysctl if it differs; True if it changed anything. Idempotent."""
+    wanted = " ".join(value.split())
+    if get_sysctl(key, proc_root=proc_root) == wanted:
+        return False
+    path = _sysctl_path(key, proc_root)
+    try:
+        path.write_text(wanted + "\n")
+    except FileNotFoundError as exc:
+        raise SysctlNotFound(f"sysctl {key} vanished while writing it ({path})") from exc
+    except PermissionError as exc:
+        raise PermissionDenied(
+            f"cannot set sysctl {key}={wanted} ({path}): {exc.strerror}; the agent needs "
+            "root and a writable /proc/sys (in a container: privileged or NET_ADMIN with "
+            "/proc/sys/net not read-only)",
+            errno=exc.errno,
+        ) from exc
+    except OSError as exc:
+        raise NetlinkError(
+            f"cannot set sysctl {key}={wanted} ({path}): {exc.strerror}", errno=exc.errno
+        ) from exc
+    return True
 
 
 class SysctlRefused(NetlinkError):

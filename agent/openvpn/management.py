@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from typing import Literal
 
+from agent.agent_clock import SYSTEM_CLOCK, AgentClock
 from agent.openvpn.client_auth import ClientAuthRequest, ClientBlockReader
 from agent.openvpn.config import ConfigError, validate_common_name
 
@@ -188,8 +189,11 @@ def parse_status3(lines: Iterable[str]) -> list[ClientStatus]:
 
 
 class ManagementClient:
-    def __init__(self, path: str, *, command_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: str, *, command_timeout: float = 5.0, clock: AgentClock = SYSTEM_CLOCK
+    ) -> None:
         self.path = path
+        self._clock = clock
         self._command_timeout = command_timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -212,8 +216,8 @@ class ManagementClient:
         """Connect, retrying until the socket accepts, and wait for openvpn's >INFO banner."""
         if self._connected:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        clock = self._clock
+        deadline = clock.monotonic() + timeout
         last_error: str = "no attempt"
         while True:
             try:
@@ -221,13 +225,13 @@ class ManagementClient:
                 break
             except OSError as exc:
                 last_error = f"{type(exc).__name__}: {exc.strerror or exc}"
-            if loop.time() >= deadline:
+            if clock.monotonic() >= deadline:
                 raise ManagementError(
                     f"management socket {self.path} did not accept a connection within "
                     f"{timeout}s ({last_error}); is openvpn running with "
                     f"'management {self.path} unix'?"
                 )
-            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+            await clock.sleep(min(0.05, max(0.0, deadline - clock.monotonic())))
         old_task = self._reader_task
         if old_task is not None and not old_task.done():
             old_task.cancel()
@@ -247,7 +251,7 @@ class ManagementClient:
         try:
             await asyncio.wait(
                 {banner, reader_task},
-                timeout=max(0.01, deadline - loop.time()),
+                timeout=max(0.01, deadline - clock.monotonic()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
@@ -467,11 +471,6 @@ class ManagementClient:
 
     async def enable_state_events(self) -> None:
         await self.command("state on")
-
-    async def enable_bytecount(self, seconds: int) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
-            raise ValueError(f"bytecount interval must be a whole number >= 0, got {seconds!r}")
-        await self.command(f"bytecount {seconds}")
 
     async def client_kill(self, common_name: str) -> bool:
         """Disconnect every instance of `common_name`; False if none is connected.

@@ -23,6 +23,8 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
+from agent.agent_clock import SYSTEM_CLOCK, AgentClock
+
 _log = logging.getLogger(__name__)
 
 
@@ -54,6 +56,7 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         on_start: Callable[[int], None] | None = None,
         on_exit: Callable[[int], None] | None = None,
+        clock: AgentClock = SYSTEM_CLOCK,
     ) -> None:
         if not argv:
             raise ValueError(f"supervisor {name!r}: argv is empty; pass the command to run")
@@ -67,6 +70,7 @@ class Supervisor:
         self.name = name
         self.argv = tuple(argv)
         self._rng = rng
+        self._clock = clock
         self._log_path = log_path
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -113,14 +117,14 @@ class Supervisor:
                 self._wake.clear()
                 # A restart() that arrived during a backoff is consumed by this start.
                 self._restart_requested = False
-                started_at = asyncio.get_running_loop().time()
+                started_at = self._clock.monotonic()
                 proc = await self._spawn()
                 if proc is not None:
                     await proc.wait()
                     await self._reaped(proc)
                 if self._stop_requested():
                     break
-                uptime = asyncio.get_running_loop().time() - started_at
+                uptime = self._clock.monotonic() - started_at
                 if self._take_restart_request():
                     failures = 0
                     continue
@@ -139,8 +143,7 @@ class Supervisor:
                     uptime,
                     delay,
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                await self._backoff(delay)
         finally:
             try:
                 proc = self._proc
@@ -192,6 +195,19 @@ class Supervisor:
                 self._started.clear()
 
     # --- internals -------------------------------------------------------------------------
+
+    async def _backoff(self, delay: float) -> None:
+        """Wait DELAY on the clock, or less if restart() or stop() wakes us."""
+        waits = [
+            asyncio.ensure_future(self._clock.sleep(delay)),
+            asyncio.ensure_future(self._wake.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def _spawn(self) -> asyncio.subprocess.Process | None:
         attempt = self._generation + 1

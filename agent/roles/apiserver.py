@@ -5,7 +5,7 @@ pod and service CIDRs.
 
 Who owns those routes: **this role, not openvpn's pushed routes.** The role puts one
 route per configured CIDR on tun, tagged with our protocol (211), through
-`agent.routes.RouteKeeper`. Why:
+`agent.route_keeper.RouteKeeper`. Why:
 
 * a route deleted by hand (or by anything else) is back within a second; routes that
   openvpn pushed are only re-added on the next reconnect;
@@ -22,13 +22,9 @@ exists") and log an error on every connect.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
-
 from agent.netlink import Route
-from agent.roles.client import ClientRole
-from agent.routes import RouteKeeper
+from agent.roles.client_role import ClientRole
+from agent.route_keeper import RouteKeeper
 
 
 class ApiserverRole(ClientRole):
@@ -44,19 +40,3 @@ class ApiserverRole(ClientRole):
         )
         dev = self.cfg.openvpn.dev
         self.routes.set_desired(Route(dst=net, dev=dev) for net in self.cfg.routes)
-
-    def extra_tasks(self) -> dict[str, Callable[[], Coroutine[Any, Any, Any]]]:
-        return {"routes": self.routes.run, "route_readiness": self._route_readiness_task}
-
-    async def _route_readiness_task(self) -> None:
-        while True:
-            if not self.routes.healthy:
-                self.conditions.set("routes", "; ".join(self.routes.last_errors) or "sync failing")
-            elif self.routes.pending:
-                pending = ", ".join(sorted(str(r) for r in self.routes.pending))
-                self.conditions.set("routes", f"waiting for {self.cfg.openvpn.dev}: {pending}")
-            elif not self.routes.in_sync:
-                self.conditions.set("routes", "routes not in sync yet")
-            else:
-                self.conditions.ok("routes")
-            await asyncio.sleep(0.25)

@@ -13,12 +13,12 @@ that stays dead while openvpn runs (a wedged process): they restart it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal, Protocol
 
+from agent.agent_clock import SYSTEM_CLOCK, AgentClock
+from agent.event_log import EventLog
 from agent.openvpn.management import (
     ClientStatus,
     Event,
@@ -26,7 +26,6 @@ from agent.openvpn.management import (
     ManagementError,
     StateEvent,
 )
-from agent.roles.common import EventLog
 
 # What can go wrong talking to a socket that may be gone, half-open or full of garbage.
 LINK_ERRORS: tuple[type[BaseException], ...] = (ManagementError, OSError, TimeoutError, EOFError)
@@ -74,7 +73,7 @@ class ManagementLink:
         on_event: Callable[[Event], None] | None = None,
         retry_interval: float = 0.5,
         connect_timeout: float = 2.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: AgentClock = SYSTEM_CLOCK,
     ) -> None:
         self._path = path
         self._events = events
@@ -86,7 +85,7 @@ class ManagementLink:
         self._clock = clock
         self._client: Management | None = None
         self.usable_since: float | None = None
-        self.unusable_since: float = clock()
+        self.unusable_since: float = clock.monotonic()
         self.last_error: str | None = "not connected yet"
         self.connects = 0
 
@@ -102,16 +101,16 @@ class ManagementLink:
 
     def unusable_for(self) -> float:
         """Seconds since the link was last usable (0 while usable)."""
-        return 0.0 if self.usable else self._clock() - self.unusable_since
+        return 0.0 if self.usable else self._clock.monotonic() - self.unusable_since
 
     def restart_grace(self) -> None:
         """A new openvpn process just started: count its unusable time from now."""
         if not self.usable:
-            self.unusable_since = self._clock()
+            self.unusable_since = self._clock.monotonic()
 
     def _mark_unusable(self, error: str) -> None:
         if self.usable_since is not None:
-            self.unusable_since = self._clock()
+            self.unusable_since = self._clock.monotonic()
         self.usable_since = None
         self.last_error = error
 
@@ -124,7 +123,7 @@ class ManagementLink:
                 self._client = client
                 if self._on_connect is not None:
                     await self._on_connect(client)
-                self.usable_since = self._clock()
+                self.usable_since = self._clock.monotonic()
                 self.last_error = None
                 self.connects += 1
                 logged_error = None
@@ -147,4 +146,4 @@ class ManagementLink:
                 self._client = None
                 with contextlib.suppress(*LINK_ERRORS):
                     await client.close()
-            await asyncio.sleep(self._retry)
+            await self._clock.sleep(self._retry)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -39,10 +39,10 @@ from agent.bootstrap import (
     current_certificate,
     obtain_certificate,
 )
-from agent.desired import BootstrapSettings
-from agent.roles.client import ClientRole
-from agent.roles.common import FileWatch
-from agent.sysctls import SysctlKeeper, forwarding_sysctls, readiness_reason
+from agent.files import FileWatch
+from agent.role_config import BootstrapSettings
+from agent.roles.client_role import ClientRole
+from agent.roles.openvpn_role import Tasks
 
 NODE_NAME_ENV = "NODE_NAME"
 # A valid certificate is re-checked at least this often (files replaced, clock jumps).
@@ -87,11 +87,10 @@ class NodeRole(ClientRole):
         return conditions
 
     async def setup(self) -> None:
-        self.sysctls = SysctlKeeper(registry=self.registry, role=self.role, interval=1.0)
-        self.sysctls.set_desired(forwarding_sysctls(tun=self.cfg.openvpn.dev, rp_filter=2))
+        self.keep_forwarding_sysctls()
 
-    def extra_tasks(self) -> dict[str, Callable[[], Coroutine[Any, Any, Any]]]:
-        tasks: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {"sysctls": self._sysctl_task}
+    def role_tasks(self) -> Tasks:
+        tasks = super().role_tasks()
         if self.bootstrap is not None:
             tasks["bootstrap"] = self._bootstrap_task
         return tasks
@@ -100,13 +99,6 @@ class NodeRole(ClientRole):
         if self.bootstrap is not None:
             await self._first_attempt.wait()
         await super()._material_task()
-
-    async def _sysctl_task(self) -> None:
-        dev = self.cfg.openvpn.dev
-        while True:
-            result = await self.sysctls.sync_once()
-            self.conditions.set("sysctls", readiness_reason(result, dev=dev))
-            await asyncio.sleep(1.0)
 
     # --- the node's own certificate --------------------------------------------------------
 
@@ -118,7 +110,7 @@ class NodeRole(ClientRole):
                 key_path=ovpn.key,
                 tunnel_ca_file=ovpn.ca,
                 node_name=node,
-                now=self.clock(),
+                now=self.clock.now(),
             )
             is not None
         )
@@ -158,7 +150,7 @@ class NodeRole(ClientRole):
                     key_path=ovpn.key,
                     cert_path=ovpn.cert,
                     tunnel_ca_file=ovpn.ca,
-                    clock=self.clock,
+                    clock=self.clock.now,
                     timeout=b.timeout,
                     renew_fraction=b.renew_fraction,
                     expiration_seconds=b.expiration_seconds,
@@ -173,14 +165,14 @@ class NodeRole(ClientRole):
                 self.events.error("certificate_failed", node=node, error=str(e),
                                   still_valid=valid, retry_in=f"{delay:.1f}s")  # fmt: skip
                 self._first_attempt.set()
-                await asyncio.sleep(delay * (0.8 + 0.4 * self.rng.random()))
+                await self.clock.sleep(delay * (0.8 + 0.4 * self.rng.random()))
                 delay = min(delay * 2, b.retry[1])
                 continue
             delay = b.retry[0]
             self._obtained(got, node=node)
             self._first_attempt.set()
             watch.changed()
-            wait = (got.renew_at - self.clock()).total_seconds()
+            wait = (got.renew_at - self.clock.now()).total_seconds()
             if wait <= 0 and got.source == "issued":
                 # Due on arrival (a lifetime shorter than the CA's remaining life, or a
                 # tiny renew_fraction): don't turn that into a stream of CSRs.
@@ -189,7 +181,7 @@ class NodeRole(ClientRole):
                 wait = RECHECK_INTERVAL
             try:
                 async with asyncio.timeout(min(max(wait, 0.0), RECHECK_INTERVAL)):
-                    await watch.wait_changed(interval=0.5)
+                    await watch.wait_changed(interval=0.5, clock=self.clock)
             except TimeoutError:
                 pass
 

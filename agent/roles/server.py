@@ -2,7 +2,7 @@
 
 It makes openvpn follow two inputs and reports what it sees:
 
-* the desired-state file (clients, addresses, iroutes; format in `agent.desired`): the
+* the desired-state file (clients, addresses, iroutes; format in `agent.desired_state`): the
   CCD directory, the kernel routes towards tun and the firewall follow it; a client whose
   CCD changed or disappeared is kicked so it reconnects with the new config (or is
   refused). An invalid file changes nothing: the last good state stays, /readyz says
@@ -33,40 +33,32 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from ipaddress import IPv4Network
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 import certs
-from agent.desired import DesiredState, InputError, ServerRoleConfig, load_desired
+from agent.agent_clock import AgentClock
+from agent.config_reader import InputError
+from agent.desired_state import DesiredState, load_desired
+from agent.files import FileWatch, atomic_write
 from agent.firewall import Firewall, FirewallError, FirewallPolicy, NftFirewall
-from agent.health import HealthServer
-from agent.netlink import Kernel, Route
+from agent.netlink import Route
 from agent.openvpn.config import render_server
-from agent.openvpn.management import ClientStatus
-from agent.openvpn.supervisor import Supervisor
-from agent.probe import CounterDelta, EchoResponder, ProbeError, tcp_probe
-from agent.roles.common import (
-    Clock,
-    CommonMetrics,
-    Conditions,
-    EventLog,
-    FileWatch,
+from agent.openvpn.management import ClientStatus, Event
+from agent.role_config import ServerRoleConfig
+from agent.roles.material import (
     MaterialError,
     MaterialPaths,
-    atomic_write,
-    openvpn_supervisor,
     read_small,
-    render_to,
-    restart_openvpn,
-    run_group,
-    wait_for_material,
-    watch_material,
 )
-from agent.roles.mgmt import LINK_ERRORS, Management, ManagementLink, real_management
+from agent.roles.mgmt import LINK_ERRORS, Management, real_management
+from agent.roles.openvpn_process import restart_openvpn
+from agent.roles.openvpn_role import KernelFactory, OpenVPNRole, Tasks
 from agent.roles.server_auth import ClientAuthorizer
+from agent.roles.server_metrics import ServerMetrics
 from agent.roles.server_state import (
     KICK_REVOKED,
     authorize,
@@ -75,86 +67,11 @@ from agent.roles.server_state import (
     plan_ccd,
     revoked_names,
 )
-from agent.routes import RouteKeeper
-from agent.sysctls import SysctlKeeper, forwarding_sysctls, readiness_reason
+from agent.route_keeper import RouteKeeper
+from agent.tunnel_probe import CounterDelta, EchoResponder, ProbeError, tcp_probe
 
-KUBELET_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 FILE_POLL = 0.25
 FIREWALL_CHECK = 2.0
-MANAGEMENT_DEAD_AFTER = 10.0
-
-KernelFactory = Callable[[], Coroutine[Any, Any, Kernel]]
-
-
-class ServerMetrics:
-    def __init__(self, *, registry: CollectorRegistry) -> None:
-        self.node_connected = Gauge(
-            "vpnctl_agent_node_connected",
-            "1 while the node's openvpn client is connected to this server.",
-            ["role", "node"],
-            registry=registry,
-        )
-        self.apiserver_connected = Gauge(
-            "vpnctl_agent_apiserver_connected",
-            "1 while the apiserver's openvpn client is connected to this server.",
-            ["role"],
-            registry=registry,
-        )
-        self.kubelet_reachable = Gauge(
-            "vpnctl_agent_kubelet_reachable",
-            "1 if the last TCP connect to the node's kubelet through the tunnel succeeded.",
-            ["role", "node"],
-            registry=registry,
-        )
-        self.kubelet_probe = Histogram(
-            "vpnctl_agent_kubelet_probe_seconds",
-            "Time to open a TCP connection to the node's kubelet through the tunnel.",
-            ["role", "node"],
-            buckets=KUBELET_BUCKETS,
-            registry=registry,
-        )
-        self.node_bytes_received = Counter(
-            "vpnctl_agent_node_bytes_received",
-            "Bytes the server received from the node's openvpn client.",
-            ["role", "node"],
-            registry=registry,
-        )
-        self.node_bytes_sent = Counter(
-            "vpnctl_agent_node_bytes_sent",
-            "Bytes the server sent to the node's openvpn client.",
-            ["role", "node"],
-            registry=registry,
-        )
-        self.kicked = Counter(
-            "vpnctl_agent_clients_kicked",
-            "Clients disconnected by the agent, by reason (revoked, ccd_changed, removed).",
-            ["role", "reason"],
-            registry=registry,
-        )
-        self.clients_connected = Gauge(
-            "vpnctl_agent_clients_connected",
-            "Clients connected to this server (nodes and apiserver).",
-            ["role"],
-            registry=registry,
-        )
-        self.firewall_repairs = Counter(
-            "vpnctl_agent_firewall_repairs",
-            "Times the firewall table was found missing and re-applied.",
-            ["role"],
-            registry=registry,
-        )
-        self.crl_installs = Counter(
-            "vpnctl_agent_crl_installs",
-            "CRLs installed for openvpn's crl-verify.",
-            ["role"],
-            registry=registry,
-        )
-        self.revoked = Gauge(
-            "vpnctl_agent_crl_revoked_serials",
-            "Serials in the installed CRL.",
-            ["role"],
-            registry=registry,
-        )
 
 
 def file_stat(path: str) -> os.stat_result | None:
@@ -179,15 +96,17 @@ def read_ccd_dir(path: str) -> dict[str, str]:
     return out
 
 
-class ServerRole:
+class ServerRole(OpenVPNRole):
     role = "server"
+    watchdog_interval = 1.0  # the status task keeps the openvpn condition; see openvpn_role
+    routes_ready_needs_clean_sync = False
 
     def __init__(
         self,
         *,
         cfg: ServerRoleConfig,
         registry: CollectorRegistry,
-        clock: Clock,
+        clock: AgentClock,
         rng: random.Random,
         kernel_factory: KernelFactory,
         management_factory: Callable[[str], Management] = real_management,
@@ -195,37 +114,31 @@ class ServerRole:
         logger: logging.Logger | None = None,
     ) -> None:
         self.cfg = cfg
-        self.registry = registry
-        self.clock = clock
-        self._kernel_factory = kernel_factory
-        self.events = EventLog(logger=logger or logging.getLogger("agent.server"), role=self.role)
-        self.common = CommonMetrics.create(registry=registry, role=self.role)
-        self.metrics = ServerMetrics(registry=registry)
-        self.conditions = Conditions()
-        for name, reason in (
-            ("material", "certificate material not checked yet"),
-            ("crl", "CRL not installed yet"),
-            ("desired", "desired state not read yet"),
-            ("firewall", "firewall not applied yet" if cfg.firewall else None),
-            ("openvpn", "openvpn not started yet"),
-            ("routes", "routes not installed yet"),
-            ("sysctls", "sysctls not applied yet"),
-        ):
-            self.conditions.declare(name, reason)
         ovpn = cfg.openvpn
-        self.material = MaterialPaths(
-            ca=ovpn.ca, cert=ovpn.cert, key=ovpn.key, tls_crypt_v2=ovpn.tls_crypt_v2, usage="server"
-        )
-        self.config_path = os.path.join(cfg.common.state_dir, "openvpn-server.conf")
-        self.firewall: Firewall = firewall if firewall is not None else NftFirewall()
-        self.supervisor: Supervisor = openvpn_supervisor(
+        super().__init__(
             common=cfg.common,
-            config_path=self.config_path,
-            metrics=self.common,
+            material=MaterialPaths(ca=ovpn.ca, cert=ovpn.cert, key=ovpn.key,
+                                   tls_crypt_v2=ovpn.tls_crypt_v2, usage="server"),
+            management_path=ovpn.management,
+            dev=ovpn.dev,
+            registry=registry,
+            clock=clock,
             rng=rng,
-            extra_on_start=lambda _pid: self.link.restart_grace(),
-            extra_on_exit=self._on_openvpn_exit,
-        )
+            kernel_factory=kernel_factory,
+            management_factory=management_factory,
+            conditions=(
+                ("material", "certificate material not checked yet"),
+                ("crl", "CRL not installed yet"),
+                ("desired", "desired state not read yet"),
+                ("firewall", "firewall not applied yet" if cfg.firewall else None),
+                ("openvpn", "openvpn not started yet"),
+                ("routes", "routes not installed yet"),
+                ("sysctls", "sysctls not applied yet"),
+            ),
+            logger=logger,
+        )  # fmt: skip
+        self.metrics = ServerMetrics(registry=registry)
+        self.firewall: Firewall = firewall if firewall is not None else NftFirewall()
         self.authorizer = ClientAuthorizer(
             client=lambda: (self.link.connects, self.link.client),
             decide=lambda r: authorize(r, desired=self.desired, revoked=self.revoked),
@@ -233,22 +146,8 @@ class ServerRole:
             registry=registry,
             role=self.role,
         )
-        self.link = ManagementLink(
-            path=ovpn.management,
-            events=self.events,
-            factory=management_factory,
-            on_connect=self._on_management_connect,
-            on_event=self.authorizer.submit,
-        )
-        self.health = HealthServer(
-            registry=registry, host=cfg.common.health_host, port=cfg.common.health_port
-        )
-        self.health.add_liveness("agent", lambda: None)
         self.responder = EchoResponder(address=cfg.server_ip, port=cfg.probe_port)
-        self.kernel: Kernel | None = None
-        self.routes: RouteKeeper | None = None
-        self.sysctls = SysctlKeeper(registry=registry, role=self.role, interval=1.0)
-        self.sysctls.set_desired(forwarding_sysctls(tun=ovpn.dev, rp_filter=2))
+        self.keep_forwarding_sysctls()
 
         self.desired: DesiredState | None = None
         self.revoked: frozenset[int] = frozenset()
@@ -262,7 +161,10 @@ class ServerRole:
         # kicked again.
         self._kicked_ids: set[int] = set()
         self._policy: FirewallPolicy | None = None
-        self._ready = {name: asyncio.Event() for name in ("material", "crl", "desired", "firewall")}
+        self._ready = {
+            "material": self._material_ready,
+            **{name: asyncio.Event() for name in ("crl", "desired", "firewall")},
+        }
         if not cfg.firewall:
             self._ready["firewall"].set()
 
@@ -362,7 +264,7 @@ class ServerRole:
                     self._ready["desired"].set()
                     self.events("desired_applied", path=path, clients=len(state.clients),
                                 apiserver=state.apiserver is not None)  # fmt: skip
-            await asyncio.sleep(FILE_POLL)
+            await self.clock.sleep(FILE_POLL)
 
     # --- CRL -------------------------------------------------------------------------------------
 
@@ -414,40 +316,27 @@ class ServerRole:
                 else:
                     self.conditions.ok("crl")
                     self._ready["crl"].set()
-            await asyncio.sleep(FILE_POLL)
+            await self.clock.sleep(FILE_POLL)
 
     # --- openvpn and management ---------------------------------------------------------------
 
     def _on_openvpn_exit(self, rc: int) -> None:
-        self.conditions.set("openvpn", f"openvpn exited with code {rc}; restarting")
+        super()._on_openvpn_exit(rc)
         for cn in list(self.connected):
             self._set_connected(cn, False)
         self.connected.clear()
 
+    def _on_management_event(self, event: Event) -> None:
+        self.authorizer.submit(event)
+
     async def _on_management_connect(self, client: Management) -> None:
         await client.status()  # proves the interface answers, not just accepts
 
-    async def _material_task(self) -> None:
-        await wait_for_material(
-            self.material,
-            clock=self.clock,
-            conditions=self.conditions,
-            condition="material",
-            metrics=self.common,
-            events=self.events,
-        )
+    def render_config(self) -> str:
+        return render_server(self.cfg.openvpn)
+
+    def _before_render(self) -> None:
         os.makedirs(self.cfg.openvpn.ccd_dir, exist_ok=True)
-        render_to(self.config_path, render_server(self.cfg.openvpn))
-        self._ready["material"].set()
-        await watch_material(
-            self.material,
-            clock=self.clock,
-            conditions=self.conditions,
-            condition="material",
-            metrics=self.common,
-            events=self.events,
-            supervisor=self.supervisor,
-        )
 
     async def _openvpn_task(self) -> None:
         for name, event in self._ready.items():
@@ -514,7 +403,7 @@ class ServerRole:
                 await self.flush_kicks()
             self._update_openvpn_condition()
             self.common.ready.labels(self.role).set(1 if self.conditions.ready else 0)
-            await asyncio.sleep(self.cfg.status_interval)
+            await self.clock.sleep(self.cfg.status_interval)
 
     def _update_openvpn_condition(self) -> None:
         if not self.supervisor.running:
@@ -526,18 +415,10 @@ class ServerRole:
         else:
             self.conditions.ok("openvpn")
 
-    async def _watchdog_task(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            if (
-                self.supervisor.running
-                and not self.link.usable
-                and self.link.unusable_for() >= MANAGEMENT_DEAD_AFTER
-            ):
-                self.events.warning("openvpn_wedged", management_error=self.link.last_error,
-                                    action="restart openvpn")  # fmt: skip
-                await restart_openvpn(self.supervisor, events=self.events, reason="wedged")
-                self.link.restart_grace()
+    async def _on_wedged(self) -> None:
+        self.events.warning("openvpn_wedged", management_error=self.link.last_error,
+                            action="restart openvpn")  # fmt: skip
+        await restart_openvpn(self.supervisor, events=self.events, reason="wedged")
 
     # --- kubelet probes -----------------------------------------------------------------------
 
@@ -562,7 +443,7 @@ class ServerRole:
 
     async def _kubelet_task(self) -> None:
         while True:
-            started = time.monotonic()
+            started = self.clock.monotonic()
             desired = self.desired
             if desired is not None:
                 probes = []
@@ -577,7 +458,7 @@ class ServerRole:
                         self.metrics.kubelet_reachable.labels(self.role, e.common_name).set(0)
                 await asyncio.gather(*probes)
             interval = self.cfg.kubelet_probe_interval
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            await self.clock.sleep(max(0.0, interval - (self.clock.monotonic() - started)))
 
     # --- firewall, routes, sysctls ------------------------------------------------------------
 
@@ -605,71 +486,39 @@ class ServerRole:
                 self.conditions.ok("firewall")
                 self._ready["firewall"].set()
                 logged = None
-            await asyncio.sleep(FIREWALL_CHECK if self._policy == self._desired_policy() else 0.1)
-
-    async def _route_readiness_task(self) -> None:
-        assert self.routes is not None
-        dev = self.cfg.openvpn.dev
-        while True:
-            r = self.routes
-            if not r.healthy:
-                self.conditions.set("routes", "; ".join(r.last_errors) or "route sync failing")
-            elif r.pending:
-                self.conditions.set(
-                    "routes", f"waiting for {dev}: {len(r.pending)} route(s) pending"
-                )
-            else:
-                self.conditions.ok("routes")
-            await asyncio.sleep(0.25)
-
-    async def _sysctl_task(self) -> None:
-        dev = self.cfg.openvpn.dev
-        while True:
-            result = await self.sysctls.sync_once()
-            self.conditions.set("sysctls", readiness_reason(result, dev=dev))
-            await asyncio.sleep(1.0)
+            await self.clock.sleep(
+                FIREWALL_CHECK if self._policy == self._desired_policy() else 0.1
+            )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        os.makedirs(self.cfg.common.state_dir, exist_ok=True)
-        os.makedirs(self.cfg.openvpn.ccd_dir, exist_ok=True)
-        self.conditions.register(self.health)
-        await self.health.start()
+    def _starting_fields(self) -> dict[str, Any]:
         ovpn = self.cfg.openvpn
-        self.events("starting", health=f"{self.cfg.common.health_host}:{self.health.port}",
-                    proto=ovpn.proto, port=ovpn.port, tunnel=ovpn.tunnel_cidr)  # fmt: skip
-        try:
-            self.kernel = await self._kernel_factory()
-            self.routes = RouteKeeper(kernel=self.kernel, registry=self.registry, role=self.role)
-            await self.responder.start()
-            tasks: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
-                "material": self._material_task,
-                "desired": self._desired_task,
-                "crl": self._crl_task,
-                "openvpn": self._openvpn_task,
-                "management": self.link.run,
-                "client_auth": self.authorizer.run,
-                "status": self._status_task,
-                "watchdog": self._watchdog_task,
-                "kubelet": self._kubelet_task,
-                "routes": self.routes.run,
-                "route_readiness": self._route_readiness_task,
-                "sysctls": self._sysctl_task,
-            }
-            if self.cfg.firewall:
-                tasks["firewall"] = self._firewall_task
-            await run_group(tasks, stop=stop, events=self.events)
-        finally:
-            await self.supervisor.stop()
-            await self.responder.stop()
-            if self.cfg.firewall:
-                try:
-                    await self.firewall.remove()
-                    self.events("firewall_removed")
-                except FirewallError as e:
-                    self.events.error("firewall_remove_failed", error=str(e))
-            if self.kernel is not None:
-                await self.kernel.close()
-            await self.health.stop()
-            self.events("stopped")
+        return {"proto": ovpn.proto, "port": ovpn.port, "tunnel": ovpn.tunnel_cidr}
+
+    async def setup(self) -> None:
+        assert self.kernel is not None
+        os.makedirs(self.cfg.openvpn.ccd_dir, exist_ok=True)
+        self.routes = RouteKeeper(kernel=self.kernel, registry=self.registry, role=self.role)
+        await self.responder.start()
+
+    def role_tasks(self) -> Tasks:
+        tasks: Tasks = {
+            "desired": self._desired_task,
+            "crl": self._crl_task,
+            "client_auth": self.authorizer.run,
+            "status": self._status_task,
+            "kubelet": self._kubelet_task,
+        }
+        if self.cfg.firewall:
+            tasks["firewall"] = self._firewall_task
+        return tasks
+
+    async def teardown(self) -> None:
+        await self.responder.stop()
+        if self.cfg.firewall:
+            try:
+                await self.firewall.remove()
+                self.events("firewall_removed")
+            except FirewallError as e:
+                self.events.error("firewall_remove_failed", error=str(e))

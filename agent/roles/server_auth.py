@@ -33,9 +33,9 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
+from agent.event_log import EventLog
 from agent.openvpn.client_auth import ClientAuthRequest
 from agent.openvpn.management import Event
-from agent.roles.common import EventLog
 from agent.roles.mgmt import LINK_ERRORS, Management
 from agent.roles.server_state import AuthVerdict
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from agent.desired import DesiredState
+from agent.desired_state import DesiredState
 from agent.openvpn.client_auth import ClientAuthRequest
 from agent.openvpn.config import CCDEntry, render_ccd
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.health import HealthServer
-from agent.roles.server import ServerMetrics
+from agent.roles.server_metrics import ServerMetrics
+from telemetry.health import HealthServer
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.observe import ServerMetricsObservations
 from vpnctl.kube import POD, Kube

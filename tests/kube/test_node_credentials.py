@@ -35,6 +35,7 @@ from kubernetes_asyncio import client as k8s_client
 from prometheus_client import CollectorRegistry
 
 import certs
+from agent.agent_clock import SYSTEM_CLOCK
 from agent.bootstrap import (
     PENDING_SUFFIX,
     ApiRequestError,
@@ -44,9 +45,9 @@ from agent.bootstrap import (
     Step,
     obtain_certificate,
 )
-from agent.desired import BootstrapSettings, ClientRoleConfig, Common, ProbeSettings
 from agent.netlink import Kernel
 from agent.openvpn.config import ClientConfig
+from agent.role_config import BootstrapSettings, ClientRoleConfig, Common, ProbeSettings
 from agent.roles.node import NodeRole
 from vpnctl.reconcile import samples
 from vpnctl.reconcile.csr import NODE_SIGNER, CSRDecision, csr_state, decide_csr, sign_node_csr
@@ -455,7 +456,7 @@ async def test_node_role_is_unready_until_its_csr_is_signed(
         ),
     )
     role = NodeRole(
-        cfg=cfg, registry=CollectorRegistry(), clock=_now, rng=random.Random(1),
+        cfg=cfg, registry=CollectorRegistry(), clock=SYSTEM_CLOCK, rng=random.Random(1),
         kernel_factory=_no_kernel, environ={"NODE_NAME": "node-1"},
     )  # fmt: skip
     task = asyncio.create_task(role._bootstrap_task())

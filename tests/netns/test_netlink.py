@@ -29,7 +29,7 @@ from agent.netlink import (
     PyRoute2Kernel,
     Route,
 )
-from agent.routes import RouteKeeper
+from agent.route_keeper import RouteKeeper
 from tests.netns.nsutil import NsEnd, add_tun, ip, netns_pair, ns_exists, run_in, unique_tag
 
 pytestmark = [
@@ -274,7 +274,7 @@ async def test_keeper_restores_an_address_deleted_by_hand(a: NsEnd, kernel: PyRo
 def test_set_sysctl_writes_inside_the_namespace(pair: tuple[NsEnd, NsEnd]) -> None:
     a, _ = pair
     script = (
-        "from agent.netlink import set_sysctl, get_sysctl\n"
+        "from agent.sysctls import set_sysctl, get_sysctl\n"
         "print(set_sysctl('net.ipv4.ip_forward', '1'), set_sysctl('net.ipv4.ip_forward', '1'))\n"
         f"print(set_sysctl('net/ipv4/conf/{a.veth}/rp_filter', '2'))\n"
     )

@@ -32,17 +32,18 @@ from agent.bootstrap import (
     current_certificate,
     obtain_certificate,
 )
-from agent.desired import (
+from agent.config_reader import InputError
+from agent.netlink import Kernel
+from agent.openvpn.config import ClientConfig
+from agent.role_config import (
     BootstrapSettings,
     ClientRoleConfig,
     Common,
-    InputError,
     ProbeSettings,
     load_role_config,
 )
-from agent.netlink import Kernel
-from agent.openvpn.config import ClientConfig
 from agent.roles.node import NodeRole
+from vpnctl.kube.clock import ManualClock
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -336,7 +337,13 @@ async def _no_kernel() -> Kernel:
     raise AssertionError("the bootstrap task needs no kernel")
 
 
-def _role(files: Files, *, node_name: str | None, environ: dict[str, str]) -> NodeRole:
+def _role(
+    files: Files,
+    *,
+    node_name: str | None,
+    environ: dict[str, str],
+    clock: ManualClock | None = None,
+) -> NodeRole:
     cfg = ClientRoleConfig(
         role="node",
         common=Common(state_dir=str(files.state)),
@@ -361,7 +368,7 @@ def _role(files: Files, *, node_name: str | None, environ: dict[str, str]) -> No
     return NodeRole(
         cfg=cfg,
         registry=CollectorRegistry(),
-        clock=lambda: NOW,
+        clock=clock or ManualClock(wall=NOW),
         rng=random.Random(1),
         kernel_factory=_no_kernel,
         environ=environ,
@@ -381,7 +388,9 @@ async def _run_until(role: NodeRole, check: Any) -> None:
 
 
 async def test_role_is_not_ready_while_the_apiserver_cannot_be_reached(files: Files) -> None:
-    role = _role(files, node_name=None, environ={"NODE_NAME": "node-1"})
+    # The retries wait on the role's clock, which moves only as far as each wait asks.
+    clock = ManualClock(wall=NOW, autoadvance=True)
+    role = _role(files, node_name=None, environ={"NODE_NAME": "node-1"}, clock=clock)
     assert role.node_name() == "node-1"
     assert role.conditions.reason("certificate") is not None
 
@@ -396,6 +405,10 @@ async def test_role_is_not_ready_while_the_apiserver_cannot_be_reached(files: Fi
     assert reason is not None
     assert "cannot reach the tenant apiserver" in reason
     assert role._first_attempt.is_set()  # openvpn's material check may proceed (and report)
+    # Backoff from retry=(0.1, 0.2): 0.1 s, then doubled and capped at 0.2 s, each +-20 %.
+    first, second = clock.sleeps[:2]
+    assert 0.08 <= first <= 0.12
+    assert 0.16 <= second <= 0.24
 
 
 async def test_role_with_a_valid_certificate_is_ready_at_once(files: Files) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agent.roles.server import ServerMetrics
+from agent.roles.server_metrics import ServerMetrics
 from vpnctl.controller.observe import merge_observations, parse_server_metrics
 from vpnctl.reconcile.status import NodeObservation
 

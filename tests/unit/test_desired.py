@@ -9,15 +9,10 @@ from typing import Any
 
 import pytest
 
-from agent.desired import (
-    ClientRoleConfig,
-    InputError,
-    ServerRoleConfig,
-    file_signature,
-    load_desired,
-    load_role_config,
-    parse_desired,
-)
+from agent.config_reader import InputError
+from agent.desired_state import load_desired, parse_desired
+from agent.files import file_signature
+from agent.role_config import ClientRoleConfig, ServerRoleConfig, load_role_config
 
 TUNNEL = IPv4Network("198.18.8.0/24")
 

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from agent.health import HealthServer
+from telemetry.health import HealthServer
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ async def test_broken_and_hanging_checks_fail_instead_of_erroring(
         raise RuntimeError("watch\nis stale")
 
     async def hangs() -> bool:
-        await asyncio.sleep(60)
+        await asyncio.Event().wait()  # never set: only the check timeout ends this
         return True
 
     server = HealthServer(

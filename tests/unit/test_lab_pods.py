@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 import certs
-from agent.desired import ServerRoleConfig, load_desired, load_role_config
+from agent.desired_state import load_desired
+from agent.role_config import ServerRoleConfig, load_role_config
 from vpnctl.lab.pods import (
     SERVICE_ACCOUNT_DIR,
     File,

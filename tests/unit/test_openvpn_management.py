@@ -32,6 +32,7 @@ from agent.openvpn.management import (
     parse_state_line,
     parse_status3,
 )
+from vpnctl.kube.clock import ManualClock
 
 BANNER = b">INFO:OpenVPN Management Interface Version 5 -- type 'help' for more info\r\n"
 
@@ -302,14 +303,11 @@ async def test_status_state_bytecount_signal_commands(
     state = await client.state()
     assert (state.name, state.local_ip) == ("CONNECTED", "198.18.8.1")
     await client.enable_state_events()
-    await client.enable_bytecount(2)
     await client.signal("SIGUSR1")
-    assert fake.received == ["status 3", "state", "state on", "bytecount 2", "signal SIGUSR1"]
-    with pytest.raises(ValueError, match="bytecount interval"):
-        await client.enable_bytecount(-1)
+    assert fake.received == ["status 3", "state", "state on", "signal SIGUSR1"]
     with pytest.raises(ValueError, match="signal must be one of"):
         await client.signal("SIGKILL")  # type: ignore[arg-type]
-    assert len(fake.received) == 5
+    assert len(fake.received) == 4
 
 
 async def test_state_with_no_line_is_an_error(fake: FakeOpenVPN, client: ManagementClient) -> None:
@@ -422,22 +420,31 @@ async def test_command_timeout_drops_the_connection(fake: FakeOpenVPN, sock_path
 
 
 async def test_commands_are_serialised(fake: FakeOpenVPN, client: ManagementClient) -> None:
+    release = asyncio.Event()
+
     async def slow(writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(0.2)
+        await release.wait()
         writer.write(b"SUCCESS: slow\r\n")
         await writer.drain()
 
     fake.replies["echo slow"] = slow
     fake.replies["echo fast"] = b"SUCCESS: fast\r\n"
-    results = await asyncio.gather(client.command("echo slow"), client.command("echo fast"))
+    both = asyncio.gather(client.command("echo slow"), client.command("echo fast"))
+    await eventually(lambda: fake.received == ["echo slow"], timeout=5, what="slow command sent")
+    assert fake.received == ["echo slow"]  # fast waits for slow's reply
+    release.set()
+    results = await asyncio.wait_for(both, timeout=5)
     assert list(results) == [["slow"], ["fast"]]
+    assert fake.received == ["echo slow", "echo fast"]
 
 
 async def test_cancelled_command_drops_the_connection(
     fake: FakeOpenVPN, client: ManagementClient
 ) -> None:
+    release = asyncio.Event()
+
     async def slow(writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(0.3)
+        await release.wait()
         writer.write(b"SUCCESS: late\r\n")
         await writer.drain()
 
@@ -449,6 +456,7 @@ async def test_cancelled_command_drops_the_connection(
         await task
     # The late "SUCCESS: late" must never be taken as another command's reply.
     assert not client.connected
+    release.set()
 
 
 async def test_multi_line_commands_are_refused(fake: FakeOpenVPN, client: ManagementClient) -> None:
@@ -499,13 +507,18 @@ async def test_sigterm_tolerates_the_socket_closing(
 
 
 async def test_connect_retries_until_the_socket_appears(sock_path: str) -> None:
-    mc = ManagementClient(sock_path)
+    clock = ManualClock()
+    mc = ManagementClient(sock_path, clock=clock)
     server = FakeOpenVPN(sock_path)
     connecting = asyncio.create_task(mc.connect(timeout=10))
     try:
-        await asyncio.sleep(0.3)
+        await eventually(lambda: len(clock.sleeps) == 1, timeout=5, what="a refused attempt")
+        clock.advance(0.05)
+        await eventually(lambda: len(clock.sleeps) == 2, timeout=5, what="a second attempt")
+        assert clock.sleeps == [0.05, 0.05]
         assert not connecting.done()
         await server.start()
+        clock.advance(0.05)
         await asyncio.wait_for(connecting, timeout=5)
         assert mc.connected
     finally:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent.openvpn.supervisor import Supervisor, backoff_delay
+from vpnctl.kube.clock import ManualClock
 
 CHILD = r"""
 import os, signal, subprocess, sys, time
@@ -335,19 +336,29 @@ async def test_output_is_appended_to_log_path(child: Child, tmp_path: Path) -> N
 
 async def test_missing_binary_backs_off_without_crashing(tmp_path: Path) -> None:
     starts: list[int] = []
+    clock = ManualClock()  # backoff waits on it: time moves when the test says
     sup = Supervisor(
         name="missing",
         argv=[str(tmp_path / "no-such-binary")],
         rng=random.Random(3),
         backoff_initial=0.02,
         backoff_max=0.05,
+        jitter=0.2,
         on_start=starts.append,
+        clock=clock,
     )
     task = asyncio.create_task(sup.run())
-    await asyncio.sleep(0)
-    with pytest.raises(TimeoutError):
-        await sup.wait_started(timeout=0.3)
+    await eventually(lambda: len(clock.sleeps) == 1, timeout=5, what="the first backoff")
+    clock.advance(clock.sleeps[0])
+    await eventually(lambda: len(clock.sleeps) == 2, timeout=5, what="the second backoff")
+    clock.advance(clock.sleeps[1])
+    await eventually(lambda: len(clock.sleeps) == 3, timeout=5, what="the third backoff")
+    first, second, third = clock.sleeps
+    assert 0.016 <= first <= 0.024  # 0.02 s +-20 %
+    assert 0.032 <= second <= 0.048  # doubled
+    assert 0.04 <= third <= 0.05  # capped at 0.05 s, jitter included
     assert not task.done()
+    assert not sup.running
     await sup.stop()
     await asyncio.wait_for(task, timeout=5)
     assert starts == []

@@ -1,4 +1,5 @@
-"""The documents the agent reads, checked by the agent's own parser (agent.desired)."""
+"""The documents the agent reads, checked by the agent's own parsers (agent.role_config,
+agent.desired_state)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from agent.desired import ClientRoleConfig, ServerRoleConfig, load_role_config, parse_desired
+from agent.desired_state import parse_desired
+from agent.role_config import ClientRoleConfig, ServerRoleConfig, load_role_config
 from vpnctl.reconcile import samples
 from vpnctl.reconcile.agentdocs import (
     PROBE_PORT,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.desired import ClientRoleConfig, load_role_config
+from agent.role_config import ClientRoleConfig, load_role_config
 from vpnctl.reconcile import samples
 from vpnctl.reconcile.agentdocs import (
     NodePaths,

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 
-from agent.desired import parse_desired
+from agent.desired_state import parse_desired
 from vpnctl.api import Condition, Tunnel, TunnelStatusBody
 from vpnctl.reconcile import samples
 from vpnctl.reconcile.conditions import (

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Network
 from typing import Any
 
-from agent.desired import parse_desired
+from agent.desired_state import parse_desired
 from vpnctl.api import KubeObject
 from vpnctl.reconcile import samples
 from vpnctl.reconcile.agentdocs import (

@@ -14,17 +14,11 @@ from pathlib import Path
 import pytest
 
 import certs
-from agent.roles.common import (
-    Conditions,
-    EventLog,
-    FileWatch,
-    MaterialError,
-    MaterialPaths,
-    atomic_write,
-    check_material,
-    kv,
-    run_group,
-)
+from agent.event_log import EventLog, kv
+from agent.files import FileWatch, atomic_write
+from agent.roles.material import MaterialError, MaterialPaths, check_material
+from agent.roles.readiness import Conditions
+from agent.roles.task_frame import run_group
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from agent.probe import (
+from agent.tunnel_probe import (
     CounterDelta,
     EchoProber,
     EchoResponder,

@@ -20,24 +20,20 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import certs
-from agent.desired import (
-    ClientRoleConfig,
-    Common,
-    DesiredState,
-    ProbeSettings,
-    ServerRoleConfig,
-    parse_desired,
-)
+from agent.desired_state import DesiredState, parse_desired
+from agent.event_log import EventLog
 from agent.firewall import FirewallPolicy
 from agent.netlink import Kernel, Route
 from agent.openvpn.client_auth import ClientAuthRequest
 from agent.openvpn.config import ClientConfig, ServerConfig
 from agent.openvpn.management import ClientStatus, Event, StateEvent
-from agent.roles.common import EventLog, MaterialError
+from agent.role_config import ClientRoleConfig, Common, ProbeSettings, ServerRoleConfig
+from agent.roles.material import MaterialError
 from agent.roles.node import NodeRole
 from agent.roles.server import ServerRole
 from agent.roles.server_auth import ClientAuthorizer
 from agent.roles.server_state import AuthVerdict
+from vpnctl.kube.clock import ManualClock
 
 TUNNEL = IPv4Network("198.18.8.0/24")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -238,7 +234,7 @@ async def server(tmp_path: Path, pki: Pki) -> AsyncIterator[tuple[ServerRole, Fa
     )
     fake = FakeManagement()
     role = ServerRole(
-        cfg=cfg, registry=CollectorRegistry(), clock=lambda: NOW, rng=random.Random(1),
+        cfg=cfg, registry=CollectorRegistry(), clock=ManualClock(wall=NOW), rng=random.Random(1),
         kernel_factory=_no_kernel, management_factory=lambda _path: fake,
         firewall=FakeFirewall(),
     )  # fmt: skip
@@ -358,7 +354,7 @@ def _node(tmp_path: Path, fake: FakeManagement) -> NodeRole:
         probe=ProbeSettings(target=(IPv4Address("198.18.8.1"), 7947)),
     )
     return NodeRole(
-        cfg=cfg, registry=CollectorRegistry(), clock=lambda: NOW, rng=random.Random(1),
+        cfg=cfg, registry=CollectorRegistry(), clock=ManualClock(wall=NOW), rng=random.Random(1),
         kernel_factory=_no_kernel, management_factory=lambda _path: fake,
     )  # fmt: skip
 

@@ -6,7 +6,7 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from agent.desired import parse_desired
+from agent.desired_state import parse_desired
 from agent.openvpn.client_auth import ClientAuthRequest
 from agent.roles.server_state import (
     KICK_CCD_CHANGED,

@@ -26,11 +26,9 @@ from agent.netlink import (
     NetlinkError,
     NetworkInterfaceNotFound,
     Route,
-    get_sysctl,
-    set_sysctl,
 )
-from agent.routes import RouteKeeper
-from agent.sysctls import SysctlKeeper, forwarding_sysctls
+from agent.route_keeper import RouteKeeper
+from agent.sysctls import SysctlKeeper, forwarding_sysctls, get_sysctl, set_sysctl
 
 ROLE = "node"
 
@@ -347,9 +345,10 @@ async def test_set_desired_from_another_thread_wakes_the_loop_at_once() -> None:
     kernel = FakeKernel("tun0")
     keeper, _ = make_keeper(kernel, interval=30.0)  # only a wake-up can explain a fast sync
     wanted = route("198.18.1.0/24")
+    keeper.set_desired([])  # so that the first pass shows: in_sync
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(keeper.run())
-        await asyncio.sleep(0.1)  # run() did its first (empty) pass and now waits 30 s
+        await wait_for(lambda: keeper.in_sync)  # run() did its first (empty) pass: waits 30 s
         assert kernel.ours() == set()
         thread = threading.Thread(target=keeper.set_desired, args=([wanted],))
         thread.start()

@@ -38,7 +38,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from agent.health import Check, HealthServer
+from telemetry.health import Check, HealthServer
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
 from vpnctl.controller.interfaces import ObservationSource, TenantRef, TenantSide
 from vpnctl.controller.metrics import ControllerMetrics

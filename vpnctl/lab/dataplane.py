@@ -3,8 +3,8 @@
 `vpnctl lab up` and the netns tests' `dataplane` fixture both build the data path from
 this module, on top of `vpnctl.lab.underlay`, so what the demo shows is what CI proves.
 It writes every input the way the controller will later render it (role configs, the
-server's desired state, the CRL; formats in `agent/desired.py`) into a state directory
-and starts, each with `ip netns exec`:
+server's desired state, the CRL; formats in `agent/role_config.py` and
+`agent/desired_state.py`) into a state directory and starts, each with `ip netns exec`:
 
 * the server role in P-srv and the apiserver role in P-api;
 * the node role in each node namespace with a kubelet stand-in beside it, and a webhook

@@ -1,9 +1,9 @@
 """The JSON documents the agent roles read: role configs and the server's desired state.
 
-The agent defines these formats (agent/desired.py) and refuses unknown keys, so this
-module produces exactly those field names, and the unit tests parse every document with
-the agent's own loader. The paths inside the documents are where the builders in
-objects.py mount things; both use the constants below.
+The agent defines these formats (agent/role_config.py, agent/desired_state.py) and
+refuses unknown keys, so this module produces exactly those field names, and the unit
+tests parse every document with the agent's own loader. The paths inside the documents
+are where the builders in objects.py mount things; both use the constants below.
 
 Serialisation is canonical (sorted keys, fixed indentation, trailing newline) so the same
 input always gives the same bytes, and a resync with no change writes nothing.
@@ -21,7 +21,7 @@ from vpnctl.reconcile.routes import ClientRoutes
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant import TenantSpec
 
-# The agent's UDP echo port on the server's tunnel address (agent.desired.DEFAULT_PROBE_PORT).
+# The agent's UDP echo port on the server's tunnel address (agent.role_config.DEFAULT_PROBE_PORT).
 PROBE_PORT = 7947
 
 
@@ -103,7 +103,7 @@ def server_desired_state(
     clients: Sequence[ClientRoutes],
     apiserver_serial: str | int | Sequence[str | int] | None,
 ) -> dict[str, Any]:
-    """The server's desired state (agent.desired.parse_desired's format).
+    """The server's desired state (agent.desired_state.parse_desired's format).
 
     `clients` is routes.client_routes' result: the apiserver entry (no machine) and the
     nodes. The apiserver entry is null when there is none; then nothing can open

@@ -1,7 +1,7 @@
 """Which networks go to which tunnel client, and which node carries the service CIDR.
 
 openvpn routes a packet from the apiserver to a client by the clients' `iroute`s, and the
-server role (agent/desired.py) refuses any two iroutes that overlap, within a client or
+server role (agent/desired_state.py) refuses any two iroutes that overlap, within a client or
 across clients: every address has exactly one owner. And openvpn reads a client's iroutes
 only when it connects, so the server role kicks a client whose CCD changed. The plan is
 built around both facts:

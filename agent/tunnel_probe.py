@@ -31,7 +31,6 @@ from typing import Any, cast
 
 MAGIC = b"VPNCTLP1"
 _PACKET = struct.Struct("!8sQQ")  # magic, sequence, nonce
-MAX_PACKET = 64
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
 

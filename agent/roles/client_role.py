@@ -20,44 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from agent.desired import ClientRoleConfig
-from agent.health import HealthServer
-from agent.netlink import Kernel, NetlinkError
+from agent.agent_clock import AgentClock
+from agent.netlink import NetlinkError
 from agent.openvpn.config import render_client
 from agent.openvpn.management import ByteCount, Event, StateEvent
-from agent.openvpn.supervisor import Supervisor
-from agent.probe import CounterDelta, EchoProber, ProbeError, ProbeTracker, Verdict
-from agent.roles.common import (
-    Clock,
-    CommonMetrics,
-    Conditions,
-    EventLog,
-    MaterialPaths,
-    openvpn_supervisor,
-    render_to,
-    restart_openvpn,
-    run_group,
-    wait_for_material,
-    watch_material,
-)
-from agent.roles.mgmt import LINK_ERRORS, Management, ManagementLink, real_management
+from agent.role_config import ClientRoleConfig
+from agent.roles.material import MaterialPaths
+from agent.roles.mgmt import LINK_ERRORS, Management, real_management
+from agent.roles.openvpn_process import restart_openvpn
+from agent.roles.openvpn_role import KernelFactory, OpenVPNRole, Tasks
+from agent.tunnel_probe import CounterDelta, EchoProber, ProbeError, ProbeTracker, Verdict
 
 RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-# A management interface dead this long while openvpn runs means a wedged process.
-MANAGEMENT_DEAD_AFTER = 10.0
 # Attribute an openvpn reconnect to our own SIGUSR1 if it follows within this time.
 FORCED_WINDOW = 5.0
-
-KernelFactory = Callable[[], Awaitable[Kernel]]
 
 
 @dataclass(frozen=True)
@@ -118,17 +101,19 @@ def _reason_label(text: str) -> str:
     return cleaned[:32] or "unknown"
 
 
-class ClientRole:
+class ClientRole(OpenVPNRole):
     """An openvpn client kept up by probes; subclasses add their own tasks and conditions."""
 
     role: str = "client"
+    watchdog_interval = 0.5  # also keeps the openvpn condition current; see openvpn_role
+    routes_ready_needs_clean_sync = True
 
     def __init__(
         self,
         *,
         cfg: ClientRoleConfig,
         registry: CollectorRegistry,
-        clock: Clock,
+        clock: AgentClock,
         rng: random.Random,
         kernel_factory: KernelFactory,
         management_factory: Callable[[str], Management] = real_management,
@@ -136,56 +121,33 @@ class ClientRole:
     ) -> None:
         self.cfg = cfg
         self.role = cfg.role
-        self.registry = registry
-        self.clock = clock
-        self.rng = rng
-        self._kernel_factory = kernel_factory
-        self.events = EventLog(
-            logger=logger or logging.getLogger(f"agent.{cfg.role}"), role=self.role
-        )
-        self.common = CommonMetrics.create(registry=registry, role=self.role)
-        self.metrics = ClientMetrics.create(registry=registry)
-        self.conditions = Conditions()
-        self.conditions.declare("material", "certificate material not checked yet")
-        self.conditions.declare("openvpn", "openvpn not started yet")
-        self.conditions.declare("tunnel", "tunnel not connected yet")
-        self.conditions.declare("probe", "no probe answered yet")
-        for name, reason in self.extra_conditions().items():
-            self.conditions.declare(name, reason)
-        self.material = MaterialPaths(
-            ca=cfg.openvpn.ca,
-            cert=cfg.openvpn.cert,
-            key=cfg.openvpn.key,
-            tls_crypt_v2=cfg.openvpn.tls_crypt_v2,
-            usage="client",
-        )
-        self.config_path = os.path.join(cfg.common.state_dir, f"openvpn-{self.role}.conf")
         self.tunnel_up = False
         self.state_name: str | None = None
         self._forced: tuple[str, float] | None = None
         self._stop: asyncio.Event | None = None
-        self._material_ready = asyncio.Event()
-        self.supervisor: Supervisor = openvpn_supervisor(
+        ovpn = cfg.openvpn
+        super().__init__(
             common=cfg.common,
-            config_path=self.config_path,
-            metrics=self.common,
+            material=MaterialPaths(ca=ovpn.ca, cert=ovpn.cert, key=ovpn.key,
+                                   tls_crypt_v2=ovpn.tls_crypt_v2, usage="client"),
+            management_path=ovpn.management,
+            dev=ovpn.dev,
+            registry=registry,
+            clock=clock,
             rng=rng,
-            extra_on_start=self._on_openvpn_start,
-            extra_on_exit=self._on_openvpn_exit,
-        )
-        self.link = ManagementLink(
-            path=cfg.openvpn.management,
-            events=self.events,
-            factory=management_factory,
-            on_connect=self._on_management_connect,
-            on_event=self._on_management_event,
-        )
+            kernel_factory=kernel_factory,
+            management_factory=management_factory,
+            conditions=(
+                ("material", "certificate material not checked yet"),
+                ("openvpn", "openvpn not started yet"),
+                ("tunnel", "tunnel not connected yet"),
+                ("probe", "no probe answered yet"),
+                *self.extra_conditions().items(),
+            ),
+            logger=logger,
+        )  # fmt: skip
+        self.metrics = ClientMetrics.create(registry=registry)
         self.tracker = ProbeTracker(misses_allowed=cfg.probe.misses)
-        self.kernel: Kernel | None = None
-        self.health = HealthServer(
-            registry=registry, host=cfg.common.health_host, port=cfg.common.health_port
-        )
-        self.health.add_liveness("agent", lambda: None)
         self._set_tunnel(False)
 
     # --- hooks for the roles ---------------------------------------------------------------
@@ -193,15 +155,6 @@ class ClientRole:
     def extra_conditions(self) -> dict[str, str]:
         """Readiness conditions the role adds, with their initial reason."""
         return {}
-
-    def extra_tasks(self) -> dict[str, Callable[[], Coroutine[Any, Any, Any]]]:
-        return {}
-
-    async def setup(self) -> None:
-        """Role-specific setup before the tasks start (kernel is open)."""
-
-    async def teardown(self) -> None:
-        """Role-specific cleanup after the tasks stopped."""
 
     # --- state ------------------------------------------------------------------------------
 
@@ -219,18 +172,18 @@ class ClientRole:
 
     def _take_forced(self) -> str | None:
         forced, self._forced = self._forced, None
-        if forced is not None and time.monotonic() - forced[1] <= FORCED_WINDOW:
+        if forced is not None and self.clock.monotonic() - forced[1] <= FORCED_WINDOW:
             return forced[0]
         return None
 
     def _on_openvpn_start(self, pid: int) -> None:
-        self.link.restart_grace()
+        super()._on_openvpn_start(pid)
         self.events("openvpn_started", pid=pid)
 
     def _on_openvpn_exit(self, rc: int) -> None:
         was_up = self.tunnel_up
         self._set_tunnel(False, state="EXITED")
-        self.conditions.set("openvpn", f"openvpn exited with code {rc}; restarting")
+        super()._on_openvpn_exit(rc)
         if self._stop is not None and self._stop.is_set():
             return
         forced = self._take_forced()
@@ -263,34 +216,11 @@ class ClientRole:
 
     # --- tasks ------------------------------------------------------------------------------
 
-    async def _material_task(self) -> None:
-        await wait_for_material(
-            self.material,
-            clock=self.clock,
-            conditions=self.conditions,
-            condition="material",
-            metrics=self.common,
-            events=self.events,
-        )
-        render_to(self.config_path, render_client(self.cfg.openvpn))
-        self._material_ready.set()
-        await watch_material(
-            self.material,
-            clock=self.clock,
-            conditions=self.conditions,
-            condition="material",
-            metrics=self.common,
-            events=self.events,
-            supervisor=self.supervisor,
-            on_change=self._mark_material_change,
-        )
+    def render_config(self) -> str:
+        return render_client(self.cfg.openvpn)
 
-    def _mark_material_change(self) -> None:
-        self._forced = ("material_changed", time.monotonic())
-
-    async def _openvpn_task(self) -> None:
-        await self._material_ready.wait()
-        await self.supervisor.run()
+    def _on_material_change(self) -> None:
+        self._forced = ("material_changed", self.clock.monotonic())
 
     async def _probe_task(self) -> None:
         prober = EchoProber(target=self.cfg.probe.target)
@@ -298,7 +228,7 @@ class ClientRole:
         interval = self.cfg.probe.interval
         try:
             while True:
-                started = time.monotonic()
+                started = self.clock.monotonic()
                 try:
                     rtt = await prober.probe(timeout=self.cfg.probe.timeout)
                 except ProbeError as e:
@@ -314,7 +244,7 @@ class ClientRole:
                         "probe",
                         detail=f"{self.cfg.probe.misses} probes missed: {self.tracker.last_error}",
                     )
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+                await self.clock.sleep(max(0.0, interval - (self.clock.monotonic() - started)))
         finally:
             await prober.stop()
 
@@ -324,7 +254,7 @@ class ClientRole:
         if client is not None:
             # Set before signalling: openvpn's RECONNECTING notification can arrive before
             # the command's SUCCESS line, and must be attributed to this reason.
-            self._forced = (reason, time.monotonic())
+            self._forced = (reason, self.clock.monotonic())
             try:
                 await client.signal("SIGUSR1")
             except LINK_ERRORS as e:
@@ -337,7 +267,7 @@ class ClientRole:
                 return
         if not self._material_ready.is_set():
             return
-        self._forced = ("management", time.monotonic())
+        self._forced = ("management", self.clock.monotonic())
         self.events.warning("reconnect_forced", reason=reason, how="restart", detail=detail)
         await restart_openvpn(self.supervisor, events=self.events, reason=reason)
 
@@ -351,22 +281,15 @@ class ClientRole:
             return f"management interface unusable: {self.link.last_error}"
         return None
 
-    async def _watchdog_task(self) -> None:
-        """Keep the openvpn condition current; restart openvpn if management stays dead."""
-        while True:
-            await asyncio.sleep(0.5)
-            self.conditions.set("openvpn", self._openvpn_reason())
-            if (
-                self.supervisor.running
-                and not self.link.usable
-                and self.link.unusable_for() >= MANAGEMENT_DEAD_AFTER
-            ):
-                await self.force_reconnect(
-                    "management",
-                    detail=f"management unusable for {self.link.unusable_for():.0f}s: "
-                    f"{self.link.last_error}",
-                )
-                self.link.restart_grace()
+    def _on_watchdog_tick(self) -> None:
+        self.conditions.set("openvpn", self._openvpn_reason())
+
+    async def _on_wedged(self) -> None:
+        await self.force_reconnect(
+            "management",
+            detail=f"management unusable for {self.link.unusable_for():.0f}s: "
+            f"{self.link.last_error}",
+        )
 
     async def _counters_task(self) -> None:
         rx, tx = CounterDelta(), CounterDelta()
@@ -382,36 +305,17 @@ class ClientRole:
                     self.metrics.bytes_received.labels(self.role).inc(rx.feed(rx_bytes))
                     self.metrics.bytes_sent.labels(self.role).inc(tx.feed(tx_bytes))
             self.common.ready.labels(self.role).set(1 if self.conditions.ready else 0)
-            await asyncio.sleep(1.0)
+            await self.clock.sleep(1.0)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
+    def _starting_fields(self) -> dict[str, Any]:
+        ovpn = self.cfg.openvpn
+        return {"remotes": ",".join(f"{h}:{p}" for h, p in ovpn.remotes), "proto": ovpn.proto}
+
+    def role_tasks(self) -> Tasks:
+        return {"probe": self._probe_task, "counters": self._counters_task}
+
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        os.makedirs(self.cfg.common.state_dir, exist_ok=True)
-        self.conditions.register(self.health)
-        await self.health.start()
-        self.events("starting", health=f"{self.cfg.common.health_host}:{self.health.port}",
-                    remotes=",".join(f"{h}:{p}" for h, p in self.cfg.openvpn.remotes),
-                    proto=self.cfg.openvpn.proto)  # fmt: skip
-        try:
-            self.kernel = await self._kernel_factory()
-            await self.setup()
-            tasks: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
-                "material": self._material_task,
-                "openvpn": self._openvpn_task,
-                "management": self.link.run,
-                "probe": self._probe_task,
-                "watchdog": self._watchdog_task,
-                "counters": self._counters_task,
-                **self.extra_tasks(),
-            }
-            await run_group(tasks, stop=stop, events=self.events)
-        finally:
-            stop.set()  # also on a crash: exits of openvpn from here on are expected
-            await self.supervisor.stop()
-            await self.teardown()
-            if self.kernel is not None:
-                await self.kernel.close()
-            await self.health.stop()
-            self.events("stopped")
+        await super().run(stop)

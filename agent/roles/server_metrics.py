@@ -1,0 +1,79 @@
+"""The server role's metrics: per-node connection, kubelet reachability and bytes, kicks,
+firewall repairs and the installed CRL, all labelled with `role`."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+KUBELET_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class ServerMetrics:
+    def __init__(self, *, registry: CollectorRegistry) -> None:
+        self.node_connected = Gauge(
+            "vpnctl_agent_node_connected",
+            "1 while the node's openvpn client is connected to this server.",
+            ["role", "node"],
+            registry=registry,
+        )
+        self.apiserver_connected = Gauge(
+            "vpnctl_agent_apiserver_connected",
+            "1 while the apiserver's openvpn client is connected to this server.",
+            ["role"],
+            registry=registry,
+        )
+        self.kubelet_reachable = Gauge(
+            "vpnctl_agent_kubelet_reachable",
+            "1 if the last TCP connect to the node's kubelet through the tunnel succeeded.",
+            ["role", "node"],
+            registry=registry,
+        )
+        self.kubelet_probe = Histogram(
+            "vpnctl_agent_kubelet_probe_seconds",
+            "Time to open a TCP connection to the node's kubelet through the tunnel.",
+            ["role", "node"],
+            buckets=KUBELET_BUCKETS,
+            registry=registry,
+        )
+        self.node_bytes_received = Counter(
+            "vpnctl_agent_node_bytes_received",
+            "Bytes the server received from the node's openvpn client.",
+            ["role", "node"],
+            registry=registry,
+        )
+        self.node_bytes_sent = Counter(
+            "vpnctl_agent_node_bytes_sent",
+            "Bytes the server sent to the node's openvpn client.",
+            ["role", "node"],
+            registry=registry,
+        )
+        self.kicked = Counter(
+            "vpnctl_agent_clients_kicked",
+            "Clients disconnected by the agent, by reason (revoked, ccd_changed, removed).",
+            ["role", "reason"],
+            registry=registry,
+        )
+        self.clients_connected = Gauge(
+            "vpnctl_agent_clients_connected",
+            "Clients connected to this server (nodes and apiserver).",
+            ["role"],
+            registry=registry,
+        )
+        self.firewall_repairs = Counter(
+            "vpnctl_agent_firewall_repairs",
+            "Times the firewall table was found missing and re-applied.",
+            ["role"],
+            registry=registry,
+        )
+        self.crl_installs = Counter(
+            "vpnctl_agent_crl_installs",
+            "CRLs installed for openvpn's crl-verify.",
+            ["role"],
+            registry=registry,
+        )
+        self.revoked = Gauge(
+            "vpnctl_agent_crl_revoked_serials",
+            "Serials in the installed CRL.",
+            ["role"],
+            registry=registry,
+        )
