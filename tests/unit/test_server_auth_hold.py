@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.event_log import EventLog
 from agent.openvpn.client_auth import ClientAuthRequest
-from agent.roles.common import EventLog
 from agent.roles.server_auth import ClientAuthorizer
 from agent.roles.server_state import AuthVerdict
 
