@@ -28,7 +28,7 @@ The order of writes is the order that keeps promises:
    patch an annotation (``vpnctl.io/server-config``) on each server *pod* (not the pod
    template: that would roll the Deployment). The pod update makes kubelet sync that pod
    now, which rewrites the volume; the server role polls crl.pem and desired.json every
-   0.25 s (agent/desired.py's ``crl_source``), installs the CRL and kicks every connected
+   0.25 s (agent/role_config.py's ``crl_source``), installs the CRL and kicks every connected
    client with a revoked serial, and the client removed from desired.json loses its CCD,
    so ``ccd-exclusive`` refuses it on reconnect.
 5. Deployment, Service, the apiserver sidecar's ConfigMap.
