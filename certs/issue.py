@@ -248,7 +248,12 @@ def _new_leaf(
     dns_names: Sequence[str] = (),
     ip_addresses: Sequence[IPv4Address | IPv6Address] = (),
 ) -> Issued:
-    """A fresh key and its leaf certificate signed by `ca` (arguments already checked)."""
+    """A fresh key and its `usage` leaf certificate signed by `ca`."""
+    check_common_name(common_name, what=f"{usage} common name")
+    now = utc(now)
+    positive(lifetime, what=f"{usage} certificate lifetime")
+    if isinstance(dns_names, str):
+        raise InvalidName("dns_names must be a sequence of names, not one str: wrap it in a list")
     ca_cert, ca_key = load_ca(ca, now=now)
     key = _generate(algorithm)
     cert = _sign_leaf(
@@ -276,11 +281,6 @@ def new_server_cert(
     algorithm: KeyAlgorithm = "ecdsa-p256",
 ) -> Issued:
     """A server certificate and key; SAN holds the CN, `dns_names` and `ip_addresses`."""
-    check_common_name(common_name, what="server common name")
-    now = utc(now)
-    positive(lifetime, what="server certificate lifetime")
-    if isinstance(dns_names, str):
-        raise InvalidName("dns_names must be a sequence of names, not one str: wrap it in a list")
     return _new_leaf(
         ca,
         common_name=common_name,
@@ -302,9 +302,6 @@ def new_client_cert(
     algorithm: KeyAlgorithm = "ecdsa-p256",
 ) -> Issued:
     """A client certificate and key, CN = `common_name` (the node name)."""
-    check_common_name(common_name, what="client common name")
-    now = utc(now)
-    positive(lifetime, what="client certificate lifetime")
     return _new_leaf(
         ca,
         common_name=common_name,
