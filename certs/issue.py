@@ -179,9 +179,8 @@ def load_ca(ca: Issued, *, now: datetime) -> tuple[x509.Certificate, PrivateKey]
 
 
 def _sign_leaf(
+    ca: Issued,
     *,
-    ca_cert: x509.Certificate,
-    ca_key: PrivateKey,
     public_key: PublicKey,
     common_name: str,
     now: datetime,
@@ -190,6 +189,8 @@ def _sign_leaf(
     dns_names: Sequence[str] = (),
     ip_addresses: Sequence[IPv4Address | IPv6Address] = (),
 ) -> x509.Certificate:
+    """A `usage` leaf certificate for `public_key`, signed by `ca` (checked valid at `now`)."""
+    ca_cert, ca_key = load_ca(ca, now=now)
     if usage == "server":
         ku = key_usage(
             digital_signature=True,
@@ -254,11 +255,9 @@ def _new_leaf(
     positive(lifetime, what=f"{usage} certificate lifetime")
     if isinstance(dns_names, str):
         raise InvalidName("dns_names must be a sequence of names, not one str: wrap it in a list")
-    ca_cert, ca_key = load_ca(ca, now=now)
     key = _generate(algorithm)
     cert = _sign_leaf(
-        ca_cert=ca_cert,
-        ca_key=ca_key,
+        ca,
         public_key=key.public_key(),
         common_name=common_name,
         now=now,
@@ -396,10 +395,8 @@ def sign_csr(
             "only ECDSA and RSA keys are supported"
         )
     _check_csr_key(public_key, common_name=common_name)
-    ca_cert, ca_key = load_ca(ca, now=now)
     cert = _sign_leaf(
-        ca_cert=ca_cert,
-        ca_key=ca_key,
+        ca,
         public_key=public_key,
         common_name=common_name,
         now=now,
