@@ -43,7 +43,13 @@ from vpnctl.testenv.local_probes import (
     run_short,
 )
 from vpnctl.testenv.pki import ClusterPKI, write_cluster_pki, write_kubeconfig
-from vpnctl.testenv.procs import ManagedProcess, ProcessExited, environ_without_proxies, netns_argv
+from vpnctl.testenv.procs import (
+    ManagedProcess,
+    check_all_running,
+    environ_without_proxies,
+    netns_argv,
+    start_registered,
+)
 
 ClusterStartError = local_probes.ClusterStartError  # these three are imported from here
 free_ports = local_probes.free_ports
@@ -335,18 +341,15 @@ class KubeCluster:
     # --- internals ------------------------------------------------------------------
 
     def _process(self, name: str, argv: Sequence[str]) -> ManagedProcess:
-        proc = ManagedProcess(
+        return start_registered(
+            self.processes,
             name,
             argv,
             log_path=self.logs_dir / f"{name}.log",
             netns=self.netns,
-            env=environ_without_proxies(),
             cwd=self.root,
             die_with_parent=self._die_with_parent,
         )
-        self.processes[name] = proc
-        proc.start()
-        return proc
 
     async def _start(
         self,
@@ -490,11 +493,9 @@ class KubeCluster:
         self._process("kube-controller-manager", args)
 
     def _check_alive(self) -> None:
-        for proc in self.processes.values():
-            try:
-                proc.check_running()
-            except ProcessExited as exc:
-                raise ClusterStartError(f"cluster {self.name!r}: {exc}") from None
+        check_all_running(
+            self.processes.values(), owner=f"cluster {self.name!r}", error=ClusterStartError
+        )
 
     def _timeout_error(self, component: str, last: str) -> ClusterStartError:
         proc = self.processes[component]
