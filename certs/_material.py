@@ -9,7 +9,9 @@ may be a private key).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -21,6 +23,7 @@ from certs.errors import InvalidName, MalformedMaterial, PKIError
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+_Parsed = TypeVar("_Parsed")
 
 # X.509's upper bound for a commonName (RFC 5280, ub-common-name).
 MAX_CN_LEN = 64
@@ -157,15 +160,22 @@ def _expect_pem(data: object, *, labels: tuple[str, ...], what: str) -> bytes:
     return raw
 
 
-def load_cert(data: object, *, what: str = "certificate") -> x509.Certificate:
-    raw = _expect_pem(data, labels=("CERTIFICATE",), what=what)
+def _decode(load: Callable[[bytes], _Parsed], raw: bytes, *, failure: str) -> _Parsed:
+    """`load(raw)`, with a ValueError (a body that does not decode) turned into
+    `MalformedMaterial(failure)`; the parser's own text may quote the content."""
     try:
-        return x509.load_pem_x509_certificate(raw)
+        return load(raw)
     except ValueError:
-        raise MalformedMaterial(
-            f"{what} is not a valid certificate: its PEM body does not decode as X.509; "
-            "the file is truncated or corrupt, re-issue or re-copy it"
-        ) from None
+        raise MalformedMaterial(failure) from None
+
+
+def load_cert(data: object, *, what: str = "certificate") -> x509.Certificate:
+    return _decode(
+        x509.load_pem_x509_certificate,
+        _expect_pem(data, labels=("CERTIFICATE",), what=what),
+        failure=f"{what} is not a valid certificate: its PEM body does not decode as X.509; "
+        "the file is truncated or corrupt, re-issue or re-copy it",
+    )
 
 
 def load_private_key(data: object, *, what: str = "private key") -> PrivateKey:
@@ -192,14 +202,12 @@ def load_private_key(data: object, *, what: str = "private key") -> PrivateKey:
 
 
 def load_csr(data: object, *, what: str = "CSR") -> x509.CertificateSigningRequest:
-    raw = _expect_pem(data, labels=("CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"), what=what)
-    try:
-        csr = x509.load_pem_x509_csr(raw)
-    except ValueError:
-        raise MalformedMaterial(
-            f"{what} is not a valid certificate signing request: its PEM body does not "
-            "decode; ask the node agent for a new one"
-        ) from None
+    csr = _decode(
+        x509.load_pem_x509_csr,
+        _expect_pem(data, labels=("CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"), what=what),
+        failure=f"{what} is not a valid certificate signing request: its PEM body does not "
+        "decode; ask the node agent for a new one",
+    )
     try:
         signature_ok = csr.is_signature_valid
     except (ValueError, UnsupportedAlgorithm):
@@ -213,14 +221,12 @@ def load_csr(data: object, *, what: str = "CSR") -> x509.CertificateSigningReque
 
 
 def load_crl(data: object, *, what: str = "CRL") -> x509.CertificateRevocationList:
-    raw = _expect_pem(data, labels=("X509 CRL",), what=what)
-    try:
-        return x509.load_pem_x509_crl(raw)
-    except ValueError:
-        raise MalformedMaterial(
-            f"{what} is not a valid certificate revocation list: its PEM body does not "
-            "decode; rebuild it from the CA"
-        ) from None
+    return _decode(
+        x509.load_pem_x509_crl,
+        _expect_pem(data, labels=("X509 CRL",), what=what),
+        failure=f"{what} is not a valid certificate revocation list: its PEM body does not "
+        "decode; rebuild it from the CA",
+    )
 
 
 def spki(key: PublicKey | PrivateKey) -> bytes:

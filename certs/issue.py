@@ -112,6 +112,27 @@ def new_private_key(*, algorithm: KeyAlgorithm = "ecdsa-p256") -> bytes:
     return _pkcs8(_generate(algorithm))
 
 
+def key_usage(
+    *,
+    digital_signature: bool,
+    key_encipherment: bool = False,
+    key_agreement: bool = False,
+    signs_certificates: bool = False,
+) -> x509.KeyUsage:
+    """A KeyUsage extension value; `signs_certificates` sets keyCertSign and cRLSign (a CA)."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=key_agreement,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def new_ca(
     *,
     common_name: str,
@@ -134,20 +155,7 @@ def new_ca(
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(digital_signature=False, signs_certificates=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -170,26 +178,9 @@ def load_ca(ca: Issued, *, now: datetime) -> tuple[x509.Certificate, PrivateKey]
     return cert, key
 
 
-def _key_usage(
-    *, digital_signature: bool, key_encipherment: bool, key_agreement: bool
-) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=key_encipherment,
-        data_encipherment=False,
-        key_agreement=key_agreement,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
 def _sign_leaf(
+    ca: Issued,
     *,
-    ca_cert: x509.Certificate,
-    ca_key: PrivateKey,
     public_key: PublicKey,
     common_name: str,
     now: datetime,
@@ -198,15 +189,17 @@ def _sign_leaf(
     dns_names: Sequence[str] = (),
     ip_addresses: Sequence[IPv4Address | IPv6Address] = (),
 ) -> x509.Certificate:
+    """A `usage` leaf certificate for `public_key`, signed by `ca` (checked valid at `now`)."""
+    ca_cert, ca_key = load_ca(ca, now=now)
     if usage == "server":
-        ku = _key_usage(
+        ku = key_usage(
             digital_signature=True,
             key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
             key_agreement=isinstance(public_key, ec.EllipticCurvePublicKey),
         )
         eku = ExtendedKeyUsageOID.SERVER_AUTH
     else:
-        ku = _key_usage(digital_signature=True, key_encipherment=False, key_agreement=False)
+        ku = key_usage(digital_signature=True)
         eku = ExtendedKeyUsageOID.CLIENT_AUTH
     try:
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
@@ -245,6 +238,37 @@ def _sign_leaf(
     return builder.sign(ca_key, hashes.SHA256())
 
 
+def _new_leaf(
+    ca: Issued,
+    *,
+    common_name: str,
+    now: datetime,
+    lifetime: timedelta,
+    algorithm: KeyAlgorithm,
+    usage: LeafUsage,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[IPv4Address | IPv6Address] = (),
+) -> Issued:
+    """A fresh key and its `usage` leaf certificate signed by `ca`."""
+    check_common_name(common_name, what=f"{usage} common name")
+    now = utc(now)
+    positive(lifetime, what=f"{usage} certificate lifetime")
+    if isinstance(dns_names, str):
+        raise InvalidName("dns_names must be a sequence of names, not one str: wrap it in a list")
+    key = _generate(algorithm)
+    cert = _sign_leaf(
+        ca,
+        public_key=key.public_key(),
+        common_name=common_name,
+        now=now,
+        lifetime=lifetime,
+        usage=usage,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+    )
+    return Issued(cert_pem=_cert_pem(cert), key_pem=_pkcs8(key))
+
+
 def new_server_cert(
     ca: Issued,
     *,
@@ -256,25 +280,16 @@ def new_server_cert(
     algorithm: KeyAlgorithm = "ecdsa-p256",
 ) -> Issued:
     """A server certificate and key; SAN holds the CN, `dns_names` and `ip_addresses`."""
-    check_common_name(common_name, what="server common name")
-    now = utc(now)
-    positive(lifetime, what="server certificate lifetime")
-    if isinstance(dns_names, str):
-        raise InvalidName("dns_names must be a sequence of names, not one str: wrap it in a list")
-    ca_cert, ca_key = load_ca(ca, now=now)
-    key = _generate(algorithm)
-    cert = _sign_leaf(
-        ca_cert=ca_cert,
-        ca_key=ca_key,
-        public_key=key.public_key(),
+    return _new_leaf(
+        ca,
         common_name=common_name,
         now=now,
         lifetime=lifetime,
+        algorithm=algorithm,
         usage="server",
         dns_names=dns_names,
         ip_addresses=ip_addresses,
     )
-    return Issued(cert_pem=_cert_pem(cert), key_pem=_pkcs8(key))
 
 
 def new_client_cert(
@@ -286,21 +301,14 @@ def new_client_cert(
     algorithm: KeyAlgorithm = "ecdsa-p256",
 ) -> Issued:
     """A client certificate and key, CN = `common_name` (the node name)."""
-    check_common_name(common_name, what="client common name")
-    now = utc(now)
-    positive(lifetime, what="client certificate lifetime")
-    ca_cert, ca_key = load_ca(ca, now=now)
-    key = _generate(algorithm)
-    cert = _sign_leaf(
-        ca_cert=ca_cert,
-        ca_key=ca_key,
-        public_key=key.public_key(),
+    return _new_leaf(
+        ca,
         common_name=common_name,
         now=now,
         lifetime=lifetime,
+        algorithm=algorithm,
         usage="client",
     )
-    return Issued(cert_pem=_cert_pem(cert), key_pem=_pkcs8(key))
 
 
 def new_csr(key_pem: bytes, *, common_name: str, organization: str | None = None) -> bytes:
@@ -387,10 +395,8 @@ def sign_csr(
             "only ECDSA and RSA keys are supported"
         )
     _check_csr_key(public_key, common_name=common_name)
-    ca_cert, ca_key = load_ca(ca, now=now)
     cert = _sign_leaf(
-        ca_cert=ca_cert,
-        ca_key=ca_key,
+        ca,
         public_key=public_key,
         common_name=common_name,
         now=now,

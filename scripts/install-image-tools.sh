@@ -9,14 +9,5 @@ command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v buildah    >/dev/null || need+=(buildah)
 command -v runc       >/dev/null || need+=(runc)
 command -v newuidmap  >/dev/null || need+=(uidmap)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "install-image-tools: missing ${need[*]}; run as root or: apt-get install ${need[*]}" >&2
-    exit 1
-  fi
-  echo "install-image-tools: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+"$(dirname "$0")/apt-install-missing.sh" install-image-tools "${need[@]}"
 echo "install-image-tools: ok ($(buildah --version), $(runc --version | head -n1))"

@@ -14,16 +14,7 @@ command -v conntrack  >/dev/null || need+=(conntrack)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 command -v gcc        >/dev/null || need+=(gcc)
 command -v nsenter    >/dev/null || need+=(util-linux)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "install-node-tools: missing ${need[*]}; run as root or: apt-get install ${need[*]}" >&2
-    exit 1
-  fi
-  echo "install-node-tools: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+"$(dirname "$0")/apt-install-missing.sh" install-node-tools "${need[@]}"
 # Each node runs its own containerd with its own /run/containerd (a private mount), so
 # a host containerd.service, where systemd started one, is neither needed nor disturbed.
 echo "install-node-tools: ok ($(containerd --version | cut -d' ' -f1,3), $(runc --version | head -n1))"

@@ -339,23 +339,14 @@ class _Builder(GoBuilder):
                 f"-X {pkg}.gitTreeState=clean",
             ]
         with self._tmpdir("kubernetes") as out:
-            self._run(
-                f"kubernetes {v}: go build {' '.join(commands)}",
-                [
-                    self._go(),
-                    "build",
-                    "-v",
-                    "-p",
-                    "2",
-                    "-trimpath",
-                    "-ldflags",
-                    " ".join(ldflags),
-                    "-o",
-                    f"{out}/",
-                    *(f"k8s.io/kubernetes/cmd/{c}" for c in commands),
-                ],
-                cwd=src,
-                log=self.cache / "logs" / f"kubernetes-{v}.log",
+            self._go_build(
+                "kubernetes",
+                v,
+                src=src,
+                ldflags=" ".join(ldflags),
+                output=f"{out}/",
+                packages=[f"k8s.io/kubernetes/cmd/{c}" for c in commands],
+                what=f"go build {' '.join(commands)}",
             )
             self._install({c: out / c for c in commands}, v)
 
@@ -373,23 +364,8 @@ class _Builder(GoBuilder):
         )
         src = self._wrapper_module(f"etcd-{v}", go_mod, {"main.go": main})
         with self._tmpdir("etcd") as out:
-            self._run(
-                f"etcd {v}: go build",
-                [
-                    self._go(),
-                    "build",
-                    "-v",
-                    "-p",
-                    "2",
-                    "-trimpath",
-                    "-ldflags",
-                    "-s -w",
-                    "-o",
-                    str(out / "etcd"),
-                    ".",
-                ],
-                cwd=src,
-                log=self.cache / "logs" / f"etcd-{v}.log",
+            self._go_build(
+                "etcd", v, src=src, ldflags="-s -w", output=str(out / "etcd"), packages=["."]
             )
             self._install({"etcd": out / "etcd"}, v)
 
@@ -428,23 +404,13 @@ class _Builder(GoBuilder):
             },
         )
         with self._tmpdir("metrics-server") as out:
-            self._run(
-                f"metrics-server {v}: go build",
-                [
-                    self._go(),
-                    "build",
-                    "-v",
-                    "-p",
-                    "2",
-                    "-trimpath",
-                    "-ldflags",
-                    f"-s -w -X k8s.io/client-go/pkg/version.gitVersion={v}",
-                    "-o",
-                    str(out / "metrics-server"),
-                    "sigs.k8s.io/metrics-server/cmd/metrics-server",
-                ],
-                cwd=src,
-                log=self.cache / "logs" / f"metrics-server-{v}.log",
+            self._go_build(
+                "metrics-server",
+                v,
+                src=src,
+                ldflags=f"-s -w -X k8s.io/client-go/pkg/version.gitVersion={v}",
+                output=str(out / "metrics-server"),
+                packages=["sigs.k8s.io/metrics-server/cmd/metrics-server"],
             )
             self._install({"metrics-server": out / "metrics-server"}, v)
 

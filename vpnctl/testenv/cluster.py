@@ -26,7 +26,7 @@ import shutil
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypedDict, Unpack
 
@@ -43,7 +43,13 @@ from vpnctl.testenv.local_probes import (
     run_short,
 )
 from vpnctl.testenv.pki import ClusterPKI, write_cluster_pki, write_kubeconfig
-from vpnctl.testenv.procs import ManagedProcess, ProcessExited, environ_without_proxies, netns_argv
+from vpnctl.testenv.procs import (
+    ManagedProcess,
+    check_all_running,
+    environ_without_proxies,
+    netns_argv,
+    start_registered,
+)
 
 ClusterStartError = local_probes.ClusterStartError  # these three are imported from here
 free_ports = local_probes.free_ports
@@ -335,18 +341,15 @@ class KubeCluster:
     # --- internals ------------------------------------------------------------------
 
     def _process(self, name: str, argv: Sequence[str]) -> ManagedProcess:
-        proc = ManagedProcess(
+        return start_registered(
+            self.processes,
             name,
             argv,
             log_path=self.logs_dir / f"{name}.log",
             netns=self.netns,
-            env=environ_without_proxies(),
             cwd=self.root,
             die_with_parent=self._die_with_parent,
         )
-        self.processes[name] = proc
-        proc.start()
-        return proc
 
     async def _start(
         self,
@@ -490,11 +493,9 @@ class KubeCluster:
         self._process("kube-controller-manager", args)
 
     def _check_alive(self) -> None:
-        for proc in self.processes.values():
-            try:
-                proc.check_running()
-            except ProcessExited as exc:
-                raise ClusterStartError(f"cluster {self.name!r}: {exc}") from None
+        check_all_running(
+            self.processes.values(), owner=f"cluster {self.name!r}", error=ClusterStartError
+        )
 
     def _timeout_error(self, component: str, last: str) -> ClusterStartError:
         proc = self.processes[component]
@@ -503,84 +504,81 @@ class KubeCluster:
             f"last lines of {proc.log_path}:\n{proc.log_tail()}"
         )
 
-    async def _wait_etcd(self, port: int, deadline: float) -> None:
-        last = "not probed yet"
+    async def _poll(
+        self, component: str, deadline: float, probe: Callable[[], Awaitable[str | None]]
+    ) -> None:
+        """Run ``probe`` every ``_POLL`` s until it returns None (ready); otherwise it
+        returns what it saw, which the timeout error quotes."""
         while True:
             self._check_alive()
+            last = await probe()
+            if last is None:
+                return
+            if time.monotonic() > deadline:
+                raise self._timeout_error(component, last)
+            await asyncio.sleep(_POLL)
+
+    async def _wait_etcd(self, port: int, deadline: float) -> None:
+        async def healthy() -> str | None:
             try:
                 status, body = await asyncio.to_thread(http_get, "127.0.0.1", port, "/health")
-                if status == 200 and '"health":"true"' in body:
-                    return
-                last = f"HTTP {status}: {body[:200]}"
             except (OSError, http.client.HTTPException) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() > deadline:
-                raise self._timeout_error("etcd", last)
-            await asyncio.sleep(_POLL)
+                return f"{type(exc).__name__}: {exc}"
+            if status == 200 and '"health":"true"' in body:
+                return None
+            return f"HTTP {status}: {body[:200]}"
+
+        await self._poll("etcd", deadline, healthy)
 
     async def _wait_apiserver(self, deadline: float) -> None:
-        last = "not probed yet"
         if self.netns:
-            while True:
-                self._check_alive()
+
+            async def ready_in_netns() -> str | None:
                 code, out = await run_short(self.kubectl_argv("get", "--raw=/readyz"))
                 if code == 0:
-                    return
-                last = out.strip().splitlines()[-1] if out.strip() else f"exit {code}"
-                if time.monotonic() > deadline:
-                    raise self._timeout_error("kube-apiserver", last)
-                await asyncio.sleep(_POLL)
+                    return None
+                return out.strip().splitlines()[-1] if out.strip() else f"exit {code}"
+
+            await self._poll("kube-apiserver", deadline, ready_in_netns)
+            return
         context = ssl.create_default_context(cafile=str(self.pki.ca.cert))
         context.load_cert_chain(str(self.pki.admin.cert), str(self.pki.admin.key))
-        while True:
-            self._check_alive()
-            try:
-                status = await asyncio.to_thread(
-                    https_status, self.host, self.port, "/readyz", context
-                )
-                if status == 200:
-                    return
-                last = f"HTTP {status}"
-            except (OSError, http.client.HTTPException) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() > deadline:
-                raise self._timeout_error("kube-apiserver", last)
-            await asyncio.sleep(_POLL)
+        await self._poll(
+            "kube-apiserver",
+            deadline,
+            lambda: _https_probe(self.host, self.port, "/readyz", context),
+        )
 
     async def _wait_controller_manager(self, port: int, deadline: float) -> None:
-        last = "not probed yet"
         if not self.netns:
             # Its serving certificate is self-signed into --cert-dir: liveness only.
             insecure = ssl.create_default_context()
             insecure.check_hostname = False
             insecure.verify_mode = ssl.CERT_NONE
-            while True:
-                self._check_alive()
-                try:
-                    status = await asyncio.to_thread(
-                        https_status, "127.0.0.1", port, "/healthz", insecure
-                    )
-                    if status == 200:
-                        break
-                    last = f"HTTP {status}"
-                except (OSError, http.client.HTTPException) as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                if time.monotonic() > deadline:
-                    raise self._timeout_error("kube-controller-manager", last)
-                await asyncio.sleep(_POLL)
+            await self._poll(
+                "kube-controller-manager",
+                deadline,
+                lambda: _https_probe("127.0.0.1", port, "/healthz", insecure),
+            )
+
         # /healthz is up before the controllers run; the default ServiceAccount shows
         # they do (and pods can't be created in "default" without it).
-        while True:
-            self._check_alive()
+        async def default_service_account() -> str | None:
             code, out = await run_short(
                 self.kubectl_argv("get", "serviceaccount", "default", "-n", "default", "-o", "name")
             )
-            if code == 0:
-                return
-            last = out.strip() or f"exit {code}"
-            if time.monotonic() > deadline:
-                raise self._timeout_error("kube-controller-manager", last)
-            await asyncio.sleep(_POLL)
+            return None if code == 0 else out.strip() or f"exit {code}"
+
+        await self._poll("kube-controller-manager", deadline, default_service_account)
+
+
+async def _https_probe(host: str, port: int, path: str, context: ssl.SSLContext) -> str | None:
+    """None when ``GET path`` answers 200, else what it answered or why it failed."""
+    try:
+        status = await asyncio.to_thread(https_status, host, port, path, context)
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if status == 200 else f"HTTP {status}"
 
 
 class ServiceCluster(KubeCluster):

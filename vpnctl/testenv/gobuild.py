@@ -149,21 +149,35 @@ class GoBuilder:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
+    def _go_argv(self, verb: str, ldflags: str) -> list[str]:
+        """``go build`` or ``go install``: verbose, two jobs, reproducible paths."""
+        return [self._go(), verb, "-v", "-p", "2", "-trimpath", "-ldflags", ldflags]
+
+    def _go_build(
+        self,
+        component: str,
+        version: str,
+        *,
+        src: Path,
+        ldflags: str,
+        output: str,
+        packages: Sequence[str],
+        what: str = "go build",
+    ) -> None:
+        """``go build`` of ``packages`` in the module at ``src`` into ``output``, logged to
+        the component's log."""
+        self._run(
+            f"{component} {version}: {what}",
+            [*self._go_argv("build", ldflags), "-o", output, *packages],
+            cwd=src,
+            log=self.cache / "logs" / f"{component}-{version}.log",
+        )
+
     def _go_install(self, component: str, package: str, version: str, ldflags: str) -> None:
         with self._tmpdir(component) as out:
             self._run(
                 f"{component} {version}: go install",
-                [
-                    self._go(),
-                    "install",
-                    "-v",
-                    "-p",
-                    "2",
-                    "-trimpath",
-                    "-ldflags",
-                    ldflags,
-                    f"{package}@{version}",
-                ],
+                [*self._go_argv("install", ldflags), f"{package}@{version}"],
                 cwd=out,
                 log=self.cache / "logs" / f"{component}-{version}.log",
                 extra_env={"GOBIN": str(out)},

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from certs import key_usage
+
 _VALIDITY = datetime.timedelta(days=30)
 _SKEW = datetime.timedelta(minutes=5)
 
@@ -74,6 +76,16 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
         path.chmod(0o600)
 
 
+def _write_pair(
+    directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> CertFiles:
+    """``<stem>.crt`` and ``<stem>.key`` (mode 0600) in ``directory``."""
+    out = CertFiles(cert=directory / f"{stem}.crt", key=directory / f"{stem}.key")
+    _write(out.cert, cert.public_bytes(serialization.Encoding.PEM))
+    _write(out.key, _key_pem(key), private=True)
+    return out
+
+
 def _issue(
     *,
     ca_cert: x509.Certificate,
@@ -93,20 +105,7 @@ def _issue(
         .not_valid_before(now - _SKEW)
         .not_valid_after(now + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(digital_signature=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
@@ -145,29 +144,10 @@ def write_cluster_pki(
         .not_valid_before(now - _SKEW)
         .not_valid_after(now + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(digital_signature=True, signs_certificates=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
-
-    def files(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> CertFiles:
-        out = CertFiles(cert=directory / f"{stem}.crt", key=directory / f"{stem}.key")
-        _write(out.cert, cert.public_bytes(serialization.Encoding.PEM))
-        _write(out.key, _key_pem(key), private=True)
-        return out
 
     def client(stem: str, common_name: str, organizations: Sequence[str] = ()) -> CertFiles:
         key = _key()
@@ -179,7 +159,7 @@ def write_cluster_pki(
             usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
             now=now,
         )
-        return files(stem, cert, key)
+        return _write_pair(directory, stem, cert, key)
 
     dns = [
         "localhost",
@@ -217,8 +197,8 @@ def write_cluster_pki(
 
     return ClusterPKI(
         dir=directory,
-        ca=files("ca", ca_cert, ca_key),
-        apiserver=files("apiserver", serving, serving_key),
+        ca=_write_pair(directory, "ca", ca_cert, ca_key),
+        apiserver=_write_pair(directory, "apiserver", serving, serving_key),
         admin=client("admin", "vpnctl-testenv-admin", ["system:masters"]),
         controller_manager=client("controller-manager", "system:kube-controller-manager"),
         apiserver_kubelet_client=client(
@@ -264,10 +244,7 @@ def issue_from_ca(
     )
     folder = directory or pki.dir
     folder.mkdir(parents=True, exist_ok=True)
-    out = CertFiles(cert=folder / f"{stem}.crt", key=folder / f"{stem}.key")
-    _write(out.cert, cert.public_bytes(serialization.Encoding.PEM))
-    _write(out.key, _key_pem(key), private=True)
-    return out
+    return _write_pair(folder, stem, cert, key)
 
 
 def write_kubeconfig(

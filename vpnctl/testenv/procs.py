@@ -19,7 +19,7 @@ import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -147,3 +147,39 @@ def environ_without_proxies() -> dict[str, str]:
         for k, v in os.environ.items()
         if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
     }
+
+
+def start_registered(
+    processes: dict[str, ManagedProcess],
+    name: str,
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    cwd: Path,
+    die_with_parent: bool,
+    netns: str | None = None,
+) -> ManagedProcess:
+    """Start ``argv`` as ``name`` (without proxy variables) and record it in ``processes``."""
+    proc = ManagedProcess(
+        name,
+        argv,
+        log_path=log_path,
+        netns=netns,
+        env=environ_without_proxies(),
+        cwd=cwd,
+        die_with_parent=die_with_parent,
+    )
+    processes[name] = proc
+    proc.start()
+    return proc
+
+
+def check_all_running(
+    processes: Iterable[ManagedProcess], *, owner: str, error: type[Exception]
+) -> None:
+    """Raise ``error("<owner>: <which exited, log tail>")`` if one of ``processes`` is gone."""
+    for proc in processes:
+        try:
+            proc.check_running()
+        except ProcessExited as exc:
+            raise error(f"{owner}: {exc}") from None

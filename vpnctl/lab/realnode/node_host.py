@@ -131,18 +131,14 @@ def holder_script(node_dir: Path, holder_binary: Path) -> str:
 def kill_all(pids: Iterable[int], *, grace: float = 5.0) -> set[int]:
     """SIGTERM, wait up to ``grace``, SIGKILL; returns the PIDs that still exist."""
     wanted = {p for p in pids if p != os.getpid()}
-    for pid in wanted:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while (alive := {p for p in wanted if _alive(p)}) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + grace
-    while (alive := {p for p in wanted if _alive(p)}) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    alive = wanted
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while (alive := {p for p in wanted if _alive(p)}) and time.monotonic() < deadline:
+            time.sleep(0.05)
     return alive
 
 

@@ -37,7 +37,7 @@ from vpnctl.lab.realnode.node_images import NodeImages
 from vpnctl.testenv.build import Binaries
 from vpnctl.testenv.cluster import KubeCluster
 from vpnctl.testenv.pki import CertFiles, issue_from_ca, write_kubeconfig
-from vpnctl.testenv.procs import ManagedProcess, ProcessExited, environ_without_proxies
+from vpnctl.testenv.procs import ManagedProcess, check_all_running, start_registered
 
 START_TIMEOUT = 120.0
 _POLL = 0.2
@@ -175,24 +175,19 @@ class RealNode:
     # --- internals ------------------------------------------------------------------
 
     def _process(self, name: str, argv: list[str]) -> ManagedProcess:
-        proc = ManagedProcess(
+        return start_registered(
+            self.processes,
             name,
             argv,
             log_path=self.root / "logs" / f"{name}.log",
-            env=environ_without_proxies(),
             cwd=self.root,
             die_with_parent=self._die_with_parent,
         )
-        self.processes[name] = proc
-        proc.start()
-        return proc
 
     def _check_alive(self) -> None:
-        for proc in self.processes.values():
-            try:
-                proc.check_running()
-            except ProcessExited as exc:
-                raise NodeStartError(f"node {self.spec.name}: {exc}") from None
+        check_all_running(
+            self.processes.values(), owner=f"node {self.spec.name}", error=NodeStartError
+        )
 
     async def _until(self, what: str, probe_argv: list[str] | None, deadline: float) -> None:
         """Poll until ``probe_argv`` exits 0 (or, without it, until the holder exec'd)."""
