@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import inspect
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 import certs
+from tests.support.polling import aeventually
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
 from vpnctl.controller.interfaces import TenantRef, TenantSideResult
 from vpnctl.controller.operator import Controller, ControllerSettings
@@ -248,25 +248,10 @@ async def running_controller(
 
 
 async def wait_for(
-    probe: Callable[[], Any],
-    *,
-    timeout: float = 20.0,
-    interval: float = 0.1,
-    what: str = "condition",
+    probe: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.1, what: str
 ) -> Any:
-    """Poll ``probe`` (sync or async) until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        result = probe()
-        if inspect.isawaitable(result):
-            result = await result
-        last = result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(interval)
+    """``aeventually`` with this module's old defaults, for test files not yet switched."""
+    return await aeventually(probe, timeout=timeout, interval=interval, what=what)
 
 
 # --- CAPI objects as a provider would write them ----------------------------------------------
@@ -435,7 +420,7 @@ async def wait_ready(
             return None
         return obj
 
-    found: KubeObject = await wait_for(
+    found: KubeObject = await aeventually(
         ready, timeout=timeout, what=f"Tunnel {namespace}/{name} Ready"
     )
     return found
@@ -460,7 +445,7 @@ async def wait_condition(
             return None
         return obj
 
-    found: KubeObject = await wait_for(
+    found: KubeObject = await aeventually(
         probe, timeout=timeout, what=f"{type_}={status} ({reason}) on Tunnel {namespace}/{name}"
     )
     return found

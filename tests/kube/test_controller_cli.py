@@ -13,6 +13,7 @@ import time
 import aiohttp
 import pytest
 
+from tests.support.polling import aeventually
 from vpnctl.controller import cli
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import LEASE, Kube
@@ -28,7 +29,6 @@ from .controllerfix import (
     create_tenant,
     running_controller,
     wait_condition,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -110,7 +110,7 @@ async def test_vpnctl_run_serves_health_reconciles_and_stops_on_sigterm(
             except aiohttp.ClientError:
                 return False
 
-        await wait_for(healthz, timeout=30, interval=0.2, what="vpnctl run /healthz")
+        await aeventually(healthz, timeout=30, interval=0.2, what="vpnctl run /healthz")
         # A tenant whose apiserver is nowhere (a closed port on loopback): the real tenant
         # side says so, the service side is built all the same.
         await create_tenant(kube, namespace, "cli", nodes=1, kubeconfig=False)

@@ -9,6 +9,7 @@ import json
 import pytest
 
 import certs
+from tests.support.polling import aeventually
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import CONFIG_MAP, DEPLOYMENT, SECRET, SERVICE, TUNNEL, Kube
 from vpnctl.testenv import ServiceCluster
@@ -22,7 +23,6 @@ from .controllerfix import (
     controller_settings,
     create_tenant,
     running_controller,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -196,7 +196,9 @@ async def test_a_cluster_can_opt_out_of_the_automatic_tunnel(
         await create_tenant(kube, namespace, "in", nodes=1)
         await wait_ready(kube, namespace, "in", nodes=1)
         # The opted-out Cluster was seen (its key reconciled) and got nothing.
-        await wait_for(lambda: TenantRef(namespace, "out") in side.forgotten, what="out seen")
+        await aeventually(
+            lambda: TenantRef(namespace, "out") in side.forgotten, what="out seen", timeout=20
+        )
         assert await kube.get(TUNNEL, "out", namespace) is None
         assert await kube.get(SECRET, "out-vpn-ca", namespace) is None
         # A Tunnel made by hand for it is served like any other.

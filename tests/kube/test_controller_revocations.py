@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import certs
+from tests.support.polling import aeventually
 from vpnctl.controller import pki
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.revocations import RevocationStore, TunnelOwner, revoke_and_plan_crl
@@ -33,7 +34,6 @@ from .controllerfix import (
     events_for,
     running_controller,
     wait_condition,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -78,7 +78,7 @@ async def _revoked(
         crl = await _crl(kube, namespace, name, ca_pem)
         return crl if crl is not None and serials <= crl else None
 
-    found: frozenset[int] = await wait_for(listed, timeout=10, interval=0.05, what=what)
+    found: frozenset[int] = await aeventually(listed, timeout=10, interval=0.05, what=what)
     return found
 
 
@@ -115,7 +115,7 @@ async def test_a_deleted_server_configmap_never_unrevokes(
             fresh = cm is not None and cm["metadata"]["uid"] != old["metadata"]["uid"]
             return cm if fresh else None
 
-        cm = await wait_for(back, timeout=10, what="server ConfigMap re-created")
+        cm = await aeventually(back, timeout=10, what="server ConfigMap re-created")
         crl = pki.read_crl(cm["data"]["crl.pem"].encode(), ca_pem=ca_pem)
         assert set(crl.revoked) == {revoked}
         assert crl.number > number  # numbers never restart
@@ -177,7 +177,7 @@ async def test_revocation_goes_on_while_the_spec_is_invalid(
             cm = await kube.get(CONFIG_MAP, "inval-vpn-server", namespace)
             return _clients(cm) == ["inval-node-1", "inval-node-3"]
 
-        await wait_for(ccd_gone, timeout=10, what="node-2 out of desired.json")
+        await aeventually(ccd_gone, timeout=10, what="node-2 out of desired.json")
         # The CSR signer was told the Machines of now, without ensure().
         latest = [names for t, names in side.machine_lists if t == tenant][-1]
         assert latest == ("inval-md-1", "inval-md-3")
@@ -218,7 +218,7 @@ async def test_a_vanished_ca_secret_is_an_alarm_not_a_new_ca(
             events = await events_for(kube, namespace, name="lostca")
             return any(e.get("reason") == "CASecretMissing" for e in events)
 
-        await wait_for(warned, timeout=10, what="CASecretMissing Event")
+        await aeventually(warned, timeout=10, what="CASecretMissing Event")
         # No new CA, and the server certificate of the old one is left alone.
         assert await kube.get(SECRET, "lostca-vpn-ca", namespace) is None
         again = await kube.get(SECRET, "lostca-vpn-server-tls", namespace)
@@ -259,7 +259,7 @@ async def test_a_deleted_revocation_book_is_recreated_from_the_crl_and_reported(
                 cm if cm is not None and cm["metadata"]["uid"] != old["metadata"]["uid"] else None
             )
 
-        book = await wait_for(recreated, timeout=10, what="revocation book re-created")
+        book = await aeventually(recreated, timeout=10, what="revocation book re-created")
         doc = json.loads(book["data"]["revocations.json"])
         assert [r["serial"] for r in doc["revoked"]] == [format(revoked, "x")]
         assert await _crl(kube, namespace, "book", ca_pem) == {revoked}
@@ -268,7 +268,7 @@ async def test_a_deleted_revocation_book_is_recreated_from_the_crl_and_reported(
             events = await events_for(kube, namespace, name="book")
             return any(e.get("reason") == "RevocationsRecreated" for e in events)
 
-        await wait_for(warned, timeout=10, what="RevocationsRecreated Event")
+        await aeventually(warned, timeout=10, what="RevocationsRecreated Event")
 
 
 async def test_a_revoked_serial_stays_in_the_crl_until_its_own_certificate_expires(

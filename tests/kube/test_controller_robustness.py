@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 import aiohttp
 import pytest
 
+from tests.support.polling import aeventually
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.operator import ControllerSettings
 from vpnctl.kube import (
@@ -37,7 +38,6 @@ from .controllerfix import (
     running_controller,
     set_machine_status,
     wait_condition,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -76,7 +76,7 @@ async def test_leader_failover_after_a_crash_and_handover_on_shutdown(
         side=side_a,
         observations=observations,
     ) as a:
-        await wait_for(lambda: a.controller.is_leader, what="replica-a leading")
+        await aeventually(lambda: a.controller.is_leader, what="replica-a leading", timeout=20)
         await create_tenant(kube, namespace, "lead", nodes=1)
         await wait_ready(kube, namespace, "lead", nodes=1)
         async with running_controller(
@@ -95,8 +95,9 @@ async def test_leader_failover_after_a_crash_and_handover_on_shutdown(
             crashed = time.monotonic()
             a.task.cancel()
             await asyncio.gather(a.task, return_exceptions=True)
-            await wait_for(lambda: b.controller.is_leader, timeout=20, interval=0.05,
-                           what="replica-b leading")  # fmt: skip
+            await aeventually(
+                lambda: b.controller.is_leader, timeout=20, interval=0.05, what="replica-b leading"
+            )
             failover = time.monotonic() - crashed
             await create_tenant(kube, namespace, "after", nodes=1)
             await wait_ready(kube, namespace, "after", nodes=1)
@@ -115,8 +116,12 @@ async def test_leader_failover_after_a_crash_and_handover_on_shutdown(
                 assert not c.controller.is_leader
                 stopped = time.monotonic()
                 await b.shutdown()
-                await wait_for(lambda: c.controller.is_leader, timeout=10, interval=0.05,
-                               what="replica-c leading")  # fmt: skip
+                await aeventually(
+                    lambda: c.controller.is_leader,
+                    timeout=10,
+                    interval=0.05,
+                    what="replica-c leading",
+                )
                 handover = time.monotonic() - stopped
                 await create_tenant(kube, namespace, "later", nodes=1)
                 await wait_ready(kube, namespace, "later", nodes=1)
@@ -217,7 +222,7 @@ async def test_a_410_relists_and_watch_liveness_feeds_healthz(
             status, body = await _get(url + "/healthz")
             return body if status == 503 else None
 
-        body = await wait_for(unhealthy, timeout=15, interval=0.2, what="/healthz 503")
+        body = await aeventually(unhealthy, timeout=15, interval=0.2, what="/healthz 503")
         assert "machines.cluster.x-k8s.io" in body
         assert "tunnels" not in body  # the others stream on
         # ...and passes again once it streams.
@@ -227,7 +232,7 @@ async def test_a_410_relists_and_watch_liveness_feeds_healthz(
         async def healthy() -> bool:
             return (await _get(url + "/healthz"))[0] == 200
 
-        await wait_for(healthy, timeout=10, interval=0.2, what="/healthz 200")
+        await aeventually(healthy, timeout=10, interval=0.2, what="/healthz 200")
 
 
 # --- bad input ----------------------------------------------------------------------------
@@ -367,6 +372,8 @@ async def test_bad_input_becomes_conditions_and_events_and_others_carry_on(
             allocations = (tunnel or {}).get("status", {}).get("allocations", [])
             return sorted(a["node"] for a in allocations) == ["noaddr-node-1", "noaddr-node-2"]
 
-        await wait_for(both_allocated, what="noaddr's second node allocated a tunnel IP")
+        await aeventually(
+            both_allocated, what="noaddr's second node allocated a tunnel IP", timeout=20
+        )
         metrics = (await _get(run.controller.health.url + "/metrics"))[1]
         assert 'vpnctl_tenants{condition="Ready",status="False"} 2.0' in metrics  # overlap, nonet

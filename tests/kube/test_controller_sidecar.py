@@ -12,6 +12,7 @@ import asyncio
 
 import pytest
 
+from tests.support.polling import aeventually
 from vpnctl.kube import DEPLOYMENT, Kube
 from vpnctl.reconcile.objects import (
     APISERVER_CONTAINER,
@@ -26,7 +27,6 @@ from .controllerfix import (
     controller_settings,
     create_tenant,
     running_controller,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -87,7 +87,7 @@ async def test_labelled_apiserver_deployment_gets_the_sidecar_and_keeps_its_own_
             names = [c["name"] for c in live["spec"]["template"]["spec"]["containers"]]
             return live if APISERVER_CONTAINER in names else None
 
-        live = await wait_for(attached, what="sidecar attached")
+        live = await aeventually(attached, what="sidecar attached", timeout=20)
         generation = live["metadata"]["generation"]
         await asyncio.sleep(2.0)  # four resync periods
         again = await kube.get(DEPLOYMENT, "side-kube-apiserver", namespace)

@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +43,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.openvpn.config import ClientConfig, render_client
+from tests.support.polling import eventually
 from vpnctl.lab.dataplane import (
     DAY,
     HEALTH_PORT,
@@ -153,21 +154,6 @@ class ReadyzWatcher:
         return bool(s) and s[-1] == 200 and 503 in s
 
 
-def wait_until(
-    what: str, check: Callable[[], T | None], *, timeout: float, interval: float = 0.05
-) -> T:
-    """Poll CHECK until it returns something truthy; fail with WHAT at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        last = check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
-
-
 READY = "Initialization Sequence Completed"
 
 
@@ -189,7 +175,7 @@ class LogCursor:
         def find() -> str | None:
             return next((ln for ln in self.new().splitlines() if regex.search(ln)), None)
 
-        return wait_until(f"/{pattern}/ in {self.path}", find, timeout=timeout, interval=0.02)
+        return eventually(find, what=f"/{pattern}/ in {self.path}", timeout=timeout, interval=0.02)
 
     def never(self, pattern: str, *, within: float) -> None:
         regex = re.compile(pattern)
@@ -278,7 +264,7 @@ class DataPlane(LabDataPlane):
                 return self.readyz(n)[0] == 200
 
             try:
-                wait_until(f"{name} /readyz 200", ready, timeout=timeout, interval=0.2)
+                eventually(ready, what=f"{name} /readyz 200", timeout=timeout, interval=0.2)
             except BaseException:
                 print(self.readyz(name))
                 raise

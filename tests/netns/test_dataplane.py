@@ -37,8 +37,8 @@ from tests.netns.conftest import (
     link_bytes,
     route_get,
     tcp_connect,
-    wait_until,
 )
+from tests.support.polling import eventually
 
 pytestmark = [
     pytest.mark.netns,
@@ -112,7 +112,7 @@ def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlan
             for x in names
         )
 
-    wait_until("kubelet probes of every node", all_reachable, timeout=10, interval=0.2)
+    eventually(all_reachable, what="kubelet probes of every node", timeout=10, interval=0.2)
     m = dataplane.metrics("server")
     assert m.get("vpnctl_agent_apiserver_connected", role="server") == 1
     assert m.get("vpnctl_agent_ready", role="server") == 1
@@ -127,8 +127,12 @@ def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlan
                 and (nm.get("vpnctl_agent_tunnel_bytes_received_total", role="node") or 0) > 0
             )
 
-        wait_until(f"{name} reports its tunnel up, probed and carrying bytes", node_reports,
-                   timeout=10, interval=0.2)  # fmt: skip
+        eventually(
+            node_reports,
+            what=f"{name} reports its tunnel up, probed and carrying bytes",
+            timeout=10,
+            interval=0.2,
+        )
 
 
 # --- no initiation from nodes -------------------------------------------------------------------
@@ -263,11 +267,11 @@ def test_connected_client_is_kicked_within_2s_of_its_revocation(dataplane: DataP
         client_log = LogCursor(client.log)
         client_log.offset = 0
         client_log.wait_for(READY, timeout=15)
-        wait_until(
-            "the server to list victim as connected",
+        eventually(
             lambda: (
                 dataplane.metrics("server").get("vpnctl_agent_node_connected", node="victim") == 1
             ),
+            what="the server to list victim as connected",
             timeout=5,
             interval=0.1,
         )

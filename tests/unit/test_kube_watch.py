@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.support.polling import aeventually
 from vpnctl.kube import (
     SECRET,
     Forbidden,
@@ -111,14 +112,6 @@ class Recorder:
         self.events.append((event_type, o["metadata"]["name"], o["metadata"]["resourceVersion"]))
 
 
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never happened: {what}")
-
-
 class Harness:
     def __init__(self) -> None:
         self.source = FakeSource()
@@ -176,7 +169,7 @@ async def test_list_then_watch_keeps_store_and_emits_events(h: Harness) -> None:
         HANG,
     ]
     h.start()
-    await until(lambda: len(h.source.watched_from) == 2, "the second watch")
+    await aeventually(lambda: len(h.source.watched_from) == 2, what="the second watch", interval=0)
     assert h.recorder.events == [
         ("ADDED", "a", "10"),
         ("ADDED", "b", "11"),
@@ -198,7 +191,7 @@ async def test_a_bookmark_moves_the_resume_point(h: Harness) -> None:
     h.source.lists = [([], "5")]
     h.source.streams = [[bookmark("90")], HANG]
     h.start()
-    await until(lambda: len(h.source.watched_from) == 2, "the second watch")
+    await aeventually(lambda: len(h.source.watched_from) == 2, what="the second watch", interval=0)
     assert h.source.watched_from == ["5", "90"]
     assert h.recorder.events == []
 
@@ -212,7 +205,9 @@ async def test_410_relists_and_emits_what_changed_in_the_gap(h: Harness, how: st
     gone: Stream = [error_410()] if how == "error event" else Gone("too old", status=410)
     h.source.streams = [gone, HANG]
     h.start()
-    await until(lambda: len(h.source.watched_from) == 2, "the watch after the relist")
+    await aeventually(
+        lambda: len(h.source.watched_from) == 2, what="the watch after the relist", interval=0
+    )
     assert h.recorder.events[3:] == [
         ("DELETED", "vanish", "3"),
         ("MODIFIED", "change", "7"),
@@ -228,10 +223,10 @@ async def test_410_again_right_after_a_relist_backs_off(h: Harness) -> None:
     h.source.lists = [([], "1"), ([], "2"), ([], "3")]
     h.source.streams = [[error_410()], [error_410()], HANG]
     h.start()
-    await until(lambda: len(h.clock.sleeps) == 1, "a backoff")
+    await aeventually(lambda: len(h.clock.sleeps) == 1, what="a backoff", interval=0)
     assert h.source.list_calls == 2
     h.clock.advance(60)
-    await until(lambda: len(h.source.watched_from) == 3, "the third watch")
+    await aeventually(lambda: len(h.source.watched_from) == 3, what="the third watch", interval=0)
     assert h.source.list_calls == 3
     assert h.restarts("gone") == 2
 
@@ -243,11 +238,11 @@ async def test_a_broken_stream_reconnects_from_the_last_version_after_backoff(
     h.source.lists = [([obj("a", "1")], "2")]
     h.source.streams = [[ev("MODIFIED", obj("a", "3")), reset], HANG]
     h.start()
-    await until(lambda: len(h.clock.sleeps) == 1, "a backoff")
+    await aeventually(lambda: len(h.clock.sleeps) == 1, what="a backoff", interval=0)
     assert 0.25 <= h.clock.sleeps[0] <= 0.5
     assert len(h.source.watched_from) == 1
     h.clock.advance(h.clock.sleeps[0])
-    await until(lambda: len(h.source.watched_from) == 2, "the reconnect")
+    await aeventually(lambda: len(h.source.watched_from) == 2, what="the reconnect", interval=0)
     assert h.source.watched_from == ["2", "3"]
     assert h.source.list_calls == 1  # no relist needed
     assert h.restarts("error") == 1
@@ -257,13 +252,13 @@ async def test_a_failing_list_is_retried_with_growing_backoff(h: Harness) -> Non
     denied = Forbidden("secrets is forbidden", status=403, method="GET", path="/x")
     h.source.lists = [denied, denied, ([obj("a", "1")], "2")]
     h.start()
-    await until(lambda: len(h.clock.sleeps) == 1, "first backoff")
+    await aeventually(lambda: len(h.clock.sleeps) == 1, what="first backoff", interval=0)
     h.clock.advance(10)
-    await until(lambda: len(h.clock.sleeps) == 2, "second backoff")
+    await aeventually(lambda: len(h.clock.sleeps) == 2, what="second backoff", interval=0)
     assert h.clock.sleeps[1] > h.clock.sleeps[0] / 2
     assert not h.watcher.synced.is_set()
     h.clock.advance(10)
-    await until(h.watcher.synced.is_set, "the list")
+    await aeventually(h.watcher.synced.is_set, what="the list", interval=0)
     assert h.restarts("error") == 2
     assert h.recorder.events == [("ADDED", "a", "1")]
 
@@ -273,17 +268,17 @@ async def test_a_throttled_watch_waits_what_retry_after_says(h: Harness) -> None
     h.source.lists = [([], "1")]
     h.source.streams = [throttled, HANG]
     h.start()
-    await until(lambda: len(h.clock.sleeps) == 1, "a backoff")
+    await aeventually(lambda: len(h.clock.sleeps) == 1, what="a backoff", interval=0)
     assert h.clock.sleeps == [7.0]
     h.clock.advance(7)
-    await until(lambda: len(h.source.watched_from) == 2, "the reconnect")
+    await aeventually(lambda: len(h.source.watched_from) == 2, what="the reconnect", interval=0)
 
 
 async def test_healthy_turns_false_after_silence_and_back_on_activity(h: Harness) -> None:
     h.source.lists = [([], "1")]
     h.source.streams = [HANG]
     h.start()
-    await until(lambda: len(h.source.watched_from) == 1, "the watch")
+    await aeventually(lambda: len(h.source.watched_from) == 1, what="the watch", interval=0)
     assert h.watcher.healthy(max_silence=120)
     h.clock.advance(119)
     assert h.watcher.healthy(max_silence=120)
@@ -295,11 +290,11 @@ async def test_activity_brings_health_back(h: Harness) -> None:
     h.source.lists = [([], "1")]
     h.source.streams = [LIVE]
     h.start()
-    await until(lambda: len(h.source.watched_from) == 1, "the watch")
+    await aeventually(lambda: len(h.source.watched_from) == 1, what="the watch", interval=0)
     h.clock.advance(100)
     assert not h.watcher.healthy(max_silence=60)
     h.source.live.put_nowait(bookmark("2"))
-    await until(lambda: h.watcher.healthy(max_silence=60), "health")
+    await aeventually(lambda: h.watcher.healthy(max_silence=60), what="health", interval=0)
     assert h.watcher.resource_version == "2"
 
 
@@ -375,7 +370,9 @@ async def test_field_selector_page_size_and_transform_reach_the_source_and_the_s
     )
     task = asyncio.ensure_future(watcher.run())
     try:
-        await until(lambda: len(recorder.events) == 2, "the listed and the watched object")
+        await aeventually(
+            lambda: len(recorder.events) == 2, what="the listed and the watched object", interval=0
+        )
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -395,6 +392,6 @@ async def test_without_the_options_the_watcher_passes_none_of_them() -> None:
     h.source.lists = [([obj("a", "1")], "2")]
     h.start()
     try:
-        await until(lambda: h.names() == ["a"], "listed")
+        await aeventually(lambda: h.names() == ["a"], what="listed", interval=0)
     finally:
         await h.stop()
