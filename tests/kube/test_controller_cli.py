@@ -13,6 +13,7 @@ import time
 import aiohttp
 import pytest
 
+from tests.support.capi import create_kubeconfig_secret, create_tenant
 from tests.support.polling import aeventually
 from vpnctl.controller import cli
 from vpnctl.controller.interfaces import TenantRef
@@ -25,8 +26,6 @@ from .controllerfix import (
     FakeTenantSide,
     all_connected,
     controller_settings,
-    create_kubeconfig_secret,
-    create_tenant,
     running_controller,
     wait_condition,
     wait_ready,
@@ -157,6 +156,6 @@ async def test_vpnctl_run_serves_health_reconciles_and_stops_on_sigterm(
 
 
 def _kubeconfig(server: str) -> str:
-    from .controllerfix import kubeconfig_text
+    from tests.support.capi import kubeconfig_text
 
     return kubeconfig_text("cli", server=server)

@@ -22,6 +22,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from tests.support import kubeconfigs
+from tests.support.capi import create_kubeconfig_secret, create_tenant
 from tests.support.polling import aeventually
 from tests.support.secrets_scan import scan
 from vpnctl.controller.tenant_side import KubeTenantSide
@@ -33,8 +34,6 @@ from .controllerfix import (
     all_connected,
     condition,
     controller_settings,
-    create_kubeconfig_secret,
-    create_tenant,
     events_for,
     running_controller,
     wait_condition,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import certs
+from tests.support.capi import create_tenant
 from tests.support.polling import aeventually
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import CLUSTER, CONFIG_MAP, MACHINE, POD, SECRET, TUNNEL, Kube, KubeObject
@@ -20,8 +21,6 @@ from .controllerfix import (
     FakeTenantSide,
     all_connected,
     controller_settings,
-    create_tenant,
-    gc_knows_tunnels,  # noqa: F401
     running_controller,
     wait_ready,
 )

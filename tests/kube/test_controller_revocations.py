@@ -16,21 +16,20 @@ from typing import Any
 import pytest
 
 import certs
+from tests.support import capi
+from tests.support.capi import LAB_PODS_CIDR, create_tenant
 from tests.support.polling import aeventually
 from vpnctl.controller import pki
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.revocations import RevocationStore, TunnelOwner, revoke_and_plan_crl
 from vpnctl.kube import CONFIG_MAP, MACHINE, SECRET, TUNNEL, Kube, KubeObject, ManualClock
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.revocations import IssuedCert
-from vpnctl.reconcile.samples import LAB_PODS_CIDR
 
 from .controllerfix import (
     FakeObservations,
     FakeTenantSide,
     all_connected,
     controller_settings,
-    create_tenant,
     events_for,
     running_controller,
     wait_condition,
@@ -289,7 +288,7 @@ async def test_a_revoked_serial_stays_in_the_crl_until_its_own_certificate_expir
     owner = TunnelOwner(namespace=namespace, cluster="keep", tunnel_uid=tunnel["metadata"]["uid"])
     store = RevocationStore(kube=kube, clock=clock, rng=random.Random(3))
     machines = [
-        samples.machine(name=f"m-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
+        capi.machine(name=f"m-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
         for i in (1, 2)
     ]
     cert = IssuedCert(serial=0x7E57, node="node-2", machine="m-2", not_after=start + 30 * DAY)

@@ -12,6 +12,12 @@ from collections.abc import AsyncGenerator
 import aiohttp
 import pytest
 
+from tests.support.capi import (
+    create_kubeconfig_secret,
+    create_machine,
+    create_tenant,
+    set_machine_status,
+)
 from tests.support.polling import aeventually
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.operator import ControllerSettings
@@ -31,12 +37,8 @@ from .controllerfix import (
     all_connected,
     condition,
     controller_settings,
-    create_kubeconfig_secret,
-    create_machine,
-    create_tenant,
     events_for,
     running_controller,
-    set_machine_status,
     wait_condition,
     wait_ready,
 )

@@ -48,7 +48,7 @@ from agent.desired import BootstrapSettings, ClientRoleConfig, Common, ProbeSett
 from agent.netlink import Kernel
 from agent.openvpn.config import ClientConfig
 from agent.roles.node import NodeRole
-from vpnctl.reconcile import samples
+from tests.support import capi
 from vpnctl.reconcile.csr import NODE_SIGNER, CSRDecision, csr_state, decide_csr, sign_node_csr
 from vpnctl.testenv import TenantCluster
 
@@ -59,8 +59,8 @@ pytestmark = pytest.mark.kube
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 CLUSTER = "tenant-a"
 MACHINES = [
-    samples.machine(name="m-1", cluster_name=CLUSTER, node="node-1", internal_ip="198.19.0.11"),
-    samples.machine(name="m-2", cluster_name=CLUSTER, node="node-2", internal_ip="198.19.0.12"),
+    capi.machine(name="m-1", cluster_name=CLUSTER, node="node-1", internal_ip="198.19.0.11"),
+    capi.machine(name="m-2", cluster_name=CLUSTER, node="node-2", internal_ip="198.19.0.12"),
 ]
 
 

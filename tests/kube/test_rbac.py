@@ -21,6 +21,7 @@ import pytest_asyncio
 import yaml
 
 import certs
+from tests.support.capi import create_tenant
 from tests.support.polling import aeventually
 from vpnctl.charts import REPO_CHARTS
 from vpnctl.controller.interfaces import TenantRef
@@ -47,8 +48,6 @@ from .controllerfix import (
     FakeTenantSide,
     all_connected,
     controller_settings,
-    create_tenant,
-    gc_knows_tunnels,  # noqa: F401
     running_controller,
     wait_ready,
 )
@@ -175,7 +174,7 @@ async def test_the_controller_runs_a_tenants_life_under_the_charts_rbac(
     controller_account: Kube,
     kube: Kube,  # noqa: F811
     namespace: str,
-    gc_knows_tunnels: None,  # noqa: F811
+    gc_knows_tunnels: None,
 ) -> None:
     tenant = TenantRef(namespace, "least")
     nodes = [f"least-node-{i}" for i in (1, 2)]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agent.desired import ClientRoleConfig, ServerRoleConfig, load_role_config, parse_desired
-from vpnctl.reconcile import samples
+from tests.support import capi
 from vpnctl.reconcile.agentdocs import (
     PROBE_PORT,
     ServerPaths,
@@ -32,12 +32,12 @@ NET = IPv4Network
 
 
 def lab_tenant(nodes: bool = True, extra: list[str] | None = None) -> TenantSpec:
-    t = samples.lab_tenant()
-    spec: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": samples.LAB_TUNNEL_CIDR}
+    t = capi.lab_tenant()
+    spec: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
     if extra:
         spec["extraRoutes"] = extra
     return parse_tenant(
-        tunnel=samples.tunnel(spec=spec),  # type: ignore[arg-type]
+        tunnel=capi.tunnel(spec=spec),  # type: ignore[arg-type]
         cluster=t.cluster,
         machines=t.machines,
         nodes=t.nodes if nodes else None,

@@ -13,9 +13,8 @@ import pytest
 import yaml
 
 import certs
-from tests.support import kubeconfigs
+from tests.support import capi, kubeconfigs
 from tests.support.secrets_scan import scan
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
 from vpnctl.reconcile.objects import (
     apiserver_client_secret,
@@ -37,7 +36,7 @@ NOW = datetime(2024, 5, 1, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def tenant() -> TenantSpec:
-    t = samples.lab_tenant()
+    t = capi.lab_tenant()
     return parse_tenant(tunnel=t.tunnel, cluster=t.cluster, machines=t.machines)
 
 
