@@ -47,6 +47,7 @@ def _metrics_total(dp: DataPlane, proc: Proc, name: str, **labels: str) -> float
 
 
 def _stays_up(proc: Proc, *, seconds: float) -> None:
+    """PROC alive, the same process, for SECONDS: a window on purpose (nothing happens)."""
     assert proc.popen is not None
     pid = proc.popen.pid
     deadline = time.monotonic() + seconds
@@ -103,7 +104,7 @@ def test_bad_certificate_material_is_reported_and_retried_on_change(
     proc = dataplane.start_agent(spare_dir.name, role="node", ns=dataplane.spare.ns, config=cfg)
 
     _status, body = eventually(
-        lambda: (r := _readyz(dataplane, proc))[0] == 503 and "material:" in r[1] and r,
+        lambda: r if (r := _readyz(dataplane, proc))[0] == 503 and "material:" in r[1] else None,
         what="/readyz to report the material",
         timeout=10,
     )
@@ -173,7 +174,11 @@ def test_garbage_on_the_management_socket(dataplane: DataPlane, spare_dir: Path)
     cfg = dataplane.spare_node_config(spare_dir.name, openvpn_binary=str(fake))
     proc = dataplane.start_agent(spare_dir.name, role="node", ns=dataplane.spare.ns, config=cfg)
     _status, body = eventually(
-        lambda: (r := _readyz(dataplane, proc))[0] == 503 and "management interface" in r[1] and r,
+        lambda: (
+            r
+            if (r := _readyz(dataplane, proc))[0] == 503 and "management interface" in r[1]
+            else None
+        ),
         what="/readyz to blame the management interface",
         timeout=15,
     )
@@ -221,7 +226,7 @@ def test_overlapping_cidrs_in_desired_state_keep_the_last_good_state(dataplane: 
     bad["clients"][1]["iroutes"].append(str(dataplane.plan.node_cidr))  # covers node-1's /32
     dataplane.write_desired(bad)
     status, body = eventually(
-        lambda: (r := dataplane.readyz("server"))[0] == 503 and "overlaps" in r[1] and r,
+        lambda: r if (r := dataplane.readyz("server"))[0] == 503 and "overlaps" in r[1] else None,
         what="/readyz to report the overlap",
         timeout=5,
     )
@@ -253,7 +258,7 @@ def test_bad_crl_keeps_the_installed_one(dataplane: DataPlane) -> None:
     for bad, expected in ((b"garbage\n", "CRL"), (foreign, "tenant-b")):
         dataplane.crl_source.write_bytes(bad)
         _status, body = eventually(
-            lambda: (r := dataplane.readyz("server"))[0] == 503 and "crl:" in r[1] and r,
+            lambda: r if (r := dataplane.readyz("server"))[0] == 503 and "crl:" in r[1] else None,
             what="/readyz to report the CRL",
             timeout=5,
         )

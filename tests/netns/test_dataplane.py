@@ -262,6 +262,7 @@ def test_client_without_valid_tls_crypt_v2_key_gets_no_tls_at_all(
 
 def test_connected_client_is_kicked_within_2s_of_its_revocation(dataplane: DataPlane) -> None:
     victim = dataplane.pki.clients["victim"]
+    revoked_before = list(dataplane.revoked)
     client = dataplane.raw_client("victim", dev="tun4")
     try:
         client_log = LogCursor(client.log)
@@ -281,7 +282,7 @@ def test_connected_client_is_kicked_within_2s_of_its_revocation(dataplane: DataP
         after_connect = LogCursor(client.log)
         server_log = LogCursor(dataplane.server_openvpn_log)
         started = time.monotonic()
-        dataplane.write_crl([*dataplane.revoked, victim.serial])
+        dataplane.write_crl([*revoked_before, victim.serial])
         after_connect.wait_for(r"RESTART|server-pushed-connection-reset|Connection reset|SIGUSR1",
                                timeout=2.0)  # fmt: skip
         elapsed = time.monotonic() - started
@@ -302,3 +303,4 @@ def test_connected_client_is_kicked_within_2s_of_its_revocation(dataplane: DataP
         assert m.get("vpnctl_agent_node_connected", node="victim") == 0
     finally:
         client.stop()
+        dataplane.write_crl(revoked_before)  # the shared data plane as it was

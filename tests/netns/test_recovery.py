@@ -67,10 +67,15 @@ def test_route_deleted_by_hand_is_restored_within_a_second(dataplane: DataPlane)
             gone = subprocess.run(["ip", "-n", ns, "route", "get", probe],
                                   capture_output=True, text=True, check=False)  # fmt: skip
             assert gone.returncode != 0, f"route to {probe} without tun0: {gone.stdout}"
+
+        def restored(ns: str = ns, dst: str = dst) -> bool:
+            return dst.split("/")[0] in ip_out("-n", ns, "route", "show", "dev", "tun0")
+
+        def counted(agent: str = agent, repairs: float = repairs) -> bool:
+            return dataplane.metrics(agent).total("vpnctl_agent_route_repairs_total") >= repairs + 1
+
         eventually(
-            lambda ns=ns, dst=dst: (
-                dst.split("/")[0] in ip_out("-n", ns, "route", "show", "dev", "tun0")
-            ),
+            restored,
             what=f"{agent}'s route {dst} back on tun0",
             timeout=1.5,
             interval=0.02,
@@ -79,9 +84,7 @@ def test_route_deleted_by_hand_is_restored_within_a_second(dataplane: DataPlane)
               f"{(time.monotonic() - deleted) * 1000:.0f} ms")  # fmt: skip
         assert "proto 211" in ip_out("-n", ns, "route", "show", dst)
         eventually(
-            lambda agent=agent, repairs=repairs: (
-                dataplane.metrics(agent).total("vpnctl_agent_route_repairs_total") >= repairs + 1
-            ),
+            counted,
             what=f"{agent} counts the repair",
             timeout=2,
         )
@@ -172,8 +175,9 @@ def test_server_sigkill_recovers(dataplane: DataPlane) -> None:
     )
 
 
+@pytest.mark.spoils_dataplane
 def test_sigterm_stops_gracefully(dataplane: DataPlane) -> None:
-    """Last in the module: SIGTERM ends each agent with exit 0, openvpn gone, firewall gone."""
+    """SIGTERM ends each agent with exit 0, openvpn gone, firewall gone."""
     plan = dataplane.plan
     n1 = dataplane.agent_nodes[0]
     for name, ns in (("server", plan.srv_ns), (n1.name, n1.ns)):
