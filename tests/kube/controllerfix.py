@@ -26,7 +26,7 @@ from tests.support.capi import create_kubeconfig_secret as create_kubeconfig_sec
 from tests.support.capi import create_machine as create_machine
 from tests.support.capi import create_tenant as create_tenant
 from tests.support.polling import aeventually
-from vpnctl.controller.interfaces import TenantRef, TenantSideResult
+from vpnctl.controller.interfaces import TenantRef, TenantSide, TenantSideResult
 from vpnctl.controller.operator import Controller, ControllerSettings
 from vpnctl.controller.tenant import TenantSettings
 from vpnctl.kube import (
@@ -249,7 +249,7 @@ async def running_controller(
     kube: Kube,
     settings: ControllerSettings,
     *,
-    side: FakeTenantSide,
+    side: TenantSide,
     observations: FakeObservations,
     watch_source: WatchSource | None = None,
     registry: CollectorRegistry | None = None,

@@ -94,7 +94,7 @@ async def test_exec_kubeconfig_is_refused_never_runs_and_nothing_leaks(
     settings = controller_settings(namespace)
     async with (
         real_tenant_side() as side,
-        running_controller(kube, settings, side=side, observations=observations),  # type: ignore[arg-type]
+        running_controller(kube, settings, side=side, observations=observations),
     ):
         await create_tenant(kube, namespace, "kc-evil", nodes=1, kubeconfig=False)
         await create_kubeconfig_secret(kube, namespace, "kc-evil", text=hostile)

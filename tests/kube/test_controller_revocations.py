@@ -261,7 +261,7 @@ async def test_a_deleted_revocation_book_is_recreated_from_the_crl_and_reported(
         book = await aeventually(recreated, timeout=10, what="revocation book re-created")
         doc = json.loads(book["data"]["revocations.json"])
         assert [r["serial"] for r in doc["revoked"]] == [format(revoked, "x")]
-        assert await _crl(kube, namespace, "book", ca_pem) == {revoked}
+        assert await _crl(kube, namespace, "book", ca_pem) == frozenset({revoked})
 
         async def warned() -> bool:
             events = await events_for(kube, namespace, name="book")

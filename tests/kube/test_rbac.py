@@ -48,6 +48,7 @@ from .controllerfix import (
     FakeTenantSide,
     all_connected,
     controller_settings,
+    gc_knows_tunnels,  # noqa: F401
     running_controller,
     wait_ready,
 )
@@ -174,7 +175,7 @@ async def test_the_controller_runs_a_tenants_life_under_the_charts_rbac(
     controller_account: Kube,
     kube: Kube,  # noqa: F811
     namespace: str,
-    gc_knows_tunnels: None,
+    gc_knows_tunnels: None,  # noqa: F811
 ) -> None:
     tenant = TenantRef(namespace, "least")
     nodes = [f"least-node-{i}" for i in (1, 2)]

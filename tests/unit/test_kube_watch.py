@@ -30,6 +30,7 @@ from vpnctl.kube import (
     WatchEvent,
     WatchMetrics,
 )
+from vpnctl.kube.watch import Transform
 
 HANG = "hang"  # a stream that stays open and quiet
 LIVE = "live"  # a stream that yields what the test puts in FakeSource.live
@@ -71,8 +72,17 @@ class FakeSource:
         self.live: asyncio.Queue[WatchEvent] = asyncio.Queue()
 
     async def list(
-        self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        transform: Transform | None = None,
     ) -> tuple[builtins.list[KubeObject], str]:
+        assert field_selector is None, "this fake serves plain lists"
+        assert transform is None, "this fake serves plain lists"
         self.list_calls += 1
         step = self.lists.pop(0)
         if isinstance(step, Exception):
@@ -87,7 +97,9 @@ class FakeSource:
         resource_version: str,
         timeout_seconds: int,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
+        assert field_selector is None, "this fake serves plain watches"
         self.watched_from.append(resource_version)
         script = self.streams.pop(0) if self.streams else HANG
         if isinstance(script, Exception):
@@ -329,13 +341,13 @@ class SelectingSource(FakeSource):
         self.list_options: builtins.list[dict[str, Any]] = []
         self.watch_options: builtins.list[dict[str, Any]] = []
 
-    async def list(  # type: ignore[override]
+    async def list(
         self, res: Resource, namespace: str | None = None, **options: Any
     ) -> tuple[builtins.list[KubeObject], str]:
         self.list_options.append(options)
         return await super().list(res, namespace)
 
-    def watch(  # type: ignore[override]
+    def watch(
         self, res: Resource, namespace: str | None = None, **options: Any
     ) -> AsyncGenerator[WatchEvent, None]:
         self.watch_options.append(options)

@@ -105,7 +105,7 @@ def test_refused_kubeconfig_forms_are_permanent_and_name_the_field(
     assert info.value.reason == "InvalidKubeconfig"
     where = "Secret tenant-a/tenant-a-kubeconfig"
     assert info.value.message.startswith(f"{where} is refused: {field} ")
-    secrets = {"key": material.client.key_pem, "token": kubeconfigs.TOKEN}
+    secrets: dict[str, str | bytes] = {"key": material.client.key_pem, "token": kubeconfigs.TOKEN}
     assert scan({"message": info.value.message, "repr": repr(info.value)}, secrets) == []
 
 

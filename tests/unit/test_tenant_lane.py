@@ -19,6 +19,10 @@ from vpnctl.controller.tenant_lane import Lane
 from vpnctl.kube import ManualClock
 
 
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
 class Recorder:
     def __init__(self) -> None:
         self.starts = 0
@@ -28,7 +32,7 @@ class Recorder:
 
     def start(self, lane: Lane) -> None:
         self.starts += 1
-        lane.spawn("watch", asyncio.Event().wait())
+        lane.spawn("watch", _forever())
         lane.spawn("loop", self._loop())
 
     async def _loop(self) -> None:
@@ -73,9 +77,11 @@ async def test_over_budget_anywhere_pauses_everything_and_it_all_restarts() -> N
             lane.spawn("late", asyncio.sleep(0))
         # After the pause, everything starts again.
         clock.advance(30.0)
-        await aeventually(
-            lambda: lane.running and len(lane.task_names()) == 2, what="restarted", interval=0
-        )
+
+        def restarted() -> bool:
+            return lane.running and len(lane.task_names()) == 2
+
+        await aeventually(restarted, what="restarted", interval=0)
         assert rec.starts == 2
         assert sorted(lane.task_names()) == ["tenant t/a loop", "tenant t/a watch"]
         # ensure() may stop it from outside (a tenant too slow to install into).
