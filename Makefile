@@ -18,7 +18,7 @@ test: deps k8s-bins image-tools node-tools node-bins lint
 
 lint: deps
 	.venv/bin/ruff check .
-	.venv/bin/mypy vpnctl agent certs telemetry
+	.venv/bin/mypy vpnctl agent certs telemetry tests bench
 	.venv/bin/lint-imports
 	.venv/bin/hadolint Dockerfile
 

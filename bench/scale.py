@@ -15,7 +15,6 @@ process's: the controller plus the small driver that creates the objects.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import os
 import platform
@@ -26,15 +25,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from prometheus_client import CollectorRegistry
 
+from tests.support.capi import create_tenant
 from tests.support.fake_tenant_side import FakeTenantSide
-from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.operator import Controller, ControllerSettings
 from vpnctl.controller.tenant import TenantSettings
-from vpnctl.kube import CLUSTER, MACHINE, SECRET, TUNNEL, Kube, SystemClock
+from vpnctl.kube import TUNNEL, Kube, SystemClock
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation
 
@@ -116,78 +114,6 @@ def machine_description() -> str:
     return f"{platform.system()} {platform.release()}, {cpus} CPUs{', ' + model if model else ''}"
 
 
-def _kubeconfig(cluster: str) -> str:
-    return yaml.safe_dump(
-        {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": cluster, "cluster": {"server": "https://198.18.0.2:6443"}}],
-            "users": [{"name": "admin", "user": {"token": "stand-in"}}],
-            "contexts": [{"name": "c", "context": {"cluster": cluster, "user": "admin"}}],
-            "current-context": "c",
-        }
-    )
-
-
-async def _create_tenant(kube: Kube, namespace: str, name: str, machines: int) -> None:
-    await kube.create(
-        CLUSTER,
-        {
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "clusterNetwork": {
-                    "pods": {"cidrBlocks": ["198.19.64.0/18"]},
-                    "services": {"cidrBlocks": ["198.19.192.0/20"]},
-                },
-                "controlPlaneEndpoint": {"host": "198.18.0.2", "port": 6443},
-            },
-        },
-    )
-    await kube.create(
-        SECRET,
-        {
-            "metadata": {
-                "name": f"{name}-kubeconfig",
-                "namespace": namespace,
-                "labels": {CAPI_CLUSTER_NAME_LABEL: name},
-            },
-            "data": {"value": base64.b64encode(_kubeconfig(name).encode()).decode()},
-        },
-    )
-    for i in range(1, machines + 1):
-        machine = f"{name}-md-{i}"
-        await kube.create(
-            MACHINE,
-            {
-                "metadata": {
-                    "name": machine,
-                    "namespace": namespace,
-                    "labels": {CAPI_CLUSTER_NAME_LABEL: name},
-                },
-                "spec": {
-                    "clusterName": name,
-                    "bootstrap": {"dataSecretName": f"{machine}-bootstrap"},
-                    "infrastructureRef": {
-                        "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1",
-                        "kind": "DockerMachine",
-                        "name": machine,
-                    },
-                },
-            },
-        )
-        await kube.apply_status(
-            MACHINE,
-            {
-                "metadata": {"name": machine, "namespace": namespace},
-                "status": {
-                    "nodeRef": {"apiVersion": "v1", "kind": "Node", "name": f"{name}-node-{i}"},
-                    "addresses": [{"type": "InternalIP", "address": f"198.19.0.{10 + i}"}],
-                },
-            },
-            field_manager="capi-stand-in",
-        )
-
-
 async def _ready_count(kube: Kube, namespace: str, machines: int) -> int:
     tunnels, _ = await kube.list(TUNNEL, namespace)
     count = 0
@@ -260,7 +186,7 @@ async def run_controller_scale(
 
         async def create(i: int) -> None:
             async with limit:
-                await _create_tenant(kube, namespace, f"bench-{i:03d}", machines)
+                await create_tenant(kube, namespace, f"bench-{i:03d}", nodes=machines)
 
         await asyncio.gather(*(create(i) for i in range(tenants)))
         created = time.monotonic() - started

@@ -74,7 +74,7 @@ def test_wheel_still_ships_the_product(wheel_names: list[str]) -> None:
     [
         ["-m", "vpnctl", "lab", "--help"],  # what `make lab` runs
         ["-m", "vpnctl.testenv.build", "--help"],  # what `make k8s-bins` runs
-        ["-c", "import vpnctl.reconcile.samples, vpnctl.lab.dataplane, vpnctl.testenv"],
+        ["-c", "import vpnctl.lab.dataplane, vpnctl.testenv"],
     ],
 )
 def test_the_checkout_keeps_the_lab_and_testenv(argv: list[str]) -> None:

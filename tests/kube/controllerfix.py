@@ -11,9 +11,7 @@ too) and is re-exported here, where the tests import it from.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import inspect
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -21,20 +19,22 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest_asyncio
-import yaml
 from prometheus_client import CollectorRegistry
 
+from tests.support.capi import (  # re-exported for test_tenant_budgets until its owner switches
+    create_cluster as create_cluster,
+)
+from tests.support.capi import create_kubeconfig_secret as create_kubeconfig_secret
+from tests.support.capi import create_machine as create_machine
+from tests.support.capi import create_tenant as create_tenant
 from tests.support.fake_tenant_side import EnsureCall as EnsureCall
 from tests.support.fake_tenant_side import FakeTenantSide as FakeTenantSide
-from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
+from tests.support.polling import aeventually
 from vpnctl.controller.interfaces import TenantRef, TenantSide
 from vpnctl.controller.operator import Controller, ControllerSettings
 from vpnctl.controller.tenant import TenantSettings
 from vpnctl.kube import (
-    CLUSTER,
     CONFIG_MAP,
-    MACHINE,
-    SECRET,
     TUNNEL,
     Kube,
     KubeObject,
@@ -42,7 +42,6 @@ from vpnctl.kube import (
     WatchSource,
     connect,
 )
-from vpnctl.reconcile.samples import LAB_PODS_CIDR, LAB_SERVICES_CIDR
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation
 from vpnctl.testenv import ServiceCluster
@@ -127,6 +126,44 @@ class Running:
     def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, dict(labels or {})) or 0.0
 
+    def reconciles_ok(self) -> float:
+        return self.metric("vpnctl_reconciles_total", {"result": "ok"})
+
+    def writes(self) -> float:
+        """Every write to the service cluster the controller counted (all kinds)."""
+        return sum(
+            sample.value
+            for family in self.registry.collect()
+            if family.name == "vpnctl_writes"
+            for sample in family.samples
+            if sample.name == "vpnctl_writes_total"
+        )
+
+    async def wait_reconciles(self, count: int, *, timeout: float = 20.0) -> None:
+        """Until COUNT more reconciles have finished ok (on a quiet world: resyncs)."""
+        target = self.reconciles_ok() + count
+        await aeventually(
+            lambda: self.reconciles_ok() >= target,
+            what=f"{count} more ok reconciles (now {self.reconciles_ok()})",
+            timeout=timeout,
+            interval=0.05,
+        )
+
+    async def wait_settled(self, *, quiet_reconciles: int = 2, timeout: float = 20.0) -> None:
+        """Until QUIET_RECONCILES reconciles in a row wrote nothing: the controller's own
+        last writes (and the watch events they caused) are behind it."""
+        mark = (self.writes(), self.reconciles_ok())
+
+        def settled() -> bool:
+            nonlocal mark
+            writes, reconciles = self.writes(), self.reconciles_ok()
+            if writes != mark[0]:
+                mark = (writes, reconciles)
+                return False
+            return reconciles - mark[1] >= quiet_reconciles
+
+        await aeventually(settled, what="reconciles that write nothing", timeout=timeout)
+
 
 @contextlib.asynccontextmanager
 async def running_controller(
@@ -169,157 +206,10 @@ async def running_controller(
 
 
 async def wait_for(
-    probe: Callable[[], Any],
-    *,
-    timeout: float = 20.0,
-    interval: float = 0.1,
-    what: str = "condition",
+    probe: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.1, what: str
 ) -> Any:
-    """Poll ``probe`` (sync or async) until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        result = probe()
-        if inspect.isawaitable(result):
-            result = await result
-        last = result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(interval)
-
-
-# --- CAPI objects as a provider would write them ----------------------------------------------
-
-
-async def create_cluster(
-    kube: Kube,
-    namespace: str,
-    name: str,
-    *,
-    pods: Sequence[str] | None = (LAB_PODS_CIDR,),
-    services: Sequence[str] | None = (LAB_SERVICES_CIDR,),
-    annotations: Mapping[str, str] | None = None,
-    kubeconfig: bool = True,
-) -> KubeObject:
-    spec: dict[str, Any] = {"controlPlaneEndpoint": {"host": "198.18.0.2", "port": 6443}}
-    if pods is not None or services is not None:
-        network: dict[str, Any] = {}
-        if pods is not None:
-            network["pods"] = {"cidrBlocks": list(pods)}
-        if services is not None:
-            network["services"] = {"cidrBlocks": list(services)}
-        spec["clusterNetwork"] = network
-    meta: dict[str, Any] = {"name": name, "namespace": namespace}
-    if annotations:
-        meta["annotations"] = dict(annotations)
-    cluster = await kube.create(CLUSTER, {"metadata": meta, "spec": spec})
-    if kubeconfig:
-        await create_kubeconfig_secret(kube, namespace, name)
-    return cluster
-
-
-def kubeconfig_text(cluster: str, server: str = "https://198.18.0.2:6443") -> str:
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": cluster, "cluster": {"server": server}}],
-        "users": [{"name": "admin", "user": {"token": "not-a-real-token"}}],
-        "contexts": [
-            {"name": "admin@" + cluster, "context": {"cluster": cluster, "user": "admin"}}
-        ],
-        "current-context": "admin@" + cluster,
-    }
-    return yaml.safe_dump(doc)
-
-
-async def create_kubeconfig_secret(
-    kube: Kube, namespace: str, cluster: str, *, text: str | None = None
-) -> KubeObject:
-    value = text if text is not None else kubeconfig_text(cluster)
-    return await kube.apply(
-        SECRET,
-        {
-            "metadata": {
-                "name": f"{cluster}-kubeconfig",
-                "namespace": namespace,
-                "labels": {CAPI_CLUSTER_NAME_LABEL: cluster},
-            },
-            "type": "cluster.x-k8s.io/secret",
-            "data": {"value": base64.b64encode(value.encode()).decode()},
-        },
-        field_manager="capi-fake",
-    )
-
-
-async def create_machine(
-    kube: Kube,
-    namespace: str,
-    name: str,
-    *,
-    cluster: str,
-    node: str | None,
-    internal_ip: str | None,
-) -> KubeObject:
-    await kube.create(
-        MACHINE,
-        {
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {CAPI_CLUSTER_NAME_LABEL: cluster},
-            },
-            "spec": {
-                "clusterName": cluster,
-                "bootstrap": {"dataSecretName": f"{name}-bootstrap"},
-                "infrastructureRef": {
-                    "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1",
-                    "kind": "DockerMachine",
-                    "name": name,
-                },
-            },
-        },
-    )
-    return await set_machine_status(kube, namespace, name, node=node, internal_ip=internal_ip)
-
-
-async def set_machine_status(
-    kube: Kube, namespace: str, name: str, *, node: str | None, internal_ip: str | None
-) -> KubeObject:
-    status: dict[str, Any] = {}
-    if node is not None:
-        status["nodeRef"] = {"apiVersion": "v1", "kind": "Node", "name": node}
-    if internal_ip is not None:
-        status["addresses"] = [
-            {"type": "InternalIP", "address": internal_ip},
-            {"type": "Hostname", "address": node or name},
-        ]
-    return await kube.apply_status(
-        MACHINE,
-        {"metadata": {"name": name, "namespace": namespace}, "status": status},
-        field_manager="capi-fake",
-    )
-
-
-async def create_tenant(
-    kube: Kube, namespace: str, name: str, *, nodes: int = 3, **cluster_options: Any
-) -> list[str]:
-    """A Cluster with ``nodes`` joined Machines (node-<i> at 198.19.0.(10+i)); node names."""
-    await create_cluster(kube, namespace, name, **cluster_options)
-    names = []
-    for i in range(1, nodes + 1):
-        node = f"{name}-node-{i}"
-        await create_machine(
-            kube,
-            namespace,
-            f"{name}-md-{i}",
-            cluster=name,
-            node=node,
-            internal_ip=f"198.19.0.{10 + i}",
-        )
-        names.append(node)
-    return names
+    """``aeventually`` with this module's old defaults, for test files not yet switched."""
+    return await aeventually(probe, timeout=timeout, interval=interval, what=what)
 
 
 async def tunnel(kube: Kube, namespace: str, name: str) -> KubeObject | None:
@@ -356,7 +246,7 @@ async def wait_ready(
             return None
         return obj
 
-    found: KubeObject = await wait_for(
+    found: KubeObject = await aeventually(
         ready, timeout=timeout, what=f"Tunnel {namespace}/{name} Ready"
     )
     return found
@@ -381,7 +271,7 @@ async def wait_condition(
             return None
         return obj
 
-    found: KubeObject = await wait_for(
+    found: KubeObject = await aeventually(
         probe, timeout=timeout, what=f"{type_}={status} ({reason}) on Tunnel {namespace}/{name}"
     )
     return found

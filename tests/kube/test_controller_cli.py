@@ -13,6 +13,8 @@ import time
 import aiohttp
 import pytest
 
+from tests.support.capi import create_kubeconfig_secret, create_tenant
+from tests.support.polling import aeventually
 from vpnctl.controller import cli
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import LEASE, Kube
@@ -24,11 +26,8 @@ from .controllerfix import (
     FakeTenantSide,
     all_connected,
     controller_settings,
-    create_kubeconfig_secret,
-    create_tenant,
     running_controller,
     wait_condition,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -110,7 +109,7 @@ async def test_vpnctl_run_serves_health_reconciles_and_stops_on_sigterm(
             except aiohttp.ClientError:
                 return False
 
-        await wait_for(healthz, timeout=30, interval=0.2, what="vpnctl run /healthz")
+        await aeventually(healthz, timeout=30, interval=0.2, what="vpnctl run /healthz")
         # A tenant whose apiserver is nowhere (a closed port on loopback): the real tenant
         # side says so, the service side is built all the same.
         await create_tenant(kube, namespace, "cli", nodes=1, kubeconfig=False)
@@ -157,6 +156,6 @@ async def test_vpnctl_run_serves_health_reconciles_and_stops_on_sigterm(
 
 
 def _kubeconfig(server: str) -> str:
-    from .controllerfix import kubeconfig_text
+    from tests.support.capi import kubeconfig_text
 
     return kubeconfig_text("cli", server=server)

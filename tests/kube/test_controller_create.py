@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 
 import pytest
 
 import certs
+from tests.support.capi import create_tenant
+from tests.support.polling import aeventually
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import CONFIG_MAP, DEPLOYMENT, SECRET, SERVICE, TUNNEL, Kube
 from vpnctl.testenv import ServiceCluster
@@ -16,13 +17,10 @@ from vpnctl.testenv import ServiceCluster
 from .controllerfix import (
     FakeObservations,
     FakeTenantSide,
-    Running,
     all_connected,
     condition,
     controller_settings,
-    create_tenant,
     running_controller,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -157,29 +155,19 @@ async def test_resync_of_an_unchanged_world_writes_nothing(
     ) as run:
         await create_tenant(kube, namespace, "calm")
         await wait_ready(kube, namespace, "calm", nodes=3, connected=3)
-        await asyncio.sleep(1.5)  # let the events of our own last writes settle
+        await run.wait_settled()  # the events of our own last writes are behind us
         before = await _versions(kube, namespace)
-        writes_before = _writes(run)
-        reconciles_before = run.metric("vpnctl_reconciles_total", {"result": "ok"})
-        await asyncio.sleep(3.0)  # six resync periods
+        writes_before = run.writes()
+        reconciles_before = run.reconciles_ok()
+        await run.wait_reconciles(6)  # six resyncs (period 0.5 s), nothing else moves
         after = await _versions(kube, namespace)
-        writes_after = _writes(run)
-        reconciles_after = run.metric("vpnctl_reconciles_total", {"result": "ok"})
-    assert reconciles_after - reconciles_before >= 4  # the resyncs did run
+        writes_after = run.writes()
+        reconciles_after = run.reconciles_ok()
+    assert reconciles_after - reconciles_before >= 6  # the resyncs did run
     changed = {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys()
                if before.get(k) != after.get(k)}  # fmt: skip
     assert changed == {}
     assert writes_after == writes_before
-
-
-def _writes(run: Running) -> float:
-    return sum(
-        sample.value
-        for family in run.registry.collect()
-        if family.name == "vpnctl_writes"
-        for sample in family.samples
-        if sample.name == "vpnctl_writes_total"
-    )
 
 
 async def test_a_cluster_can_opt_out_of_the_automatic_tunnel(
@@ -196,7 +184,9 @@ async def test_a_cluster_can_opt_out_of_the_automatic_tunnel(
         await create_tenant(kube, namespace, "in", nodes=1)
         await wait_ready(kube, namespace, "in", nodes=1)
         # The opted-out Cluster was seen (its key reconciled) and got nothing.
-        await wait_for(lambda: TenantRef(namespace, "out") in side.forgotten, what="out seen")
+        await aeventually(
+            lambda: TenantRef(namespace, "out") in side.forgotten, what="out seen", timeout=20
+        )
         assert await kube.get(TUNNEL, "out", namespace) is None
         assert await kube.get(SECRET, "out-vpn-ca", namespace) is None
         # A Tunnel made by hand for it is served like any other.

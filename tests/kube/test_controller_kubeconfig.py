@@ -22,6 +22,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from tests.support import kubeconfigs
+from tests.support.capi import create_kubeconfig_secret, create_tenant
+from tests.support.polling import aeventually
 from tests.support.secrets_scan import scan
 from vpnctl.controller.tenant_side import KubeTenantSide
 from vpnctl.kube import SECRET, TUNNEL, Kube, SystemClock
@@ -32,12 +34,9 @@ from .controllerfix import (
     all_connected,
     condition,
     controller_settings,
-    create_kubeconfig_secret,
-    create_tenant,
     events_for,
     running_controller,
     wait_condition,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -82,9 +81,7 @@ async def test_exec_kubeconfig_is_refused_never_runs_and_nothing_leaks(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    cluster, evil_cluster = await asyncio.gather(
-        tenant_cluster_factory(), tenant_cluster_factory()
-    )
+    cluster, evil_cluster = await asyncio.gather(tenant_cluster_factory(), tenant_cluster_factory())
     good = kubeconfigs.inlined(cluster.kubeconfig_path)
     evil_fixed = kubeconfigs.inlined(evil_cluster.kubeconfig_path)
     # Valid credentials for its own cluster, plus an exec plugin that leaves a marker.
@@ -97,7 +94,7 @@ async def test_exec_kubeconfig_is_refused_never_runs_and_nothing_leaks(
     settings = controller_settings(namespace)
     async with (
         real_tenant_side() as side,
-        running_controller(kube, settings, side=side, observations=observations),  # type: ignore[arg-type]
+        running_controller(kube, settings, side=side, observations=observations),
     ):
         await create_tenant(kube, namespace, "kc-evil", nodes=1, kubeconfig=False)
         await create_kubeconfig_secret(kube, namespace, "kc-evil", text=hostile)
@@ -121,7 +118,7 @@ async def test_exec_kubeconfig_is_refused_never_runs_and_nothing_leaks(
             events = await events_for(kube, namespace, name="kc-evil")
             return [e for e in events if e.get("reason") == "InvalidKubeconfig"]
 
-        events = await wait_for(refusal_events, what="InvalidKubeconfig Events")
+        events = await aeventually(refusal_events, what="InvalidKubeconfig Events", timeout=20)
         # One per condition that turned False (AgentInstalled, and Ready with it), not
         # one per retry: the refusal is permanent until the Secret changes.
         messages = sorted(_message(e).split(":")[0] for e in events)

@@ -3,10 +3,8 @@ references, and signing approved CertificateSigningRequests with the cluster CA.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import time
 import uuid
 
 import pytest
@@ -15,21 +13,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.polling import aeventually
 from vpnctl.testenv import KubectlError, ServiceCluster
 
 pytestmark = pytest.mark.kube
 
 
-async def _gone(cluster: ServiceCluster, *args: str, deadline_s: float) -> bool:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        try:
-            await cluster.kubectl("get", *args, "-o", "name")
-        except KubectlError as exc:
-            if "NotFound" in exc.stderr:
-                return True
-            raise
-        await asyncio.sleep(0.5)
+async def _gone(cluster: ServiceCluster, *args: str) -> bool:
+    try:
+        await cluster.kubectl("get", *args, "-o", "name")
+    except KubectlError as exc:
+        if "NotFound" in exc.stderr:
+            return True
+        raise
     return False
 
 
@@ -54,7 +50,12 @@ async def test_owner_reference_garbage_collection(
     }
     await service_cluster.kubectl("create", "-f", "-", input=json.dumps(dependent))
     await service_cluster.kubectl("delete", "configmap", "owner", "-n", namespace)
-    assert await _gone(service_cluster, "configmap", "dependent", "-n", namespace, deadline_s=90)
+    await aeventually(
+        lambda: _gone(service_cluster, "configmap", "dependent", "-n", namespace),
+        what="the dependent ConfigMap garbage-collected",
+        timeout=90,
+        interval=0.5,
+    )
 
 
 async def test_namespace_deletion_completes(service_cluster: ServiceCluster) -> None:
@@ -62,7 +63,12 @@ async def test_namespace_deletion_completes(service_cluster: ServiceCluster) -> 
     await service_cluster.kubectl("create", "namespace", doomed)
     await service_cluster.kubectl("create", "configmap", "x", "-n", doomed)
     await service_cluster.kubectl("delete", "namespace", doomed, "--wait=false")
-    assert await _gone(service_cluster, "namespace", doomed, deadline_s=90)
+    await aeventually(
+        lambda: _gone(service_cluster, "namespace", doomed),
+        what=f"namespace {doomed} finalized",
+        timeout=90,
+        interval=0.5,
+    )
 
 
 async def test_approved_client_csr_is_signed_by_cluster_ca(
@@ -96,15 +102,14 @@ async def test_approved_client_csr_is_signed_by_cluster_ca(
     await service_cluster.kubectl("create", "-f", "-", input=json.dumps(obj))
     try:
         await service_cluster.kubectl("certificate", "approve", name)
-        deadline = time.monotonic() + 60
-        issued = ""
-        while not issued and time.monotonic() < deadline:
-            issued = await service_cluster.kubectl(
+        issued = await aeventually(
+            lambda: service_cluster.kubectl(
                 "get", "csr", name, "-o", "jsonpath={.status.certificate}"
-            )
-            if not issued:
-                await asyncio.sleep(0.3)
-        assert issued, "kube-controller-manager did not sign the approved CSR within 60s"
+            ),
+            what="kube-controller-manager to sign the approved CSR",
+            timeout=60,
+            interval=0.3,
+        )
         cert = x509.load_pem_x509_certificate(base64.b64decode(issued))
         ca = x509.load_pem_x509_certificate(service_cluster.ca_pem)
         cert.verify_directly_issued_by(ca)

@@ -16,24 +16,23 @@ from typing import Any
 import pytest
 
 import certs
+from tests.support import capi
+from tests.support.capi import LAB_PODS_CIDR, create_tenant
+from tests.support.polling import aeventually
 from vpnctl.controller import pki
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.revocations import RevocationStore, TunnelOwner, revoke_and_plan_crl
 from vpnctl.kube import CONFIG_MAP, MACHINE, SECRET, TUNNEL, Kube, KubeObject, ManualClock
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.revocations import IssuedCert
-from vpnctl.reconcile.samples import LAB_PODS_CIDR
 
 from .controllerfix import (
     FakeObservations,
     FakeTenantSide,
     all_connected,
     controller_settings,
-    create_tenant,
     events_for,
     running_controller,
     wait_condition,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -78,7 +77,7 @@ async def _revoked(
         crl = await _crl(kube, namespace, name, ca_pem)
         return crl if crl is not None and serials <= crl else None
 
-    found: frozenset[int] = await wait_for(listed, timeout=10, interval=0.05, what=what)
+    found: frozenset[int] = await aeventually(listed, timeout=10, interval=0.05, what=what)
     return found
 
 
@@ -115,7 +114,7 @@ async def test_a_deleted_server_configmap_never_unrevokes(
             fresh = cm is not None and cm["metadata"]["uid"] != old["metadata"]["uid"]
             return cm if fresh else None
 
-        cm = await wait_for(back, timeout=10, what="server ConfigMap re-created")
+        cm = await aeventually(back, timeout=10, what="server ConfigMap re-created")
         crl = pki.read_crl(cm["data"]["crl.pem"].encode(), ca_pem=ca_pem)
         assert set(crl.revoked) == {revoked}
         assert crl.number > number  # numbers never restart
@@ -177,7 +176,7 @@ async def test_revocation_goes_on_while_the_spec_is_invalid(
             cm = await kube.get(CONFIG_MAP, "inval-vpn-server", namespace)
             return _clients(cm) == ["inval-node-1", "inval-node-3"]
 
-        await wait_for(ccd_gone, timeout=10, what="node-2 out of desired.json")
+        await aeventually(ccd_gone, timeout=10, what="node-2 out of desired.json")
         # The CSR signer was told the Machines of now, without ensure().
         latest = [names for t, names in side.machine_lists if t == tenant][-1]
         assert latest == ("inval-md-1", "inval-md-3")
@@ -218,7 +217,7 @@ async def test_a_vanished_ca_secret_is_an_alarm_not_a_new_ca(
             events = await events_for(kube, namespace, name="lostca")
             return any(e.get("reason") == "CASecretMissing" for e in events)
 
-        await wait_for(warned, timeout=10, what="CASecretMissing Event")
+        await aeventually(warned, timeout=10, what="CASecretMissing Event")
         # No new CA, and the server certificate of the old one is left alone.
         assert await kube.get(SECRET, "lostca-vpn-ca", namespace) is None
         again = await kube.get(SECRET, "lostca-vpn-server-tls", namespace)
@@ -259,16 +258,16 @@ async def test_a_deleted_revocation_book_is_recreated_from_the_crl_and_reported(
                 cm if cm is not None and cm["metadata"]["uid"] != old["metadata"]["uid"] else None
             )
 
-        book = await wait_for(recreated, timeout=10, what="revocation book re-created")
+        book = await aeventually(recreated, timeout=10, what="revocation book re-created")
         doc = json.loads(book["data"]["revocations.json"])
         assert [r["serial"] for r in doc["revoked"]] == [format(revoked, "x")]
-        assert await _crl(kube, namespace, "book", ca_pem) == {revoked}
+        assert await _crl(kube, namespace, "book", ca_pem) == frozenset({revoked})
 
         async def warned() -> bool:
             events = await events_for(kube, namespace, name="book")
             return any(e.get("reason") == "RevocationsRecreated" for e in events)
 
-        await wait_for(warned, timeout=10, what="RevocationsRecreated Event")
+        await aeventually(warned, timeout=10, what="RevocationsRecreated Event")
 
 
 async def test_a_revoked_serial_stays_in_the_crl_until_its_own_certificate_expires(
@@ -289,7 +288,7 @@ async def test_a_revoked_serial_stays_in_the_crl_until_its_own_certificate_expir
     owner = TunnelOwner(namespace=namespace, cluster="keep", tunnel_uid=tunnel["metadata"]["uid"])
     store = RevocationStore(kube=kube, clock=clock, rng=random.Random(3))
     machines = [
-        samples.machine(name=f"m-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
+        capi.machine(name=f"m-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
         for i in (1, 2)
     ]
     cert = IssuedCert(serial=0x7E57, node="node-2", machine="m-2", not_after=start + 30 * DAY)

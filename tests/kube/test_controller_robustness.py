@@ -12,6 +12,13 @@ from collections.abc import AsyncGenerator
 import aiohttp
 import pytest
 
+from tests.support.capi import (
+    create_kubeconfig_secret,
+    create_machine,
+    create_tenant,
+    set_machine_status,
+)
+from tests.support.polling import aeventually
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.operator import ControllerSettings
 from vpnctl.kube import (
@@ -23,6 +30,7 @@ from vpnctl.kube import (
     Resource,
     WatchEvent,
 )
+from vpnctl.kube.watch import Transform
 
 from .controllerfix import (
     FakeObservations,
@@ -30,14 +38,9 @@ from .controllerfix import (
     all_connected,
     condition,
     controller_settings,
-    create_kubeconfig_secret,
-    create_machine,
-    create_tenant,
     events_for,
     running_controller,
-    set_machine_status,
     wait_condition,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -76,7 +79,7 @@ async def test_leader_failover_after_a_crash_and_handover_on_shutdown(
         side=side_a,
         observations=observations,
     ) as a:
-        await wait_for(lambda: a.controller.is_leader, what="replica-a leading")
+        await aeventually(lambda: a.controller.is_leader, what="replica-a leading", timeout=20)
         await create_tenant(kube, namespace, "lead", nodes=1)
         await wait_ready(kube, namespace, "lead", nodes=1)
         async with running_controller(
@@ -85,7 +88,9 @@ async def test_leader_failover_after_a_crash_and_handover_on_shutdown(
             side=side_b,
             observations=observations,
         ) as b:
-            await asyncio.sleep(2.5)  # b has tried at least once
+            # A standby staying standby shows nothing to wait for (its elector is internal
+            # to the controller): 2.5 s is more than the 2 s retry period, so b has tried.
+            await asyncio.sleep(2.5)
             assert not b.controller.is_leader
             assert side_b.calls == []  # a standby reconciles nothing
             status, _ = await _get(b.controller.health.url + "/healthz")
@@ -95,8 +100,9 @@ async def test_leader_failover_after_a_crash_and_handover_on_shutdown(
             crashed = time.monotonic()
             a.task.cancel()
             await asyncio.gather(a.task, return_exceptions=True)
-            await wait_for(lambda: b.controller.is_leader, timeout=20, interval=0.05,
-                           what="replica-b leading")  # fmt: skip
+            await aeventually(
+                lambda: b.controller.is_leader, timeout=20, interval=0.05, what="replica-b leading"
+            )
             failover = time.monotonic() - crashed
             await create_tenant(kube, namespace, "after", nodes=1)
             await wait_ready(kube, namespace, "after", nodes=1)
@@ -111,12 +117,16 @@ async def test_leader_failover_after_a_crash_and_handover_on_shutdown(
                 side=side_c,
                 observations=observations,
             ) as c:
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # as above: c starts, and does not take over
                 assert not c.controller.is_leader
                 stopped = time.monotonic()
                 await b.shutdown()
-                await wait_for(lambda: c.controller.is_leader, timeout=10, interval=0.05,
-                               what="replica-c leading")  # fmt: skip
+                await aeventually(
+                    lambda: c.controller.is_leader,
+                    timeout=10,
+                    interval=0.05,
+                    what="replica-c leading",
+                )
                 handover = time.monotonic() - stopped
                 await create_tenant(kube, namespace, "later", nodes=1)
                 await wait_ready(kube, namespace, "later", nodes=1)
@@ -145,9 +155,23 @@ class GoneOnceThenFreezable:
         self.thawed = asyncio.Event()
 
     async def list(
-        self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        transform: Transform | None = None,
     ) -> tuple[builtins.list[KubeObject], str]:
-        return await self.kube.list(res, namespace, label_selector=label_selector)
+        return await self.kube.list(
+            res,
+            namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            page_size=page_size,
+            transform=transform,
+        )
 
     async def watch(
         self,
@@ -157,6 +181,7 @@ class GoneOnceThenFreezable:
         resource_version: str,
         timeout_seconds: int,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         if res == TUNNEL:
             self.tunnel_watches += 1
@@ -171,6 +196,7 @@ class GoneOnceThenFreezable:
             resource_version=resource_version,
             timeout_seconds=timeout_seconds,
             label_selector=label_selector,
+            field_selector=field_selector,
         ):
             if event["type"] == "ERROR" and event["object"].get("code") == 410:
                 self.saw_410 = True
@@ -217,7 +243,7 @@ async def test_a_410_relists_and_watch_liveness_feeds_healthz(
             status, body = await _get(url + "/healthz")
             return body if status == 503 else None
 
-        body = await wait_for(unhealthy, timeout=15, interval=0.2, what="/healthz 503")
+        body = await aeventually(unhealthy, timeout=15, interval=0.2, what="/healthz 503")
         assert "machines.cluster.x-k8s.io" in body
         assert "tunnels" not in body  # the others stream on
         # ...and passes again once it streams.
@@ -227,7 +253,7 @@ async def test_a_410_relists_and_watch_liveness_feeds_healthz(
         async def healthy() -> bool:
             return (await _get(url + "/healthz"))[0] == 200
 
-        await wait_for(healthy, timeout=10, interval=0.2, what="/healthz 200")
+        await aeventually(healthy, timeout=10, interval=0.2, what="/healthz 200")
 
 
 # --- bad input ----------------------------------------------------------------------------
@@ -271,7 +297,9 @@ async def test_bad_input_becomes_conditions_and_events_and_others_carry_on(
         assert ready is not None
         assert "100.127.255.0/24 overlaps" in ready["message"]
         assert "spec.tunnelCIDR" in ready["message"]
-        await wait_ready(kube, namespace, "fine", nodes=2)  # Ready amid the bad ones
+        fine = await wait_ready(kube, namespace, "fine", nodes=2)  # Ready amid the bad ones
+        fine_ready_since = (condition(fine, "Ready") or {}).get("lastTransitionTime")
+        assert fine_ready_since
         await wait_condition(kube, namespace, "nonet", "Ready", status="False",
                              reason="MissingClusterNetwork")  # fmt: skip
         await wait_condition(kube, namespace, "nokc", "AgentInstalled", status="False",
@@ -291,6 +319,8 @@ async def test_bad_input_becomes_conditions_and_events_and_others_carry_on(
         # The unreachable tenant is retried, with backoff (not in a tight loop).
         unreach = TenantRef(namespace, "unreach")
         first = side.ensures(unreach)
+        # A rate over a fixed window is the point here (retried, but backed off), so this
+        # one waits by the clock.
         await asyncio.sleep(3.0)
         retries = side.ensures(unreach) - first
         assert 1 <= retries <= 8, retries
@@ -320,6 +350,9 @@ async def test_bad_input_becomes_conditions_and_events_and_others_carry_on(
         assert pki is not None
         assert "restore the Secret" in pki["message"]
         assert "BEGIN" not in pki["message"]  # no key material in status
+        # Nothing to observe: a re-issue would be a write that did not happen. The pass
+        # that reported the condition has finished; this gives the one its own status
+        # write triggers (a Tunnel watch event) time to run too.
         await asyncio.sleep(1.0)
         still = await kube.get(SECRET, "corrupt-vpn-ca", namespace)
         assert still is not None
@@ -338,6 +371,11 @@ async def test_bad_input_becomes_conditions_and_events_and_others_carry_on(
         fine_ready = condition(await kube.get(TUNNEL, "fine", namespace), "Ready")
         assert fine_ready is not None
         assert fine_ready["status"] == "True", fine_ready
+        # ...and never left it: the condition has not transitioned since it first was True.
+        assert fine_ready["lastTransitionTime"] == fine_ready_since, fine_ready
+        assert "Warning" not in {
+            str(e.get("type")) for e in await events_for(kube, namespace, name="fine")
+        }
         await wait_ready(kube, namespace, "fine", nodes=2)
         await create_tenant(kube, namespace, "newcomer", nodes=2)
         await wait_ready(kube, namespace, "newcomer", nodes=2)
@@ -367,6 +405,8 @@ async def test_bad_input_becomes_conditions_and_events_and_others_carry_on(
             allocations = (tunnel or {}).get("status", {}).get("allocations", [])
             return sorted(a["node"] for a in allocations) == ["noaddr-node-1", "noaddr-node-2"]
 
-        await wait_for(both_allocated, what="noaddr's second node allocated a tunnel IP")
+        await aeventually(
+            both_allocated, what="noaddr's second node allocated a tunnel IP", timeout=20
+        )
         metrics = (await _get(run.controller.health.url + "/metrics"))[1]
         assert 'vpnctl_tenants{condition="Ready",status="False"} 2.0' in metrics  # overlap, nonet

@@ -8,11 +8,11 @@ a resync must not write again.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from vpnctl.kube import DEPLOYMENT, Kube
+from tests.support.capi import create_tenant
+from tests.support.polling import aeventually
+from vpnctl.kube import DEPLOYMENT, Kube, KubeObject
 from vpnctl.reconcile.objects import (
     APISERVER_CONTAINER,
     ATTACH_SIDECAR_LABEL,
@@ -24,9 +24,7 @@ from .controllerfix import (
     FakeTenantSide,
     all_connected,
     controller_settings,
-    create_tenant,
     running_controller,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -77,20 +75,30 @@ async def test_labelled_apiserver_deployment_gets_the_sidecar_and_keeps_its_own_
     async with running_controller(
         kube, settings, side=FakeTenantSide(), observations=FakeObservations(
             default=all_connected(nodes))
-    ):  # fmt: skip
+    ) as run:  # fmt: skip
         await create_tenant(kube, namespace, "side", nodes=2)
         await wait_ready(kube, namespace, "side", nodes=2, connected=2)
 
-        async def attached() -> dict[str, object] | None:
+        async def attached() -> KubeObject | None:
             live = await kube.get(DEPLOYMENT, "side-kube-apiserver", namespace)
             assert live is not None
             names = [c["name"] for c in live["spec"]["template"]["spec"]["containers"]]
             return live if APISERVER_CONTAINER in names else None
 
-        live = await wait_for(attached, what="sidecar attached")
+        live = await aeventually(attached, what="sidecar attached", timeout=20)
         generation = live["metadata"]["generation"]
-        await asyncio.sleep(2.0)  # four resync periods
+        await run.wait_settled()
+        deployment_writes = run.metric(
+            "vpnctl_writes_total", {"kind": "apply", "resource": DEPLOYMENT.label}
+        )
+        reconciles = run.reconciles_ok()
+        # Four resyncs (period 0.5 s): each one lists the labelled Deployments again.
+        await run.wait_reconciles(4)
         again = await kube.get(DEPLOYMENT, "side-kube-apiserver", namespace)
+        resynced = run.reconciles_ok() - reconciles
+        deployment_writes_after = run.metric(
+            "vpnctl_writes_total", {"kind": "apply", "resource": DEPLOYMENT.label}
+        )
 
     template = live["spec"]["template"]
     containers = {c["name"]: c for c in template["spec"]["containers"]}
@@ -109,6 +117,9 @@ async def test_labelled_apiserver_deployment_gets_the_sidecar_and_keeps_its_own_
     assert {"hosted-control-plane", "vpnctl"} <= owners
 
     assert again is not None
+    assert resynced >= 4, "the resyncs did run"
+    assert deployment_writes > 0, "the attachment was counted as a Deployment write"
+    assert deployment_writes_after == deployment_writes, "a resync must not write again"
     # generation moves on spec writes only (kube-controller-manager writes status)
     assert again["metadata"]["generation"] == generation, "a resync must not write again"
     unrelated = await kube.get(DEPLOYMENT, "unrelated", namespace)

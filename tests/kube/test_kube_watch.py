@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.support.polling import aeventually
 from vpnctl.kube import (
     CONFIG_MAP,
     Kube,
@@ -21,6 +22,7 @@ from vpnctl.kube import (
     WatchEvent,
     WatchMetrics,
 )
+from vpnctl.kube.watch import Transform
 
 from .kubefix import gadget_crd, kube  # noqa: F401
 
@@ -95,8 +97,12 @@ async def test_watch_sees_added_modified_deleted(kube: Kube, namespace: str) -> 
         assert stored is not None
         assert stored["data"] == {"v": "2"}
 
-        await asyncio.sleep(2.5)  # across a server-side end of stream
-        assert _restarts(registry, "closed") >= 1
+        # timeout_seconds ends the stream on the server's side; the watcher starts again.
+        await aeventually(
+            lambda: _restarts(registry, "closed") >= 1,
+            what="a server-side end of stream",
+            timeout=10,
+        )
         await kube.delete(CONFIG_MAP, "c1", namespace)
         await events.expect(("DELETED", "c1"))
         assert watcher.store.get("c1", namespace) is None
@@ -121,9 +127,23 @@ class GapThenTooOld:
         self.saw_410 = False
 
     async def list(
-        self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        transform: Transform | None = None,
     ) -> tuple[builtins.list[KubeObject], str]:
-        return await self.kube.list(res, namespace, label_selector=label_selector)
+        return await self.kube.list(
+            res,
+            namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            page_size=page_size,
+            transform=transform,
+        )
 
     async def watch(
         self,
@@ -133,6 +153,7 @@ class GapThenTooOld:
         resource_version: str,
         timeout_seconds: int,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         if not self.watched_from:
             await self.kube.delete(self.res, "vanishes", self.namespace)
@@ -146,6 +167,7 @@ class GapThenTooOld:
             resource_version=resource_version,
             timeout_seconds=timeout_seconds,
             label_selector=label_selector,
+            field_selector=field_selector,
         ):
             if event["type"] == "ERROR" and event["object"].get("code") == 410:
                 self.saw_410 = True
@@ -215,8 +237,11 @@ async def test_a_quiet_watch_turns_unhealthy_and_recovers(kube: Kube, namespace:
     )
     async with running(watcher):
         assert watcher.healthy(max_silence=1.0)
-        await asyncio.sleep(1.2)
-        assert not watcher.healthy(max_silence=1.0)
+        await aeventually(
+            lambda: not watcher.healthy(max_silence=1.0),
+            what="the watch unhealthy after 1 s of silence",
+            timeout=5,
+        )
         await kube.create(CONFIG_MAP, _cm("ping", namespace))
         await events.expect(("ADDED", "ping"))
         assert watcher.healthy(max_silence=1.0)

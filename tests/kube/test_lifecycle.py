@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.polling import aeventually
 from vpnctl.testenv import Binaries, ClusterStartError, TenantCluster
 from vpnctl.testenv.cluster import stop_recorded_cluster
 
@@ -79,10 +80,12 @@ async def test_processes_die_with_a_killed_test_run(k8s_binaries: Binaries, tmp_
     assert all(_alive(pid) for pid in pids)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert not any(_alive(pid) for pid in pids)
+    await aeventually(
+        lambda: not any(_alive(pid) for pid in pids),
+        what=f"the processes {pids} gone with their supervisor",
+        timeout=10,
+        interval=0.1,
+    )
 
 
 async def test_a_detached_cluster_is_stopped_from_its_state_file(

@@ -49,7 +49,8 @@ from agent.netlink import Kernel
 from agent.openvpn.config import ClientConfig
 from agent.role_config import BootstrapSettings, ClientRoleConfig, Common, ProbeSettings
 from agent.roles.node import NodeRole
-from vpnctl.reconcile import samples
+from tests.support import capi
+from tests.support.polling import aeventually
 from vpnctl.reconcile.csr import NODE_SIGNER, CSRDecision, csr_state, decide_csr, sign_node_csr
 from vpnctl.testenv import TenantCluster
 
@@ -60,8 +61,8 @@ pytestmark = pytest.mark.kube
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 CLUSTER = "tenant-a"
 MACHINES = [
-    samples.machine(name="m-1", cluster_name=CLUSTER, node="node-1", internal_ip="198.19.0.11"),
-    samples.machine(name="m-2", cluster_name=CLUSTER, node="node-2", internal_ip="198.19.0.12"),
+    capi.machine(name="m-1", cluster_name=CLUSTER, node="node-1", internal_ip="198.19.0.11"),
+    capi.machine(name="m-2", cluster_name=CLUSTER, node="node-2", internal_ip="198.19.0.12"),
 ]
 
 
@@ -461,14 +462,18 @@ async def test_node_role_is_unready_until_its_csr_is_signed(
     )  # fmt: skip
     task = asyncio.create_task(role._bootstrap_task())
     try:
-        async with asyncio.timeout(20):
-            while "waiting for vpnctl" not in (role.conditions.reason("certificate") or ""):
-                await asyncio.sleep(0.05)
+        await aeventually(
+            lambda: "waiting for vpnctl" in (role.conditions.reason("certificate") or ""),
+            what="the node waiting for vpnctl to sign",
+            timeout=20,
+        )
         assert not role._first_attempt.is_set()  # openvpn waits
         async with api_client(cluster) as api, signing(Signer(api, ca=ca)):
-            async with asyncio.timeout(20):
-                while role.conditions.reason("certificate") is not None:
-                    await asyncio.sleep(0.05)
+            await aeventually(
+                lambda: role.conditions.reason("certificate") is None,
+                what="the certificate condition cleared",
+                timeout=20,
+            )
         assert role._first_attempt.is_set()
         info = certs.validate(node.cert.read_bytes(), key_pem=node.key.read_bytes(),
                               ca_pem=ca.cert_pem, now=_now(), usage="client")  # fmt: skip

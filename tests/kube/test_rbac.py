@@ -21,6 +21,8 @@ import pytest_asyncio
 import yaml
 
 import certs
+from tests.support.capi import create_tenant
+from tests.support.polling import aeventually
 from vpnctl.charts import REPO_CHARTS
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.networks import reserved_networks
@@ -46,10 +48,8 @@ from .controllerfix import (
     FakeTenantSide,
     all_connected,
     controller_settings,
-    create_tenant,
     gc_knows_tunnels,  # noqa: F401
     running_controller,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube, unique  # noqa: F401
@@ -197,7 +197,7 @@ async def test_the_controller_runs_a_tenants_life_under_the_charts_rbac(
         await create_tenant(kube, namespace, "least", nodes=2)
         await wait_ready(kube, namespace, "least", nodes=2, connected=2)
         assert await kube.get(NETWORK_POLICY, "least-vpn-server", namespace) is not None
-        await wait_for(
+        await aeventually(
             lambda: _server_pods(kube, namespace, "least"), what="server pods", timeout=20
         )
 
@@ -214,7 +214,7 @@ async def test_the_controller_runs_a_tenants_life_under_the_charts_rbac(
             listed = certs.crl_serials(cm["data"]["crl.pem"].encode(), ca_pem=ca_pem)
             return cm if int(serials["least-node-2"], 16) in listed else None
 
-        await wait_for(revoked, timeout=10, interval=0.05, what="serial in the CRL")
+        await aeventually(revoked, timeout=10, interval=0.05, what="serial in the CRL")
         print(f"\nunder the chart's RBAC: Machine deleted -> CRL {time.monotonic() - started:.2f}s")
 
         # Cluster deleted -> the Tunnel's finalizer runs and everything goes.
@@ -229,7 +229,7 @@ async def test_the_controller_runs_a_tenants_life_under_the_charts_rbac(
                     return False
             return True
 
-        await wait_for(all_gone, timeout=30, interval=0.2, what="everything deleted")
+        await aeventually(all_gone, timeout=30, interval=0.2, what="everything deleted")
         # Not one reconcile failed (a 403 would have been an error and a backoff).
         assert run.metric("vpnctl_reconciles_total", {"result": "error"}) == 0
     assert side.cleaned[-1] == (tenant, True)

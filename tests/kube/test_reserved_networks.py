@@ -15,6 +15,7 @@ from ipaddress import IPv4Network
 import pytest
 import pytest_asyncio
 
+from tests.support.capi import create_tenant
 from vpnctl.controller.cli import _with_reserved_networks, add_run_arguments, settings_from_args
 from vpnctl.controller.networks import (
     NetworkDetectionError,
@@ -31,7 +32,6 @@ from .controllerfix import (
     all_connected,
     condition,
     controller_settings,
-    create_tenant,
     events_for,
     running_controller,
     wait_condition,

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 import certs
 from agent.bootstrap import CSRRefused, obtain_certificate
+from tests.support import capi as samples
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.tenant_install import (
     REASON_INSTALLED,
@@ -47,7 +48,6 @@ from vpnctl.kube import (
     SystemClock,
     connect,
 )
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.agentdocs import node_role_config
 from vpnctl.reconcile.diff import stamp
 from vpnctl.reconcile.names import COMPONENT_NODE_AGENT, NODE_AGENT_NAME, labels

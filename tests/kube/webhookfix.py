@@ -113,7 +113,7 @@ async def rewriting_webhook(directory: Path, *, delay: float) -> AsyncIterator[W
     try:
         server = site._server
         assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         hook.url = f"https://127.0.0.1:{port}/mutate"
         yield hook
     finally:

@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +43,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.openvpn.config import ClientConfig, render_client
+from tests.support.polling import eventually
 from vpnctl.lab.dataplane import (
     DAY,
     HEALTH_PORT,
@@ -153,21 +154,6 @@ class ReadyzWatcher:
         return bool(s) and s[-1] == 200 and 503 in s
 
 
-def wait_until(
-    what: str, check: Callable[[], T | None], *, timeout: float, interval: float = 0.05
-) -> T:
-    """Poll CHECK until it returns something truthy; fail with WHAT at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        last = check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
-
-
 READY = "Initialization Sequence Completed"
 
 
@@ -189,7 +175,7 @@ class LogCursor:
         def find() -> str | None:
             return next((ln for ln in self.new().splitlines() if regex.search(ln)), None)
 
-        return wait_until(f"/{pattern}/ in {self.path}", find, timeout=timeout, interval=0.02)
+        return eventually(find, what=f"/{pattern}/ in {self.path}", timeout=timeout, interval=0.02)
 
     def never(self, pattern: str, *, within: float) -> None:
         regex = re.compile(pattern)
@@ -278,7 +264,7 @@ class DataPlane(LabDataPlane):
                 return self.readyz(n)[0] == 200
 
             try:
-                wait_until(f"{name} /readyz 200", ready, timeout=timeout, interval=0.2)
+                eventually(ready, what=f"{name} /readyz 200", timeout=timeout, interval=0.2)
             except BaseException:
                 print(self.readyz(name))
                 raise
@@ -366,27 +352,82 @@ def teardown_dataplane(dp: DataPlane) -> None:
         asyncio.run(destroy_underlay(dp.plan))
 
 
-@pytest.fixture(scope="module", params=["udp", "tcp"])
-def dataplane(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DataPlane]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    proto = str(request.param)
-    # Not under pytest's 0700 tmp root: openvpn, once it has dropped to nobody, re-reads
-    # the CRL and CCD files in here.
-    base = Path(tempfile.mkdtemp(prefix=f"vpnctl-dp-{proto}-"))
-    try:
-        dp = build_dataplane(proto=proto, base=base)
-        failed_before = request.session.testsfailed
+class DataPlanes:
+    """The data planes of one test module, one per transport, built on first use.
+
+    Tests share them (a build takes seconds), so every test must leave its data plane as
+    it found it: a test that cannot (it stops agents, say) carries
+    ``@pytest.mark.spoils_dataplane``, and a data plane found changed after a test is
+    thrown away too; the next test that asks gets a new one. So the module passes in any
+    order, and udp and tcp tests may interleave (pytest-randomly) without rebuilds.
+    """
+
+    def __init__(self) -> None:
+        self._live: dict[str, tuple[DataPlane, Path, list[int]]] = {}
+
+    def get(self, proto: str) -> DataPlane:
+        if proto not in self._live:
+            # Not under pytest's 0700 tmp root: openvpn, once it has dropped to nobody,
+            # re-reads the CRL and CCD files in here.
+            base = Path(tempfile.mkdtemp(prefix=f"vpnctl-dp-{proto}-"))
+            try:
+                dp = build_dataplane(proto=proto, base=base)
+            except BaseException:
+                shutil.rmtree(base, ignore_errors=True)
+                raise
+            self._live[proto] = (dp, base, list(dp.revoked))
+        return self._live[proto][0]
+
+    def changed(self, proto: str) -> str | None:
+        """What differs from the data plane as built (None: nothing we can see)."""
+        dp, _, revoked = self._live[proto]
+        dead = [n for n in dp.all_agents() if not dp.procs[n].alive]
+        if dead:
+            return f"agents gone: {dead}"
+        if dp.revoked != revoked:
+            return f"CRL changed: {dp.revoked} (built with {revoked})"
+        return None
+
+    def discard(self, proto: str, *, dump: bool = False) -> None:
+        dp, base, _ = self._live.pop(proto)
         try:
-            yield dp
-        finally:
-            if request.session.testsfailed != failed_before:
+            if dump:
                 print(dp.dump_logs())
             teardown_dataplane(dp)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+    def close(self) -> None:
+        for proto in list(self._live):
+            self.discard(proto)
+
+
+@pytest.fixture(scope="module")
+def dataplanes() -> Iterator[DataPlanes]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    planes = DataPlanes()
+    try:
+        yield planes
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        planes.close()
+
+
+@pytest.fixture(params=["udp", "tcp"])
+def dataplane(request: pytest.FixtureRequest, dataplanes: DataPlanes) -> Iterator[DataPlane]:
+    """A running data plane (agents ready), shared within the module; see DataPlanes."""
+    proto = str(request.param)
+    dp = dataplanes.get(proto)
+    dp.wait_ready(*dp.all_agents(), timeout=30)
+    failed_before = request.session.testsfailed
+    yield dp
+    failed = request.session.testsfailed != failed_before
+    spoiled = request.node.get_closest_marker("spoils_dataplane") is not None
+    changed = None if spoiled else dataplanes.changed(proto)
+    if failed or spoiled or changed:
+        if changed:
+            print(f"{request.node.nodeid} changed the {proto} data plane ({changed}): rebuilt")
+        dataplanes.discard(proto, dump=failed)
 
 
 def route_get(ns: str, dst: str) -> str:

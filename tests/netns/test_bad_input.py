@@ -27,8 +27,8 @@ from tests.netns.conftest import (
     Proc,
     http_get,
     ns_pids,
-    wait_until,
 )
+from tests.support.polling import eventually
 
 pytestmark = [
     pytest.mark.netns,
@@ -47,6 +47,7 @@ def _metrics_total(dp: DataPlane, proc: Proc, name: str, **labels: str) -> float
 
 
 def _stays_up(proc: Proc, *, seconds: float) -> None:
+    """PROC alive, the same process, for SECONDS: a window on purpose (nothing happens)."""
     assert proc.popen is not None
     pid = proc.popen.pid
     deadline = time.monotonic() + seconds
@@ -67,8 +68,11 @@ def spare_dir(dataplane: DataPlane, request: pytest.FixtureRequest) -> Iterator[
     if proc is not None:
         proc.stop()
     spare = dataplane.spare.ns
-    wait_until("no openvpn left on the spare machine", lambda: not ns_pids(spare, "openvpn"),
-               timeout=10)  # fmt: skip
+    eventually(
+        lambda: not ns_pids(spare, "openvpn"),
+        what="no openvpn left on the spare machine",
+        timeout=10,
+    )
 
 
 def _copy_identity(dp: DataPlane, d: Path) -> tuple[Path, Path, Path]:
@@ -99,9 +103,9 @@ def test_bad_certificate_material_is_reported_and_retried_on_change(
     )
     proc = dataplane.start_agent(spare_dir.name, role="node", ns=dataplane.spare.ns, config=cfg)
 
-    _status, body = wait_until(
-        "/readyz to report the material",
-        lambda: (r := _readyz(dataplane, proc))[0] == 503 and "material:" in r[1] and r,
+    _status, body = eventually(
+        lambda: r if (r := _readyz(dataplane, proc))[0] == 503 and "material:" in r[1] else None,
+        what="/readyz to report the material",
         timeout=10,
     )
     line = next(ln for ln in body.splitlines() if ln.startswith("material:"))
@@ -119,7 +123,9 @@ def test_bad_certificate_material_is_reported_and_retried_on_change(
     # Fixed in place: picked up without a restart of the agent.
     cert.write_bytes(good_cert)
     key.write_bytes(good_key)
-    wait_until("the agent to become ready", lambda: _readyz(dataplane, proc)[0] == 200, timeout=20)
+    eventually(
+        lambda: _readyz(dataplane, proc)[0] == 200, what="the agent to become ready", timeout=20
+    )
     _stays_up(proc, seconds=0.5)
     assert _metrics_total(dataplane, proc, "vpnctl_agent_openvpn_starts_total") == 1
 
@@ -167,16 +173,20 @@ def test_garbage_on_the_management_socket(dataplane: DataPlane, spare_dir: Path)
     fake.chmod(0o755)
     cfg = dataplane.spare_node_config(spare_dir.name, openvpn_binary=str(fake))
     proc = dataplane.start_agent(spare_dir.name, role="node", ns=dataplane.spare.ns, config=cfg)
-    _status, body = wait_until(
-        "/readyz to blame the management interface",
-        lambda: (r := _readyz(dataplane, proc))[0] == 503 and "management interface" in r[1] and r,
+    _status, body = eventually(
+        lambda: (
+            r
+            if (r := _readyz(dataplane, proc))[0] == 503 and "management interface" in r[1]
+            else None
+        ),
+        what="/readyz to blame the management interface",
         timeout=15,
     )
     print(body)
     # The watchdog restarts an "openvpn" whose management interface stays unusable.
-    wait_until(
-        "the wedged process to be restarted",
+    eventually(
         lambda: _metrics_total(dataplane, proc, "vpnctl_agent_openvpn_starts_total") >= 2,
+        what="the wedged process to be restarted",
         timeout=20,
         interval=0.5,
     )
@@ -191,7 +201,7 @@ def test_garbage_on_the_management_socket(dataplane: DataPlane, spare_dir: Path)
 def test_unreachable_server_keeps_retrying(dataplane: DataPlane, spare_dir: Path) -> None:
     cfg = dataplane.spare_node_config(spare_dir.name, openvpn={"remotes": [["198.18.0.99", 1194]]})
     proc = dataplane.start_agent(spare_dir.name, role="node", ns=dataplane.spare.ns, config=cfg)
-    wait_until("openvpn running", lambda: ns_pids(dataplane.spare.ns, "openvpn"), timeout=10)
+    eventually(lambda: ns_pids(dataplane.spare.ns, "openvpn"), what="openvpn running", timeout=10)
     _stays_up(proc, seconds=6)
     status, body = _readyz(dataplane, proc)
     print(body)
@@ -215,9 +225,9 @@ def test_overlapping_cidrs_in_desired_state_keep_the_last_good_state(dataplane: 
     bad = dataplane.desired_doc()
     bad["clients"][1]["iroutes"].append(str(dataplane.plan.node_cidr))  # covers node-1's /32
     dataplane.write_desired(bad)
-    status, body = wait_until(
-        "/readyz to report the overlap",
-        lambda: (r := dataplane.readyz("server"))[0] == 503 and "overlaps" in r[1] and r,
+    status, body = eventually(
+        lambda: r if (r := dataplane.readyz("server"))[0] == 503 and "overlaps" in r[1] else None,
+        what="/readyz to report the overlap",
         timeout=5,
     )
     print(body)
@@ -235,7 +245,7 @@ def test_overlapping_cidrs_in_desired_state_keep_the_last_good_state(dataplane: 
     assert status == 200, "the last good state should keep serving"
 
     dataplane.write_desired(dataplane.desired_doc())
-    wait_until("server ready again", lambda: dataplane.readyz("server")[0] == 200, timeout=5)
+    eventually(lambda: dataplane.readyz("server")[0] == 200, what="server ready again", timeout=5)
     assert _ccd_snapshot(dataplane) == before
 
 
@@ -247,9 +257,9 @@ def test_bad_crl_keeps_the_installed_one(dataplane: DataPlane) -> None:
     foreign = certs.build_crl(other_ca, revoked=[], now=now, next_update=DAY, crl_number=1)
     for bad, expected in ((b"garbage\n", "CRL"), (foreign, "tenant-b")):
         dataplane.crl_source.write_bytes(bad)
-        _status, body = wait_until(
-            "/readyz to report the CRL",
-            lambda: (r := dataplane.readyz("server"))[0] == 503 and "crl:" in r[1] and r,
+        _status, body = eventually(
+            lambda: r if (r := dataplane.readyz("server"))[0] == 503 and "crl:" in r[1] else None,
+            what="/readyz to report the CRL",
             timeout=5,
         )
         line = next(ln for ln in body.splitlines() if ln.startswith("crl:"))
@@ -258,5 +268,7 @@ def test_bad_crl_keeps_the_installed_one(dataplane: DataPlane) -> None:
         assert str(dataplane.crl_source) in line
         assert dataplane.crl_installed.read_bytes() == installed
         dataplane.crl_source.write_bytes(good)
-        wait_until("server ready again", lambda: dataplane.readyz("server")[0] == 200, timeout=5)
+        eventually(
+            lambda: dataplane.readyz("server")[0] == 200, what="server ready again", timeout=5
+        )
     _stays_up(dataplane.agent("server"), seconds=0.5)

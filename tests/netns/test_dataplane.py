@@ -37,8 +37,8 @@ from tests.netns.conftest import (
     link_bytes,
     route_get,
     tcp_connect,
-    wait_until,
 )
+from tests.support.polling import eventually
 
 pytestmark = [
     pytest.mark.netns,
@@ -112,7 +112,7 @@ def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlan
             for x in names
         )
 
-    wait_until("kubelet probes of every node", all_reachable, timeout=10, interval=0.2)
+    eventually(all_reachable, what="kubelet probes of every node", timeout=10, interval=0.2)
     m = dataplane.metrics("server")
     assert m.get("vpnctl_agent_apiserver_connected", role="server") == 1
     assert m.get("vpnctl_agent_ready", role="server") == 1
@@ -127,8 +127,12 @@ def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlan
                 and (nm.get("vpnctl_agent_tunnel_bytes_received_total", role="node") or 0) > 0
             )
 
-        wait_until(f"{name} reports its tunnel up, probed and carrying bytes", node_reports,
-                   timeout=10, interval=0.2)  # fmt: skip
+        eventually(
+            node_reports,
+            what=f"{name} reports its tunnel up, probed and carrying bytes",
+            timeout=10,
+            interval=0.2,
+        )
 
 
 # --- no initiation from nodes -------------------------------------------------------------------
@@ -258,16 +262,17 @@ def test_client_without_valid_tls_crypt_v2_key_gets_no_tls_at_all(
 
 def test_connected_client_is_kicked_within_2s_of_its_revocation(dataplane: DataPlane) -> None:
     victim = dataplane.pki.clients["victim"]
+    revoked_before = list(dataplane.revoked)
     client = dataplane.raw_client("victim", dev="tun4")
     try:
         client_log = LogCursor(client.log)
         client_log.offset = 0
         client_log.wait_for(READY, timeout=15)
-        wait_until(
-            "the server to list victim as connected",
+        eventually(
             lambda: (
                 dataplane.metrics("server").get("vpnctl_agent_node_connected", node="victim") == 1
             ),
+            what="the server to list victim as connected",
             timeout=5,
             interval=0.1,
         )
@@ -277,7 +282,7 @@ def test_connected_client_is_kicked_within_2s_of_its_revocation(dataplane: DataP
         after_connect = LogCursor(client.log)
         server_log = LogCursor(dataplane.server_openvpn_log)
         started = time.monotonic()
-        dataplane.write_crl([*dataplane.revoked, victim.serial])
+        dataplane.write_crl([*revoked_before, victim.serial])
         after_connect.wait_for(r"RESTART|server-pushed-connection-reset|Connection reset|SIGUSR1",
                                timeout=2.0)  # fmt: skip
         elapsed = time.monotonic() - started
@@ -298,3 +303,4 @@ def test_connected_client_is_kicked_within_2s_of_its_revocation(dataplane: DataP
         assert m.get("vpnctl_agent_node_connected", node="victim") == 0
     finally:
         client.stop()
+        dataplane.write_crl(revoked_before)  # the shared data plane as it was

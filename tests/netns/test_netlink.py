@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
@@ -31,6 +31,7 @@ from agent.netlink import (
 )
 from agent.route_keeper import RouteKeeper
 from tests.netns.nsutil import NsEnd, add_tun, ip, netns_pair, ns_exists, run_in, unique_tag
+from tests.support.polling import aeventually
 
 pytestmark = [
     pytest.mark.netns,
@@ -236,21 +237,38 @@ async def test_keeper_restores_a_route_deleted_by_hand_within_a_second(
 
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(keeper.run())
-        await until(lambda: len(routes_to(a.ns, "198.18.20.0/24")) == 1)
+        await aeventually(
+            lambda: len(routes_to(a.ns, "198.18.20.0/24")) == 1,
+            what="one route to 198.18.20.0/24",
+            timeout=3.0,
+            interval=0.02,
+        )
         assert repairs() == 0
 
         ip("-n", a.ns, "route", "del", "198.18.20.0/24", "dev", TUN)
         deleted_at = time.monotonic()
-        await until(lambda: len(routes_to(a.ns, "198.18.20.0/24")) == 1)
+        await aeventually(
+            lambda: len(routes_to(a.ns, "198.18.20.0/24")) == 1,
+            what="one route to 198.18.20.0/24",
+            timeout=3.0,
+            interval=0.02,
+        )
         assert time.monotonic() - deleted_at < 1.0
         assert repairs() == 1
 
         # The tun bounced (as when openvpn restarts): the kernel flushed the route.
         ip("-n", a.ns, "link", "set", TUN, "down")
-        await until(lambda: route in keeper.pending)
+        await aeventually(
+            lambda: route in keeper.pending, what="the route pending", timeout=3.0, interval=0.02
+        )
         ip("-n", a.ns, "link", "set", TUN, "up")
-        await until(lambda: len(routes_to(a.ns, "198.18.20.0/24")) == 1)
-        await until(lambda: repairs() == 2)
+        await aeventually(
+            lambda: len(routes_to(a.ns, "198.18.20.0/24")) == 1,
+            what="one route to 198.18.20.0/24",
+            timeout=3.0,
+            interval=0.02,
+        )
+        await aeventually(lambda: repairs() == 2, what="two repairs", timeout=3.0, interval=0.02)
         assert keeper.healthy
         task.cancel()
 
@@ -289,11 +307,3 @@ def read_in(ns: str, path: str) -> str:
     return subprocess.run(
         ["ip", "netns", "exec", ns, "cat", path], capture_output=True, text=True, check=True
     ).stdout.strip()
-
-
-async def until(predicate: Callable[[], bool], *, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)

@@ -22,8 +22,8 @@ from tests.netns.conftest import (
     http_get,
     ip_out,
     ns_pids,
-    wait_until,
 )
+from tests.support.polling import eventually
 
 pytestmark = [
     pytest.mark.netns,
@@ -67,22 +67,25 @@ def test_route_deleted_by_hand_is_restored_within_a_second(dataplane: DataPlane)
             gone = subprocess.run(["ip", "-n", ns, "route", "get", probe],
                                   capture_output=True, text=True, check=False)  # fmt: skip
             assert gone.returncode != 0, f"route to {probe} without tun0: {gone.stdout}"
-        wait_until(
-            f"{agent}'s route {dst} back on tun0",
-            lambda ns=ns, dst=dst: (
-                dst.split("/")[0] in ip_out("-n", ns, "route", "show", "dev", "tun0")
-            ),
+
+        def restored(ns: str = ns, dst: str = dst) -> bool:
+            return dst.split("/")[0] in ip_out("-n", ns, "route", "show", "dev", "tun0")
+
+        def counted(agent: str = agent, repairs: float = repairs) -> bool:
+            return dataplane.metrics(agent).total("vpnctl_agent_route_repairs_total") >= repairs + 1
+
+        eventually(
+            restored,
+            what=f"{agent}'s route {dst} back on tun0",
             timeout=1.5,
             interval=0.02,
         )
         print(f"{dataplane.proto}: {agent} route {dst} restored after "
               f"{(time.monotonic() - deleted) * 1000:.0f} ms")  # fmt: skip
         assert "proto 211" in ip_out("-n", ns, "route", "show", dst)
-        wait_until(
-            f"{agent} counts the repair",
-            lambda agent=agent, repairs=repairs: (
-                dataplane.metrics(agent).total("vpnctl_agent_route_repairs_total") >= repairs + 1
-            ),
+        eventually(
+            counted,
+            what=f"{agent} counts the repair",
             timeout=2,
         )
     assert _all_kubelets_reachable(dataplane)
@@ -93,18 +96,20 @@ def test_client_sigkill_recovers(dataplane: DataPlane) -> None:
     before = dataplane.metrics(n1.name)
     old_pid = _openvpn_pid(n1.ns)
     with ReadyzWatcher(dataplane, n1.name) as watch:
-        wait_until("a first /readyz sample", lambda: watch.statuses, timeout=2)
+        eventually(lambda: watch.statuses, what="a first /readyz sample", timeout=2)
         os.kill(old_pid, signal.SIGKILL)
         killed = time.monotonic()
-        wait_until("a new openvpn in node-1", lambda: _new_pid(n1.ns, old_pid), timeout=10)
-        wait_until("node-1 ready again", lambda: dataplane.readyz(n1.name)[0] == 200, timeout=20)
-        wait_until(
-            "kubelets reachable again", lambda: _all_kubelets_reachable(dataplane), timeout=10
+        eventually(lambda: _new_pid(n1.ns, old_pid), what="a new openvpn in node-1", timeout=10)
+        eventually(
+            lambda: dataplane.readyz(n1.name)[0] == 200, what="node-1 ready again", timeout=20
+        )
+        eventually(
+            lambda: _all_kubelets_reachable(dataplane), what="kubelets reachable again", timeout=10
         )
         recovered = time.monotonic() - killed
-        wait_until(
-            "node-1's /readyz to go down and come back",
+        eventually(
             watch.saw_outage_and_recovery,
+            what="node-1's /readyz to go down and come back",
             timeout=15,
             interval=0.1,
         )
@@ -129,20 +134,20 @@ def test_server_sigkill_recovers(dataplane: DataPlane) -> None:
     before = {name: dataplane.metrics(name) for name in dataplane.all_agents()}
     old_pid = _openvpn_pid(plan.srv_ns)
     with ReadyzWatcher(dataplane, "apiserver") as watch:
-        wait_until("a first /readyz sample", lambda: watch.statuses, timeout=2)
+        eventually(lambda: watch.statuses, what="a first /readyz sample", timeout=2)
         os.kill(old_pid, signal.SIGKILL)
         killed = time.monotonic()
-        wait_until("a new openvpn server", lambda: _new_pid(plan.srv_ns, old_pid), timeout=10)
+        eventually(lambda: _new_pid(plan.srv_ns, old_pid), what="a new openvpn server", timeout=10)
         dataplane.wait_ready(*dataplane.all_agents(), timeout=30)
-        wait_until(
-            "kubelets reachable again", lambda: _all_kubelets_reachable(dataplane), timeout=15
+        eventually(
+            lambda: _all_kubelets_reachable(dataplane), what="kubelets reachable again", timeout=15
         )
         recovered = time.monotonic() - killed
         # The apiserver's probe can still be missing (from before the restart) when the
         # kubelets answer again; wait for its readiness to come back, or fail here.
-        wait_until(
-            "the apiserver's /readyz to go down and come back",
+        eventually(
             watch.saw_outage_and_recovery,
+            what="the apiserver's /readyz to go down and come back",
             timeout=15,
             interval=0.1,
         )
@@ -159,19 +164,20 @@ def test_server_sigkill_recovers(dataplane: DataPlane) -> None:
             "vpnctl_agent_reconnects_total"
         ), f"{name} did not count a reconnect"
         assert m.total("vpnctl_agent_tunnel_up") == 1
-    wait_until(
-        "the server's per-node metrics to recover",
+    eventually(
         lambda: all(
             dataplane.metrics("server").get("vpnctl_agent_kubelet_reachable", node=n.name) == 1
             for n in dataplane.agent_nodes
         ),
+        what="the server's per-node metrics to recover",
         timeout=10,
         interval=0.2,
     )
 
 
+@pytest.mark.spoils_dataplane
 def test_sigterm_stops_gracefully(dataplane: DataPlane) -> None:
-    """Last in the module: SIGTERM ends each agent with exit 0, openvpn gone, firewall gone."""
+    """SIGTERM ends each agent with exit 0, openvpn gone, firewall gone."""
     plan = dataplane.plan
     n1 = dataplane.agent_nodes[0]
     for name, ns in (("server", plan.srv_ns), (n1.name, n1.ns)):

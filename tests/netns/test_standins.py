@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import certs
+from tests.support.polling import aeventually
 from vpnctl.lab import netns
 from vpnctl.lab.plan import LabPlan, NodePlan, make_plan
 from vpnctl.lab.probe import probe_admission, probe_https
@@ -62,11 +62,15 @@ class StandIn:
         return standin
 
     async def wait_listening(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while "event=standin_listening" not in self.log.read_text():
-            if self.proc.returncode is not None or time.monotonic() > deadline:
-                raise AssertionError(f"stand-in did not start:\n{self.log.read_text()}")
-            await asyncio.sleep(0.05)
+        def listening() -> bool:
+            if "event=standin_listening" in self.log.read_text():
+                return True
+            assert self.proc.returncode is None, f"stand-in exited:\n{self.log.read_text()}"
+            return False
+
+        await aeventually(
+            listening, what="the stand-in listening", timeout=timeout, diag=self.log.read_text
+        )
 
     async def stop(self) -> int:
         if self.proc.returncode is None:

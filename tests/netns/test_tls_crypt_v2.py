@@ -26,6 +26,7 @@ import pytest
 
 import certs
 from certs import Issued
+from tests.support.polling import eventually
 
 pytestmark = [
     pytest.mark.netns,
@@ -62,22 +63,21 @@ class Proc:
     def wait_for(self, pattern: str, *, timeout: float) -> str:
         """The first log line matching `pattern`; fails at the deadline or if openvpn exits."""
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.text().splitlines():
-                if regex.search(line):
-                    return line
-            if self.popen.poll() is not None:
+
+        def found() -> str | None:
+            line = next((ln for ln in self.text().splitlines() if regex.search(ln)), None)
+            if line is None and self.popen.poll() is not None:
                 pytest.fail(
                     f"openvpn exited ({self.popen.returncode}) before logging /{pattern}/:\n"
                     + self.text()
                 )
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /{pattern}/ within {timeout}s in {self.log}:\n{self.text()}")
-            time.sleep(0.05)
+            return line
+
+        return eventually(found, what=f"/{pattern}/ in {self.log}", timeout=timeout, diag=self.text)
 
     def never(self, pattern: str, *, within: float) -> None:
-        """Fail if `pattern` appears in the log during the next `within` seconds."""
+        """Fail if `pattern` appears in the log during the next `within` seconds (a window
+        on purpose: nothing must happen)."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:

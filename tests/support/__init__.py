@@ -1,1 +1,3 @@
-"""Shared test support: samples, scanners and fakes that several test folders (and bench/) use."""
+"""Shared test support, used by several test folders and by bench/: bounded waits
+(``polling``), CAPI objects (``capi``), fakes of our own interfaces (``fake_tenant_side``,
+``fake_tenant_api``), kubeconfig samples and the key-material scanner."""

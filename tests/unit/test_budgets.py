@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from typing import Any, cast
 
 import pytest
 
@@ -28,7 +29,7 @@ from vpnctl.controller.budgets import (
     slim_csr,
     with_degraded,
 )
-from vpnctl.kube import KubeObject, ManualClock
+from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, KubeObject, ManualClock
 from vpnctl.kube.watch import Store
 from vpnctl.reconcile.conditions import find_condition
 
@@ -140,7 +141,7 @@ def test_a_trip_pauses_with_doubling_backoff_and_degraded_clears_after_a_calm_wi
 
 
 def test_degraded_appears_only_for_a_tenant_that_went_over_and_then_turns_false() -> None:
-    kw = {"observed_generation": 3, "now": NOW}
+    kw: dict[str, Any] = {"observed_generation": 3, "now": NOW}
     assert with_degraded([], None, **kw) == []
     over = with_degraded([], (REASON_CACHE, "too much"), **kw)
     condition = find_condition(over, DEGRADED)
@@ -237,20 +238,25 @@ async def test_a_listing_stops_as_soon_as_it_alone_is_over_budget() -> None:
     guarded = GuardedListing(source, b, others=lambda: (7, 5000))  # type: ignore[arg-type]
     with pytest.raises(OverBudget) as over:
         await guarded.list(
-            "csrs", transform=lambda o: slim_csr(o, max_request_bytes=50), page_size=25
+            CERTIFICATE_SIGNING_REQUEST,
+            transform=lambda o: slim_csr(o, max_request_bytes=50),
+            page_size=25,
         )
     assert "holds 101 objects" in over.value.message
     assert source.produced == 94  # 7 elsewhere + 94 listed: one over, then it stopped
     # Within budget, the listing comes back whole and transformed.
     small = PagedSource(50)
     items, _ = await GuardedListing(small, b, others=lambda: (0, 0)).list(  # type: ignore[arg-type]
-        "csrs", transform=lambda o: slim_csr(o, max_request_bytes=50)
+        CERTIFICATE_SIGNING_REQUEST, transform=lambda o: slim_csr(o, max_request_bytes=50)
     )
     assert len(items) == 50
     assert all(dropped_bytes(i) == 100 for i in items)
     # Watches pass through, field selector included.
     stream = GuardedListing(small, b, others=lambda: (0, 0)).watch(  # type: ignore[arg-type]
-        "csrs", resource_version="1", timeout_seconds=5, field_selector="spec.signerName=x"
+        CERTIFICATE_SIGNING_REQUEST,
+        resource_version="1",
+        timeout_seconds=5,
+        field_selector="spec.signerName=x",
     )
-    assert stream == "stream"
+    assert cast(object, stream) == "stream"  # the fake's stand-in for a stream
     assert small.watched[0]["field_selector"] == "spec.signerName=x"

@@ -20,10 +20,10 @@ from typing import Any, Literal
 import pytest
 import yaml
 
+from tests.support import capi
 from vpnctl.api import TunnelSpecBody
 from vpnctl.charts import REPO_CHARTS, find_helm
 from vpnctl.kube import resources
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.agentdocs import node_role_config, server_role_config
 from vpnctl.reconcile.names import COMPONENT_SERVER, labels
 from vpnctl.reconcile.objects import (
@@ -133,14 +133,14 @@ def without_desired_hash(meta: Mapping[str, Any]) -> dict[str, Any]:
 def tenant(
     *, protocol: Literal["udp", "tcp"] = "udp", port: int = 1194, tunnel_cidr: str
 ) -> TenantSpec:
-    t = samples.lab_tenant()
+    t = capi.lab_tenant()
     spec: TunnelSpecBody = {
         "clusterName": "tenant-a",
         "tunnelCIDR": tunnel_cidr,
         "transport": {"protocol": protocol, "port": port},
     }
     return parse_tenant(
-        tunnel=samples.tunnel(spec=spec),
+        tunnel=capi.tunnel(spec=spec),
         cluster=t.cluster,
         machines=t.machines,
         nodes=t.nodes,
@@ -587,7 +587,7 @@ async def test_alerts_read_metrics_that_exist(helm: Path, tmp_path: Path) -> Non
     metrics = pytest.importorskip("vpnctl.controller.metrics")
     from prometheus_client import CollectorRegistry
 
-    from agent.roles.server import ServerMetrics
+    from agent.roles.server_metrics import ServerMetrics
     from vpnctl.kube import SystemClock
 
     registry = CollectorRegistry()

@@ -126,9 +126,9 @@ def test_spec_defaults_match_the_parser(spec_schema: dict[str, Any]) -> None:
 
 def test_parser_applies_the_same_defaults_as_the_schema(spec_schema: dict[str, Any]) -> None:
     """A Tunnel with only clusterName parses to exactly the CRD's defaults."""
-    from vpnctl.reconcile import samples
+    from tests.support import capi
 
-    parsed = tenant.parse_tunnel_spec(samples.tunnel(spec={"clusterName": "x"}))
+    parsed = tenant.parse_tunnel_spec(capi.tunnel(spec={"clusterName": "x"}))
     p = spec_schema["properties"]
     assert parsed.transport.protocol == p["transport"]["properties"]["protocol"]["default"]
     assert parsed.transport.port == p["transport"]["properties"]["port"]["default"]

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 import certs
-from vpnctl.reconcile import samples
+from tests.support import capi
 from vpnctl.reconcile.csr import (
     APPROVED_REASON,
     NODE_SIGNER,
@@ -64,8 +64,8 @@ def csr_body(
 
 
 MACHINES = [
-    samples.machine(name="m-1", node="node-1", internal_ip="198.19.0.11"),
-    samples.machine(name="m-2", node="node-2", internal_ip="198.19.0.12"),
+    capi.machine(name="m-1", node="node-1", internal_ip="198.19.0.11"),
+    capi.machine(name="m-2", node="node-2", internal_ip="198.19.0.12"),
 ]
 
 
@@ -109,7 +109,7 @@ def test_rsa_2048_key_is_approved() -> None:
 
 
 def test_machine_matched_by_label_when_spec_has_no_cluster_name() -> None:
-    machine = samples.machine(name="m-9", node="node-1", internal_ip="198.19.0.11")
+    machine = capi.machine(name="m-9", node="node-1", internal_ip="198.19.0.11")
     del machine["spec"]["clusterName"]
     d = decide(csr_body(), machines=[machine])
     assert d.approve
@@ -118,7 +118,7 @@ def test_machine_matched_by_label_when_spec_has_no_cluster_name() -> None:
 
 def test_machine_without_addresses_still_vouches() -> None:
     """The certificate needs only the nodeRef; routes wait for addresses, not the cert."""
-    assert decide(csr_body(), machines=[samples.machine(name="m-1", node="node-1")]).approve
+    assert decide(csr_body(), machines=[capi.machine(name="m-1", node="node-1")]).approve
 
 
 # --- deny -----------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_forbidden_usages(usages: list[str]) -> None:
 def test_reserved_names_are_denied_even_with_a_machine(name: str) -> None:
     """A tenant admin can name a Node `vpnctl-apiserver` and point a Machine's nodeRef at
     it; the certificate would impersonate the apiserver sidecar (issue 9, item 2)."""
-    machine = samples.machine(name="m-evil", node=name, internal_ip="198.19.0.66")
+    machine = capi.machine(name="m-evil", node=name, internal_ip="198.19.0.66")
     d = decide(csr_body(cn=name, user=f"system:node:{name}"), machines=[*MACHINES, machine])
     assert not d.approve
     assert d.reason == "ReservedName"
@@ -214,9 +214,9 @@ def test_no_machine_for_node() -> None:
 @pytest.mark.parametrize(
     "machines",
     [
-        [samples.machine(name="m-1", node="node-1", internal_ip="198.19.0.11", deleting=True)],
-        [samples.machine(name="m-1", node="node-1", cluster_name="tenant-b")],
-        [samples.machine(name="m-1")],  # no nodeRef yet
+        [capi.machine(name="m-1", node="node-1", internal_ip="198.19.0.11", deleting=True)],
+        [capi.machine(name="m-1", node="node-1", cluster_name="tenant-b")],
+        [capi.machine(name="m-1")],  # no nodeRef yet
         [],
     ],
     ids=["deleting", "other-cluster", "no-node-ref", "none"],
@@ -226,7 +226,7 @@ def test_machines_that_do_not_vouch(machines: list[Any]) -> None:
 
 
 def test_node_ref_of_another_kind_does_not_vouch() -> None:
-    machine = samples.machine(name="m-1", node="node-1")
+    machine = capi.machine(name="m-1", node="node-1")
     machine["status"]["nodeRef"]["kind"] = "Pod"
     assert machine_for_node([machine], node="node-1", cluster_name=CLUSTER) is None
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 import certs
+from tests.support import capi
 from vpnctl.controller.csr_signer import handle_csr
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import Conflict, KubeObject, NotFound
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.csr import NODE_SIGNER
 from vpnctl.reconcile.revocations import IssuedCert
 
@@ -25,7 +25,7 @@ TENANT = TenantRef("ns", "tenant-a")
 CA = certs.new_ca(
     common_name="tenant-a-vpn-ca", now=NOW - timedelta(days=1), lifetime=timedelta(days=365)
 )
-MACHINES = [samples.machine(name="m-1", node="node-1", internal_ip="198.19.0.11")]
+MACHINES = [capi.machine(name="m-1", node="node-1", internal_ip="198.19.0.11")]
 NAME = "node-csr"
 
 

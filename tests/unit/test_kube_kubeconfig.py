@@ -234,7 +234,7 @@ async def test_refused_forms_never_make_a_client(
     with pytest.raises(KubeconfigError) as err:
         await Kube.from_kubeconfig_text(text, name="Secret t/k-kubeconfig")
     assert str(err.value).startswith(f"Secret t/k-kubeconfig: {field} ")
-    secrets = {"key": material.client.key_pem, "token": kubeconfigs.TOKEN}
+    secrets: dict[str, str | bytes] = {"key": material.client.key_pem, "token": kubeconfigs.TOKEN}
     assert scan({"message": str(err.value)}, secrets) == []
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -116,6 +117,10 @@ def leading(e: LeaderElector) -> bool:
     return e.is_leader
 
 
+def _hook_used(api: FakeApi) -> bool:
+    return api.before_replace is None
+
+
 async def settle() -> None:
     for _ in range(50):
         await asyncio.sleep(0)
@@ -216,7 +221,8 @@ async def test_a_held_lease_is_taken_only_after_it_expires() -> None:
         await task
 
 
-async def test_a_write_race_is_lost_quietly_and_retried() -> None:
+async def test_a_write_race_is_lost_quietly_and_retried(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="vpnctl.kube")
     api, clock, log = FakeApi(), ManualClock(), Log()
     api.objects[("ns", "lease")] = {
         "apiVersion": "coordination.k8s.io/v1",
@@ -230,9 +236,13 @@ async def test_a_write_race_is_lost_quietly_and_retried() -> None:
     task = asyncio.create_task(e.run())
     await settle()
     assert not leading(e)
+    assert _hook_used(api), "the race did not happen"
     clock.advance(2)
     await settle()
     assert leading(e)
+    assert log.calls == ["started"]
+    # Quietly: a lost race is the normal way to lose an election, not a warning.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.support.polling import aeventually
 from vpnctl.kube import (
     SECRET,
     Forbidden,
@@ -29,6 +30,7 @@ from vpnctl.kube import (
     WatchEvent,
     WatchMetrics,
 )
+from vpnctl.kube.watch import Transform
 
 HANG = "hang"  # a stream that stays open and quiet
 LIVE = "live"  # a stream that yields what the test puts in FakeSource.live
@@ -70,8 +72,17 @@ class FakeSource:
         self.live: asyncio.Queue[WatchEvent] = asyncio.Queue()
 
     async def list(
-        self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        transform: Transform | None = None,
     ) -> tuple[builtins.list[KubeObject], str]:
+        assert field_selector is None, "this fake serves plain lists"
+        assert transform is None, "this fake serves plain lists"
         self.list_calls += 1
         step = self.lists.pop(0)
         if isinstance(step, Exception):
@@ -86,7 +97,9 @@ class FakeSource:
         resource_version: str,
         timeout_seconds: int,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
+        assert field_selector is None, "this fake serves plain watches"
         self.watched_from.append(resource_version)
         script = self.streams.pop(0) if self.streams else HANG
         if isinstance(script, Exception):
@@ -109,14 +122,6 @@ class Recorder:
 
     def __call__(self, event_type: str, o: KubeObject) -> None:
         self.events.append((event_type, o["metadata"]["name"], o["metadata"]["resourceVersion"]))
-
-
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    for _ in range(1000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never happened: {what}")
 
 
 class Harness:
@@ -176,7 +181,7 @@ async def test_list_then_watch_keeps_store_and_emits_events(h: Harness) -> None:
         HANG,
     ]
     h.start()
-    await until(lambda: len(h.source.watched_from) == 2, "the second watch")
+    await aeventually(lambda: len(h.source.watched_from) == 2, what="the second watch", interval=0)
     assert h.recorder.events == [
         ("ADDED", "a", "10"),
         ("ADDED", "b", "11"),
@@ -198,7 +203,7 @@ async def test_a_bookmark_moves_the_resume_point(h: Harness) -> None:
     h.source.lists = [([], "5")]
     h.source.streams = [[bookmark("90")], HANG]
     h.start()
-    await until(lambda: len(h.source.watched_from) == 2, "the second watch")
+    await aeventually(lambda: len(h.source.watched_from) == 2, what="the second watch", interval=0)
     assert h.source.watched_from == ["5", "90"]
     assert h.recorder.events == []
 
@@ -212,7 +217,9 @@ async def test_410_relists_and_emits_what_changed_in_the_gap(h: Harness, how: st
     gone: Stream = [error_410()] if how == "error event" else Gone("too old", status=410)
     h.source.streams = [gone, HANG]
     h.start()
-    await until(lambda: len(h.source.watched_from) == 2, "the watch after the relist")
+    await aeventually(
+        lambda: len(h.source.watched_from) == 2, what="the watch after the relist", interval=0
+    )
     assert h.recorder.events[3:] == [
         ("DELETED", "vanish", "3"),
         ("MODIFIED", "change", "7"),
@@ -228,10 +235,10 @@ async def test_410_again_right_after_a_relist_backs_off(h: Harness) -> None:
     h.source.lists = [([], "1"), ([], "2"), ([], "3")]
     h.source.streams = [[error_410()], [error_410()], HANG]
     h.start()
-    await until(lambda: len(h.clock.sleeps) == 1, "a backoff")
+    await aeventually(lambda: len(h.clock.sleeps) == 1, what="a backoff", interval=0)
     assert h.source.list_calls == 2
     h.clock.advance(60)
-    await until(lambda: len(h.source.watched_from) == 3, "the third watch")
+    await aeventually(lambda: len(h.source.watched_from) == 3, what="the third watch", interval=0)
     assert h.source.list_calls == 3
     assert h.restarts("gone") == 2
 
@@ -243,11 +250,11 @@ async def test_a_broken_stream_reconnects_from_the_last_version_after_backoff(
     h.source.lists = [([obj("a", "1")], "2")]
     h.source.streams = [[ev("MODIFIED", obj("a", "3")), reset], HANG]
     h.start()
-    await until(lambda: len(h.clock.sleeps) == 1, "a backoff")
+    await aeventually(lambda: len(h.clock.sleeps) == 1, what="a backoff", interval=0)
     assert 0.25 <= h.clock.sleeps[0] <= 0.5
     assert len(h.source.watched_from) == 1
     h.clock.advance(h.clock.sleeps[0])
-    await until(lambda: len(h.source.watched_from) == 2, "the reconnect")
+    await aeventually(lambda: len(h.source.watched_from) == 2, what="the reconnect", interval=0)
     assert h.source.watched_from == ["2", "3"]
     assert h.source.list_calls == 1  # no relist needed
     assert h.restarts("error") == 1
@@ -257,13 +264,13 @@ async def test_a_failing_list_is_retried_with_growing_backoff(h: Harness) -> Non
     denied = Forbidden("secrets is forbidden", status=403, method="GET", path="/x")
     h.source.lists = [denied, denied, ([obj("a", "1")], "2")]
     h.start()
-    await until(lambda: len(h.clock.sleeps) == 1, "first backoff")
+    await aeventually(lambda: len(h.clock.sleeps) == 1, what="first backoff", interval=0)
     h.clock.advance(10)
-    await until(lambda: len(h.clock.sleeps) == 2, "second backoff")
+    await aeventually(lambda: len(h.clock.sleeps) == 2, what="second backoff", interval=0)
     assert h.clock.sleeps[1] > h.clock.sleeps[0] / 2
     assert not h.watcher.synced.is_set()
     h.clock.advance(10)
-    await until(h.watcher.synced.is_set, "the list")
+    await aeventually(h.watcher.synced.is_set, what="the list", interval=0)
     assert h.restarts("error") == 2
     assert h.recorder.events == [("ADDED", "a", "1")]
 
@@ -273,17 +280,17 @@ async def test_a_throttled_watch_waits_what_retry_after_says(h: Harness) -> None
     h.source.lists = [([], "1")]
     h.source.streams = [throttled, HANG]
     h.start()
-    await until(lambda: len(h.clock.sleeps) == 1, "a backoff")
+    await aeventually(lambda: len(h.clock.sleeps) == 1, what="a backoff", interval=0)
     assert h.clock.sleeps == [7.0]
     h.clock.advance(7)
-    await until(lambda: len(h.source.watched_from) == 2, "the reconnect")
+    await aeventually(lambda: len(h.source.watched_from) == 2, what="the reconnect", interval=0)
 
 
 async def test_healthy_turns_false_after_silence_and_back_on_activity(h: Harness) -> None:
     h.source.lists = [([], "1")]
     h.source.streams = [HANG]
     h.start()
-    await until(lambda: len(h.source.watched_from) == 1, "the watch")
+    await aeventually(lambda: len(h.source.watched_from) == 1, what="the watch", interval=0)
     assert h.watcher.healthy(max_silence=120)
     h.clock.advance(119)
     assert h.watcher.healthy(max_silence=120)
@@ -295,11 +302,11 @@ async def test_activity_brings_health_back(h: Harness) -> None:
     h.source.lists = [([], "1")]
     h.source.streams = [LIVE]
     h.start()
-    await until(lambda: len(h.source.watched_from) == 1, "the watch")
+    await aeventually(lambda: len(h.source.watched_from) == 1, what="the watch", interval=0)
     h.clock.advance(100)
     assert not h.watcher.healthy(max_silence=60)
     h.source.live.put_nowait(bookmark("2"))
-    await until(lambda: h.watcher.healthy(max_silence=60), "health")
+    await aeventually(lambda: h.watcher.healthy(max_silence=60), what="health", interval=0)
     assert h.watcher.resource_version == "2"
 
 
@@ -334,13 +341,13 @@ class SelectingSource(FakeSource):
         self.list_options: builtins.list[dict[str, Any]] = []
         self.watch_options: builtins.list[dict[str, Any]] = []
 
-    async def list(  # type: ignore[override]
+    async def list(
         self, res: Resource, namespace: str | None = None, **options: Any
     ) -> tuple[builtins.list[KubeObject], str]:
         self.list_options.append(options)
         return await super().list(res, namespace)
 
-    def watch(  # type: ignore[override]
+    def watch(
         self, res: Resource, namespace: str | None = None, **options: Any
     ) -> AsyncGenerator[WatchEvent, None]:
         self.watch_options.append(options)
@@ -375,7 +382,9 @@ async def test_field_selector_page_size_and_transform_reach_the_source_and_the_s
     )
     task = asyncio.ensure_future(watcher.run())
     try:
-        await until(lambda: len(recorder.events) == 2, "the listed and the watched object")
+        await aeventually(
+            lambda: len(recorder.events) == 2, what="the listed and the watched object", interval=0
+        )
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -395,6 +404,6 @@ async def test_without_the_options_the_watcher_passes_none_of_them() -> None:
     h.source.lists = [([obj("a", "1")], "2")]
     h.start()
     try:
-        await until(lambda: h.names() == ["a"], "listed")
+        await aeventually(lambda: h.names() == ["a"], what="listed", interval=0)
     finally:
         await h.stop()

@@ -19,6 +19,7 @@ import pytest
 import certs
 from agent.desired_state import load_desired
 from agent.role_config import ServerRoleConfig, load_role_config
+from tests.support import capi
 from vpnctl.lab.pods import (
     SERVICE_ACCOUNT_DIR,
     File,
@@ -33,7 +34,6 @@ from vpnctl.lab.pods import (
     volume_files,
     write_volume,
 )
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.agentdocs import server_role_config
 from vpnctl.reconcile.objects import (
     server_config_map,
@@ -199,11 +199,9 @@ def test_env_takes_values_and_field_refs_only() -> None:
 def test_the_server_pod_vpnctl_builds_runs_from_the_lab_directories(tmp_path: Path) -> None:
     """vpnctl's server Deployment, ConfigMap and Secret -> files; the agent's own loader
     reads the rewritten role config and desired state, and every file it names exists."""
-    t = samples.lab_tenant()
+    t = capi.lab_tenant()
     tenant = parse_tenant(
-        tunnel=samples.tunnel(
-            spec={"clusterName": "tenant-a", "tunnelCIDR": samples.LAB_TUNNEL_CIDR}
-        ),
+        tunnel=capi.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}),
         cluster=t.cluster,
         machines=t.machines,
         nodes=t.nodes,

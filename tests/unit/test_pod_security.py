@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from vpnctl.reconcile import samples
+from tests.support import capi
 from vpnctl.reconcile.agentdocs import (
     apiserver_role_config,
     node_role_config,
@@ -23,11 +23,11 @@ SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 
 
 def lab(**spec: Any) -> TenantSpec:
-    t = samples.lab_tenant()
-    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": samples.LAB_TUNNEL_CIDR}
+    t = capi.lab_tenant()
+    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
     body.update(spec)
     return parse_tenant(
-        tunnel=samples.tunnel(spec=body),  # type: ignore[arg-type]
+        tunnel=capi.tunnel(spec=body),  # type: ignore[arg-type]
         cluster=t.cluster,
         machines=t.machines,
         nodes=t.nodes,

@@ -12,7 +12,7 @@ import pytest
 
 from agent.desired_state import parse_desired
 from agent.role_config import ClientRoleConfig, ServerRoleConfig, load_role_config
-from vpnctl.reconcile import samples
+from tests.support import capi
 from vpnctl.reconcile.agentdocs import (
     PROBE_PORT,
     ServerPaths,
@@ -34,12 +34,12 @@ NET = IPv4Network
 
 
 def lab_tenant(nodes: bool = True, extra: list[str] | None = None) -> TenantSpec:
-    t = samples.lab_tenant()
-    spec: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": samples.LAB_TUNNEL_CIDR}
+    t = capi.lab_tenant()
+    spec: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
     if extra:
         spec["extraRoutes"] = extra
     return parse_tenant(
-        tunnel=samples.tunnel(spec=spec),  # type: ignore[arg-type]
+        tunnel=capi.tunnel(spec=spec),  # type: ignore[arg-type]
         cluster=t.cluster,
         machines=t.machines,
         nodes=t.nodes if nodes else None,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent.role_config import ClientRoleConfig, load_role_config
-from vpnctl.reconcile import samples
+from tests.support import capi
 from vpnctl.reconcile.agentdocs import (
     NodePaths,
     canonical_json,
@@ -25,10 +25,10 @@ SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 
 
 def lab_tenant() -> TenantSpec:
-    t = samples.lab_tenant()
-    spec: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": samples.LAB_TUNNEL_CIDR}
+    t = capi.lab_tenant()
+    spec: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
     return parse_tenant(
-        tunnel=samples.tunnel(spec=spec),  # type: ignore[arg-type]
+        tunnel=capi.tunnel(spec=spec),  # type: ignore[arg-type]
         cluster=t.cluster,
         machines=t.machines,
         nodes=t.nodes,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from vpnctl.reconcile import samples
+from tests.support import capi
 from vpnctl.reconcile.agentdocs import (
     ServerPaths,
     apiserver_role_config,
@@ -51,11 +51,11 @@ CRL = b"-----BEGIN X509 CRL-----\nnot-a-real-crl\n-----END X509 CRL-----\n"
 
 
 def lab(**spec: Any) -> TenantSpec:
-    t = samples.lab_tenant()
-    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": samples.LAB_TUNNEL_CIDR}
+    t = capi.lab_tenant()
+    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
     body.update(spec)
     return parse_tenant(
-        tunnel=samples.tunnel(spec=body),  # type: ignore[arg-type]
+        tunnel=capi.tunnel(spec=body),  # type: ignore[arg-type]
         cluster=t.cluster,
         machines=t.machines,
         nodes=t.nodes,
@@ -395,9 +395,9 @@ def test_role_config_change_rolls_the_pods_desired_state_does_not() -> None:
     )
     # Nodes joining change only desired.json (in the ConfigMap), not the Deployment.
     t2 = parse_tenant(
-        tunnel=samples.lab_tenant(nodes=2).tunnel,
-        cluster=samples.lab_tenant(nodes=2).cluster,
-        machines=samples.lab_tenant(nodes=2).machines,
+        tunnel=capi.lab_tenant(nodes=2).tunnel,
+        cluster=capi.lab_tenant(nodes=2).cluster,
+        machines=capi.lab_tenant(nodes=2).machines,
     )
     c, _ = server_parts(t2)
     assert c == a

@@ -10,8 +10,8 @@ from typing import Any, cast
 import pytest
 
 from agent.desired_state import parse_desired
+from tests.support import capi
 from vpnctl.api import Condition, Tunnel, TunnelStatusBody
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.conditions import (
     AGENT_INSTALLED,
     PKI_READY,
@@ -42,7 +42,7 @@ def run(
     *,
     settings: Settings = SETTINGS,
 ) -> TenantPlan:
-    t = samples.lab_tenant()
+    t = capi.lab_tenant()
     return plan_tenant(
         tunnel=tunnel,
         cluster=t.cluster,
@@ -73,7 +73,7 @@ def written(tunnel: Tunnel, plan: TenantPlan, now: datetime) -> Tunnel:
 
 
 def test_restarts_keep_addresses_and_the_holder() -> None:
-    lab = samples.lab_tenant()
+    lab = capi.lab_tenant()
     tunnel = lab.tunnel
     first = run(tunnel, lab.machines, up("node-2", "node-3"))
     assert first.service_route_node == "node-2"
@@ -93,14 +93,14 @@ def test_restarts_keep_addresses_and_the_holder() -> None:
     assert [a.machine for a in third.allocation.removed] == ["tenant-a-md-1"]
     tunnel3 = written(tunnel2, third, T0 + timedelta(minutes=2))
     assert tunnel3["status"]["releasedTunnelIPs"] == ["198.18.8.3"]
-    newcomer = samples.machine(name="tenant-a-md-4", node="node-4", internal_ip="198.19.0.14")
+    newcomer = capi.machine(name="tenant-a-md-4", node="node-4", internal_ip="198.19.0.14")
     fourth = run(tunnel3, [*fewer, newcomer], up("node-2", "node-3"))
     assert fourth.allocation.ip_of("tenant-a-md-4") == fourth.tenant.spec.tunnel_cidr[6]
     assert fourth.allocation.ip_of("tenant-a-md-2") == first.allocation.ip_of("tenant-a-md-2")
 
 
 def test_desired_state_and_configs_come_with_the_plan() -> None:
-    lab = samples.lab_tenant()
+    lab = capi.lab_tenant()
     plan = run(lab.tunnel, lab.machines, up("node-1"))
     doc = plan.desired_state(apiserver_serial=7)
     state = parse_desired(doc, path="desired.json", tunnel_cidr=IPv4Network("198.18.8.0/24"))
@@ -111,13 +111,13 @@ def test_desired_state_and_configs_come_with_the_plan() -> None:
 
 
 def test_waiting_lists_pending_and_unallocated_machines() -> None:
-    lab = samples.lab_tenant()
-    tunnel = samples.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": "198.18.8.0/29"})
+    lab = capi.lab_tenant()
+    tunnel = capi.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": "198.18.8.0/29"})
     extra = [
-        samples.machine(name=f"tenant-a-md-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
+        capi.machine(name=f"tenant-a-md-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
         for i in (4, 5)
     ]
-    plan = run(tunnel, [*lab.machines, *extra, samples.machine(name="tenant-a-md-9")], {})
+    plan = run(tunnel, [*lab.machines, *extra, capi.machine(name="tenant-a-md-9")], {})
     waiting = {w.machine: w.error.reason for w in plan.waiting}
     assert waiting == {"tenant-a-md-9": "WaitingForNodeRef", "tenant-a-md-5": "TunnelCIDRExhausted"}
     assert plan.service_route_node is None
@@ -126,10 +126,10 @@ def test_waiting_lists_pending_and_unallocated_machines() -> None:
 
 
 def test_a_node_without_a_tunnel_address_is_never_elected() -> None:
-    lab = samples.lab_tenant()
-    tunnel = samples.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": "198.18.8.0/29"})
+    lab = capi.lab_tenant()
+    tunnel = capi.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": "198.18.8.0/29"})
     extra = [
-        samples.machine(name=f"tenant-a-md-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
+        capi.machine(name=f"tenant-a-md-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
         for i in (4, 5)
     ]
     plan = run(tunnel, [*lab.machines, *extra], up("node-5"))
@@ -137,7 +137,7 @@ def test_a_node_without_a_tunnel_address_is_never_elected() -> None:
 
 
 def test_reserved_cidrs_come_from_settings() -> None:
-    lab = samples.lab_tenant()
+    lab = capi.lab_tenant()
     settings = Settings(agent_image="i", reserved_cidrs=(IPv4Network("198.18.8.0/25"),))
     with pytest.raises(PermanentError) as info:
         run(lab.tunnel, lab.machines, {}, settings=settings)
@@ -168,7 +168,7 @@ def test_errors_become_conditions_and_ready_follows() -> None:
 
 
 def test_status_of_a_fresh_tunnel_has_no_surprises() -> None:
-    lab = samples.lab_tenant()
+    lab = capi.lab_tenant()
     plan = run(lab.tunnel, lab.machines, {})
     status: TunnelStatusBody = plan.status(conditions=[], previous=None, now=T0)
     assert status["connectedCount"] == 0

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from vpnctl.reconcile import samples
+from tests.support import capi
 from vpnctl.reconcile.allocation import allocate
 from vpnctl.reconcile.routes import (
     ClientRoutes,
@@ -23,11 +23,11 @@ NET = IPv4Network
 
 
 def tenant(*, spec: dict[str, Any] | None = None, nodes: bool = True, count: int = 3) -> TenantSpec:
-    t = samples.lab_tenant(nodes=count)
-    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": samples.LAB_TUNNEL_CIDR}
+    t = capi.lab_tenant(nodes=count)
+    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
     body.update(spec or {})
     return parse_tenant(
-        tunnel=samples.tunnel(spec=body),  # type: ignore[arg-type]
+        tunnel=capi.tunnel(spec=body),  # type: ignore[arg-type]
         cluster=t.cluster,
         machines=t.machines,
         nodes=t.nodes if nodes else None,
@@ -105,7 +105,7 @@ def test_lab_plan_routes() -> None:
 
 
 def test_node_subnet_in_extra_routes_covers_nodes_and_is_not_an_iroute() -> None:
-    routes = plan(tenant(spec={"extraRoutes": [samples.LAB_NODES_CIDR]}))
+    routes = plan(tenant(spec={"extraRoutes": [capi.LAB_NODES_CIDR]}))
     assert routes[APISERVER_COMMON_NAME].push_routes == nets(
         "198.19.0.0/24", "198.19.64.0/18", "198.19.192.0/20"
     )
@@ -114,8 +114,8 @@ def test_node_subnet_in_extra_routes_covers_nodes_and_is_not_an_iroute() -> None
 
 
 def test_apiserver_routes_do_not_change_as_nodes_join_when_the_subnet_is_listed() -> None:
-    few = tenant(spec={"extraRoutes": [samples.LAB_NODES_CIDR]}, count=2)
-    more = tenant(spec={"extraRoutes": [samples.LAB_NODES_CIDR]}, count=5)
+    few = tenant(spec={"extraRoutes": [capi.LAB_NODES_CIDR]}, count=2)
+    more = tenant(spec={"extraRoutes": [capi.LAB_NODES_CIDR]}, count=5)
     assert tenant_routes(few) == tenant_routes(more)
 
 

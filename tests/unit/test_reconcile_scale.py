@@ -12,8 +12,8 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from agent.desired_state import parse_desired
+from tests.support import capi
 from vpnctl.api import KubeObject
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.agentdocs import (
     apiserver_role_config,
     node_role_config,
@@ -44,12 +44,12 @@ def tenant_inputs(i: int) -> dict[str, Any]:
     """Tenant i: its own namespace; every tenant reuses the same private ranges."""
     name = f"t{i:03d}"
     return {
-        "tunnel": samples.tunnel(name=name, namespace=name, spec={"clusterName": name}),
-        "cluster": samples.cluster(
+        "tunnel": capi.tunnel(name=name, namespace=name, spec={"clusterName": name}),
+        "cluster": capi.cluster(
             name=name, namespace=name, pods=["10.244.0.0/16"], services=["10.96.0.0/12"]
         ),
         "machines": [
-            samples.machine(
+            capi.machine(
                 name=f"{name}-md-{j}",
                 cluster_name=name,
                 namespace=name,
@@ -59,7 +59,7 @@ def tenant_inputs(i: int) -> dict[str, Any]:
             for j in range(3)
         ],
         "nodes": [
-            samples.node(name=f"{name}-node-{j}", pod_cidrs=[f"10.244.{j}.0/24"]) for j in range(3)
+            capi.node(name=f"{name}-node-{j}", pod_cidrs=[f"10.244.{j}.0/24"]) for j in range(3)
         ],
     }
 

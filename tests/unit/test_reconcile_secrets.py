@@ -13,9 +13,8 @@ import pytest
 import yaml
 
 import certs
-from tests.support import kubeconfigs
+from tests.support import capi, kubeconfigs
 from tests.support.secrets_scan import scan
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
 from vpnctl.reconcile.objects import (
     apiserver_client_secret,
@@ -37,7 +36,7 @@ NOW = datetime(2024, 5, 1, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def tenant() -> TenantSpec:
-    t = samples.lab_tenant()
+    t = capi.lab_tenant()
     return parse_tenant(tunnel=t.tunnel, cluster=t.cluster, machines=t.machines)
 
 
@@ -106,7 +105,7 @@ def test_refused_kubeconfig_forms_are_permanent_and_name_the_field(
     assert info.value.reason == "InvalidKubeconfig"
     where = "Secret tenant-a/tenant-a-kubeconfig"
     assert info.value.message.startswith(f"{where} is refused: {field} ")
-    secrets = {"key": material.client.key_pem, "token": kubeconfigs.TOKEN}
+    secrets: dict[str, str | bytes] = {"key": material.client.key_pem, "token": kubeconfigs.TOKEN}
     assert scan({"message": info.value.message, "repr": repr(info.value)}, secrets) == []
 
 

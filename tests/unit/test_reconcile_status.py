@@ -8,8 +8,8 @@ from typing import Any, cast
 
 import pytest
 
+from tests.support import capi
 from vpnctl.api import Tunnel, TunnelStatusBody
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.allocation import (
     AllocationResult,
     allocate,
@@ -26,11 +26,11 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def tenant_with_pending() -> TenantSpec:
-    t = samples.lab_tenant()
+    t = capi.lab_tenant()
     return parse_tenant(
         tunnel=t.tunnel,
         cluster=t.cluster,
-        machines=[*t.machines, samples.machine(name="tenant-a-md-9")],
+        machines=[*t.machines, capi.machine(name="tenant-a-md-9")],
         nodes=t.nodes,
     )
 
@@ -197,7 +197,7 @@ def test_format_table_is_kubectl_like() -> None:
 
 
 def tunnel_with(status: TunnelStatusBody, **meta: Any) -> Tunnel:
-    t = samples.tunnel(**meta)
+    t = capi.tunnel(**meta)
     t["status"] = status
     return t
 
@@ -229,6 +229,6 @@ def test_render_status_for_many_tunnels_prefixes_namespace_and_cluster() -> None
 
 
 def test_render_status_before_any_status() -> None:
-    out = render_status([samples.tunnel()], now=T0)
+    out = render_status([capi.tunnel()], now=T0)
     assert out.splitlines()[1].split() == ["tenant-a", "tenant-a", "Unknown", "0", "0", "121d"]
     assert render_status([], now=T0) == "No tunnels found.\n"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import capi as samples
 from vpnctl.api import TunnelSpecBody
-from vpnctl.reconcile import samples
 from vpnctl.reconcile.errors import PermanentError, ReconcileError, TemporaryError
 from vpnctl.reconcile.tenant import (
     APISERVER_COMMON_NAME,

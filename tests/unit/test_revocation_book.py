@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import certs
-from vpnctl.reconcile import samples
+from tests.support import capi
 from vpnctl.reconcile.diff import needs_update
 from vpnctl.reconcile.errors import PermanentError
 from vpnctl.reconcile.revocations import (
@@ -106,9 +106,9 @@ def test_the_book_round_trips_and_a_corrupt_one_is_an_error() -> None:
 
 
 def test_machines_being_deleted_are_not_live() -> None:
-    deleting = samples.machine(name="m-2", node="node-2", internal_ip="198.19.0.12")
+    deleting = capi.machine(name="m-2", node="node-2", internal_ip="198.19.0.12")
     deleting["metadata"]["deletionTimestamp"] = "2030-01-01T00:00:00Z"
-    machines = [samples.machine(name="m-1", node="node-1", internal_ip="198.19.0.11"), deleting]
+    machines = [capi.machine(name="m-1", node="node-1", internal_ip="198.19.0.11"), deleting]
     assert live_machines(machines) == (M1,)
 
 
@@ -134,7 +134,7 @@ def _server_cm(clients: list[str], crl: str) -> dict[str, Any]:
 
 def test_with_an_invalid_spec_the_server_config_drops_gone_nodes_and_takes_the_crl() -> None:
     live = _server_cm(["node-1", "node-2"], "OLD CRL")
-    machines = [samples.machine(name="m-1", node="node-1", internal_ip="198.19.0.11")]
+    machines = [capi.machine(name="m-1", node="node-1", internal_ip="198.19.0.11")]
     body = server_config_after_revocation(live, crl_pem=b"NEW CRL", machines=machines)
     assert body is not None
     assert body["data"]["crl.pem"] == "NEW CRL"

@@ -91,7 +91,7 @@ def _node(tmp_path: Path, clock: ManualClock) -> NodeRole:
 
 
 def _hanging(_path: str) -> Management:
-    return HangingManagement()  # type: ignore[return-value]
+    return HangingManagement()
 
 
 async def eventually(check: Callable[[], bool], *, what: str, timeout: float = 5.0) -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import cast
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.event_log import EventLog
 from agent.openvpn.client_auth import ClientAuthRequest
+from agent.roles.mgmt import Management
 from agent.roles.server_auth import ClientAuthorizer
 from agent.roles.server_state import AuthVerdict
 
@@ -62,7 +64,7 @@ def ask(serial: int, *, cid: int, kind: str = "CONNECT") -> ClientAuthRequest:
 def setup() -> tuple[ClientAuthorizer, FakeManagement, Issued, CollectorRegistry]:
     mgmt, issued, registry = FakeManagement(), Issued(), CollectorRegistry()
     auth = ClientAuthorizer(
-        client=lambda: (1, mgmt),  # type: ignore[return-value]
+        client=lambda: (1, cast(Management, mgmt)),
         decide=issued.decide,
         events=EventLog(logger=logging.getLogger("test"), role="server"),
         registry=registry,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpnctl.reconcile import samples
+from tests.support import capi
 from vpnctl.reconcile.agentdocs import server_role_config
 from vpnctl.reconcile.names import COMPONENT_SERVER, selector_labels
 from vpnctl.reconcile.objects import server_deployment
@@ -16,11 +16,11 @@ SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 
 
 def lab(**spec: Any) -> TenantSpec:
-    t = samples.lab_tenant()
-    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": samples.LAB_TUNNEL_CIDR}
+    t = capi.lab_tenant()
+    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
     body.update(spec)
     return parse_tenant(
-        tunnel=samples.tunnel(spec=body),  # type: ignore[arg-type]
+        tunnel=capi.tunnel(spec=body),  # type: ignore[arg-type]
         cluster=t.cluster,
         machines=t.machines,
         nodes=t.nodes,

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from tests.support.polling import aeventually
 from vpnctl.controller.budgets import (
     REASON_CSR_RATE,
     REASON_SLOW,
@@ -18,12 +19,8 @@ from vpnctl.controller.tenant_lane import Lane
 from vpnctl.kube import ManualClock
 
 
-async def until(predicate: object, what: str) -> None:
-    for _ in range(1000):
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never happened: {what}")
+async def _forever() -> None:
+    await asyncio.Event().wait()
 
 
 class Recorder:
@@ -35,7 +32,7 @@ class Recorder:
 
     def start(self, lane: Lane) -> None:
         self.starts += 1
-        lane.spawn("watch", asyncio.Event().wait())
+        lane.spawn("watch", _forever())
         lane.spawn("loop", self._loop())
 
     async def _loop(self) -> None:
@@ -70,7 +67,7 @@ async def test_over_budget_anywhere_pauses_everything_and_it_all_restarts() -> N
     task = asyncio.create_task(lane.run())
     try:
         # A child found the tenant over budget: every child stopped, caches dropped.
-        await until(lambda: rec.trips, "the first trip")
+        await aeventually(lambda: rec.trips, what="the first trip", interval=0)
         assert rec.trips == [(REASON_CSR_RATE, 30.0)]
         assert (rec.starts, rec.pauses) == (1, 1)
         assert not lane.running
@@ -80,12 +77,16 @@ async def test_over_budget_anywhere_pauses_everything_and_it_all_restarts() -> N
             lane.spawn("late", asyncio.sleep(0))
         # After the pause, everything starts again.
         clock.advance(30.0)
-        await until(lambda: lane.running and len(lane.task_names()) == 2, "restarted")
+
+        def restarted() -> bool:
+            return lane.running and len(lane.task_names()) == 2
+
+        await aeventually(restarted, what="restarted", interval=0)
         assert rec.starts == 2
         assert sorted(lane.task_names()) == ["tenant t/a loop", "tenant t/a watch"]
         # ensure() may stop it from outside (a tenant too slow to install into).
         lane.interrupt(OverBudget(REASON_SLOW, "slow"))
-        await until(lambda: len(rec.trips) == 2, "the second trip")
+        await aeventually(lambda: len(rec.trips) == 2, what="the second trip", interval=0)
         assert rec.trips[1][0] == REASON_SLOW
         assert 30.0 <= rec.trips[1][1] <= 60.0  # the second pause in a row is longer
         assert not lane.running

@@ -23,8 +23,8 @@ from tests.kube.controllerfix import (
     FakeObservations,
     FakeTenantSide,
     all_connected,
-    kubeconfig_text,
 )
+from tests.support.capi import kubeconfig_text
 from tests.support.fake_tenant_api import FakeTenantApi, as_tenant_api
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
 from vpnctl.cli import _parser
