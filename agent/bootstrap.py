@@ -65,7 +65,7 @@ _MAX_FILE = 1024 * 1024
 _WATCH_SECONDS = 60
 _POLL_INTERVAL = 1.0
 
-Clock = Callable[[], datetime]
+WallClock = Callable[[], datetime]  # the time of day, for certificate validity
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ async def obtain_certificate(
     key_path: str,
     cert_path: str,
     tunnel_ca_file: str,
-    clock: Clock,
+    clock: WallClock,
     timeout: float,
     renew_fraction: float = certs.DEFAULT_RENEW_FRACTION,
     expiration_seconds: int | None = None,

@@ -4,7 +4,7 @@ A container's /dev is a tmpfs of its own with no /dev/net/tun in it. Mounting th
 needs a hostPath (a namespace that allows them) and a privileged pod is worse. But the
 device itself is not privileged: the runtime's default device cgroup allows c 10:200
 (the tun/tap clone device), so with CAP_MKNOD the agent can make the node and openvpn can
-open it. vpnctl's pod specs add MKNOD for exactly this (vpnctl/reconcile/objects.py);
+open it. vpnctl's pod specs add MKNOD for exactly this (vpnctl/reconcile/service_objects.py);
 with a device plugin or `--tun-host-path` the device is already there and nothing is made.
 """
 

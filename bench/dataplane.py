@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from vpnctl.lab import netns
+from vpnctl.lab.address_plan import make_plan
 from vpnctl.lab.dataplane import DataPlane, prepare_dataplane, start_dataplane
-from vpnctl.lab.plan import make_plan
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
 
 LOSS = 0.02

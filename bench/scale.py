@@ -31,7 +31,7 @@ from tests.support.capi import create_tenant
 from tests.support.fake_tenant_side import FakeTenantSide
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.operator import Controller, ControllerSettings
-from vpnctl.controller.tenant import TenantSettings
+from vpnctl.controller.tenant_reconciler import TenantSettings
 from vpnctl.kube import TUNNEL, Kube, SystemClock
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation

@@ -3,7 +3,7 @@
 The kube layer hands the rest of vpnctl plain JSON dicts (what the apiserver sent), and
 takes plain dicts back. These TypedDicts name the fields we use so mypy checks every
 access; they are not validation: anything read from the API is checked again where it is
-parsed (see `vpnctl.reconcile.tenant`), because a TypedDict is a promise, not a fact.
+parsed (see `vpnctl.reconcile.tenant_spec`), because a TypedDict is a promise, not a fact.
 
 Only the fields vpnctl uses are listed. Keys are the API's own camelCase names.
 """

@@ -28,7 +28,7 @@ import pytest
 
 from tests.support.secrets_scan import scan
 from vpnctl.controller.observe import parse_server_metrics
-from vpnctl.lab import objects as lo
+from vpnctl.lab import lab_objects as lo
 from vpnctl.lab.checks import kubectl_logs
 from vpnctl.lab.dataplane import http_get, in_netns
 from vpnctl.lab.probe import check_lines

@@ -38,9 +38,9 @@ def test_image_key_follows_what_ships(tmp_path: Path) -> None:
 
     # Lab and testenv do not go in: editing them must not rebuild the image.
     for left_out in (
-        "vpnctl/lab/table.py",
+        "vpnctl/lab/connectivity_table.py",
         "vpnctl/testenv/build.py",
-        "vpnctl/lab/plan.py",
+        "vpnctl/lab/address_plan.py",
     ):
         (repo / left_out).write_text((repo / left_out).read_text() + "\n# edited\n")
         assert key_of(bi, repo) == first, f"{left_out} changed the image key"

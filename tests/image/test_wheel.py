@@ -57,7 +57,7 @@ def test_wheel_still_ships_the_product(wheel_names: list[str]) -> None:
     # The exclusions must not take what production runs with them.
     for needed in (
         "vpnctl/cli.py",
-        "vpnctl/reconcile/objects.py",
+        "vpnctl/reconcile/service_objects.py",
         "vpnctl/controller/cli.py",
         "vpnctl/kube/__init__.py",
         "agent/__main__.py",

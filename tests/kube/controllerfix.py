@@ -32,7 +32,7 @@ from tests.support.fake_tenant_side import FakeTenantSide as FakeTenantSide
 from tests.support.polling import aeventually
 from vpnctl.controller.interfaces import TenantRef, TenantSide
 from vpnctl.controller.operator import Controller, ControllerSettings
-from vpnctl.controller.tenant import TenantSettings
+from vpnctl.controller.tenant_reconciler import TenantSettings
 from vpnctl.kube import (
     CONFIG_MAP,
     TUNNEL,

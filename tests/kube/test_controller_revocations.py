@@ -19,11 +19,11 @@ import certs
 from tests.support import capi
 from tests.support.capi import LAB_PODS_CIDR, create_tenant
 from tests.support.polling import aeventually
-from vpnctl.controller import pki
+from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.interfaces import TenantRef
-from vpnctl.controller.revocations import RevocationStore, TunnelOwner, revoke_and_plan_crl
+from vpnctl.controller.revocation_store import RevocationStore, TunnelOwner, revoke_and_plan_crl
 from vpnctl.kube import CONFIG_MAP, MACHINE, SECRET, TUNNEL, Kube, KubeObject, ManualClock
-from vpnctl.reconcile.revocations import IssuedCert
+from vpnctl.reconcile.revocation_book import IssuedCert
 
 from .controllerfix import (
     FakeObservations,

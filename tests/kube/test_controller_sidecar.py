@@ -13,7 +13,7 @@ import pytest
 from tests.support.capi import create_tenant
 from tests.support.polling import aeventually
 from vpnctl.kube import DEPLOYMENT, Kube, KubeObject
-from vpnctl.reconcile.objects import (
+from vpnctl.reconcile.service_objects import (
     APISERVER_CONTAINER,
     ATTACH_SIDECAR_LABEL,
     SIDECAR_HASH_ANNOTATION,

@@ -48,13 +48,13 @@ from vpnctl.kube import (
     SystemClock,
     connect,
 )
+from vpnctl.reconcile.agent_objects import NODE_JSON, tenant_objects
 from vpnctl.reconcile.agentdocs import node_role_config
 from vpnctl.reconcile.diff import stamp
 from vpnctl.reconcile.names import COMPONENT_NODE_AGENT, NODE_AGENT_NAME, labels
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant import parse_tenant
-from vpnctl.reconcile.tenant_objects import NODE_JSON, tenant_objects
 from vpnctl.reconcile.tenant_refs import object_ref
+from vpnctl.reconcile.tenant_spec import parse_tenant
 from vpnctl.testenv import TenantCluster
 from vpnctl.testenv.cluster import free_ports
 

@@ -18,10 +18,10 @@ import certs
 from agent.bootstrap import CSRRefused, obtain_certificate
 from vpnctl.controller.csr_signer import IssuedRecorder
 from vpnctl.controller.interfaces import TenantRef
-from vpnctl.controller.revocations import RevocationsMissing
+from vpnctl.controller.revocation_store import RevocationsMissing
 from vpnctl.controller.tenant_side import KubeTenantSide
 from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, Kube, KubeObject, SystemClock
-from vpnctl.reconcile.revocations import IssuedCert
+from vpnctl.reconcile.revocation_book import IssuedCert
 from vpnctl.testenv import TenantCluster
 
 from .conftest import TenantFactory

@@ -44,6 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.openvpn.config import ClientConfig, render_client
 from tests.support.polling import eventually
+from vpnctl.lab.address_plan import NodePlan, make_plan
 from vpnctl.lab.dataplane import (
     DAY,
     HEALTH_PORT,
@@ -57,7 +58,6 @@ from vpnctl.lab.dataplane import (
     start_dataplane,
 )
 from vpnctl.lab.dataplane import DataPlane as LabDataPlane
-from vpnctl.lab.plan import NodePlan, make_plan
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
 
 __all__ = ["DAY", "HEALTH_PORT", "PROBE_PORT", "ClientFiles", "Pki", "Proc", "http_get"]

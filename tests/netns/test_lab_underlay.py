@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from vpnctl.lab import netns
-from vpnctl.lab.plan import LabPlan, make_plan
+from vpnctl.lab.address_plan import LabPlan, make_plan
 from vpnctl.lab.probe import probe_tcp
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
 

@@ -24,7 +24,7 @@ import pytest
 import certs
 from tests.support.polling import aeventually
 from vpnctl.lab import netns
-from vpnctl.lab.plan import LabPlan, NodePlan, make_plan
+from vpnctl.lab.address_plan import LabPlan, NodePlan, make_plan
 from vpnctl.lab.probe import probe_admission, probe_https
 from vpnctl.lab.standins import DEFAULT_LOG_LINES, DENY_LABEL, log_line
 from vpnctl.lab.underlay import build_underlay, destroy_underlay

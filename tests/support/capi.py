@@ -5,9 +5,9 @@ The pure builders (``cluster``, ``machine``, ``node``, ``tunnel``, ``kubeconfig_
 test states only what it varies. The ``create_*`` writers put the same objects into a real
 kube-apiserver (tests/kube, bench), stripped of what the apiserver assigns.
 
-``lab_tenant()`` follows the lab's address plan (vpnctl/lab/plan.py): nodes 198.19.0.(10+i),
+``lab_tenant()`` follows the lab's address plan (vpnctl/lab/address_plan.py): nodes 198.19.0.(10+i),
 pods 198.19.64.0/18 with 198.19.(64+i).0/24 per node, services 198.19.192.0/20, tunnel
-198.18.8.0/24. The lab writes its own Machines (vpnctl/lab/objects.py): it cannot import
+198.18.8.0/24. The lab writes its own Machines (vpnctl/lab/lab_objects.py): it cannot import
 from tests/.
 """
 

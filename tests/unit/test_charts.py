@@ -24,19 +24,19 @@ from tests.support import capi
 from vpnctl.api import TunnelSpecBody
 from vpnctl.charts import REPO_CHARTS, find_helm
 from vpnctl.kube import resources
+from vpnctl.reconcile.agent_objects import tenant_objects
 from vpnctl.reconcile.agentdocs import node_role_config, server_role_config
 from vpnctl.reconcile.names import COMPONENT_SERVER, labels
-from vpnctl.reconcile.objects import (
+from vpnctl.reconcile.server_policy import server_network_policy
+from vpnctl.reconcile.service_objects import (
     HEALTH_PORT_NAME,
     apiserver_config_map,
     ca_secret,
     server_deployment,
     server_service,
 )
-from vpnctl.reconcile.server_policy import server_network_policy
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant import TenantSpec, parse_tenant
-from vpnctl.reconcile.tenant_objects import tenant_objects
+from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 from vpnctl.testenv import helm_template
 from vpnctl.testenv.helm import HelmError
 
@@ -405,7 +405,7 @@ async def test_controller_rbac_is_what_the_controller_calls(helm: Path, tmp_path
             assert allows(rules, group=res.group, resource=res.plural, verb=verb), (res, verb)
         assert not allows(rules, group=res.group, resource=res.plural, verb="delete"), res
         # Updated only where a read-modify-write needs optimistic locking: ConfigMaps (the
-        # revocation book, vpnctl/controller/revocations.py).
+        # revocation book, vpnctl/controller/revocation_store.py).
         updated = res == resources.CONFIG_MAP
         assert allows(rules, group=res.group, resource=res.plural, verb="update") == updated, res
     for res in (resources.SECRET, resources.CONFIG_MAP, resources.SERVICE, resources.DEPLOYMENT):

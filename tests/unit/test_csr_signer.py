@@ -18,7 +18,7 @@ from vpnctl.controller.csr_signer import handle_csr
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import Conflict, KubeObject, NotFound
 from vpnctl.reconcile.csr import NODE_SIGNER
-from vpnctl.reconcile.revocations import IssuedCert
+from vpnctl.reconcile.revocation_book import IssuedCert
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 TENANT = TenantRef("ns", "tenant-a")

@@ -11,7 +11,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import certs
 from vpnctl.lab import labpki
-from vpnctl.testenv.pki import write_cluster_pki
+from vpnctl.testenv.cluster_pki import write_cluster_pki
 
 
 def test_kubelet_client_certificate_is_the_nodes_identity(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from vpnctl.lab.plan import LAB_RANGE, MAX_NODES, PlanError, lab_namespace_re, make_plan
+from vpnctl.lab.address_plan import LAB_RANGE, MAX_NODES, PlanError, lab_namespace_re, make_plan
 
 
 def test_infrastructure_addresses_follow_the_lab_plan() -> None:

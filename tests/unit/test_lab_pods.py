@@ -35,13 +35,13 @@ from vpnctl.lab.pods import (
     write_volume,
 )
 from vpnctl.reconcile.agentdocs import server_role_config
-from vpnctl.reconcile.objects import (
+from vpnctl.reconcile.service_objects import (
     server_config_map,
     server_deployment,
     server_secret,
 )
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant import parse_tenant
+from vpnctl.reconcile.tenant_spec import parse_tenant
 
 
 def cm(name: str, **data: str) -> dict[str, Any]:

@@ -1,5 +1,4 @@
-from vpnctl.lab.probe import ProbeResult
-from vpnctl.lab.table import (
+from vpnctl.lab.connectivity_table import (
     NodeRow,
     any_failed,
     cell,
@@ -9,6 +8,7 @@ from vpnctl.lab.table import (
     render_table,
     summary,
 )
+from vpnctl.lab.probe import ProbeResult
 
 OK = ProbeResult(ok=True, latency_ms=2.14)
 

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 
 from tests.support import capi
+from vpnctl.reconcile.agent_objects import agent_daemon_set
 from vpnctl.reconcile.agentdocs import (
     apiserver_role_config,
     node_role_config,
     server_role_config,
 )
-from vpnctl.reconcile.objects import apiserver_sidecar, server_deployment
+from vpnctl.reconcile.service_objects import apiserver_sidecar, server_deployment
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant import TenantSpec, parse_tenant
-from vpnctl.reconcile.tenant_objects import agent_daemon_set
+from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 

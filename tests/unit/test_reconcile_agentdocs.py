@@ -27,7 +27,7 @@ from vpnctl.reconcile.allocation import allocate, record_serial
 from vpnctl.reconcile.errors import TemporaryError
 from vpnctl.reconcile.routes import client_routes
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant import APISERVER_COMMON_NAME, TenantSpec, parse_tenant
+from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME, TenantSpec, parse_tenant
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 NET = IPv4Network

@@ -10,6 +10,7 @@ import pytest
 
 from agent.role_config import ClientRoleConfig, load_role_config
 from tests.support import capi
+from vpnctl.reconcile.agent_objects import agent_daemon_set
 from vpnctl.reconcile.agentdocs import (
     NodePaths,
     canonical_json,
@@ -18,8 +19,7 @@ from vpnctl.reconcile.agentdocs import (
 )
 from vpnctl.reconcile.errors import PermanentError
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant import TenantSpec, parse_tenant
-from vpnctl.reconcile.tenant_objects import agent_daemon_set
+from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 

@@ -20,7 +20,7 @@ from vpnctl.reconcile.allocation import (
     released_to_status,
 )
 from vpnctl.reconcile.errors import PermanentError
-from vpnctl.reconcile.tenant import Member
+from vpnctl.reconcile.tenant_spec import Member
 
 CIDR = IPv4Network("198.18.8.0/24")
 IP = IPv4Address

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support import capi
+from vpnctl.reconcile.agent_objects import agent_daemon_set, tenant_objects
 from vpnctl.reconcile.agentdocs import (
     ServerPaths,
     apiserver_role_config,
@@ -28,7 +29,7 @@ from vpnctl.reconcile.names import (
     bounded_name,
     tunnel_owner_reference,
 )
-from vpnctl.reconcile.objects import (
+from vpnctl.reconcile.service_objects import (
     apiserver_client_secret,
     apiserver_config_map,
     apiserver_sidecar,
@@ -41,8 +42,7 @@ from vpnctl.reconcile.objects import (
     tls_crypt_secret,
 )
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant import TenantSpec, parse_tenant
-from vpnctl.reconcile.tenant_objects import agent_daemon_set, tenant_objects
+from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 KEY = b"-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n-----END PRIVATE KEY-----\n"

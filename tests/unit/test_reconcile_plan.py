@@ -23,9 +23,9 @@ from vpnctl.reconcile.conditions import (
     set_error_condition,
 )
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
-from vpnctl.reconcile.plan import TenantPlan, plan_tenant
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation
+from vpnctl.reconcile.tenant_plan import TenantPlan, plan_tenant
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 T0 = datetime(2024, 5, 1, tzinfo=UTC)

@@ -17,7 +17,7 @@ from vpnctl.reconcile.routes import (
     node_iroutes,
     tenant_routes,
 )
-from vpnctl.reconcile.tenant import APISERVER_COMMON_NAME, TenantSpec, parse_tenant
+from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME, TenantSpec, parse_tenant
 
 NET = IPv4Network
 

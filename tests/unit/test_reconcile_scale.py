@@ -14,6 +14,7 @@ from typing import Any
 from agent.desired_state import parse_desired
 from tests.support import capi
 from vpnctl.api import KubeObject
+from vpnctl.reconcile.agent_objects import tenant_objects
 from vpnctl.reconcile.agentdocs import (
     apiserver_role_config,
     node_role_config,
@@ -23,17 +24,16 @@ from vpnctl.reconcile.agentdocs import (
 from vpnctl.reconcile.allocation import allocate
 from vpnctl.reconcile.diff import needs_update
 from vpnctl.reconcile.names import TenantNames
-from vpnctl.reconcile.objects import (
+from vpnctl.reconcile.routes import client_routes, elect_service_route_node
+from vpnctl.reconcile.service_objects import (
     apiserver_config_map,
     server_config_map,
     server_deployment,
     server_service,
 )
-from vpnctl.reconcile.routes import client_routes, elect_service_route_node
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
-from vpnctl.reconcile.tenant import parse_tenant
-from vpnctl.reconcile.tenant_objects import tenant_objects
+from vpnctl.reconcile.tenant_spec import parse_tenant
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 NOW = datetime(2024, 5, 1, tzinfo=UTC)

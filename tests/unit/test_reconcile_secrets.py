@@ -16,12 +16,6 @@ import certs
 from tests.support import capi, kubeconfigs
 from tests.support.secrets_scan import scan
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
-from vpnctl.reconcile.objects import (
-    apiserver_client_secret,
-    ca_secret,
-    server_secret,
-    tls_crypt_secret,
-)
 from vpnctl.reconcile.secrets import (
     check_leaf_secret,
     kubeconfig_secret_name,
@@ -29,7 +23,13 @@ from vpnctl.reconcile.secrets import (
     read_ca_secret,
     read_tls_crypt_server_key,
 )
-from vpnctl.reconcile.tenant import TenantSpec, parse_tenant
+from vpnctl.reconcile.service_objects import (
+    apiserver_client_secret,
+    ca_secret,
+    server_secret,
+    tls_crypt_secret,
+)
+from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vpnctl.reconcile.objects import (
+from vpnctl.reconcile.service_objects import (
     APISERVER_CONTAINER,
     SIDECAR_HASH_ANNOTATION,
     SidecarAttachment,

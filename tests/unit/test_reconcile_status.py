@@ -19,8 +19,8 @@ from vpnctl.reconcile.allocation import (
 from vpnctl.reconcile.conditions import READY, derive_ready, set_condition
 from vpnctl.reconcile.routes import elect_service_route_node
 from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
-from vpnctl.reconcile.table import format_table, human_duration, render_status
-from vpnctl.reconcile.tenant import TenantSpec, parse_tenant
+from vpnctl.reconcile.status_table import format_table, human_duration, render_status
+from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""Parsing and validating one tenant's inputs (vpnctl.reconcile.tenant)."""
+"""Parsing and validating one tenant's inputs (vpnctl.reconcile.tenant_spec)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from tests.support import capi as samples
 from vpnctl.api import TunnelSpecBody
 from vpnctl.reconcile.errors import PermanentError, ReconcileError, TemporaryError
-from vpnctl.reconcile.tenant import (
+from vpnctl.reconcile.tenant_spec import (
     APISERVER_COMMON_NAME,
     DEFAULT_TUNNEL_CIDR,
     TenantSpec,

@@ -1,4 +1,4 @@
-"""The revocation book (vpnctl.reconcile.revocations): what is revoked, and until when."""
+"""The revocation book (vpnctl.reconcile.revocation_book): what is revoked, and until when."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import certs
 from tests.support import capi
 from vpnctl.reconcile.diff import needs_update
 from vpnctl.reconcile.errors import PermanentError
-from vpnctl.reconcile.revocations import (
+from vpnctl.reconcile.revocation_book import (
     IssuedCert,
     LiveMachine,
     RevocationBook,

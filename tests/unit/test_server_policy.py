@@ -7,10 +7,10 @@ from typing import Any
 from tests.support import capi
 from vpnctl.reconcile.agentdocs import server_role_config
 from vpnctl.reconcile.names import COMPONENT_SERVER, selector_labels
-from vpnctl.reconcile.objects import server_deployment
 from vpnctl.reconcile.server_policy import CONTROLLER_POD_LABELS, server_network_policy
+from vpnctl.reconcile.service_objects import server_deployment
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant import TenantSpec, parse_tenant
+from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 

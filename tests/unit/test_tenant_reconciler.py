@@ -1,5 +1,5 @@
 """The reconcile pass (``TenantReconciler``) against an in-memory ``TenantApi``: the
-order-of-writes promises of ``vpnctl/controller/tenant.py``'s docstring.
+order-of-writes promises of ``vpnctl/controller/tenant_reconciler.py``'s docstring.
 
 Real planner, real ``certs``, the real revocation book; fakes only of our own seams
 (``TenantApi``, ``TenantSide``, ``ObservationSource``). Each test reads the fake's write
@@ -28,11 +28,11 @@ from tests.support.capi import kubeconfig_text
 from tests.support.fake_tenant_api import FakeTenantApi, as_tenant_api
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
 from vpnctl.cli import _parser
-from vpnctl.controller import pki
+from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.cli import settings_from_args
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.metrics import ControllerMetrics
-from vpnctl.controller.tenant import TenantReconciler, TenantSettings
+from vpnctl.controller.tenant_reconciler import TenantReconciler, TenantSettings
 from vpnctl.controller.tenant_settings import (
     AUTO_TUNNEL_ANNOTATION,
     FINALIZER,

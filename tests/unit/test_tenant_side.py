@@ -46,11 +46,11 @@ from vpnctl.kube import (
 )
 from vpnctl.kube.retry import backoff
 from vpnctl.kube.watch import Store, WatchMetrics
+from vpnctl.reconcile.agent_objects import tenant_objects
 from vpnctl.reconcile.names import labels
 from vpnctl.reconcile.node_certs import SignedCert, issued_certificate, signed_report
-from vpnctl.reconcile.revocations import IssuedCert
+from vpnctl.reconcile.revocation_book import IssuedCert
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant_objects import tenant_objects
 from vpnctl.reconcile.tenant_refs import (
     KNOWN_RESOURCES,
     ObjectRef,

@@ -175,7 +175,7 @@ async def _connect(args: argparse.Namespace) -> Kube:
 def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
     """The ControllerSettings the flags describe (SystemExit naming a bad flag)."""
     from vpnctl.controller.operator import ControllerSettings
-    from vpnctl.controller.tenant import TenantSettings
+    from vpnctl.controller.tenant_reconciler import TenantSettings
     from vpnctl.reconcile.settings import Settings
 
     try:
@@ -263,7 +263,7 @@ async def run(args: argparse.Namespace) -> int:
     from vpnctl.controller.networks import NetworkDetectionError
     from vpnctl.controller.observe import ServerMetricsObservations
     from vpnctl.controller.operator import Controller
-    from vpnctl.controller.revocations import RevocationStore
+    from vpnctl.controller.revocation_store import RevocationStore
     from vpnctl.controller.tenant_side import KubeTenantSide
     from vpnctl.kube import KubeconfigError, SystemClock
     from vpnctl.reconcile.durations import parse_duration
@@ -344,7 +344,7 @@ async def status(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """`vpnctl status`: the Tunnels' tables, as the controller last wrote them."""
     from vpnctl.api import Tunnel
     from vpnctl.kube import TUNNEL, ApiError, KubeconfigError
-    from vpnctl.reconcile.table import render_status
+    from vpnctl.reconcile.status_table import render_status
 
     try:
         kube = await _connect(args)

@@ -27,7 +27,7 @@ import certs
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import KubeObject, NotFound
 from vpnctl.reconcile.csr import NODE_SIGNER, CSRDecision, csr_state, decide_csr, sign_node_csr
-from vpnctl.reconcile.revocations import IssuedCert
+from vpnctl.reconcile.revocation_book import IssuedCert
 
 _log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import certs
-from vpnctl.reconcile.revocations import IssuedCert
+from vpnctl.reconcile.revocation_book import IssuedCert
 from vpnctl.reconcile.status import NodeObservation
 
 

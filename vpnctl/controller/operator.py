@@ -43,7 +43,7 @@ from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
 from vpnctl.controller.interfaces import ObservationSource, TenantRef, TenantSide
 from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.queue import Outcome, WorkQueue
-from vpnctl.controller.tenant import TenantReconciler
+from vpnctl.controller.tenant_reconciler import TenantReconciler
 from vpnctl.controller.tenant_settings import TenantSettings
 from vpnctl.controller.tenant_status import observation_fingerprint
 from vpnctl.kube import (

@@ -47,7 +47,7 @@ from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, ApiError, KubeObject, NotFo
 from vpnctl.reconcile.csr import NODE_SIGNER, csr_state
 from vpnctl.reconcile.errors import ReconcileError
 from vpnctl.reconcile.node_certs import SignedCert, issued_certificate, signed_report, signer_of
-from vpnctl.reconcile.revocations import IssuedCert
+from vpnctl.reconcile.revocation_book import IssuedCert
 
 _log = logging.getLogger(__name__)
 

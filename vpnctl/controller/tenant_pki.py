@@ -19,26 +19,26 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import certs
-from vpnctl.controller import pki
+from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.tenant_revocations import RevocationPasses
 from vpnctl.kube import SECRET, AlreadyExists, KubeObject
 from vpnctl.reconcile.errors import TemporaryError
 from vpnctl.reconcile.names import SERVER_COMMON_NAME, TenantNames
-from vpnctl.reconcile.objects import (
-    TLS_CRYPT_V2_CLIENT,
-    apiserver_client_secret,
-    ca_secret,
-    tls_crypt_secret,
-)
-from vpnctl.reconcile.objects import (
-    server_secret as server_secret_object,
-)
 from vpnctl.reconcile.secrets import (
     check_leaf_secret,
     read_ca_secret,
     read_tls_crypt_server_key,
 )
-from vpnctl.reconcile.tenant import APISERVER_COMMON_NAME, TenantSpec
+from vpnctl.reconcile.service_objects import (
+    TLS_CRYPT_V2_CLIENT,
+    apiserver_client_secret,
+    ca_secret,
+    tls_crypt_secret,
+)
+from vpnctl.reconcile.service_objects import (
+    server_secret as server_secret_object,
+)
+from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME, TenantSpec
 
 _log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import certs
 from vpnctl.controller.interfaces import TenantRef
-from vpnctl.controller.revocations import (
+from vpnctl.controller.revocation_store import (
     RevocationStep,
     RevocationStore,
     TunnelOwner,
@@ -27,9 +27,9 @@ from vpnctl.controller.tenant_server import ServerConfig
 from vpnctl.kube import CONFIG_MAP, SECRET, TUNNEL, KubeObject
 from vpnctl.reconcile.errors import PermanentError
 from vpnctl.reconcile.names import TenantNames
-from vpnctl.reconcile.revocations import IssuedCert, server_config_after_revocation
+from vpnctl.reconcile.revocation_book import IssuedCert, server_config_after_revocation
 from vpnctl.reconcile.secrets import read_ca_secret
-from vpnctl.reconcile.tenant import TenantSpec
+from vpnctl.reconcile.tenant_spec import TenantSpec
 
 _log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from vpnctl.controller import pki
+from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.tenant_api import TenantCalls, is_deleting, meta_of
 from vpnctl.controller.tenant_settings import MAX_SERIALS_PER_NODE, SERVER_CONFIG_ANNOTATION
@@ -27,13 +27,13 @@ from vpnctl.kube import CONFIG_MAP, DEPLOYMENT, POD, ApiError, KubeObject
 from vpnctl.reconcile.allocation import Allocation, record_serial
 from vpnctl.reconcile.diff import needs_update
 from vpnctl.reconcile.names import COMPONENT_SERVER, DESIRED_HASH_ANNOTATION, selector_labels
-from vpnctl.reconcile.objects import (
+from vpnctl.reconcile.service_objects import (
     ATTACH_SIDECAR_LABEL,
     apiserver_sidecar,
     server_config_map,
     sidecar_apply_body,
 )
-from vpnctl.reconcile.plan import TenantPlan
+from vpnctl.reconcile.tenant_plan import TenantPlan
 
 _log = logging.getLogger(__name__)
 

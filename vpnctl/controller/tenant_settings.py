@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from vpnctl.controller import pki
+from vpnctl.controller import pki_decisions as pki
 from vpnctl.reconcile.settings import Settings
 
 FINALIZER = "vpnctl.io/cleanup"

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from vpnctl.api import Condition, ConditionStatus
-from vpnctl.controller import pki
+from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.budgets import DEGRADED
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.tenant_api import TenantCalls, meta_of
@@ -34,8 +34,8 @@ from vpnctl.reconcile.conditions import (
     set_error_condition,
 )
 from vpnctl.reconcile.errors import ReconcileError
-from vpnctl.reconcile.plan import TenantPlan
 from vpnctl.reconcile.status import NodeObservation
+from vpnctl.reconcile.tenant_plan import TenantPlan
 
 _log = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict
 from urllib.parse import quote
 
+from vpnctl.api import KubeObject as KubeObject  # one definition, re-exported
+
 # A Kubernetes object as the apiserver sends it: JSON, camelCase keys.
-KubeObject = dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from vpnctl.lab import netns
-from vpnctl.lab.plan import DEFAULT_PREFIX, PlanError, make_plan
+from vpnctl.lab.address_plan import DEFAULT_PREFIX, PlanError, make_plan
 
 DEFAULT_STATE_ROOT = Path("/run/vpnctl-lab")
 

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import certs
+from vpnctl.lab.address_plan import LabPlan, NodePlan
 from vpnctl.lab.netns import LabError
-from vpnctl.lab.plan import LabPlan, NodePlan
 from vpnctl.reconcile.agentdocs import server_desired_state
 from vpnctl.reconcile.routes import ClientRoutes
 

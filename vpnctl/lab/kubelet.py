@@ -96,7 +96,7 @@ from vpnctl.reconcile.names import (
     NODE_AGENT_NAME,
     TenantNames,
 )
-from vpnctl.reconcile.objects import TLS_CRYPT_V2_SERVER
+from vpnctl.reconcile.service_objects import TLS_CRYPT_V2_SERVER
 from vpnctl.reconcile.settings import Settings
 
 _log = logging.getLogger("vpnctl.lab.kubelet")

@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Sequence
 
-from vpnctl.lab.plan import lab_namespace_re
+from vpnctl.lab.address_plan import lab_namespace_re
 
 log = logging.getLogger(__name__)
 

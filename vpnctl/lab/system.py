@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vpnctl.lab import lab_objects as lo
 from vpnctl.lab import labpki, netns
-from vpnctl.lab import objects as lo
+from vpnctl.lab.address_plan import LabPlan, NodePlan, make_plan
 from vpnctl.lab.dataplane import Proc, kill_recorded, write_json_atomic
 from vpnctl.lab.kubelet import (
     KubeletConfig,
@@ -51,10 +52,9 @@ from vpnctl.lab.kubelet import (
     config_path,
     status_path,
 )
-from vpnctl.lab.plan import LabPlan, NodePlan, make_plan
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
 from vpnctl.reconcile.names import COMPONENT_SERVER, selector_labels
-from vpnctl.reconcile.objects import APISERVER_CONTAINER, SERVER_CONTAINER
+from vpnctl.reconcile.service_objects import APISERVER_CONTAINER, SERVER_CONTAINER
 from vpnctl.testenv.cluster import ServiceCluster, TenantCluster, stop_recorded_cluster
 from vpnctl.testenv.procs import environ_without_proxies, netns_argv
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 
 from vpnctl.lab import netns
-from vpnctl.lab.plan import (
+from vpnctl.lab.address_plan import (
     ETH0,
     LAN_BRIDGE,
     NODE_POD_IF,

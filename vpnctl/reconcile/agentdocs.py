@@ -19,7 +19,7 @@ from typing import Any
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
 from vpnctl.reconcile.routes import ClientRoutes
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant import TenantSpec
+from vpnctl.reconcile.tenant_spec import TenantSpec
 
 # The agent's UDP echo port on the server's tunnel address (agent.role_config.DEFAULT_PROBE_PORT).
 PROBE_PORT = 7947

@@ -34,7 +34,7 @@ from typing import Any, cast
 from vpnctl.api import TunnelAllocation
 from vpnctl.reconcile.cidr import parse_address
 from vpnctl.reconcile.errors import PermanentError
-from vpnctl.reconcile.tenant import Member, PendingMachine
+from vpnctl.reconcile.tenant_spec import Member, PendingMachine
 
 _HEX = re.compile(r"[0-9a-f]{1,40}", re.IGNORECASE)
 # Hosts at the start of the tunnel CIDR that are not for nodes: the server, the apiserver.

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 import certs
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
 from vpnctl.reconcile.names import RESERVED_NAME_PREFIX, SERVER_COMMON_NAME, TenantNames
-from vpnctl.reconcile.tenant import APISERVER_COMMON_NAME
+from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME
 
 NODE_SIGNER = "vpnctl.io/node"
 NODE_USER_PREFIX = "system:node:"

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import certs
-from vpnctl.reconcile.revocations import IssuedCert
+from vpnctl.reconcile.revocation_book import IssuedCert
 
 
 @dataclass(frozen=True)

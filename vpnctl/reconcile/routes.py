@@ -31,7 +31,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from vpnctl.reconcile.allocation import Allocation
 from vpnctl.reconcile.cidr import collapse, covered, host_route, unique_sorted
-from vpnctl.reconcile.tenant import APISERVER_COMMON_NAME, Member, TenantSpec
+from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME, Member, TenantSpec
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import certs
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
 from vpnctl.reconcile.kubeconfig import Kubeconfig, KubeconfigRejected, parse_kubeconfig
-from vpnctl.reconcile.objects import TLS_CERT, TLS_CRYPT_V2_SERVER, TLS_KEY
+from vpnctl.reconcile.service_objects import TLS_CERT, TLS_CRYPT_V2_SERVER, TLS_KEY
 
 KUBECONFIG_KEY = "value"
 

@@ -32,7 +32,7 @@ from vpnctl.reconcile.names import (
     tunnel_owner_reference,
 )
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant import TenantSpec
+from vpnctl.reconcile.tenant_spec import TenantSpec
 
 # Labels every controller pod of the chart carries (charts/vpnctl/templates/_helpers.tpl,
 # vpnctl.controller.selectorLabels, less the release instance).

@@ -19,7 +19,7 @@ from vpnctl.reconcile.allocation import (
     released_to_status,
 )
 from vpnctl.reconcile.conditions import rfc3339
-from vpnctl.reconcile.tenant import TenantSpec
+from vpnctl.reconcile.tenant_spec import TenantSpec
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,6 +34,7 @@ import yaml
 
 from vpnctl.testenv import local_probes, recorded_cluster
 from vpnctl.testenv.build import Binaries
+from vpnctl.testenv.cluster_pki import ClusterPKI, write_cluster_pki, write_kubeconfig
 from vpnctl.testenv.local_probes import (
     first_service_ip,
     http_get,
@@ -42,7 +43,6 @@ from vpnctl.testenv.local_probes import (
     run_checked,
     run_short,
 )
-from vpnctl.testenv.pki import ClusterPKI, write_cluster_pki, write_kubeconfig
 from vpnctl.testenv.procs import (
     ManagedProcess,
     check_all_running,

@@ -36,7 +36,7 @@ from vpnctl.lab.realnode import node_host
 from vpnctl.lab.realnode.node_images import NodeImages
 from vpnctl.testenv.build import Binaries
 from vpnctl.testenv.cluster import KubeCluster
-from vpnctl.testenv.pki import CertFiles, issue_from_ca, write_kubeconfig
+from vpnctl.testenv.cluster_pki import CertFiles, issue_from_ca, write_kubeconfig
 from vpnctl.testenv.procs import ManagedProcess, check_all_running, start_registered
 
 START_TIMEOUT = 120.0

@@ -1,6 +1,6 @@
 """The revocation book's I/O, and the revocation step of a tenant's reconcile.
 
-The book (``vpnctl.reconcile.revocations``) lives in the ConfigMap
+The book (``vpnctl.reconcile.revocation_book``) lives in the ConfigMap
 ``<cluster>-vpn-revocations``, owned by the Tunnel and written only here: every write is
 a read-modify-write with the read's resourceVersion (Conflict: read again and redo the
 change), so the CSR signer recording a new certificate and the reconciler revoking one
@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import certs
-from vpnctl.controller import pki
+from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.interfaces import TenantRef, TenantSideResult
 from vpnctl.kube import (
     CONFIG_MAP,
@@ -46,7 +46,7 @@ from vpnctl.reconcile.names import (
     labels,
     tunnel_owner_reference,
 )
-from vpnctl.reconcile.revocations import (
+from vpnctl.reconcile.revocation_book import (
     BOOK_KEY,
     IssuedCert,
     RevocationBook,

@@ -6,7 +6,7 @@ certificates with the same CA, CRL numbers only grow, CRL re-issued long before
 nextUpdate) are readable in one place and testable without an apiserver.
 
 The CRL in the server ConfigMap is *derived*: the durable record of revocations is the
-revocation book (`vpnctl.reconcile.revocations`), which keeps each revoked serial until
+revocation book (`vpnctl.reconcile.revocation_book`), which keeps each revoked serial until
 its own certificate has expired. A lost or edited server ConfigMap is re-published from
 the book, so a published CRL shrinks only when a certificate expires.
 """

@@ -57,7 +57,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL, ConditionStatus, TunnelStatusBody
-from vpnctl.controller import pki
+from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.budgets import with_degraded
 from vpnctl.controller.interfaces import (
     ObservationSource,
@@ -67,7 +67,7 @@ from vpnctl.controller.interfaces import (
 )
 from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.queue import Outcome
-from vpnctl.controller.revocations import RevocationStore, reported_certificates
+from vpnctl.controller.revocation_store import RevocationStore, reported_certificates
 from vpnctl.controller.tenant_api import TenantApi, is_deleting, meta_of
 from vpnctl.controller.tenant_lifecycle import TunnelLifecycle, has_cluster_owner
 from vpnctl.controller.tenant_pki import PKIIssuance, TenantPKI
@@ -92,20 +92,20 @@ from vpnctl.kube import (
     KubeObject,
     Store,
 )
+from vpnctl.reconcile.agent_objects import tenant_objects
 from vpnctl.reconcile.agentdocs import node_role_config, service_remotes
 from vpnctl.reconcile.conditions import PKI_READY, SERVER_READY
 from vpnctl.reconcile.errors import PermanentError, ReconcileError, TemporaryError
-from vpnctl.reconcile.objects import (
+from vpnctl.reconcile.revocation_book import IssuedCert
+from vpnctl.reconcile.secrets import kubeconfig_secret_name, parse_kubeconfig_secret
+from vpnctl.reconcile.server_policy import server_network_policy
+from vpnctl.reconcile.service_objects import (
     apiserver_config_map,
     server_deployment,
     server_service,
 )
-from vpnctl.reconcile.plan import TenantPlan, plan_tenant
-from vpnctl.reconcile.revocations import IssuedCert
-from vpnctl.reconcile.secrets import kubeconfig_secret_name, parse_kubeconfig_secret
-from vpnctl.reconcile.server_policy import server_network_policy
 from vpnctl.reconcile.status import NodeObservation
-from vpnctl.reconcile.tenant_objects import tenant_objects
+from vpnctl.reconcile.tenant_plan import TenantPlan, plan_tenant
 
 _log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Any
 import yaml
 
 from vpnctl.api import CAPI_API_VERSION, CAPI_CLUSTER_NAME_LABEL, TUNNEL_API_VERSION, TUNNEL_KIND
-from vpnctl.lab.plan import LabPlan, NodePlan
-from vpnctl.reconcile.objects import ATTACH_SIDECAR_LABEL
+from vpnctl.lab.address_plan import LabPlan, NodePlan
 from vpnctl.reconcile.secrets import kubeconfig_secret_name
+from vpnctl.reconcile.service_objects import ATTACH_SIDECAR_LABEL
 
 CLUSTER_NAME = "tenant-a"
 CLUSTER_NAMESPACE = "tenant-a"

@@ -32,8 +32,8 @@ from vpnctl.reconcile.names import (
     labels,
     selector_labels,
 )
-from vpnctl.reconcile.objects import CA_CERT, HEALTH_PORT_NAME
 from vpnctl.reconcile.pod_security import container_security, tun_parts
+from vpnctl.reconcile.service_objects import CA_CERT, HEALTH_PORT_NAME
 from vpnctl.reconcile.settings import Settings
 
 NODE_JSON = "node.json"

@@ -33,7 +33,7 @@ from vpnctl.reconcile.names import TenantNames
 from vpnctl.reconcile.routes import ClientRoutes, client_routes, elect_service_route_node
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
-from vpnctl.reconcile.tenant import PendingMachine, TenantSpec, parse_tenant
+from vpnctl.reconcile.tenant_spec import PendingMachine, TenantSpec, parse_tenant
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,7 +47,7 @@ from vpnctl.reconcile.names import (
 )
 from vpnctl.reconcile.pod_security import container_security, tun_parts
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant import TenantSpec
+from vpnctl.reconcile.tenant_spec import TenantSpec
 
 # Secret keys, shared with the kube layer that reads them back.
 TLS_CERT = "tls.crt"

@@ -21,7 +21,7 @@ Revocation is by Machine: an issued certificate is revoked once no live Machine 
 Cluster is the one that vouched for it with that node (``revoke_gone``). This holds
 whatever else is wrong with the Tunnel's spec, so it runs even when planning fails.
 
-Pure: plain data in and out; the I/O is ``vpnctl.controller.revocations``.
+Pure: plain data in and out; the I/O is ``vpnctl.controller.revocation_store``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from vpnctl.reconcile.agentdocs import canonical_json
 from vpnctl.reconcile.diff import stamp
 from vpnctl.reconcile.errors import PermanentError
 from vpnctl.reconcile.names import DESIRED_HASH_ANNOTATION
-from vpnctl.reconcile.objects import CRL_PEM, DESIRED_JSON
+from vpnctl.reconcile.service_objects import CRL_PEM, DESIRED_JSON
 
 BOOK_KEY = "revocations.json"
 FORMAT = 1
