@@ -9,7 +9,7 @@ of the signer, and each step is tested against fakes that misbehave on purpose.
   between the decision and the approval (perhaps a ``kube-apiserver-client`` CSR for
   ``system:masters``) gets a Conflict instead of our approval; the caller then decides
   again from a fresh read. A CSR of another signer is never approved or signed.
-- ``IssuedRecorder`` (the revocation book, ``controller/revocations.py``): the
+- ``IssuedRecorder`` (the revocation book, ``controller/revocation_store.py``): the
   certificate's serial, node, Machine and expiry are recorded *before* the certificate
   is handed out. A node whose Machine is deleted a moment later is then revoked by the
   next reconcile, even if this process dies in between or the tenant deletes the CSR.

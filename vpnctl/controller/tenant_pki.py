@@ -6,7 +6,7 @@ overwritten: a corrupt one is reported (PKIReady=False CorruptPKISecret) and lef
 person, and so is a CA Secret that disappeared (CASecretMissing,
 ``tenant_revocations``): no new CA is minted in its place. Leaf certificates are kept
 while valid and renewed with the same CA once due. The rules themselves, which need no
-I/O, are in ``controller/pki.py`` and ``reconcile/secrets.py``.
+I/O, are in ``controller/pki_decisions.py`` and ``reconcile/secrets.py``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Machines from the watch cache, our objects with GETs), so it does not matter whi
 brought the key, or how many were coalesced. What is remembered between runs lives in
 the Tunnel's status (addresses, the service-route holder) and in the revocation book
 (ConfigMap ``<cluster>-vpn-revocations``: every node certificate signed and every
-revocation, ``controller/revocations.py``), never in this process, so another replica
+revocation, ``controller/revocation_store.py``), never in this process, so another replica
 can take over.
 
 The order of writes is the order that keeps promises:

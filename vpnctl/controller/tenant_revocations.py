@@ -1,5 +1,5 @@
 """The revocation passes of ``TenantReconciler`` (one of its parts, so
-``controller/tenant.py`` stays one job): the revocation book's step of every pass,
+``controller/tenant_reconciler.py`` stays one job): the revocation book's step of every pass,
 revocation while the spec is invalid, and the alarm for a CA Secret that disappeared.
 
 Why these never wait for a valid spec or a reachable tenant: a deleted Machine must lose
@@ -58,7 +58,7 @@ class RevocationPasses(ServerConfig):
         reported: Sequence[IssuedCert] = (),
         now: datetime,
     ) -> RevocationStep:
-        """The revocation book's pass (controller/revocations.py) and what it tells."""
+        """The revocation book's pass (controller/revocation_store.py) and what it tells."""
         owner = TunnelOwner(
             namespace=key.namespace, cluster=key.cluster, tunnel_uid=str(meta_of(tunnel)["uid"])
         )

@@ -1,6 +1,6 @@
 """What the reconcile pass is configured with, and the names it writes on objects.
 
-Apart from ``controller/tenant.py`` so every part of the pass (``tenant_api``,
+Apart from ``controller/tenant_reconciler.py`` so every part of the pass (``tenant_api``,
 ``tenant_lifecycle``, ``tenant_pki``, ``tenant_server``, ``tenant_status``,
 ``tenant_revocations``) can import them without importing the pass itself.
 """

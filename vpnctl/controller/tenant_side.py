@@ -127,7 +127,7 @@ class KubeTenantSide:
       over budget has all its background work paused, and ``ensure()`` reports it
       (``TenantSideResult.degraded``) without calling its apiserver until it resumes.
     - ``recorder``: where each node certificate is recorded before it is handed out
-      (the revocation book, ``controller/revocations.py``); a failed record means no
+      (the revocation book, ``controller/revocation_store.py``); a failed record means no
       certificate. None only in tests that look at the tenant cluster alone.
     """
 

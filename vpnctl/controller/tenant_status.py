@@ -1,7 +1,7 @@
 """What the pass tells: the Tunnel's status, its conditions, and Events.
 
 The status is written last in a pass (after the CRL and the server config, see
-``controller/tenant.py``), with server-side apply to the status subresource and only
+``controller/tenant_reconciler.py``), with server-side apply to the status subresource and only
 when it differs from the live one; every condition whose status or reason changed
 becomes an Event on the Tunnel. A problem that stops a pass (``_report``) sets one
 condition False and keeps every other field, because the status is the tenant's memory

@@ -25,7 +25,7 @@ DESIRED_HASH_ANNOTATION = "vpnctl.io/desired-hash"
 CONFIG_HASH_ANNOTATION = "vpnctl.io/config-hash"
 
 # Common names of vpnctl's own certificates in a tenant's PKI (the apiserver sidecar's is
-# APISERVER_COMMON_NAME in reconcile/tenant.py). Every name starting with
+# APISERVER_COMMON_NAME in reconcile/tenant_spec.py). Every name starting with
 # RESERVED_NAME_PREFIX is kept for vpnctl: the CSR signer never gives one to a node.
 SERVER_COMMON_NAME = "vpnctl-server"
 RESERVED_NAME_PREFIX = "vpnctl-"
@@ -58,7 +58,7 @@ class TenantNames:
     apiserver_secret: str
     server_config: str  # ConfigMap: server.json, desired.json, crl.pem
     apiserver_config: str  # ConfigMap: apiserver.json
-    revocations: str  # ConfigMap: revocations.json, vpnctl's record (reconcile/revocations.py)
+    revocations: str  # ConfigMap: revocations.json, vpnctl's record (reconcile/revocation_book.py)
     deployment: str
     service: str
 
