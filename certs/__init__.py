@@ -32,6 +32,14 @@ from certs.issue import (
     new_server_cert,
     sign_csr,
 )
+from certs.key_delivery import (
+    DeliveredKey,
+    new_node_client_key,
+    parse_node_key_metadata,
+    seal_new_node_key,
+    seal_node_key,
+    unseal_node_key,
+)
 from certs.renewal import DEFAULT_RENEW_FRACTION, renew_at, renewal_due
 from certs.tls_crypt_v2 import (
     metadata_timestamp,
@@ -45,6 +53,7 @@ __all__ = [
     "DEFAULT_RENEW_FRACTION",
     "CertInfo",
     "ChainError",
+    "DeliveredKey",
     "Expired",
     "InvalidName",
     "Issued",
@@ -63,13 +72,18 @@ __all__ = [
     "new_ca",
     "new_client_cert",
     "new_csr",
+    "new_node_client_key",
     "new_private_key",
     "new_server_cert",
     "new_tls_crypt_v2_client_key",
     "new_tls_crypt_v2_server_key",
+    "parse_node_key_metadata",
     "renew_at",
     "renewal_due",
+    "seal_new_node_key",
+    "seal_node_key",
     "sign_csr",
     "tls_crypt_v2_client_metadata",
+    "unseal_node_key",
     "validate",
 ]
