@@ -47,6 +47,7 @@ class FakeTenantSide:
         desired_objects: Sequence[dict[str, Any]],
         ca: certs.Issued,
         machines: Sequence[dict[str, Any]],
+        tls_crypt_server_key: bytes | None = None,
     ) -> TenantSideResult:
         assert "clusters:" in kubeconfig_text  # the Secret's text, decoded
         self.calls.append(
