@@ -34,6 +34,7 @@ from certs.issue import (
 )
 from certs.key_delivery import (
     DeliveredKey,
+    check_client_key_shape,
     new_node_client_key,
     parse_node_key_metadata,
     seal_new_node_key,
@@ -66,6 +67,7 @@ __all__ = [
     "WrongUsage",
     "build_crl",
     "cert_info",
+    "check_client_key_shape",
     "crl_serials",
     "csr_info",
     "metadata_timestamp",
