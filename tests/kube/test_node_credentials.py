@@ -49,8 +49,16 @@ from agent.netlink import Kernel
 from agent.openvpn.config import ClientConfig
 from agent.role_config import BootstrapSettings, ClientRoleConfig, Common, ProbeSettings
 from agent.roles.node import NodeRole
+from vpnctl.controller.csr_signer import KEY_ANNOTATION
 from vpnctl.reconcile import samples
-from vpnctl.reconcile.csr import NODE_SIGNER, CSRDecision, csr_state, decide_csr, sign_node_csr
+from vpnctl.reconcile.csr import (
+    NODE_SIGNER,
+    CSRDecision,
+    csr_state,
+    decide_csr,
+    request_pem,
+    sign_node_csr,
+)
 from vpnctl.testenv import TenantCluster
 
 from .conftest import TenantFactory, api_client
@@ -123,6 +131,7 @@ class Signer:
     def __init__(self, api: k8s_client.ApiClient, *, ca: certs.Issued) -> None:
         self.api = api
         self.ca = ca
+        self.server_key = certs.new_tls_crypt_v2_server_key()  # the tenant's tls-crypt-v2
         self.decisions: dict[str, CSRDecision] = {}
         self.foreign_seen: set[str] = set()
 
@@ -173,6 +182,16 @@ class Signer:
             if not decision.approve:
                 continue
             cert_pem = sign_node_csr(self.ca, csr, now=_now(), lifetime=dt.timedelta(days=7))
+            # The node's own tls-crypt-v2 key, sealed to its CSR, before the certificate.
+            sealed = certs.seal_new_node_key(
+                self.server_key,
+                csr_pem=request_pem(csr),
+                node=decision.node_name,
+                not_after=certs.cert_info(cert_pem).not_after,
+                now=_now(),
+            )
+            csr["metadata"].setdefault("annotations", {})[KEY_ANNOTATION] = sealed
+            csr = await self.call("PUT", f"{CSR_PATH}/{name}", body=csr)
             csr["status"]["certificate"] = base64.b64encode(cert_pem).decode()
             await self.call("PUT", f"{CSR_PATH}/{name}/status", body=csr)
 
@@ -465,7 +484,8 @@ async def test_node_role_is_unready_until_its_csr_is_signed(
             while "waiting for vpnctl" not in (role.conditions.reason("certificate") or ""):
                 await asyncio.sleep(0.05)
         assert not role._first_attempt.is_set()  # openvpn waits
-        async with api_client(cluster) as api, signing(Signer(api, ca=ca)):
+        async with api_client(cluster) as api, signing(Signer(api, ca=ca)) as signer:
+            signer_key = signer.server_key
             async with asyncio.timeout(20):
                 while role.conditions.reason("certificate") is not None:
                     await asyncio.sleep(0.05)
@@ -473,6 +493,11 @@ async def test_node_role_is_unready_until_its_csr_is_signed(
         info = certs.validate(node.cert.read_bytes(), key_pem=node.key.read_bytes(),
                               ca_pem=ca.cert_pem, now=_now(), usage="client")  # fmt: skip
         assert info.common_name == "node-1"
+        # Its own tls-crypt-v2 key came with it, wrapped by the tenant's server key.
+        metadata = certs.tls_crypt_v2_client_metadata(
+            signer_key, (tmp_path / "tc.key").read_bytes()
+        )
+        assert certs.parse_node_key_metadata(metadata) == ("node-1", info.not_after)
         assert (
             role.registry.get_sample_value(
                 "vpnctl_agent_certificate_requests_total", {"role": "node", "result": "issued"}
