@@ -15,10 +15,9 @@ from typing import Any, Literal
 
 import aiohttp
 
+from certs.key_delivery import KEY_ANNOTATION
+
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
-# The node's tls-crypt-v2 client key, sealed to the CSR's public key, as vpnctl's signer
-# puts it on the CSR before the certificate (vpnctl/controller/csr_signer.py).
-KEY_ANNOTATION = "vpnctl.io/tls-crypt-v2-client-key"
 _REQUEST_TIMEOUT = 15.0
 
 

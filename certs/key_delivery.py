@@ -52,6 +52,9 @@ from certs.tls_crypt_v2 import (
     new_tls_crypt_v2_client_key,
 )
 
+# Where the sealed key travels on the node's CSR: the one name the controller's signer
+# and the node agent share (both import it from here).
+KEY_ANNOTATION = "vpnctl.io/tls-crypt-v2-client-key"
 VERSION = "kd1"
 _EC = "ec"
 _RSA = "rsa"

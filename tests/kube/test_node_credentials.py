@@ -49,7 +49,7 @@ from agent.netlink import Kernel
 from agent.openvpn.config import ClientConfig
 from agent.role_config import BootstrapSettings, ClientRoleConfig, Common, ProbeSettings
 from agent.roles.node import NodeRole
-from vpnctl.controller.csr_signer import KEY_ANNOTATION
+from certs.key_delivery import KEY_ANNOTATION
 from vpnctl.reconcile import samples
 from vpnctl.reconcile.csr import (
     NODE_SIGNER,

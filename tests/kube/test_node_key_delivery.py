@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 import certs
 from agent.bootstrap import Obtained, obtain_certificate
 from agent.csr_api import CsrApi, sealed_key, ssl_context
-from vpnctl.controller.csr_signer import KEY_ANNOTATION
+from certs.key_delivery import KEY_ANNOTATION
 from vpnctl.controller.tenant_side import KubeTenantSide
 from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, Conflict, SystemClock
 from vpnctl.reconcile.csr import NODE_SIGNER

@@ -17,7 +17,8 @@ import pytest
 import certs
 from agent.bootstrap import Step, _wait_answer
 from agent.csr_answer import install_issued
-from agent.csr_api import KEY_ANNOTATION, BootstrapError, CsrApi, CSRRefused
+from agent.csr_api import BootstrapError, CsrApi, CSRRefused
+from certs.key_delivery import KEY_ANNOTATION
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CA = certs.new_ca(common_name="tunnel-ca", now=NOW, lifetime=timedelta(days=365))

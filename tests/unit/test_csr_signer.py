@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 import certs
-from vpnctl.controller.csr_signer import KEY_ANNOTATION, deliver_key, handle_csr, has_key
+from certs.key_delivery import KEY_ANNOTATION
+from vpnctl.controller.csr_signer import deliver_key, handle_csr, has_key
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import Conflict, KubeObject, NotFound
 from vpnctl.reconcile import samples

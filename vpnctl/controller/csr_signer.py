@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import certs
+from certs.key_delivery import KEY_ANNOTATION
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import KubeObject, NotFound
 from vpnctl.reconcile.csr import (
@@ -42,9 +43,6 @@ from vpnctl.reconcile.csr import (
 from vpnctl.reconcile.revocations import IssuedCert
 
 _log = logging.getLogger(__name__)
-
-# Where the node's sealed tls-crypt-v2 client key travels (agent/csr_api.py reads it).
-KEY_ANNOTATION = "vpnctl.io/tls-crypt-v2-client-key"
 
 Retrying = Callable[[Callable[[], Awaitable[KubeObject]]], Awaitable[KubeObject]]
 
