@@ -227,6 +227,7 @@ class Node:
         self.key = self.dir / "node.key"
         self.cert = self.dir / "node.crt"
         self.pending = Path(str(self.key) + PENDING_SUFFIX)
+        self.tc = self.dir / "tls-crypt-v2-client.key"
         self.tunnel_ca = tunnel_ca
         self.credentials = credentials or mint_node(cluster, tmp, name)
         self.steps: list[Step] = []
@@ -247,6 +248,7 @@ class Node:
             renew_fraction=renew_fraction,
             progress=self.steps.append,
             poll_interval=0.2,
+            tls_crypt_key_path=str(self.tc),
         )
 
 
@@ -292,6 +294,10 @@ async def test_node_gets_its_own_certificate_and_renews_with_a_new_key(
 
             assert got.source == "issued"
             key_pem = node.key.read_bytes()
+            tc_pem = node.tc.read_bytes()
+            assert certs.parse_node_key_metadata(
+                certs.tls_crypt_v2_client_metadata(signer.server_key, tc_pem)
+            ) == ("node-1", got.info.not_after)
             assert stat.S_IMODE(os.stat(node.key).st_mode) == 0o600
             info = certs.validate(
                 node.cert.read_bytes(), key_pem=key_pem, ca_pem=ca.cert_pem, now=_now(),
@@ -325,6 +331,11 @@ async def test_node_gets_its_own_certificate_and_renews_with_a_new_key(
             assert renewed.info.serial != info.serial
             new_key = node.key.read_bytes()
             assert new_key != key_pem
+            # A new tls-crypt-v2 key came with the new certificate, installed with it.
+            assert node.tc.read_bytes() != tc_pem
+            assert certs.parse_node_key_metadata(
+                certs.tls_crypt_v2_client_metadata(signer.server_key, node.tc.read_bytes())
+            ) == ("node-1", renewed.info.not_after)
             assert not node.pending.exists()
             certs.validate(node.cert.read_bytes(), key_pem=new_key, ca_pem=ca.cert_pem,
                            now=_now(), usage="client")  # fmt: skip
