@@ -21,6 +21,12 @@ How, and the invariants:
 - A denied or failed CSR burns its key (the file is removed): the next attempt has a new
   key and so a new CSR name. That matters for the common race where a node's agent
   starts before Cluster API has set the Machine's nodeRef (`NoMachineForNode`).
+- The node's own tls-crypt-v2 client key (`tls_crypt_key_path`) comes on the CSR
+  beside the certificate, sealed to the CSR's public key (`certs.key_delivery`): only
+  the key this agent made opens it. It is installed with the certificate it came with
+  (tls-crypt key, key, then certificate), so a renewal brings a new one. A certificate
+  without a usable key beside it is not reused; a key that does not open or names
+  another node burns the CSR's key like a refusal.
 - Whatever comes back is checked before it is written: it chains to the tunnel CA (the
   CA openvpn trusts, from the agent's config), it is a client certificate, its key is
   ours and its CN is our node name.
@@ -38,9 +44,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,43 +56,22 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 import certs
+from agent.csr_answer import install_issued, read_small, remove, write_private
+from agent.csr_answer import usable_tls_crypt_key as usable_tls_crypt_key
 from agent.csr_api import ApiRequestError as ApiRequestError
 from agent.csr_api import BootstrapError as BootstrapError
-from agent.csr_api import CsrApi, ssl_context
-from agent.files import atomic_write
+from agent.csr_api import BootstrapTimeout as BootstrapTimeout
+from agent.csr_api import CsrApi, sealed_key, ssl_context
+from agent.csr_api import CSRRefused as CSRRefused
 from agent.openvpn.config import ConfigError, validate_common_name
 
 SIGNER = "vpnctl.io/node"
 USAGES = ("digital signature", "client auth")
 PENDING_SUFFIX = ".next"
-_MAX_FILE = 1024 * 1024
 _WATCH_SECONDS = 60
 _POLL_INTERVAL = 1.0
 
 WallClock = Callable[[], datetime]  # the time of day, for certificate validity
-
-
-# --- errors --------------------------------------------------------------------------------
-
-
-class CSRRefused(BootstrapError):
-    """vpnctl denied the CSR, or approved it but failed to sign it."""
-
-    def __init__(
-        self, *, csr_name: str, outcome: Literal["Denied", "Failed"], reason: str, message: str
-    ) -> None:
-        self.csr_name = csr_name
-        self.outcome = outcome
-        self.reason = reason
-        self.message = message
-        super().__init__(
-            f"CSR {csr_name} was {outcome.lower()} ({reason or 'no reason given'}): "
-            f"{message or 'no message'}; the next attempt uses a new key"
-        )
-
-
-class BootstrapTimeout(BootstrapError):
-    """The CSR was not answered in time (vpnctl not running for this cluster?)."""
 
 
 # --- results -------------------------------------------------------------------------------
@@ -124,40 +107,16 @@ def _ignore(_step: Step) -> None:
 # --- files ---------------------------------------------------------------------------------
 
 
-def _read(path: str) -> bytes | None:
-    """The file's bytes, None if it does not exist; other problems raise BootstrapError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_FILE + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise BootstrapError(f"cannot read {path}: {e.strerror}; check the mount") from None
-    if len(data) > _MAX_FILE:
-        raise BootstrapError(f"{path} is over {_MAX_FILE} bytes; is it the right file?")
-    return data
-
-
-def _write_private(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-    atomic_write(path, data, mode=0o600)
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 def _usable_key(path: str) -> bytes | None:
     """The private key at PATH if it is one; a corrupt key is removed (it is ours alone,
     nothing else can be signed for it, and a fresh one costs a millisecond)."""
-    data = _read(path)
+    data = read_small(path)
     if data is None:
         return None
     try:
         _public_der(data)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        _remove(path)
+        remove(path)
         return None
     return data
 
@@ -175,7 +134,7 @@ def csr_name(*, node_name: str, key_pem: bytes) -> str:
 
 
 def _tunnel_ca(path: str) -> bytes:
-    data = _read(path)
+    data = read_small(path)
     if data is None:
         raise BootstrapError(
             f"tunnel CA {path} does not exist; it comes with the agent's config (ConfigMap)"
@@ -195,7 +154,7 @@ def current_certificate(
     NODE_NAME. None otherwise (missing, stale, another node's, another CA's)."""
     try:
         ca = _tunnel_ca(tunnel_ca_file)
-        cert, key = _read(cert_path), _read(key_path)
+        cert, key = read_small(cert_path), read_small(key_path)
     except BootstrapError:
         return None
     if cert is None or key is None:
@@ -217,17 +176,6 @@ def _conditions(csr: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
         if isinstance(c, Mapping) and c.get("status", "True") == "True":
             out[str(c.get("type"))] = c
     return out
-
-
-def _first_certificate(encoded: str, *, name: str) -> bytes:
-    try:
-        chain = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise BootstrapError(f"CSR {name} status.certificate is not base64") from None
-    end = b"-----END CERTIFICATE-----"
-    if end not in chain:
-        raise BootstrapError(f"CSR {name} status.certificate holds no PEM certificate")
-    return chain[: chain.index(end) + len(end)] + b"\n"
 
 
 def _is_ours(csr: Mapping[str, Any], *, node_name: str, key_pem: bytes) -> str | None:
@@ -269,6 +217,7 @@ async def obtain_certificate(
     expiration_seconds: int | None = None,
     progress: Progress | None = None,
     poll_interval: float = _POLL_INTERVAL,
+    tls_crypt_key_path: str | None = None,
 ) -> Obtained:
     """Make sure CERT_PATH/KEY_PATH hold this node's valid tunnel certificate and key.
 
@@ -278,6 +227,8 @@ async def obtain_certificate(
     - `tunnel_ca_file`: the tunnel CA; only certificates chaining to it are used.
     - `timeout`: seconds to wait for the CSR's answer (BootstrapTimeout after that;
       calling again picks the same CSR up).
+    - `tls_crypt_key_path`: where the node's tls-crypt-v2 client key, delivered on the
+      CSR, is written (None: not delivered; openvpn's key comes from elsewhere).
 
     A valid certificate is reused until `renew_fraction` of its lifetime passed; then a
     new key and CSR replace it. Raises `CSRRefused`, `BootstrapTimeout`,
@@ -296,7 +247,9 @@ async def obtain_certificate(
         node_name=node_name,
         now=clock(),
     )
-    cert_now = _read(cert_path) if existing is not None else None
+    cert_now = read_small(cert_path) if existing is not None else None
+    if not usable_tls_crypt_key(tls_crypt_key_path):
+        cert_now = None  # no tls-crypt-v2 key to go with it: ask for a new pair
     if cert_now is not None and existing is not None:
         due = certs.renewal_due(cert_now, now=clock(), renew_fraction=renew_fraction)
         if not due:
@@ -316,7 +269,7 @@ async def obtain_certificate(
         key_file, key_pem = key_path, _usable_key(key_path)
     if key_pem is None:
         key_pem = certs.new_private_key()
-        _write_private(key_file, key_pem)
+        write_private(key_file, key_pem)
         report(Step(event="key_created", message=f"made a new private key at {key_file}"))
 
     try:
@@ -356,6 +309,7 @@ async def obtain_certificate(
                     key_pem=key_pem,
                     report=report,
                     poll_interval=poll_interval,
+                    need_key=tls_crypt_key_path is not None,
                 )
         except TimeoutError:
             raise BootstrapTimeout(
@@ -364,27 +318,22 @@ async def obtain_certificate(
                 "The next attempt waits for the same CSR"
             ) from None
         except CSRRefused:
-            _remove(key_file)
+            remove(key_file)
             raise
 
-    cert_pem = _first_certificate(issued, name=name)
-    try:
-        info = certs.validate(cert_pem, key_pem=key_pem, ca_pem=ca_pem, now=clock(), usage="client")
-    except certs.PKIError as e:
-        raise BootstrapError(
-            f"CSR {name} was answered with a certificate this node cannot use: {e}; "
-            f"is the tunnel CA {tunnel_ca_file} the one vpnctl signs with?"
-        ) from None
-    if info.common_name != node_name:
-        raise BootstrapError(
-            f"CSR {name} was answered with a certificate for CN={info.common_name}, "
-            f"not {node_name}; refusing it"
-        )
-    # Key first, then certificate: a reader in between sees a mismatched pair and keeps
-    # what it runs (the role's material check), never a half-written file.
-    if key_file != key_path:
-        os.replace(key_file, key_path)
-    _write_private(cert_path, cert_pem)
+    cert_pem, info = install_issued(
+        issued,
+        name=name,
+        key_pem=key_pem,
+        key_file=key_file,
+        key_path=key_path,
+        cert_path=cert_path,
+        ca_pem=ca_pem,
+        tunnel_ca_file=tunnel_ca_file,
+        node_name=node_name,
+        now=clock(),
+        tls_crypt_key_path=tls_crypt_key_path,
+    )
     report(
         Step(
             event="certificate_issued",
@@ -410,8 +359,10 @@ async def _request_and_wait(
     key_pem: bytes,
     report: Progress,
     poll_interval: float,
-) -> str:
-    """Create the CSR (or find ours) and wait until it is answered; the base64 chain."""
+    need_key: bool = False,
+) -> dict[str, Any]:
+    """Create the CSR (or find ours) and wait until it is answered (with its sealed key
+    if NEED_KEY); the CSR as issued."""
     while True:
         created, obj = await api.create(body)
         if created:
@@ -442,7 +393,9 @@ async def _request_and_wait(
                     message=f"CSR {name} exists already; waiting for vpnctl to answer",
                 )
             )
-        result = await _wait_answer(api, obj, name=name, poll_interval=poll_interval)
+        result = await _wait_answer(
+            api, obj, name=name, poll_interval=poll_interval, need_key=need_key, report=report
+        )
         if result is not None:
             return result
         report(
@@ -455,10 +408,17 @@ async def _request_and_wait(
 
 
 async def _wait_answer(
-    api: CsrApi, obj: dict[str, Any], *, name: str, poll_interval: float
-) -> str | None:
-    """Wait on OBJ (the CSR as last seen) until it has a certificate (returned) or is
-    refused (raised). None when the CSR disappeared."""
+    api: CsrApi,
+    obj: dict[str, Any],
+    *,
+    name: str,
+    poll_interval: float,
+    need_key: bool = False,
+    report: Progress = _ignore,
+) -> dict[str, Any] | None:
+    """Wait on OBJ (the CSR as last seen) until it has a certificate (and, if NEED_KEY,
+    a sealed key) and return it, or it is refused (raised). None when it disappeared."""
+    told = False
     while True:
         conditions = _conditions(obj)
         for outcome in ("Denied", "Failed"):
@@ -473,7 +433,21 @@ async def _wait_answer(
         status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
         certificate = (status or {}).get("certificate")
         if isinstance(certificate, str) and certificate:
-            return certificate
+            if not need_key or sealed_key(obj) is not None:
+                return obj
+            if not told:
+                told = True
+                report(
+                    Step(
+                        event="tls_crypt_key_waiting",
+                        csr_name=name,
+                        message=(
+                            f"CSR {name} was signed but carries no tls-crypt-v2 client key "
+                            "(annotation vpnctl.io/tls-crypt-v2-client-key) yet; waiting for "
+                            "vpnctl to add it (an older vpnctl never does: upgrade it)"
+                        ),
+                    )
+                )
         rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
         try:
             change = await api.watch(name, resource_version=rv, seconds=_WATCH_SECONDS)

@@ -11,9 +11,11 @@ import json
 import ssl
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
+
+from certs.key_delivery import KEY_ANNOTATION
 
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 _REQUEST_TIMEOUT = 15.0
@@ -29,6 +31,26 @@ class ApiRequestError(BootstrapError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         self.status = status
         super().__init__(message)
+
+
+class CSRRefused(BootstrapError):
+    """vpnctl denied the CSR, or approved it but failed to sign it."""
+
+    def __init__(
+        self, *, csr_name: str, outcome: Literal["Denied", "Failed"], reason: str, message: str
+    ) -> None:
+        self.csr_name = csr_name
+        self.outcome = outcome
+        self.reason = reason
+        self.message = message
+        super().__init__(
+            f"CSR {csr_name} was {outcome.lower()} ({reason or 'no reason given'}): "
+            f"{message or 'no message'}; the next attempt uses a new key"
+        )
+
+
+class BootstrapTimeout(BootstrapError):
+    """The CSR was not answered in time (vpnctl not running for this cluster?)."""
 
 
 def ssl_context(*, ca_file: str, client_cert_file: str, client_key_file: str) -> ssl.SSLContext:
@@ -48,6 +70,14 @@ def ssl_context(*, ca_file: str, client_cert_file: str, client_key_file: str) ->
             "kubelet's credentials (e.g. /var/lib/kubelet/pki/kubelet-client-current.pem)"
         ) from None
     return context
+
+
+def sealed_key(csr: Mapping[str, Any]) -> str | None:
+    """The sealed tls-crypt-v2 client key on CSR (``KEY_ANNOTATION``), None if absent."""
+    meta = csr.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    value = annotations.get(KEY_ANNOTATION) if isinstance(annotations, Mapping) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _status_message(body: bytes) -> str:

@@ -33,6 +33,15 @@ from certs.issue import (
     new_server_cert,
     sign_csr,
 )
+from certs.key_delivery import (
+    DeliveredKey,
+    check_client_key_shape,
+    new_node_client_key,
+    parse_node_key_metadata,
+    seal_new_node_key,
+    seal_node_key,
+    unseal_node_key,
+)
 from certs.renewal import DEFAULT_RENEW_FRACTION, renew_at, renewal_due
 from certs.tls_crypt_v2 import (
     metadata_timestamp,
@@ -46,6 +55,7 @@ __all__ = [
     "DEFAULT_RENEW_FRACTION",
     "CertInfo",
     "ChainError",
+    "DeliveredKey",
     "Expired",
     "InvalidName",
     "Issued",
@@ -58,6 +68,7 @@ __all__ = [
     "WrongUsage",
     "build_crl",
     "cert_info",
+    "check_client_key_shape",
     "crl_serials",
     "csr_info",
     "key_usage",
@@ -65,13 +76,18 @@ __all__ = [
     "new_ca",
     "new_client_cert",
     "new_csr",
+    "new_node_client_key",
     "new_private_key",
     "new_server_cert",
     "new_tls_crypt_v2_client_key",
     "new_tls_crypt_v2_server_key",
+    "parse_node_key_metadata",
     "renew_at",
     "renewal_due",
+    "seal_new_node_key",
+    "seal_node_key",
     "sign_csr",
     "tls_crypt_v2_client_metadata",
+    "unseal_node_key",
     "validate",
 ]

@@ -38,6 +38,7 @@ from agent.bootstrap import (
     Step,
     current_certificate,
     obtain_certificate,
+    usable_tls_crypt_key,
 )
 from agent.files import FileWatch
 from agent.role_config import BootstrapSettings
@@ -104,7 +105,7 @@ class NodeRole(ClientRole):
 
     def _have_valid(self, node: str) -> bool:
         ovpn = self.cfg.openvpn
-        return (
+        return usable_tls_crypt_key(ovpn.tls_crypt_v2) and (
             current_certificate(
                 cert_path=ovpn.cert,
                 key_path=ovpn.key,
@@ -138,7 +139,7 @@ class NodeRole(ClientRole):
             self._first_attempt.set()  # openvpn may start while a renewal runs
         ovpn = self.cfg.openvpn
         delay = b.retry[0]
-        watch = FileWatch((ovpn.cert, ovpn.key, ovpn.ca))
+        watch = FileWatch((ovpn.cert, ovpn.key, ovpn.ca, ovpn.tls_crypt_v2))
         while True:
             try:
                 got = await obtain_certificate(
@@ -155,6 +156,7 @@ class NodeRole(ClientRole):
                     renew_fraction=b.renew_fraction,
                     expiration_seconds=b.expiration_seconds,
                     progress=lambda step: self._on_step(step, node=node),
+                    tls_crypt_key_path=ovpn.tls_crypt_v2,
                 )
             except BootstrapError as e:
                 result = e.outcome.lower() if isinstance(e, CSRRefused) else "error"

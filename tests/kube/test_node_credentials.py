@@ -49,9 +49,17 @@ from agent.netlink import Kernel
 from agent.openvpn.config import ClientConfig
 from agent.role_config import BootstrapSettings, ClientRoleConfig, Common, ProbeSettings
 from agent.roles.node import NodeRole
+from certs.key_delivery import KEY_ANNOTATION
 from tests.support import capi
 from tests.support.polling import aeventually
-from vpnctl.reconcile.csr import NODE_SIGNER, CSRDecision, csr_state, decide_csr, sign_node_csr
+from vpnctl.reconcile.csr import (
+    NODE_SIGNER,
+    CSRDecision,
+    csr_state,
+    decide_csr,
+    request_pem,
+    sign_node_csr,
+)
 from vpnctl.testenv import TenantCluster
 
 from .conftest import TenantFactory, api_client
@@ -124,6 +132,7 @@ class Signer:
     def __init__(self, api: k8s_client.ApiClient, *, ca: certs.Issued) -> None:
         self.api = api
         self.ca = ca
+        self.server_key = certs.new_tls_crypt_v2_server_key()  # the tenant's tls-crypt-v2
         self.decisions: dict[str, CSRDecision] = {}
         self.foreign_seen: set[str] = set()
 
@@ -174,6 +183,17 @@ class Signer:
             if not decision.approve:
                 continue
             cert_pem = sign_node_csr(self.ca, csr, now=_now(), lifetime=dt.timedelta(days=7))
+            assert decision.node_name is not None  # approved: it names its node
+            # The node's own tls-crypt-v2 key, sealed to its CSR, before the certificate.
+            sealed = certs.seal_new_node_key(
+                self.server_key,
+                csr_pem=request_pem(csr),
+                node=decision.node_name,
+                not_after=certs.cert_info(cert_pem).not_after,
+                now=_now(),
+            )
+            csr["metadata"].setdefault("annotations", {})[KEY_ANNOTATION] = sealed
+            csr = await self.call("PUT", f"{CSR_PATH}/{name}", body=csr)
             csr["status"]["certificate"] = base64.b64encode(cert_pem).decode()
             await self.call("PUT", f"{CSR_PATH}/{name}/status", body=csr)
 
@@ -209,6 +229,7 @@ class Node:
         self.key = self.dir / "node.key"
         self.cert = self.dir / "node.crt"
         self.pending = Path(str(self.key) + PENDING_SUFFIX)
+        self.tc = self.dir / "tls-crypt-v2-client.key"
         self.tunnel_ca = tunnel_ca
         self.credentials = credentials or mint_node(cluster, tmp, name)
         self.steps: list[Step] = []
@@ -229,6 +250,7 @@ class Node:
             renew_fraction=renew_fraction,
             progress=self.steps.append,
             poll_interval=0.2,
+            tls_crypt_key_path=str(self.tc),
         )
 
 
@@ -274,6 +296,10 @@ async def test_node_gets_its_own_certificate_and_renews_with_a_new_key(
 
             assert got.source == "issued"
             key_pem = node.key.read_bytes()
+            tc_pem = node.tc.read_bytes()
+            assert certs.parse_node_key_metadata(
+                certs.tls_crypt_v2_client_metadata(signer.server_key, tc_pem)
+            ) == ("node-1", got.info.not_after)
             assert stat.S_IMODE(os.stat(node.key).st_mode) == 0o600
             info = certs.validate(
                 node.cert.read_bytes(), key_pem=key_pem, ca_pem=ca.cert_pem, now=_now(),
@@ -307,6 +333,11 @@ async def test_node_gets_its_own_certificate_and_renews_with_a_new_key(
             assert renewed.info.serial != info.serial
             new_key = node.key.read_bytes()
             assert new_key != key_pem
+            # A new tls-crypt-v2 key came with the new certificate, installed with it.
+            assert node.tc.read_bytes() != tc_pem
+            assert certs.parse_node_key_metadata(
+                certs.tls_crypt_v2_client_metadata(signer.server_key, node.tc.read_bytes())
+            ) == ("node-1", renewed.info.not_after)
             assert not node.pending.exists()
             certs.validate(node.cert.read_bytes(), key_pem=new_key, ca_pem=ca.cert_pem,
                            now=_now(), usage="client")  # fmt: skip
@@ -468,7 +499,8 @@ async def test_node_role_is_unready_until_its_csr_is_signed(
             timeout=20,
         )
         assert not role._first_attempt.is_set()  # openvpn waits
-        async with api_client(cluster) as api, signing(Signer(api, ca=ca)):
+        async with api_client(cluster) as api, signing(Signer(api, ca=ca)) as signer:
+            signer_key = signer.server_key
             await aeventually(
                 lambda: role.conditions.reason("certificate") is None,
                 what="the certificate condition cleared",
@@ -478,6 +510,11 @@ async def test_node_role_is_unready_until_its_csr_is_signed(
         info = certs.validate(node.cert.read_bytes(), key_pem=node.key.read_bytes(),
                               ca_pem=ca.cert_pem, now=_now(), usage="client")  # fmt: skip
         assert info.common_name == "node-1"
+        # Its own tls-crypt-v2 key came with it, wrapped by the tenant's server key.
+        metadata = certs.tls_crypt_v2_client_metadata(
+            signer_key, (tmp_path / "tc.key").read_bytes()
+        )
+        assert certs.parse_node_key_metadata(metadata) == ("node-1", info.not_after)
         assert (
             role.registry.get_sample_value(
                 "vpnctl_agent_certificate_requests_total", {"role": "node", "result": "issued"}

@@ -22,6 +22,7 @@ class EnsureCall:
     kinds: tuple[str, ...]
     machines: tuple[str, ...]
     ca_cert_pem: bytes
+    tls_crypt_server_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FakeTenantSide:
         desired_objects: Sequence[dict[str, Any]],
         ca: certs.Issued,
         machines: Sequence[dict[str, Any]],
+        tls_crypt_server_key: bytes | None = None,
     ) -> TenantSideResult:
         assert "clusters:" in kubeconfig_text  # the Secret's text, decoded
         self.calls.append(
@@ -55,6 +57,7 @@ class FakeTenantSide:
                 kinds=tuple(str(o["kind"]) for o in desired_objects),
                 machines=tuple(str(m["metadata"]["name"]) for m in machines),
                 ca_cert_pem=ca.cert_pem,
+                tls_crypt_server_key=tls_crypt_server_key,
             )
         )
         # Like the real signer: a node's certificate exists only once a Machine of it

@@ -64,6 +64,8 @@ class Files:
         self.key = self.state / "node.key"
         self.cert = self.state / "node.crt"
         self.pending = Path(str(self.key) + PENDING_SUFFIX)
+        self.tc = self.state / "tls-crypt-v2-client.key"
+        self.server_key = certs.new_tls_crypt_v2_server_key()
         # Stands in for the tenant apiserver's CA and the kubelet's credentials: valid
         # PEM, so the TLS context loads, but nothing listens at the server URL.
         kubelet = certs.new_client_cert(
@@ -86,6 +88,11 @@ class Files:
         self.state.mkdir(exist_ok=True)
         self.key.write_bytes(issued.key_pem)
         self.cert.write_bytes(issued.cert_pem)
+        self.tc.write_bytes(
+            certs.new_node_client_key(
+                self.server_key, node=common_name, not_after=NOW + lifetime, now=NOW
+            )
+        )
         return issued
 
     async def obtain(self, *, now: datetime = NOW, **kw: Any) -> Obtained:
@@ -352,7 +359,7 @@ def _role(
             ca=str(files.ca_path),
             cert=str(files.cert),
             key=str(files.key),
-            tls_crypt_v2=str(files.tmp / "tc.key"),
+            tls_crypt_v2=str(files.tc),
             management=str(files.tmp / "m.sock"),
         ),
         probe=ProbeSettings(target=(IPv4Address("198.18.8.1"), 7947)),
@@ -429,3 +436,34 @@ async def test_role_without_a_node_name_says_how_to_set_it(files: Files) -> None
     assert reason is not None
     assert "NODE_NAME" in reason
     assert "bootstrap.node_name" in reason
+
+
+async def test_valid_certificate_without_its_tls_crypt_key_asks_for_a_new_pair(
+    files: Files,
+) -> None:
+    issued = files.install()
+    got = await files.obtain(tls_crypt_key_path=str(files.tc))
+    assert got.source == "existing"  # certificate and key both there: reused
+    files.tc.unlink()
+    with pytest.raises(ApiRequestError, match="cannot reach the tenant apiserver"):
+        await files.obtain(tls_crypt_key_path=str(files.tc))
+    assert files.cert.read_bytes() == issued.cert_pem  # openvpn's pair untouched
+    assert files.pending.exists()  # asking beside it, as a renewal does
+
+
+async def test_role_without_its_tls_crypt_key_is_not_ready(files: Files) -> None:
+    files.install()
+    files.tc.write_bytes(b"not a key")
+    clock = ManualClock(wall=NOW, autoadvance=True)
+    role = _role(files, node_name="node-1", environ={}, clock=clock)
+
+    def failed() -> bool:
+        value = role.registry.get_sample_value(
+            "vpnctl_agent_certificate_requests_total", {"role": "node", "result": "error"}
+        )
+        return value is not None and value >= 1
+
+    await _run_until(role, failed)
+    reason = role.conditions.reason("certificate")
+    assert reason is not None
+    assert "cannot reach the tenant apiserver" in reason

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 import certs
+from certs.key_delivery import KEY_ANNOTATION
 from tests.support import capi
-from vpnctl.controller.csr_signer import handle_csr
+from vpnctl.controller.csr_signer import deliver_key, handle_csr, has_key
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import Conflict, KubeObject, NotFound
 from vpnctl.reconcile.csr import NODE_SIGNER
@@ -27,10 +28,12 @@ CA = certs.new_ca(
 )
 MACHINES = [capi.machine(name="m-1", node="node-1", internal_ip="198.19.0.11")]
 NAME = "node-csr"
+SERVER_KEY = certs.new_tls_crypt_v2_server_key()
+NODE_KEY = certs.new_private_key()
 
 
-def node_csr(uid: str = "uid-1", version: str = "1") -> KubeObject:
-    pem = certs.new_csr(certs.new_private_key(), common_name="node-1")
+def node_csr(uid: str = "uid-1", version: str = "1", key: bytes | None = None) -> KubeObject:
+    pem = certs.new_csr(key or certs.new_private_key(), common_name="node-1")
     return {
         "metadata": {"name": NAME, "uid": uid, "resourceVersion": version},
         "spec": {
@@ -116,6 +119,13 @@ class FakeApiServer:
         live.setdefault("status", {})["certificate"] = base64.b64encode(certificate_pem).decode()
         return copy.deepcopy(live)
 
+    async def annotate_csr(
+        self, decided: Mapping[str, Any], *, signer: str, annotations: Mapping[str, str]
+    ) -> KubeObject:
+        live = self._write("annotate", decided, signer)
+        live["metadata"].setdefault("annotations", {}).update(annotations)
+        return copy.deepcopy(live)
+
 
 class Book:
     """``IssuedRecorder``: what was recorded, and what the API looked like then."""
@@ -146,6 +156,7 @@ async def handle(api: FakeApiServer, csr: KubeObject, book: Book | None = None) 
         lifetime=timedelta(days=30),
         recorder=book,
         retrying=once,
+        tls_crypt_server_key=SERVER_KEY,
     )
 
 
@@ -188,7 +199,7 @@ async def test_an_unchanged_csr_is_approved_and_signed_after_being_recorded() ->
     book = Book(api)
     result = await handle(api, node_csr(), book)
     assert result.outcome == "signed"
-    assert api.calls == ["approve", "sign"]
+    assert api.calls == ["approve", "annotate", "sign"]
     [(cert, calls_then)] = book.recorded
     assert calls_then == []  # recorded before anything was approved or handed out
     assert (cert.node, cert.machine) == ("node-1", "m-1")
@@ -214,3 +225,70 @@ async def test_a_denial_is_bound_to_the_decided_object_too() -> None:
     with pytest.raises(Conflict):
         await handle(api, decided)
     assert conditions(api.objects[NAME]) == []
+
+
+async def test_the_sealed_key_goes_on_the_csr_before_the_certificate() -> None:
+    api = FakeApiServer(node_csr(key=NODE_KEY))
+    seen: list[bool] = []
+    api.before["sign"] = lambda: seen.append(
+        KEY_ANNOTATION in api.objects[NAME]["metadata"].get("annotations", {})
+    )
+    result = await handle(api, node_csr(key=NODE_KEY))
+    assert result.outcome == "signed"
+    assert api.calls == ["approve", "annotate", "sign"]
+    assert seen == [True]  # the key was there when the certificate was set
+    live = api.objects[NAME]
+    delivered = certs.unseal_node_key(
+        live["metadata"]["annotations"][KEY_ANNOTATION], NODE_KEY, node="node-1", now=NOW
+    )
+    assert delivered.not_after == result.cert.not_after  # expires with the certificate
+    metadata = certs.tls_crypt_v2_client_metadata(SERVER_KEY, delivered.client_key)
+    assert certs.parse_node_key_metadata(metadata) == ("node-1", result.cert.not_after)
+    with pytest.raises(certs.KeyMismatch):
+        certs.unseal_node_key(
+            live["metadata"]["annotations"][KEY_ANNOTATION],
+            certs.new_private_key(),
+            node="node-1",
+            now=NOW,
+        )
+
+
+async def test_a_csr_replaced_between_approval_and_annotation_gets_no_key() -> None:
+    decided = node_csr(key=NODE_KEY)
+    api = FakeApiServer(decided)
+
+    def swap() -> None:
+        evil = node_csr(uid="uid-2", version="50")
+        evil["status"] = {"conditions": [{"type": "Approved", "status": "True"}]}
+        api.objects[NAME] = evil
+
+    api.before["annotate"] = swap
+    with pytest.raises(Conflict):
+        await handle(api, decided)
+    assert api.calls == ["approve", "annotate"]
+    assert "annotations" not in api.objects[NAME]["metadata"]
+    assert "certificate" not in (api.objects[NAME].get("status") or {})
+
+
+async def test_an_issued_csr_without_a_key_gets_one() -> None:
+    api = FakeApiServer(node_csr(key=NODE_KEY))
+    await handle(api, node_csr(key=NODE_KEY))
+    issued = copy.deepcopy(api.objects[NAME])
+    del issued["metadata"]["annotations"]
+    api.objects[NAME] = copy.deepcopy(issued)
+    assert not has_key(issued)
+    annotated = await deliver_key(
+        api,
+        issued,
+        server_key=SERVER_KEY,
+        node="node-1",
+        not_after=NOW + timedelta(days=1),
+        now=NOW,
+        retrying=once,
+    )
+    assert annotated is not None
+    assert has_key(annotated)
+    delivered = certs.unseal_node_key(
+        annotated["metadata"]["annotations"][KEY_ANNOTATION], NODE_KEY, node="node-1", now=NOW
+    )
+    assert certs.tls_crypt_v2_client_metadata(SERVER_KEY, delivered.client_key)

@@ -1,4 +1,4 @@
-"""What the lab provisions on a node: the kubelet's client certificate, the tls-crypt-v2 key."""
+"""What the lab provisions on a node: the kubelet's client certificate, and nothing else."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-import certs
 from vpnctl.lab import labpki
 from vpnctl.testenv.cluster_pki import write_cluster_pki
 
@@ -46,17 +45,14 @@ def test_serving_certificates_carry_the_names_the_apiserver_checks() -> None:
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.IPv4Address("198.19.65.2")]
 
 
-def test_tls_crypt_key_is_provisioned_once_and_replaced_when_it_no_longer_fits(
-    tmp_path: Path,
-) -> None:
-    server = certs.new_tls_crypt_v2_server_key()
-    path = tmp_path / "var/lib/vpnctl/tls-crypt-v2-client.key"
-    assert labpki.provision_tls_crypt_key(path, server_key=server)
-    first = path.read_bytes()
-    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
-    certs.tls_crypt_v2_client_metadata(server, first)  # wrapped by this server's key
-    assert not labpki.provision_tls_crypt_key(path, server_key=server)
-    assert path.read_bytes() == first
-    other = certs.new_tls_crypt_v2_server_key()  # a rebuilt tenant
-    assert labpki.provision_tls_crypt_key(path, server_key=other)
-    certs.tls_crypt_v2_client_metadata(other, path.read_bytes())
+def test_the_lab_forges_no_tls_crypt_key() -> None:
+    """vpnctl delivers each node's own key on its CSR (certs/key_delivery.py): the lab
+    puts only the kubelet's client certificate on a node, as kubeadm would."""
+    import inspect
+
+    from vpnctl.lab import kubelet
+
+    for module in (labpki, kubelet):
+        source = inspect.getsource(module)
+        assert "new_tls_crypt_v2_client_key" not in source, module.__name__
+        assert "TLS_CRYPT_V2_SERVER" not in source, module.__name__

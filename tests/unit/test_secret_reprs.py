@@ -92,6 +92,7 @@ def test_issued_certificates(material: dict[str, Any]) -> None:
 def test_tenant_pki(material: dict[str, Any]) -> None:
     keys = TenantPKI(
         ca=material["ca"],
+        tls_crypt_server_key=material["tc_server"],
         apiserver_serial="1a",
         not_after={"ca": NOW},
         renew_at=NOW,

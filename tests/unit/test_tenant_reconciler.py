@@ -45,6 +45,7 @@ from vpnctl.reconcile.names import (
     TenantNames,
     selector_labels,
 )
+from vpnctl.reconcile.service_objects import TLS_CRYPT_V2_SERVER
 from vpnctl.reconcile.settings import Settings
 
 NS = "tenants"
@@ -290,6 +291,17 @@ async def test_other_annotation_values_do_not_opt_out() -> None:
 
 
 # --- 3. server pods kicked after a server ConfigMap change, and only then ------------------
+
+
+async def test_the_tenant_side_gets_the_tenants_tls_crypt_server_key() -> None:
+    """The CSR signer makes each node's tls-crypt-v2 client key from it (csr_signer)."""
+    world = World()
+    await world.reconcile()
+    secret = world.api.peek(SECRET, NAMES.tls_crypt_secret, NS)
+    assert secret is not None
+    server_key = base64.b64decode(secret["data"][TLS_CRYPT_V2_SERVER])
+    assert world.side.calls
+    assert all(c.tls_crypt_server_key == server_key for c in world.side.calls)
 
 
 async def test_server_pods_are_kicked_after_the_server_config_changes() -> None:

@@ -13,6 +13,11 @@ of the signer, and each step is tested against fakes that misbehave on purpose.
   certificate's serial, node, Machine and expiry are recorded *before* the certificate
   is handed out. A node whose Machine is deleted a moment later is then revoked by the
   next reconcile, even if this process dies in between or the tenant deletes the CSR.
+
+The node's own tls-crypt-v2 client key (``certs.key_delivery``) goes on the approved CSR
+as the annotation ``KEY_ANNOTATION``, sealed to the CSR's public key, *before* the
+certificate: an agent that sees its certificate finds its key beside it. A CSR issued
+without one (signed before vpnctl delivered keys) gets it added (``deliver_key``).
 """
 
 from __future__ import annotations
@@ -24,9 +29,17 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import certs
+from certs.key_delivery import KEY_ANNOTATION
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import KubeObject, NotFound
-from vpnctl.reconcile.csr import NODE_SIGNER, CSRDecision, csr_state, decide_csr, sign_node_csr
+from vpnctl.reconcile.csr import (
+    NODE_SIGNER,
+    CSRDecision,
+    csr_state,
+    decide_csr,
+    request_pem,
+    sign_node_csr,
+)
 from vpnctl.reconcile.revocation_book import IssuedCert
 
 _log = logging.getLogger(__name__)
@@ -47,6 +60,10 @@ class CSRApi(Protocol):
 
     async def sign_csr(
         self, approved: Mapping[str, Any], *, signer: str, certificate_pem: bytes
+    ) -> KubeObject: ...
+
+    async def annotate_csr(
+        self, decided: Mapping[str, Any], *, signer: str, annotations: Mapping[str, str]
     ) -> KubeObject: ...
 
 
@@ -85,9 +102,12 @@ async def handle_csr(
     lifetime: timedelta,
     recorder: IssuedRecorder | None,
     retrying: Retrying,
+    tls_crypt_server_key: bytes | None = None,
 ) -> Handled:
     """Decide CSR (as read) and act on exactly that object. API errors propagate (a
-    Conflict means: it changed since it was read, decide again from a fresh read)."""
+    Conflict means: it changed since it was read, decide again from a fresh read).
+    With ``tls_crypt_server_key``, the node's own client key is sealed onto the CSR
+    before the certificate (without: no key is delivered; tests of other parts)."""
     spec = csr.get("spec") or {}
     if spec.get("signerName") != NODE_SIGNER:
         return Handled(outcome="skipped")  # never ours, whatever reached the cache
@@ -138,6 +158,19 @@ async def handle_csr(
         )
     if approved is None:
         return Handled(outcome="skipped", decision=decision)
+    if tls_crypt_server_key is not None:
+        annotated = await deliver_key(
+            api,
+            approved,
+            server_key=tls_crypt_server_key,
+            node=cert.node,
+            not_after=cert.not_after,
+            now=now,
+            retrying=retrying,
+        )
+        if annotated is None:
+            return Handled(outcome="skipped", decision=decision)
+        approved = annotated
     bound = approved
     signed = await _unless_gone(
         lambda: retrying(
@@ -147,3 +180,32 @@ async def handle_csr(
     if signed is None:
         return Handled(outcome="skipped", decision=decision)
     return Handled(outcome="signed", decision=decision, cert=cert)
+
+
+def has_key(csr: Mapping[str, Any]) -> bool:
+    """Whether CSR carries a sealed key (``KEY_ANNOTATION``)."""
+    annotations = (csr.get("metadata") or {}).get("annotations") or {}
+    return isinstance(annotations, Mapping) and bool(annotations.get(KEY_ANNOTATION))
+
+
+async def deliver_key(
+    api: CSRApi,
+    csr: KubeObject,
+    *,
+    server_key: bytes,
+    node: str,
+    not_after: datetime,
+    now: datetime,
+    retrying: Retrying,
+) -> KubeObject | None:
+    """Seal a new client key for NODE (from the tenant's SERVER_KEY, expiring with the
+    certificate) to CSR's public key and annotate exactly that CSR with it; the CSR as
+    annotated, or None when it is gone. Raises ``certs.PKIError`` and API errors."""
+    sealed = certs.seal_new_node_key(
+        server_key, csr_pem=request_pem(csr), node=node, not_after=not_after, now=now
+    )
+    return await _unless_gone(
+        lambda: retrying(
+            lambda: api.annotate_csr(csr, signer=NODE_SIGNER, annotations={KEY_ANNOTATION: sealed})
+        )
+    )

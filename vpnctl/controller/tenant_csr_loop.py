@@ -6,7 +6,8 @@ oversize requests, and such a CSR is denied ``RequestTooLarge``), and a loop tha
 only at CSRs that changed (``csr_backlog``) and decides each pending one
 (``vpnctl.reconcile.csr.decide_csr``, with the Machines the last ``ensure()`` or
 ``machines_changed()`` passed), then approves and signs it with the tenant CA, or denies
-it with the reason (``csr_signer``: every call is bound to the decided object's uid and
+it with the reason (``csr_signer``: the node's sealed tls-crypt-v2 client key goes on the
+CSR before its certificate, and every call is bound to the decided object's uid and
 resourceVersion, and each certificate is in the revocation book before it is handed
 out). The serial of every node certificate it signed, or finds in an issued CSR (signed
 before a restart), is reported (``signed``/``certificates``) until it expires.
@@ -34,7 +35,7 @@ from vpnctl.controller.budgets import (
     dropped_bytes,
     slim_csr,
 )
-from vpnctl.controller.csr_signer import IssuedRecorder, handle_csr
+from vpnctl.controller.csr_signer import IssuedRecorder, deliver_key, handle_csr, has_key
 from vpnctl.controller.tenant_lane import Lane
 from vpnctl.controller.tenant_state import (
     FailedPasses,
@@ -222,6 +223,23 @@ class CsrLoop:
             found = issued_certificate(csr, ca_pem=state.ca.cert_pem, now=now)
             if found is not None:
                 state.issued[found.serial] = found
+                if state.tls_crypt_server_key is not None and not has_key(csr):
+                    # Signed before keys were delivered: its node still needs one.
+                    await deliver_key(
+                        state.kube,
+                        csr,
+                        server_key=state.tls_crypt_server_key,
+                        node=found.node,
+                        not_after=found.not_after,
+                        now=now,
+                        retrying=self._calls.retrying,
+                    )
+                    _log.info(
+                        "event=tenant_csr_key_delivered tenant=%s csr=%s node=%s",
+                        state.ref,
+                        name,
+                        found.node,
+                    )
             return
         handled = await handle_csr(
             state.kube,
@@ -233,6 +251,7 @@ class CsrLoop:
             lifetime=self._node_cert_lifetime,
             recorder=self._recorder,
             retrying=self._calls.retrying,
+            tls_crypt_server_key=state.tls_crypt_server_key,
         )
         decision = handled.decision
         if handled.outcome == "denied" and decision is not None:

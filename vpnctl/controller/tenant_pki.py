@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -50,6 +50,7 @@ class TenantPKI:
     """What the rest of the pass needs of a tenant's PKI once it is in place."""
 
     ca: certs.Issued
+    tls_crypt_server_key: bytes = field(repr=False)  # for the nodes' own client keys
     apiserver_serial: str  # hex, for desired.json: the sidecar's client is always allowed
     not_after: Mapping[str, datetime]  # role -> expiry, for the metrics
     renew_at: datetime  # the earliest renewal of a leaf certificate
@@ -171,6 +172,7 @@ class PKIIssuance(RevocationPasses):
         )
         return TenantPKI(
             ca=ca,
+            tls_crypt_server_key=tc_key,
             apiserver_serial=format(infos[pki.APISERVER].serial, "x"),
             not_after={role: info.not_after for role, info in infos.items()},
             renew_at=renew_at,

@@ -431,6 +431,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                     desired_objects=desired,
                     ca=keys.ca,
                     machines=machines,
+                    tls_crypt_server_key=keys.tls_crypt_server_key,
                 )
             self._side_degraded[key] = result.degraded
         except TimeoutError:

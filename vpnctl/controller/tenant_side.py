@@ -271,6 +271,7 @@ class KubeTenantSide:
         desired_objects: Sequence[dict[str, Any]],
         ca: certs.Issued,
         machines: Sequence[dict[str, Any]],
+        tls_crypt_server_key: bytes | None = None,
     ) -> TenantSideResult:
         """Install or update the agent objects; start the watches and the CSR loop once.
 
@@ -310,11 +311,16 @@ class KubeTenantSide:
             self._tenants[tenant] = state
 
         machines_now = tuple(dict(m) for m in machines)
-        if machines_now != state.machines or ca != state.ca:
+        if (
+            machines_now != state.machines
+            or ca != state.ca
+            or tls_crypt_server_key != state.tls_crypt_server_key
+        ):
             state.csr_backlog.rescan()  # an approved CSR may now be signable
             state.csr_wakeup.set()
         state.machines = machines_now
         state.ca = ca
+        state.tls_crypt_server_key = tls_crypt_server_key
         state.desired = desired
         assert state.budget is not None
         if state.budget.paused():

@@ -373,6 +373,15 @@ class Kube:
             CERTIFICATE_SIGNING_REQUEST, name, patch, subresource="status"
         )
 
+    async def annotate_csr(
+        self, decided: Mapping[str, Any], *, signer: str, annotations: Mapping[str, str]
+    ) -> KubeObject:
+        """Set ``annotations`` on exactly the CSR ``decided`` (bound to its uid and
+        resourceVersion, as ``sign_csr``); ValueError when it is not for ``signer``."""
+        name, uid, version = _csr_identity(decided, signer=signer)
+        meta = {"uid": uid, "resourceVersion": version, "annotations": dict(annotations)}
+        return await self.patch_merge(CERTIFICATE_SIGNING_REQUEST, name, {"metadata": meta})
+
     # --- the one way requests are made ----------------------------------------------------
 
     async def request(

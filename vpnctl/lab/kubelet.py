@@ -33,8 +33,9 @@ service cluster's namespace (P-svc, from where both apiservers are reachable), p
   controller-manager, so a deleted DaemonSet leaves the running agents alone (its
   garbage collector would delete the pods; vpnctl puts the DaemonSet back either way).
 - **each node's provisioning**, where production has the machine's bootstrap data: the
-  kubelet client certificate (`system:node:<node>`, as TLS bootstrapping leaves it) and
-  the node's tls-crypt-v2 client key (`labpki.provision_tls_crypt_key`).
+  kubelet client certificate (`system:node:<node>`, as TLS bootstrapping leaves it).
+  Nothing else: the node agent gets its certificate and its own tls-crypt-v2 client key
+  from vpnctl, through its CSR, into its state directory (`NodePaths.tls_crypt_v2`).
 
 Every container is restarted when it exits (restartPolicy Always, backoff 1 s to 30 s);
 what runs where is written to `<state>/kubelet.json` for `lab status` and the tests.
@@ -96,7 +97,6 @@ from vpnctl.reconcile.names import (
     NODE_AGENT_NAME,
     TenantNames,
 )
-from vpnctl.reconcile.service_objects import TLS_CRYPT_V2_SERVER
 from vpnctl.reconcile.settings import Settings
 
 _log = logging.getLogger("vpnctl.lab.kubelet")
@@ -776,8 +776,6 @@ class LabKubelet:
         version = digest(template)
         spec = template["spec"]
         objects = await fetch_objects(self.tenant, ns, spec.get("volumes") or [])
-        tc_secret = await self.service.get(SECRET, self.names.tls_crypt_secret, self.cfg.namespace)
-        server_key = _secret_bytes(tc_secret, TLS_CRYPT_V2_SERVER)
         for node in self.cfg.nodes:
             run = self.agents.get(node.name)
             if run is not None and run.version != version:
@@ -786,22 +784,20 @@ class LabKubelet:
                 del self.agents[node.name]
                 run = None
             if run is None:
-                if server_key is None:
-                    return  # vpnctl has not made the tenant's tls-crypt-v2 key yet
-                self._provision(node, server_key=server_key)
+                self._provision(node)
                 run, container = self._agent(node, spec, version)
                 make_dirs(run.mounts, under=[self.cfg.state])
                 sync_volumes(run, objects)
                 container.start()
                 self.agents[node.name] = run
                 continue
-            if run.container is not None and run.container.pid is None and server_key:
+            if run.container is not None and run.container.pid is None:
                 # Between restarts (or wiped, like a new machine): provision again.
-                self._provision(node, server_key=server_key)
+                self._provision(node)
             if sync_volumes(run, objects):
                 _log.info("event=volumes_updated pod=%s", run.key)
 
-    def _provision(self, node: NodeConfig, *, server_key: bytes) -> None:
+    def _provision(self, node: NodeConfig) -> None:
         client = self.cfg.kubelet_client_path(node.name)
         if not client.exists():
             labpki.write_private(
@@ -813,9 +809,6 @@ class LabKubelet:
                 ),
             )
             _log.info("event=kubelet_client_issued node=%s", node.name)
-        tc = self.cfg.node_state_dir(node.name) / Path(NodePaths.tls_crypt_v2).name
-        if labpki.provision_tls_crypt_key(tc, server_key=server_key):
-            _log.info("event=tls_crypt_key_provisioned node=%s", node.name)
 
     def _agent(
         self, node: NodeConfig, spec: Mapping[str, Any], version: str
@@ -871,19 +864,6 @@ class LabKubelet:
             "metadata.namespace": meta["namespace"],
             "status.podIP": ps.ip,
         }
-
-
-def _secret_bytes(secret: Mapping[str, Any] | None, key: str) -> bytes | None:
-    import base64
-    import binascii
-
-    value = ((secret or {}).get("data") or {}).get(key)
-    if not isinstance(value, str):
-        return None
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 async def amain(config_file: Path) -> int:

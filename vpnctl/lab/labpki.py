@@ -9,8 +9,9 @@
   authenticates its certificate request with it (agent/bootstrap.py). `certs` makes
   only tunnel certificates (CN only, no organization), so this one is built here with
   `cryptography`, in one PEM file as the kubelet keeps it.
-- Each node's tls-crypt-v2 client key, wrapped with the tenant's server key (see
-  `provision_tls_crypt_key`).
+
+Not the nodes' tls-crypt-v2 client keys: vpnctl delivers each node its own, sealed on
+its CSR (certs/key_delivery.py).
 """
 
 from __future__ import annotations
@@ -84,27 +85,3 @@ def kubelet_client_pem(*, ca_cert: Path, ca_key: Path, node: str) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def provision_tls_crypt_key(path: Path, *, server_key: bytes) -> bool:
-    """Put a tls-crypt-v2 client key wrapped with SERVER_KEY at PATH unless one that fits
-    is there; True when a new key was written.
-
-    vpnctl does not deliver the nodes' tls-crypt-v2 client keys (the CSR carries only
-    the certificate), so the lab does it the way a CAPI bootstrap provider would put a
-    file on a new machine (a KubeadmConfig `files:` entry): once per node, into the
-    node's own state directory. A key made with another server key (a rebuilt tenant)
-    is replaced.
-    """
-    try:
-        current = path.read_bytes()
-    except FileNotFoundError:
-        current = None
-    if current is not None:
-        try:
-            certs.tls_crypt_v2_client_metadata(server_key, current)
-            return False
-        except certs.PKIError:
-            pass
-    write_private(path, certs.new_tls_crypt_v2_client_key(server_key, now=datetime.now(UTC)))
-    return True
