@@ -45,7 +45,7 @@ from vpnctl.lab import lab_objects as lo
 from vpnctl.lab import labpki, netns
 from vpnctl.lab.address_plan import LabPlan, NodePlan, make_plan
 from vpnctl.lab.dataplane import Proc, kill_recorded, write_json_atomic
-from vpnctl.lab.kubelet import (
+from vpnctl.lab.kubelet_parts import (
     KubeletConfig,
     NodeConfig,
     PodSetConfig,
