@@ -119,6 +119,26 @@ def ca_secret(*, tenant: TenantSpec, cert_pem: bytes, key_pem: bytes) -> KubeObj
     )
 
 
+def _tls_secret(
+    tenant: TenantSpec,
+    name: str,
+    component: str,
+    pems: tuple[bytes, bytes, bytes],
+    tls_crypt_v2: tuple[str, bytes],
+) -> KubeObject:
+    """A `kubernetes.io/tls` Secret: PEMS (certificate, key, CA) and one tls-crypt-v2 key
+    (TLS_CRYPT_V2 is its data key and its bytes)."""
+    cert_pem, key_pem, ca_pem = pems
+    tc_field, tc_key = tls_crypt_v2
+    return _secret(
+        tenant=tenant,
+        name=name,
+        kind="kubernetes.io/tls",
+        data={TLS_CERT: cert_pem, TLS_KEY: key_pem, CA_CERT: ca_pem, tc_field: tc_key},
+        component=component,
+    )
+
+
 def server_secret(
     *, tenant: TenantSpec, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, tls_crypt_v2_key: bytes
 ) -> KubeObject:
@@ -126,18 +146,9 @@ def server_secret(
 
     One Secret, so the server pod mounts one thing and a rotation is one write.
     """
-    return _secret(
-        tenant=tenant,
-        name=_names(tenant).server_secret,
-        kind="kubernetes.io/tls",
-        data={
-            TLS_CERT: cert_pem,
-            TLS_KEY: key_pem,
-            CA_CERT: ca_pem,
-            TLS_CRYPT_V2_SERVER: tls_crypt_v2_key,
-        },
-        component=COMPONENT_SERVER,
-    )
+    pems = (cert_pem, key_pem, ca_pem)
+    tls_crypt = (TLS_CRYPT_V2_SERVER, tls_crypt_v2_key)
+    return _tls_secret(tenant, _names(tenant).server_secret, COMPONENT_SERVER, pems, tls_crypt)
 
 
 def tls_crypt_secret(*, tenant: TenantSpec, server_key: bytes) -> KubeObject:
@@ -164,17 +175,10 @@ def apiserver_client_secret(
     tls_crypt_v2_client_key: bytes,
 ) -> KubeObject:
     """The apiserver sidecar's client certificate, key, CA and tls-crypt-v2 client key."""
-    return _secret(
-        tenant=tenant,
-        name=_names(tenant).apiserver_secret,
-        kind="kubernetes.io/tls",
-        data={
-            TLS_CERT: cert_pem,
-            TLS_KEY: key_pem,
-            CA_CERT: ca_pem,
-            TLS_CRYPT_V2_CLIENT: tls_crypt_v2_client_key,
-        },
-        component=COMPONENT_APISERVER,
+    pems = (cert_pem, key_pem, ca_pem)
+    tls_crypt = (TLS_CRYPT_V2_CLIENT, tls_crypt_v2_client_key)
+    return _tls_secret(
+        tenant, _names(tenant).apiserver_secret, COMPONENT_APISERVER, pems, tls_crypt
     )
 
 
