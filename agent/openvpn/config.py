@@ -317,6 +317,19 @@ def _route_args(net: IPv4Network) -> str:
     return f"{net.network_address} {net.netmask}"
 
 
+def _keepalive_account_and_material(cfg: _TunnelConfig) -> list[str]:
+    """The lines both ends render alike: timers, persistence, account, certificate files."""
+    return [
+        f"keepalive {cfg.keepalive[0]} {cfg.keepalive[1]}",
+        "persist-key",
+        "persist-tun",
+        *_drop_privileges(cfg.user, cfg.group),
+        f"ca {cfg.ca}",
+        f"cert {cfg.cert}",
+        f"key {cfg.key}",
+    ]
+
+
 def _drop_privileges(user: str | None, group: str | None) -> list[str]:
     return [*([f"user {user}"] if user else []), *([f"group {group}"] if group else [])]
 
@@ -344,13 +357,7 @@ def render_server(cfg: ServerConfig) -> str:
         f"client-config-dir {cfg.ccd_dir}",
         "ccd-exclusive",
         f"max-clients {cfg.max_clients}",
-        f"keepalive {cfg.keepalive[0]} {cfg.keepalive[1]}",
-        "persist-key",
-        "persist-tun",
-        *_drop_privileges(cfg.user, cfg.group),
-        f"ca {cfg.ca}",
-        f"cert {cfg.cert}",
-        f"key {cfg.key}",
+        *_keepalive_account_and_material(cfg),
         "dh none",
         f"tls-crypt-v2 {cfg.tls_crypt_v2}",
         "remote-cert-tls client",
@@ -396,13 +403,7 @@ def render_client(cfg: ClientConfig) -> str:
         f"dev {cfg.dev}",
         "dev-type tun",
         f"txqueuelen {cfg.txqueuelen}",
-        f"keepalive {cfg.keepalive[0]} {cfg.keepalive[1]}",
-        "persist-key",
-        "persist-tun",
-        *_drop_privileges(cfg.user, cfg.group),
-        f"ca {cfg.ca}",
-        f"cert {cfg.cert}",
-        f"key {cfg.key}",
+        *_keepalive_account_and_material(cfg),
         f"tls-crypt-v2 {cfg.tls_crypt_v2}",
         "remote-cert-tls server",
         f"tls-version-min {TLS_VERSION_MIN}",
