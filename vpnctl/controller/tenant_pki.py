@@ -88,30 +88,35 @@ class PKIIssuance(RevocationPasses):
             tc_key = await self._create_once(body, lambda s: read_tls_crypt_server_key(s, now=now))
 
         # The server certificate: kept while valid, renewed (same CA) once due.
-        service = f"{names.service}.{tenant.namespace}.svc"
-        server = await self._ensure_leaf(
-            tenant,
-            names.server_secret,
-            ca,
-            now=now,
-            role="server",
-            issue=lambda: certs.new_server_cert(
+        def new_server() -> certs.Issued:
+            service = f"{names.service}.{tenant.namespace}.svc"
+            return certs.new_server_cert(
                 ca,
                 common_name=SERVER_COMMON_NAME,
                 dns_names=[service, f"{service}.cluster.local"],
                 now=now,
                 lifetime=lifetimes.server,
-            ),
-            secret=lambda leaf, _live: server_secret_object(
+            )
+
+        def server_secret(leaf: certs.Issued, live: KubeObject | None) -> KubeObject:
+            return server_secret_object(
                 tenant=tenant,
                 cert_pem=leaf.cert_pem,
                 key_pem=leaf.key_pem,
                 ca_pem=ca.cert_pem,
                 tls_crypt_v2_key=tc_key,
-            ),
+            )
+
+        server = await self._ensure_leaf(
+            tenant, names.server_secret, ca, "server", new_server, server_secret, now=now
         )
 
         # The apiserver sidecar's client certificate and tls-crypt-v2 client key.
+        def new_client() -> certs.Issued:
+            return certs.new_client_cert(
+                ca, common_name=APISERVER_COMMON_NAME, now=now, lifetime=lifetimes.client
+            )
+
         def client_secret(leaf: certs.Issued, live: KubeObject | None) -> KubeObject:
             client_key = _decode(live, TLS_CRYPT_V2_CLIENT)
             if client_key is None or not pki.tls_crypt_client_key_fits(tc_key, client_key):
@@ -125,15 +130,7 @@ class PKIIssuance(RevocationPasses):
             )
 
         client = await self._ensure_leaf(
-            tenant,
-            names.apiserver_secret,
-            ca,
-            now=now,
-            role="apiserver",
-            issue=lambda: certs.new_client_cert(
-                ca, common_name=APISERVER_COMMON_NAME, now=now, lifetime=lifetimes.client
-            ),
-            secret=client_secret,
+            tenant, names.apiserver_secret, ca, "apiserver", new_client, client_secret, now=now
         )
 
         infos = {
@@ -157,11 +154,11 @@ class PKIIssuance(RevocationPasses):
         tenant: TenantSpec,
         name: str,
         ca: certs.Issued,
-        *,
-        now: datetime,
         role: Literal["server", "apiserver"],
         issue: Callable[[], certs.Issued],
         secret: Callable[[certs.Issued, KubeObject | None], KubeObject],
+        *,
+        now: datetime,
     ) -> certs.Issued:
         """Keep the leaf certificate in Secret NAME while valid, else ISSUE one, and apply
         the Secret that SECRET builds from it and the live Secret; returns the leaf."""
