@@ -244,6 +244,23 @@ def _relative(path: str, *, under: str) -> str:
     return path[len(under) + 1 :]
 
 
+def _tls_secret_source(
+    name: str, tls_crypt_v2_key: str, p: type[ServerPaths] | type[ApiserverPaths]
+) -> dict[str, Any]:
+    """The projected-volume source of a `_tls_secret`: its four files where P reads them."""
+
+    def rel(path: str) -> str:
+        return _relative(path, under=p.config_dir)
+
+    items = [
+        _item(CA_CERT, rel(p.ca)),
+        _item(TLS_CERT, rel(p.cert)),
+        _item(TLS_KEY, rel(p.key), mode=_KEY_MODE),
+        _item(tls_crypt_v2_key, rel(p.tls_crypt_v2), mode=_KEY_MODE),
+    ]
+    return {"secret": {"name": name, "items": items}}
+
+
 # --- the server ---------------------------------------------------------------------------
 
 
@@ -269,17 +286,7 @@ def _server_projected_volume(tenant: TenantSpec) -> dict[str, Any]:
                         ],
                     }
                 },
-                {
-                    "secret": {
-                        "name": names.server_secret,
-                        "items": [
-                            _item(CA_CERT, rel(p.ca)),
-                            _item(TLS_CERT, rel(p.cert)),
-                            _item(TLS_KEY, rel(p.key), mode=_KEY_MODE),
-                            _item(TLS_CRYPT_V2_SERVER, rel(p.tls_crypt_v2), mode=_KEY_MODE),
-                        ],
-                    }
-                },
+                _tls_secret_source(names.server_secret, TLS_CRYPT_V2_SERVER, p),
             ],
         },
     }
@@ -451,17 +458,7 @@ def apiserver_sidecar(
                         "items": [_item(APISERVER_JSON, rel(p.role_config))],
                     }
                 },
-                {
-                    "secret": {
-                        "name": names.apiserver_secret,
-                        "items": [
-                            _item(CA_CERT, rel(p.ca)),
-                            _item(TLS_CERT, rel(p.cert)),
-                            _item(TLS_KEY, rel(p.key), mode=_KEY_MODE),
-                            _item(TLS_CRYPT_V2_CLIENT, rel(p.tls_crypt_v2), mode=_KEY_MODE),
-                        ],
-                    }
-                },
+                _tls_secret_source(names.apiserver_secret, TLS_CRYPT_V2_CLIENT, p),
             ],
         },
     }
