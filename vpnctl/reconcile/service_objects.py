@@ -45,7 +45,7 @@ from vpnctl.reconcile.names import (
     selector_labels,
     tunnel_owner_reference,
 )
-from vpnctl.reconcile.pod_security import container_security, tun_parts
+from vpnctl.reconcile.pod_security import agent_container, container_security, tun_parts
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant_spec import TenantSpec
 
@@ -311,10 +311,7 @@ def server_deployment(
     tun_volumes, tun_mounts, resources = tun_parts(settings)
     protocol = spec.transport.protocol.upper()
     container: dict[str, Any] = {
-        "name": SERVER_CONTAINER,
-        "image": settings.agent_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "agent", "server", "--config", ServerPaths.role_config],
+        **agent_container(SERVER_CONTAINER, "server", ServerPaths.role_config, settings),
         "ports": [
             {"containerPort": spec.transport.port, "name": VPN_PORT_NAME, "protocol": protocol},
             {
@@ -463,10 +460,7 @@ def apiserver_sidecar(
         },
     }
     container: dict[str, Any] = {
-        "name": APISERVER_CONTAINER,
-        "image": settings.agent_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "agent", "apiserver", "--config", p.role_config],
+        **agent_container(APISERVER_CONTAINER, "apiserver", p.role_config, settings),
         "ports": [
             {
                 "containerPort": settings.apiserver_health_port,
