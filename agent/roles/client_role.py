@@ -2,7 +2,7 @@
 
 Both roles are an openvpn client plus a watchdog:
 
-* certificate material is checked before openvpn ever sees it (`wait_for_material`), and
+* certificate material is checked before openvpn ever sees it (`MaterialWatch.wait`), and
   re-checked when the files change: a valid change restarts openvpn with it, an invalid
   one is reported and the running tunnel left alone;
 * the management link follows openvpn's state (`CONNECTED` = tunnel up);

@@ -48,7 +48,7 @@ from agent.netlink import Kernel
 from agent.openvpn.management import Event
 from agent.openvpn.supervisor import Supervisor
 from agent.role_config import Common
-from agent.roles.material import MaterialPaths, wait_for_material, watch_material
+from agent.roles.material import MaterialPaths, MaterialWatch
 from agent.roles.mgmt import Management, ManagementLink, real_management
 from agent.roles.openvpn_process import openvpn_supervisor, render_to
 from agent.roles.readiness import CommonMetrics, Conditions
@@ -192,27 +192,19 @@ class OpenVPNRole:
         self.sysctls.set_desired(forwarding_sysctls(tun=self.dev, rp_filter=2))
 
     async def _material_task(self) -> None:
-        await wait_for_material(
-            self.material,
+        material = MaterialWatch(
+            paths=self.material,
             clock=self.clock,
             conditions=self.conditions,
             condition="material",
             metrics=self.common,
             events=self.events,
         )
+        await material.wait()
         self._before_render()
         render_to(self.config_path, self.render_config())
         self._material_ready.set()
-        await watch_material(
-            self.material,
-            clock=self.clock,
-            conditions=self.conditions,
-            condition="material",
-            metrics=self.common,
-            events=self.events,
-            supervisor=self.supervisor,
-            on_change=self._on_material_change,
-        )
+        await material.watch(self.supervisor, on_change=self._on_material_change)
 
     async def _watchdog_task(self) -> None:
         while True:
