@@ -194,7 +194,7 @@ def server_address(tunnel_cidr: IPv4Network) -> IPv4Address:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _TunnelConfig:
+class TunnelConfig:
     """What the server and the client configs share, and its checks."""
 
     proto: Proto = "udp"
@@ -226,7 +226,7 @@ class _TunnelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServerConfig(_TunnelConfig):
+class ServerConfig(TunnelConfig):
     port: int = 1194
     listen: IPv4Address | None = None
     tunnel_cidr: IPv4Network
@@ -255,7 +255,7 @@ class ServerConfig(_TunnelConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientConfig(_TunnelConfig):
+class ClientConfig(TunnelConfig):
     remotes: Sequence[tuple[str, int]]
     # Extra routes the client installs itself; normally the server pushes them instead.
     routes: Sequence[IPv4Network] = ()
@@ -317,7 +317,7 @@ def _route_args(net: IPv4Network) -> str:
     return f"{net.network_address} {net.netmask}"
 
 
-def _keepalive_account_and_material(cfg: _TunnelConfig) -> list[str]:
+def _keepalive_account_and_material(cfg: TunnelConfig) -> list[str]:
     """The lines both ends render alike: timers, persistence, account, certificate files."""
     return [
         f"keepalive {cfg.keepalive[0]} {cfg.keepalive[1]}",
