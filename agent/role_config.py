@@ -60,10 +60,10 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from agent.config_reader import (
     NO_NETS,
@@ -99,6 +99,8 @@ from agent.openvpn.config import (
     ServerConfig,
     server_address,
 )
+
+_C = TypeVar("_C", ServerConfig, ClientConfig)
 
 Role = Literal["node", "server", "apiserver"]
 ROLES: tuple[Role, ...] = ("node", "server", "apiserver")
@@ -203,66 +205,66 @@ _CLIENT_OVPN_KEYS = (
 )  # fmt: skip
 
 
-def _server_openvpn(r: Reader, raw: object) -> ServerConfig | None:
+# (key, converter) pairs of an openvpn section; every key after the paths is optional.
+_Fields = tuple[tuple[str, Callable[[object, str], Any]], ...]
+_PATHS: _Fields = tuple(
+    (key, as_abspath) for key in ("ca", "cert", "key", "tls_crypt_v2")
+)  # fmt: skip
+
+
+def _openvpn_section(
+    r: Reader,
+    raw: object,
+    *,
+    keys: Sequence[str],
+    required: _Fields,
+    optional: _Fields,
+    build: Callable[..., _C],
+) -> _C | None:
+    """Parse the role's `openvpn` section: REQUIRED keys in order, then the OPTIONAL ones
+    present, and BUILD the config; a `ConfigError` from BUILD is a problem at `openvpn`."""
     where = "openvpn"
 
-    def parse() -> ServerConfig:
-        o = r.obj(raw, where, keys=_SERVER_OVPN_KEYS)
-        g = r.get
-        kwargs: dict[str, Any] = {
-            "tunnel_cidr": g(o, where, "tunnel_cidr", as_net),
-            "ca": g(o, where, "ca", as_abspath),
-            "cert": g(o, where, "cert", as_abspath),
-            "key": g(o, where, "key", as_abspath),
-            "tls_crypt_v2": g(o, where, "tls_crypt_v2", as_abspath),
-            "ccd_dir": g(o, where, "ccd_dir", as_abspath),
-            "management": g(o, where, "management", as_abspath),
-            "crl": g(o, where, "crl", as_abspath),
-        }
-        for key, conv in (
+    def parse() -> _C:
+        o = r.obj(raw, where, keys=keys)
+        kwargs: dict[str, Any] = {key: r.get(o, where, key, conv) for key, conv in required}
+        for key, conv in optional:
+            if key in o:
+                kwargs[key] = r.get(o, where, key, conv)
+        try:
+            return build(**kwargs)
+        except ConfigError as e:
+            r.fail(where, f"{e}")
+            raise Problems from None
+
+    return r.soft(parse)
+
+
+def _server_openvpn(r: Reader, raw: object) -> ServerConfig | None:
+    return _openvpn_section(
+        r, raw, keys=_SERVER_OVPN_KEYS, build=ServerConfig,
+        required=(
+            ("tunnel_cidr", as_net), *_PATHS, ("ccd_dir", as_abspath),
+            ("management", as_abspath), ("crl", as_abspath),
+        ),
+        optional=(
             ("proto", as_proto), ("port", as_port), ("listen", as_opt_ip), ("dev", as_str),
             ("keepalive", as_pair), ("max_clients", as_int), ("verb", as_int),
             ("user", as_opt_str), ("group", as_opt_str),
-        ):  # fmt: skip
-            if key in o:
-                kwargs[key] = g(o, where, key, conv)
-        try:
-            return ServerConfig(**kwargs)
-        except ConfigError as e:
-            r.fail(where, f"{e}")
-            raise Problems from None
-
-    return r.soft(parse)
+        ),
+    )  # fmt: skip
 
 
 def _client_openvpn(r: Reader, raw: object) -> ClientConfig | None:
-    where = "openvpn"
-
-    def parse() -> ClientConfig:
-        o = r.obj(raw, where, keys=_CLIENT_OVPN_KEYS)
-        g = r.get
-        kwargs: dict[str, Any] = {
-            "remotes": g(o, where, "remotes", as_list(as_remote)),
-            "ca": g(o, where, "ca", as_abspath),
-            "cert": g(o, where, "cert", as_abspath),
-            "key": g(o, where, "key", as_abspath),
-            "tls_crypt_v2": g(o, where, "tls_crypt_v2", as_abspath),
-            "management": g(o, where, "management", as_abspath),
-        }
-        for key, conv in (
+    return _openvpn_section(
+        r, raw, keys=_CLIENT_OVPN_KEYS, build=ClientConfig,
+        required=(("remotes", as_list(as_remote)), *_PATHS, ("management", as_abspath)),
+        optional=(
             ("proto", as_proto), ("dev", as_str), ("connect_retry", as_pair),
             ("keepalive", as_pair), ("server_poll_timeout", as_int), ("verb", as_int),
             ("user", as_opt_str), ("group", as_opt_str),
-        ):  # fmt: skip
-            if key in o:
-                kwargs[key] = g(o, where, key, conv)
-        try:
-            return ClientConfig(**kwargs)
-        except ConfigError as e:
-            r.fail(where, f"{e}")
-            raise Problems from None
-
-    return r.soft(parse)
+        ),
+    )  # fmt: skip
 
 
 def _probe(r: Reader, raw: object) -> ProbeSettings | None:

@@ -194,82 +194,78 @@ def server_address(tunnel_cidr: IPv4Network) -> IPv4Address:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServerConfig:
+class TunnelConfig:
+    """What the server and the client configs share, and its checks."""
+
     proto: Proto = "udp"
-    port: int = 1194
-    listen: IPv4Address | None = None
-    tunnel_cidr: IPv4Network
     dev: str = "tun0"
     ca: str
     cert: str
     key: str
-    crl: str | None
     tls_crypt_v2: str
-    ccd_dir: str
     management: str
-    # Kernel routes the server installs towards tun: the union of all clients' iroutes.
-    routes: Sequence[IPv4Network] = ()
     # (ping interval, restart timeout): failure detection, and so recovery, takes seconds.
     keepalive: tuple[int, int] = (1, 5)
-    max_clients: int = 1024
     verb: int = 3
-    status_file: str | None = None
     txqueuelen: int = 1000
     # The unprivileged user and group openvpn switches to after start (None: stay root).
     user: str | None = DEFAULT_USER
     group: str | None = DEFAULT_GROUP
 
-    def __post_init__(self) -> None:
+    def _check_shared(self) -> None:
         _check_proto("proto", self.proto)
-        _check_port("port", self.port)
         _check_account("user", self.user)
         _check_account("group", self.group)
-        if self.listen is not None and not isinstance(self.listen, IPv4Address):
-            raise ConfigError(f"listen must be an IPv4Address or None, got {self.listen!r}")
-        tunnel = _check_tunnel_cidr("tunnel_cidr", self.tunnel_cidr)
         _check_dev("dev", self.dev)
-        for field in ("ca", "cert", "key", "tls_crypt_v2", "ccd_dir"):
+        for field in ("ca", "cert", "key", "tls_crypt_v2"):
             _check_path(field, getattr(self, field))
-        if self.crl is not None:
-            _check_path("crl", self.crl)
-        if self.status_file is not None:
-            _check_path("status_file", self.status_file)
         _check_management_path("management", self.management)
-        routes = _check_networks("routes", self.routes)
-        _check_outside_tunnel("routes", routes, tunnel)
-        object.__setattr__(self, "routes", routes)
         _check_timer_pair("keepalive", self.keepalive, ratio=2)
-        _check_int("max_clients", self.max_clients, low=1, high=65535)
         _check_int("verb", self.verb, low=0, high=11)
         _check_int("txqueuelen", self.txqueuelen, low=1, high=100000)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientConfig:
-    proto: Proto = "udp"
+class ServerConfig(TunnelConfig):
+    port: int = 1194
+    listen: IPv4Address | None = None
+    tunnel_cidr: IPv4Network
+    crl: str | None
+    ccd_dir: str
+    # Kernel routes the server installs towards tun: the union of all clients' iroutes.
+    routes: Sequence[IPv4Network] = ()
+    max_clients: int = 1024
+    status_file: str | None = None
+
+    def __post_init__(self) -> None:
+        self._check_shared()
+        _check_port("port", self.port)
+        if self.listen is not None and not isinstance(self.listen, IPv4Address):
+            raise ConfigError(f"listen must be an IPv4Address or None, got {self.listen!r}")
+        tunnel = _check_tunnel_cidr("tunnel_cidr", self.tunnel_cidr)
+        _check_path("ccd_dir", self.ccd_dir)
+        if self.crl is not None:
+            _check_path("crl", self.crl)
+        if self.status_file is not None:
+            _check_path("status_file", self.status_file)
+        routes = _check_networks("routes", self.routes)
+        _check_outside_tunnel("routes", routes, tunnel)
+        object.__setattr__(self, "routes", routes)
+        _check_int("max_clients", self.max_clients, low=1, high=65535)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig(TunnelConfig):
     remotes: Sequence[tuple[str, int]]
-    dev: str = "tun0"
-    ca: str
-    cert: str
-    key: str
-    tls_crypt_v2: str
-    management: str
     # Extra routes the client installs itself; normally the server pushes them instead.
     routes: Sequence[IPv4Network] = ()
     # (initial wait, max wait) between connection attempts.
     connect_retry: tuple[int, int] = (1, 5)
-    keepalive: tuple[int, int] = (1, 5)
-    verb: int = 3
     # Give up on a silent remote after this many seconds (openvpn's default is 120).
     server_poll_timeout: int = 10
-    txqueuelen: int = 1000
-    user: str | None = DEFAULT_USER
-    group: str | None = DEFAULT_GROUP
 
     def __post_init__(self) -> None:
-        _check_proto("proto", self.proto)
-        _check_account("user", self.user)
-        _check_account("group", self.group)
+        self._check_shared()
         remotes_in: object = self.remotes
         if (
             not isinstance(remotes_in, Sequence)
@@ -288,16 +284,9 @@ class ClientConfig:
                 raise ConfigError(f"remotes[{i}] host {host!r} is not a hostname or IPv4 address")
             _check_port(f"remotes[{i}] port", port)
         object.__setattr__(self, "remotes", remotes)
-        _check_dev("dev", self.dev)
-        for field in ("ca", "cert", "key", "tls_crypt_v2"):
-            _check_path(field, getattr(self, field))
-        _check_management_path("management", self.management)
         object.__setattr__(self, "routes", _check_networks("routes", self.routes))
         _check_timer_pair("connect_retry", self.connect_retry, ratio=1)
-        _check_timer_pair("keepalive", self.keepalive, ratio=2)
-        _check_int("verb", self.verb, low=0, high=11)
         _check_int("server_poll_timeout", self.server_poll_timeout, low=1, high=3600)
-        _check_int("txqueuelen", self.txqueuelen, low=1, high=100000)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -328,6 +317,19 @@ def _route_args(net: IPv4Network) -> str:
     return f"{net.network_address} {net.netmask}"
 
 
+def _keepalive_account_and_material(cfg: TunnelConfig) -> list[str]:
+    """The lines both ends render alike: timers, persistence, account, certificate files."""
+    return [
+        f"keepalive {cfg.keepalive[0]} {cfg.keepalive[1]}",
+        "persist-key",
+        "persist-tun",
+        *_drop_privileges(cfg.user, cfg.group),
+        f"ca {cfg.ca}",
+        f"cert {cfg.cert}",
+        f"key {cfg.key}",
+    ]
+
+
 def _drop_privileges(user: str | None, group: str | None) -> list[str]:
     return [*([f"user {user}"] if user else []), *([f"group {group}"] if group else [])]
 
@@ -355,13 +357,7 @@ def render_server(cfg: ServerConfig) -> str:
         f"client-config-dir {cfg.ccd_dir}",
         "ccd-exclusive",
         f"max-clients {cfg.max_clients}",
-        f"keepalive {cfg.keepalive[0]} {cfg.keepalive[1]}",
-        "persist-key",
-        "persist-tun",
-        *_drop_privileges(cfg.user, cfg.group),
-        f"ca {cfg.ca}",
-        f"cert {cfg.cert}",
-        f"key {cfg.key}",
+        *_keepalive_account_and_material(cfg),
         "dh none",
         f"tls-crypt-v2 {cfg.tls_crypt_v2}",
         "remote-cert-tls client",
@@ -407,13 +403,7 @@ def render_client(cfg: ClientConfig) -> str:
         f"dev {cfg.dev}",
         "dev-type tun",
         f"txqueuelen {cfg.txqueuelen}",
-        f"keepalive {cfg.keepalive[0]} {cfg.keepalive[1]}",
-        "persist-key",
-        "persist-tun",
-        *_drop_privileges(cfg.user, cfg.group),
-        f"ca {cfg.ca}",
-        f"cert {cfg.cert}",
-        f"key {cfg.key}",
+        *_keepalive_account_and_material(cfg),
         f"tls-crypt-v2 {cfg.tls_crypt_v2}",
         "remote-cert-tls server",
         f"tls-version-min {TLS_VERSION_MIN}",

@@ -2,7 +2,7 @@
 
 Both roles are an openvpn client plus a watchdog:
 
-* certificate material is checked before openvpn ever sees it (`wait_for_material`), and
+* certificate material is checked before openvpn ever sees it (`MaterialWatch.wait`), and
   re-checked when the files change: a valid change restarts openvpn with it, an invalid
   one is reported and the running tunnel left alone;
 * the management link follows openvpn's state (`CONNECTED` = tunnel up);
@@ -32,7 +32,6 @@ from agent.netlink import NetlinkError
 from agent.openvpn.config import render_client
 from agent.openvpn.management import ByteCount, Event, StateEvent
 from agent.role_config import ClientRoleConfig
-from agent.roles.material import MaterialPaths
 from agent.roles.mgmt import LINK_ERRORS, Management, real_management
 from agent.roles.openvpn_process import restart_openvpn
 from agent.roles.openvpn_role import KernelFactory, OpenVPNRole, Tasks
@@ -125,20 +124,15 @@ class ClientRole(OpenVPNRole):
         self.state_name: str | None = None
         self._forced: tuple[str, float] | None = None
         self._stop: asyncio.Event | None = None
-        ovpn = cfg.openvpn
         super().__init__(
             common=cfg.common,
-            material=MaterialPaths(ca=ovpn.ca, cert=ovpn.cert, key=ovpn.key,
-                                   tls_crypt_v2=ovpn.tls_crypt_v2, usage="client"),
-            management_path=ovpn.management,
-            dev=ovpn.dev,
+            openvpn=cfg.openvpn,
             registry=registry,
             clock=clock,
             rng=rng,
             kernel_factory=kernel_factory,
             management_factory=management_factory,
             conditions=(
-                ("material", "certificate material not checked yet"),
                 ("openvpn", "openvpn not started yet"),
                 ("tunnel", "tunnel not connected yet"),
                 ("probe", "no probe answered yet"),

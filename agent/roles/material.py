@@ -70,73 +70,75 @@ def check_material(paths: MaterialPaths, *, now: datetime) -> certs.CertInfo:
     return info
 
 
-async def wait_for_material(
-    paths: MaterialPaths,
-    *,
-    clock: AgentClock,
-    conditions: Conditions,
-    condition: str,
-    metrics: CommonMetrics,
-    events: EventLog,
-    poll_interval: float = 0.5,
-) -> certs.CertInfo:
-    """Return once the material is valid; until then report why and wait for a change.
+@dataclass(kw_only=True)
+class MaterialWatch:
+    """Waits for valid material, then restarts openvpn on every valid change of it.
 
-    Each distinct failure is logged and counted once (not once per poll), readiness
-    carries the reason, and the files are only re-checked after one of them changed.
+    Readiness condition CONDITION carries the reason while the material is invalid; each
+    failure is counted in METRICS and logged in EVENTS.
     """
-    watch = FileWatch(paths.all)
-    while True:
-        watch.changed()  # remember this version; a retry needs a newer one
+
+    paths: MaterialPaths
+    clock: AgentClock
+    conditions: Conditions
+    condition: str
+    metrics: CommonMetrics
+    events: EventLog
+    poll_interval: float = 0.5
+
+    def _check(self, *, invalid: str, action: str) -> certs.CertInfo | None:
+        """The checked material, or None after reporting why it is not usable."""
         try:
-            info = check_material(paths, now=clock.now())
+            info = check_material(self.paths, now=self.clock.now())
         except MaterialError as e:
-            reason = str(e)
-            conditions.set(condition, reason)
-            metrics.config_errors.labels(metrics.role, "material").inc()
-            events.error("material_invalid", error=reason, action="waiting for the files to change")
-            await watch.wait_changed(interval=poll_interval, clock=clock)
-            continue
-        conditions.ok(condition)
-        events("material_valid", cn=info.common_name, serial=f"{info.serial:x}",
-               not_after=info.not_after.isoformat())  # fmt: skip
+            self.conditions.set(self.condition, invalid.format(e))
+            self.metrics.config_errors.labels(self.metrics.role, "material").inc()
+            self.events.error("material_invalid", error=str(e), action=action)
+            return None
+        self.conditions.ok(self.condition)
         return info
 
+    async def wait(self) -> certs.CertInfo:
+        """Return once the material is valid; until then report why and wait for a change.
 
-async def watch_material(
-    paths: MaterialPaths,
-    *,
-    clock: AgentClock,
-    conditions: Conditions,
-    condition: str,
-    metrics: CommonMetrics,
-    events: EventLog,
-    supervisor: Supervisor,
-    on_change: Callable[[], None] | None = None,
-    poll_interval: float = 0.5,
-) -> None:
-    """After `wait_for_material`: restart openvpn on every valid change of the files.
+        Each distinct failure is logged and counted once (not once per poll), readiness
+        carries the reason, and the files are only re-checked after one of them changed.
+        """
+        watch = FileWatch(self.paths.all)
+        while True:
+            watch.changed()  # remember this version; a retry needs a newer one
+            info = self._check(invalid="{}", action="waiting for the files to change")
+            if info is not None:
+                break
+            await watch.wait_changed(interval=self.poll_interval, clock=self.clock)
+        self.events("material_valid", cn=info.common_name, serial=f"{info.serial:x}",
+                    not_after=info.not_after.isoformat())  # fmt: skip
+        return info
 
-    Invalid new material is reported and ignored: openvpn keeps running on what it has.
-    `on_change` runs just before the restart (the node role marks it as a forced reconnect).
-    """
-    watch = FileWatch(paths.all)
-    watch.changed()
-    while True:
-        await watch.wait_changed(interval=poll_interval, clock=clock)
-        try:
-            info = check_material(paths, now=clock.now())
-        except MaterialError as e:
-            conditions.set(condition, f"{e} (openvpn keeps the previous material)")
-            metrics.config_errors.labels(metrics.role, "material").inc()
-            events.error("material_invalid", error=str(e), action="keeping openvpn running")
-            continue
-        conditions.ok(condition)
-        events("material_changed", cn=info.common_name, serial=f"{info.serial:x}",
-               action="restart openvpn")  # fmt: skip
-        if on_change is not None:
-            on_change()
-        await restart_openvpn(supervisor, events=events, reason="material_changed")
+    async def watch(
+        self, supervisor: Supervisor, *, on_change: Callable[[], None] | None = None
+    ) -> None:
+        """After `wait`: restart openvpn on every valid change of the files.
+
+        Invalid new material is reported and ignored: openvpn keeps running on what it
+        has. `on_change` runs just before the restart (the node role marks it as a forced
+        reconnect).
+        """
+        watch = FileWatch(self.paths.all)
+        watch.changed()
+        while True:
+            await watch.wait_changed(interval=self.poll_interval, clock=self.clock)
+            info = self._check(
+                invalid="{} (openvpn keeps the previous material)",
+                action="keeping openvpn running",
+            )
+            if info is None:
+                continue
+            self.events("material_changed", cn=info.common_name, serial=f"{info.serial:x}",
+                        action="restart openvpn")  # fmt: skip
+            if on_change is not None:
+                on_change()
+            await restart_openvpn(supervisor, events=self.events, reason="material_changed")
 
 
 def read_small(path: str, *, what: str) -> bytes:

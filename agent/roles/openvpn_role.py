@@ -45,16 +45,18 @@ from prometheus_client import CollectorRegistry
 from agent.agent_clock import AgentClock
 from agent.event_log import EventLog
 from agent.netlink import Kernel
+from agent.openvpn.config import TunnelConfig
 from agent.openvpn.management import Event
 from agent.openvpn.supervisor import Supervisor
 from agent.role_config import Common
-from agent.roles.material import MaterialPaths, wait_for_material, watch_material
+from agent.roles.material import MaterialPaths, MaterialWatch
 from agent.roles.mgmt import Management, ManagementLink, real_management
 from agent.roles.openvpn_process import openvpn_supervisor, render_to
 from agent.roles.readiness import CommonMetrics, Conditions
 from agent.roles.task_frame import run_group
 from agent.route_keeper import RouteKeeper
 from agent.sysctls import SysctlKeeper, forwarding_sysctls, readiness_reason
+from certs.check import CheckedUsage
 from telemetry.health import HealthServer
 
 # A management interface dead this long while openvpn runs means a wedged process.
@@ -75,14 +77,13 @@ class OpenVPNRole:
     role: str = "openvpn"
     watchdog_interval: float = 1.0
     routes_ready_needs_clean_sync: bool = False
+    material_usage: CheckedUsage = "client"
 
     def __init__(
         self,
         *,
         common: Common,
-        material: MaterialPaths,
-        management_path: str,
-        dev: str,
+        openvpn: TunnelConfig,
         registry: CollectorRegistry,
         clock: AgentClock,
         rng: random.Random,
@@ -94,8 +95,10 @@ class OpenVPNRole:
         self.registry = registry
         self.clock = clock
         self.rng = rng
-        self.material = material
-        self.dev = dev
+        self.material = MaterialPaths(ca=openvpn.ca, cert=openvpn.cert, key=openvpn.key,
+                                      tls_crypt_v2=openvpn.tls_crypt_v2,
+                                      usage=self.material_usage)  # fmt: skip
+        self.dev = openvpn.dev
         self._common_cfg = common
         self._kernel_factory = kernel_factory
         self.events = EventLog(
@@ -103,7 +106,7 @@ class OpenVPNRole:
         )
         self.common = CommonMetrics.create(registry=registry, role=self.role)
         self.conditions = Conditions()
-        for name, reason in conditions:
+        for name, reason in (("material", "certificate material not checked yet"), *conditions):
             self.conditions.declare(name, reason)
         self.config_path = os.path.join(common.state_dir, f"openvpn-{self.role}.conf")
         self.supervisor: Supervisor = openvpn_supervisor(
@@ -116,7 +119,7 @@ class OpenVPNRole:
             extra_on_exit=self._on_openvpn_exit,
         )
         self.link = ManagementLink(
-            path=management_path,
+            path=openvpn.management,
             events=self.events,
             factory=management_factory,
             on_connect=self._on_management_connect,
@@ -192,27 +195,19 @@ class OpenVPNRole:
         self.sysctls.set_desired(forwarding_sysctls(tun=self.dev, rp_filter=2))
 
     async def _material_task(self) -> None:
-        await wait_for_material(
-            self.material,
+        material = MaterialWatch(
+            paths=self.material,
             clock=self.clock,
             conditions=self.conditions,
             condition="material",
             metrics=self.common,
             events=self.events,
         )
+        await material.wait()
         self._before_render()
         render_to(self.config_path, self.render_config())
         self._material_ready.set()
-        await watch_material(
-            self.material,
-            clock=self.clock,
-            conditions=self.conditions,
-            condition="material",
-            metrics=self.common,
-            events=self.events,
-            supervisor=self.supervisor,
-            on_change=self._on_material_change,
-        )
+        await material.watch(self.supervisor, on_change=self._on_material_change)
 
     async def _watchdog_task(self) -> None:
         while True:

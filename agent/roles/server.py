@@ -51,7 +51,6 @@ from agent.openvpn.management import ClientStatus, Event
 from agent.role_config import ServerRoleConfig
 from agent.roles.material import (
     MaterialError,
-    MaterialPaths,
     read_small,
 )
 from agent.roles.mgmt import LINK_ERRORS, Management, real_management
@@ -100,6 +99,7 @@ class ServerRole(OpenVPNRole):
     role = "server"
     watchdog_interval = 1.0  # the status task keeps the openvpn condition; see openvpn_role
     routes_ready_needs_clean_sync = False
+    material_usage = "server"
 
     def __init__(
         self,
@@ -114,20 +114,15 @@ class ServerRole(OpenVPNRole):
         logger: logging.Logger | None = None,
     ) -> None:
         self.cfg = cfg
-        ovpn = cfg.openvpn
         super().__init__(
             common=cfg.common,
-            material=MaterialPaths(ca=ovpn.ca, cert=ovpn.cert, key=ovpn.key,
-                                   tls_crypt_v2=ovpn.tls_crypt_v2, usage="server"),
-            management_path=ovpn.management,
-            dev=ovpn.dev,
+            openvpn=cfg.openvpn,
             registry=registry,
             clock=clock,
             rng=rng,
             kernel_factory=kernel_factory,
             management_factory=management_factory,
             conditions=(
-                ("material", "certificate material not checked yet"),
                 ("crl", "CRL not installed yet"),
                 ("desired", "desired state not read yet"),
                 ("firewall", "firewall not applied yet" if cfg.firewall else None),

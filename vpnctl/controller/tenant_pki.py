@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import certs
 from vpnctl.controller import pki_decisions as pki
@@ -89,76 +89,49 @@ class PKIIssuance(RevocationPasses):
             tc_key = await self._create_once(body, lambda s: read_tls_crypt_server_key(s, now=now))
 
         # The server certificate: kept while valid, renewed (same CA) once due.
-        live = await self._get(SECRET, names.server_secret, tenant.namespace)
-        check = check_leaf_secret(
-            live,
-            ca_pem=ca.cert_pem,
-            now=now,
-            usage="server",
-            renew_fraction=lifetimes.renew_fraction,
-        )
-        server = check.issued
-        if check.needs_issue or server is None:
-            namespace = tenant.namespace
-            server = certs.new_server_cert(
+        def new_server() -> certs.Issued:
+            service = f"{names.service}.{tenant.namespace}.svc"
+            return certs.new_server_cert(
                 ca,
                 common_name=SERVER_COMMON_NAME,
-                dns_names=[
-                    f"{names.service}.{namespace}.svc",
-                    f"{names.service}.{namespace}.svc.cluster.local",
-                ],
+                dns_names=[service, f"{service}.cluster.local"],
                 now=now,
                 lifetime=lifetimes.server,
             )
-            _log.info(
-                "event=certificate_issued tenant=%s role=server why=%r", tenant.key, check.message
-            )
-        await self._ensure(
-            SECRET,
-            server_secret_object(
+
+        def server_secret(leaf: certs.Issued, live: KubeObject | None) -> KubeObject:
+            return server_secret_object(
                 tenant=tenant,
-                cert_pem=server.cert_pem,
-                key_pem=server.key_pem,
+                cert_pem=leaf.cert_pem,
+                key_pem=leaf.key_pem,
                 ca_pem=ca.cert_pem,
                 tls_crypt_v2_key=tc_key,
-            ),
-            live=live,
-            read=False,
+            )
+
+        server = await self._ensure_leaf(
+            tenant, names.server_secret, ca, "server", new_server, server_secret, now=now
         )
 
         # The apiserver sidecar's client certificate and tls-crypt-v2 client key.
-        live = await self._get(SECRET, names.apiserver_secret, tenant.namespace)
-        check = check_leaf_secret(
-            live,
-            ca_pem=ca.cert_pem,
-            now=now,
-            usage="client",
-            renew_fraction=lifetimes.renew_fraction,
-        )
-        client = check.issued
-        if check.needs_issue or client is None:
-            client = certs.new_client_cert(
+        def new_client() -> certs.Issued:
+            return certs.new_client_cert(
                 ca, common_name=APISERVER_COMMON_NAME, now=now, lifetime=lifetimes.client
             )
-            _log.info(
-                "event=certificate_issued tenant=%s role=apiserver why=%r",
-                tenant.key,
-                check.message,
-            )
-        client_key = _decode(live, TLS_CRYPT_V2_CLIENT)
-        if client_key is None or not pki.tls_crypt_client_key_fits(tc_key, client_key):
-            client_key = certs.new_tls_crypt_v2_client_key(tc_key, now=now)
-        await self._ensure(
-            SECRET,
-            apiserver_client_secret(
+
+        def client_secret(leaf: certs.Issued, live: KubeObject | None) -> KubeObject:
+            client_key = _decode(live, TLS_CRYPT_V2_CLIENT)
+            if client_key is None or not pki.tls_crypt_client_key_fits(tc_key, client_key):
+                client_key = certs.new_tls_crypt_v2_client_key(tc_key, now=now)
+            return apiserver_client_secret(
                 tenant=tenant,
-                cert_pem=client.cert_pem,
-                key_pem=client.key_pem,
+                cert_pem=leaf.cert_pem,
+                key_pem=leaf.key_pem,
                 ca_pem=ca.cert_pem,
                 tls_crypt_v2_client_key=client_key,
-            ),
-            live=live,
-            read=False,
+            )
+
+        client = await self._ensure_leaf(
+            tenant, names.apiserver_secret, ca, "apiserver", new_client, client_secret, now=now
         )
 
         infos = {
@@ -177,6 +150,36 @@ class PKIIssuance(RevocationPasses):
             not_after={role: info.not_after for role, info in infos.items()},
             renew_at=renew_at,
         )
+
+    async def _ensure_leaf(
+        self,
+        tenant: TenantSpec,
+        name: str,
+        ca: certs.Issued,
+        role: Literal["server", "apiserver"],
+        issue: Callable[[], certs.Issued],
+        secret: Callable[[certs.Issued, KubeObject | None], KubeObject],
+        *,
+        now: datetime,
+    ) -> certs.Issued:
+        """Keep the leaf certificate in Secret NAME while valid, else ISSUE one, and apply
+        the Secret that SECRET builds from it and the live Secret; returns the leaf."""
+        live = await self._get(SECRET, name, tenant.namespace)
+        check = check_leaf_secret(
+            live,
+            ca_pem=ca.cert_pem,
+            now=now,
+            usage="server" if role == "server" else "client",
+            renew_fraction=tenant.spec.certificates.renew_fraction,
+        )
+        leaf = check.issued
+        if check.needs_issue or leaf is None:
+            leaf = issue()
+            _log.info(
+                "event=certificate_issued tenant=%s role=%s why=%r", tenant.key, role, check.message
+            )
+        await self._ensure(SECRET, secret(leaf, live), live=live, read=False)
+        return leaf
 
     async def _create_once(
         self, body: KubeObject, read: Callable[[KubeObject | None], T | None]

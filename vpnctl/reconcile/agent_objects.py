@@ -32,7 +32,7 @@ from vpnctl.reconcile.names import (
     labels,
     selector_labels,
 )
-from vpnctl.reconcile.pod_security import container_security, tun_parts
+from vpnctl.reconcile.pod_security import agent_container, container_security, tun_parts
 from vpnctl.reconcile.service_objects import CA_CERT, HEALTH_PORT_NAME
 from vpnctl.reconcile.settings import Settings
 
@@ -126,10 +126,7 @@ def agent_daemon_set(
     selector = selector_labels(cluster_name=cluster_name, component=COMPONENT_NODE_AGENT)
     tun_volumes, tun_mounts, resources = tun_parts(settings)
     container: dict[str, Any] = {
-        "name": NODE_AGENT_CONTAINER,
-        "image": settings.agent_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "agent", "node", "--config", p.role_config],
+        **agent_container(NODE_AGENT_CONTAINER, "node", p.role_config, settings),
         "env": [
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         ],

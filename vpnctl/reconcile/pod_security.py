@@ -36,6 +36,18 @@ def tun_parts(
     return [volume], [{"name": volume_name, "mountPath": "/dev/net/tun"}], {}
 
 
+def agent_container(name: str, role: str, config_path: str, settings: Settings) -> dict[str, Any]:
+    """The start of every agent container: name, image and the command for ROLE.
+
+    The caller adds ports, probes, mounts and `container_security`."""
+    return {
+        "name": name,
+        "image": settings.agent_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "agent", role, "--config", config_path],
+    }
+
+
 def container_security(settings: Settings, *, port: int | None = None) -> dict[str, Any]:
     """The securityContext of every container vpnctl runs (see the module docstring)."""
     add = ["NET_ADMIN"]

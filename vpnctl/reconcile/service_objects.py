@@ -45,7 +45,7 @@ from vpnctl.reconcile.names import (
     selector_labels,
     tunnel_owner_reference,
 )
-from vpnctl.reconcile.pod_security import container_security, tun_parts
+from vpnctl.reconcile.pod_security import agent_container, container_security, tun_parts
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant_spec import TenantSpec
 
@@ -119,6 +119,26 @@ def ca_secret(*, tenant: TenantSpec, cert_pem: bytes, key_pem: bytes) -> KubeObj
     )
 
 
+def _tls_secret(
+    tenant: TenantSpec,
+    name: str,
+    component: str,
+    pems: tuple[bytes, bytes, bytes],
+    tls_crypt_v2: tuple[str, bytes],
+) -> KubeObject:
+    """A `kubernetes.io/tls` Secret: PEMS (certificate, key, CA) and one tls-crypt-v2 key
+    (TLS_CRYPT_V2 is its data key and its bytes)."""
+    cert_pem, key_pem, ca_pem = pems
+    tc_field, tc_key = tls_crypt_v2
+    return _secret(
+        tenant=tenant,
+        name=name,
+        kind="kubernetes.io/tls",
+        data={TLS_CERT: cert_pem, TLS_KEY: key_pem, CA_CERT: ca_pem, tc_field: tc_key},
+        component=component,
+    )
+
+
 def server_secret(
     *, tenant: TenantSpec, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, tls_crypt_v2_key: bytes
 ) -> KubeObject:
@@ -126,18 +146,9 @@ def server_secret(
 
     One Secret, so the server pod mounts one thing and a rotation is one write.
     """
-    return _secret(
-        tenant=tenant,
-        name=_names(tenant).server_secret,
-        kind="kubernetes.io/tls",
-        data={
-            TLS_CERT: cert_pem,
-            TLS_KEY: key_pem,
-            CA_CERT: ca_pem,
-            TLS_CRYPT_V2_SERVER: tls_crypt_v2_key,
-        },
-        component=COMPONENT_SERVER,
-    )
+    pems = (cert_pem, key_pem, ca_pem)
+    tls_crypt = (TLS_CRYPT_V2_SERVER, tls_crypt_v2_key)
+    return _tls_secret(tenant, _names(tenant).server_secret, COMPONENT_SERVER, pems, tls_crypt)
 
 
 def tls_crypt_secret(*, tenant: TenantSpec, server_key: bytes) -> KubeObject:
@@ -164,17 +175,10 @@ def apiserver_client_secret(
     tls_crypt_v2_client_key: bytes,
 ) -> KubeObject:
     """The apiserver sidecar's client certificate, key, CA and tls-crypt-v2 client key."""
-    return _secret(
-        tenant=tenant,
-        name=_names(tenant).apiserver_secret,
-        kind="kubernetes.io/tls",
-        data={
-            TLS_CERT: cert_pem,
-            TLS_KEY: key_pem,
-            CA_CERT: ca_pem,
-            TLS_CRYPT_V2_CLIENT: tls_crypt_v2_client_key,
-        },
-        component=COMPONENT_APISERVER,
+    pems = (cert_pem, key_pem, ca_pem)
+    tls_crypt = (TLS_CRYPT_V2_CLIENT, tls_crypt_v2_client_key)
+    return _tls_secret(
+        tenant, _names(tenant).apiserver_secret, COMPONENT_APISERVER, pems, tls_crypt
     )
 
 
@@ -240,6 +244,23 @@ def _relative(path: str, *, under: str) -> str:
     return path[len(under) + 1 :]
 
 
+def _tls_secret_source(
+    name: str, tls_crypt_v2_key: str, p: type[ServerPaths] | type[ApiserverPaths]
+) -> dict[str, Any]:
+    """The projected-volume source of a `_tls_secret`: its four files where P reads them."""
+
+    def rel(path: str) -> str:
+        return _relative(path, under=p.config_dir)
+
+    items = [
+        _item(CA_CERT, rel(p.ca)),
+        _item(TLS_CERT, rel(p.cert)),
+        _item(TLS_KEY, rel(p.key), mode=_KEY_MODE),
+        _item(tls_crypt_v2_key, rel(p.tls_crypt_v2), mode=_KEY_MODE),
+    ]
+    return {"secret": {"name": name, "items": items}}
+
+
 # --- the server ---------------------------------------------------------------------------
 
 
@@ -265,17 +286,7 @@ def _server_projected_volume(tenant: TenantSpec) -> dict[str, Any]:
                         ],
                     }
                 },
-                {
-                    "secret": {
-                        "name": names.server_secret,
-                        "items": [
-                            _item(CA_CERT, rel(p.ca)),
-                            _item(TLS_CERT, rel(p.cert)),
-                            _item(TLS_KEY, rel(p.key), mode=_KEY_MODE),
-                            _item(TLS_CRYPT_V2_SERVER, rel(p.tls_crypt_v2), mode=_KEY_MODE),
-                        ],
-                    }
-                },
+                _tls_secret_source(names.server_secret, TLS_CRYPT_V2_SERVER, p),
             ],
         },
     }
@@ -300,10 +311,7 @@ def server_deployment(
     tun_volumes, tun_mounts, resources = tun_parts(settings)
     protocol = spec.transport.protocol.upper()
     container: dict[str, Any] = {
-        "name": SERVER_CONTAINER,
-        "image": settings.agent_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "agent", "server", "--config", ServerPaths.role_config],
+        **agent_container(SERVER_CONTAINER, "server", ServerPaths.role_config, settings),
         "ports": [
             {"containerPort": spec.transport.port, "name": VPN_PORT_NAME, "protocol": protocol},
             {
@@ -447,25 +455,12 @@ def apiserver_sidecar(
                         "items": [_item(APISERVER_JSON, rel(p.role_config))],
                     }
                 },
-                {
-                    "secret": {
-                        "name": names.apiserver_secret,
-                        "items": [
-                            _item(CA_CERT, rel(p.ca)),
-                            _item(TLS_CERT, rel(p.cert)),
-                            _item(TLS_KEY, rel(p.key), mode=_KEY_MODE),
-                            _item(TLS_CRYPT_V2_CLIENT, rel(p.tls_crypt_v2), mode=_KEY_MODE),
-                        ],
-                    }
-                },
+                _tls_secret_source(names.apiserver_secret, TLS_CRYPT_V2_CLIENT, p),
             ],
         },
     }
     container: dict[str, Any] = {
-        "name": APISERVER_CONTAINER,
-        "image": settings.agent_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "agent", "apiserver", "--config", p.role_config],
+        **agent_container(APISERVER_CONTAINER, "apiserver", p.role_config, settings),
         "ports": [
             {
                 "containerPort": settings.apiserver_health_port,
