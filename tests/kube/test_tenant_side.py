@@ -12,9 +12,9 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ from vpnctl.kube import (
     SERVICE_ACCOUNT,
     Kube,
     KubeObject,
-    SystemClock,
     connect,
 )
 from vpnctl.reconcile.agent_objects import NODE_JSON, tenant_objects
@@ -59,6 +58,7 @@ from vpnctl.testenv import TenantCluster
 from vpnctl.testenv.cluster import free_ports
 
 from .conftest import TenantFactory
+from .tenantsidefix import real_tenant_side
 
 pytestmark = pytest.mark.kube
 
@@ -122,19 +122,10 @@ def machine_for(node: str) -> KubeObject:
     )
 
 
-@contextlib.asynccontextmanager
-async def tenant_side(
+def tenant_side(
     registry: CollectorRegistry | None = None,
-) -> AsyncIterator[KubeTenantSide]:
-    async with KubeTenantSide(
-        registry=registry or CollectorRegistry(),
-        clock=SystemClock(),
-        rng=random.Random(7),
-        node_cert_lifetime=dt.timedelta(days=7),
-        request_timeout=5.0,
-        backoff_cap=2.0,
-    ) as ts:
-        yield ts
+) -> AbstractAsyncContextManager[KubeTenantSide]:
+    return real_tenant_side(registry=registry)
 
 
 @contextlib.asynccontextmanager

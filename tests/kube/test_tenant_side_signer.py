@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import random
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 import certs
 from agent.bootstrap import CSRRefused, obtain_certificate
@@ -20,11 +18,12 @@ from vpnctl.controller.csr_signer import IssuedRecorder
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.revocation_store import RevocationsMissing
 from vpnctl.controller.tenant_side import KubeTenantSide
-from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, Kube, KubeObject, SystemClock
+from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, Kube, KubeObject
 from vpnctl.reconcile.revocation_book import IssuedCert
 from vpnctl.testenv import TenantCluster
 
 from .conftest import TenantFactory
+from .tenantsidefix import real_tenant_side
 from .test_tenant_side import (
     TENANT,
     admin_of,
@@ -56,18 +55,8 @@ class RecordingBook:
         self.recorded.append(cert)
 
 
-@contextlib.asynccontextmanager
-async def signer(recorder: IssuedRecorder | None = None) -> AsyncIterator[KubeTenantSide]:
-    async with KubeTenantSide(
-        registry=CollectorRegistry(),
-        clock=SystemClock(),
-        rng=random.Random(7),
-        node_cert_lifetime=dt.timedelta(days=30),
-        request_timeout=5.0,
-        backoff_cap=2.0,
-        recorder=recorder,
-    ) as ts:
-        yield ts
+def signer(recorder: IssuedRecorder | None = None) -> AbstractAsyncContextManager[KubeTenantSide]:
+    return real_tenant_side(node_cert_lifetime=dt.timedelta(days=30), recorder=recorder)
 
 
 async def obtain(
