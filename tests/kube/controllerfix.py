@@ -11,6 +11,7 @@ too) and is re-exported here, where the tests import it from.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import random
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
+import certs
 from tests.support.capi import (  # re-exported for test_tenant_budgets until its owner switches
     create_cluster as create_cluster,
 )
@@ -35,6 +37,8 @@ from vpnctl.controller.operator import Controller, ControllerSettings
 from vpnctl.controller.tenant_reconciler import TenantSettings
 from vpnctl.kube import (
     CONFIG_MAP,
+    MACHINE,
+    SECRET,
     TUNNEL,
     Kube,
     KubeObject,
@@ -275,6 +279,33 @@ async def wait_condition(
         probe, timeout=timeout, what=f"{type_}={status} ({reason}) on Tunnel {namespace}/{name}"
     )
     return found
+
+
+@dataclass(frozen=True)
+class Revocation:
+    config_map: KubeObject  # the server ConfigMap whose CRL first listed the serial
+    ca_pem: bytes  # the tenant CA that signed that CRL
+    took: float  # seconds from the Machine's deletion to the serial in the CRL
+
+
+async def delete_machine_until_revoked(
+    kube: Kube, namespace: str, *, cluster: str, machine: str, serial: str, interval: float
+) -> Revocation:
+    """Delete MACHINE of CLUSTER and wait until SERIAL (hex) is in the server's CRL."""
+    ca_secret = await kube.get(SECRET, f"{cluster}-vpn-ca", namespace)
+    assert ca_secret is not None
+    ca_pem = base64.b64decode(ca_secret["data"]["tls.crt"])
+    started = time.monotonic()
+    await kube.delete(MACHINE, machine, namespace)
+
+    async def revoked() -> KubeObject | None:
+        cm = await kube.get(CONFIG_MAP, f"{cluster}-vpn-server", namespace)
+        assert cm is not None
+        listed = certs.crl_serials(cm["data"]["crl.pem"].encode(), ca_pem=ca_pem)
+        return cm if int(serial, 16) in listed else None
+
+    cm = await aeventually(revoked, timeout=10, interval=interval, what="serial in the CRL")
+    return Revocation(config_map=cm, ca_pem=ca_pem, took=time.monotonic() - started)
 
 
 async def events_for(kube: Kube, namespace: str, *, name: str | None = None) -> list[KubeObject]:

@@ -8,25 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import datetime as dt
 import json
 import logging
-import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
 from tests.support import kubeconfigs
 from tests.support.capi import create_kubeconfig_secret, create_tenant
 from tests.support.polling import aeventually
 from tests.support.secrets_scan import scan
-from vpnctl.controller.tenant_side import KubeTenantSide
-from vpnctl.kube import SECRET, TUNNEL, Kube, SystemClock
+from vpnctl.kube import SECRET, TUNNEL, Kube
 
 from .conftest import TenantFactory
 from .controllerfix import (
@@ -40,21 +34,9 @@ from .controllerfix import (
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
+from .tenantsidefix import real_tenant_side
 
 pytestmark = pytest.mark.kube
-
-
-@contextlib.asynccontextmanager
-async def real_tenant_side() -> AsyncIterator[KubeTenantSide]:
-    async with KubeTenantSide(
-        registry=CollectorRegistry(),
-        clock=SystemClock(),
-        rng=random.Random(7),
-        node_cert_lifetime=dt.timedelta(days=7),
-        request_timeout=5.0,
-        backoff_cap=2.0,
-    ) as side:
-        yield side
 
 
 def _message(event: dict[str, Any]) -> str:

@@ -14,13 +14,14 @@ import certs
 from tests.support.capi import create_tenant
 from tests.support.polling import aeventually
 from vpnctl.controller.interfaces import TenantRef
-from vpnctl.kube import CLUSTER, CONFIG_MAP, MACHINE, POD, SECRET, TUNNEL, Kube, KubeObject
+from vpnctl.kube import CLUSTER, CONFIG_MAP, POD, SECRET, TUNNEL, Kube, KubeObject
 
 from .controllerfix import (
     FakeObservations,
     FakeTenantSide,
     all_connected,
     controller_settings,
+    delete_machine_until_revoked,
     gc_knows_tunnels,  # noqa: F401
     running_controller,
     wait_ready,
@@ -101,20 +102,15 @@ async def test_machine_deletion_revokes_its_certificates_within_two_seconds(
             lambda: _server_pods(kube, namespace, "rev"), what="server pods", timeout=20
         )
 
-        ca_secret = await kube.get(SECRET, "rev-vpn-ca", namespace)
-        assert ca_secret is not None
-        ca_pem = base64.b64decode(ca_secret["data"]["tls.crt"])
-        started = time.monotonic()
-        await kube.delete(MACHINE, "rev-md-2", namespace)
-
-        async def revoked() -> KubeObject | None:
-            cm = await kube.get(CONFIG_MAP, "rev-vpn-server", namespace)
-            assert cm is not None
-            listed = certs.crl_serials(cm["data"]["crl.pem"].encode(), ca_pem=ca_pem)
-            return cm if int(serials["rev-node-2"], 16) in listed else None
-
-        cm = await aeventually(revoked, timeout=10, interval=0.02, what="serial in the CRL")
-        took = time.monotonic() - started
+        revocation = await delete_machine_until_revoked(
+            kube,
+            namespace,
+            cluster="rev",
+            machine="rev-md-2",
+            serial=serials["rev-node-2"],
+            interval=0.02,
+        )
+        cm, ca_pem, took = revocation.config_map, revocation.ca_pem, revocation.took
         print(f"\nMachine deleted -> serial in the CRL of the server ConfigMap: {took:.3f}s")
         assert took < 2.0
         # The same write removed the node from the server's desired state...

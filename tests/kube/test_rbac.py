@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import pytest
 import pytest_asyncio
 import yaml
 
-import certs
 from tests.support.capi import create_tenant
 from tests.support.polling import aeventually
 from vpnctl.charts import REPO_CHARTS
@@ -30,7 +28,6 @@ from vpnctl.kube import (
     CLUSTER,
     CONFIG_MAP,
     DEPLOYMENT,
-    MACHINE,
     NETWORK_POLICY,
     POD,
     SECRET,
@@ -48,6 +45,7 @@ from .controllerfix import (
     FakeTenantSide,
     all_connected,
     controller_settings,
+    delete_machine_until_revoked,
     gc_knows_tunnels,  # noqa: F401
     running_controller,
     wait_ready,
@@ -202,20 +200,15 @@ async def test_the_controller_runs_a_tenants_life_under_the_charts_rbac(
         )
 
         # Machine deleted -> revoked (the CRL in the server ConfigMap, the pods kicked).
-        ca_secret = await kube.get(SECRET, "least-vpn-ca", namespace)
-        assert ca_secret is not None
-        ca_pem = base64.b64decode(ca_secret["data"]["tls.crt"])
-        started = time.monotonic()
-        await kube.delete(MACHINE, "least-md-2", namespace)
-
-        async def revoked() -> KubeObject | None:
-            cm = await kube.get(CONFIG_MAP, "least-vpn-server", namespace)
-            assert cm is not None
-            listed = certs.crl_serials(cm["data"]["crl.pem"].encode(), ca_pem=ca_pem)
-            return cm if int(serials["least-node-2"], 16) in listed else None
-
-        await aeventually(revoked, timeout=10, interval=0.05, what="serial in the CRL")
-        print(f"\nunder the chart's RBAC: Machine deleted -> CRL {time.monotonic() - started:.2f}s")
+        revocation = await delete_machine_until_revoked(
+            kube,
+            namespace,
+            cluster="least",
+            machine="least-md-2",
+            serial=serials["least-node-2"],
+            interval=0.05,
+        )
+        print(f"\nunder the chart's RBAC: Machine deleted -> CRL {revocation.took:.2f}s")
 
         # Cluster deleted -> the Tunnel's finalizer runs and everything goes.
         await kube.delete(CLUSTER, "least", namespace)

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
-import random
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 import certs
 from vpnctl.controller.budgets import (
@@ -49,7 +46,6 @@ from vpnctl.kube import (
     SECRET,
     Kube,
     KubeObject,
-    SystemClock,
     connect,
 )
 from vpnctl.reconcile.csr import csr_state
@@ -74,6 +70,7 @@ from .controllerfix import (
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
+from .tenantsidefix import real_tenant_side
 from .test_tenant_side import (
     AGENT_NS,
     TENANT,
@@ -98,18 +95,8 @@ KIB = 1024
 BIG = 512 * KIB  # a flooding tenant's CSR request (PEM), as the issue has it
 
 
-@asynccontextmanager
-async def budgeted_side(budgets: Budgets) -> AsyncIterator[KubeTenantSide]:
-    async with KubeTenantSide(
-        registry=CollectorRegistry(),
-        clock=SystemClock(),
-        rng=random.Random(7),
-        node_cert_lifetime=dt.timedelta(days=7),
-        request_timeout=5.0,
-        backoff_cap=2.0,
-        budgets=budgets,
-    ) as ts:
-        yield ts
+def budgeted_side(budgets: Budgets) -> AbstractAsyncContextManager[KubeTenantSide]:
+    return real_tenant_side(budgets=budgets)
 
 
 @asynccontextmanager

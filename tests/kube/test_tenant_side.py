@@ -12,9 +12,9 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ from vpnctl.kube import (
     SERVICE_ACCOUNT,
     Kube,
     KubeObject,
-    SystemClock,
     connect,
 )
 from vpnctl.reconcile.agent_objects import NODE_JSON, tenant_objects
@@ -59,6 +58,7 @@ from vpnctl.testenv import TenantCluster
 from vpnctl.testenv.cluster import free_ports
 
 from .conftest import TenantFactory
+from .tenantsidefix import real_tenant_side
 
 pytestmark = pytest.mark.kube
 
@@ -122,19 +122,10 @@ def machine_for(node: str) -> KubeObject:
     )
 
 
-@contextlib.asynccontextmanager
-async def tenant_side(
+def tenant_side(
     registry: CollectorRegistry | None = None,
-) -> AsyncIterator[KubeTenantSide]:
-    async with KubeTenantSide(
-        registry=registry or CollectorRegistry(),
-        clock=SystemClock(),
-        rng=random.Random(7),
-        node_cert_lifetime=dt.timedelta(days=7),
-        request_timeout=5.0,
-        backoff_cap=2.0,
-    ) as ts:
-        yield ts
+) -> AbstractAsyncContextManager[KubeTenantSide]:
+    return real_tenant_side(registry=registry)
 
 
 @contextlib.asynccontextmanager
@@ -212,6 +203,30 @@ def write_node_credentials(cluster: TenantCluster, node: str, directory: Path) -
     )
     key_path.chmod(0o600)
     return cert_path, key_path
+
+
+async def obtain(
+    cluster: TenantCluster, tmp_path: Path, ca: certs.Issued, node: str
+) -> certs.CertInfo:
+    """NODE's tunnel certificate, asked for as the node agent does (CSR with its kubelet
+    credentials), trusting CA for the tunnel."""
+    tunnel_ca_file = tmp_path / "tunnel-ca.crt"
+    tunnel_ca_file.write_bytes(ca.cert_pem)
+    cert_file, key_file = write_node_credentials(cluster, node, tmp_path)
+    obtained = await obtain_certificate(
+        server=cluster.server_url,
+        ca_file=str(cluster.pki.ca.cert),
+        client_cert_file=str(cert_file),
+        client_key_file=str(key_file),
+        node_name=node,
+        key_path=str(tmp_path / f"{node}-tunnel.key"),
+        cert_path=str(tmp_path / f"{node}-tunnel.crt"),
+        tunnel_ca_file=str(tunnel_ca_file),
+        clock=lambda: dt.datetime.now(dt.UTC),
+        timeout=20,
+        poll_interval=0.2,
+    )
+    return obtained.info
 
 
 def tasks_of(tenant: TenantRef) -> list[asyncio.Task[Any]]:
@@ -334,26 +349,7 @@ async def test_node_csrs_signed_for_machine_nodes_denied_otherwise(
     cluster = await tenant_cluster_factory(name="ts-csr")
     text = inline_kubeconfig(cluster.kubeconfig_path)
     ca = tunnel_ca()
-    tunnel_ca_file = tmp_path / "tunnel-ca.crt"
-    tunnel_ca_file.write_bytes(ca.cert_pem)
     registry = CollectorRegistry()
-
-    async def obtain(node: str) -> certs.CertInfo:
-        cert_file, key_file = write_node_credentials(cluster, node, tmp_path)
-        obtained = await obtain_certificate(
-            server=cluster.server_url,
-            ca_file=str(cluster.pki.ca.cert),
-            client_cert_file=str(cert_file),
-            client_key_file=str(key_file),
-            node_name=node,
-            key_path=str(tmp_path / f"{node}-tunnel.key"),
-            cert_path=str(tmp_path / f"{node}-tunnel.crt"),
-            tunnel_ca_file=str(tunnel_ca_file),
-            clock=lambda: dt.datetime.now(dt.UTC),
-            timeout=20,
-            poll_interval=0.2,
-        )
-        return obtained.info
 
     async with tenant_side(registry) as ts, admin_of(cluster) as admin:
         result = await ts.ensure(
@@ -398,7 +394,7 @@ async def test_node_csrs_signed_for_machine_nodes_denied_otherwise(
         assert impostor["spec"]["username"] == "vpnctl-testenv-admin"
 
         start = time.monotonic()
-        info = await obtain("node-1")
+        info = await obtain(cluster, tmp_path, ca, "node-1")
         print(f"\nnode-1 CSR created, approved and signed in {time.monotonic() - start:.3f}s")
         assert info.common_name == "node-1"
         assert info.issuer_cn == f"{CLUSTER}-vpn-ca"
@@ -406,7 +402,7 @@ async def test_node_csrs_signed_for_machine_nodes_denied_otherwise(
         assert info.not_after - info.not_before <= dt.timedelta(days=7, minutes=5)
 
         with pytest.raises(CSRRefused) as refused:
-            await obtain("node-2")  # a node without a Machine
+            await obtain(cluster, tmp_path, ca, "node-2")  # a node without a Machine
         assert refused.value.reason == "NoMachineForNode"
         assert "node-2" in refused.value.message
 

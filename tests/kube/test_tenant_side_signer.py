@@ -7,24 +7,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import random
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 import certs
-from agent.bootstrap import CSRRefused, obtain_certificate
+from agent.bootstrap import CSRRefused
 from vpnctl.controller.csr_signer import IssuedRecorder
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.revocation_store import RevocationsMissing
 from vpnctl.controller.tenant_side import KubeTenantSide
-from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, Kube, KubeObject, SystemClock
+from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, Kube, KubeObject
 from vpnctl.reconcile.revocation_book import IssuedCert
-from vpnctl.testenv import TenantCluster
 
 from .conftest import TenantFactory
+from .tenantsidefix import real_tenant_side
 from .test_tenant_side import (
     TENANT,
     admin_of,
@@ -32,9 +30,9 @@ from .test_tenant_side import (
     eventually,
     inline_kubeconfig,
     machine_for,
+    obtain,
     tunnel_ca,
     wait_synced,
-    write_node_credentials,
 )
 
 pytestmark = pytest.mark.kube
@@ -56,40 +54,8 @@ class RecordingBook:
         self.recorded.append(cert)
 
 
-@contextlib.asynccontextmanager
-async def signer(recorder: IssuedRecorder | None = None) -> AsyncIterator[KubeTenantSide]:
-    async with KubeTenantSide(
-        registry=CollectorRegistry(),
-        clock=SystemClock(),
-        rng=random.Random(7),
-        node_cert_lifetime=dt.timedelta(days=30),
-        request_timeout=5.0,
-        backoff_cap=2.0,
-        recorder=recorder,
-    ) as ts:
-        yield ts
-
-
-async def obtain(
-    cluster: TenantCluster, tmp_path: Path, ca: certs.Issued, node: str
-) -> certs.CertInfo:
-    tunnel_ca_file = tmp_path / "tunnel-ca.crt"
-    tunnel_ca_file.write_bytes(ca.cert_pem)
-    cert_file, key_file = write_node_credentials(cluster, node, tmp_path)
-    obtained = await obtain_certificate(
-        server=cluster.server_url,
-        ca_file=str(cluster.pki.ca.cert),
-        client_cert_file=str(cert_file),
-        client_key_file=str(key_file),
-        node_name=node,
-        key_path=str(tmp_path / f"{node}-tunnel.key"),
-        cert_path=str(tmp_path / f"{node}-tunnel.crt"),
-        tunnel_ca_file=str(tunnel_ca_file),
-        clock=lambda: dt.datetime.now(dt.UTC),
-        timeout=20,
-        poll_interval=0.2,
-    )
-    return obtained.info
+def signer(recorder: IssuedRecorder | None = None) -> AbstractAsyncContextManager[KubeTenantSide]:
+    return real_tenant_side(node_cert_lifetime=dt.timedelta(days=30), recorder=recorder)
 
 
 async def install(

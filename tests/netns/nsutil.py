@@ -10,11 +10,21 @@ when the test body raises.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Interface
+
+import pytest
+
+# Every module of this tier carries these marks: `-m netns` selects it, and without root
+# (no network namespaces) it is skipped rather than failed.
+NETNS_TIER = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+]
 
 IFNAMSIZ_MAX = 15  # Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
 

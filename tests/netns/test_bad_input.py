@@ -9,7 +9,6 @@ the agent recovers by itself.
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 import time
@@ -28,12 +27,10 @@ from tests.netns.conftest import (
     http_get,
     ns_pids,
 )
+from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = NETNS_TIER
 
 
 def _readyz(dp: DataPlane, proc: Proc) -> tuple[int, str]:

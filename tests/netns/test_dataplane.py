@@ -15,7 +15,6 @@ conftest.py). The tests prove the properties DESIGN.md promises:
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from datetime import UTC, datetime
@@ -38,12 +37,10 @@ from tests.netns.conftest import (
     route_get,
     tcp_connect,
 )
+from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = NETNS_TIER
 
 TENANT = IPv4Network("198.19.0.0/16")
 

@@ -8,7 +8,6 @@ while the nodes can still dial out to the server through the NAT.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 import sys
@@ -16,15 +15,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.netns.nsutil import NETNS_TIER
 from vpnctl.lab import netns
 from vpnctl.lab.address_plan import LabPlan, make_plan
 from vpnctl.lab.probe import probe_tcp
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = NETNS_TIER
 
 PORT = 7000
 
@@ -178,4 +175,3 @@ async def test_destroy_also_removes_nodes_the_plan_does_not_list() -> None:
         assert await netns.list_lab_namespaces(prefix) == []
     finally:
         await destroy_underlay(big)
-

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -30,13 +29,19 @@ from agent.netlink import (
     Route,
 )
 from agent.route_keeper import RouteKeeper
-from tests.netns.nsutil import NsEnd, add_tun, ip, netns_pair, ns_exists, run_in, unique_tag
+from tests.netns.nsutil import (
+    NETNS_TIER,
+    NsEnd,
+    add_tun,
+    ip,
+    netns_pair,
+    ns_exists,
+    run_in,
+    unique_tag,
+)
 from tests.support.polling import aeventually
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = NETNS_TIER
 
 TUN = "vtun0"
 

@@ -48,13 +48,12 @@ from agent.openvpn.config import (
 )
 from agent.openvpn.management import Event, ManagementClient, StateEvent
 from agent.openvpn.supervisor import Supervisor
-from tests.netns.nsutil import NsEnd, netns_pair
+from tests.netns.nsutil import NETNS_TIER, NsEnd, netns_pair
 
 OPENVPN = shutil.which("openvpn") or "/usr/sbin/openvpn"
 
 pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    *NETNS_TIER,
     pytest.mark.skipif(not os.path.exists(OPENVPN), reason="openvpn is not installed"),
 ]
 

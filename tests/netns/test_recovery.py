@@ -23,12 +23,10 @@ from tests.netns.conftest import (
     ip_out,
     ns_pids,
 )
+from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = NETNS_TIER
 
 
 def _all_kubelets_reachable(dp: DataPlane) -> bool:

@@ -29,8 +29,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 import certs
 from tests.netns.conftest import (
     DAY,
@@ -42,13 +40,11 @@ from tests.netns.conftest import (
     ip_out,
     ns_pids,
 )
+from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
 from vpnctl.lab.dataplane import APISERVER_CN, in_netns
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = NETNS_TIER
 
 NOBODY = 65534
 CAP_NET_ADMIN = 1 << 12

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import sys
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import certs
+from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import aeventually
 from vpnctl.lab import netns
 from vpnctl.lab.address_plan import LabPlan, NodePlan, make_plan
@@ -29,10 +29,7 @@ from vpnctl.lab.probe import probe_admission, probe_https
 from vpnctl.lab.standins import DEFAULT_LOG_LINES, DENY_LABEL, log_line
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = NETNS_TIER
 
 POD = "web-0"
 

@@ -10,7 +10,6 @@ both ways.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import secrets
 import shutil
@@ -26,12 +25,10 @@ import pytest
 
 import certs
 from certs import Issued
+from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-]
+pytestmark = NETNS_TIER
 
 OPENVPN = shutil.which("openvpn") or "/usr/sbin/openvpn"
 PORT = "1194"

@@ -32,6 +32,7 @@ from vpnctl.api import (
     TunnelSpecBody,
 )
 from vpnctl.kube import CLUSTER, MACHINE, SECRET, Kube, KubeObject
+from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 LAB_NODES_CIDR = "198.19.0.0/24"
 LAB_PODS_CIDR = "198.19.64.0/18"
@@ -189,6 +190,22 @@ def lab_tenant(
         cluster=cluster(name=name, namespace=namespace),
         machines=machines,
         nodes=tenant_nodes,
+    )
+
+
+def parsed_lab_tenant(
+    spec: Mapping[str, Any] | None = None, *, nodes: int = 3, with_nodes: bool = True
+) -> TenantSpec:
+    """The lab's tenant as the controller reads it, with SPEC over the lab's Tunnel spec;
+    without `with_nodes`, as if the tenant's Node list could not be read."""
+    t = lab_tenant(nodes=nodes)
+    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": LAB_TUNNEL_CIDR}
+    body.update(spec or {})
+    return parse_tenant(
+        tunnel=tunnel(spec=body),  # type: ignore[arg-type]
+        cluster=t.cluster,
+        machines=t.machines,
+        nodes=t.nodes if with_nodes else None,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -42,6 +43,15 @@ def budget(**limits: float) -> tuple[TenantBudget, ManualClock]:
     return TenantBudget(b, tenant="tenant-a/tenant-a", clock=clock, rng=random.Random(3)), clock
 
 
+def refused(take: Callable[[], object], reason: str, *phrases: str) -> None:
+    """TAKE raises OverBudget for REASON, with a message that names every PHRASE."""
+    with pytest.raises(OverBudget) as over:
+        take()
+    assert over.value.reason == reason
+    for phrase in phrases:
+        assert phrase in over.value.message
+
+
 def test_a_rate_window_slides() -> None:
     window = RateWindow(3, window=60.0)
     assert [window.take(t) for t in (0.0, 1.0, 2.0, 3.0)] == [True, True, True, False]
@@ -63,11 +73,12 @@ def test_budgets_refuse_nonsense() -> None:
 def test_the_cache_budget_names_the_numbers_and_the_flags() -> None:
     b, _ = budget(max_objects=10, max_bytes=1000)
     b.check_cache(objects=10, size=1000)  # at the limit is within
-    with pytest.raises(OverBudget) as over:
-        b.check_cache(objects=11, size=5)
-    assert over.value.reason == REASON_CACHE
-    assert "tenant-a/tenant-a holds 11 objects" in over.value.message
-    assert "--tenant-max-objects" in over.value.message
+    refused(
+        lambda: b.check_cache(objects=11, size=5),
+        REASON_CACHE,
+        "tenant-a/tenant-a holds 11 objects",
+        "--tenant-max-objects",
+    )
     with pytest.raises(OverBudget):
         b.check_cache(objects=1, size=1001)
 
@@ -76,16 +87,10 @@ def test_csr_decisions_and_repairs_are_counted_per_minute_each() -> None:
     b, clock = budget(csr_decisions_per_minute=5, repairs_per_minute=2)
     for _ in range(5):
         b.take_csr_decision()
-    with pytest.raises(OverBudget) as over:
-        b.take_csr_decision()
-    assert over.value.reason == REASON_CSR_RATE
-    assert "--tenant-csr-decisions-per-minute" in over.value.message
+    refused(b.take_csr_decision, REASON_CSR_RATE, "--tenant-csr-decisions-per-minute")
     b.take_repair()
     b.take_repair()
-    with pytest.raises(OverBudget) as over:
-        b.take_repair()
-    assert over.value.reason == REASON_REPAIR_RATE
-    assert "webhook" in over.value.message
+    refused(b.take_repair, REASON_REPAIR_RATE, "webhook")
     clock.advance(WINDOW)
     b.take_csr_decision()
     b.take_repair()
@@ -95,11 +100,7 @@ def test_slow_installs_are_counted_per_minute() -> None:
     b, clock = budget(slow_calls_per_minute=2, max_call_seconds=4.0)
     b.take_slow_call()
     b.take_slow_call()
-    with pytest.raises(OverBudget) as over:
-        b.take_slow_call()
-    assert over.value.reason == REASON_SLOW
-    assert "longer than 4s" in over.value.message
-    assert "--tenant-max-call-seconds" in over.value.message
+    refused(b.take_slow_call, REASON_SLOW, "longer than 4s", "--tenant-max-call-seconds")
     clock.advance(WINDOW)
     b.take_slow_call()
 

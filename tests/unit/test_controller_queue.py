@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import pytest
 
@@ -33,12 +33,17 @@ async def running(queue: WorkQueue[str]) -> AsyncIterator[asyncio.Task[None]]:
 class Recorder:
     """A handler that logs calls and can be held open per key."""
 
-    def __init__(self, outcome: Callable[[str], Outcome | None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        outcome: Callable[[str], Outcome | None] = lambda _: None,
+        *,
+        gated: Iterable[str] = (),
+    ) -> None:
         self.calls: list[str] = []
         self.active: set[str] = set()
         self.max_parallel = 0
         self.overlap = False
-        self.gates: dict[str, asyncio.Event] = {}
+        self.gates: dict[str, asyncio.Event] = {key: asyncio.Event() for key in gated}
         self.outcome = outcome
 
     async def __call__(self, key: str) -> Outcome | None:
@@ -56,9 +61,13 @@ class Recorder:
             self.active.discard(key)
 
 
+def queue_for(handler: Recorder) -> WorkQueue[str]:
+    return WorkQueue(handler, clock=SystemClock(), rng=random.Random(1))
+
+
 async def test_repeated_adds_of_a_waiting_key_become_one_run() -> None:
     handler = Recorder()
-    queue: WorkQueue[str] = WorkQueue(handler, clock=SystemClock(), rng=random.Random(1))
+    queue = queue_for(handler)
     for _ in range(5):
         queue.add("a")
     queue.add("b")
@@ -70,9 +79,8 @@ async def test_repeated_adds_of_a_waiting_key_become_one_run() -> None:
 
 
 async def test_a_key_is_never_handled_twice_at_once_and_changes_meanwhile_are_kept() -> None:
-    handler = Recorder()
-    handler.gates["a"] = asyncio.Event()
-    queue: WorkQueue[str] = WorkQueue(handler, clock=SystemClock(), rng=random.Random(1))
+    handler = Recorder(gated=["a"])
+    queue = queue_for(handler)
     async with running(queue):
         queue.add("a")
         await settle()
@@ -88,10 +96,8 @@ async def test_a_key_is_never_handled_twice_at_once_and_changes_meanwhile_are_ke
 
 
 async def test_different_keys_run_in_parallel_up_to_the_worker_limit() -> None:
-    handler = Recorder()
     keys = [f"k{i}" for i in range(10)]
-    for key in keys:
-        handler.gates[key] = asyncio.Event()
+    handler = Recorder(gated=keys)
     queue: WorkQueue[str] = WorkQueue(handler, clock=SystemClock(), rng=random.Random(1), workers=3)
     async with running(queue):
         for key in keys:
@@ -177,9 +183,8 @@ async def test_outcomes_requeue_later_or_retry_with_backoff() -> None:
 
 
 async def test_drain_lets_running_handlers_finish_and_takes_no_more() -> None:
-    handler = Recorder()
-    handler.gates["a"] = asyncio.Event()
-    queue: WorkQueue[str] = WorkQueue(handler, clock=SystemClock(), rng=random.Random(1))
+    handler = Recorder(gated=["a"])
+    queue = queue_for(handler)
     async with running(queue):
         queue.add("a")
         await settle()
@@ -195,9 +200,8 @@ async def test_drain_lets_running_handlers_finish_and_takes_no_more() -> None:
 
 
 async def test_drain_gives_up_after_its_timeout() -> None:
-    handler = Recorder()
-    handler.gates["stuck"] = asyncio.Event()
-    queue: WorkQueue[str] = WorkQueue(handler, clock=SystemClock(), rng=random.Random(1))
+    handler = Recorder(gated=["stuck"])
+    queue = queue_for(handler)
     async with running(queue):
         queue.add("stuck")
         await settle()

@@ -18,7 +18,7 @@ from vpnctl.reconcile.service_objects import (
     sidecar_apply_body,
 )
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant_spec import parse_tenant
+from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 PLAN = make_plan(prefix="vt1", nodes=3)
 
@@ -53,9 +53,11 @@ def test_the_tunnel_is_created_before_its_cluster_and_stays_in_the_lab_range() -
     assert next(o for o in tcp if o["kind"] == "Tunnel")["spec"]["transport"]["protocol"] == "tcp"
 
 
-def test_vpnctl_reads_the_lab_tenant_as_the_plan_says() -> None:
+def _parsed_lab_tenant(machines: list[Machine]) -> TenantSpec:
+    """The lab's Tunnel and Cluster as vpnctl reads them, once the apiserver set uid and
+    generation."""
     objects = _service_objects()
-    tenant = parse_tenant(
+    return parse_tenant(
         tunnel=cast(
             Tunnel,
             {
@@ -64,8 +66,12 @@ def test_vpnctl_reads_the_lab_tenant_as_the_plan_says() -> None:
             },
         ),
         cluster=cast(Cluster, objects["Cluster"]),
-        machines=[_machine(i) for i in range(3)],
+        machines=machines,
     )
+
+
+def test_vpnctl_reads_the_lab_tenant_as_the_plan_says() -> None:
+    tenant = _parsed_lab_tenant([_machine(i) for i in range(3)])
     assert tenant.networks.pods == (PLAN.pod_cidr,)
     assert tenant.networks.services == (PLAN.service_cidr,)
     assert [(m.node, m.internal_ip) for m in tenant.members] == [
@@ -97,18 +103,7 @@ def test_vpnctl_attaches_its_sidecar_to_the_lab_apiserver_deployment() -> None:
     template_labels = deployment["spec"]["template"]["metadata"]["labels"]
     selector = dict(kv.split("=") for kv in lo.apiserver_pod_selector().split(","))
     assert selector == template_labels == deployment["spec"]["selector"]["matchLabels"]
-    objects = _service_objects()
-    tenant = parse_tenant(
-        tunnel=cast(
-            Tunnel,
-            {
-                **objects["Tunnel"],
-                "metadata": {**objects["Tunnel"]["metadata"], "uid": "u", "generation": 1},
-            },
-        ),
-        cluster=cast(Cluster, objects["Cluster"]),
-        machines=[],
-    )
+    tenant = _parsed_lab_tenant([])
     attachment = apiserver_sidecar(
         tenant=tenant, settings=Settings(agent_image="x"), role_config={}
     )

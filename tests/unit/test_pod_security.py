@@ -17,21 +17,13 @@ from vpnctl.reconcile.agentdocs import (
 )
 from vpnctl.reconcile.service_objects import apiserver_sidecar, server_deployment
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
+from vpnctl.reconcile.tenant_spec import TenantSpec
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 
 
 def lab(**spec: Any) -> TenantSpec:
-    t = capi.lab_tenant()
-    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
-    body.update(spec)
-    return parse_tenant(
-        tunnel=capi.tunnel(spec=body),  # type: ignore[arg-type]
-        cluster=t.cluster,
-        machines=t.machines,
-        nodes=t.nodes,
-    )
+    return capi.parsed_lab_tenant(spec)
 
 
 def pods(settings: Settings, tenant: TenantSpec | None = None) -> dict[str, dict[str, Any]]:

@@ -51,15 +51,7 @@ CRL = b"-----BEGIN X509 CRL-----\nnot-a-real-crl\n-----END X509 CRL-----\n"
 
 
 def lab(**spec: Any) -> TenantSpec:
-    t = capi.lab_tenant()
-    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
-    body.update(spec)
-    return parse_tenant(
-        tunnel=capi.tunnel(spec=body),  # type: ignore[arg-type]
-        cluster=t.cluster,
-        machines=t.machines,
-        nodes=t.nodes,
-    )
+    return capi.parsed_lab_tenant(spec)
 
 
 def all_service_side(t: TenantSpec, settings: Settings = SETTINGS) -> list[dict[str, Any]]:

@@ -17,21 +17,13 @@ from vpnctl.reconcile.routes import (
     node_iroutes,
     tenant_routes,
 )
-from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME, TenantSpec, parse_tenant
+from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME, TenantSpec
 
 NET = IPv4Network
 
 
 def tenant(*, spec: dict[str, Any] | None = None, nodes: bool = True, count: int = 3) -> TenantSpec:
-    t = capi.lab_tenant(nodes=count)
-    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
-    body.update(spec or {})
-    return parse_tenant(
-        tunnel=capi.tunnel(spec=body),  # type: ignore[arg-type]
-        cluster=t.cluster,
-        machines=t.machines,
-        nodes=t.nodes if nodes else None,
-    )
+    return capi.parsed_lab_tenant(spec, nodes=count, with_nodes=nodes)
 
 
 def plan(t: TenantSpec, elected: str | None = "node-1") -> dict[str, ClientRoutes]:

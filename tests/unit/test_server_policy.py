@@ -10,21 +10,13 @@ from vpnctl.reconcile.names import COMPONENT_SERVER, selector_labels
 from vpnctl.reconcile.server_policy import CONTROLLER_POD_LABELS, server_network_policy
 from vpnctl.reconcile.service_objects import server_deployment
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
+from vpnctl.reconcile.tenant_spec import TenantSpec
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 
 
 def lab(**spec: Any) -> TenantSpec:
-    t = capi.lab_tenant()
-    body: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
-    body.update(spec)
-    return parse_tenant(
-        tunnel=capi.tunnel(spec=body),  # type: ignore[arg-type]
-        cluster=t.cluster,
-        machines=t.machines,
-        nodes=t.nodes,
-    )
+    return capi.parsed_lab_tenant(spec)
 
 
 def test_network_policy_vpn_port_from_anywhere_http_from_controller_and_monitoring() -> None:
