@@ -165,6 +165,13 @@ async def test_revocation_goes_on_while_the_spec_is_invalid(
         await create_tenant(kube, namespace, "inval")
         await wait_ready(kube, namespace, "inval", nodes=3)
         ca_pem = await _ca_pem(kube, namespace, "inval")
+
+        async def all_three_listed() -> bool:
+            cm = await kube.get(CONFIG_MAP, "inval-vpn-server", namespace)
+            return cm is not None and _clients(cm) == nodes
+
+        # Ready can come a pass before the last node's client reaches desired.json.
+        await aeventually(all_three_listed, timeout=10, what="every node in desired.json")
         # A tenant-wide validation error: the tunnel CIDR overlaps the pod CIDR.
         overlapping = LAB_PODS_CIDR.split("/")[0] + "/24"
         await kube.patch_merge(
@@ -175,9 +182,9 @@ async def test_revocation_goes_on_while_the_spec_is_invalid(
         revoked = int(serials["inval-node-2"], 16)
         await _revoked(kube, namespace, "inval", ca_pem, {revoked}, "revoked while invalid")
 
-        async def ccd_gone() -> bool:
-            cm = await kube.get(CONFIG_MAP, "inval-vpn-server", namespace)
-            return _clients(cm) == ["inval-node-1", "inval-node-3"]
+        async def ccd_gone() -> list[str] | None:
+            clients = _clients(await kube.get(CONFIG_MAP, "inval-vpn-server", namespace))
+            return clients if clients == ["inval-node-1", "inval-node-3"] else None
 
         await aeventually(ccd_gone, timeout=10, what="node-2 out of desired.json")
         # The CSR signer was told the Machines of now, without ensure().
