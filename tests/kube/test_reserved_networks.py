@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support.capi import create_tenant
+from tests.support.polling import aeventually
 from vpnctl.controller.cli import _with_reserved_networks, add_run_arguments, settings_from_args
 from vpnctl.controller.networks import (
     NetworkDetectionError,
@@ -139,8 +140,13 @@ async def test_a_tenant_claiming_the_service_cidr_gets_a_condition_and_an_event(
         ready = condition(claim, "Ready")
         assert ready is not None
         assert f"overlaps the service cluster's network {service_cidr}" in ready["message"]
-        reasons = {e.get("reason") for e in await events_for(kube, namespace, name="claim")}
-        assert "CIDROverlap" in reasons
+
+        async def overlap_event() -> bool:
+            events = await events_for(kube, namespace, name="claim")
+            return "CIDROverlap" in {e.get("reason") for e in events}
+
+        # The Event is written after the status: wait for it rather than read once.
+        await aeventually(overlap_event, timeout=10, what="a CIDROverlap Event on the Tunnel")
         await wait_condition(kube, namespace, "fine", "Ready", status="True")
     assert not [c for c in side.calls if c.tenant.cluster == "claim"]  # nothing installed
 
