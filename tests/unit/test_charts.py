@@ -27,6 +27,7 @@ from vpnctl.kube import resources
 from vpnctl.reconcile.agent_objects import tenant_objects
 from vpnctl.reconcile.agentdocs import node_role_config, server_role_config
 from vpnctl.reconcile.names import COMPONENT_SERVER, labels
+from vpnctl.reconcile.pod_security import OPENVPN_DROP_PRIVILEGES as DROP
 from vpnctl.reconcile.server_policy import server_network_policy
 from vpnctl.reconcile.service_objects import (
     HEALTH_PORT_NAME,
@@ -251,7 +252,7 @@ async def test_agent_chart_pod_is_confined_and_makes_its_own_tun(
     assert container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {
-        "add": ["MKNOD", "NET_ADMIN"],
+        "add": ["MKNOD", "NET_ADMIN", *DROP],
         "drop": ["ALL"],
     }
     assert container["command"] == [
@@ -262,7 +263,7 @@ async def test_agent_chart_pod_is_confined_and_makes_its_own_tun(
     pod = one(await render(helm, AGENT_CHART, values, tmp_path), "DaemonSet")["spec"]["template"]
     container = pod["spec"]["containers"][0]
     assert {"name": "dev-net-tun", "mountPath": "/dev/net/tun"} in container["volumeMounts"]
-    assert container["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+    assert container["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", *DROP]
 
 
 @pytest.mark.parametrize(

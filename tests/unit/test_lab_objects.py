@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from ipaddress import IPv4Address
 from typing import Any, cast
 
 import yaml
@@ -112,19 +111,6 @@ def test_vpnctl_attaches_its_sidecar_to_the_lab_apiserver_deployment() -> None:
     assert body["metadata"]["name"] == lo.APISERVER_DEPLOYMENT
 
 
-def test_webhook_services_have_fixed_addresses_in_the_service_cidr() -> None:
-    ips = [lo.webhook_cluster_ip(PLAN, n) for n in PLAN.nodes]
-    assert len(set(ips)) == 3
-    assert all(ip in PLAN.service_cidr for ip in ips)
-    assert ips[0] == IPv4Address("198.19.200.1")
-    first_service = next(
-        o
-        for o in lo.node_workload(PLAN, PLAN.nodes[0], webhook_ca_pem=b"x")
-        if o["kind"] == "Service"
-    )
-    assert first_service["spec"]["clusterIP"] == "198.19.200.1"
-
-
 def test_each_webhook_reviews_only_objects_labelled_for_its_node() -> None:
     node = PLAN.nodes[1]
     config = lo.validating_webhook(node, ca_pem=b"pem")
@@ -138,21 +124,17 @@ def test_each_webhook_reviews_only_objects_labelled_for_its_node() -> None:
     assert lo.webhook_dns_name(node) == "webhook-node-2.lab.svc"
 
 
-def test_kube_proxy_rules_dnat_each_service_and_masquerade_outside_sources() -> None:
-    rules = lo.kube_proxy_rules(PLAN, PLAN.nodes)
-    assert len(rules) == 2 * len(PLAN.nodes)
-    dnat, masq = rules[0], rules[1]
-    assert dnat[:3] == ["PREROUTING", "-d", "198.19.200.1/32"]
-    assert dnat[-2:] == ["--to-destination", "198.19.65.2:8443"]
-    assert masq[0] == "POSTROUTING"
-    assert masq[-1] == "MASQUERADE"
-    assert masq[masq.index("!") : masq.index("!") + 3] == ["!", "-s", "198.19.0.0/16"]
+def test_each_node_gets_a_pinned_pod_that_logs_numbered_lines_and_serves_http() -> None:
+    objs = lo.workload_objects(PLAN, image="busybox:local")
+    assert objs[0]["kind"] == "Namespace"
+    pods = objs[1:]
+    assert [p["spec"]["nodeSelector"]["kubernetes.io/hostname"] for p in pods] == [
+        n.name for n in PLAN.nodes
+    ]
+    (container,) = pods[1]["spec"]["containers"]
+    assert container["image"] == "busybox:local"
+    script = container["command"][-1]
+    assert f"i < {lo.DEFAULT_LOG_LINES}" in script
+    assert "node-2 logs-node-2 line %08d" in script
+    assert f"httpd -f -p {lo.WEB_PORT}" in script
 
-
-def test_tenant_nodes_carry_what_the_apiserver_dials() -> None:
-    node = PLAN.nodes[0]
-    body = lo.tenant_node(node)
-    assert body["spec"]["podCIDRs"] == ["198.19.65.0/24"]
-    status = lo.tenant_node_status(node)["status"]
-    assert {"type": "InternalIP", "address": "198.19.0.11"} in status["addresses"]
-    assert status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 10250

@@ -24,9 +24,9 @@ from typing import Any
 from vpnctl.lab import lab_objects as lo
 from vpnctl.lab.address_plan import NodePlan
 from vpnctl.lab.connectivity_table import NodeRow, any_failed, render
+from vpnctl.lab.lab_objects import DEFAULT_LOG_LINES
 from vpnctl.lab.netns import route_get, run
 from vpnctl.lab.probe import ProbeResult, check_lines, probe_https, probe_post
-from vpnctl.lab.standins import DEFAULT_LOG_LINES
 from vpnctl.lab.system import Lab, run_captured, tunnel_status
 
 

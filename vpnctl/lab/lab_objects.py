@@ -20,8 +20,8 @@ Pure builders, so the lab's shape is tested without a cluster.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
-from ipaddress import IPv4Address, IPv4Network
+from collections.abc import Mapping
+from ipaddress import IPv4Address
 from typing import Any
 
 import yaml
@@ -45,6 +45,9 @@ LOG_CONTAINER = "app"
 WEBHOOK_LABEL = "lab.vpnctl.io/webhook"
 WEBHOOK_SERVICE_PORT = 443
 KUBELET_CLIENT_GROUP = "system:nodes"
+DEFAULT_LOG_LINES = 100_000
+WEB_PORT = 8080
+BLOB_BYTES = 4 * 1024 * 1024
 
 
 def machine_name(node: NodePlan, *, generation: int = 1) -> str:
@@ -230,125 +233,49 @@ def machine_status(node: NodePlan) -> dict[str, Any]:
 # --- the tenant cluster -------------------------------------------------------------------------
 
 
-def tenant_node(node: NodePlan) -> dict[str, Any]:
-    """The Node its kubelet registers (spec and labels; status is `tenant_node_status`)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": node.name,
-            "labels": {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"},
-        },
-        "spec": {"podCIDR": str(node.pod_cidr), "podCIDRs": [str(node.pod_cidr)]},
-    }
-
-
-def tenant_node_status(node: NodePlan) -> dict[str, Any]:
-    """Addresses and the kubelet port: where the apiserver dials the kubelet."""
-    return {
-        "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": str(node.internal_ip)},
-                {"type": "Hostname", "address": node.name},
-            ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": node.kubelet_port}},
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "KubeletReady",
-                    "message": "lab kubelet stand-in",
-                },
-            ],
-        }
-    }
-
-
-def workload_objects(plan: LabPlan, *, webhook_ca_pem: bytes) -> list[dict[str, Any]]:
-    """Namespace, ServiceAccount, and per node a log Pod and a webhook, in create order.
-
-    There is no controller-manager in the tenant cluster, so the namespace's `default`
-    ServiceAccount is made here, and the webhook Services get hand-written Endpoints
-    (what the endpoints controller would derive from a ready pod).
-    """
+def workload_objects(plan: LabPlan, *, image: str) -> list[dict[str, Any]]:
+    """The tenant's own workloads, in create order: the namespace and per node a pod
+    (`node_pod`)."""
     out: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": WORKLOAD_NAMESPACE}},
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "default", "namespace": WORKLOAD_NAMESPACE},
-        },
     ]
-    for node in plan.nodes:
-        out += node_workload(plan, node, webhook_ca_pem=webhook_ca_pem)
+    out += [node_pod(node, image=image) for node in plan.nodes]
     return out
 
 
-def node_workload(plan: LabPlan, node: NodePlan, *, webhook_ca_pem: bytes) -> list[dict[str, Any]]:
-    ns = WORKLOAD_NAMESPACE
-    name = webhook_name(node)
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": log_pod_name(node), "namespace": ns, "labels": {"app": "logs"}},
-            "spec": {
-                "nodeName": node.name,
-                "automountServiceAccountToken": False,
-                "containers": [{"name": LOG_CONTAINER, "image": "lab.invalid/logs:1"}],
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
-            "spec": {
-                "nodeName": node.name,
-                "automountServiceAccountToken": False,
-                "containers": [
-                    {
-                        "name": "webhook",
-                        "image": "lab.invalid/webhook:1",
-                        "ports": [{"containerPort": node.webhook_port}],
-                    }
-                ],
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {
-                "clusterIP": str(webhook_cluster_ip(plan, node)),
-                "ports": [
-                    {
-                        "name": "https",
-                        "port": WEBHOOK_SERVICE_PORT,
-                        "protocol": "TCP",
-                        "targetPort": node.webhook_port,
-                    }
-                ],
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Endpoints",
-            "metadata": {"name": name, "namespace": ns},
-            "subsets": [
+def node_pod(node: NodePlan, *, image: str) -> dict[str, Any]:
+    """A busybox pod pinned to NODE: it writes `log_line` 0..DEFAULT_LOG_LINES-1 to its
+    log, then serves `/www` over HTTP on WEB_PORT (a random `blob` of BLOB_BYTES) for
+    exec and port-forward."""
+    name = log_pod_name(node)
+    line = f"{node.name} {name} line %08d\\n"
+    program = f'BEGIN {{ for (i = 0; i < {DEFAULT_LOG_LINES}; i++) printf "{line}", i }}'
+    lines = f"awk '{program}'"
+    serve = (
+        f"mkdir -p /www && head -c {BLOB_BYTES} /dev/urandom > /www/blob && "
+        f"exec httpd -f -p {WEB_PORT} -h /www"
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": WORKLOAD_NAMESPACE, "labels": {"app": "logs"}},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node.name},
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
                 {
-                    "addresses": [
-                        {
-                            "ip": str(node.pod_ip),
-                            "nodeName": node.name,
-                            "targetRef": {"kind": "Pod", "name": name, "namespace": ns},
-                        }
-                    ],
-                    "ports": [{"name": "https", "port": node.webhook_port, "protocol": "TCP"}],
+                    "name": LOG_CONTAINER,
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", f"{lines} && {serve}"],
+                    "ports": [{"containerPort": WEB_PORT, "name": "http"}],
+                    "readinessProbe": {"tcpSocket": {"port": WEB_PORT}, "periodSeconds": 1},
                 }
             ],
         },
-        validating_webhook(node, ca_pem=webhook_ca_pem),
-    ]
+    }
 
 
 def validating_webhook(node: NodePlan, *, ca_pem: bytes) -> dict[str, Any]:
@@ -401,27 +328,6 @@ def review_object(node: NodePlan, *, name: str, deny: bool = False) -> dict[str,
         "metadata": {"name": name, "namespace": WORKLOAD_NAMESPACE, "labels": labels},
         "data": {"node": node.name},
     }
-
-
-def kube_proxy_rules(plan: LabPlan, nodes: Sequence[NodePlan]) -> list[list[str]]:
-    """iptables `-t nat` rules a node's kube-proxy would hold for the webhook Services.
-
-    DNAT from each ClusterIP to its pod, and masquerade for sources outside the
-    cluster's networks (kube-proxy's KUBE-MARK-MASQ for traffic from outside the cluster
-    CIDR): the apiserver's requests arrive from its tunnel address, and the pod behind
-    another node must answer through the node that forwarded them.
-    """
-    cluster_nets = IPv4Network(plan.node_cidr).supernet(new_prefix=16)
-    rules: list[list[str]] = []
-    for node in nodes:
-        ip, pod = str(webhook_cluster_ip(plan, node)), str(node.pod_ip)
-        port = str(node.webhook_port)
-        rules.append(["PREROUTING", "-d", f"{ip}/32", "-p", "tcp", "--dport",
-                      str(WEBHOOK_SERVICE_PORT), "-j", "DNAT", "--to-destination",
-                      f"{pod}:{port}"])  # fmt: skip
-        rules.append(["POSTROUTING", "-d", f"{pod}/32", "-p", "tcp", "--dport", port,
-                      "!", "-s", str(cluster_nets), "-j", "MASQUERADE"])  # fmt: skip
-    return rules
 
 
 def labels_of(obj: Mapping[str, Any]) -> dict[str, str]:

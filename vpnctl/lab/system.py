@@ -1,30 +1,35 @@
-"""The whole lab: real Kubernetes and the real controller, in network namespaces.
+"""The whole lab: real Kubernetes, real tenant nodes and the real controller, in network
+namespaces.
 
 `bring_up` builds, in this order (each step is one progress line):
 
 1. the underlay (`vpnctl.lab.underlay`): the wan, the tenant's NATed LAN, the namespaces;
-2. the Kubernetes binaries (`vpnctl.testenv`; cached after the first build);
+2. what is built once and cached: the Kubernetes binaries (`vpnctl.testenv`), the node
+   images (`vpnctl.lab.realnode.node_images`) and vpnctl's own image (`make image`);
 3. the **service cluster** (etcd, kube-apiserver, kube-controller-manager, the CAPI CRDs
-   and ours) in P-svc on 198.18.0.4, and the **hosted tenant apiserver** (etcd and
-   kube-apiserver) in P-api on 198.18.0.2, which trusts the kubelets' serving CA;
+   and ours) in P-svc on 198.18.0.4, and the **hosted tenant control plane** (etcd,
+   kube-apiserver, kube-controller-manager, kube-scheduler) in P-api on 198.18.0.2; the
+   apiserver checks the kubelets' serving certificates with the tenant CA;
 4. **vpnctl** (`vpnctl run`) in P-svc, against the service cluster, as the chart would
-   run it but as a process;
+   run it but as a process, with `--agent-image` naming our image;
 5. the tenant **as Cluster API would make it**: namespace, Tunnel (the lab's tunnel
-   CIDR), Cluster, kubeconfig Secret, and three Machines whose status names their Node;
-6. the tenant cluster's **Nodes** (InternalIP, podCIDR, kubelet port), a Pod bound to each
-   node, and per node a **webhook** (Service, Endpoints, ValidatingWebhookConfiguration);
-7. per node a **kubelet stand-in** (HTTPS on :10250, client certificates from the tenant
-   CA only) and a **webhook stand-in** in the pod behind it, plus the node's kube-proxy
-   rules for the webhook Services; then the **lab kubelet** (`vpnctl.lab.kubelet`), which
-   runs what vpnctl created: the server pod in P-srv, the apiserver sidecar in P-api, the
-   node agents in P-n<i>;
+   CIDR), Cluster, kubeconfig Secret, and a Machine per node whose status names its Node;
+6. the **real tenant nodes** (`vpnctl.lab.realnode`): in each P-n<i>, containerd, the
+   kubelet (joined with a kubeadm-style client certificate, serving :10250 with a
+   certificate from the tenant CA) and kube-proxy; our image is imported into each
+   node's containerd, and the node agent runs as the DaemonSet pod vpnctl installs;
+   then the tenant's workloads: a pod per node that writes numbered log lines and
+   serves HTTP;
+7. the **lab kubelet** (`vpnctl.lab.kubelet`) for the service side only: the server
+   pod in P-srv and the apiserver sidecar in P-api;
 8. a wait until the Tunnel is Ready, every node connected and every kubelet answers
    through the apiserver.
 
 Nothing of it runs in, or changes, the root namespace. Every process is in a lab
 namespace, started in its own session so it outlives `vpnctl lab up`; `tear_down` stops
-the clusters gracefully, the recorded processes, then whatever is left in the
-namespaces, and deletes them and the state directory.
+the nodes (every process in their cgroups and mount namespaces), the clusters
+gracefully, the recorded processes, then whatever is left in the namespaces, and
+deletes them and the state directory.
 """
 
 from __future__ import annotations
@@ -42,19 +47,17 @@ from pathlib import Path
 from typing import Any
 
 from vpnctl.lab import lab_objects as lo
-from vpnctl.lab import labpki, netns
+from vpnctl.lab import netns
 from vpnctl.lab.address_plan import LabPlan, NodePlan, make_plan
 from vpnctl.lab.dataplane import Proc, kill_recorded, write_json_atomic
-from vpnctl.lab.kubelet_parts import (
-    KubeletConfig,
-    NodeConfig,
-    PodSetConfig,
-    config_path,
-    status_path,
-)
+from vpnctl.lab.kubelet_parts import KubeletConfig, PodSetConfig, config_path, status_path
+from vpnctl.lab.realnode.node_images import NodeImages, ensure_node_images
+from vpnctl.lab.realnode.tenant_node import NodeSpec, NodeStartError, RealNode, stop_recorded_node
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
+from vpnctl.reconcile.agentdocs import NodePaths
 from vpnctl.reconcile.names import COMPONENT_SERVER, selector_labels
 from vpnctl.reconcile.service_objects import APISERVER_CONTAINER, SERVER_CONTAINER
+from vpnctl.testenv.build import Binaries
 from vpnctl.testenv.cluster import ServiceCluster, TenantCluster, stop_recorded_cluster
 from vpnctl.testenv.procs import environ_without_proxies, netns_argv
 
@@ -211,8 +214,13 @@ class Lab:
             return {"containers": {}}
         return doc
 
+    def node_dir(self, node: NodePlan) -> Path:
+        """The real node's own folder: its configs, logs and the host paths it owns."""
+        return self.state / "nodes" / node.name
+
     def agent_state_dir(self, node: NodePlan) -> Path:
-        return KubeletConfig.load(config_path(self.state)).node_state_dir(node.name)
+        """The node agent's hostPath state directory, as the host sees it."""
+        return self.node_dir(node) / "host" / NodePaths.state_dir.lstrip("/")
 
 
 async def run_captured(
@@ -257,20 +265,22 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
 
     step = _Steps(say, 8)
     step(f"network namespaces: {len(plan.namespaces)} under prefix {plan.prefix!r}")
-    await build_underlay(plan)
+    await build_underlay(plan, pod_namespaces=False)
 
-    step("Kubernetes binaries (built once, then cached)")
-    binaries = await asyncio.to_thread(ensure_binaries, progress=lambda m: say(f"lab:   {m}"))
+    step("Kubernetes binaries, node images and vpnctl's image (built once, then cached)")
+    binaries, images, product = await asyncio.gather(
+        asyncio.to_thread(
+            ensure_binaries, with_nodes=True, progress=lambda m: say(f"lab:   {m}")
+        ),
+        asyncio.to_thread(ensure_node_images),
+        product_image(),
+    )
     lab = Lab(plan=plan, state=state, proto=proto, kubectl_binary=binaries.kubectl)
     lab.record()
     for d in (lab.pki_dir, lab.logs_dir):
         d.mkdir(parents=True, exist_ok=True)
-    kubelet_ca = labpki.new_ca("lab-kubelet-serving")
-    webhook_ca = labpki.new_ca("lab-webhook-serving")
-    lab.kubelet_ca.write_bytes(kubelet_ca.cert_pem)
-    lab.webhook_ca.write_bytes(webhook_ca.cert_pem)
 
-    step(f"service cluster in {plan.svc_ns} ({plan.svc_ip}), tenant apiserver in "
+    step(f"service cluster in {plan.svc_ns} ({plan.svc_ip}), tenant control plane in "
          f"{plan.api_ns} ({plan.api_ip})")  # fmt: skip
     service, tenant = await asyncio.gather(
         ServiceCluster.launch(
@@ -281,13 +291,14 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
             lab.tenant_dir, binaries, name=lo.CLUSTER_NAME, netns=plan.api_ns,
             bind_address=str(plan.api_ip), port=lo.TENANT_APISERVER_PORT,
             service_cidr=str(plan.service_cidr), die_with_parent=False,
+            controller_manager=True, scheduler=True,
             apiserver_extra_args=[
-                f"--kubelet-certificate-authority={lab.kubelet_ca}",
+                f"--kubelet-certificate-authority={lab.tenant_ca}",
                 "--kubelet-preferred-address-types=InternalIP",
             ],
         ),
     )  # fmt: skip
-    del service, tenant  # running detached; `tear_down` stops them from their cluster.json
+    del service  # running detached; `tear_down` stops it from its cluster.json
 
     step(f"vpnctl run in {plan.svc_ns}, against the service cluster")
     procs: dict[str, Proc] = {}
@@ -295,18 +306,25 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
         name="vpnctl",
         ns=plan.svc_ns,
         argv=[PY, "-m", "vpnctl", "run", "--kubeconfig", str(lab.service_kubeconfig),
-              "--agent-image", "vpnctl:lab",
+              "--agent-image", product.ref,
               "--health-address", f"0.0.0.0:{CONTROLLER_HEALTH_PORT}"],
         log=lab.logs_dir / "vpnctl.log",
     ).start()  # fmt: skip
     _save_procs(lab, procs)
 
     step(f"tenant {lo.CLUSTER_NAMESPACE}/{lo.CLUSTER_NAME}: Tunnel, Cluster, kubeconfig "
-         f"Secret, {len(plan.nodes)} Machines; tenant Nodes, Pods, webhooks")  # fmt: skip
+         f"Secret, {len(plan.nodes)} Machines")  # fmt: skip
     await create_tenant(lab)
 
-    step("kubelet and webhook stand-ins, kube-proxy rules, the lab kubelet")
-    await start_standins(lab, kubelet_ca=kubelet_ca, webhook_ca=webhook_ca, procs=procs)
+    step(f"{len(plan.nodes)} real tenant nodes (containerd, kubelet, kube-proxy; the agent "
+         "as vpnctl's DaemonSet pod), the tenant's workloads")  # fmt: skip
+    await asyncio.gather(
+        *(start_node(lab, node, cluster=tenant, binaries=binaries, images=images,
+                     product=product) for node in plan.nodes)
+    )  # fmt: skip
+    await lab.apply(lo.workload_objects(plan, image=images.busybox.ref), cluster="tenant")
+
+    step("the lab kubelet for the service side: server pod, apiserver sidecar")
     cfg = kubelet_config(lab)
     cfg.dump(config_path(state))
     procs["lab-kubelet"] = Proc(
@@ -321,6 +339,59 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
     return lab
 
 
+@dataclass(frozen=True)
+class ProductImage:
+    """vpnctl's own image as `make image` built it: its reference and OCI archive."""
+
+    ref: str
+    archive: Path
+
+
+async def product_image() -> ProductImage:
+    """Build (or find cached) the image of `Dockerfile` with `scripts/build-image.py`."""
+    code, out, err = await run_captured(
+        [PY, str(REPO / "scripts" / "build-image.py"), "--json"], timeout=1800
+    )
+    if code != 0:
+        raise LabUpError(f"building vpnctl's image failed (make image): {err.strip()[-2000:]}")
+    info = json.loads(out)
+    return ProductImage(ref=str(info["ref"]), archive=Path(info["archive"]))
+
+
+async def start_node(
+    lab: Lab,
+    node: NodePlan,
+    *,
+    cluster: TenantCluster,
+    binaries: Binaries,
+    images: NodeImages,
+    product: ProductImage,
+) -> RealNode:
+    """One real node in P-n<i>, detached from this process; recorded for `tear_down`."""
+    try:
+        real = await RealNode.launch(
+            NodeSpec(
+                name=node.name,
+                netns=node.ns,
+                node_ip=str(node.internal_ip),
+                pod_cidr=str(node.pod_cidr),
+                cluster_cidr=str(lab.plan.pod_cidr),
+            ),
+            root=lab.node_dir(node),
+            cluster=cluster,
+            binaries=binaries,
+            images=images,
+            die_with_parent=False,
+            extra_images=(product.archive,),
+        )
+    except NodeStartError as exc:
+        raise LabUpError(
+            f"{node.name} did not start: {exc}; logs in {lab.node_dir(node)}/logs"
+        ) from exc
+    real.record()
+    return real
+
+
 def _save_procs(lab: Lab, procs: dict[str, Proc]) -> None:
     recorded: dict[str, Any] = {}
     with contextlib.suppress(FileNotFoundError, ValueError):
@@ -330,7 +401,6 @@ def _save_procs(lab: Lab, procs: dict[str, Proc]) -> None:
 
 
 async def create_tenant(lab: Lab) -> None:
-    plan = lab.plan
     cert, key = lab.tenant_admin
     kubeconfig = lo.kubeconfig_text(
         name=lo.CLUSTER_NAME,
@@ -340,16 +410,10 @@ async def create_tenant(lab: Lab) -> None:
         key_pem=key.read_bytes(),
     )
     await lab.apply(
-        lo.service_objects(plan, tenant_kubeconfig=kubeconfig, protocol=lab.proto),
+        lo.service_objects(lab.plan, tenant_kubeconfig=kubeconfig, protocol=lab.proto),
         cluster="service",
     )
-    await lab.apply([lo.tenant_node(n) for n in plan.nodes], cluster="tenant")
-    for node in plan.nodes:
-        await lab.patch_status("node", node.name, lo.tenant_node_status(node), cluster="tenant")
-    await lab.apply(
-        lo.workload_objects(plan, webhook_ca_pem=lab.webhook_ca.read_bytes()), cluster="tenant"
-    )
-    for node in plan.nodes:
+    for node in lab.plan.nodes:
         await add_machine(lab, node)
 
 
@@ -361,36 +425,6 @@ async def add_machine(lab: Lab, node: NodePlan, *, generation: int = 1) -> str:
     await lab.patch_status("machine", name, lo.machine_status(node), cluster="service",
                            namespace=lo.CLUSTER_NAMESPACE)  # fmt: skip
     return name
-
-
-async def start_standins(
-    lab: Lab, *, kubelet_ca: Any, webhook_ca: Any, procs: dict[str, Proc]
-) -> None:
-    plan = lab.plan
-    tenant_ca = str(lab.tenant_ca)
-    for node in plan.nodes:
-        for kind, ns, ip, port, dns in (
-            ("kubelet", node.ns, node.internal_ip, node.kubelet_port, ()),
-            ("webhook", node.pod_ns, node.pod_ip, node.webhook_port,
-             (lo.webhook_dns_name(node),)),
-        ):  # fmt: skip
-            ca = kubelet_ca if kind == "kubelet" else webhook_ca
-            serving = labpki.serving_cert(ca, name=f"{kind}-{node.name}", ips=(ip,), dns=dns)
-            d = lab.pki_dir / f"{kind}-{node.name}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "tls.pem").write_bytes(serving.cert_pem)
-            labpki.write_private(d / "tls.key", serving.key_pem)
-            argv = [PY, "-m", "vpnctl.lab.standins", kind, "--listen", f"{ip}:{port}",
-                    "--cert", str(d / "tls.pem"), "--key", str(d / "tls.key")]  # fmt: skip
-            if kind == "kubelet":
-                # Only the tenant apiserver's kubelet client (tenant CA) gets in.
-                argv += ["--name", node.name, "--client-ca", tenant_ca]
-            name = f"{kind}-{node.name}"
-            procs[name] = Proc(name=name, ns=ns, argv=argv,
-                               log=lab.logs_dir / f"{name}.log").start()  # fmt: skip
-        for rule in lo.kube_proxy_rules(plan, plan.nodes):
-            await netns.run("iptables", "-w", "-t", "nat", "-A", *rule, ns=node.ns)
-    _save_procs(lab, procs)
 
 
 def kubelet_config(lab: Lab) -> KubeletConfig:
@@ -430,7 +464,7 @@ def kubelet_config(lab: Lab) -> KubeletConfig:
         ),
         tenant_ca_cert=str(lab.tenant_ca),
         tenant_ca_key=str(lab.tenant_dir / "pki" / "ca.key"),
-        nodes=tuple(NodeConfig(name=n.name, netns=n.ns) for n in plan.nodes),
+        nodes=(),
     )
 
 
@@ -494,7 +528,11 @@ async def tear_down(*, state: Path, prefix: str) -> tuple[int, list[str], list[s
 
     Returns (processes signalled, namespaces removed, namespaces still present).
     """
-    killed = kill_recorded(state)  # vpnctl, the lab kubelet (stops its containers), stand-ins
+    nodes_dir = state / "nodes"
+    await asyncio.gather(
+        *(stop_recorded_node(d) for d in (nodes_dir.iterdir() if nodes_dir.is_dir() else ()))
+    )
+    killed = kill_recorded(state)  # vpnctl, the lab kubelet (stops its containers)
     if killed:
         await _wait_gone(killed, timeout=12.0)
     # The lab's clusters hold nothing worth a long graceful shutdown: 3 s, then SIGKILL.

@@ -35,11 +35,17 @@ from vpnctl.lab.address_plan import (
 log = logging.getLogger(__name__)
 
 
-async def build_underlay(plan: LabPlan) -> None:
-    """Create every namespace, link, address, route, sysctl and NAT rule of PLAN."""
+async def build_underlay(plan: LabPlan, *, pod_namespaces: bool = True) -> None:
+    """Create every namespace, link, address, route, sysctl and NAT rule of PLAN.
+
+    Without POD_NAMESPACES there is no P-p<i>: real nodes make their pods' namespaces
+    themselves (CNI), and each node routes the others' podCIDRs on the LAN.
+    """
     log.info("event=underlay_build prefix=%s nodes=%d", plan.prefix, len(plan.nodes))
+    pod_ns = {n.pod_ns for n in plan.nodes}
     for name in plan.namespaces:
-        await netns.add_netns(name)
+        if pod_namespaces or name not in pod_ns:
+            await netns.add_netns(name)
 
     # "The internet": a bridge in P-wan with srv, api and rtr attached.
     await netns.add_bridge(WAN_BRIDGE, ns=plan.wan_ns)
@@ -60,24 +66,31 @@ async def build_underlay(plan: LabPlan) -> None:
     await _ensure_masquerade(plan)
 
     for node in plan.nodes:
-        await _build_node(plan, node)
+        await _build_node(plan, node, pod_namespace=pod_namespaces)
     log.info("event=underlay_ready prefix=%s nodes=%d", plan.prefix, len(plan.nodes))
 
 
-async def _build_node(plan: LabPlan, node: NodePlan) -> None:
+async def _build_node(plan: LabPlan, node: NodePlan, *, pod_namespace: bool) -> None:
     await netns.add_veth(ns_a=plan.rtr_ns, name_a=node.rtr_port, ns_b=node.ns, name_b=ETH0)
     await netns.set_master(node.rtr_port, bridge=LAN_BRIDGE, ns=plan.rtr_ns)
     await netns.replace_address(ETH0, str(node.lan_if), ns=node.ns)
     await netns.replace_route("default", via=str(plan.lan_gateway.ip), ns=node.ns)
     await netns.set_sysctl("net.ipv4.ip_forward", "1", ns=node.ns)
+    # The gateway knows where each node's pods are (as a cloud VPC route table
+    # would), so a pod's egress through the NAT gets its answers back.
+    await netns.replace_route(str(node.pod_cidr), via=str(node.internal_ip), ns=plan.rtr_ns)
+    if not pod_namespace:
+        # The CNI's pods: every other node's podCIDR is one hop away on the LAN.
+        for other in plan.nodes:
+            if other is not node:
+                await netns.replace_route(str(other.pod_cidr), via=str(other.internal_ip),
+                                          ns=node.ns)  # fmt: skip
+        return
 
     await netns.add_veth(ns_a=node.ns, name_a=NODE_POD_IF, ns_b=node.pod_ns, name_b=ETH0)
     await netns.replace_address(NODE_POD_IF, str(node.pod_gateway), ns=node.ns)
     await netns.replace_address(ETH0, str(node.pod_if), ns=node.pod_ns)
     await netns.replace_route("default", via=str(node.pod_gateway.ip), ns=node.pod_ns)
-    # The gateway knows where each node's pods are (as a cloud VPC route table
-    # would), so a pod's egress through the NAT gets its answers back.
-    await netns.replace_route(str(node.pod_cidr), via=str(node.internal_ip), ns=plan.rtr_ns)
 
 
 async def _ensure_masquerade(plan: LabPlan) -> None:

@@ -12,7 +12,11 @@ and the node agent DaemonSet (issue 9, item 7).
   MKNOD for the tun device, NET_BIND_SERVICE for a port below 1024): it creates tun,
   sets routes and its firewall in its own network namespace. It starts as root because
   Kubernetes gives added capabilities to root only, unless the image sets file caps.
-  Dropping openvpn's own privileges after start is agent/openvpn's job.
+- openvpn drops to nobody/nogroup once its tun device is up, keeping only NET_ADMIN
+  (libcap-ng): that takes SETUID and SETGID to change ids and SETPCAP to clear the
+  capability bounding set. Without them it exits with "capng_change_id() failed"
+  under a real kubelet (found on the lab's real nodes). All three are in Pod Security
+  "baseline".
 """
 
 from __future__ import annotations
@@ -48,9 +52,12 @@ def agent_container(name: str, role: str, config_path: str, settings: Settings) 
     }
 
 
+OPENVPN_DROP_PRIVILEGES = ("SETGID", "SETPCAP", "SETUID")
+
+
 def container_security(settings: Settings, *, port: int | None = None) -> dict[str, Any]:
     """The securityContext of every container vpnctl runs (see the module docstring)."""
-    add = ["NET_ADMIN"]
+    add = ["NET_ADMIN", *OPENVPN_DROP_PRIVILEGES]
     if not settings.tun_resource and not settings.tun_host_path:
         add.append("MKNOD")
     if port is not None and port < 1024:

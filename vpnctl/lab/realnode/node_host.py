@@ -33,6 +33,7 @@ PRIVATE_PATHS = (
     "/var/lib/containerd",
     "/var/lib/cni",
     "/etc/cni/net.d",
+    "/var/lib/vpnctl",  # the node agent's hostPath state (its key never leaves the node)
 )
 
 

@@ -22,10 +22,13 @@ and routes to every node's podCIDR.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -42,6 +45,10 @@ from vpnctl.testenv.procs import ManagedProcess, check_all_running, start_regist
 START_TIMEOUT = 120.0
 _POLL = 0.2
 SOCKET = "/run/containerd/containerd.sock"  # inside the node's mount namespace
+KUBELET_CLIENT_PEM = "/var/lib/kubelet/pki/kubelet-client-current.pem"  # likewise
+
+
+RECORD = "node.json"
 
 
 class NodeStartError(RuntimeError):
@@ -69,8 +76,10 @@ class RealNode:
         binaries: Binaries,
         images: NodeImages,
         die_with_parent: bool = True,
+        extra_images: Sequence[Path] = (),
     ) -> None:
         self.spec = spec
+        self.extra_images = tuple(extra_images)
         self.root = root
         self.cluster = cluster
         self.binaries = binaries
@@ -94,6 +103,7 @@ class RealNode:
         images: NodeImages,
         timeout: float = START_TIMEOUT,
         die_with_parent: bool = True,
+        extra_images: Sequence[Path] = (),
     ) -> Self:
         if binaries.kubelet is None or binaries.kube_proxy is None:
             raise NodeStartError("real nodes need binaries built with with_nodes=True")
@@ -104,6 +114,7 @@ class RealNode:
             binaries=binaries,
             images=images,
             die_with_parent=die_with_parent,
+            extra_images=extra_images,
         )
         try:
             await node._start(time.monotonic() + timeout)
@@ -119,21 +130,28 @@ class RealNode:
         for name in ("kube-proxy", "kubelet", "containerd"):
             if name in self.processes:
                 await self.processes[name].stop()
-        pids = node_host.cgroup_pids(self.cgroup_root)
-        if self._mount_ns:
-            pids |= node_host.pids_in_mount_ns(self._mount_ns)
-        left = await asyncio.to_thread(node_host.kill_all, pids)
-        for proc in self.processes.values():
-            proc.kill_now()
-        remaining = node_host.remove_cgroup_root(self.cgroup_root)
-        # Everything but the logs, which a person reads when something failed.
-        for entry in self.root.iterdir() if self.root.is_dir() else ():
-            if entry.name != "logs":
-                shutil.rmtree(entry, ignore_errors=True)
-        if left or remaining:
-            raise RuntimeError(
-                f"node {self.spec.name}: still alive {sorted(left)}, cgroups left {remaining}"
+        try:
+            await sweep_node(self.root, self.cgroup_root, self._mount_ns, name=self.spec.name)
+        finally:
+            for proc in self.processes.values():
+                proc.kill_now()
+
+    def record(self) -> Path:
+        """Write what ``stop_recorded_node`` needs to take this node back from another
+        process (the lab's nodes outlive ``vpnctl lab up``)."""
+        path = self.root / RECORD
+        path.write_text(
+            json.dumps(
+                {
+                    "name": self.spec.name,
+                    "netns": self.spec.netns,
+                    "cgroup_root": self.cgroup_root,
+                    "mount_ns": self._mount_ns,
+                    "pids": sorted(p.pid for p in self.processes.values() if p.pid),
+                }
             )
+        )
+        return path
 
     # --- what callers use -----------------------------------------------------------
 
@@ -248,10 +266,10 @@ class RealNode:
         )
         ctr = ["ctr", "--address", SOCKET, "-n", "k8s.io"]
         await self._until("containerd", self.node_argv(*ctr, "version"), deadline)
-        for image in (self.images.pause, self.images.busybox):
+        for archive in (self.images.pause.archive, self.images.busybox.archive, *self.extra_images):
             await self._until(
-                f"import {image.ref}",
-                self.node_argv(*ctr, "images", "import", str(image.archive)),
+                f"import {archive.name}",
+                self.node_argv(*ctr, "images", "import", str(archive)),
                 deadline,
             )
         assert self.binaries.kubelet is not None
@@ -285,6 +303,16 @@ class RealNode:
             directory=self.root / "pki",
         )
 
+    def _kubeadm_client(self, issued: CertFiles) -> CertFiles:
+        """The kubelet's client certificate and key in one file where kubeadm's TLS
+        bootstrap leaves it, ``/var/lib/kubelet/pki/kubelet-client-current.pem`` (a
+        path inside the node's mount namespace), which the node agent reads."""
+        host = self.root / "host" / KUBELET_CLIENT_PEM.lstrip("/")
+        host.parent.mkdir(parents=True, exist_ok=True)
+        host.write_bytes(issued.cert.read_bytes() + issued.key.read_bytes())
+        host.chmod(0o600)
+        return CertFiles(cert=Path(KUBELET_CLIENT_PEM), key=Path(KUBELET_CLIENT_PEM))
+
     def _node_object(self) -> dict[str, object]:
         return {
             "apiVersion": "v1",
@@ -298,7 +326,7 @@ class RealNode:
         config = self.root / "config"
         ca = self.cluster.pki.ca.cert
         name = f"system:node:{spec.name}"
-        kubelet_client = self._issue("kubelet-client", name, ["system:nodes"])
+        kubelet_client = self._kubeadm_client(self._issue("kubelet-client", name, ["system:nodes"]))
         serving = self._issue("kubelet-serving", name, ["system:nodes"], server=True)
         proxy_client = self._issue("kube-proxy-client", "system:kube-proxy", [])
         server = self.cluster.server_url
@@ -433,3 +461,33 @@ def cni_conflist(pod_cidr: str) -> dict[str, object]:
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
+
+
+async def sweep_node(root: Path, cgroup_root: str, mount_ns: str | None, *, name: str) -> None:
+    """Kill every process in the node's cgroups and mount namespace, remove its cgroups
+    and its folder except ``logs/``; RuntimeError naming what is left."""
+    pids = node_host.cgroup_pids(cgroup_root)
+    if mount_ns:
+        pids |= node_host.pids_in_mount_ns(mount_ns)
+    left = await asyncio.to_thread(node_host.kill_all, pids)
+    remaining = node_host.remove_cgroup_root(cgroup_root)
+    # Everything but the logs, which a person reads when something failed.
+    for entry in root.iterdir() if root.is_dir() else ():
+        if entry.name != "logs":
+            shutil.rmtree(entry, ignore_errors=True)
+    if left or remaining:
+        raise RuntimeError(f"node {name}: still alive {sorted(left)}, cgroups left {remaining}")
+
+
+async def stop_recorded_node(root: Path) -> bool:
+    """Take back the node ``RealNode.record`` described under ``root``, from any process;
+    False when there is no record (nothing was started there)."""
+    try:
+        rec = json.loads((root / RECORD).read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    for pid in rec.get("pids") or ():  # the daemons first, politely
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGTERM)
+    await sweep_node(root, str(rec["cgroup_root"]), rec.get("mount_ns"), name=str(rec["name"]))
+    return True
