@@ -11,12 +11,13 @@ from vpnctl.lab.connectivity_table import (
 from vpnctl.lab.probe import ProbeResult
 
 OK = ProbeResult(ok=True, latency_ms=2.14)
+STREAM = ProbeResult(ok=True, latency_ms=250.0, bytes=4_000_000, rate=True)
 
 
 def _row(name: str, ip: str, tunnel: str | None, *, kubelet: ProbeResult = OK,
          logs: ProbeResult = OK, webhook: ProbeResult = OK) -> NodeRow:  # fmt: skip
     return NodeRow(node=name, internal_ip=ip, tunnel_ip=tunnel, kubelet=kubelet, logs=logs,
-                   webhook=webhook)  # fmt: skip
+                   exec=STREAM, port_forward=STREAM, webhook=webhook, top=OK)  # fmt: skip
 
 
 def test_cells_read_like_the_spec() -> None:
@@ -39,9 +40,12 @@ def test_table_is_aligned_like_kubectl() -> None:
         _row("node-12", "198.19.0.22", None, kubelet=ProbeResult(ok=False, error="timeout")),
     ]
     assert render_table(rows).splitlines() == [
-        "NODE      INTERNAL-IP   TUNNEL-IP     KUBELET        LOGS       WEBHOOK",
-        "node-1    198.19.0.11   198.18.8.11   OK 2.1ms       OK 2.1ms   OK 2.1ms",
-        "node-12   198.19.0.22   <none>        FAIL timeout   OK 2.1ms   OK 2.1ms",
+        "NODE      INTERNAL-IP   TUNNEL-IP     KUBELET        LOGS       EXEC        "
+        "PORT-FORWARD   WEBHOOK    TOP",
+        "node-1    198.19.0.11   198.18.8.11   OK 2.1ms       OK 2.1ms   OK 16MB/s   "
+        "OK 16MB/s      OK 2.1ms   OK 2.1ms",
+        "node-12   198.19.0.22   <none>        FAIL timeout   OK 2.1ms   OK 16MB/s   "
+        "OK 16MB/s      OK 2.1ms   OK 2.1ms",
     ]
 
 
@@ -49,7 +53,7 @@ def test_all_ok_summary_and_no_failure() -> None:
     rows = [_row("node-1", "198.19.0.11", "198.18.8.11"), _row("node-2", "198.19.0.12", "x")]
     assert not any_failed(rows)
     assert failures(rows) == []
-    assert summary(rows) == "2/2 nodes OK, 6/6 checks OK"
+    assert summary(rows) == "2/2 nodes OK, 12/12 checks OK"
 
 
 def test_any_fail_is_reported_and_named() -> None:
@@ -62,14 +66,27 @@ def test_any_fail_is_reported_and_named() -> None:
     assert failures(rows) == [
         "node-1 WEBHOOK: refused", "node-2 KUBELET: refused", "node-2 LOGS: refused",
     ]  # fmt: skip
-    assert summary(rows).startswith("0/2 nodes OK, 3/6 checks OK; FAIL: node-1 WEBHOOK: refused")
+    assert summary(rows).startswith("0/2 nodes OK, 9/12 checks OK; FAIL: node-1 WEBHOOK: refused")
     text = render(rows)
     assert text.splitlines()[0].split() == ["NODE", "INTERNAL-IP", "TUNNEL-IP", "KUBELET",
-                                            "LOGS", "WEBHOOK"]  # fmt: skip
+                                            "LOGS", "EXEC", "PORT-FORWARD", "WEBHOOK",
+                                            "TOP"]  # fmt: skip
     assert text.splitlines()[-1] == summary(rows)
     assert all(line == line.rstrip() for line in text.splitlines())
 
 
 def test_empty_table_has_only_the_header() -> None:
-    assert render_table([]) == "NODE   INTERNAL-IP   TUNNEL-IP   KUBELET   LOGS   WEBHOOK"
+    assert render_table([]) == (
+        "NODE   INTERNAL-IP   TUNNEL-IP   KUBELET   LOGS   EXEC   PORT-FORWARD   WEBHOOK   TOP"
+    )
     assert not any_failed([])
+
+
+def test_streams_show_a_rate() -> None:
+    assert cell(STREAM) == "OK 16MB/s"
+    assert cell(ProbeResult(ok=True, latency_ms=2000.0, bytes=4_000_000, rate=True)) == (
+        "OK 2.0MB/s"
+    )
+    assert cell(ProbeResult(ok=True, latency_ms=2000.0, bytes=400_000, rate=True)) == (
+        "OK 0.20MB/s"
+    )

@@ -8,16 +8,24 @@ only through its tun device:
 - LOGS: real `kubectl logs` of the Pod bound to the node: the apiserver streams the
   kubelet's `/containerLogs`; all 100,000 lines must arrive, in order, without a gap. The
   time is kubectl's whole run, start-up included.
+- EXEC: real `kubectl exec -i` into that Pod: EXEC_BYTES of random data in through the
+  apiserver and the kubelet's streaming endpoint, the pod's `sha256sum` of it must match.
+- PORT-FORWARD: real `kubectl port-forward` to the Pod's HTTP port, in P-api, and curl
+  of the pod's random `/blob` through it; its checksum must match the pod's own.
 - WEBHOOK: a server-side dry-run create of a ConfigMap labelled for the node, which the
   apiserver must send to the webhook behind that node (through the webhook's Service:
   ClusterIP, the elected node's kube-proxy rules, the pod); failurePolicy Fail, so only
   an answer admits it (median of 5).
+- TOP: `kubectl top node`, the apiserver asking metrics-server (an aggregated API served
+  by a pod behind the tunnel), which scraped the kubelets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import time
 from typing import Any
 
@@ -27,7 +35,9 @@ from vpnctl.lab.connectivity_table import NodeRow, any_failed, render
 from vpnctl.lab.lab_objects import DEFAULT_LOG_LINES
 from vpnctl.lab.netns import route_get, run
 from vpnctl.lab.probe import ProbeResult, check_lines, probe_https, probe_post
-from vpnctl.lab.system import Lab, run_captured, tunnel_status
+from vpnctl.lab.system import Lab, run_bytes, run_captured, tunnel_status
+
+EXEC_BYTES = 4 * 1024 * 1024
 
 
 async def kubectl_logs(lab: Lab, node: NodePlan, *, lines: int = DEFAULT_LOG_LINES) -> ProbeResult:
@@ -67,17 +77,114 @@ async def webhook_via_apiserver(
     )  # fmt: skip
 
 
-async def node_row(lab: Lab, node: NodePlan, tunnel_ips: dict[str, str]) -> NodeRow:
-    kubelet, logs, webhook = await asyncio.gather(
-        kubelet_via_apiserver(lab, node), kubectl_logs(lab, node), webhook_via_apiserver(lab, node)
+def _pod_argv(lab: Lab, verb: str, node: NodePlan, *args: str) -> list[str]:
+    """kubectl VERB on NODE's workload pod in the tenant cluster."""
+    return lab.kubectl_argv(
+        verb, "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), *args, cluster="tenant"
     )
+
+
+def _last_line(err: str, code: int) -> str:
+    return err.strip().splitlines()[-1] if err.strip() else f"exit {code}"
+
+
+async def kubectl_exec(lab: Lab, node: NodePlan, *, nbytes: int = EXEC_BYTES) -> ProbeResult:
+    """NBYTES through `kubectl exec -i ... -- sha256sum`; OK when the pod saw them all."""
+    data = os.urandom(nbytes)
+    argv = _pod_argv(lab, "exec", node, "-i", "-c", lo.LOG_CONTAINER,
+                     "--request-timeout=120s", "--", "sha256sum")  # fmt: skip
+    t0 = time.perf_counter()
+    code, out, err = await run_bytes(argv, input=data, timeout=150)
+    elapsed = (time.perf_counter() - t0) * 1000
+    if code != 0:
+        return ProbeResult(ok=False, error=f"kubectl exec: {_last_line(err, code)}")
+    if out.split()[:1] != [hashlib.sha256(data).hexdigest().encode()]:
+        return ProbeResult(ok=False, error=f"checksum differs: {out[:80]!r}")
+    return ProbeResult(ok=True, latency_ms=elapsed, bytes=nbytes, rate=True)
+
+
+async def pod_sha256(lab: Lab, node: NodePlan, path: str) -> str | None:
+    code, out, _ = await run_bytes(
+        _pod_argv(lab, "exec", node, "-c", lo.LOG_CONTAINER, "--", "sha256sum", path), timeout=60
+    )
+    return out.split()[0].decode() if code == 0 and out.split() else None
+
+
+async def port_forward_fetch(lab: Lab, node: NodePlan, path: str) -> tuple[bytes, float]:
+    """`kubectl port-forward` to NODE's pod in P-api, then curl PATH through it there:
+    (the body, milliseconds the transfer took). LabUpError-free: raises RuntimeError."""
+    argv = _pod_argv(lab, "port-forward", node, f":{lo.WEB_PORT}", "--address", "127.0.0.1")
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        if b"Forwarding from" not in line:  # "Forwarding from 127.0.0.1:NNNNN -> 8080"
+            rest = await asyncio.wait_for(proc.stdout.read(2000), 5)
+            raise RuntimeError(f"kubectl port-forward: {(line + rest).decode(errors='replace')}")
+        port = line.split(b"->")[0].rsplit(b":", 1)[1].strip().decode()
+        t0 = time.perf_counter()
+        code, body, err = await run_bytes(
+            ["ip", "netns", "exec", lab.plan.api_ns, "curl", "-sS", "--fail", "--noproxy", "*",
+             f"http://127.0.0.1:{port}{path}"], timeout=150,
+        )  # fmt: skip
+        elapsed = (time.perf_counter() - t0) * 1000
+        if code != 0:
+            raise RuntimeError(f"curl through the port-forward: {_last_line(err, code)}")
+        return body, elapsed
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+
+
+async def kubectl_port_forward(lab: Lab, node: NodePlan) -> ProbeResult:
+    """The pod's random /blob through `kubectl port-forward`; its checksum must match."""
+    expected = await pod_sha256(lab, node, "/www/blob")
+    if expected is None:
+        return ProbeResult(ok=False, error="the pod's /www/blob could not be read (exec)")
+    try:
+        body, elapsed = await port_forward_fetch(lab, node, "/blob")
+    except (RuntimeError, TimeoutError) as exc:
+        return ProbeResult(ok=False, error=str(exc) or "timed out")
+    if hashlib.sha256(body).hexdigest() != expected:
+        return ProbeResult(ok=False, error=f"checksum differs after {len(body)} bytes")
+    return ProbeResult(ok=True, latency_ms=elapsed, bytes=len(body), rate=True)
+
+
+async def kubectl_top(lab: Lab, node: NodePlan) -> ProbeResult:
+    """`kubectl top node NODE`: OK when metrics-server answered with the node's usage."""
+    argv = lab.kubectl_argv("top", "node", node.name, "--no-headers", cluster="tenant")
+    t0 = time.perf_counter()
+    code, out, err = await run_captured(argv, timeout=30)
+    elapsed = (time.perf_counter() - t0) * 1000
+    if code != 0:
+        return ProbeResult(ok=False, error=f"kubectl top: {_last_line(err, code)}")
+    if out.split()[:1] != [node.name]:
+        return ProbeResult(ok=False, error=f"kubectl top: {out.strip()[:80]!r}")
+    return ProbeResult(ok=True, latency_ms=elapsed)
+
+
+async def node_row(lab: Lab, node: NodePlan, tunnel_ips: dict[str, str]) -> NodeRow:
+    kubelet, webhook, top = await asyncio.gather(
+        kubelet_via_apiserver(lab, node), webhook_via_apiserver(lab, node), kubectl_top(lab, node)
+    )
+    # The streams one after another, so each figure is its own.
+    logs = await kubectl_logs(lab, node)
+    exec_ = await kubectl_exec(lab, node)
+    port_forward = await kubectl_port_forward(lab, node)
     return NodeRow(
         node=node.name,
         internal_ip=str(node.internal_ip),
         tunnel_ip=tunnel_ips.get(node.name),
         kubelet=kubelet,
         logs=logs,
+        exec=exec_,
+        port_forward=port_forward,
         webhook=webhook,
+        top=top,
     )
 
 
@@ -104,7 +211,7 @@ async def report(lab: Lab) -> int:
     before = await tun_bytes(lab.plan.api_ns)
     rows = [await node_row(lab, n, tunnel_ips) for n in lab.plan.nodes]
     crossed = await tun_bytes(lab.plan.api_ns) - before
-    print("through the tenant apiserver (kubectl logs, webhook, kubelet):")
+    print("through the tenant apiserver (kubelet, logs, exec, port-forward, webhook, top):")
     print(render(rows))
     first = lab.plan.nodes[0]
     route = await route_get(str(first.internal_ip), ns=lab.plan.api_ns)

@@ -2,8 +2,9 @@
 
 This is what `vpnctl lab up` and `lab status` end with, and what a person reads
 to know whether the tunnel works: one row per node, one cell per path the
-apiserver needs (kubelet, its logs, a webhook behind the node), each OK with a
-latency or FAIL with a reason. Pure: it takes results and returns text, so the
+apiserver needs (kubelet, logs, exec, port-forward, a webhook behind the node, and
+metrics through the aggregated API), each OK with a latency (a rate for the streams)
+or FAIL with a reason. Pure: it takes results and returns text, so the
 layout is tested without a lab.
 """
 
@@ -13,7 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-COLUMNS = ("NODE", "INTERNAL-IP", "TUNNEL-IP", "KUBELET", "LOGS", "WEBHOOK")
+COLUMNS = (
+    "NODE", "INTERNAL-IP", "TUNNEL-IP", "KUBELET", "LOGS", "EXEC", "PORT-FORWARD", "WEBHOOK",
+    "TOP",
+)  # fmt: skip
 CHECK_COLUMNS = COLUMNS[3:]
 GAP = "   "  # kubectl separates columns by three spaces
 
@@ -27,6 +31,10 @@ class CheckResult(Protocol):
     def latency_ms(self) -> float | None: ...
     @property
     def error(self) -> str | None: ...
+    @property
+    def rate(self) -> bool: ...
+    @property
+    def bytes(self) -> int: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,11 +44,15 @@ class NodeRow:
     tunnel_ip: str | None  # None: the node has no tunnel address (yet)
     kubelet: CheckResult
     logs: CheckResult
+    exec: CheckResult
+    port_forward: CheckResult
     webhook: CheckResult
+    top: CheckResult
 
     @property
-    def checks(self) -> tuple[CheckResult, CheckResult, CheckResult]:
-        return (self.kubelet, self.logs, self.webhook)
+    def checks(self) -> tuple[CheckResult, ...]:
+        """In CHECK_COLUMNS order."""
+        return (self.kubelet, self.logs, self.exec, self.port_forward, self.webhook, self.top)
 
 
 def format_latency(ms: float) -> str:
@@ -52,10 +64,22 @@ def format_latency(ms: float) -> str:
     return f"{ms:.0f}ms"
 
 
+def format_rate(nbytes: int, ms: float) -> str:
+    """`38MB/s`, `4.2MB/s`, `0.31MB/s` (10^6 bytes a second)."""
+    mb_s = nbytes / 1e6 / (ms / 1000) if ms > 0 else 0.0
+    if mb_s >= 10:
+        return f"{mb_s:.0f}MB/s"
+    return f"{mb_s:.1f}MB/s" if mb_s >= 1 else f"{mb_s:.2f}MB/s"
+
+
 def cell(result: CheckResult) -> str:
-    """`OK 2.1ms`, `OK`, `FAIL timeout`."""
+    """`OK 2.1ms`, `OK 38MB/s` (a stream), `OK`, `FAIL timeout`."""
     if result.ok:
-        return "OK" if result.latency_ms is None else f"OK {format_latency(result.latency_ms)}"
+        if result.latency_ms is None:
+            return "OK"
+        if result.rate and result.bytes:
+            return f"OK {format_rate(result.bytes, result.latency_ms)}"
+        return f"OK {format_latency(result.latency_ms)}"
     reason = " ".join((result.error or "failed").split())  # one line, whatever came in
     return f"FAIL {reason}"
 

@@ -48,6 +48,7 @@ class ProbeResult:
     latency_ms: float | None = None  # median over the attempts; None when none succeeded
     error: str | None = None
     bytes: int = 0
+    rate: bool = False  # a stream: the table shows bytes / latency, not the latency
 
     @classmethod
     def from_json(cls, text: str) -> ProbeResult:

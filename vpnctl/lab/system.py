@@ -226,6 +226,16 @@ class Lab:
 async def run_captured(
     argv: Sequence[str], *, input: str | None = None, timeout: float = 60.0
 ) -> tuple[int, str, str]:
+    code, out, err = await run_bytes(
+        argv, input=None if input is None else input.encode(), timeout=timeout
+    )
+    return code, out.decode(errors="replace"), err
+
+
+async def run_bytes(
+    argv: Sequence[str], *, input: bytes | None = None, timeout: float = 60.0
+) -> tuple[int, bytes, str]:
+    """Run ARGV with INPUT on stdin; (exit code, stdout, stderr), -1 on timeout."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
@@ -234,14 +244,12 @@ async def run_captured(
         env=environ_without_proxies(),
     )
     try:
-        out, err = await asyncio.wait_for(
-            proc.communicate(input.encode() if input is not None else None), timeout
-        )
+        out, err = await asyncio.wait_for(proc.communicate(input), timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        return -1, "", f"timed out after {timeout:g}s"
-    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+        return -1, b"", f"timed out after {timeout:g}s"
+    return proc.returncode or 0, out, err.decode(errors="replace")
 
 
 # --- bringing it up -----------------------------------------------------------------------------
