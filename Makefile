@@ -7,7 +7,7 @@ NODES ?= 3
 
 .PHONY: lab lab-down test lint deps system image-tools node-tools image k8s-bins node-bins charts bench bench-dataplane clean
 
-lab: deps
+lab: deps image-tools node-tools
 	$(PY) -m vpnctl lab up --nodes $(NODES)
 
 lab-down: deps

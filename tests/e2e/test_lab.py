@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -23,18 +24,19 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.secrets_scan import scan
 from vpnctl.controller.observe import parse_server_metrics
 from vpnctl.lab import lab_objects as lo
-from vpnctl.lab.checks import kubectl_logs
+from vpnctl.lab.checks import kubectl_exec, kubectl_logs, pod_sha256, port_forward_fetch
 from vpnctl.lab.dataplane import http_get, in_netns
+from vpnctl.lab.lab_objects import DEFAULT_LOG_LINES, log_line
 from vpnctl.lab.probe import check_lines
-from vpnctl.lab.standins import DEFAULT_LOG_LINES, log_line
-from vpnctl.lab.system import Lab, add_machine
-from vpnctl.reconcile.names import NODE_AGENT_NAME
+from vpnctl.lab.system import Lab, add_machine, replace_node
+from vpnctl.reconcile.names import COMPONENT_LABEL, COMPONENT_NODE_AGENT, NODE_AGENT_NAME
 
 from .conftest import LabRun, api_get, kubelet_ok, root_net_state, vpnctl
 
@@ -65,6 +67,19 @@ def kubectl(
         timeout=timeout,
         check=False,
     )
+
+
+AGENT_NAMESPACE = "vpnctl-system"
+
+
+def agent_pods(lab: Lab, node: str) -> list[dict[str, Any]]:
+    """The node agent DaemonSet's pods on NODE, as the tenant apiserver lists them."""
+    got = kubectl(lab, "get", "pods", "-n", AGENT_NAMESPACE, "-l",
+                  f"{COMPONENT_LABEL}={COMPONENT_NODE_AGENT}", "--field-selector",
+                  f"spec.nodeName={node}", "-o", "json")  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    items: list[dict[str, Any]] = json.loads(got.stdout)["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
 
 def connected_nodes(lab: Lab) -> dict[str, bool]:
@@ -147,9 +162,9 @@ def test_lab_up_prints_all_ok_for_three_nodes(lab_run: LabRun) -> None:
     rows = [ln for ln in out.splitlines() if ln.startswith("node-") and "198.19.0." in ln]
     assert [r.split()[0] for r in rows] == ["node-1", "node-2", "node-3"], out
     for row in rows:
-        assert row.count(" OK ") == 3, out
+        assert row.count(" OK ") == 6, out
         assert "FAIL" not in row, out
-    assert "3/3 nodes OK, 9/9 checks OK" in out
+    assert "3/3 nodes OK, 18/18 checks OK" in out
     assert "dev tun0" in out, "the apiserver's route to the nodes must be the tunnel"
     assert re.search(r"tenant-a\s+tenant-a\s+True\s+3\s+3", out), "vpnctl status: Ready, 3/3"
     print(out)
@@ -158,7 +173,7 @@ def test_lab_up_prints_all_ok_for_three_nodes(lab_run: LabRun) -> None:
 def test_lab_status_prints_the_same_table(lab_run: LabRun) -> None:
     status = vpnctl("lab", "status", *lab_run.args, timeout=120)
     assert status.returncode == 0, status.stdout + status.stderr
-    assert "3/3 nodes OK, 9/9 checks OK" in status.stdout
+    assert "3/3 nodes OK, 18/18 checks OK" in status.stdout
 
 
 # --- kubectl logs ---
@@ -255,6 +270,9 @@ def test_with_the_tunnel_down_the_same_requests_fail(lab_run: LabRun) -> None:
         )
         assert hook.returncode != 0
         assert "failed calling webhook" in hook.stderr, hook.stderr
+        exec_ = kubectl(lab, "exec", "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), "--",
+                        "true", "--request-timeout=6s")  # fmt: skip
+        assert exec_.returncode != 0
         assert not tcp_reachable(lab, str(node.internal_ip), node.kubelet_port, timeout=1.0)
     back = until(lambda: kubelet_ok(lab, node.name), timeout=60, every=0.2)
     assert back is not None, "the tunnel did not come back after the sidecar was thawed"
@@ -300,33 +318,88 @@ def test_deleting_a_machine_takes_its_node_off_the_tunnel_within_2s(lab_run: Lab
     time.sleep(3)
     assert connected_nodes(lab).get(node.name) is not True
     assert not kubelet_ok(lab, node.name)
-    assert lab.kubelet_status()["containers"][f"agent/{node.name}"]["pid"] is not None
+    (agent,) = agent_pods(lab, node.name)
+    assert agent["status"]["phase"] == "Running", agent["status"]
 
 
 def test_a_new_machine_makes_its_node_reachable_within_seconds(lab_run: LabRun) -> None:
-    """A new machine: the node boots with an empty state directory (new key, new CSR)."""
+    """A new machine for node-3: the old node is gone with its disk (the agent's key
+    too); a fresh node joins, the DaemonSet's agent pod starts there, makes its own key
+    and asks for its certificate; with a new Machine the node is reachable again."""
     lab = lab_run.lab
     node = lab.plan.node("node-3")
-    state = lab.agent_state_dir(node)
-    for f in state.glob("node.*"):
-        f.unlink()
-    pid = lab.kubelet_status()["containers"][f"agent/{node.name}"]["pid"]
-    assert isinstance(pid, int)
-    # The machine goes down hard (the agent's container and openvpn with it); the lab
-    # kubelet starts the DaemonSet's pod again, as on the new machine.
-    os.killpg(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    asyncio.run(replace_node(lab, node))
+    joined = time.monotonic() - t0
     asyncio.run(add_machine(lab, node, generation=2))
-    time.monotonic()
-    reachable = until(lambda: kubelet_ok(lab, node.name, timeout=1.0), timeout=60, every=0.2)
+    reachable = until(lambda: kubelet_ok(lab, node.name, timeout=1.0), timeout=90, every=0.2)
     print(
-        f"\nnew Machine for {node.name}: kubelet reachable through the tunnel after "
-        f"{reachable if reachable is None else round(reachable, 1)}s"
+        f"\nnew machine for {node.name}: node up (containerd, kubelet, images) in "
+        f"{joined:.1f}s; its kubelet reachable through the tunnel "
+        f"{reachable if reachable is None else round(reachable, 1)}s after its Machine"
     )
     assert reachable is not None
-    assert reachable < 30
-    assert (state / "node.key").exists(), "the node made its own key"
+    assert (lab.agent_state_dir(node) / "node.key").exists(), "the node made its own key"
     logs = asyncio.run(kubectl_logs(lab, node))
     assert logs.ok, logs.error
+
+
+def test_the_agent_pod_deleted_comes_back_and_reconnects_by_itself(lab_run: LabRun) -> None:
+    lab = lab_run.lab
+    node = lab.plan.node("node-2")
+    (before,) = agent_pods(lab, node.name)
+    gone = kubectl(lab, "delete", "pod", "-n", AGENT_NAMESPACE, before["metadata"]["name"],
+                   "--wait=false")  # fmt: skip
+    assert gone.returncode == 0, gone.stderr
+
+    def replaced_and_reachable() -> bool:
+        pods = agent_pods(lab, node.name)
+        fresh = [p for p in pods if p["metadata"]["uid"] != before["metadata"]["uid"]]
+        return bool(fresh) and kubelet_ok(lab, node.name, timeout=1.0)
+
+    took = until(replaced_and_reachable, timeout=90, every=0.2)
+    print(
+        f"\nagent pod on {node.name} deleted: a new one from the DaemonSet, the kubelet "
+        f"reachable again after {took if took is None else round(took, 1)}s"
+    )
+    assert took is not None
+
+
+# --- exec, port-forward: the streams users name first ---
+
+
+def test_exec_streams_200_mb_in_with_an_equal_checksum(lab_run: LabRun) -> None:
+    lab = lab_run.lab
+    node = lab.plan.node("node-1")
+    before = tun_bytes(lab)
+    result = asyncio.run(kubectl_exec(lab, node, nbytes=200 * 1024 * 1024))
+    crossed = tun_bytes(lab) - before
+    assert result.ok, result.error
+    assert result.latency_ms is not None
+    assert crossed >= 200 * 1024 * 1024, "the stream must have crossed the apiserver's tun0"
+    rate = result.bytes / 1e6 / (result.latency_ms / 1000)
+    print(f"\nkubectl exec -i: 200 MiB in {result.latency_ms / 1000:.1f}s ({rate:.1f} MB/s), "
+          f"sha256 equal; {crossed:,} bytes crossed tun0")  # fmt: skip
+
+
+def test_port_forward_brings_100_mb_out_with_an_equal_checksum(lab_run: LabRun) -> None:
+    lab = lab_run.lab
+    node = lab.plan.node("node-2")
+    made = kubectl(lab, "exec", "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), "--", "sh",
+                   "-c", "head -c 104857600 /dev/urandom > /www/big")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    expected = asyncio.run(pod_sha256(lab, node, "/www/big"))
+    assert expected is not None
+    before = tun_bytes(lab)
+    body, ms = asyncio.run(port_forward_fetch(lab, node, "/big"))
+    crossed = tun_bytes(lab) - before
+    assert len(body) == 104857600
+    assert hashlib.sha256(body).hexdigest() == expected
+    assert crossed >= len(body)
+    print(f"\nkubectl port-forward: 100 MiB in {ms / 1000:.1f}s "
+          f"({len(body) / 1e6 / (ms / 1000):.1f} MB/s), sha256 equal")  # fmt: skip
+    kubectl(lab, "exec", "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), "--", "rm",
+            "/www/big")  # fmt: skip
 
 
 # --- the tenant deletes what vpnctl installed ---

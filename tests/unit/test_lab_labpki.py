@@ -1,31 +1,12 @@
-"""What the lab provisions on a node: the kubelet's client certificate, and nothing else."""
+"""The lab's own serving certificates (stand-ins of the netns tier)."""
 
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vpnctl.lab import labpki
-from vpnctl.testenv.cluster_pki import write_cluster_pki
-
-
-def test_kubelet_client_certificate_is_the_nodes_identity(tmp_path: Path) -> None:
-    pki = write_cluster_pki(tmp_path / "pki", cluster_name="tenant-a", apiserver_ips=["198.18.0.2"])
-    pem = labpki.kubelet_client_pem(ca_cert=pki.ca.cert, ca_key=pki.ca.key, node="node-2")
-    cert = x509.load_pem_x509_certificate(pem)
-    key = serialization.load_pem_private_key(pem, password=None)
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:node:node-2"
-    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    assert [o.value for o in orgs] == ["system:nodes"]
-    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
-    ca = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
-    cert.verify_directly_issued_by(ca)
-    assert key.public_key() == cert.public_key()
 
 
 def test_serving_certificates_carry_the_names_the_apiserver_checks() -> None:

@@ -1,4 +1,5 @@
-"""The lab plays kubelet: it runs what vpnctl asked for as processes in the lab's namespaces.
+"""The lab plays the service cluster's kubelet: it runs the server and sidecar pods vpnctl asked
+for as processes in the lab's namespaces (to be replaced by a real kubelet, issue 11).
 
 vpnctl writes Kubernetes objects; something must turn them into running processes. In
 production that is the kubelets (plus a scheduler, a cloud load balancer and the hosted
@@ -25,17 +26,8 @@ service cluster's namespace (P-svc, from where both apiservers are reachable), p
 - **cluster DNS and kube-proxy** for the sidecar, collapsed into one `/etc/hosts` line
   (bind-mounted inside `ip netns exec`'s own mount namespace): the server Service's name
   resolves to the server pod's address.
-- **the tenant cluster's kubelets** for vpnctl's node agent DaemonSet: on every lab node
-  it runs the DaemonSet's container in that node's namespace, with `spec.nodeName` in
-  its env, the node's hostPath directories under `<state>/hosts/<node>/`, and the
-  service account's `ca.crt` (the tenant apiserver's CA, what `kube-root-ca.crt`
-  holds). A changed pod template restarts them (a rollout). The tenant cluster has no
-  controller-manager, so a deleted DaemonSet leaves the running agents alone (its
-  garbage collector would delete the pods; vpnctl puts the DaemonSet back either way).
-- **each node's provisioning**, where production has the machine's bootstrap data: the
-  kubelet client certificate (`system:node:<node>`, as TLS bootstrapping leaves it).
-  Nothing else: the node agent gets its certificate and its own tls-crypt-v2 client key
-  from vpnctl, through its CSR, into its state directory (`NodePaths.tls_crypt_v2`).
+The tenant's side is real: its nodes are `vpnctl.lab.realnode` nodes with real kubelets,
+which run vpnctl's node agent DaemonSet from our image.
 
 Every container is restarted when it exits (restartPolicy Always, backoff 1 s to 30 s);
 what runs where is written to `<state>/kubelet.json` for `lab status` and the tests.
@@ -54,7 +46,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,7 +54,6 @@ from typing import Any
 import aiohttp
 
 from vpnctl.kube import (
-    DAEMON_SET,
     LEASE,
     NODE,
     POD,
@@ -74,11 +65,9 @@ from vpnctl.kube import (
     NotFound,
     connect,
 )
-from vpnctl.lab import labpki
 from vpnctl.lab.kubelet_parts import (
     Container,
     KubeletConfig,
-    NodeConfig,
     PodSetConfig,
     Running,
     digest,
@@ -98,7 +87,6 @@ from vpnctl.lab.pods import (
 )
 from vpnctl.reconcile.errors import ReconcileError
 from vpnctl.reconcile.names import (
-    NODE_AGENT_NAME,
     TenantNames,
 )
 from vpnctl.reconcile.settings import Settings
@@ -106,21 +94,18 @@ from vpnctl.reconcile.settings import Settings
 _log = logging.getLogger("vpnctl.lab.kubelet")
 
 POD_POLL = 0.5
-TENANT_POLL = 1.0
 LEASE_RENEW = 10.0
 VOLUME_RESYNC = 60.0
 READINESS_PERIOD = 2.0
 
 
 class LabKubelet:
-    def __init__(self, *, config: KubeletConfig, service: Kube, tenant: Kube) -> None:
+    def __init__(self, *, config: KubeletConfig, service: Kube) -> None:
         self.cfg = config
         self.service = service
-        self.tenant = tenant
         self.names = TenantNames.for_cluster(config.cluster)
         self.settings = Settings(agent_image="lab")  # vpnctl run's defaults: ports, paths
         self.pods: dict[str, Running] = {}  # pod set name -> its running pod
-        self.agents: dict[str, Running] = {}  # tenant node name -> its agent
         self._http: aiohttp.ClientSession | None = None
         self._last_status = ""
 
@@ -135,7 +120,6 @@ class LabKubelet:
                 tasks = [
                     group.create_task(self._forever("node", self._node_once, LEASE_RENEW)),
                     group.create_task(self._forever("pods", self._pods_once, POD_POLL)),
-                    group.create_task(self._forever("tenant", self._tenant_once, TENANT_POLL)),
                 ]
                 await stop.wait()
                 for task in tasks:
@@ -160,13 +144,13 @@ class LabKubelet:
             await asyncio.sleep(period)
 
     async def _stop_all(self) -> None:
-        runs = [*self.pods.values(), *self.agents.values()]
+        runs = list(self.pods.values())
         await asyncio.gather(*(self._stop(r) for r in runs), return_exceptions=True)
         self._write_status()
 
     def _write_status(self) -> None:
         runs: dict[str, Any] = {}
-        for run in (*self.pods.values(), *self.agents.values()):
+        for run in self.pods.values():
             container = run.container.describe() if run.container is not None else {}
             extra = {k: v for k, v in run.extra.items() if k != "probed_at"}
             runs[run.key] = {**container, "ready": run.ready, **extra}
@@ -440,96 +424,6 @@ class LabKubelet:
         remove_tree(self.cfg.state / "k" / meta["uid"][:8])
         _log.info("event=pod_deleted pod=%s/%s", meta["namespace"], meta["name"])
 
-    # --- the tenant cluster's kubelets ------------------------------------------------
-
-    async def _tenant_once(self) -> None:
-        ns = self.settings.tenant_namespace
-        ds = await self.tenant.get(DAEMON_SET, NODE_AGENT_NAME, ns)
-        if ds is None:
-            if self.agents:
-                _log.info(
-                    "event=daemonset_missing ds=%s/%s running_agents_kept=%d",
-                    ns,
-                    NODE_AGENT_NAME,
-                    len(self.agents),
-                )
-            return
-        template = ds["spec"]["template"]
-        version = digest(template)
-        spec = template["spec"]
-        objects = await fetch_objects(self.tenant, ns, spec.get("volumes") or [])
-        for node in self.cfg.nodes:
-            run = self.agents.get(node.name)
-            if run is not None and run.version != version:
-                _log.info("event=agent_rollout node=%s", node.name)
-                await self._stop(run)
-                del self.agents[node.name]
-                run = None
-            if run is None:
-                self._provision(node)
-                run, container = self._agent(node, spec, version)
-                make_dirs(run.mounts, under=[self.cfg.state])
-                sync_volumes(run, objects)
-                container.start()
-                self.agents[node.name] = run
-                continue
-            if run.container is not None and run.container.pid is None:
-                # Between restarts (or wiped, like a new machine): provision again.
-                self._provision(node)
-            if sync_volumes(run, objects):
-                _log.info("event=volumes_updated pod=%s", run.key)
-
-    def _provision(self, node: NodeConfig) -> None:
-        client = self.cfg.kubelet_client_path(node.name)
-        if not client.exists():
-            labpki.write_private(
-                client,
-                labpki.kubelet_client_pem(
-                    ca_cert=Path(self.cfg.tenant_ca_cert),
-                    ca_key=Path(self.cfg.tenant_ca_key),
-                    node=node.name,
-                ),
-            )
-            _log.info("event=kubelet_client_issued node=%s", node.name)
-
-    def _agent(
-        self, node: NodeConfig, spec: Mapping[str, Any], version: str
-    ) -> tuple[Running, Container]:
-        container = spec["containers"][0]
-        pod_dir = self.cfg.state / "k" / f"agent-{node.name}"
-        sa_dir = pod_dir / "serviceaccount"
-        sa_dir.mkdir(parents=True, exist_ok=True)
-        (sa_dir / "ca.crt").write_bytes(Path(self.cfg.tenant_ca_cert).read_bytes())
-        mounts = pod_mounts(
-            spec,
-            container,
-            pod_dir=pod_dir,
-            host_root=self.cfg.host_root(node.name),
-            service_account_dir=sa_dir,
-        )
-        fields = {
-            "spec.nodeName": node.name,
-            "metadata.name": f"{NODE_AGENT_NAME}-{node.name}",
-            "metadata.namespace": self.settings.tenant_namespace,
-        }
-        process = Container(
-            name=f"agent-{node.name}",
-            netns=node.netns,
-            argv=self._python(container_argv(container, mounts)),
-            env=container_env(container, fields=fields),
-            log_path=self._log_path(f"agent-{node.name}"),
-        )
-        run = Running(
-            key=f"agent/{node.name}",
-            container=process,
-            pod_dir=pod_dir,
-            mounts=mounts,
-            volumes=list(spec.get("volumes") or []),
-            version=version,
-            extra={"node": node.name},
-        )
-        return run, process
-
     # --- helpers ------------------------------------------------------------------------
 
     def _python(self, argv: list[str]) -> list[str]:
@@ -555,18 +449,11 @@ async def amain(config_file: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     service = await connect(kubeconfig=cfg.service_kubeconfig)
-    tenant = await connect(kubeconfig=cfg.tenant_kubeconfig)
-    _log.info(
-        "event=lab_kubelet_started service=%s tenant=%s nodes=%d",
-        service.server,
-        tenant.server,
-        len(cfg.nodes),
-    )
+    _log.info("event=lab_kubelet_started service=%s", service.server)
     try:
-        await LabKubelet(config=cfg, service=service, tenant=tenant).run(stop)
+        await LabKubelet(config=cfg, service=service).run(stop)
     finally:
         await service.close()
-        await tenant.close()
     _log.info("event=lab_kubelet_stopped")
     return 0
 

@@ -34,7 +34,6 @@ from vpnctl.lab.pods import (
     volume_files,
     write_volume,
 )
-from vpnctl.reconcile.agentdocs import NodePaths
 
 _log = logging.getLogger("vpnctl.lab.kubelet")
 
@@ -42,14 +41,6 @@ STOP_GRACE = 10.0
 
 
 # --- configuration -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class NodeConfig:
-    """A worker node of the tenant cluster."""
-
-    name: str
-    netns: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,13 +72,10 @@ class KubeletConfig:
     load_balancer_ip: str  # what the server Service's load balancer gets
     pod_sets: tuple[PodSetConfig, ...]
     tenant_ca_cert: str  # the tenant apiserver's CA: the pods' service account ca.crt
-    tenant_ca_key: str  # signs each node's kubelet client certificate
-    nodes: tuple[NodeConfig, ...]
 
     @classmethod
     def load(cls, path: Path) -> KubeletConfig:
         doc = json.loads(path.read_text())
-        doc["nodes"] = tuple(NodeConfig(**n) for n in doc["nodes"])
         doc["pod_sets"] = tuple(
             PodSetConfig(**{**p, "run_containers": tuple(p["run_containers"])})
             for p in doc["pod_sets"]
@@ -100,17 +88,6 @@ class KubeletConfig:
     @property
     def state(self) -> Path:
         return Path(self.state_dir)
-
-    def host_root(self, node: str) -> Path:
-        """The lab node's own filesystem (its hostPath volumes)."""
-        return self.state / "hosts" / node
-
-    def kubelet_client_path(self, node: str) -> Path:
-        return self.host_root(node) / "var/lib/kubelet/pki" / NodePaths.kubelet_client_file
-
-    def node_state_dir(self, node: str) -> Path:
-        """The node agent's hostPath state directory (its key, certificate, tls-crypt key)."""
-        return self.host_root(node) / NodePaths.state_dir.lstrip("/")
 
 
 def status_path(state: Path) -> Path:

@@ -233,6 +233,11 @@ def machine_status(node: NodePlan) -> dict[str, Any]:
 # --- the tenant cluster -------------------------------------------------------------------------
 
 
+def log_line(node: str, pod: str, k: int) -> str:
+    """Line K (0-based) of NODE's workload pod POD's log, without the newline."""
+    return f"{node} {pod} line {k:08d}"
+
+
 def workload_objects(plan: LabPlan, *, image: str) -> list[dict[str, Any]]:
     """The tenant's own workloads, in create order: the namespace and per node a pod
     (`node_pod`)."""

@@ -52,13 +52,20 @@ from vpnctl.lab.address_plan import LabPlan, NodePlan, make_plan
 from vpnctl.lab.dataplane import Proc, kill_recorded, write_json_atomic
 from vpnctl.lab.kubelet_parts import KubeletConfig, PodSetConfig, config_path, status_path
 from vpnctl.lab.realnode.node_images import NodeImages, ensure_node_images
-from vpnctl.lab.realnode.tenant_node import NodeSpec, NodeStartError, RealNode, stop_recorded_node
+from vpnctl.lab.realnode.tenant_node import (
+    NodeCluster,
+    NodeSpec,
+    NodeStartError,
+    RealNode,
+    stop_recorded_node,
+)
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
 from vpnctl.reconcile.agentdocs import NodePaths
 from vpnctl.reconcile.names import COMPONENT_SERVER, selector_labels
 from vpnctl.reconcile.service_objects import APISERVER_CONTAINER, SERVER_CONTAINER
 from vpnctl.testenv.build import Binaries
 from vpnctl.testenv.cluster import ServiceCluster, TenantCluster, stop_recorded_cluster
+from vpnctl.testenv.cluster_pki import ClusterPKI
 from vpnctl.testenv.procs import environ_without_proxies, netns_argv
 
 PY = sys.executable
@@ -370,7 +377,7 @@ async def start_node(
     lab: Lab,
     node: NodePlan,
     *,
-    cluster: TenantCluster,
+    cluster: NodeCluster,
     binaries: Binaries,
     images: NodeImages,
     product: ProductImage,
@@ -398,6 +405,47 @@ async def start_node(
         ) from exc
     real.record()
     return real
+
+
+@dataclass(frozen=True)
+class LabTenant:
+    """The hosted tenant control plane as a node sees it (`NodeCluster`), from the lab's
+    state, so any process can add a node to a running lab."""
+
+    lab: Lab
+
+    @property
+    def name(self) -> str:
+        return lo.CLUSTER_NAME
+
+    @property
+    def server_url(self) -> str:
+        return self.lab.tenant_url
+
+    @property
+    def pki(self) -> ClusterPKI:
+        return ClusterPKI.load(self.lab.tenant_dir / "pki")
+
+    async def kubectl(self, *args: str, input: str | bytes | None = None) -> str:
+        text = input.decode() if isinstance(input, bytes) else input
+        return await self.lab.kubectl(*args, cluster="tenant", input=text)
+
+
+async def replace_node(lab: Lab, node: NodePlan) -> RealNode:
+    """NODE's machine replaced, as a new Machine would be: the old node is gone with its
+    disk (the agent's key too) and its Node object (CAPI deletes it); a fresh node with
+    the same name and address joins, and the DaemonSet's agent pod starts on it."""
+    from vpnctl.testenv import ensure_binaries
+
+    await stop_recorded_node(lab.node_dir(node))
+    await lab.kubectl("delete", "node", node.name, "--ignore-not-found", cluster="tenant")
+    binaries, images, product = await asyncio.gather(
+        asyncio.to_thread(ensure_binaries, with_nodes=True),
+        asyncio.to_thread(ensure_node_images),
+        product_image(),
+    )
+    return await start_node(lab, node, cluster=LabTenant(lab), binaries=binaries,
+                            images=images, product=product)  # fmt: skip
 
 
 def _save_procs(lab: Lab, procs: dict[str, Proc]) -> None:
@@ -471,8 +519,6 @@ def kubelet_config(lab: Lab) -> KubeletConfig:
             ),
         ),
         tenant_ca_cert=str(lab.tenant_ca),
-        tenant_ca_key=str(lab.tenant_dir / "pki" / "ca.key"),
-        nodes=(),
     )
 
 

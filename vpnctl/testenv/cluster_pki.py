@@ -51,6 +51,25 @@ class ClusterPKI:
     def ca_pem(self) -> bytes:
         return self.ca.cert.read_bytes()
 
+    @classmethod
+    def load(cls, directory: Path) -> ClusterPKI:
+        """The PKI ``write_cluster_pki`` wrote into ``directory`` (another process's)."""
+
+        def pair(stem: str) -> CertFiles:
+            return CertFiles(cert=directory / f"{stem}.crt", key=directory / f"{stem}.key")
+
+        return cls(
+            dir=directory,
+            ca=pair("ca"),
+            apiserver=pair("apiserver"),
+            admin=pair("admin"),
+            controller_manager=pair("controller-manager"),
+            apiserver_kubelet_client=pair("apiserver-kubelet-client"),
+            scheduler=pair("scheduler"),
+            sa_key=directory / "sa.key",
+            sa_pub=directory / "sa.pub",
+        )
+
 
 def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())

@@ -31,15 +31,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self
 
 import yaml
 
 from vpnctl.lab.realnode import node_host
 from vpnctl.lab.realnode.node_images import NodeImages
 from vpnctl.testenv.build import Binaries
-from vpnctl.testenv.cluster import KubeCluster
-from vpnctl.testenv.cluster_pki import CertFiles, issue_from_ca, write_kubeconfig
+from vpnctl.testenv.cluster_pki import CertFiles, ClusterPKI, issue_from_ca, write_kubeconfig
 from vpnctl.testenv.procs import ManagedProcess, check_all_running, start_registered
 
 START_TIMEOUT = 120.0
@@ -64,6 +63,19 @@ class NodeSpec:
     cluster_cidr: str  # every node's pods, for kube-proxy
 
 
+class NodeCluster(Protocol):
+    """What a node needs of its cluster: its name, URL, CA (to issue the node's
+    certificates as kubeadm would) and kubectl as its admin. `KubeCluster` is one."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def server_url(self) -> str: ...
+    @property
+    def pki(self) -> ClusterPKI: ...
+    async def kubectl(self, *args: str, input: str | bytes | None = None) -> str: ...
+
+
 class RealNode:
     """Create with ``launch()``; ``stop()`` is idempotent and leaves nothing."""
 
@@ -72,7 +84,7 @@ class RealNode:
         spec: NodeSpec,
         *,
         root: Path,
-        cluster: KubeCluster,
+        cluster: NodeCluster,
         binaries: Binaries,
         images: NodeImages,
         die_with_parent: bool = True,
@@ -98,7 +110,7 @@ class RealNode:
         spec: NodeSpec,
         *,
         root: Path,
-        cluster: KubeCluster,
+        cluster: NodeCluster,
         binaries: Binaries,
         images: NodeImages,
         timeout: float = START_TIMEOUT,
