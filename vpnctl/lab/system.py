@@ -279,7 +279,8 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
     from vpnctl.testenv import ensure_binaries
 
     step = _Steps(say, 8)
-    step(f"network namespaces: {len(plan.namespaces)} under prefix {plan.prefix!r}")
+    made = len(plan.infra_namespaces) + len(plan.nodes)  # no P-p<i>: CNI makes the pods'
+    step(f"network namespaces: {made} under prefix {plan.prefix!r}")
     await build_underlay(plan, pod_namespaces=False)
 
     step("Kubernetes binaries, node images and vpnctl's image (built once, then cached)")
