@@ -148,6 +148,8 @@ def tenant(
     )
 
 
+API_SERVER = "https://203.0.113.10:6443"  # the tenant apiserver as the nodes reach it
+
 CASES = {
     "defaults": dict(
         settings=Settings(agent_image="registry.example/vpnctl:1.0.0"),
@@ -195,13 +197,16 @@ async def test_agent_chart_renders_what_the_controller_installs(
 ) -> None:
     settings: Settings = case["settings"]
     t = tenant(**case["tenant"])
-    role = node_role_config(tenant=t, settings=settings, remotes=case["remotes"])
+    role = node_role_config(
+        tenant=t, settings=settings, remotes=case["remotes"], bootstrap_server=API_SERVER
+    )
     built = tenant_objects(
         cluster_name="tenant-a", settings=settings, role_config=role, ca_pem=CA_PEM
     )
     values = {
         **case["values"],
         "clusterName": "tenant-a",
+        "apiServer": API_SERVER,
         "caCert": CA_PEM.decode(),
         "server": {
             "protocol": t.spec.transport.protocol,
@@ -271,6 +276,9 @@ async def test_agent_chart_pod_is_confined_and_makes_its_own_tun(
     [
         ({"clusterName": ""}, "clusterName is required"),
         ({"caCert": ""}, "caCert is required"),
+        ({"apiServer": ""}, "apiServer is required"),
+        ({"apiServer": "http://203.0.113.10:6443"}, "is not an https URL without a path"),
+        ({"apiServer": "https://203.0.113.10:6443/api"}, "is not an https URL without a path"),
         ({"caCert": "LS0tLS1CRUdJTi..."}, "caCert is not a PEM certificate"),
         ({"server": {"remotes": []}}, "server.remotes is required"),
         ({"server": {"remotes": [{"host": "x", "port": "1194"}]}}, "/server/remotes/0/port"),

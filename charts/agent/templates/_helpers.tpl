@@ -47,7 +47,18 @@ vpnctl.reconcile.diff.digest does, so a config change rolls the pods.
       "key" "/var/lib/vpnctl/node.key"
       "tls_crypt_v2" "/var/lib/vpnctl/tls-crypt-v2-client.key"
       "management" "/run/vpnctl/client.sock" -}}
+{{- $apiServer := required "apiServer is required: the tenant apiserver's URL as the nodes reach it, the server of the cluster's <cluster>-kubeconfig (CAPI's controlPlaneEndpoint), like https://203.0.113.10:6443; each node asks it for its tunnel certificate" .Values.apiServer -}}
+{{- if not (regexMatch "^https://[^/]+/?$" $apiServer) -}}
+{{- fail (printf "apiServer %q is not an https URL without a path, like https://203.0.113.10:6443" $apiServer) -}}
+{{- end -}}
+{{- $client := printf "%s/kubelet-client-current.pem" (trimSuffix "/" .Values.kubeletPkiDir) -}}
+{{- $bootstrap := dict
+      "server" (trimSuffix "/" $apiServer)
+      "ca" "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+      "client_cert" $client
+      "client_key" $client -}}
 {{- $doc := dict
+      "bootstrap" $bootstrap
       "health_address" (printf "0.0.0.0:%d" (int .Values.healthPort))
       "state_dir" "/var/lib/vpnctl"
       "openvpn" $openvpn
