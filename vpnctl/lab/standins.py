@@ -29,13 +29,9 @@ from aiohttp import web
 # (vpnctl.lab.realnode); the stand-ins answer the same way until they are removed.
 from vpnctl.lab.realnode.admission_server import DENY_LABEL as DENY_LABEL
 from vpnctl.lab.realnode.admission_server import admission_response as admission_response
+from vpnctl.lab.realnode.workloads import log_line as log_line
 
 log = logging.getLogger(__name__)
-
-
-def log_line(node: str, pod: str, k: int) -> str:
-    """Line K (0-based) of every container log of POD on NODE, without the newline."""
-    return f"{node} {pod} line {k:08d}"
 
 DEFAULT_LOG_LINES = 100_000
 LINES_PER_CHUNK = 2_000
