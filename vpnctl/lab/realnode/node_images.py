@@ -11,7 +11,7 @@
 Each of ours is one uncompressed layer written as an OCI image layout in a tar archive
 by hand (a layer, a config, a manifest and an index), which
 ``ctr -n k8s.io images import`` loads. Archives are cached in
-``$VPNCTL_CACHE/images/`` under a key made of their inputs (the files' content), and
+``$VPNCTL_CACHE/images/node/`` under a key made of their inputs (the files' content), and
 tagged with it, so a changed input makes a new image and a warm run only hashes them.
 """
 
@@ -211,10 +211,12 @@ def _ensure_image(
     links: Sequence[tuple[str, str]],
 ) -> NodeImage:
     ref = f"localhost/{name}:{key}"
-    archive = cache / f"{name}-{key}.oci.tar"
+    # A folder of their own: scripts/build-image.py prunes vpnctl-*.oci.tar in `cache`.
+    archive = cache / "node" / f"{name}-{key}.oci.tar"
+    archive.parent.mkdir(exist_ok=True)
     if not archive.exists():
         data = _oci_archive(ref, key, entrypoint=entrypoint, files=files, links=links)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=cache)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=archive.parent)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         os.replace(tmp, archive)
