@@ -108,7 +108,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(400, f"bad AdmissionReview: {exc}\n".encode(), "text/plain")
             return
         response = answer["response"]
-        log_event("admission_reviewed", uid=response["uid"], allowed=response["allowed"])
+        # The peer shows the path: behind a Service it is whoever masqueraded the call.
+        log_event(
+            "admission_reviewed",
+            uid=response["uid"],
+            allowed=response["allowed"],
+            peer=self.client_address[0],
+        )
         self._send(200, json.dumps(answer).encode(), "application/json")
 
     def _send(self, code: int, body: bytes, content_type: str) -> None:
