@@ -30,6 +30,7 @@ from certs import new_ca
 from tests.nodes.two_nodes import NODES, assert_nothing_left, two_nodes, wait_for
 from vpnctl.lab.lab_objects import WORKLOAD_NAMESPACE
 from vpnctl.lab.probe import check_lines
+from vpnctl.lab.realnode import metrics_server_objects as ms
 from vpnctl.lab.realnode import workloads as wl
 from vpnctl.lab.realnode.node_images import NodeImages, ensure_node_images, ensure_vpnctl_image
 from vpnctl.testenv import Binaries, TenantCluster
@@ -108,7 +109,7 @@ async def test_tenant_workloads(
         ours = {
             *(f"{NS}/{f(n)}" for n in NODE_NAMES for f in (
                 wl.log_pod_name, wl.web_pod_name, wl.webhook_name)),
-            f"{wl.METRICS_NAMESPACE}/{wl.METRICS_SERVER}-",
+            f"{ms.METRICS_NAMESPACE}/{ms.METRICS_SERVER}-",
         }  # fmt: skip
 
         async def top_pods() -> dict[str, list[str]] | None:

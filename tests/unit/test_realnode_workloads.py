@@ -22,6 +22,7 @@ from certs import new_ca
 from vpnctl.lab import lab_objects
 from vpnctl.lab.address_plan import make_plan
 from vpnctl.lab.probe import check_lines
+from vpnctl.lab.realnode import metrics_server_objects as ms
 from vpnctl.lab.realnode import workloads as wl
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -179,25 +180,25 @@ def test_webhook_configuration_targets_its_service_and_matches_the_lab() -> None
 
 def test_metrics_server_flags_rbac_and_apiservice() -> None:
     index = _index()
-    ms = index["Deployment", wl.METRICS_NAMESPACE, wl.METRICS_SERVER]
-    (c,) = ms["spec"]["template"]["spec"]["containers"]
+    deployment = index["Deployment", ms.METRICS_NAMESPACE, ms.METRICS_SERVER]
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
     args = c["args"]
     for flag in (
         "--kubelet-preferred-address-types=InternalIP",
-        f"--kubelet-certificate-authority={wl.SERVICE_ACCOUNT_CA}",
+        f"--kubelet-certificate-authority={ms.SERVICE_ACCOUNT_CA}",
         "--metric-resolution=15s",
-        f"--secure-port={wl.METRICS_PORT}",
+        f"--secure-port={ms.METRICS_PORT}",
     ):
         assert flag in args
-    assert c["ports"][0]["containerPort"] == wl.METRICS_PORT
+    assert c["ports"][0]["containerPort"] == ms.METRICS_PORT
 
-    api = index["APIService", "", wl.METRICS_APISERVICE]
+    api = index["APIService", "", ms.METRICS_APISERVICE]
     assert api["metadata"]["name"] == f"{api['spec']['version']}.{api['spec']['group']}"
     ref = api["spec"]["service"]
     service = index["Service", ref["namespace"], ref["name"]]
     assert ref["port"] in [p["port"] for p in service["spec"]["ports"]]
     assert base64.b64decode(api["spec"]["caBundle"]) == CA.cert_pem
-    secret = index["Secret", wl.METRICS_NAMESPACE, f"{wl.METRICS_SERVER}-tls"]
+    secret = index["Secret", ms.METRICS_NAMESPACE, f"{ms.METRICS_SERVER}-tls"]
     cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "metrics-server.kube-system.svc" in names.get_values_for_type(x509.DNSName)

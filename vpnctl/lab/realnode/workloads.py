@@ -1,10 +1,8 @@
 """The tenant's own workloads on real nodes, as plain dicts: what a tenant runs that the
 hosted apiserver has to reach through vpnctl's tunnel.
 
-- **metrics-server**, an aggregated API (``v1beta1.metrics.k8s.io``): the apiserver
-  dials its Service's ClusterIP (aggregator routing off), and it dials every kubelet's
-  InternalIP, verifying the kubelet's serving certificate with the tenant CA (the
-  service account's ``ca.crt``). ``kubectl top`` needs both paths.
+- **metrics-server** (``metrics_server_objects``), an aggregated API: the apiserver
+  dials its Service's ClusterIP, and it dials every kubelet's InternalIP.
 - **an admission webhook per node** (``admission_server.py``, shipped in a ConfigMap
   and run with ``python3`` from vpnctl's image), pinned to that node; its
   ValidatingWebhookConfiguration sends it only ConfigMaps labelled for that node, so
@@ -21,13 +19,11 @@ the objects without a cluster. Every image is local (``imagePullPolicy: Never``)
 
 from __future__ import annotations
 
-import base64
 import importlib.resources
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from certs import Issued, new_server_cert
 from vpnctl.lab.address_plan import WEBHOOK_PORT
@@ -38,22 +34,24 @@ from vpnctl.lab.lab_objects import (
     WORKLOAD_NAMESPACE,
 )
 from vpnctl.lab.realnode.admission_server import DENY_LABEL
+from vpnctl.lab.realnode.metrics_server_objects import (
+    metrics_server_dns_name,
+    metrics_server_objects,
+)
+from vpnctl.lab.realnode.object_parts import (
+    NOBODY,
+    Object,
+    ServingTLS,
+    b64,
+    restricted,
+    tls_secret,
+)
 
-Object = dict[str, Any]
-
-METRICS_NAMESPACE = "kube-system"
-METRICS_SERVER = "metrics-server"
-METRICS_PORT = 4443  # in the pod; the Service listens on 443
-METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
-METRICS_LABELS = {"k8s-app": METRICS_SERVER}
 WEB_PORT = 8080
 WEB_BLOB = "/www/blob"
 WEBHOOK_SCRIPT = "admission_server.py"
 WEBHOOK_SCRIPT_CONFIGMAP = "admission-server"
-# The tenant CA as every pod sees it; it also issued the kubelets' serving certificates.
-SERVICE_ACCOUNT_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 VPNCTL_UID = 65532  # the user vpnctl's image runs as
-NOBODY = 65534
 DEFAULT_LOG_LINES = 10_000
 DEFAULT_BLOB_BYTES = 4 * 1024 * 1024
 _NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -66,18 +64,6 @@ class WorkloadImages:
     busybox: str
     metrics_server: str
     vpnctl: str  # has python3: runs the admission webhook
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServingTLS:
-    """Serving certificates of the webhook and metrics-server Services, by DNS name,
-    and the CA that issued them (the APIService's and webhooks' caBundle)."""
-
-    ca_pem: bytes
-    certs: Mapping[str, Issued]
-
-    def __repr__(self) -> str:
-        return f"ServingTLS(certs={sorted(self.certs)})"
 
 
 # --- names ------------------------------------------------------------------------------
@@ -103,10 +89,6 @@ def webhook_name(node: str) -> str:
 def webhook_dns_name(node: str) -> str:
     """The name the apiserver checks the webhook's certificate against."""
     return f"{webhook_name(node)}.{WORKLOAD_NAMESPACE}.svc"
-
-
-def metrics_server_dns_name() -> str:
-    return f"{METRICS_SERVER}.{METRICS_NAMESPACE}.svc"
 
 
 def serving_dns_names(nodes: Sequence[str]) -> list[str]:
@@ -169,157 +151,6 @@ def as_list(objects: Sequence[Object]) -> Object:
     return {"apiVersion": "v1", "kind": "List", "items": list(objects)}
 
 
-# --- metrics-server ---------------------------------------------------------------------
-
-
-def metrics_server_objects(*, image: str, tls: ServingTLS) -> list[Object]:
-    """ServiceAccount, RBAC, TLS Secret, Deployment, Service and APIService.
-
-    RBAC, in upstream's meaning: read pods and nodes and the kubelets' metrics; review
-    tokens and access (auth-delegator) and read the apiserver's front-proxy CA
-    (``extension-apiserver-authentication`` in kube-system), which an aggregated API
-    server needs to trust the apiserver's calls; and a reader role of the metrics API
-    aggregated into view, edit and admin.
-    """
-    ns = METRICS_NAMESPACE
-    sa = {"kind": "ServiceAccount", "name": METRICS_SERVER, "namespace": ns}
-    meta = {"namespace": ns, "labels": METRICS_LABELS}
-    secret = f"{METRICS_SERVER}-tls"
-    rbac = "rbac.authorization.k8s.io/v1"
-    read = ["get", "list", "watch"]
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": METRICS_SERVER, **meta},
-        },
-        {
-            "apiVersion": rbac,
-            "kind": "ClusterRole",
-            "metadata": {"name": "vpnctl:metrics-server", "labels": METRICS_LABELS},
-            "rules": [
-                {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
-                {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": read},
-            ],
-        },
-        {
-            "apiVersion": rbac,
-            "kind": "ClusterRole",
-            "metadata": {
-                "name": "vpnctl:metrics-reader",
-                "labels": {
-                    **METRICS_LABELS,
-                    "rbac.authorization.k8s.io/aggregate-to-view": "true",
-                    "rbac.authorization.k8s.io/aggregate-to-edit": "true",
-                    "rbac.authorization.k8s.io/aggregate-to-admin": "true",
-                },
-            },
-            "rules": [
-                {
-                    "apiGroups": ["metrics.k8s.io"],
-                    "resources": ["pods", "nodes"],
-                    "verbs": read,
-                }
-            ],
-        },
-        _binding("ClusterRoleBinding", "vpnctl:metrics-server", "vpnctl:metrics-server", sa),
-        _binding(
-            "ClusterRoleBinding",
-            "vpnctl:metrics-server:auth-delegator",
-            "system:auth-delegator",
-            sa,
-        ),
-        _binding(
-            "RoleBinding",
-            "vpnctl:metrics-server:auth-reader",
-            "extension-apiserver-authentication-reader",
-            sa,
-            namespace="kube-system",
-        ),
-        _tls_secret(secret, ns, tls.certs[metrics_server_dns_name()]),
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": METRICS_SERVER, **meta},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": METRICS_LABELS},
-                "template": {
-                    "metadata": {"labels": METRICS_LABELS},
-                    "spec": {
-                        "serviceAccountName": METRICS_SERVER,
-                        "terminationGracePeriodSeconds": 1,
-                        "containers": [_metrics_server_container(image)],
-                        "volumes": [
-                            {"name": "tmp", "emptyDir": {}},
-                            {"name": "tls", "secret": {"secretName": secret}},
-                        ],
-                    },
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": METRICS_SERVER, **meta},
-            "spec": {
-                "selector": METRICS_LABELS,
-                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": "https"}],
-            },
-        },
-        {
-            "apiVersion": "apiregistration.k8s.io/v1",
-            "kind": "APIService",
-            "metadata": {"name": METRICS_APISERVICE, "labels": METRICS_LABELS},
-            "spec": {
-                "group": "metrics.k8s.io",
-                "version": "v1beta1",
-                "groupPriorityMinimum": 100,
-                "versionPriority": 100,
-                "service": {"name": METRICS_SERVER, "namespace": ns, "port": 443},
-                "caBundle": _b64(tls.ca_pem),
-            },
-        },
-    ]
-
-
-def _metrics_server_container(image: str) -> Object:
-    return {
-        "name": METRICS_SERVER,
-        "image": image,
-        "imagePullPolicy": "Never",
-        "command": ["/metrics-server"],
-        "args": [
-            "--cert-dir=/tmp",
-            f"--secure-port={METRICS_PORT}",
-            "--tls-cert-file=/tls/tls.crt",
-            "--tls-private-key-file=/tls/tls.key",
-            "--kubelet-preferred-address-types=InternalIP",
-            "--kubelet-use-node-status-port",
-            f"--kubelet-certificate-authority={SERVICE_ACCOUNT_CA}",
-            "--metric-resolution=15s",
-        ],
-        "ports": [{"name": "https", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        # /readyz turns ready once a first scrape is stored: only then does the
-        # Service (and so the APIService) send requests to it.
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "https", "scheme": "HTTPS"},
-            "periodSeconds": 2,
-            "failureThreshold": 3,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/livez", "port": "https", "scheme": "HTTPS"},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
-        "securityContext": _restricted(NOBODY),
-        "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "tls", "mountPath": "/tls", "readOnly": True},
-        ],
-    }
-
-
 # --- per node ---------------------------------------------------------------------------
 
 
@@ -342,7 +173,7 @@ def log_pod(node: str, *, image: str, lines: int = DEFAULT_LOG_LINES) -> Object:
             "image": image,
             "imagePullPolicy": "Never",
             "command": ["/bin/sh", "-c", f"awk '{program}' && exec sleep 2147483647"],
-            "securityContext": _restricted(NOBODY),
+            "securityContext": restricted(NOBODY),
         },
     )
 
@@ -393,7 +224,7 @@ def webhook_objects(node: str, *, image: str, tls: ServingTLS) -> list[Object]:
             "httpGet": {"path": "/healthz", "port": "https", "scheme": "HTTPS"},
             "periodSeconds": 1,
         },
-        "securityContext": _restricted(VPNCTL_UID),
+        "securityContext": restricted(VPNCTL_UID),
         "volumeMounts": [
             {"name": "program", "mountPath": "/webhook", "readOnly": True},
             {"name": "tls", "mountPath": "/tls", "readOnly": True},
@@ -405,7 +236,7 @@ def webhook_objects(node: str, *, image: str, tls: ServingTLS) -> list[Object]:
         {"name": "tls", "secret": {"secretName": secret}},
     ]
     return [
-        _tls_secret(secret, ns, tls.certs[webhook_dns_name(node)]),
+        tls_secret(secret, ns, tls.certs[webhook_dns_name(node)]),
         pod,
         {
             "apiVersion": "v1",
@@ -459,7 +290,7 @@ def validating_webhook(node: str, *, ca_pem: bytes) -> Object:
                         "path": "/validate",
                         "port": WEBHOOK_SERVICE_PORT,
                     },
-                    "caBundle": _b64(ca_pem),
+                    "caBundle": b64(ca_pem),
                 },
             }
         ],
@@ -506,47 +337,3 @@ def _pod(name: str, node: str, *, labels: Mapping[str, str], container: Object) 
             "containers": [container],
         },
     }
-
-
-def _restricted(uid: int) -> Object:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": uid,
-        "runAsGroup": uid,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-    }
-
-
-def _binding(
-    kind: str, name: str, role: str, subject: Mapping[str, str], *, namespace: str | None = None
-) -> Object:
-    meta: Object = {"name": name, "labels": METRICS_LABELS}
-    if namespace is not None:
-        meta["namespace"] = namespace
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": kind,
-        "metadata": meta,
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole" if kind == "ClusterRoleBinding" else "Role",
-            "name": role,
-        },
-        "subjects": [dict(subject)],
-    }
-
-
-def _tls_secret(name: str, namespace: str, issued: Issued) -> Object:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "type": "kubernetes.io/tls",
-        "data": {"tls.crt": _b64(issued.cert_pem), "tls.key": _b64(issued.key_pem)},
-    }
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
