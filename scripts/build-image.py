@@ -36,6 +36,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Bump when the way the image is made changes in a way the inputs below don't show.
 RECIPE_VERSION = "1"
 IMAGE_NAME = "localhost/vpnctl"
+ARCHIVE_RE = re.compile(r"vpnctl-[0-9a-f]{16}\.oci\.tar")
 BASE_NAME = "localhost/vpnctl-base"
 UID = 65532
 
@@ -373,7 +375,9 @@ def save_archive(ref: str, archive: Path) -> None:
 def prune(cache: Path, keep: str, *, recent: int = 3) -> None:
     """Older images of ours go, their archives and their tags in buildah's storage;
     KEEP and the RECENT newest stay (several checkouts may share the cache)."""
-    archives = sorted(cache.glob("vpnctl-*.oci.tar"), key=lambda p: p.stat().st_mtime)
+    # Only vpnctl-<key>.oci.tar: other images share the folder (vpnctl-pause-<key>, ...).
+    ours = [p for p in cache.glob("vpnctl-*.oci.tar") if ARCHIVE_RE.fullmatch(p.name)]
+    archives = sorted(ours, key=lambda p: p.stat().st_mtime)
     for old in archives[:-recent]:
         key = old.name.removeprefix("vpnctl-").removesuffix(".oci.tar")
         if key == keep:

@@ -1,50 +1,9 @@
 import argparse
-from typing import Any
 
 import pytest
 
 from vpnctl.lab.probe import ProbeResult, check_lines
-from vpnctl.lab.standins import DENY_LABEL, admission_response, log_line, parse_listen
-
-
-def _review(labels: dict[str, str] | None, *, op: str = "CREATE") -> dict[str, Any]:
-    obj = {"metadata": {"name": "cm", "labels": labels}} if labels is not None else None
-    request: dict[str, Any] = {"uid": "u-1", "operation": op, "object": obj}
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
-
-
-def test_admission_allows_unlabelled_and_echoes_the_uid() -> None:
-    answer = admission_response(_review({"app": "x"}))
-    assert answer == {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "response": {"uid": "u-1", "allowed": True},
-    }
-    assert admission_response(_review({DENY_LABEL: "false"}))["response"]["allowed"] is True
-    assert admission_response(_review(None, op="CONNECT"))["response"]["allowed"] is True
-
-
-def test_admission_denies_the_deny_label_with_a_message() -> None:
-    response = admission_response(_review({DENY_LABEL: "true"}))["response"]
-    assert response["allowed"] is False
-    assert response["status"]["code"] == 403
-    assert "'cm'" in response["status"]["message"]
-    assert f"{DENY_LABEL}=true" in response["status"]["message"]
-
-
-def test_admission_denies_deleting_a_labelled_object_from_old_object() -> None:
-    review = _review(None, op="DELETE")
-    review["request"]["oldObject"] = {"metadata": {"name": "old", "labels": {DENY_LABEL: "true"}}}
-    assert admission_response(review)["response"]["allowed"] is False
-
-
-@pytest.mark.parametrize(
-    "body",
-    [[], {"kind": "Pod"}, {"kind": "AdmissionReview"}, {"kind": "AdmissionReview", "request": {}}],
-)
-def test_malformed_reviews_are_rejected(body: object) -> None:
-    with pytest.raises(ValueError, match=r"AdmissionReview|request\.uid"):
-        admission_response(body)
+from vpnctl.lab.standins import log_line, parse_listen
 
 
 def test_log_lines_are_deterministic_and_checkable() -> None:

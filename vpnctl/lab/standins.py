@@ -22,21 +22,19 @@ import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
+
+# The webhook's admission logic and the log lines' format moved to the real workloads
+# (vpnctl.lab.realnode); the stand-ins answer the same way until they are removed.
+from vpnctl.lab.realnode.admission_server import DENY_LABEL as DENY_LABEL
+from vpnctl.lab.realnode.admission_server import admission_response as admission_response
+from vpnctl.lab.realnode.workloads import log_line as log_line
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOG_LINES = 100_000
 LINES_PER_CHUNK = 2_000
-DENY_LABEL = "vpnctl.io/deny"
-ADMISSION_API_VERSION = "admission.k8s.io/v1"
-
-
-def log_line(node: str, pod: str, k: int) -> str:
-    """Line K (0-based) of every container log of POD on NODE, without the newline."""
-    return f"{node} {pod} line {k:08d}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,35 +147,6 @@ def _int_query(request: web.Request, key: str, *, default: int | None) -> int | 
 
 
 # --- admission webhook --------------------------------------------------------------------
-
-
-def admission_response(review: Any) -> dict[str, Any]:
-    """The AdmissionReview v1 answer to REVIEW; raises ValueError if it is malformed.
-
-    Allows everything except objects labelled `vpnctl.io/deny: "true"`.
-    """
-    if not isinstance(review, dict) or review.get("kind") != "AdmissionReview":
-        raise ValueError('body is not an AdmissionReview (want "kind": "AdmissionReview")')
-    request = review.get("request")
-    if not isinstance(request, dict) or not isinstance(request.get("uid"), str):
-        raise ValueError("AdmissionReview has no request.uid")
-    obj = request.get("object") or request.get("oldObject") or {}
-    labels = obj.get("metadata", {}).get("labels") if isinstance(obj, dict) else None
-    denied = isinstance(labels, dict) and labels.get(DENY_LABEL) == "true"
-    response: dict[str, Any] = {"uid": request["uid"], "allowed": not denied}
-    if denied:
-        name = obj.get("metadata", {}).get("name", "<unnamed>")
-        response["status"] = {
-            "code": 403,
-            "reason": "Forbidden",
-            "message": f"object {name!r} is labelled {DENY_LABEL}=true; "
-            f"the lab's webhook denies it (remove the label to admit it)",
-        }
-    return {
-        "apiVersion": review.get("apiVersion", ADMISSION_API_VERSION),
-        "kind": "AdmissionReview",
-        "response": response,
-    }
 
 
 def webhook_app() -> web.Application:

@@ -34,7 +34,13 @@ import yaml
 
 from vpnctl.testenv import local_probes, recorded_cluster
 from vpnctl.testenv.build import Binaries
-from vpnctl.testenv.cluster_pki import ClusterPKI, write_cluster_pki, write_kubeconfig
+from vpnctl.testenv.cluster_pki import (
+    ClusterPKI,
+    FrontProxyPKI,
+    write_cluster_pki,
+    write_front_proxy_pki,
+    write_kubeconfig,
+)
 from vpnctl.testenv.local_probes import (
     first_service_ip,
     http_get,
@@ -91,6 +97,11 @@ class LaunchOptions(TypedDict, total=False):
     # More kube-apiserver flags, appended last (a repeated flag wins), e.g. the lab's
     # --kubelet-certificate-authority. ()
     apiserver_extra_args: Sequence[str]
+    # The aggregation layer: a front-proxy CA and client certificate, so an APIService
+    # (metrics-server) can be served. The apiserver dials the Service's ClusterIP
+    # (--enable-aggregator-routing stays off), as a hosted apiserver reaches it through
+    # vpnctl's tunnel. (False)
+    aggregation: bool
 
 
 class KubeCluster:
@@ -115,6 +126,7 @@ class KubeCluster:
         pki: ClusterPKI,
         die_with_parent: bool,
         apiserver_extra_args: Sequence[str] = (),
+        front_proxy: FrontProxyPKI | None = None,
     ) -> None:
         self.name = name
         self.root = root
@@ -124,6 +136,7 @@ class KubeCluster:
         self.port = port
         self.service_cidr = service_cidr
         self.pki = pki
+        self.front_proxy = front_proxy  # set when launched with aggregation=True
         self.logs_dir = root / "logs"
         host = "127.0.0.1" if bind_address in ("0.0.0.0", "") else bind_address
         self.host = host
@@ -277,6 +290,11 @@ class KubeCluster:
         pki = write_cluster_pki(
             root / "pki", cluster_name=name, apiserver_ips=ip_sans, apiserver_dns=dns_sans
         )
+        front_proxy = (
+            write_front_proxy_pki(root / "pki", cluster_name=name)
+            if options.get("aggregation", False)
+            else None
+        )
         cluster = cls(
             name=name,
             root=root,
@@ -289,6 +307,7 @@ class KubeCluster:
             pki=pki,
             die_with_parent=die_with_parent,
             apiserver_extra_args=options.get("apiserver_extra_args", ()),
+            front_proxy=front_proxy,
         )
         try:
             await cluster._start(
@@ -456,9 +475,26 @@ class KubeCluster:
             "--profiling=false",
             # Endpoints may not point at loopback; on a real address keep the default.
             f"--endpoint-reconciler-type={'none' if loopback else 'lease'}",
+            *self._aggregation_args(),
             *self._apiserver_extra_args,
         ]
         self._process("kube-apiserver", args)
+
+    def _aggregation_args(self) -> list[str]:
+        """The front-proxy flags; --enable-aggregator-routing is left at its default
+        (off), so the apiserver dials an APIService's Service by ClusterIP."""
+        fp = self.front_proxy
+        if fp is None:
+            return []
+        return [
+            f"--requestheader-client-ca-file={fp.ca.cert}",
+            f"--requestheader-allowed-names={fp.client_name}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={fp.client.cert}",
+            f"--proxy-client-key-file={fp.client.key}",
+        ]
 
     def _start_controller_manager(self, port: int) -> None:
         pki = self.pki

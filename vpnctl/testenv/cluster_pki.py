@@ -136,6 +136,24 @@ def _issue(
     return builder.sign(ca_key, hashes.SHA256())
 
 
+def _self_signed_ca(
+    name: x509.Name, key: ec.EllipticCurvePrivateKey, now: datetime.datetime
+) -> x509.Certificate:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _SKEW)
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(key_usage(digital_signature=True, signs_certificates=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+
+
 def write_cluster_pki(
     directory: Path,
     *,
@@ -153,20 +171,7 @@ def write_cluster_pki(
     directory.mkdir(parents=True, exist_ok=True)
 
     ca_key = _key()
-    ca_name = _name(f"{cluster_name}-ca")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _SKEW)
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(key_usage(digital_signature=True, signs_certificates=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_cert = _self_signed_ca(_name(f"{cluster_name}-ca"), ca_key, now)
 
     def client(stem: str, common_name: str, organizations: Sequence[str] = ()) -> CertFiles:
         key = _key()
@@ -226,6 +231,45 @@ def write_cluster_pki(
         scheduler=client("scheduler", "system:kube-scheduler"),
         sa_key=sa_key_path,
         sa_pub=sa_pub_path,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrontProxyPKI:
+    """The aggregation layer's own trust: a front-proxy CA, separate from the cluster CA
+    (as kubeadm keeps it), and the client certificate the apiserver presents to an
+    aggregated API server, which trusts its ``X-Remote-*`` headers only from a
+    certificate of that CA with an allowed name."""
+
+    ca: CertFiles
+    client: CertFiles
+    client_name: str
+
+
+FRONT_PROXY_CLIENT = "front-proxy-client"
+
+
+def write_front_proxy_pki(
+    directory: Path, *, cluster_name: str, now: datetime.datetime | None = None
+) -> FrontProxyPKI:
+    """``front-proxy-ca.{crt,key}`` and ``front-proxy-client.{crt,key}`` in ``directory``."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = _key()
+    ca_cert = _self_signed_ca(_name(f"{cluster_name}-front-proxy-ca"), ca_key, now)
+    key = _key()
+    cert = _issue(
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        subject=_name(FRONT_PROXY_CLIENT),
+        key=key,
+        usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        now=now,
+    )
+    return FrontProxyPKI(
+        ca=_write_pair(directory, "front-proxy-ca", ca_cert, ca_key),
+        client=_write_pair(directory, "front-proxy-client", cert, key),
+        client_name=FRONT_PROXY_CLIENT,
     )
 
 

@@ -1,23 +1,29 @@
-"""The two images a real tenant node runs, made here without a registry.
+"""The images a real tenant node runs, made here without a registry.
 
 - the sandbox (pause) image: a static binary compiled with gcc from ``PAUSE_C`` below,
   which sleeps until SIGTERM or SIGINT and reaps the children it inherits;
-- the workload image: Debian's ``busybox-static`` with a link for every applet.
+- the workload image: Debian's ``busybox-static`` with a link for every applet;
+- with ``metrics_server=`` the static metrics-server binary that
+  ``ensure_binaries(with_nodes=True)`` built, alone in its image;
+- vpnctl's own image (``ensure_vpnctl_image``), which ``scripts/build-image.py`` builds
+  with buildah; it is added to a ``NodeImages`` with ``with_extra``.
 
-Each is one uncompressed layer written as an OCI image layout in a tar archive by
-hand (a layer, a config, a manifest and an index), which
+Each of ours is one uncompressed layer written as an OCI image layout in a tar archive
+by hand (a layer, a config, a manifest and an index), which
 ``ctr -n k8s.io images import`` loads. Archives are cached in
-``$VPNCTL_CACHE/images/`` under a key made of their inputs, and tagged with it, so a
-changed input makes a new image and a warm run only stats two files.
+``$VPNCTL_CACHE/images/node/`` under a key made of their inputs (the files' content), and
+tagged with it, so a changed input makes a new image and a warm run only hashes them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -71,6 +77,17 @@ class NodeImages:
     pause: NodeImage
     busybox: NodeImage
     pause_binary: Path  # also the mount-namespace holder of a node
+    metrics_server: NodeImage | None = None
+    extra: tuple[NodeImage, ...] = ()  # made elsewhere, e.g. vpnctl's own image
+
+    @property
+    def all(self) -> tuple[NodeImage, ...]:
+        """Every image a node imports into containerd, the sandbox first."""
+        ours = (self.pause, self.busybox, self.metrics_server)
+        return tuple(i for i in ours if i is not None) + self.extra
+
+    def with_extra(self, *images: NodeImage) -> NodeImages:
+        return dataclasses.replace(self, extra=self.extra + images)
 
 
 def default_images_dir() -> Path:
@@ -78,8 +95,11 @@ def default_images_dir() -> Path:
     return Path(root) / "images"
 
 
-def ensure_node_images(cache_dir: Path | None = None) -> NodeImages:
-    """Build (or find) the pause and busybox images; blocking, a second or two cold."""
+def ensure_node_images(
+    cache_dir: Path | None = None, *, metrics_server: Path | None = None
+) -> NodeImages:
+    """Build (or find) the pause and busybox images, and with ``metrics_server`` (the
+    binary's path) its image too; blocking, a second or two cold."""
     cache = cache_dir or default_images_dir()
     cache.mkdir(parents=True, exist_ok=True)
     pause_key = _key(RECIPE_VERSION, PAUSE_C.encode(), _gcc_version().encode())
@@ -108,7 +128,44 @@ def ensure_node_images(cache_dir: Path | None = None) -> NodeImages:
         files=[("bin/busybox", busybox_bytes, 0o755)],
         links=[(a, "/bin/busybox") for a in applets if a != "bin/busybox"],
     )
-    return NodeImages(pause=pause, busybox=busybox, pause_binary=pause_bin)
+    return NodeImages(
+        pause=pause,
+        busybox=busybox,
+        pause_binary=pause_bin,
+        metrics_server=_metrics_server_image(cache, metrics_server) if metrics_server else None,
+    )
+
+
+def _metrics_server_image(cache: Path, binary: Path) -> NodeImage:
+    try:
+        data = binary.read_bytes()
+    except OSError as exc:
+        raise ImageBuildError(
+            f"metrics-server binary {binary}: {exc}; build it with `make node-bins`"
+        ) from None
+    return _ensure_image(
+        cache,
+        "vpnctl-metrics-server",
+        _key(RECIPE_VERSION, data),
+        entrypoint=["/metrics-server"],
+        files=[("metrics-server", data, 0o755)],
+        links=[],
+    )
+
+
+def ensure_vpnctl_image(repo: Path | None = None) -> NodeImage:
+    """vpnctl's own image, as ``scripts/build-image.py`` builds and caches it (a warm
+    run only hashes the inputs; a cold one takes a minute or more). Needs root."""
+    root = repo or Path(__file__).resolve().parents[3]
+    script = root / "scripts" / "build-image.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--json"], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-10:])
+        raise ImageBuildError(f"{script} exited {done.returncode}:\n{tail}")
+    info = json.loads(done.stdout)
+    return NodeImage(ref=str(info["ref"]), archive=Path(info["archive"]))
 
 
 def _key(*parts: bytes | str) -> str:
@@ -154,10 +211,12 @@ def _ensure_image(
     links: Sequence[tuple[str, str]],
 ) -> NodeImage:
     ref = f"localhost/{name}:{key}"
-    archive = cache / f"{name}-{key}.oci.tar"
+    # A folder of their own: scripts/build-image.py prunes vpnctl-*.oci.tar in `cache`.
+    archive = cache / "node" / f"{name}-{key}.oci.tar"
+    archive.parent.mkdir(exist_ok=True)
     if not archive.exists():
         data = _oci_archive(ref, key, entrypoint=entrypoint, files=files, links=links)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=cache)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=archive.parent)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         os.replace(tmp, archive)

@@ -278,7 +278,7 @@ class RealNode:
         )
         ctr = ["ctr", "--address", SOCKET, "-n", "k8s.io"]
         await self._until("containerd", self.node_argv(*ctr, "version"), deadline)
-        for archive in (self.images.pause.archive, self.images.busybox.archive, *self.extra_images):
+        for archive in (*(image.archive for image in self.images.all), *self.extra_images):
             await self._until(
                 f"import {archive.name}",
                 self.node_argv(*ctr, "images", "import", str(archive)),
