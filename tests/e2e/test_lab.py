@@ -33,8 +33,10 @@ from vpnctl.controller.observe import parse_server_metrics
 from vpnctl.lab import lab_objects as lo
 from vpnctl.lab.checks import kubectl_exec, kubectl_logs, pod_sha256, port_forward_fetch
 from vpnctl.lab.dataplane import http_get, in_netns
-from vpnctl.lab.lab_objects import DEFAULT_LOG_LINES, log_line
+from vpnctl.lab.lab_objects import DEFAULT_LOG_LINES
 from vpnctl.lab.probe import check_lines
+from vpnctl.lab.realnode import workloads as wl
+from vpnctl.lab.realnode.workloads import log_line
 from vpnctl.lab.system import Lab, add_machine, replace_node
 from vpnctl.reconcile.names import COMPONENT_LABEL, COMPONENT_NODE_AGENT, NODE_AGENT_NAME
 
@@ -185,7 +187,7 @@ def test_kubectl_logs_brings_100000_lines_in_order_through_the_tunnel(lab_run: L
     before = tun_bytes(lab)
     t0 = time.monotonic()
     done = kubectl(
-        lab, "logs", "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), "-c", lo.LOG_CONTAINER
+        lab, "logs", "-n", lo.WORKLOAD_NAMESPACE, wl.log_pod_name(node.name), "-c", lo.LOG_CONTAINER
     )
     elapsed = time.monotonic() - t0
     crossed = tun_bytes(lab) - before
@@ -193,7 +195,7 @@ def test_kubectl_logs_brings_100000_lines_in_order_through_the_tunnel(lab_run: L
     body = done.stdout.encode()
     assert check_lines(body, DEFAULT_LOG_LINES) is None
     lines = done.stdout.splitlines()
-    pod = lo.log_pod_name(node)
+    pod = wl.log_pod_name(node.name)
     assert lines[0] == log_line("node-2", pod, 0)
     assert lines[-1] == log_line("node-2", pod, DEFAULT_LOG_LINES - 1)
     assert crossed >= len(body), "the log must have crossed the apiserver's tun device"
@@ -209,8 +211,8 @@ def test_kubectl_logs_brings_100000_lines_in_order_through_the_tunnel(lab_run: L
 def test_webhook_behind_a_node_admits_one_object_and_denies_another(lab_run: LabRun) -> None:
     lab = lab_run.lab
     node = lab.plan.node("node-1")
-    allowed = lo.review_object(node, name="e2e-allowed")
-    denied = lo.review_object(node, name="e2e-denied", deny=True)
+    allowed = wl.review_object(node.name, name="e2e-allowed")
+    denied = wl.review_object(node.name, name="e2e-denied", deny=True)
     ok = kubectl(lab, "apply", "-f", "-", stdin=json.dumps(allowed))
     assert ok.returncode == 0, ok.stderr
     no = kubectl(lab, "apply", "-f", "-", stdin=json.dumps(denied))
@@ -256,9 +258,8 @@ def test_with_the_tunnel_down_the_same_requests_fail(lab_run: LabRun) -> None:
     with frozen(groups=[sidecar], pids=openvpn):
         status, _ = api_get(lab, f"/api/v1/nodes/{node.name}/proxy/healthz", timeout=4)
         assert status != 200
-        logs = kubectl(
-            lab, "logs", "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), "--request-timeout=6s"
-        )
+        logs = kubectl(lab, "logs", "-n", lo.WORKLOAD_NAMESPACE, wl.log_pod_name(node.name),
+                       "--request-timeout=6s")  # fmt: skip
         assert logs.returncode != 0
         hook = kubectl(
             lab,
@@ -266,13 +267,15 @@ def test_with_the_tunnel_down_the_same_requests_fail(lab_run: LabRun) -> None:
             "--dry-run=server",
             "-f",
             "-",
-            stdin=json.dumps(lo.review_object(node, name="e2e-down")),
+            stdin=json.dumps(wl.review_object(node.name, name="e2e-down")),
         )
         assert hook.returncode != 0
         assert "failed calling webhook" in hook.stderr, hook.stderr
-        exec_ = kubectl(lab, "exec", "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), "--",
+        exec_ = kubectl(lab, "exec", "-n", lo.WORKLOAD_NAMESPACE, wl.web_pod_name(node.name), "--",
                         "true", "--request-timeout=6s")  # fmt: skip
         assert exec_.returncode != 0
+        top = kubectl(lab, "top", "node", node.name, "--request-timeout=6s")
+        assert top.returncode != 0
         assert not tcp_reachable(lab, str(node.internal_ip), node.kubelet_port, timeout=1.0)
     back = until(lambda: kubelet_ok(lab, node.name), timeout=60, every=0.2)
     assert back is not None, "the tunnel did not come back after the sidecar was thawed"
@@ -385,7 +388,7 @@ def test_exec_streams_200_mb_in_with_an_equal_checksum(lab_run: LabRun) -> None:
 def test_port_forward_brings_100_mb_out_with_an_equal_checksum(lab_run: LabRun) -> None:
     lab = lab_run.lab
     node = lab.plan.node("node-2")
-    made = kubectl(lab, "exec", "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), "--", "sh",
+    made = kubectl(lab, "exec", "-n", lo.WORKLOAD_NAMESPACE, wl.web_pod_name(node.name), "--", "sh",
                    "-c", "head -c 104857600 /dev/urandom > /www/big")  # fmt: skip
     assert made.returncode == 0, made.stderr
     expected = asyncio.run(pod_sha256(lab, node, "/www/big"))
@@ -398,7 +401,7 @@ def test_port_forward_brings_100_mb_out_with_an_equal_checksum(lab_run: LabRun) 
     assert crossed >= len(body)
     print(f"\nkubectl port-forward: 100 MiB in {ms / 1000:.1f}s "
           f"({len(body) / 1e6 / (ms / 1000):.1f} MB/s), sha256 equal")  # fmt: skip
-    kubectl(lab, "exec", "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), "--", "rm",
+    kubectl(lab, "exec", "-n", lo.WORKLOAD_NAMESPACE, wl.web_pod_name(node.name), "--", "rm",
             "/www/big")  # fmt: skip
 
 

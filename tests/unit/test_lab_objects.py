@@ -109,32 +109,3 @@ def test_vpnctl_attaches_its_sidecar_to_the_lab_apiserver_deployment() -> None:
     body = sidecar_apply_body(deployment, attachment=attachment)
     assert body is not None
     assert body["metadata"]["name"] == lo.APISERVER_DEPLOYMENT
-
-
-def test_each_webhook_reviews_only_objects_labelled_for_its_node() -> None:
-    node = PLAN.nodes[1]
-    config = lo.validating_webhook(node, ca_pem=b"pem")
-    (hook,) = config["webhooks"]
-    assert hook["objectSelector"] == {"matchLabels": {lo.WEBHOOK_LABEL: "node-2"}}
-    assert hook["failurePolicy"] == "Fail"
-    assert hook["clientConfig"]["service"]["name"] == "webhook-node-2"
-    assert base64.b64decode(hook["clientConfig"]["caBundle"]) == b"pem"
-    review = lo.review_object(node, name="x", deny=True)
-    assert review["metadata"]["labels"] == {lo.WEBHOOK_LABEL: "node-2", "vpnctl.io/deny": "true"}
-    assert lo.webhook_dns_name(node) == "webhook-node-2.lab.svc"
-
-
-def test_each_node_gets_a_pinned_pod_that_logs_numbered_lines_and_serves_http() -> None:
-    objs = lo.workload_objects(PLAN, image="busybox:local")
-    assert objs[0]["kind"] == "Namespace"
-    pods = objs[1:]
-    assert [p["spec"]["nodeSelector"]["kubernetes.io/hostname"] for p in pods] == [
-        n.name for n in PLAN.nodes
-    ]
-    (container,) = pods[1]["spec"]["containers"]
-    assert container["image"] == "busybox:local"
-    script = container["command"][-1]
-    assert f"i < {lo.DEFAULT_LOG_LINES}" in script
-    assert "node-2 logs-node-2 line %08d" in script
-    assert f"httpd -f -p {lo.WEB_PORT}" in script
-

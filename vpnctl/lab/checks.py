@@ -35,6 +35,7 @@ from vpnctl.lab.connectivity_table import NodeRow, any_failed, render
 from vpnctl.lab.lab_objects import DEFAULT_LOG_LINES
 from vpnctl.lab.netns import route_get, run
 from vpnctl.lab.probe import ProbeResult, check_lines, probe_https, probe_post
+from vpnctl.lab.realnode import workloads as wl
 from vpnctl.lab.system import Lab, run_bytes, run_captured, tunnel_status
 
 EXEC_BYTES = 4 * 1024 * 1024
@@ -42,7 +43,7 @@ EXEC_BYTES = 4 * 1024 * 1024
 
 async def kubectl_logs(lab: Lab, node: NodePlan, *, lines: int = DEFAULT_LOG_LINES) -> ProbeResult:
     argv = lab.kubectl_argv(
-        "logs", "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), "-c", lo.LOG_CONTAINER,
+        "logs", "-n", lo.WORKLOAD_NAMESPACE, wl.log_pod_name(node.name), "-c", lo.LOG_CONTAINER,
         "--request-timeout=30s", cluster="tenant",
     )  # fmt: skip
     t0 = time.perf_counter()
@@ -69,7 +70,7 @@ async def webhook_via_apiserver(
     lab: Lab, node: NodePlan, *, count: int = 5, deny: bool = False
 ) -> ProbeResult:
     cert, key = lab.tenant_admin
-    body = lo.review_object(node, name=f"probe-{node.name}", deny=deny)
+    body = wl.review_object(node.name, name=f"probe-{node.name}", deny=deny)
     url = f"{lab.tenant_url}/api/v1/namespaces/{lo.WORKLOAD_NAMESPACE}/configmaps?dryRun=All"
     return await probe_post(
         lab.plan.api_ns, url, ca=str(lab.tenant_ca), body=body, cert=str(cert),
@@ -78,9 +79,9 @@ async def webhook_via_apiserver(
 
 
 def _pod_argv(lab: Lab, verb: str, node: NodePlan, *args: str) -> list[str]:
-    """kubectl VERB on NODE's workload pod in the tenant cluster."""
+    """kubectl VERB on NODE's web pod (busybox httpd) in the tenant cluster."""
     return lab.kubectl_argv(
-        verb, "-n", lo.WORKLOAD_NAMESPACE, lo.log_pod_name(node), *args, cluster="tenant"
+        verb, "-n", lo.WORKLOAD_NAMESPACE, wl.web_pod_name(node.name), *args, cluster="tenant"
     )
 
 
@@ -91,7 +92,7 @@ def _last_line(err: str, code: int) -> str:
 async def kubectl_exec(lab: Lab, node: NodePlan, *, nbytes: int = EXEC_BYTES) -> ProbeResult:
     """NBYTES through `kubectl exec -i ... -- sha256sum`; OK when the pod saw them all."""
     data = os.urandom(nbytes)
-    argv = _pod_argv(lab, "exec", node, "-i", "-c", lo.LOG_CONTAINER,
+    argv = _pod_argv(lab, "exec", node, "-i",
                      "--request-timeout=120s", "--", "sha256sum")  # fmt: skip
     t0 = time.perf_counter()
     code, out, err = await run_bytes(argv, input=data, timeout=150)
@@ -105,7 +106,7 @@ async def kubectl_exec(lab: Lab, node: NodePlan, *, nbytes: int = EXEC_BYTES) ->
 
 async def pod_sha256(lab: Lab, node: NodePlan, path: str) -> str | None:
     code, out, _ = await run_bytes(
-        _pod_argv(lab, "exec", node, "-c", lo.LOG_CONTAINER, "--", "sha256sum", path), timeout=60
+        _pod_argv(lab, "exec", node, "--", "sha256sum", path), timeout=60
     )
     return out.split()[0].decode() if code == 0 and out.split() else None
 
@@ -113,7 +114,7 @@ async def pod_sha256(lab: Lab, node: NodePlan, path: str) -> str | None:
 async def port_forward_fetch(lab: Lab, node: NodePlan, path: str) -> tuple[bytes, float]:
     """`kubectl port-forward` to NODE's pod in P-api, then curl PATH through it there:
     (the body, milliseconds the transfer took). LabUpError-free: raises RuntimeError."""
-    argv = _pod_argv(lab, "port-forward", node, f":{lo.WEB_PORT}", "--address", "127.0.0.1")
+    argv = _pod_argv(lab, "port-forward", node, f":{wl.WEB_PORT}", "--address", "127.0.0.1")
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         stdin=asyncio.subprocess.DEVNULL,
@@ -142,7 +143,7 @@ async def port_forward_fetch(lab: Lab, node: NodePlan, path: str) -> tuple[bytes
 
 async def kubectl_port_forward(lab: Lab, node: NodePlan) -> ProbeResult:
     """The pod's random /blob through `kubectl port-forward`; its checksum must match."""
-    expected = await pod_sha256(lab, node, "/www/blob")
+    expected = await pod_sha256(lab, node, wl.WEB_BLOB)
     if expected is None:
         return ProbeResult(ok=False, error="the pod's /www/blob could not be read (exec)")
     try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from ipaddress import IPv4Address
 from typing import Any
 
 import yaml
@@ -45,34 +44,13 @@ LOG_CONTAINER = "app"
 WEBHOOK_LABEL = "lab.vpnctl.io/webhook"
 WEBHOOK_SERVICE_PORT = 443
 KUBELET_CLIENT_GROUP = "system:nodes"
-DEFAULT_LOG_LINES = 100_000
-WEB_PORT = 8080
-BLOB_BYTES = 4 * 1024 * 1024
+DEFAULT_LOG_LINES = 100_000  # what each node's log pod prints (realnode.workloads.log_pod)
 
 
 def machine_name(node: NodePlan, *, generation: int = 1) -> str:
     """`tenant-a-md-<i>`; a Machine made again for the same node gets a new name."""
     base = f"{CLUSTER_NAME}-md-{node.index}"
     return base if generation == 1 else f"{base}-{generation}"
-
-
-def log_pod_name(node: NodePlan) -> str:
-    return f"logs-{node.name}"
-
-
-def webhook_name(node: NodePlan) -> str:
-    return f"webhook-{node.name}"
-
-
-def webhook_dns_name(node: NodePlan) -> str:
-    """The name the apiserver checks the webhook's certificate against."""
-    return f"{webhook_name(node)}.{WORKLOAD_NAMESPACE}.svc"
-
-
-def webhook_cluster_ip(plan: LabPlan, node: NodePlan) -> IPv4Address:
-    """A fixed ClusterIP per node's webhook Service (198.19.200.<i>), so the node's
-    kube-proxy stand-in rules can be written before the Service exists."""
-    return plan.service_cidr.network_address + (8 * 256) + node.index
 
 
 def kubeconfig_text(*, name: str, server: str, ca_pem: bytes, cert_pem: bytes,
@@ -231,108 +209,6 @@ def machine_status(node: NodePlan) -> dict[str, Any]:
 
 
 # --- the tenant cluster -------------------------------------------------------------------------
-
-
-def log_line(node: str, pod: str, k: int) -> str:
-    """Line K (0-based) of NODE's workload pod POD's log, without the newline."""
-    return f"{node} {pod} line {k:08d}"
-
-
-def workload_objects(plan: LabPlan, *, image: str) -> list[dict[str, Any]]:
-    """The tenant's own workloads, in create order: the namespace and per node a pod
-    (`node_pod`)."""
-    out: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": WORKLOAD_NAMESPACE}},
-    ]
-    out += [node_pod(node, image=image) for node in plan.nodes]
-    return out
-
-
-def node_pod(node: NodePlan, *, image: str) -> dict[str, Any]:
-    """A busybox pod pinned to NODE: it writes `log_line` 0..DEFAULT_LOG_LINES-1 to its
-    log, then serves `/www` over HTTP on WEB_PORT (a random `blob` of BLOB_BYTES) for
-    exec and port-forward."""
-    name = log_pod_name(node)
-    line = f"{node.name} {name} line %08d\\n"
-    program = f'BEGIN {{ for (i = 0; i < {DEFAULT_LOG_LINES}; i++) printf "{line}", i }}'
-    lines = f"awk '{program}'"
-    serve = (
-        f"mkdir -p /www && head -c {BLOB_BYTES} /dev/urandom > /www/blob && "
-        f"exec httpd -f -p {WEB_PORT} -h /www"
-    )
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": WORKLOAD_NAMESPACE, "labels": {"app": "logs"}},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node.name},
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": LOG_CONTAINER,
-                    "image": image,
-                    "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", f"{lines} && {serve}"],
-                    "ports": [{"containerPort": WEB_PORT, "name": "http"}],
-                    "readinessProbe": {"tcpSocket": {"port": WEB_PORT}, "periodSeconds": 1},
-                }
-            ],
-        },
-    }
-
-
-def validating_webhook(node: NodePlan, *, ca_pem: bytes) -> dict[str, Any]:
-    """Sends the webhook behind NODE every ConfigMap labelled `lab.vpnctl.io/webhook:
-    <node>`; fails closed, so an unreachable webhook is a refused request."""
-    name = webhook_name(node)
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": f"lab-{name}"},
-        "webhooks": [
-            {
-                "name": f"{name}.lab.vpnctl.io",
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
-                "failurePolicy": "Fail",
-                "timeoutSeconds": 5,
-                "objectSelector": {"matchLabels": {WEBHOOK_LABEL: node.name}},
-                "rules": [
-                    {
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE", "UPDATE"],
-                        "resources": ["configmaps"],
-                        "scope": "Namespaced",
-                    }
-                ],
-                "clientConfig": {
-                    "service": {
-                        "name": name,
-                        "namespace": WORKLOAD_NAMESPACE,
-                        "path": "/validate",
-                        "port": WEBHOOK_SERVICE_PORT,
-                    },
-                    "caBundle": base64.b64encode(ca_pem).decode("ascii"),
-                },
-            }
-        ],
-    }
-
-
-def review_object(node: NodePlan, *, name: str, deny: bool = False) -> dict[str, Any]:
-    """A ConfigMap the webhook behind NODE reviews; DENY labels it to be refused."""
-    labels = {WEBHOOK_LABEL: node.name}
-    if deny:
-        labels["vpnctl.io/deny"] = "true"
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": WORKLOAD_NAMESPACE, "labels": labels},
-        "data": {"node": node.name},
-    }
 
 
 def labels_of(obj: Mapping[str, Any]) -> dict[str, str]:

@@ -43,15 +43,23 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from vpnctl.lab import lab_objects as lo
-from vpnctl.lab import netns
+from vpnctl.lab import labpki, netns
 from vpnctl.lab.address_plan import LabPlan, NodePlan, make_plan
 from vpnctl.lab.dataplane import Proc, kill_recorded, write_json_atomic
 from vpnctl.lab.kubelet_parts import KubeletConfig, PodSetConfig, config_path, status_path
-from vpnctl.lab.realnode.node_images import NodeImages, ensure_node_images
+from vpnctl.lab.realnode import workloads as wl
+from vpnctl.lab.realnode.node_images import (
+    ImageBuildError,
+    NodeImage,
+    NodeImages,
+    ensure_node_images,
+    ensure_vpnctl_image,
+)
 from vpnctl.lab.realnode.tenant_node import (
     NodeCluster,
     NodeSpec,
@@ -151,12 +159,9 @@ class Lab:
         return (self.tenant_dir / "pki" / "admin.crt", self.tenant_dir / "pki" / "admin.key")
 
     @property
-    def kubelet_ca(self) -> Path:
-        return self.pki_dir / "kubelet-serving-ca.pem"
-
-    @property
-    def webhook_ca(self) -> Path:
-        return self.pki_dir / "webhook-ca.pem"
+    def workload_ca(self) -> Path:
+        """The CA of the tenant workloads' serving certificates (webhooks, metrics-server)."""
+        return self.pki_dir / "workload-ca.pem"
 
     @property
     def tenant_url(self) -> str:
@@ -284,13 +289,10 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
     await build_underlay(plan, pod_namespaces=False)
 
     step("Kubernetes binaries, node images and vpnctl's image (built once, then cached)")
-    binaries, images, product = await asyncio.gather(
-        asyncio.to_thread(
-            ensure_binaries, with_nodes=True, progress=lambda m: say(f"lab:   {m}")
-        ),
-        asyncio.to_thread(ensure_node_images),
-        product_image(),
+    binaries = await asyncio.to_thread(
+        ensure_binaries, with_nodes=True, progress=lambda m: say(f"lab:   {m}")
     )
+    images = await node_images(binaries)
     lab = Lab(plan=plan, state=state, proto=proto, kubectl_binary=binaries.kubectl)
     lab.record()
     for d in (lab.pki_dir, lab.logs_dir):
@@ -307,7 +309,7 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
             lab.tenant_dir, binaries, name=lo.CLUSTER_NAME, netns=plan.api_ns,
             bind_address=str(plan.api_ip), port=lo.TENANT_APISERVER_PORT,
             service_cidr=str(plan.service_cidr), die_with_parent=False,
-            controller_manager=True, scheduler=True,
+            controller_manager=True, scheduler=True, aggregation=True,
             apiserver_extra_args=[
                 f"--kubelet-certificate-authority={lab.tenant_ca}",
                 "--kubelet-preferred-address-types=InternalIP",
@@ -322,7 +324,7 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
         name="vpnctl",
         ns=plan.svc_ns,
         argv=[PY, "-m", "vpnctl", "run", "--kubeconfig", str(lab.service_kubeconfig),
-              "--agent-image", product.ref,
+              "--agent-image", images.vpnctl.ref,
               "--health-address", f"0.0.0.0:{CONTROLLER_HEALTH_PORT}"],
         log=lab.logs_dir / "vpnctl.log",
     ).start()  # fmt: skip
@@ -335,10 +337,10 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
     step(f"{len(plan.nodes)} real tenant nodes (containerd, kubelet, kube-proxy; the agent "
          "as vpnctl's DaemonSet pod), the tenant's workloads")  # fmt: skip
     await asyncio.gather(
-        *(start_node(lab, node, cluster=tenant, binaries=binaries, images=images,
-                     product=product) for node in plan.nodes)
+        *(start_node(lab, node, cluster=tenant, binaries=binaries, images=images.node)
+          for node in plan.nodes)
     )  # fmt: skip
-    await lab.apply(lo.workload_objects(plan, image=images.busybox.ref), cluster="tenant")
+    await lab.apply(tenant_workloads(lab, images), cluster="tenant")
 
     step("the lab kubelet for the service side: server pod, apiserver sidecar")
     cfg = kubelet_config(lab)
@@ -356,22 +358,45 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
 
 
 @dataclass(frozen=True)
-class ProductImage:
-    """vpnctl's own image as `make image` built it: its reference and OCI archive."""
+class LabImages:
+    """Every image a lab node runs: the node images (pause, busybox, metrics-server) with
+    vpnctl's own image (`make image`) among them."""
 
-    ref: str
-    archive: Path
+    node: NodeImages
+    vpnctl: NodeImage
 
 
-async def product_image() -> ProductImage:
-    """Build (or find cached) the image of `Dockerfile` with `scripts/build-image.py`."""
-    code, out, err = await run_captured(
-        [PY, str(REPO / "scripts" / "build-image.py"), "--json"], timeout=1800
+async def node_images(binaries: Binaries) -> LabImages:
+    """Build (or find cached) the node images and vpnctl's image; LabUpError if not."""
+    try:
+        node, product = await asyncio.gather(
+            asyncio.to_thread(ensure_node_images, metrics_server=binaries.metrics_server),
+            asyncio.to_thread(ensure_vpnctl_image),
+        )
+    except ImageBuildError as exc:
+        raise LabUpError(f"building the lab's images failed: {exc}") from exc
+    return LabImages(node=node.with_extra(product), vpnctl=product)
+
+
+def tenant_workloads(lab: Lab, images: LabImages) -> list[dict[str, Any]]:
+    """The tenant's own workloads (`realnode.workloads`): metrics-server, and per node a
+    log pod, a web pod and an admission webhook, with serving certificates from a CA of
+    the tenant's own (kept in the lab's pki folder, as a tenant would keep it)."""
+    node_images_ = images.node
+    assert node_images_.metrics_server is not None
+    ca = labpki.new_ca("lab-tenant-workloads")
+    lab.workload_ca.write_bytes(ca.cert_pem)
+    names = [n.name for n in lab.plan.nodes]
+    return wl.workload_objects(
+        names,
+        images=wl.WorkloadImages(
+            busybox=node_images_.busybox.ref,
+            metrics_server=node_images_.metrics_server.ref,
+            vpnctl=images.vpnctl.ref,
+        ),
+        tls=wl.issue_serving_tls(names, ca=ca, now=datetime.now(UTC)),
+        log_lines=lo.DEFAULT_LOG_LINES,
     )
-    if code != 0:
-        raise LabUpError(f"building vpnctl's image failed (make image): {err.strip()[-2000:]}")
-    info = json.loads(out)
-    return ProductImage(ref=str(info["ref"]), archive=Path(info["archive"]))
 
 
 async def start_node(
@@ -381,7 +406,6 @@ async def start_node(
     cluster: NodeCluster,
     binaries: Binaries,
     images: NodeImages,
-    product: ProductImage,
 ) -> RealNode:
     """One real node in P-n<i>, detached from this process; recorded for `tear_down`."""
     try:
@@ -398,7 +422,6 @@ async def start_node(
             binaries=binaries,
             images=images,
             die_with_parent=False,
-            extra_images=(product.archive,),
         )
     except NodeStartError as exc:
         raise LabUpError(
@@ -440,13 +463,10 @@ async def replace_node(lab: Lab, node: NodePlan) -> RealNode:
 
     await stop_recorded_node(lab.node_dir(node))
     await lab.kubectl("delete", "node", node.name, "--ignore-not-found", cluster="tenant")
-    binaries, images, product = await asyncio.gather(
-        asyncio.to_thread(ensure_binaries, with_nodes=True),
-        asyncio.to_thread(ensure_node_images),
-        product_image(),
-    )
+    binaries = await asyncio.to_thread(ensure_binaries, with_nodes=True)
+    images = await node_images(binaries)
     return await start_node(lab, node, cluster=LabTenant(lab), binaries=binaries,
-                            images=images, product=product)  # fmt: skip
+                            images=images.node)  # fmt: skip
 
 
 def _save_procs(lab: Lab, procs: dict[str, Proc]) -> None:

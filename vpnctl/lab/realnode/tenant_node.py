@@ -28,7 +28,6 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Self
@@ -88,10 +87,8 @@ class RealNode:
         binaries: Binaries,
         images: NodeImages,
         die_with_parent: bool = True,
-        extra_images: Sequence[Path] = (),
     ) -> None:
         self.spec = spec
-        self.extra_images = tuple(extra_images)
         self.root = root
         self.cluster = cluster
         self.binaries = binaries
@@ -115,7 +112,6 @@ class RealNode:
         images: NodeImages,
         timeout: float = START_TIMEOUT,
         die_with_parent: bool = True,
-        extra_images: Sequence[Path] = (),
     ) -> Self:
         if binaries.kubelet is None or binaries.kube_proxy is None:
             raise NodeStartError("real nodes need binaries built with with_nodes=True")
@@ -126,7 +122,6 @@ class RealNode:
             binaries=binaries,
             images=images,
             die_with_parent=die_with_parent,
-            extra_images=extra_images,
         )
         try:
             await node._start(time.monotonic() + timeout)
@@ -278,7 +273,7 @@ class RealNode:
         )
         ctr = ["ctr", "--address", SOCKET, "-n", "k8s.io"]
         await self._until("containerd", self.node_argv(*ctr, "version"), deadline)
-        for archive in (*(image.archive for image in self.images.all), *self.extra_images):
+        for archive in (image.archive for image in self.images.all):
             await self._until(
                 f"import {archive.name}",
                 self.node_argv(*ctr, "images", "import", str(archive)),
