@@ -225,6 +225,27 @@ def test_webhook_behind_a_node_admits_one_object_and_denies_another(lab_run: Lab
     kubectl(lab, "delete", "configmap", "-n", lo.WORKLOAD_NAMESPACE, "e2e-allowed")
 
 
+# --- metrics-server: an aggregated API behind the tunnel ---
+
+
+def test_kubectl_top_lists_every_node_and_the_pods_through_the_aggregated_api(
+    lab_run: LabRun,
+) -> None:
+    lab = lab_run.lab
+    t0 = time.monotonic()
+    nodes = kubectl(lab, "top", "nodes", "--no-headers")
+    took = time.monotonic() - t0
+    assert nodes.returncode == 0, nodes.stderr
+    assert sorted(line.split()[0] for line in nodes.stdout.splitlines()) == [
+        n.name for n in lab.plan.nodes
+    ]
+    pods = kubectl(lab, "top", "pods", "-n", lo.WORKLOAD_NAMESPACE, "--no-headers")
+    assert pods.returncode == 0, pods.stderr
+    listed = {line.split()[0] for line in pods.stdout.splitlines()}
+    assert {wl.web_pod_name(n.name) for n in lab.plan.nodes} <= listed, pods.stdout
+    print(f"\nkubectl top nodes: {len(lab.plan.nodes)} nodes in {took * 1000:.0f}ms")
+
+
 # --- the tunnel is the only path ---
 
 

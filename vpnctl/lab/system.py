@@ -354,6 +354,7 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
 
     step("waiting for vpnctl: Tunnel Ready, server and sidecar running, nodes connected")
     await wait_ready(lab, say=say, procs=procs)
+    await wait_workloads(lab, say=say)
     return lab
 
 
@@ -592,6 +593,46 @@ async def wait_ready(
                 f"the lab was not ready after {timeout:.0f}s ({line}; {reasons or 'no reason'}); "
                 f"logs are in {lab.logs_dir} (vpnctl.log, lab-kubelet.log, agent-*.log)"
             )
+        await asyncio.sleep(1.0)
+
+
+async def wait_workloads(lab: Lab, *, say: Say, timeout: float = READY_TIMEOUT) -> None:
+    """Until the tenant's workload pods are Ready and metrics-server has every node's
+    metrics (its first scrape comes about 15 s after it starts), asked through the
+    tenant apiserver, so through the tunnel; LabUpError with what is missing."""
+    deadline = time.monotonic() + timeout
+    want = {n.name for n in lab.plan.nodes}
+    last = ""
+    while True:
+        pods = await lab.get_json("pods", "-n", lo.WORKLOAD_NAMESPACE, cluster="tenant")
+        items = (pods or {}).get("items") or []
+        ready = sum(
+            1
+            for p in items
+            if any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (p.get("status") or {}).get("conditions") or []
+            )
+        )
+        code, out, _ = await run_captured(
+            lab.kubectl_argv("get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes",
+                             cluster="tenant"), timeout=15,
+        )  # fmt: skip
+        measured: set[str] = set()
+        if code == 0:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                measured = {str(i["metadata"]["name"]) for i in json.loads(out)["items"]}
+        line = (
+            f"tenant workloads: {ready}/{len(items)} pods Ready, metrics of "
+            f"{len(measured & want)}/{len(want)} nodes"
+        )
+        if line != last:
+            say(f"lab:   {line}")
+            last = line
+        if items and ready == len(items) and want <= measured:
+            return
+        if time.monotonic() > deadline:
+            raise LabUpError(f"the tenant's workloads were not ready after {timeout:.0f}s: {line}")
         await asyncio.sleep(1.0)
 
 
