@@ -80,6 +80,7 @@ POD = Resource("", "v1", "pods", True, "Pod")
 
 DEPLOYMENT = Resource("apps", "v1", "deployments", True, "Deployment")
 DAEMON_SET = Resource("apps", "v1", "daemonsets", True, "DaemonSet")
+REPLICA_SET = Resource("apps", "v1", "replicasets", True, "ReplicaSet")
 
 CLUSTER_ROLE = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", False, "ClusterRole")
 CLUSTER_ROLE_BINDING = Resource(

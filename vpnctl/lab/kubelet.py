@@ -57,6 +57,7 @@ from vpnctl.kube import (
     LEASE,
     NODE,
     POD,
+    REPLICA_SET,
     SERVICE,
     AlreadyExists,
     ApiError,
@@ -94,6 +95,7 @@ from vpnctl.reconcile.settings import Settings
 _log = logging.getLogger("vpnctl.lab.kubelet")
 
 POD_POLL = 0.5
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 LEASE_RENEW = 10.0
 VOLUME_RESYNC = 60.0
 READINESS_PERIOD = 2.0
@@ -241,11 +243,22 @@ class LabKubelet:
                 spec["nodeName"] = ps.node
         ours = [p for p in pods if (p.get("spec") or {}).get("nodeName") == ps.node]
         live = [p for p in ours if not p["metadata"].get("deletionTimestamp")]
-        active = max(
-            live,
-            key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]),
-            default=None,
-        )
+        # The newest rollout wins: the owning ReplicaSet's revision first (two pods of a
+        # rollout are often created within the same second), then the creation time.
+        sets, _ = await self.service.list(REPLICA_SET, ns)
+        revision = {
+            rs["metadata"]["name"]: int(
+                (rs["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION) or 0
+            )
+            for rs in sets
+        }
+
+        def newness(p: KubeObject) -> tuple[int, str, str]:
+            owners = p["metadata"].get("ownerReferences") or []
+            rev = max((revision.get(o.get("name"), 0) for o in owners), default=0)
+            return (rev, p["metadata"]["creationTimestamp"], p["metadata"]["name"])
+
+        active = max(live, key=newness, default=None)
         run = self.pods.get(ps.name)
         if run is not None and (active is None or active["metadata"]["uid"] != run.uid):
             # One pod at a time: the address and ports are the namespace's.

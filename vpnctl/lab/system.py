@@ -81,6 +81,7 @@ REPO = Path(__file__).resolve().parents[2]
 OUR_CRDS = REPO / "charts" / "vpnctl" / "crds"
 CONTROLLER_HEALTH_PORT = 8081
 READY_TIMEOUT = 180.0
+IMAGES_RECORD = "images.json"  # the vpnctl image this lab's DaemonSet names
 
 Say = Callable[[str], None]
 
@@ -295,6 +296,8 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
     images = await node_images(binaries)
     lab = Lab(plan=plan, state=state, proto=proto, kubectl_binary=binaries.kubectl)
     lab.record()
+    write_json_atomic(state / IMAGES_RECORD, {"vpnctl": {
+        "ref": images.vpnctl.ref, "archive": str(images.vpnctl.archive)}})  # fmt: skip
     for d in (lab.pki_dir, lab.logs_dir):
         d.mkdir(parents=True, exist_ok=True)
 
@@ -367,16 +370,21 @@ class LabImages:
     vpnctl: NodeImage
 
 
-async def node_images(binaries: Binaries) -> LabImages:
-    """Build (or find cached) the node images and vpnctl's image; LabUpError if not."""
+async def node_images(binaries: Binaries, *, vpnctl: NodeImage | None = None) -> LabImages:
+    """Build (or find cached) the node images and, unless given, vpnctl's image;
+    LabUpError if that fails."""
     try:
         node, product = await asyncio.gather(
             asyncio.to_thread(ensure_node_images, metrics_server=binaries.metrics_server),
-            asyncio.to_thread(ensure_vpnctl_image),
+            asyncio.to_thread(ensure_vpnctl_image) if vpnctl is None else _given(vpnctl),
         )
     except ImageBuildError as exc:
         raise LabUpError(f"building the lab's images failed: {exc}") from exc
     return LabImages(node=node.with_extra(product), vpnctl=product)
+
+
+async def _given(image: NodeImage) -> NodeImage:
+    return image
 
 
 def tenant_workloads(lab: Lab, images: LabImages) -> list[dict[str, Any]]:
@@ -465,7 +473,16 @@ async def replace_node(lab: Lab, node: NodePlan) -> RealNode:
     await stop_recorded_node(lab.node_dir(node))
     await lab.kubectl("delete", "node", node.name, "--ignore-not-found", cluster="tenant")
     binaries = await asyncio.to_thread(ensure_binaries, with_nodes=True)
-    images = await node_images(binaries)
+    # The image the running lab's DaemonSet names, not whatever the tree builds now.
+    recorded = json.loads((lab.state / IMAGES_RECORD).read_text())["vpnctl"]
+    images = await node_images(binaries, vpnctl=NodeImage(
+        ref=str(recorded["ref"]), archive=Path(recorded["archive"])
+    ))  # fmt: skip
+    if not images.vpnctl.archive.exists():
+        raise LabUpError(
+            f"{images.vpnctl.archive}, the image this lab runs, is gone from the cache "
+            "(a newer build pruned it): take the lab down and up again"
+        )
     return await start_node(lab, node, cluster=LabTenant(lab), binaries=binaries,
                             images=images.node)  # fmt: skip
 
