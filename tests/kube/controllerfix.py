@@ -15,7 +15,7 @@ import base64
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -207,13 +207,6 @@ async def running_controller(
                     await task
         elif not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
-
-
-async def wait_for(
-    probe: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.1, what: str
-) -> Any:
-    """``aeventually`` with this module's old defaults, for test files not yet switched."""
-    return await aeventually(probe, timeout=timeout, interval=interval, what=what)
 
 
 async def tunnel(kube: Kube, namespace: str, name: str) -> KubeObject | None:
