@@ -6,7 +6,7 @@ import asyncio
 import builtins
 import contextlib
 import random
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,12 +19,10 @@ from vpnctl.kube import (
     Resource,
     SystemClock,
     Watcher,
-    WatchEvent,
     WatchMetrics,
 )
-from vpnctl.kube.watch import Transform
 
-from .kubefix import gadget_crd, kube  # noqa: F401
+from .kubefix import PassThroughSource, gadget_crd, kube  # noqa: F401
 
 pytestmark = pytest.mark.kube
 
@@ -111,67 +109,28 @@ async def test_watch_sees_added_modified_deleted(kube: Kube, namespace: str) -> 
         assert _restarts(registry, "gone") == 0
 
 
-class GapThenTooOld:
-    """A WatchSource around the real Kube: before the first watch, objects change (the
-    "gap" a watcher misses while disconnected), and that watch asks for
-    resourceVersion "1". For a CRD installed after the apiserver started, the watch
-    cache begins at the CRD's creation, so the real apiserver answers "1" with 410 Gone
-    (an ERROR event). (For built-in kinds on a fresh cluster it would replay its whole
-    history instead: etcd hasn't compacted yet.)"""
+class GapThenTooOld(PassThroughSource):
+    """The real Kube, except: before the first watch, objects change (the "gap" a watcher
+    misses while disconnected), and that watch asks for resourceVersion "1". For a CRD
+    installed after the apiserver started, the watch cache begins at the CRD's creation,
+    so the real apiserver answers "1" with 410 Gone (an ERROR event). (For built-in kinds
+    on a fresh cluster it would replay its whole history instead: etcd hasn't compacted
+    yet.)"""
 
     def __init__(self, client: Kube, res: Resource, namespace: str) -> None:
-        self.kube = client
+        super().__init__(client)
         self.res = res
         self.namespace = namespace
         self.watched_from: builtins.list[str] = []
-        self.saw_410 = False
 
-    async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        page_size: int = 500,
-        transform: Transform | None = None,
-    ) -> tuple[builtins.list[KubeObject], str]:
-        return await self.kube.list(
-            res,
-            namespace,
-            label_selector=label_selector,
-            field_selector=field_selector,
-            page_size=page_size,
-            transform=transform,
-        )
-
-    async def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]:
+    async def before_watch(self, res: Resource, resource_version: str) -> str:
         if not self.watched_from:
             await self.kube.delete(self.res, "vanishes", self.namespace)
             await self.kube.apply(self.res, _gadget("appears", self.namespace))
             await self.kube.apply(self.res, _gadget("changes", self.namespace, size=2))
             resource_version = "1"
         self.watched_from.append(resource_version)
-        async for event in self.kube.watch(
-            res,
-            namespace,
-            resource_version=resource_version,
-            timeout_seconds=timeout_seconds,
-            label_selector=label_selector,
-            field_selector=field_selector,
-        ):
-            if event["type"] == "ERROR" and event["object"].get("code") == 410:
-                self.saw_410 = True
-            yield event
+        return resource_version
 
 
 def _gadget(name: str, namespace: str, size: int = 1) -> KubeObject:
