@@ -307,8 +307,10 @@ async def run(args: argparse.Namespace) -> int:
                 # is handed out.
                 recorder=RevocationStore(kube=kube, clock=clock, rng=rng),
             ) as tenant_side,
-            ServerMetricsObservations(
-                kube=kube, health_port=settings.tenant.build.server_health_port
+            contextlib.aclosing(
+                ServerMetricsObservations(
+                    kube=kube, health_port=settings.tenant.build.server_health_port
+                )
             ) as observations,
         ):
             controller = Controller(
