@@ -20,6 +20,7 @@ from vpnctl.kube import (
     SystemClock,
     Watcher,
     WatchMetrics,
+    WatchSource,
 )
 
 from .kubefix import PassThroughSource, gadget_crd, kube  # noqa: F401
@@ -59,11 +60,32 @@ def _restarts(registry: CollectorRegistry, reason: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def running(watcher: Watcher) -> AsyncIterator[asyncio.Task[None]]:
+async def watching(
+    source: WatchSource,
+    res: Resource,
+    namespace: str,
+    events: Events,
+    *,
+    timeout_seconds: int,
+    registry: CollectorRegistry | None = None,
+    label_selector: str | None = None,
+) -> AsyncIterator[Watcher]:
+    """A Watcher of RES in NAMESPACE (events to EVENTS), running and synced."""
+    watcher = Watcher(
+        source,
+        res,
+        namespace,
+        on_event=events,
+        clock=SystemClock(),
+        metrics=WatchMetrics(registry or CollectorRegistry()),
+        rng=random.Random(1),
+        label_selector=label_selector,
+        timeout_seconds=timeout_seconds,
+    )
     task = asyncio.create_task(watcher.run())
     try:
         await asyncio.wait_for(watcher.synced.wait(), 10)
-        yield task
+        yield watcher
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -74,18 +96,15 @@ async def test_watch_sees_added_modified_deleted(kube: Kube, namespace: str) -> 
     await kube.create(CONFIG_MAP, _cm("before", namespace))
     events = Events()
     registry = CollectorRegistry()
-    watcher = Watcher(
+    async with watching(
         kube,
         CONFIG_MAP,
         namespace,
-        on_event=events,
-        clock=SystemClock(),
-        metrics=WatchMetrics(registry),
-        rng=random.Random(1),
+        events,
+        registry=registry,
         label_selector="kubetest",
         timeout_seconds=2,  # the server ends the stream every 2 s: we must resume
-    )
-    async with running(watcher):
+    ) as watcher:
         await events.expect(("ADDED", "before"))
         await kube.create(CONFIG_MAP, _cm("c1", namespace))
         await events.expect(("ADDED", "c1"))
@@ -147,17 +166,9 @@ async def test_410_from_a_real_apiserver_relists_with_a_synthetic_deleted(
     events = Events()
     registry = CollectorRegistry()
     source = GapThenTooOld(kube, gadget_crd, namespace)
-    watcher = Watcher(
-        source,
-        gadget_crd,
-        namespace,
-        on_event=events,
-        clock=SystemClock(),
-        metrics=WatchMetrics(registry),
-        rng=random.Random(1),
-        timeout_seconds=30,
-    )
-    async with running(watcher):
+    async with watching(
+        source, gadget_crd, namespace, events, registry=registry, timeout_seconds=30
+    ) as watcher:
         await events.expect(("ADDED", "stays"), ("ADDED", "vanishes"), ("ADDED", "changes"))
         await events.expect(("DELETED", "vanishes"), ("MODIFIED", "changes"), ("ADDED", "appears"))
         assert source.saw_410
@@ -183,18 +194,9 @@ async def test_410_from_a_real_apiserver_relists_with_a_synthetic_deleted(
 
 async def test_a_quiet_watch_turns_unhealthy_and_recovers(kube: Kube, namespace: str) -> None:  # noqa: F811
     events = Events()
-    watcher = Watcher(
-        kube,
-        CONFIG_MAP,
-        namespace,
-        on_event=events,
-        clock=SystemClock(),
-        metrics=WatchMetrics(CollectorRegistry()),
-        rng=random.Random(1),
-        label_selector="kubetest",
-        timeout_seconds=60,
-    )
-    async with running(watcher):
+    async with watching(
+        kube, CONFIG_MAP, namespace, events, label_selector="kubetest", timeout_seconds=60
+    ) as watcher:
         assert watcher.healthy(max_silence=1.0)
         await aeventually(
             lambda: not watcher.healthy(max_silence=1.0),
