@@ -11,15 +11,14 @@ import pytest
 
 from agent.desired_state import parse_desired
 from tests.support import capi
-from vpnctl.api import Condition, Tunnel, TunnelStatusBody
+from tests.support.conditions import all_parts_done
+from vpnctl.api import Tunnel, TunnelStatusBody
 from vpnctl.reconcile.conditions import (
     AGENT_INSTALLED,
-    PKI_READY,
     READY,
     SERVER_READY,
     derive_ready,
     find_condition,
-    set_condition,
     set_error_condition,
 )
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
@@ -55,18 +54,7 @@ def run(
 
 def written(tunnel: Tunnel, plan: TenantPlan, now: datetime) -> Tunnel:
     """The Tunnel as the next reconcile reads it: status written, round-tripped as JSON."""
-    conditions: list[Condition] = []
-    for type_ in (PKI_READY, SERVER_READY, AGENT_INSTALLED):
-        conditions = set_condition(
-            conditions,
-            type=type_,
-            status="True",
-            reason="Done",
-            message="done",
-            observed_generation=plan.tenant.generation,
-            now=now,
-        )
-    conditions = derive_ready(conditions, observed_generation=plan.tenant.generation, now=now)
+    conditions = all_parts_done([], generation=plan.tenant.generation, now=now)
     status = plan.status(conditions=conditions, previous=tunnel.get("status"), now=now)
     body = json.loads(json.dumps({**tunnel, "status": status}))
     return cast(Tunnel, body)
