@@ -98,13 +98,20 @@ def test_desired_state_and_configs_come_with_the_plan() -> None:
     assert plan.names.service == "tenant-a-vpn"
 
 
-def test_waiting_lists_pending_and_unallocated_machines() -> None:
-    lab = capi.lab_tenant()
+def _small_cidr_and_two_more_machines() -> tuple[Tunnel, list[Any]]:
+    """A Tunnel whose /29 has addresses for 4 nodes (after the server's), and Machines
+    of nodes 4 and 5 beside the lab's three: node-5 gets no address."""
     tunnel = capi.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": "198.18.8.0/29"})
     extra = [
         capi.machine(name=f"tenant-a-md-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
         for i in (4, 5)
     ]
+    return tunnel, extra
+
+
+def test_waiting_lists_pending_and_unallocated_machines() -> None:
+    lab = capi.lab_tenant()
+    tunnel, extra = _small_cidr_and_two_more_machines()
     plan = run(tunnel, [*lab.machines, *extra, capi.machine(name="tenant-a-md-9")], {})
     waiting = {w.machine: w.error.reason for w in plan.waiting}
     assert waiting == {"tenant-a-md-9": "WaitingForNodeRef", "tenant-a-md-5": "TunnelCIDRExhausted"}
@@ -115,11 +122,7 @@ def test_waiting_lists_pending_and_unallocated_machines() -> None:
 
 def test_a_node_without_a_tunnel_address_is_never_elected() -> None:
     lab = capi.lab_tenant()
-    tunnel = capi.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": "198.18.8.0/29"})
-    extra = [
-        capi.machine(name=f"tenant-a-md-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
-        for i in (4, 5)
-    ]
+    tunnel, extra = _small_cidr_and_two_more_machines()
     plan = run(tunnel, [*lab.machines, *extra], up("node-5"))
     assert plan.service_route_node is None
 
