@@ -15,7 +15,7 @@ import base64
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -220,6 +220,30 @@ def condition(tunnel_obj: Mapping[str, Any] | None, type_: str) -> Mapping[str, 
     return None
 
 
+async def _wait_tunnel(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    type_: str,
+    *,
+    status: str,
+    accept: Callable[[Mapping[str, Any], Mapping[str, Any]], bool],
+    timeout: float,
+    what: str,
+) -> KubeObject:
+    """Tunnel NAME once its condition TYPE_ has STATUS and ACCEPT(condition, status)."""
+
+    async def probe() -> KubeObject | None:
+        obj = await tunnel(kube, namespace, name)
+        c = condition(obj, type_)
+        if obj is None or c is None or c.get("status") != status:
+            return None
+        return obj if accept(c, obj.get("status") or {}) else None
+
+    found: KubeObject = await aeventually(probe, timeout=timeout, what=what)
+    return found
+
+
 async def wait_ready(
     kube: Kube,
     namespace: str,
@@ -231,22 +255,21 @@ async def wait_ready(
 ) -> KubeObject:
     """The Tunnel once Ready (with ``nodes`` rows, ``connected`` of them connected)."""
 
-    async def ready() -> KubeObject | None:
-        obj = await tunnel(kube, namespace, name)
-        c = condition(obj, "Ready")
-        if c is None or c.get("status") != "True":
-            return None
-        status = (obj or {}).get("status") or {}
-        if nodes is not None and status.get("nodeCount") != nodes:
-            return None
-        if connected is not None and status.get("connectedCount") != connected:
-            return None
-        return obj
+    def counts(_: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+        return (nodes is None or status.get("nodeCount") == nodes) and (
+            connected is None or status.get("connectedCount") == connected
+        )
 
-    found: KubeObject = await aeventually(
-        ready, timeout=timeout, what=f"Tunnel {namespace}/{name} Ready"
+    return await _wait_tunnel(
+        kube,
+        namespace,
+        name,
+        "Ready",
+        status="True",
+        accept=counts,
+        timeout=timeout,
+        what=f"Tunnel {namespace}/{name} Ready",
     )
-    return found
 
 
 async def wait_condition(
@@ -259,19 +282,16 @@ async def wait_condition(
     reason: str | None = None,
     timeout: float = 20.0,
 ) -> KubeObject:
-    async def probe() -> KubeObject | None:
-        obj = await tunnel(kube, namespace, name)
-        c = condition(obj, type_)
-        if c is None or c.get("status") != status:
-            return None
-        if reason is not None and c.get("reason") != reason:
-            return None
-        return obj
-
-    found: KubeObject = await aeventually(
-        probe, timeout=timeout, what=f"{type_}={status} ({reason}) on Tunnel {namespace}/{name}"
+    return await _wait_tunnel(
+        kube,
+        namespace,
+        name,
+        type_,
+        status=status,
+        accept=lambda c, _: reason is None or c.get("reason") == reason,
+        timeout=timeout,
+        what=f"{type_}={status} ({reason}) on Tunnel {namespace}/{name}",
     )
-    return found
 
 
 @dataclass(frozen=True)
