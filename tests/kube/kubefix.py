@@ -11,12 +11,12 @@ import builtins
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from vpnctl.kube import Kube, KubeObject, Resource, WatchEvent, connect
-from vpnctl.kube.watch import Transform
 from vpnctl.testenv import ServiceCluster
 
 # A throw-away CRD with a status subresource: tests of the generic mechanism shouldn't
@@ -94,43 +94,19 @@ class PassThroughSource:
     async def after_event(self, res: Resource) -> None:
         return None
 
+    # Options the Watcher passes (selectors, page size, transform, timeout) go through
+    # untouched: this source neither reads nor changes them.
     async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        page_size: int = 500,
-        transform: Transform | None = None,
+        self, res: Resource, namespace: str | None = None, **options: Any
     ) -> tuple[builtins.list[KubeObject], str]:
-        return await self.kube.list(
-            res,
-            namespace,
-            label_selector=label_selector,
-            field_selector=field_selector,
-            page_size=page_size,
-            transform=transform,
-        )
+        return await self.kube.list(res, namespace, **options)
 
     async def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
+        self, res: Resource, namespace: str | None = None, *, resource_version: str, **options: Any
     ) -> AsyncGenerator[WatchEvent, None]:
         resource_version = await self.before_watch(res, resource_version)
         async for event in self.kube.watch(
-            res,
-            namespace,
-            resource_version=resource_version,
-            timeout_seconds=timeout_seconds,
-            label_selector=label_selector,
-            field_selector=field_selector,
+            res, namespace, resource_version=resource_version, **options
         ):
             if event["type"] == "ERROR" and event["object"].get("code") == 410:
                 self.saw_410 = True
