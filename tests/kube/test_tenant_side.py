@@ -59,6 +59,7 @@ from vpnctl.testenv.cluster import free_ports
 
 from .conftest import TenantFactory
 from .tenantsidefix import real_tenant_side
+from .webhookfix import node_csr
 
 pytestmark = pytest.mark.kube
 
@@ -372,34 +373,19 @@ async def test_node_csrs_signed_for_machine_nodes_denied_otherwise(
         await wait_synced(ts, TENANT)
 
         # Someone else's signer: vpnctl must leave it alone, never deny it.
-        other_key = certs.new_private_key()
+        someone = certs.new_csr(certs.new_private_key(), common_name="someone")
         other = await admin.create(
             CERTIFICATE_SIGNING_REQUEST,
-            {
-                "metadata": {"name": "not-ours"},
-                "spec": {
-                    "signerName": "kubernetes.io/kube-apiserver-client",
-                    "request": base64.b64encode(
-                        certs.new_csr(other_key, common_name="someone")
-                    ).decode(),
-                    "usages": ["client auth"],
-                },
-            },
+            node_csr(
+                "not-ours",
+                someone,
+                signer="kubernetes.io/kube-apiserver-client",
+                usages=["client auth"],
+            ),
         )
         # Our signer, but created by the admin, not by a node.
-        impostor = await admin.create(
-            CERTIFICATE_SIGNING_REQUEST,
-            {
-                "metadata": {"name": "impostor"},
-                "spec": {
-                    "signerName": "vpnctl.io/node",
-                    "request": base64.b64encode(
-                        certs.new_csr(certs.new_private_key(), common_name="node-1")
-                    ).decode(),
-                    "usages": ["digital signature", "client auth"],
-                },
-            },
-        )
+        as_node_1 = certs.new_csr(certs.new_private_key(), common_name="node-1")
+        impostor = await admin.create(CERTIFICATE_SIGNING_REQUEST, node_csr("impostor", as_node_1))
         assert impostor["spec"]["username"] == "vpnctl-testenv-admin"
 
         start = time.monotonic()
