@@ -161,9 +161,14 @@ def _excluded_modules(repo: Path) -> set[tuple[str, str]]:
     """setup.py's TEST_SUPPORT_MODULES, read without running setup.py."""
     tree = ast.parse((repo / "setup.py").read_text())
     for node in tree.body:
-        names = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
-        if isinstance(node, ast.Assign) and "TEST_SUPPORT_MODULES" in names:
-            value = ast.literal_eval(node.value)
+        if isinstance(node, ast.Assign):
+            targets, value_node = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value_node = [node.target], node.value
+        else:
+            continue
+        if any(isinstance(t, ast.Name) and t.id == "TEST_SUPPORT_MODULES" for t in targets):
+            value = ast.literal_eval(value_node)
             return {(str(p), str(m)) for p, m in value}
     raise ImageError(f"{repo / 'setup.py'} defines no TEST_SUPPORT_MODULES")
 

@@ -1,5 +1,6 @@
-"""What ships: the wheel leaves out the lab, the test environment and test samples, and
-the repository's editable install still has all three (tests and `make lab` need them).
+"""What ships: the wheel leaves out the lab, the test environment and the tests (with
+their samples), and the repository's editable install still has all three (tests and
+`make lab` need them).
 
 The wheel is built with pip from a copy of the packaging inputs, so a stale `build/`
 in the checkout can neither hide nor cause a leak.
@@ -18,7 +19,7 @@ from tests.image.repo_inputs import REPO, copy_inputs
 pytestmark = [pytest.mark.image]
 
 PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-LEFT_OUT = ("vpnctl/lab/", "vpnctl/testenv/", "vpnctl/reconcile/samples.py", "tests/")
+LEFT_OUT = ("vpnctl/lab/", "vpnctl/testenv/", "tests/")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         return zf.namelist()
 
 
-def test_wheel_leaves_out_lab_testenv_samples_and_tests(wheel_names: list[str]) -> None:
+def test_wheel_leaves_out_lab_testenv_and_tests(wheel_names: list[str]) -> None:
     leaked = [n for n in wheel_names if n.startswith(LEFT_OUT)]
     assert leaked == [], f"test and lab code in the wheel: {leaked}"
 

@@ -209,13 +209,6 @@ async def running_controller(
             raise task.exception()  # type: ignore[misc]
 
 
-async def wait_for(
-    probe: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.1, what: str
-) -> Any:
-    """``aeventually`` with this module's old defaults, for test files not yet switched."""
-    return await aeventually(probe, timeout=timeout, interval=interval, what=what)
-
-
 async def tunnel(kube: Kube, namespace: str, name: str) -> KubeObject | None:
     return await kube.get(TUNNEL, name, namespace)
 
@@ -225,6 +218,30 @@ def condition(tunnel_obj: Mapping[str, Any] | None, type_: str) -> Mapping[str, 
         if c.get("type") == type_:
             return dict(c)
     return None
+
+
+async def _wait_tunnel(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    type_: str,
+    *,
+    status: str,
+    accept: Callable[[Mapping[str, Any], Mapping[str, Any]], bool],
+    timeout: float,
+    what: str,
+) -> KubeObject:
+    """Tunnel NAME once its condition TYPE_ has STATUS and ACCEPT(condition, status)."""
+
+    async def probe() -> KubeObject | None:
+        obj = await tunnel(kube, namespace, name)
+        c = condition(obj, type_)
+        if obj is None or c is None or c.get("status") != status:
+            return None
+        return obj if accept(c, obj.get("status") or {}) else None
+
+    found: KubeObject = await aeventually(probe, timeout=timeout, what=what)
+    return found
 
 
 async def wait_ready(
@@ -238,22 +255,21 @@ async def wait_ready(
 ) -> KubeObject:
     """The Tunnel once Ready (with ``nodes`` rows, ``connected`` of them connected)."""
 
-    async def ready() -> KubeObject | None:
-        obj = await tunnel(kube, namespace, name)
-        c = condition(obj, "Ready")
-        if c is None or c.get("status") != "True":
-            return None
-        status = (obj or {}).get("status") or {}
-        if nodes is not None and status.get("nodeCount") != nodes:
-            return None
-        if connected is not None and status.get("connectedCount") != connected:
-            return None
-        return obj
+    def counts(_: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+        return (nodes is None or status.get("nodeCount") == nodes) and (
+            connected is None or status.get("connectedCount") == connected
+        )
 
-    found: KubeObject = await aeventually(
-        ready, timeout=timeout, what=f"Tunnel {namespace}/{name} Ready"
+    return await _wait_tunnel(
+        kube,
+        namespace,
+        name,
+        "Ready",
+        status="True",
+        accept=counts,
+        timeout=timeout,
+        what=f"Tunnel {namespace}/{name} Ready",
     )
-    return found
 
 
 async def wait_condition(
@@ -266,19 +282,16 @@ async def wait_condition(
     reason: str | None = None,
     timeout: float = 20.0,
 ) -> KubeObject:
-    async def probe() -> KubeObject | None:
-        obj = await tunnel(kube, namespace, name)
-        c = condition(obj, type_)
-        if c is None or c.get("status") != status:
-            return None
-        if reason is not None and c.get("reason") != reason:
-            return None
-        return obj
-
-    found: KubeObject = await aeventually(
-        probe, timeout=timeout, what=f"{type_}={status} ({reason}) on Tunnel {namespace}/{name}"
+    return await _wait_tunnel(
+        kube,
+        namespace,
+        name,
+        type_,
+        status=status,
+        accept=lambda c, _: reason is None or c.get("reason") == reason,
+        timeout=timeout,
+        what=f"{type_}={status} ({reason}) on Tunnel {namespace}/{name}",
     )
-    return found
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,16 @@ Import the ones a test module uses (``from .kubefix import kube``); they build o
 from __future__ import annotations
 
 import asyncio
+import builtins
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from vpnctl.kube import Kube, Resource, connect
+from vpnctl.kube import Kube, KubeObject, Resource, WatchEvent, connect
 from vpnctl.testenv import ServiceCluster
 
 # A throw-away CRD with a status subresource: tests of the generic mechanism shouldn't
@@ -73,3 +75,40 @@ async def gadget_crd(
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+class PassThroughSource:
+    """A ``WatchSource`` around the real Kube for tests that stage what a watcher meets:
+    lists and watches go to the apiserver as asked, but before each watch
+    ``before_watch`` may change objects and pick the resourceVersion to watch from, and
+    after each event ``after_event`` may hold the stream. A 410 Gone that arrives in a
+    stream (an ERROR event) sets ``saw_410``."""
+
+    def __init__(self, client: Kube) -> None:
+        self.kube = client
+        self.saw_410 = False
+
+    async def before_watch(self, res: Resource, resource_version: str) -> str:
+        return resource_version
+
+    async def after_event(self, res: Resource) -> None:
+        return None
+
+    # Options the Watcher passes (selectors, page size, transform, timeout) go through
+    # untouched: this source neither reads nor changes them.
+    async def list(
+        self, res: Resource, namespace: str | None = None, **options: Any
+    ) -> tuple[builtins.list[KubeObject], str]:
+        return await self.kube.list(res, namespace, **options)
+
+    async def watch(
+        self, res: Resource, namespace: str | None = None, *, resource_version: str, **options: Any
+    ) -> AsyncGenerator[WatchEvent, None]:
+        resource_version = await self.before_watch(res, resource_version)
+        async for event in self.kube.watch(
+            res, namespace, resource_version=resource_version, **options
+        ):
+            if event["type"] == "ERROR" and event["object"].get("code") == 410:
+                self.saw_410 = True
+            yield event
+            await self.after_event(res)

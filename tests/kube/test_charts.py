@@ -66,6 +66,18 @@ def _documents(manifests: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(manifests) if d]
 
 
+async def _render(
+    cluster: ServiceCluster, chart: Path, release: str, **options: Any
+) -> tuple[str, str]:
+    """CHART rendered as RELEASE into a fresh namespace named after it, with OPTIONS of
+    ``helm_template``: (that namespace, the manifests)."""
+    namespace = f"{release}-{uuid.uuid4().hex[:6]}"
+    manifests = await helm_template(
+        cluster.binaries.helm, chart, release=release, namespace=namespace, **options
+    )
+    return namespace, manifests
+
+
 async def _dry_run(cluster: ServiceCluster, manifests: str) -> str:
     """Create (for real) the namespaces the objects go to, then server-dry-run them all."""
     docs = _documents(manifests)
@@ -91,14 +103,7 @@ async def _dry_run(cluster: ServiceCluster, manifests: str) -> str:
 async def test_vpnctl_chart_passes_server_dry_run(
     service_cluster: ServiceCluster, values: tuple[Path, ...]
 ) -> None:
-    release_ns = f"vpnctl-{uuid.uuid4().hex[:6]}"
-    manifests = await helm_template(
-        service_cluster.binaries.helm,
-        VPNCTL,
-        release="vpnctl",
-        namespace=release_ns,
-        values_files=values,
-    )
+    release_ns, manifests = await _render(service_cluster, VPNCTL, "vpnctl", values_files=values)
     out = await _dry_run(service_cluster, manifests)
     assert "customresourcedefinition.apiextensions.k8s.io/tunnels.vpnctl.io" in out
     assert re.search(r"deployment\.apps/(vpnctl|vpnctl-ctl) (created|configured)", out), out
@@ -112,14 +117,8 @@ async def test_vpnctl_chart_passes_server_dry_run(
 async def test_vpnctl_chart_without_capi_stays_in_its_namespace(
     service_cluster: ServiceCluster,
 ) -> None:
-    release_ns = f"vpnctl-{uuid.uuid4().hex[:6]}"
-    manifests = await helm_template(
-        service_cluster.binaries.helm,
-        VPNCTL,
-        release="vpnctl",
-        namespace=release_ns,
-        set_values={"capi.enabled": "false"},
-        include_crds=False,
+    release_ns, manifests = await _render(
+        service_cluster, VPNCTL, "vpnctl", set_values={"capi.enabled": "false"}, include_crds=False
     )
     docs = _documents(manifests)
     assert {d["metadata"].get("namespace") for d in docs} == {release_ns, None}
@@ -132,13 +131,8 @@ async def test_agent_chart_passes_server_dry_run(
 ) -> None:
     # The chart makes its own namespace; _dry_run creates it first, as the tenant's
     # namespace would exist by the time the other objects are created.
-    release_ns = f"agent-{uuid.uuid4().hex[:6]}"
-    manifests = await helm_template(
-        service_cluster.binaries.helm,
-        AGENT,
-        release="agent",
-        namespace=release_ns,
-        values_files=[AGENT / "ci" / values],
+    _, manifests = await _render(
+        service_cluster, AGENT, "agent", values_files=[AGENT / "ci" / values]
     )
     out = await _dry_run(service_cluster, manifests)
     assert "daemonset.apps/vpnctl-node-agent" in out

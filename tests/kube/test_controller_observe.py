@@ -3,6 +3,8 @@ scraped over HTTP (a real HealthServer with the server role's own metrics)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -53,7 +55,8 @@ async def test_observations_come_from_the_running_server_pods(
     metrics.node_connected.labels("server", "obs-node-1").set(1)
     metrics.node_connected.labels("server", "obs-node-2").set(0)
     metrics.kubelet_reachable.labels("server", "obs-node-1").set(1)
-    async with ServerMetricsObservations(kube=kube, health_port=port, timeout=2.0) as source:
+    source = ServerMetricsObservations(kube=kube, health_port=port, timeout=2.0)
+    async with contextlib.aclosing(source):
         with pytest.raises(TemporaryError) as none_running:
             await source.observe(tenant)
         assert none_running.value.reason == "ServerNotRunning"

@@ -8,8 +8,11 @@ revoked, an invalid spec stopped revocation, a vanished CA Secret was silently r
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -60,9 +63,61 @@ def _clients(cm: KubeObject | None) -> list[str]:
     return [c["common_name"] for c in json.loads(cm["data"]["desired.json"])["clients"]]
 
 
-def _tenant(namespace: str, name: str) -> tuple[TenantRef, list[str], dict[str, str]]:
+@dataclass
+class ReadyTenant:
+    """Tenant NAME of three nodes, Ready under a running controller whose fake tenant
+    side reports one serial per node (``serials``)."""
+
+    ref: TenantRef
+    nodes: list[str]
+    serials: dict[str, str]
+    side: FakeTenantSide
+    ca_pem: bytes
+
+    async def remove_node_2(self, kube: Kube, what: str) -> int:  # noqa: F811
+        """Delete node-2's Machine; its serial, once in the CRL."""
+        namespace, name = self.ref.namespace, self.ref.cluster
+        await kube.delete(MACHINE, f"{name}-md-2", namespace)
+        serial = int(self.serials[f"{name}-node-2"], 16)
+        await _revoked(kube, namespace, name, self.ca_pem, {serial}, what)
+        return serial
+
+
+@contextlib.asynccontextmanager
+async def _ready_tenant(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+    name: str,
+) -> AsyncIterator[ReadyTenant]:
+    ref = TenantRef(namespace, name)
     nodes = [f"{name}-node-{i}" for i in (1, 2, 3)]
-    return TenantRef(namespace, name), nodes, {n: f"c0de{i:04x}" for i, n in enumerate(nodes, 1)}
+    serials = {n: f"c0de{i:04x}" for i, n in enumerate(nodes, 1)}
+    side = FakeTenantSide(signed={ref: tuple(serials.items())})
+    async with running_controller(
+        kube,
+        controller_settings(namespace),
+        side=side,
+        observations=FakeObservations(default=all_connected(nodes)),
+    ):
+        await create_tenant(kube, namespace, name)
+        await wait_ready(kube, namespace, name, nodes=3)
+        ca_pem = await _ca_pem(kube, namespace, name)
+        yield ReadyTenant(ref=ref, nodes=nodes, serials=serials, side=side, ca_pem=ca_pem)
+
+
+async def _poke(kube: Kube, namespace: str, name: str) -> None:  # noqa: F811
+    """Make the controller reconcile Tunnel NAME now."""
+    await kube.patch_merge(
+        TUNNEL, name, {"metadata": {"annotations": {"test/poke": "1"}}}, namespace=namespace
+    )
+
+
+async def _event_seen(kube: Kube, namespace: str, name: str, reason: str) -> None:  # noqa: F811
+    async def seen() -> bool:
+        events = await events_for(kube, namespace, name=name)
+        return any(e.get("reason") == reason for e in events)
+
+    await aeventually(seen, timeout=10, what=f"{reason} Event")
 
 
 async def _revoked(
@@ -85,29 +140,15 @@ async def test_a_deleted_server_configmap_never_unrevokes(
     kube: Kube,  # noqa: F811
     namespace: str,
 ) -> None:
-    tenant, nodes, serials = _tenant(namespace, "dur")
-    side = FakeTenantSide(signed={tenant: tuple(serials.items())})
-    async with running_controller(
-        kube,
-        controller_settings(namespace),
-        side=side,
-        observations=FakeObservations(default=all_connected(nodes)),
-    ):
-        await create_tenant(kube, namespace, "dur")
-        await wait_ready(kube, namespace, "dur", nodes=3)
-        ca_pem = await _ca_pem(kube, namespace, "dur")
-        await kube.delete(MACHINE, "dur-md-2", namespace)
-        revoked = int(serials["dur-node-2"], 16)
-        await _revoked(kube, namespace, "dur", ca_pem, {revoked}, "node-2 revoked")
+    async with _ready_tenant(kube, namespace, "dur") as t:
+        revoked = await t.remove_node_2(kube, "node-2 revoked")
         old = await kube.get(CONFIG_MAP, "dur-vpn-server", namespace)
         assert old is not None
-        number = pki.read_crl(old["data"]["crl.pem"].encode(), ca_pem=ca_pem).number
+        number = pki.read_crl(old["data"]["crl.pem"].encode(), ca_pem=t.ca_pem).number
 
         # Someone deletes the server ConfigMap; the next pass puts it back with the CRL.
         await kube.delete(CONFIG_MAP, "dur-vpn-server", namespace)
-        await kube.patch_merge(
-            TUNNEL, "dur", {"metadata": {"annotations": {"test/poke": "1"}}}, namespace=namespace
-        )
+        await _poke(kube, namespace, "dur")
 
         async def back() -> KubeObject | None:
             cm = await kube.get(CONFIG_MAP, "dur-vpn-server", namespace)
@@ -115,7 +156,7 @@ async def test_a_deleted_server_configmap_never_unrevokes(
             return cm if fresh else None
 
         cm = await aeventually(back, timeout=10, what="server ConfigMap re-created")
-        crl = pki.read_crl(cm["data"]["crl.pem"].encode(), ca_pem=ca_pem)
+        crl = pki.read_crl(cm["data"]["crl.pem"].encode(), ca_pem=t.ca_pem)
         assert set(crl.revoked) == {revoked}
         # Numbers never go back: the pass that re-creates the ConfigMap either re-publishes
         # the same CRL (its read still saw the old ConfigMap in the watch cache) or issues a
@@ -128,25 +169,15 @@ async def test_a_certificate_signed_just_before_its_machine_goes_is_revoked(
     kube: Kube,  # noqa: F811
     namespace: str,
 ) -> None:
-    tenant, nodes, serials = _tenant(namespace, "late")
-    side = FakeTenantSide(signed={tenant: tuple(serials.items())})
-    async with running_controller(
-        kube,
-        controller_settings(namespace),
-        side=side,
-        observations=FakeObservations(default=all_connected(nodes)),
-    ):
-        await create_tenant(kube, namespace, "late")
-        await wait_ready(kube, namespace, "late", nodes=3)
-        ca_pem = await _ca_pem(kube, namespace, "late")
+    async with _ready_tenant(kube, namespace, "late") as t:
         # node-2 renews (a new certificate, reported from the next ensure() on) and its
         # Machine is deleted before any reconcile saw the new serial; and many renewals
         # before that must all stay revocable (no cut by count).
         renewals = [f"beef{i:04x}" for i in range(12)]
-        side.signed[tenant] = (*side.signed[tenant], *(("late-node-2", s) for s in renewals))
+        t.side.signed[t.ref] = (*t.side.signed[t.ref], *(("late-node-2", s) for s in renewals))
         await kube.delete(MACHINE, "late-md-2", namespace)
-        wanted = {int(serials["late-node-2"], 16), *(int(s, 16) for s in renewals)}
-        crl = await _revoked(kube, namespace, "late", ca_pem, wanted, "every node-2 serial")
+        wanted = {int(t.serials["late-node-2"], 16), *(int(s, 16) for s in renewals)}
+        crl = await _revoked(kube, namespace, "late", t.ca_pem, wanted, "every node-2 serial")
         assert crl == wanted  # and nothing of the other nodes
 
 
@@ -154,21 +185,11 @@ async def test_revocation_goes_on_while_the_spec_is_invalid(
     kube: Kube,  # noqa: F811
     namespace: str,
 ) -> None:
-    tenant, nodes, serials = _tenant(namespace, "inval")
-    side = FakeTenantSide(signed={tenant: tuple(serials.items())})
-    async with running_controller(
-        kube,
-        controller_settings(namespace),
-        side=side,
-        observations=FakeObservations(default=all_connected(nodes)),
-    ):
-        await create_tenant(kube, namespace, "inval")
-        await wait_ready(kube, namespace, "inval", nodes=3)
-        ca_pem = await _ca_pem(kube, namespace, "inval")
+    async with _ready_tenant(kube, namespace, "inval") as t:
 
         async def all_three_listed() -> bool:
             cm = await kube.get(CONFIG_MAP, "inval-vpn-server", namespace)
-            return cm is not None and _clients(cm) == nodes
+            return cm is not None and _clients(cm) == t.nodes
 
         # Ready can come a pass before the last node's client reaches desired.json.
         await aeventually(all_three_listed, timeout=10, what="every node in desired.json")
@@ -178,9 +199,7 @@ async def test_revocation_goes_on_while_the_spec_is_invalid(
             TUNNEL, "inval", {"spec": {"tunnelCIDR": overlapping}}, namespace=namespace
         )
         await wait_condition(kube, namespace, "inval", "Ready", status="False")
-        await kube.delete(MACHINE, "inval-md-2", namespace)
-        revoked = int(serials["inval-node-2"], 16)
-        await _revoked(kube, namespace, "inval", ca_pem, {revoked}, "revoked while invalid")
+        await t.remove_node_2(kube, "revoked while invalid")
 
         async def ccd_gone() -> list[str] | None:
             clients = _clients(await kube.get(CONFIG_MAP, "inval-vpn-server", namespace))
@@ -188,7 +207,7 @@ async def test_revocation_goes_on_while_the_spec_is_invalid(
 
         await aeventually(ccd_gone, timeout=10, what="node-2 out of desired.json")
         # The CSR signer was told the Machines of now, without ensure().
-        latest = [names for t, names in side.machine_lists if t == tenant][-1]
+        latest = [names for ref, names in t.side.machine_lists if ref == t.ref][-1]
         assert latest == ("inval-md-1", "inval-md-3")
         still = await kube.get(TUNNEL, "inval", namespace)
         assert (still or {}).get("status", {}).get("conditions")
@@ -200,22 +219,11 @@ async def test_a_vanished_ca_secret_is_an_alarm_not_a_new_ca(
     kube: Kube,  # noqa: F811
     namespace: str,
 ) -> None:
-    tenant, nodes, serials = _tenant(namespace, "lostca")
-    side = FakeTenantSide(signed={tenant: tuple(serials.items())})
-    async with running_controller(
-        kube,
-        controller_settings(namespace),
-        side=side,
-        observations=FakeObservations(default=all_connected(nodes)),
-    ):
-        await create_tenant(kube, namespace, "lostca")
-        await wait_ready(kube, namespace, "lostca", nodes=3)
+    async with _ready_tenant(kube, namespace, "lostca"):
         server_tls = await kube.get(SECRET, "lostca-vpn-server-tls", namespace)
         assert server_tls is not None
         await kube.delete(SECRET, "lostca-vpn-ca", namespace)
-        await kube.patch_merge(
-            TUNNEL, "lostca", {"metadata": {"annotations": {"test/poke": "1"}}}, namespace=namespace
-        )
+        await _poke(kube, namespace, "lostca")
         tunnel = await wait_condition(
             kube, namespace, "lostca", "PKIReady", status="False", reason="CASecretMissing"
         )
@@ -223,11 +231,7 @@ async def test_a_vanished_ca_secret_is_an_alarm_not_a_new_ca(
         assert "lostca-vpn-ca" in pki_ready["message"]
         assert "Restore the Secret" in pki_ready["message"]
 
-        async def warned() -> bool:
-            events = await events_for(kube, namespace, name="lostca")
-            return any(e.get("reason") == "CASecretMissing" for e in events)
-
-        await aeventually(warned, timeout=10, what="CASecretMissing Event")
+        await _event_seen(kube, namespace, "lostca", "CASecretMissing")
         # No new CA, and the server certificate of the old one is left alone.
         assert await kube.get(SECRET, "lostca-vpn-ca", namespace) is None
         again = await kube.get(SECRET, "lostca-vpn-server-tls", namespace)
@@ -239,28 +243,14 @@ async def test_a_deleted_revocation_book_is_recreated_from_the_crl_and_reported(
     kube: Kube,  # noqa: F811
     namespace: str,
 ) -> None:
-    tenant, nodes, serials = _tenant(namespace, "book")
-    side = FakeTenantSide(signed={tenant: tuple(serials.items())})
-    async with running_controller(
-        kube,
-        controller_settings(namespace),
-        side=side,
-        observations=FakeObservations(default=all_connected(nodes)),
-    ):
-        await create_tenant(kube, namespace, "book")
-        await wait_ready(kube, namespace, "book", nodes=3)
-        ca_pem = await _ca_pem(kube, namespace, "book")
-        await kube.delete(MACHINE, "book-md-2", namespace)
-        revoked = int(serials["book-node-2"], 16)
-        await _revoked(kube, namespace, "book", ca_pem, {revoked}, "node-2 revoked")
+    async with _ready_tenant(kube, namespace, "book") as t:
+        revoked = await t.remove_node_2(kube, "node-2 revoked")
         old = await kube.get(CONFIG_MAP, "book-vpn-revocations", namespace)
         assert old is not None
         assert format(revoked, "x") in old["data"]["revocations.json"]
 
         await kube.delete(CONFIG_MAP, "book-vpn-revocations", namespace)
-        await kube.patch_merge(
-            TUNNEL, "book", {"metadata": {"annotations": {"test/poke": "1"}}}, namespace=namespace
-        )
+        await _poke(kube, namespace, "book")
 
         async def recreated() -> KubeObject | None:
             cm = await kube.get(CONFIG_MAP, "book-vpn-revocations", namespace)
@@ -271,13 +261,9 @@ async def test_a_deleted_revocation_book_is_recreated_from_the_crl_and_reported(
         book = await aeventually(recreated, timeout=10, what="revocation book re-created")
         doc = json.loads(book["data"]["revocations.json"])
         assert [r["serial"] for r in doc["revoked"]] == [format(revoked, "x")]
-        assert await _crl(kube, namespace, "book", ca_pem) == frozenset({revoked})
+        assert await _crl(kube, namespace, "book", t.ca_pem) == frozenset({revoked})
 
-        async def warned() -> bool:
-            events = await events_for(kube, namespace, name="book")
-            return any(e.get("reason") == "RevocationsRecreated" for e in events)
-
-        await aeventually(warned, timeout=10, what="RevocationsRecreated Event")
+        await _event_seen(kube, namespace, "book", "RevocationsRecreated")
 
 
 async def test_a_revoked_serial_stays_in_the_crl_until_its_own_certificate_expires(

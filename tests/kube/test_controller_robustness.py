@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import builtins
 import time
-from collections.abc import AsyncGenerator
 
 import aiohttp
 import pytest
@@ -28,9 +26,7 @@ from vpnctl.kube import (
     Kube,
     KubeObject,
     Resource,
-    WatchEvent,
 )
-from vpnctl.kube.watch import Transform
 
 from .controllerfix import (
     FakeObservations,
@@ -43,7 +39,7 @@ from .controllerfix import (
     wait_condition,
     wait_ready,
 )
-from .kubefix import kube  # noqa: F401
+from .kubefix import PassThroughSource, kube  # noqa: F401
 
 pytestmark = pytest.mark.kube
 
@@ -139,70 +135,31 @@ async def test_leader_failover_after_a_crash_and_handover_on_shutdown(
 # --- 410 Gone and /healthz ----------------------------------------------------------------------
 
 
-class GoneOnceThenFreezable:
-    """A WatchSource around the real Kube. The first Tunnel watch asks for
-    resourceVersion "1", which the real apiserver answers with 410 Gone for a CRD
-    installed after it started (see tests/kube/test_kube_watch.py), after a Tunnel was
-    created in the gap. ``frozen`` makes Machine watch streams hang silently, like a
-    half-open connection."""
+class GoneOnceThenFreezable(PassThroughSource):
+    """The real Kube, except: the first Tunnel watch asks for resourceVersion "1", which
+    the real apiserver answers with 410 Gone for a CRD installed after it started (see
+    tests/kube/test_kube_watch.py), after a Tunnel was created in the gap. ``frozen``
+    makes Machine watch streams hang silently, like a half-open connection."""
 
     def __init__(self, client: Kube, gap: KubeObject) -> None:
-        self.kube = client
+        super().__init__(client)
         self.gap = gap
         self.tunnel_watches = 0
-        self.saw_410 = False
         self.frozen = asyncio.Event()
         self.thawed = asyncio.Event()
 
-    async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        page_size: int = 500,
-        transform: Transform | None = None,
-    ) -> tuple[builtins.list[KubeObject], str]:
-        return await self.kube.list(
-            res,
-            namespace,
-            label_selector=label_selector,
-            field_selector=field_selector,
-            page_size=page_size,
-            transform=transform,
-        )
-
-    async def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]:
+    async def before_watch(self, res: Resource, resource_version: str) -> str:
         if res == TUNNEL:
             self.tunnel_watches += 1
             if self.tunnel_watches == 1:
                 await self.kube.create(TUNNEL, self.gap)
                 resource_version = "1"
+        await self.after_event(res)  # a frozen Machine watch hangs from its start, too
+        return resource_version
+
+    async def after_event(self, res: Resource) -> None:
         if res == MACHINE and self.frozen.is_set():
             await self.thawed.wait()
-        async for event in self.kube.watch(
-            res,
-            namespace,
-            resource_version=resource_version,
-            timeout_seconds=timeout_seconds,
-            label_selector=label_selector,
-            field_selector=field_selector,
-        ):
-            if event["type"] == "ERROR" and event["object"].get("code") == 410:
-                self.saw_410 = True
-            yield event
-            if res == MACHINE and self.frozen.is_set():
-                await self.thawed.wait()
 
 
 async def test_a_410_relists_and_watch_liveness_feeds_healthz(

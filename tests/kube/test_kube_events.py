@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vpnctl.kube import CONFIG_MAP, EVENT, NAMESPACE, Kube, KubeObject, ManualClock, record_event
+from vpnctl.kube.events import EventType
 
 from .kubefix import kube  # noqa: F401
 
@@ -17,16 +18,23 @@ async def test_identical_events_are_counted_on_one_object(kube: Kube, namespace:
     )
     clock = ManualClock()
 
-    async def overlap() -> KubeObject:
+    async def record(type_: EventType, reason: str, note: str) -> KubeObject:
         return await record_event(
             kube,
             regarding=regarding,
-            type="Warning",
-            reason="CIDROverlap",
-            note="tunnel CIDR 198.18.0.0/24 overlaps the pod CIDR; set spec.tunnelCIDR",
+            type=type_,
+            reason=reason,
+            note=note,
             action="Reconcile",
             clock=clock,
             reporting_instance="vpnctl-0",
+        )
+
+    async def overlap() -> KubeObject:
+        return await record(
+            "Warning",
+            "CIDROverlap",
+            "tunnel CIDR 198.18.0.0/24 overlaps the pod CIDR; set spec.tunnelCIDR",
         )
 
     first = await overlap()
@@ -39,16 +47,7 @@ async def test_identical_events_are_counted_on_one_object(kube: Kube, namespace:
     assert third["firstTimestamp"] == first["firstTimestamp"]
     assert third["lastTimestamp"] != first["lastTimestamp"]
 
-    other = await record_event(
-        kube,
-        regarding=regarding,
-        type="Normal",
-        reason="Ready",
-        note="tunnel is up",
-        action="Reconcile",
-        clock=clock,
-        reporting_instance="vpnctl-0",
-    )
+    other = await record("Normal", "Ready", "tunnel is up")
     assert other["metadata"]["name"] != first["metadata"]["name"]
 
     events, _ = await kube.list(EVENT, namespace, field_selector="involvedObject.name=subject")

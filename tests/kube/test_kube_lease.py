@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from vpnctl.kube import LEASE, Kube, LeaderElector, SystemClock
+from vpnctl.kube import LEASE, Kube, KubeObject, LeaderElector, SystemClock
 
 from .kubefix import kube  # noqa: F401
 
@@ -72,6 +72,14 @@ async def two_replicas(
         await b.stop()
 
 
+async def _lease_spec(kube: Kube, namespace: str) -> KubeObject:  # noqa: F811
+    """The spec of the controller's Lease, which must exist."""
+    lease = await kube.get(LEASE, "vpnctl-controller", namespace)
+    assert lease is not None
+    spec: KubeObject = lease["spec"]
+    return spec
+
+
 async def _first_leader(a: Replica, b: Replica) -> tuple[Replica, Replica]:
     done, _ = await asyncio.wait(
         [asyncio.create_task(a.started.wait()), asyncio.create_task(b.started.wait())],
@@ -91,10 +99,9 @@ async def test_one_leader_and_failover_when_it_dies_without_releasing(
 ) -> None:
     async with two_replicas(kube, namespace, release=False) as (a, b):
         leader, follower = await _first_leader(a, b)
-        lease = await kube.get(LEASE, "vpnctl-controller", namespace)
-        assert lease is not None
-        assert lease["spec"]["holderIdentity"] == leader.identity
-        assert lease["spec"]["leaseDurationSeconds"] == 3
+        lease = await _lease_spec(kube, namespace)
+        assert lease["holderIdentity"] == leader.identity
+        assert lease["leaseDurationSeconds"] == 3
         assert not follower.started.is_set()
 
         died_at = time.monotonic()
@@ -103,10 +110,9 @@ async def test_one_leader_and_failover_when_it_dies_without_releasing(
         took = follower.started_at - died_at
         # It had to wait for the lease to run out, but not much longer.
         assert LEASE_DURATION - RETRY_PERIOD - 0.5 <= took <= LEASE_DURATION + 2 * RETRY_PERIOD + 1
-        lease = await kube.get(LEASE, "vpnctl-controller", namespace)
-        assert lease is not None
-        assert lease["spec"]["holderIdentity"] == follower.identity
-        assert lease["spec"]["leaseTransitions"] == 1
+        lease = await _lease_spec(kube, namespace)
+        assert lease["holderIdentity"] == follower.identity
+        assert lease["leaseTransitions"] == 1
 
 
 async def test_graceful_release_hands_over_within_a_retry_period(
@@ -121,22 +127,19 @@ async def test_graceful_release_hands_over_within_a_retry_period(
         await asyncio.wait_for(follower.started.wait(), LEASE_DURATION)
         # Far sooner than the lease would have run out (3 s); slack for a loaded machine.
         assert follower.started_at - released_at <= RETRY_PERIOD + 1.0
-        lease = await kube.get(LEASE, "vpnctl-controller", namespace)
-        assert lease is not None
-        assert lease["spec"]["holderIdentity"] == follower.identity
+        lease = await _lease_spec(kube, namespace)
+        assert lease["holderIdentity"] == follower.identity
 
 
 async def test_a_leader_keeps_renewing(kube: Kube, namespace: str) -> None:  # noqa: F811
     async with two_replicas(kube, namespace, release=True) as (a, b):
         leader, follower = await _first_leader(a, b)
-        first = await kube.get(LEASE, "vpnctl-controller", namespace)
-        assert first is not None
+        first = await _lease_spec(kube, namespace)
         # Well past the lease duration: still the leader, renewTime moved, no transition.
         await asyncio.sleep(LEASE_DURATION + 1)
-        lease = await kube.get(LEASE, "vpnctl-controller", namespace)
-        assert lease is not None
-        assert lease["spec"]["holderIdentity"] == leader.identity
-        assert lease["spec"]["renewTime"] > first["spec"]["renewTime"]
+        lease = await _lease_spec(kube, namespace)
+        assert lease["holderIdentity"] == leader.identity
+        assert lease["renewTime"] > first["renewTime"]
         assert leader.elector.is_leader
         assert not follower.started.is_set()
         assert not leader.stopped.is_set()

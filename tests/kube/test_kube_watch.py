@@ -6,7 +6,7 @@ import asyncio
 import builtins
 import contextlib
 import random
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,12 +19,11 @@ from vpnctl.kube import (
     Resource,
     SystemClock,
     Watcher,
-    WatchEvent,
     WatchMetrics,
+    WatchSource,
 )
-from vpnctl.kube.watch import Transform
 
-from .kubefix import gadget_crd, kube  # noqa: F401
+from .kubefix import PassThroughSource, gadget_crd, kube  # noqa: F401
 
 pytestmark = pytest.mark.kube
 
@@ -61,11 +60,32 @@ def _restarts(registry: CollectorRegistry, reason: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def running(watcher: Watcher) -> AsyncIterator[asyncio.Task[None]]:
+async def watching(
+    source: WatchSource,
+    res: Resource,
+    namespace: str,
+    events: Events,
+    *,
+    timeout_seconds: int,
+    registry: CollectorRegistry | None = None,
+    label_selector: str | None = None,
+) -> AsyncIterator[Watcher]:
+    """A Watcher of RES in NAMESPACE (events to EVENTS), running and synced."""
+    watcher = Watcher(
+        source,
+        res,
+        namespace,
+        on_event=events,
+        clock=SystemClock(),
+        metrics=WatchMetrics(registry or CollectorRegistry()),
+        rng=random.Random(1),
+        label_selector=label_selector,
+        timeout_seconds=timeout_seconds,
+    )
     task = asyncio.create_task(watcher.run())
     try:
         await asyncio.wait_for(watcher.synced.wait(), 10)
-        yield task
+        yield watcher
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -76,18 +96,15 @@ async def test_watch_sees_added_modified_deleted(kube: Kube, namespace: str) -> 
     await kube.create(CONFIG_MAP, _cm("before", namespace))
     events = Events()
     registry = CollectorRegistry()
-    watcher = Watcher(
+    async with watching(
         kube,
         CONFIG_MAP,
         namespace,
-        on_event=events,
-        clock=SystemClock(),
-        metrics=WatchMetrics(registry),
-        rng=random.Random(1),
+        events,
+        registry=registry,
         label_selector="kubetest",
         timeout_seconds=2,  # the server ends the stream every 2 s: we must resume
-    )
-    async with running(watcher):
+    ) as watcher:
         await events.expect(("ADDED", "before"))
         await kube.create(CONFIG_MAP, _cm("c1", namespace))
         await events.expect(("ADDED", "c1"))
@@ -111,67 +128,28 @@ async def test_watch_sees_added_modified_deleted(kube: Kube, namespace: str) -> 
         assert _restarts(registry, "gone") == 0
 
 
-class GapThenTooOld:
-    """A WatchSource around the real Kube: before the first watch, objects change (the
-    "gap" a watcher misses while disconnected), and that watch asks for
-    resourceVersion "1". For a CRD installed after the apiserver started, the watch
-    cache begins at the CRD's creation, so the real apiserver answers "1" with 410 Gone
-    (an ERROR event). (For built-in kinds on a fresh cluster it would replay its whole
-    history instead: etcd hasn't compacted yet.)"""
+class GapThenTooOld(PassThroughSource):
+    """The real Kube, except: before the first watch, objects change (the "gap" a watcher
+    misses while disconnected), and that watch asks for resourceVersion "1". For a CRD
+    installed after the apiserver started, the watch cache begins at the CRD's creation,
+    so the real apiserver answers "1" with 410 Gone (an ERROR event). (For built-in kinds
+    on a fresh cluster it would replay its whole history instead: etcd hasn't compacted
+    yet.)"""
 
     def __init__(self, client: Kube, res: Resource, namespace: str) -> None:
-        self.kube = client
+        super().__init__(client)
         self.res = res
         self.namespace = namespace
         self.watched_from: builtins.list[str] = []
-        self.saw_410 = False
 
-    async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        page_size: int = 500,
-        transform: Transform | None = None,
-    ) -> tuple[builtins.list[KubeObject], str]:
-        return await self.kube.list(
-            res,
-            namespace,
-            label_selector=label_selector,
-            field_selector=field_selector,
-            page_size=page_size,
-            transform=transform,
-        )
-
-    async def watch(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        resource_version: str,
-        timeout_seconds: int,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> AsyncGenerator[WatchEvent, None]:
+    async def before_watch(self, res: Resource, resource_version: str) -> str:
         if not self.watched_from:
             await self.kube.delete(self.res, "vanishes", self.namespace)
             await self.kube.apply(self.res, _gadget("appears", self.namespace))
             await self.kube.apply(self.res, _gadget("changes", self.namespace, size=2))
             resource_version = "1"
         self.watched_from.append(resource_version)
-        async for event in self.kube.watch(
-            res,
-            namespace,
-            resource_version=resource_version,
-            timeout_seconds=timeout_seconds,
-            label_selector=label_selector,
-            field_selector=field_selector,
-        ):
-            if event["type"] == "ERROR" and event["object"].get("code") == 410:
-                self.saw_410 = True
-            yield event
+        return resource_version
 
 
 def _gadget(name: str, namespace: str, size: int = 1) -> KubeObject:
@@ -188,17 +166,9 @@ async def test_410_from_a_real_apiserver_relists_with_a_synthetic_deleted(
     events = Events()
     registry = CollectorRegistry()
     source = GapThenTooOld(kube, gadget_crd, namespace)
-    watcher = Watcher(
-        source,
-        gadget_crd,
-        namespace,
-        on_event=events,
-        clock=SystemClock(),
-        metrics=WatchMetrics(registry),
-        rng=random.Random(1),
-        timeout_seconds=30,
-    )
-    async with running(watcher):
+    async with watching(
+        source, gadget_crd, namespace, events, registry=registry, timeout_seconds=30
+    ) as watcher:
         await events.expect(("ADDED", "stays"), ("ADDED", "vanishes"), ("ADDED", "changes"))
         await events.expect(("DELETED", "vanishes"), ("MODIFIED", "changes"), ("ADDED", "appears"))
         assert source.saw_410
@@ -224,18 +194,9 @@ async def test_410_from_a_real_apiserver_relists_with_a_synthetic_deleted(
 
 async def test_a_quiet_watch_turns_unhealthy_and_recovers(kube: Kube, namespace: str) -> None:  # noqa: F811
     events = Events()
-    watcher = Watcher(
-        kube,
-        CONFIG_MAP,
-        namespace,
-        on_event=events,
-        clock=SystemClock(),
-        metrics=WatchMetrics(CollectorRegistry()),
-        rng=random.Random(1),
-        label_selector="kubetest",
-        timeout_seconds=60,
-    )
-    async with running(watcher):
+    async with watching(
+        kube, CONFIG_MAP, namespace, events, label_selector="kubetest", timeout_seconds=60
+    ) as watcher:
         assert watcher.healthy(max_silence=1.0)
         await aeventually(
             lambda: not watcher.healthy(max_silence=1.0),

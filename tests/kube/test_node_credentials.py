@@ -204,6 +204,13 @@ class Signer:
 
 
 @contextlib.asynccontextmanager
+async def signer_for(cluster: TenantCluster, ca: certs.Issued) -> AsyncIterator[Signer]:
+    """A Signer for CLUSTER's node CSRs with the tunnel CA; it signs once ``signing``."""
+    async with api_client(cluster) as api:
+        yield Signer(api, ca=ca)
+
+
+@contextlib.asynccontextmanager
 async def signing(signer: Signer) -> AsyncIterator[Signer]:
     task = asyncio.create_task(signer.run(), name="signer")
     try:
@@ -287,8 +294,7 @@ async def test_node_gets_its_own_certificate_and_renews_with_a_new_key(
 ) -> None:
     cluster = await tenant_cluster_factory(controller_manager=True)
     ca, ca_path = tunnel_ca
-    async with api_client(cluster) as api:
-        signer = Signer(api, ca=ca)
+    async with signer_for(cluster, ca) as signer:
         secrets_before = await _secrets(signer)
         node = Node(cluster, tmp_path, name="node-1", tunnel_ca=ca_path)
         async with signing(signer):
@@ -363,8 +369,7 @@ async def test_a_node_is_denied_another_nodes_name_and_a_node_without_a_machine(
 ) -> None:
     cluster = await tenant_cluster_factory(controller_manager=True)
     ca, ca_path = tunnel_ca
-    async with api_client(cluster) as api:
-        signer = Signer(api, ca=ca)
+    async with signer_for(cluster, ca) as signer:
         async with signing(signer):
             # node-2 (it has a Machine) asks for node-1's name.
             node2 = Node(cluster, tmp_path, name="node-2", tunnel_ca=ca_path)
@@ -414,8 +419,7 @@ async def test_waiting_agent_restarted_picks_up_its_csr(
     name, gets 409 AlreadyExists, and waits for that CSR instead of making another."""
     cluster = await tenant_cluster_factory(controller_manager=True)
     ca, ca_path = tunnel_ca
-    async with api_client(cluster) as api:
-        signer = Signer(api, ca=ca)
+    async with signer_for(cluster, ca) as signer:
         node = Node(cluster, tmp_path, name="node-1", tunnel_ca=ca_path)
         with pytest.raises(BootstrapTimeout, match=r"got no answer within 1\.5 s"):
             await node.obtain(timeout=1.5)
@@ -499,7 +503,7 @@ async def test_node_role_is_unready_until_its_csr_is_signed(
             timeout=20,
         )
         assert not role._first_attempt.is_set()  # openvpn waits
-        async with api_client(cluster) as api, signing(Signer(api, ca=ca)) as signer:
+        async with signer_for(cluster, ca) as idle, signing(idle) as signer:
             signer_key = signer.server_key
             await aeventually(
                 lambda: role.conditions.reason("certificate") is None,

@@ -4,30 +4,32 @@ signer (KubeTenantSide) through a real tenant apiserver, to the real agent code
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
 
 import certs
 from agent.bootstrap import Obtained, obtain_certificate
 from agent.csr_api import CsrApi, sealed_key, ssl_context
 from certs.key_delivery import KEY_ANNOTATION
+from tests.support.polling import aeventually
 from vpnctl.controller.tenant_side import KubeTenantSide
-from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, Conflict, SystemClock
-from vpnctl.reconcile.csr import NODE_SIGNER
+from vpnctl.kube import CERTIFICATE_SIGNING_REQUEST, Conflict, Kube, KubeObject
+from vpnctl.reconcile.csr import NODE_SIGNER, csr_state, sign_node_csr
 from vpnctl.testenv import TenantCluster
 
 from .conftest import TenantFactory
+from .tenantsidefix import real_tenant_side
 from .test_tenant_side import (
+    SERVER_KEY,
     TENANT,
     admin_of,
-    desired_objects,
+    ensure,
     eventually,
     inline_kubeconfig,
     machine_for,
@@ -40,25 +42,11 @@ pytestmark = pytest.mark.kube
 
 
 @contextlib.asynccontextmanager
-async def signer(
-    cluster: TenantCluster, ca: certs.Issued, server_key: bytes | None
-) -> AsyncIterator[KubeTenantSide]:
-    async with KubeTenantSide(
-        registry=CollectorRegistry(),
-        clock=SystemClock(),
-        rng=random.Random(7),
-        node_cert_lifetime=dt.timedelta(days=30),
-        request_timeout=5.0,
-        backoff_cap=2.0,
-    ) as ts:
-        result = await ts.ensure(
-            tenant=TENANT,
-            kubeconfig_text=inline_kubeconfig(cluster.kubeconfig_path),
-            desired_objects=desired_objects(ca),
-            ca=ca,
-            machines=[machine_for("node-1"), machine_for("node-2")],
-            tls_crypt_server_key=server_key,
-        )
+async def signer(cluster: TenantCluster, ca: certs.Issued) -> AsyncIterator[KubeTenantSide]:
+    """The real signer for CLUSTER's nodes node-1 and node-2; keys from ``SERVER_KEY``."""
+    async with real_tenant_side(node_cert_lifetime=dt.timedelta(days=30)) as ts:
+        machines = [machine_for("node-1"), machine_for("node-2")]
+        result = await ensure(ts, inline_kubeconfig(cluster.kubeconfig_path), ca, machines=machines)
         assert result.installed, result.message
         await wait_synced(ts, TENANT)
         yield ts
@@ -115,21 +103,37 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+async def sign_without_a_key(admin: Kube, ca: certs.Issued, node: str) -> None:
+    """What a controller from before key delivery did with NODE's pending CSR: approve
+    it and sign it, with no key on it."""
+
+    async def pending() -> KubeObject | None:
+        csrs, _ = await admin.list(CERTIFICATE_SIGNING_REQUEST)
+        mine = (c for c in csrs if c["spec"].get("username") == f"system:node:{node}")
+        return next((c for c in mine if csr_state(c) == "pending"), None)
+
+    csr = await aeventually(pending, what=f"{node}'s CSR", timeout=20)
+    approved = await admin.approve_csr(
+        csr, signer=NODE_SIGNER, reason="NodeHasMachine", message="signed before key delivery"
+    )
+    certificate = sign_node_csr(ca, approved, now=now(), lifetime=dt.timedelta(days=30))
+    await admin.sign_csr(approved, signer=NODE_SIGNER, certificate_pem=certificate)
+
+
 async def test_a_node_gets_its_certificate_and_its_own_sealed_tls_crypt_key(
     tenant_cluster_factory: TenantFactory, tmp_path: Path
 ) -> None:
     cluster = await tenant_cluster_factory(name="kd-deliver")
     ca = tunnel_ca()
-    server_key = certs.new_tls_crypt_v2_server_key()
     one, two = Node(cluster, tmp_path, ca, "node-1"), Node(cluster, tmp_path, ca, "node-2")
-    async with signer(cluster, ca, server_key):
+    async with signer(cluster, ca):
         got = await one.obtain()
         other = await two.obtain()
     assert got.source == "issued"
     assert got.csr_name is not None
     # The installed key is wrapped by the tenant's server key and names this node and
     # the certificate's expiry: openvpn's server will answer it.
-    metadata = certs.tls_crypt_v2_client_metadata(server_key, one.tc.read_bytes())
+    metadata = certs.tls_crypt_v2_client_metadata(SERVER_KEY, one.tc.read_bytes())
     assert certs.parse_node_key_metadata(metadata) == ("node-1", got.info.not_after)
     assert one.tc.read_bytes() != two.tc.read_bytes()  # per node, never shared
 
@@ -157,10 +161,11 @@ async def test_a_csr_issued_before_keys_were_delivered_gets_its_key(
     sealed key to the issued CSR, bound to that object."""
     cluster = await tenant_cluster_factory(name="kd-upgrade")
     ca = tunnel_ca()
-    server_key = certs.new_tls_crypt_v2_server_key()
     node = Node(cluster, tmp_path, ca, "node-1")
-    async with signer(cluster, ca, None):
-        got = await node.obtain(with_key=False)
+    async with admin_of(cluster) as admin:
+        obtaining = asyncio.create_task(node.obtain(with_key=False))
+        await sign_without_a_key(admin, ca, "node-1")
+        got = await obtaining
     assert got.csr_name is not None
     name = got.csr_name
     async with admin_of(cluster) as admin:
@@ -168,7 +173,7 @@ async def test_a_csr_issued_before_keys_were_delivered_gets_its_key(
         assert csr is not None
         assert KEY_ANNOTATION not in (csr["metadata"].get("annotations") or {})
 
-        async with signer(cluster, ca, server_key):
+        async with signer(cluster, ca):
 
             async def annotated() -> bool:
                 live = await admin.get(CERTIFICATE_SIGNING_REQUEST, name)
@@ -186,5 +191,5 @@ async def test_a_csr_issued_before_keys_were_delivered_gets_its_key(
     sealed = sealed_key(live)
     assert sealed is not None
     delivered = certs.unseal_node_key(sealed, node.key.read_bytes(), node="node-1", now=now())
-    metadata = certs.tls_crypt_v2_client_metadata(server_key, delivered.client_key)
+    metadata = certs.tls_crypt_v2_client_metadata(SERVER_KEY, delivered.client_key)
     assert certs.parse_node_key_metadata(metadata) == ("node-1", got.info.not_after)

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 import certs
+from tests.support.polling import aeventually
 from vpnctl.controller.budgets import (
     DEGRADED,
     REASON_CACHE,
@@ -66,7 +67,6 @@ from .controllerfix import (
     events_for,
     running_controller,
     tunnel,
-    wait_for,
     wait_ready,
 )
 from .kubefix import kube  # noqa: F401
@@ -74,7 +74,7 @@ from .tenantsidefix import real_tenant_side
 from .test_tenant_side import (
     AGENT_NS,
     TENANT,
-    desired_objects,
+    ensure,
     inline_kubeconfig,
     machine_for,
     tunnel_ca,
@@ -129,19 +129,13 @@ async def test_the_csr_watch_takes_only_our_signer_and_denies_oversize_requests(
     text = inline_kubeconfig(cluster.kubeconfig_path)
     ca = tunnel_ca()
     async with budgeted_side(Budgets()) as ts, admin_of(cluster) as admin:
-        result = await ts.ensure(
-            tenant=TENANT,
-            kubeconfig_text=text,
-            desired_objects=desired_objects(ca),
-            ca=ca,
-            machines=[machine_for("node-1")],
-        )
+        result = await ensure(ts, text, ca, machines=[machine_for("node-1")])
         assert result.installed, result.message
 
         async def watching() -> bool:
             return any(n.endswith(" watch csrs") for n in ts.task_names(TENANT))
 
-        await wait_for(watching, what="the CSR watch running")
+        await aeventually(watching, timeout=20, what="the CSR watch running")
         # Created while the watch runs: they reach us as watch events, each one line of
         # about 700 KiB of JSON.
         pem = big_pem()
@@ -155,7 +149,7 @@ async def test_the_csr_watch_takes_only_our_signer_and_denies_oversize_requests(
             reasons = [await csr_reason(admin, f"big-{i}") for i in range(3)]
             return reasons == [REASON_CSR_TOO_LARGE] * 3
 
-        await wait_for(all_denied, timeout=20, what="the oversize CSRs denied RequestTooLarge")
+        await aeventually(all_denied, timeout=20, what="the oversize CSRs denied RequestTooLarge")
         denied = await admin.get(CERTIFICATE_SIGNING_REQUEST, "big-0")
         assert denied is not None
         message = denied["status"]["conditions"][0]["message"]
@@ -191,13 +185,7 @@ async def test_a_webhook_that_rewrites_the_agent_pauses_only_that_tenant(
         budgeted_side(budgets) as ts,
     ):
         await install_webhook(admin, hook)
-        result = await ts.ensure(
-            tenant=TENANT,
-            kubeconfig_text=text,
-            desired_objects=desired_objects(ca),
-            ca=ca,
-            machines=[],
-        )
+        result = await ensure(ts, text, ca)
         assert result.installed, result.message
         live = await admin.get(DAEMON_SET, NODE_AGENT_NAME, AGENT_NS)
         assert live is not None
@@ -209,7 +197,7 @@ async def test_a_webhook_that_rewrites_the_agent_pauses_only_that_tenant(
             return ts.degraded(TENANT)
 
         started = time.monotonic()
-        reason, message = await wait_for(degraded, timeout=30, what="the tenant Degraded")
+        reason, message = await aeventually(degraded, timeout=30, what="the tenant Degraded")
         print(f"\nrepair budget tripped after {time.monotonic() - started:.2f}s: {message}")
         assert reason == REASON_REPAIR_RATE
         assert "--tenant-repairs-per-minute" in message
@@ -221,13 +209,7 @@ async def test_a_webhook_that_rewrites_the_agent_pauses_only_that_tenant(
         assert ts.cache_usage(TENANT) == (0, 0)
         calls = len(hook.calls)
         started = time.monotonic()
-        again = await ts.ensure(
-            tenant=TENANT,
-            kubeconfig_text=text,
-            desired_objects=desired_objects(ca),
-            ca=ca,
-            machines=[],
-        )
+        again = await ensure(ts, text, ca)
         took = time.monotonic() - started
         assert again.installed
         assert again.degraded is not None
@@ -371,7 +353,7 @@ async def test_a_flooding_tenant_is_degraded_and_another_tenants_revocation_stay
                 async def flooding() -> bool:
                     return any(n.endswith(" watch csrs") for n in real.task_names(flood))
 
-                await wait_for(flooding, timeout=30, what="the flood tenant's CSR watch")
+                await aeventually(flooding, timeout=30, what="the flood tenant's CSR watch")
                 ca_secret = await kube.get(SECRET, "calm-vpn-ca", namespace)
                 assert ca_secret is not None
                 ca_pem = base64.b64decode(ca_secret["data"]["tls.crt"])
@@ -384,7 +366,7 @@ async def test_a_flooding_tenant_is_degraded_and_another_tenants_revocation_stay
                     listed = certs.crl_serials(cm["data"]["crl.pem"].encode(), ca_pem=ca_pem)
                     return int(serials["calm-node-2"], 16) in listed
 
-                await wait_for(revoked, timeout=10, interval=0.02, what="serial in the CRL")
+                await aeventually(revoked, timeout=10, interval=0.02, what="serial in the CRL")
                 took = time.monotonic() - started
                 print(
                     f"calm tenant: Machine deleted -> serial in its CRL in {took:.3f}s "
@@ -397,7 +379,7 @@ async def test_a_flooding_tenant_is_degraded_and_another_tenants_revocation_stay
                     c = condition(obj, DEGRADED)
                     return obj if c is not None and c.get("status") == "True" else None
 
-                obj = await wait_for(flood_degraded, timeout=90, what="flood Degraded")
+                obj = await aeventually(flood_degraded, timeout=90, what="flood Degraded")
                 degraded = condition(obj, DEGRADED)
                 assert degraded is not None
                 print(f"flood tenant: {degraded['reason']}: {degraded['message']}")
@@ -411,7 +393,7 @@ async def test_a_flooding_tenant_is_degraded_and_another_tenants_revocation_stay
                         if e.get("reason") == degraded["reason"] and e.get("type") == "Warning"
                     ]
 
-                await wait_for(warned, timeout=10, what="a Warning Event for Degraded")
+                await aeventually(warned, timeout=10, what="a Warning Event for Degraded")
                 # Nobody else noticed: the calm tenant has no Degraded condition, the
                 # controller is healthy, the flood tenant's agent is still installed.
                 assert condition(await tunnel(kube, namespace, "calm"), DEGRADED) is None
@@ -448,32 +430,26 @@ async def test_a_tenant_too_slow_to_install_into_is_paused_not_waited_for(
     ):
         await install_webhook(admin, hook)
 
-        async def ensure() -> tuple[float, TenantSideResult]:
+        async def timed_ensure() -> tuple[float, TenantSideResult]:
             started = time.monotonic()
-            result = await ts.ensure(
-                tenant=TENANT,
-                kubeconfig_text=text,
-                desired_objects=desired_objects(ca),
-                ca=ca,
-                machines=[],
-            )
+            result = await ensure(ts, text, ca)
             return time.monotonic() - started, result
 
         for attempt in (1, 2):
-            took, result = await ensure()
+            took, result = await timed_ensure()
             print(f"\nslow install #{attempt}: cut after {took:.2f}s: {result.message}")
             assert not result.installed
             assert "took longer than 1s" in result.message
             assert took < 1.4
             assert result.degraded is None
-        took, result = await ensure()
+        took, result = await timed_ensure()
         assert took < 1.4
         assert result.degraded is not None
         assert result.degraded[0] == REASON_SLOW
         assert "--tenant-max-call-seconds" in result.degraded[1]
         assert ts.healthy()
         calls = len(hook.calls)
-        took, result = await ensure()
+        took, result = await timed_ensure()
         print(f"paused tenant: ensure() took {took:.3f}s: {result.degraded}")
         assert took < 0.1
         assert result.degraded is not None
@@ -493,19 +469,13 @@ async def test_a_listing_over_budget_stops_early_and_the_tenant_is_degraded(
     async with admin_of(cluster) as admin:
         await create_csrs(admin, "many", 300, csr_pem())
     async with budgeted_side(Budgets(max_objects=100, pause_base=30.0)) as ts:
-        result = await ts.ensure(
-            tenant=TENANT,
-            kubeconfig_text=text,
-            desired_objects=desired_objects(ca),
-            ca=ca,
-            machines=[],
-        )
+        result = await ensure(ts, text, ca)
         assert result.installed, result.message
 
         async def degraded() -> tuple[str, str] | None:
             return ts.degraded(TENANT)
 
-        reason, message = await wait_for(degraded, timeout=30, what="the tenant Degraded")
+        reason, message = await aeventually(degraded, timeout=30, what="the tenant Degraded")
         print(f"\n{reason}: {message}")
         assert reason == REASON_CACHE
         assert "holds 101 objects" in message

@@ -13,7 +13,7 @@ import base64
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 import certs
 from agent.bootstrap import CSRRefused, obtain_certificate
 from tests.support import capi as samples
-from vpnctl.controller.interfaces import TenantRef
+from vpnctl.controller.interfaces import TenantRef, TenantSideResult
 from vpnctl.controller.tenant_install import (
     REASON_INSTALLED,
     REASON_KUBECONFIG_INVALID,
@@ -59,6 +59,7 @@ from vpnctl.testenv.cluster import free_ports
 
 from .conftest import TenantFactory
 from .tenantsidefix import real_tenant_side
+from .webhookfix import node_csr
 
 pytestmark = pytest.mark.kube
 
@@ -107,6 +108,31 @@ def desired_objects(ca: certs.Issued, *, port: int = 1194) -> list[KubeObject]:
         tenant_objects(
             cluster_name=CLUSTER, settings=SETTINGS, role_config=role, ca_pem=ca.cert_pem
         )
+    )
+
+
+# The tenant's tls-crypt-v2 server key: the signer seals each node's own client key,
+# made from it, onto the node's CSR.
+SERVER_KEY = certs.new_tls_crypt_v2_server_key()
+
+
+async def ensure(
+    ts: KubeTenantSide,
+    text: str,
+    ca: certs.Issued,
+    *,
+    machines: Sequence[KubeObject] = (),
+    objects: Sequence[KubeObject] | None = None,
+) -> TenantSideResult:
+    """``ensure()`` for TENANT with its kubeconfig TEXT, tunnel CA and ``SERVER_KEY``, as
+    the reconciler calls it; the agent objects are ``desired_objects(ca)`` unless given."""
+    return await ts.ensure(
+        tenant=TENANT,
+        kubeconfig_text=text,
+        desired_objects=desired_objects(ca) if objects is None else objects,
+        ca=ca,
+        machines=machines,
+        tls_crypt_server_key=SERVER_KEY,
     )
 
 
@@ -249,9 +275,7 @@ async def test_install_resync_without_writes_and_drift_put_back(
     objects = desired_objects(ca)
     registry = CollectorRegistry()
     async with tenant_side(registry) as ts, admin_of(cluster) as admin:
-        first = await ts.ensure(
-            tenant=TENANT, kubeconfig_text=text, desired_objects=objects, ca=ca, machines=[]
-        )
+        first = await ensure(ts, text, ca, objects=objects)
         assert first.installed, first.message
         assert first.reason == REASON_INSTALLED
         assert f"{len(objects)} written" in first.message
@@ -259,15 +283,11 @@ async def test_install_resync_without_writes_and_drift_put_back(
         assert len(before) == 4  # Namespace, ServiceAccount, ConfigMap, DaemonSet
 
         # A resync with nothing changed writes nothing: before and after the caches sync.
-        again = await ts.ensure(
-            tenant=TENANT, kubeconfig_text=text, desired_objects=objects, ca=ca, machines=[]
-        )
+        again = await ensure(ts, text, ca, objects=objects)
         assert again.installed
         assert "0 written" in again.message
         await wait_synced(ts, TENANT)
-        again = await ts.ensure(
-            tenant=TENANT, kubeconfig_text=text, desired_objects=objects, ca=ca, machines=[]
-        )
+        again = await ensure(ts, text, ca, objects=objects)
         assert "0 written" in again.message
         assert await resource_versions(admin, objects) == before
         assert ts.repairs(TENANT) == 0
@@ -323,17 +343,13 @@ async def test_install_resync_without_writes_and_drift_put_back(
                 {"namespace": TENANT.namespace, "cluster": CLUSTER, "kind": kind},
             )
             assert value == 1.0, kind
-        result = await ts.ensure(
-            tenant=TENANT, kubeconfig_text=text, desired_objects=objects, ca=ca, machines=[]
-        )
+        result = await ensure(ts, text, ca, objects=objects)
         assert result.installed
         assert "3 put back" in result.message
 
         # Our own change (the server moved) is written once and not fought as drift.
         moved = desired_objects(ca, port=31194)
-        result = await ts.ensure(
-            tenant=TENANT, kubeconfig_text=text, desired_objects=moved, ca=ca, machines=[]
-        )
+        result = await ensure(ts, text, ca, objects=moved)
         assert "2 written" in result.message  # node.json, and the pods' config hash
         await asyncio.sleep(1)
         assert ts.repairs(TENANT) == 3
@@ -352,45 +368,24 @@ async def test_node_csrs_signed_for_machine_nodes_denied_otherwise(
     registry = CollectorRegistry()
 
     async with tenant_side(registry) as ts, admin_of(cluster) as admin:
-        result = await ts.ensure(
-            tenant=TENANT,
-            kubeconfig_text=text,
-            desired_objects=desired_objects(ca),
-            ca=ca,
-            machines=[machine_for("node-1")],
-        )
+        result = await ensure(ts, text, ca, machines=[machine_for("node-1")])
         assert result.installed, result.message
         await wait_synced(ts, TENANT)
 
         # Someone else's signer: vpnctl must leave it alone, never deny it.
-        other_key = certs.new_private_key()
+        someone = certs.new_csr(certs.new_private_key(), common_name="someone")
         other = await admin.create(
             CERTIFICATE_SIGNING_REQUEST,
-            {
-                "metadata": {"name": "not-ours"},
-                "spec": {
-                    "signerName": "kubernetes.io/kube-apiserver-client",
-                    "request": base64.b64encode(
-                        certs.new_csr(other_key, common_name="someone")
-                    ).decode(),
-                    "usages": ["client auth"],
-                },
-            },
+            node_csr(
+                "not-ours",
+                someone,
+                signer="kubernetes.io/kube-apiserver-client",
+                usages=["client auth"],
+            ),
         )
         # Our signer, but created by the admin, not by a node.
-        impostor = await admin.create(
-            CERTIFICATE_SIGNING_REQUEST,
-            {
-                "metadata": {"name": "impostor"},
-                "spec": {
-                    "signerName": "vpnctl.io/node",
-                    "request": base64.b64encode(
-                        certs.new_csr(certs.new_private_key(), common_name="node-1")
-                    ).decode(),
-                    "usages": ["digital signature", "client auth"],
-                },
-            },
-        )
+        as_node_1 = certs.new_csr(certs.new_private_key(), common_name="node-1")
+        impostor = await admin.create(CERTIFICATE_SIGNING_REQUEST, node_csr("impostor", as_node_1))
         assert impostor["spec"]["username"] == "vpnctl-testenv-admin"
 
         start = time.monotonic()
@@ -420,13 +415,7 @@ async def test_node_csrs_signed_for_machine_nodes_denied_otherwise(
         await eventually(impostor_denied, timeout=5, what="impostor CSR denied")
         assert not (by_name["not-ours"].get("status") or {}).get("conditions"), other
 
-        result = await ts.ensure(
-            tenant=TENANT,
-            kubeconfig_text=text,
-            desired_objects=desired_objects(ca),
-            ca=ca,
-            machines=[machine_for("node-1")],
-        )
+        result = await ensure(ts, text, ca, machines=[machine_for("node-1")])
         assert (result.csr_signed, result.csr_denied) == (1, 2)
         assert result.signed == (("node-1", format(info.serial, "x")),)
         labels_ = {"namespace": TENANT.namespace, "cluster": CLUSTER}
@@ -443,24 +432,12 @@ async def test_node_csrs_signed_for_machine_nodes_denied_otherwise(
     # A restarted controller still knows the serial (from the issued CSR) to revoke it,
     # and decides nothing twice.
     async with tenant_side() as ts:
-        await ts.ensure(
-            tenant=TENANT,
-            kubeconfig_text=text,
-            desired_objects=desired_objects(ca),
-            ca=ca,
-            machines=[machine_for("node-1")],
-        )
+        await ensure(ts, text, ca, machines=[machine_for("node-1")])
         serial = format(info.serial, "x")
 
         async def serial_known() -> bool:
             nonlocal result
-            result = await ts.ensure(
-                tenant=TENANT,
-                kubeconfig_text=text,
-                desired_objects=desired_objects(ca),
-                ca=ca,
-                machines=[machine_for("node-1")],
-            )
+            result = await ensure(ts, text, ca, machines=[machine_for("node-1")])
             return result.signed == (("node-1", serial),)
 
         await eventually(serial_known, timeout=10, what="serial recovered from the CSR")
@@ -476,12 +453,8 @@ async def test_unreachable_and_malformed_kubeconfig_are_results_not_exceptions(
     closed = f"https://127.0.0.1:{free_ports(1)[0]}"
     async with tenant_side() as ts:
         start = time.monotonic()
-        result = await ts.ensure(
-            tenant=TENANT,
-            kubeconfig_text=inline_kubeconfig(cluster.kubeconfig_path, server=closed),
-            desired_objects=objects,
-            ca=ca,
-            machines=[],
+        result = await ensure(
+            ts, inline_kubeconfig(cluster.kubeconfig_path, server=closed), ca, objects=objects
         )
         took = time.monotonic() - start
         print(f"\nunreachable tenant reported after {took:.3f}s: {result.message}")
@@ -501,22 +474,14 @@ async def test_unreachable_and_malformed_kubeconfig_are_results_not_exceptions(
                 "current-context names context 'elsewhere', which is not in contexts",
             ),
         ):
-            result = await ts.ensure(
-                tenant=TENANT, kubeconfig_text=text, desired_objects=objects, ca=ca, machines=[]
-            )
+            result = await ensure(ts, text, ca, objects=objects)
             assert not result.installed
             assert result.reason == REASON_KUBECONFIG_INVALID
             assert expected in result.message
             assert f"Secret {TENANT.namespace}/{CLUSTER}-kubeconfig" in result.message
 
         # The Secret is fixed: a new client, and the agent goes in.
-        result = await ts.ensure(
-            tenant=TENANT,
-            kubeconfig_text=inline_kubeconfig(cluster.kubeconfig_path),
-            desired_objects=objects,
-            ca=ca,
-            machines=[],
-        )
+        result = await ensure(ts, inline_kubeconfig(cluster.kubeconfig_path), ca, objects=objects)
         assert result.installed, result.message
         assert ts.healthy()
 
@@ -550,9 +515,7 @@ async def test_forget_stops_watches_and_cleanup_removes_everything(
     ]
     objects = [*desired_objects(ca), *extra]
     async with tenant_side() as ts, admin_of(cluster) as admin:
-        result = await ts.ensure(
-            tenant=TENANT, kubeconfig_text=text, desired_objects=objects, ca=ca, machines=[]
-        )
+        result = await ensure(ts, text, ca, objects=objects)
         assert result.installed, result.message
         await wait_synced(ts, TENANT)
         names = ts.task_names(TENANT)
@@ -583,9 +546,7 @@ async def test_forget_stops_watches_and_cleanup_removes_everything(
         await asyncio.sleep(2)
         assert await admin.get(DAEMON_SET, NODE_AGENT_NAME, AGENT_NS) is None
 
-        result = await ts.ensure(
-            tenant=TENANT, kubeconfig_text=text, desired_objects=objects, ca=ca, machines=[]
-        )
+        result = await ensure(ts, text, ca, objects=objects)
         assert result.installed
         assert "1 written" in result.message  # just the DaemonSet
         assert tasks_of(TENANT)

@@ -26,7 +26,7 @@ from .tenantsidefix import real_tenant_side
 from .test_tenant_side import (
     TENANT,
     admin_of,
-    desired_objects,
+    ensure,
     eventually,
     inline_kubeconfig,
     machine_for,
@@ -61,13 +61,7 @@ def signer(recorder: IssuedRecorder | None = None) -> AbstractAsyncContextManage
 async def install(
     ts: KubeTenantSide, text: str, ca: certs.Issued, machines: list[KubeObject]
 ) -> None:
-    result = await ts.ensure(
-        tenant=TENANT,
-        kubeconfig_text=text,
-        desired_objects=desired_objects(ca),
-        ca=ca,
-        machines=machines,
-    )
+    result = await ensure(ts, text, ca, machines=machines)
     assert result.installed, result.message
     await wait_synced(ts, TENANT)
 

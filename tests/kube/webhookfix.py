@@ -12,7 +12,7 @@ import datetime as dt
 import ipaddress
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +171,15 @@ def csr_pem(*, padding: int = 0) -> bytes:
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
-def node_csr(name: str, pem: bytes, *, signer: str = "vpnctl.io/node") -> KubeObject:
+def node_csr(
+    name: str,
+    pem: bytes,
+    *,
+    signer: str = "vpnctl.io/node",
+    usages: Sequence[str] = ("digital signature", "client auth"),
+) -> KubeObject:
+    """A CertificateSigningRequest NAME asking for PEM, as a node asks ours (or, with
+    SIGNER and USAGES, as someone asks another signer)."""
     return {
         "apiVersion": "certificates.k8s.io/v1",
         "kind": "CertificateSigningRequest",
@@ -179,7 +187,7 @@ def node_csr(name: str, pem: bytes, *, signer: str = "vpnctl.io/node") -> KubeOb
         "spec": {
             "signerName": signer,
             "request": base64.b64encode(pem).decode(),
-            "usages": ["digital signature", "client auth"],
+            "usages": list(usages),
         },
     }
 

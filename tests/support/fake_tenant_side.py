@@ -22,7 +22,7 @@ class EnsureCall:
     kinds: tuple[str, ...]
     machines: tuple[str, ...]
     ca_cert_pem: bytes
-    tls_crypt_server_key: bytes | None = field(default=None, repr=False)
+    tls_crypt_server_key: bytes = field(repr=False)
 
 
 @dataclass
@@ -48,7 +48,7 @@ class FakeTenantSide:
         desired_objects: Sequence[dict[str, Any]],
         ca: certs.Issued,
         machines: Sequence[dict[str, Any]],
-        tls_crypt_server_key: bytes | None = None,
+        tls_crypt_server_key: bytes,
     ) -> TenantSideResult:
         assert "clusters:" in kubeconfig_text  # the Secret's text, decoded
         self.calls.append(

@@ -394,6 +394,14 @@ async def _run_until(role: NodeRole, check: Any) -> None:
             await task
 
 
+def _failed_requests(role: NodeRole) -> float:
+    """Certificate requests of ROLE that failed so far."""
+    value = role.registry.get_sample_value(
+        "vpnctl_agent_certificate_requests_total", {"role": "node", "result": "error"}
+    )
+    return value or 0.0
+
+
 async def test_role_is_not_ready_while_the_apiserver_cannot_be_reached(files: Files) -> None:
     # The retries wait on the role's clock, which moves only as far as each wait asks.
     clock = ManualClock(wall=NOW, autoadvance=True)
@@ -401,13 +409,7 @@ async def test_role_is_not_ready_while_the_apiserver_cannot_be_reached(files: Fi
     assert role.node_name() == "node-1"
     assert role.conditions.reason("certificate") is not None
 
-    def failed_twice() -> bool:
-        value = role.registry.get_sample_value(
-            "vpnctl_agent_certificate_requests_total", {"role": "node", "result": "error"}
-        )
-        return value is not None and value >= 2
-
-    await _run_until(role, failed_twice)
+    await _run_until(role, lambda: _failed_requests(role) >= 2)
     reason = role.conditions.reason("certificate")
     assert reason is not None
     assert "cannot reach the tenant apiserver" in reason
@@ -457,13 +459,7 @@ async def test_role_without_its_tls_crypt_key_is_not_ready(files: Files) -> None
     clock = ManualClock(wall=NOW, autoadvance=True)
     role = _role(files, node_name="node-1", environ={}, clock=clock)
 
-    def failed() -> bool:
-        value = role.registry.get_sample_value(
-            "vpnctl_agent_certificate_requests_total", {"role": "node", "result": "error"}
-        )
-        return value is not None and value >= 1
-
-    await _run_until(role, failed)
+    await _run_until(role, lambda: _failed_requests(role) >= 1)
     reason = role.conditions.reason("certificate")
     assert reason is not None
     assert "cannot reach the tenant apiserver" in reason

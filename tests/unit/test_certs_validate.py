@@ -18,14 +18,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import certs
 from certs import Issued
 
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-DAY = timedelta(days=1)
-YEAR = timedelta(days=365)
+from . import certsfix
+from .certsfix import DAY, NOW, YEAR
 
-
-@pytest.fixture(scope="module")
-def ca() -> Issued:
-    return certs.new_ca(common_name="tenant-a-ca", now=NOW, lifetime=10 * YEAR)
+ca = certsfix.ca  # the shared module-scoped fixture: one tenant CA per module
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from ipaddress import IPv4Network
 
 import pytest
 
 from vpnctl.cli import _parser
-from vpnctl.controller.budgets import Budgets
+from vpnctl.controller.budgets import DEFAULT_TENANT_SIDE_TIMEOUT, Budgets
 from vpnctl.controller.cli import budgets_from_args, settings_from_args
+from vpnctl.controller.tenant_settings import TenantSettings
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -90,7 +92,10 @@ def test_privilege_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_tenant_budget_flags_have_sane_defaults_and_are_read() -> None:
     assert budgets_from_args(parse()) == Budgets()
-    assert settings_from_args(parse()).tenant.tenant_side_timeout == 10.0  # under 30 s
+    # One default: the flag's is the settings' own.
+    assert settings_from_args(parse()).tenant.tenant_side_timeout == DEFAULT_TENANT_SIDE_TIMEOUT
+    defaults = {f.name: f.default for f in dataclasses.fields(TenantSettings)}
+    assert defaults["tenant_side_timeout"] == DEFAULT_TENANT_SIDE_TIMEOUT
     args = parse(
         "--tenant-max-objects", "500", "--tenant-max-cache-bytes", "1048576",
         "--tenant-csr-decisions-per-minute", "30", "--tenant-repairs-per-minute", "6",

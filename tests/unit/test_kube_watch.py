@@ -30,7 +30,6 @@ from vpnctl.kube import (
     WatchEvent,
     WatchMetrics,
 )
-from vpnctl.kube.watch import Transform
 
 HANG = "hang"  # a stream that stays open and quiet
 LIVE = "live"  # a stream that yields what the test puts in FakeSource.live
@@ -64,6 +63,10 @@ Stream = builtins.list[WatchEvent | Exception] | str | Exception
 
 
 class FakeSource:
+    """Scripted lists and watch streams. It serves plain watches: the Watcher passes
+    ``field_selector``, ``page_size`` and ``transform`` only when it was given them
+    (see ``WatchSource``), so beyond ``label_selector`` no option may arrive here."""
+
     def __init__(self) -> None:
         self.lists: builtins.list[tuple[builtins.list[KubeObject], str] | Exception] = []
         self.streams: builtins.list[Stream] = []
@@ -72,17 +75,9 @@ class FakeSource:
         self.live: asyncio.Queue[WatchEvent] = asyncio.Queue()
 
     async def list(
-        self,
-        res: Resource,
-        namespace: str | None = None,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        page_size: int = 500,
-        transform: Transform | None = None,
+        self, res: Resource, namespace: str | None = None, **options: Any
     ) -> tuple[builtins.list[KubeObject], str]:
-        assert field_selector is None, "this fake serves plain lists"
-        assert transform is None, "this fake serves plain lists"
+        assert set(options) <= {"label_selector"}, f"this fake serves plain lists: {options}"
         self.list_calls += 1
         step = self.lists.pop(0)
         if isinstance(step, Exception):
@@ -96,10 +91,9 @@ class FakeSource:
         *,
         resource_version: str,
         timeout_seconds: int,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
+        **options: Any,
     ) -> AsyncGenerator[WatchEvent, None]:
-        assert field_selector is None, "this fake serves plain watches"
+        assert set(options) <= {"label_selector"}, f"this fake serves plain watches: {options}"
         self.watched_from.append(resource_version)
         script = self.streams.pop(0) if self.streams else HANG
         if isinstance(script, Exception):

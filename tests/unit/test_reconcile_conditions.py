@@ -59,36 +59,25 @@ def test_set_condition_adds_with_all_fields() -> None:
 
 
 def test_transition_time_moves_only_when_status_changes() -> None:
-    first = set_condition(
-        None,
-        type=SERVER_READY,
-        status="False",
-        reason="A",
-        message="a",
-        observed_generation=1,
-        now=T0,
-    )
-    same = set_condition(
-        first,
-        type=SERVER_READY,
-        status="False",
-        reason="B",
-        message="b",
-        observed_generation=2,
-        now=T1,
-    )
+    def server_ready(
+        conditions: list[Condition] | None, status: str, reason: str, generation: int, now: datetime
+    ) -> list[Condition]:
+        return set_condition(
+            conditions,
+            type=SERVER_READY,
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            message=reason.lower(),
+            observed_generation=generation,
+            now=now,
+        )
+
+    first = server_ready(None, "False", "A", 1, T0)
+    same = server_ready(first, "False", "B", 2, T1)
     assert cond(same, SERVER_READY)["lastTransitionTime"] == rfc3339(T0)
     assert cond(same, SERVER_READY)["reason"] == "B"
     assert cond(same, SERVER_READY)["observedGeneration"] == 2
-    flipped = set_condition(
-        same,
-        type=SERVER_READY,
-        status="True",
-        reason="Up",
-        message="ok",
-        observed_generation=2,
-        now=T1,
-    )
+    flipped = server_ready(same, "True", "Up", 2, T1)
     assert cond(flipped, SERVER_READY)["lastTransitionTime"] == rfc3339(T1)
 
 
@@ -120,23 +109,18 @@ def parts(**statuses: str) -> list[Condition]:
     return out
 
 
+def ready_of(**statuses: str) -> Condition:
+    """The Ready condition derived from parts of these STATUSES."""
+    return cond(derive_ready(parts(**statuses), observed_generation=1, now=T1), READY)
+
+
 def test_ready_true_when_all_parts_true() -> None:
-    out = derive_ready(
-        parts(PKIReady="True", ServerReady="True", AgentInstalled="True"),
-        observed_generation=1,
-        now=T1,
-    )
-    ready = cond(out, READY)
+    ready = ready_of(PKIReady="True", ServerReady="True", AgentInstalled="True")
     assert (ready["status"], ready["reason"]) == ("True", "TunnelReady")
 
 
 def test_ready_false_takes_the_first_false_parts_reason_and_message() -> None:
-    out = derive_ready(
-        parts(PKIReady="True", ServerReady="False", AgentInstalled="False"),
-        observed_generation=1,
-        now=T1,
-    )
-    ready = cond(out, READY)
+    ready = ready_of(PKIReady="True", ServerReady="False", AgentInstalled="False")
     assert (ready["status"], ready["reason"], ready["message"]) == (
         "False",
         "ServerReadyReason",
@@ -145,12 +129,8 @@ def test_ready_false_takes_the_first_false_parts_reason_and_message() -> None:
 
 
 def test_ready_false_beats_unknown_and_unknown_beats_true() -> None:
-    out = derive_ready(
-        parts(PKIReady="Unknown", ServerReady="False"), observed_generation=1, now=T1
-    )
-    assert cond(out, READY)["status"] == "False"
-    out = derive_ready(parts(PKIReady="True", ServerReady="True"), observed_generation=1, now=T1)
-    ready = cond(out, READY)
+    assert ready_of(PKIReady="Unknown", ServerReady="False")["status"] == "False"
+    ready = ready_of(PKIReady="True", ServerReady="True")
     assert (ready["status"], ready["reason"]) == ("Unknown", "AgentInstalledUnknown")
 
 

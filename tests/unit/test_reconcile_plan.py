@@ -11,15 +11,14 @@ import pytest
 
 from agent.desired_state import parse_desired
 from tests.support import capi
-from vpnctl.api import Condition, Tunnel, TunnelStatusBody
+from tests.support.conditions import all_parts_done
+from vpnctl.api import Tunnel, TunnelStatusBody
 from vpnctl.reconcile.conditions import (
     AGENT_INSTALLED,
-    PKI_READY,
     READY,
     SERVER_READY,
     derive_ready,
     find_condition,
-    set_condition,
     set_error_condition,
 )
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
@@ -55,18 +54,7 @@ def run(
 
 def written(tunnel: Tunnel, plan: TenantPlan, now: datetime) -> Tunnel:
     """The Tunnel as the next reconcile reads it: status written, round-tripped as JSON."""
-    conditions: list[Condition] = []
-    for type_ in (PKI_READY, SERVER_READY, AGENT_INSTALLED):
-        conditions = set_condition(
-            conditions,
-            type=type_,
-            status="True",
-            reason="Done",
-            message="done",
-            observed_generation=plan.tenant.generation,
-            now=now,
-        )
-    conditions = derive_ready(conditions, observed_generation=plan.tenant.generation, now=now)
+    conditions = all_parts_done([], generation=plan.tenant.generation, now=now)
     status = plan.status(conditions=conditions, previous=tunnel.get("status"), now=now)
     body = json.loads(json.dumps({**tunnel, "status": status}))
     return cast(Tunnel, body)
@@ -110,13 +98,20 @@ def test_desired_state_and_configs_come_with_the_plan() -> None:
     assert plan.names.service == "tenant-a-vpn"
 
 
-def test_waiting_lists_pending_and_unallocated_machines() -> None:
-    lab = capi.lab_tenant()
+def _small_cidr_and_two_more_machines() -> tuple[Tunnel, list[Any]]:
+    """A Tunnel whose /29 has addresses for 4 nodes (after the server's), and Machines
+    of nodes 4 and 5 beside the lab's three: node-5 gets no address."""
     tunnel = capi.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": "198.18.8.0/29"})
     extra = [
         capi.machine(name=f"tenant-a-md-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
         for i in (4, 5)
     ]
+    return tunnel, extra
+
+
+def test_waiting_lists_pending_and_unallocated_machines() -> None:
+    lab = capi.lab_tenant()
+    tunnel, extra = _small_cidr_and_two_more_machines()
     plan = run(tunnel, [*lab.machines, *extra, capi.machine(name="tenant-a-md-9")], {})
     waiting = {w.machine: w.error.reason for w in plan.waiting}
     assert waiting == {"tenant-a-md-9": "WaitingForNodeRef", "tenant-a-md-5": "TunnelCIDRExhausted"}
@@ -127,11 +122,7 @@ def test_waiting_lists_pending_and_unallocated_machines() -> None:
 
 def test_a_node_without_a_tunnel_address_is_never_elected() -> None:
     lab = capi.lab_tenant()
-    tunnel = capi.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": "198.18.8.0/29"})
-    extra = [
-        capi.machine(name=f"tenant-a-md-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
-        for i in (4, 5)
-    ]
+    tunnel, extra = _small_cidr_and_two_more_machines()
     plan = run(tunnel, [*lab.machines, *extra], up("node-5"))
     assert plan.service_route_node is None
 

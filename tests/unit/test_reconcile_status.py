@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 
 from tests.support import capi
+from tests.support.conditions import all_parts_done
 from vpnctl.api import Tunnel, TunnelStatusBody
 from vpnctl.reconcile.allocation import (
     AllocationResult,
@@ -16,7 +17,7 @@ from vpnctl.reconcile.allocation import (
     allocations_from_status,
     released_from_status,
 )
-from vpnctl.reconcile.conditions import READY, derive_ready, set_condition
+from vpnctl.reconcile.conditions import READY
 from vpnctl.reconcile.routes import elect_service_route_node
 from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
 from vpnctl.reconcile.status_table import format_table, human_duration, render_status
@@ -54,18 +55,7 @@ def reconcile_once(
         current=prev.get("serviceRouteNode"),
         connected=connected_members(tenant=t, observations=observations),
     )
-    conditions = prev.get("conditions", [])
-    for type_ in ("PKIReady", "ServerReady", "AgentInstalled"):
-        conditions = set_condition(
-            conditions,
-            type=type_,
-            status="True",
-            reason="Done",
-            message="done",
-            observed_generation=t.generation,
-            now=now,
-        )
-    conditions = derive_ready(conditions, observed_generation=t.generation, now=now)
+    conditions = all_parts_done(prev.get("conditions", []), generation=t.generation, now=now)
     return build_status(
         tenant=t,
         result=result,

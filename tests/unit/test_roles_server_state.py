@@ -68,14 +68,15 @@ def test_desired_ccd_renders_every_client() -> None:
 
 
 def test_ccd_change_of_a_clients_iroutes_kicks_only_that_client() -> None:
+    node_2_iroutes = ["198.19.0.12/32"]
     doc = {
         "clients": [
             {"common_name": "node-1", "ifconfig_ip": "198.18.8.11", "iroutes": ["198.19.0.11/32"]},
-            {"common_name": "node-2", "ifconfig_ip": "198.18.8.12", "iroutes": ["198.19.0.12/32"]},
+            {"common_name": "node-2", "ifconfig_ip": "198.18.8.12", "iroutes": node_2_iroutes},
         ]
     }
     before = desired_ccd(parse_desired(doc, path="/d", tunnel_cidr=TUNNEL), tunnel_cidr=TUNNEL)
-    doc["clients"][1]["iroutes"].append("198.19.192.0/20")  # node-2 elected for services
+    node_2_iroutes.append("198.19.192.0/20")  # node-2 elected for services
     after = desired_ccd(parse_desired(doc, path="/d", tunnel_cidr=TUNNEL), tunnel_cidr=TUNNEL)
     plan = plan_ccd(desired=after, current=before)
     assert plan.kick == {"node-2": KICK_CCD_CHANGED}

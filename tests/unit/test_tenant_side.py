@@ -65,6 +65,7 @@ from vpnctl.reconcile.tenant_refs import (
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 TENANT = TenantRef(namespace="tenant-a", cluster="tenant-a")
+SERVER_KEY = certs.new_tls_crypt_v2_server_key()
 CERT = b"-----BEGIN CERTIFICATE-----\nnot-a-real-cert\n-----END CERTIFICATE-----\n"
 
 
@@ -341,7 +342,14 @@ async def test_outside_its_context_it_refuses_work_and_is_unhealthy() -> None:
     ts = tenant_side()
     assert not ts.healthy()
     with pytest.raises(RuntimeError, match="async with"):
-        await ts.ensure(tenant=TENANT, kubeconfig_text="", desired_objects=[], ca=ca(), machines=[])
+        await ts.ensure(
+            tenant=TENANT,
+            kubeconfig_text="",
+            desired_objects=[],
+            ca=ca(),
+            machines=[],
+            tls_crypt_server_key=SERVER_KEY,
+        )
     async with ts:
         assert ts.healthy()
         assert ts.repairs(TENANT) == 0
@@ -360,12 +368,11 @@ async def test_a_malformed_kubeconfig_is_a_result_and_starts_nothing() -> None:
             desired_objects=agent_objects(),
             ca=ca(),
             machines=[],
+            tls_crypt_server_key=SERVER_KEY,
         )
         assert not result.installed
         assert result.reason == REASON_KUBECONFIG_INVALID
-        assert (
-            "Secret tenant-a/tenant-a-kubeconfig: current-context is missing" in result.message
-        )
+        assert "Secret tenant-a/tenant-a-kubeconfig: current-context is missing" in result.message
         assert ts.task_names(TENANT) == []
         assert ts.healthy()
 
@@ -375,7 +382,12 @@ async def test_an_unknown_kind_in_the_desired_set_is_our_bug_not_a_tenant_proble
     async with tenant_side() as ts:
         with pytest.raises(ValueError, match="KNOWN_RESOURCES"):
             await ts.ensure(
-                tenant=TENANT, kubeconfig_text="", desired_objects=[job], ca=ca(), machines=[]
+                tenant=TENANT,
+                kubeconfig_text="",
+                desired_objects=[job],
+                ca=ca(),
+                machines=[],
+                tls_crypt_server_key=SERVER_KEY,
             )
 
 

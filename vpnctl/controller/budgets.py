@@ -63,6 +63,12 @@ REASON_CSR_TOO_LARGE = "RequestTooLarge"
 # size in bytes of what was dropped. No object from the API has this top-level key.
 DROPPED_BYTES = "x-vpnctl-dropped-bytes"
 
+# Upper bound of one reconcile's calls into a tenant cluster (``--tenant-side-timeout``,
+# ``TenantSettings.tenant_side_timeout``): a tenant apiserver that doesn't answer in this
+# time holds up only its own key, which is retried with backoff. Here, not beside
+# TenantSettings, so the CLI reads it without importing the controller.
+DEFAULT_TENANT_SIDE_TIMEOUT = 10.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class Budgets:

@@ -21,7 +21,7 @@ import sys
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
-from vpnctl.controller.budgets import Budgets
+from vpnctl.controller.budgets import DEFAULT_TENANT_SIDE_TIMEOUT, Budgets
 
 if TYPE_CHECKING:  # the parser is built for every command, `vpnctl lab` too: stay light
     from vpnctl.controller.operator import ControllerSettings
@@ -73,7 +73,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     budget.add_argument(
         "--tenant-side-timeout",
         type=float,
-        default=10.0,
+        default=DEFAULT_TENANT_SIDE_TIMEOUT,
         metavar="SECONDS",
         help="upper bound of one reconcile's calls into a tenant cluster",
     )
@@ -307,8 +307,10 @@ async def run(args: argparse.Namespace) -> int:
                 # is handed out.
                 recorder=RevocationStore(kube=kube, clock=clock, rng=rng),
             ) as tenant_side,
-            ServerMetricsObservations(
-                kube=kube, health_port=settings.tenant.build.server_health_port
+            contextlib.aclosing(
+                ServerMetricsObservations(
+                    kube=kube, health_port=settings.tenant.build.server_health_port
+                )
             ) as observations,
         ):
             controller = Controller(

@@ -102,12 +102,12 @@ async def handle_csr(
     lifetime: timedelta,
     recorder: IssuedRecorder | None,
     retrying: Retrying,
-    tls_crypt_server_key: bytes | None = None,
+    tls_crypt_server_key: bytes,
 ) -> Handled:
     """Decide CSR (as read) and act on exactly that object. API errors propagate (a
     Conflict means: it changed since it was read, decide again from a fresh read).
-    With ``tls_crypt_server_key``, the node's own client key is sealed onto the CSR
-    before the certificate (without: no key is delivered; tests of other parts)."""
+    The node's own client key, made from ``tls_crypt_server_key``, is sealed onto the
+    CSR before the certificate."""
     spec = csr.get("spec") or {}
     if spec.get("signerName") != NODE_SIGNER:
         return Handled(outcome="skipped")  # never ours, whatever reached the cache
@@ -158,20 +158,17 @@ async def handle_csr(
         )
     if approved is None:
         return Handled(outcome="skipped", decision=decision)
-    if tls_crypt_server_key is not None:
-        annotated = await deliver_key(
-            api,
-            approved,
-            server_key=tls_crypt_server_key,
-            node=cert.node,
-            not_after=cert.not_after,
-            now=now,
-            retrying=retrying,
-        )
-        if annotated is None:
-            return Handled(outcome="skipped", decision=decision)
-        approved = annotated
-    bound = approved
+    bound = await deliver_key(
+        api,
+        approved,
+        server_key=tls_crypt_server_key,
+        node=cert.node,
+        not_after=cert.not_after,
+        now=now,
+        retrying=retrying,
+    )
+    if bound is None:
+        return Handled(outcome="skipped", decision=decision)
     signed = await _unless_gone(
         lambda: retrying(
             lambda: api.sign_csr(bound, signer=NODE_SIGNER, certificate_pem=certificate)

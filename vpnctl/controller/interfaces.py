@@ -71,12 +71,12 @@ class TenantSide(Protocol):
         desired_objects: Sequence[dict[str, Any]],
         ca: certs.Issued,
         machines: Sequence[dict[str, Any]],
-        tls_crypt_server_key: bytes | None = None,
+        tls_crypt_server_key: bytes,
     ) -> TenantSideResult:
         """Apply the agent objects in the tenant cluster, start (once) a drift watch and
         the CSR loop for this tenant, and return the install state. The CSR loop seals
         each node's tls-crypt-v2 client key, made from ``tls_crypt_server_key``, onto
-        its CSR (None: no keys are delivered)."""
+        its CSR."""
         ...
 
     def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -86,7 +85,7 @@ def merge_observations(
 class ServerMetricsObservations:
     """``ObservationSource`` that scrapes each running server pod of a tenant.
 
-    Use as ``async with`` (it owns an HTTP session) or call ``close()``.
+    It owns an HTTP session: call ``aclose()`` when done (``contextlib.aclosing``).
     """
 
     def __init__(self, *, kube: Kube, health_port: int, timeout: float = 2.0) -> None:
@@ -95,18 +94,7 @@ class ServerMetricsObservations:
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> ServerMetricsObservations:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()

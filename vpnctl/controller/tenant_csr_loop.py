@@ -215,7 +215,9 @@ class CsrLoop:
         """Decide one CSR (and sign it) unless that is done; raises what should be retried
         (a Conflict: the CSR changed since it was read; the next pass reads it anew)."""
         name = str((csr.get("metadata") or {}).get("name"))
-        assert state.ca is not None  # set by ensure() before any loop starts
+        # Both set by ensure() before any loop starts.
+        assert state.ca is not None
+        assert state.tls_crypt_server_key is not None
         now = self._calls.clock.now()
         if csr_state(csr) == "issued":
             # Signed before (maybe by a controller that restarted since): its serial
@@ -223,7 +225,7 @@ class CsrLoop:
             found = issued_certificate(csr, ca_pem=state.ca.cert_pem, now=now)
             if found is not None:
                 state.issued[found.serial] = found
-                if state.tls_crypt_server_key is not None and not has_key(csr):
+                if not has_key(csr):
                     # Signed before keys were delivered: its node still needs one.
                     await deliver_key(
                         state.kube,

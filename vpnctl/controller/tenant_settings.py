@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from vpnctl.controller import pki_decisions as pki
+from vpnctl.controller.budgets import DEFAULT_TENANT_SIDE_TIMEOUT
 from vpnctl.reconcile.settings import Settings
 
 FINALIZER = "vpnctl.io/cleanup"
@@ -39,7 +40,7 @@ class TenantSettings:
     tunnel_defaults: Mapping[str, Any] = field(default_factory=dict)
     crl_lifetime: timedelta = pki.DEFAULT_CRL_LIFETIME
     # Upper bounds for the two calls that leave the service cluster.
-    tenant_side_timeout: float = 30.0
+    tenant_side_timeout: float = DEFAULT_TENANT_SIDE_TIMEOUT
     observe_timeout: float = 5.0
     # Retries of a single API call on transport errors and 429 (Retry-After honoured).
     api_attempts: int = 3

@@ -271,7 +271,7 @@ class KubeTenantSide:
         desired_objects: Sequence[dict[str, Any]],
         ca: certs.Issued,
         machines: Sequence[dict[str, Any]],
-        tls_crypt_server_key: bytes | None = None,
+        tls_crypt_server_key: bytes,
     ) -> TenantSideResult:
         """Install or update the agent objects; start the watches and the CSR loop once.
 

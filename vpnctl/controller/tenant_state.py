@@ -46,7 +46,7 @@ class TenantState:
     desired: dict[ObjectRef, KubeObject] = field(default_factory=dict)
     machines: tuple[KubeObject, ...] = ()
     ca: certs.Issued | None = None
-    tls_crypt_server_key: bytes | None = field(default=None, repr=False)  # secret
+    tls_crypt_server_key: bytes | None = field(default=None, repr=False)  # secret; set by ensure()
     watchers: dict[WatchSpec, Watcher] = field(default_factory=dict)
     watch_tasks: dict[WatchSpec, asyncio.Task[None]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)

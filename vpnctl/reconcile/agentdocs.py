@@ -183,25 +183,22 @@ def _client_role_config(
     tenant: TenantSpec,
     remotes: Sequence[tuple[str, int]],
     health_port: int,
-    state_dir: str,
-    ca: str,
-    cert: str,
-    key: str,
-    tls_crypt_v2: str,
-    management: str,
+    paths: type[ApiserverPaths] | type[NodePaths],
 ) -> dict[str, Any]:
+    """What the two client roles' configs share; PATHS are where that role's pod keeps
+    its state, credentials and management socket."""
     spec = tenant.spec
     return {
         "health_address": f"0.0.0.0:{health_port}",
-        "state_dir": state_dir,
+        "state_dir": paths.state_dir,
         "openvpn": {
             "proto": spec.transport.protocol,
             "remotes": [[host, port] for host, port in remotes],
-            "ca": ca,
-            "cert": cert,
-            "key": key,
-            "tls_crypt_v2": tls_crypt_v2,
-            "management": management,
+            "ca": paths.ca,
+            "cert": paths.cert,
+            "key": paths.key,
+            "tls_crypt_v2": paths.tls_crypt_v2,
+            "management": paths.management,
         },
         "probe": {"target": f"{spec.server_ip}:{PROBE_PORT}"},
     }
@@ -214,17 +211,11 @@ def apiserver_role_config(
     so it reaches the server through the Service's cluster DNS name, whatever the
     Service's type. Its routes are pushed by the server (the desired state's
     `push_routes`), so `routes` stays empty here: one owner per route."""
-    p = ApiserverPaths
     doc = _client_role_config(
         tenant=tenant,
         remotes=[(f"{service_name}.{tenant.namespace}.svc", tenant.spec.transport.port)],
         health_port=settings.apiserver_health_port,
-        state_dir=p.state_dir,
-        ca=p.ca,
-        cert=p.cert,
-        key=p.key,
-        tls_crypt_v2=p.tls_crypt_v2,
-        management=p.management,
+        paths=ApiserverPaths,
     )
     doc["routes"] = []
     return doc
@@ -290,17 +281,8 @@ def node_role_config(
                 "the nodes are configured once it has one"
             ),
         )
-    p = NodePaths
     doc = _client_role_config(
-        tenant=tenant,
-        remotes=remotes,
-        health_port=settings.node_health_port,
-        state_dir=p.state_dir,
-        ca=p.ca,
-        cert=p.cert,
-        key=p.key,
-        tls_crypt_v2=p.tls_crypt_v2,
-        management=p.management,
+        tenant=tenant, remotes=remotes, health_port=settings.node_health_port, paths=NodePaths
     )
     if bootstrap_server is not None:
         doc["bootstrap"] = node_bootstrap_config(server=bootstrap_server, settings=settings)
