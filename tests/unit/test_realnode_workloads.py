@@ -256,3 +256,22 @@ def test_log_pod_prints_log_lines_in_order(tmp_path: Path) -> None:
     pod_name = wl.log_pod_name("node-1")
     assert lines[0] == wl.log_line("node-1", pod_name, 0)
     assert lines[-1] == wl.log_line("node-1", pod_name, 1233)
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed")
+def test_the_web_pods_attach_container_answers_each_line_of_its_stdin() -> None:
+    pod = wl.web_pod("node-1", image=IMAGES.busybox)
+    main, echo = pod["spec"]["containers"]
+    assert main["name"] == "main"
+    assert echo["name"] == wl.ATTACH_CONTAINER
+    assert echo["stdin"] is True
+    busybox = shutil.which("busybox")
+    assert busybox is not None
+    out = subprocess.run(
+        [busybox, "sh", "-c", echo["command"][2]],
+        input=b"hello\nthrough the tunnel\n",
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    assert out == b"got hello\ngot through the tunnel\n"

@@ -54,6 +54,9 @@ WEBHOOK_SCRIPT_CONFIGMAP = "admission-server"
 VPNCTL_UID = 65532  # the user vpnctl's image runs as
 DEFAULT_LOG_LINES = 10_000
 DEFAULT_BLOB_BYTES = 4 * 1024 * 1024
+ATTACH_CONTAINER = "echo"
+ATTACH_PROGRAM = 'while read -r line; do echo "got $line"; done'
+
 _NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
@@ -180,14 +183,16 @@ def log_pod(node: str, *, image: str, lines: int = DEFAULT_LOG_LINES) -> Object:
 
 def web_pod(node: str, *, image: str, blob_bytes: int = DEFAULT_BLOB_BYTES) -> Object:
     """busybox httpd on :8080 serving ``/blob`` (``WEB_BLOB`` in the pod, BLOB_BYTES
-    random bytes); its log's first line is ``serving-<pod>``."""
+    random bytes); its log's first line is ``serving-<pod>``. A second container,
+    ``ATTACH_CONTAINER``, keeps its stdin open and answers each line ``got <line>``,
+    for ``kubectl attach -i``."""
     name = web_pod_name(_checked([node])[0])
     root = WEB_BLOB.rsplit("/", 1)[0]
     serve = (
         f"mkdir -p {root} && head -c {int(blob_bytes)} /dev/urandom > {WEB_BLOB} && "
         f"echo serving-$(hostname) && exec httpd -f -p {WEB_PORT} -h {root}"
     )
-    return _pod(
+    pod = _pod(
         name,
         node,
         labels={"app": name},
@@ -200,6 +205,17 @@ def web_pod(node: str, *, image: str, blob_bytes: int = DEFAULT_BLOB_BYTES) -> O
             "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1},
         },
     )
+    pod["spec"]["containers"].append(
+        {
+            "name": ATTACH_CONTAINER,
+            "image": image,
+            "imagePullPolicy": "Never",
+            "command": ["/bin/sh", "-c", ATTACH_PROGRAM],
+            "stdin": True,
+            "securityContext": restricted(NOBODY),
+        }
+    )
+    return pod
 
 
 def webhook_objects(node: str, *, image: str, tls: ServingTLS) -> list[Object]:
