@@ -16,7 +16,8 @@ server role:
                  "ca": "/pki/ca.pem", "cert": "/pki/server.pem", "key": "/pki/server.key",
                  "tls_crypt_v2": "/pki/tc2-server.key", "ccd_dir": "/run/vpnctl/ccd",
                  "management": "/run/vpnctl/server.sock", "crl": "/run/vpnctl/crl.pem",
-                 "keepalive": [1, 5], "verb": 3, "user": "nobody", "group": "nogroup"},
+                 "keepalive": [1, 5], "reneg_sec": 3600, "verb": 3,
+                 "user": "nobody", "group": "nogroup"},
      "desired_path": "/etc/vpnctl/desired.json",
      "crl_source": "/etc/vpnctl/crl.pem",
      "probe_port": 7947, "status_interval": 1.0,
@@ -26,7 +27,10 @@ server role:
     `openvpn.user`/`openvpn.group` (every role): who openvpn runs as once started
     (default nobody/nogroup; null keeps root). `openvpn.crl` is where openvpn's
     `crl-verify` reads; the agent installs `crl_source` there (validated against the CA)
-    and never lets openvpn read `crl_source` directly.
+    and never lets openvpn read `crl_source` directly. `openvpn.reneg_sec` (every role,
+    optional, 10..86400, default 3600): seconds between TLS renegotiations; the controller
+    writes the Tunnel's `spec.transport.renegotiateSeconds` into every role, because the
+    end with the shorter interval decides.
 
 node and apiserver roles (the apiserver adds `routes`):
 
@@ -34,7 +38,7 @@ node and apiserver roles (the apiserver adds `routes`):
                  "ca": ..., "cert": ..., "key": ..., "tls_crypt_v2": ...,
                  "management": "/run/vpnctl/client.sock",
                  "connect_retry": [1, 5], "keepalive": [1, 5], "server_poll_timeout": 10,
-                 "verb": 3, "user": "nobody", "group": "nogroup"},
+                 "reneg_sec": 3600, "verb": 3, "user": "nobody", "group": "nogroup"},
      "probe": {"target": "198.18.8.1:7947", "interval": 1.0, "timeout": 1.0, "misses": 3},
      "routes": ["198.19.0.0/24", "198.19.64.0/18", "198.19.192.0/20"],   # apiserver only
      "bootstrap": {...},                                                   # node only
@@ -94,6 +98,9 @@ from agent.config_reader import (
     read_json,
 )
 from agent.openvpn.config import (
+    DEFAULT_RENEG_SEC,
+    MAX_RENEG_SEC,
+    MIN_RENEG_SEC,
     ClientConfig,
     ConfigError,
     ServerConfig,
@@ -197,11 +204,12 @@ def _common(r: Reader, doc: Mapping[str, Any]) -> Common | None:
 
 _SERVER_OVPN_KEYS = (
     "proto", "port", "listen", "tunnel_cidr", "dev", "ca", "cert", "key", "tls_crypt_v2",
-    "ccd_dir", "management", "crl", "keepalive", "max_clients", "verb", "user", "group",
+    "ccd_dir", "management", "crl", "keepalive", "reneg_sec", "max_clients", "verb", "user",
+    "group",
 )  # fmt: skip
 _CLIENT_OVPN_KEYS = (
     "proto", "remotes", "dev", "ca", "cert", "key", "tls_crypt_v2", "management",
-    "connect_retry", "keepalive", "server_poll_timeout", "verb", "user", "group",
+    "connect_retry", "keepalive", "reneg_sec", "server_poll_timeout", "verb", "user", "group",
 )  # fmt: skip
 
 
@@ -210,6 +218,16 @@ _Fields = tuple[tuple[str, Callable[[object, str], Any]], ...]
 _PATHS: _Fields = tuple(
     (key, as_abspath) for key in ("ca", "cert", "key", "tls_crypt_v2")
 )  # fmt: skip
+
+
+def _reneg_sec(value: object, where: str) -> int:
+    seconds = as_int(value, where)
+    if not MIN_RENEG_SEC <= seconds <= MAX_RENEG_SEC:
+        raise FieldError(
+            f"{seconds} s is out of range; use {MIN_RENEG_SEC}..{MAX_RENEG_SEC} seconds "
+            f"between TLS renegotiations, or leave it out for {DEFAULT_RENEG_SEC}"
+        )
+    return seconds
 
 
 def _openvpn_section(
@@ -249,8 +267,8 @@ def _server_openvpn(r: Reader, raw: object) -> ServerConfig | None:
         ),
         optional=(
             ("proto", as_proto), ("port", as_port), ("listen", as_opt_ip), ("dev", as_str),
-            ("keepalive", as_pair), ("max_clients", as_int), ("verb", as_int),
-            ("user", as_opt_str), ("group", as_opt_str),
+            ("keepalive", as_pair), ("reneg_sec", _reneg_sec), ("max_clients", as_int),
+            ("verb", as_int), ("user", as_opt_str), ("group", as_opt_str),
         ),
     )  # fmt: skip
 
@@ -261,7 +279,8 @@ def _client_openvpn(r: Reader, raw: object) -> ClientConfig | None:
         required=(("remotes", as_list(as_remote)), *_PATHS, ("management", as_abspath)),
         optional=(
             ("proto", as_proto), ("dev", as_str), ("connect_retry", as_pair),
-            ("keepalive", as_pair), ("server_poll_timeout", as_int), ("verb", as_int),
+            ("keepalive", as_pair), ("reneg_sec", _reneg_sec),
+            ("server_poll_timeout", as_int), ("verb", as_int),
             ("user", as_opt_str), ("group", as_opt_str),
         ),
     )  # fmt: skip

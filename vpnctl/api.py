@@ -153,6 +153,7 @@ class Node(TypedDict, total=False):
 class TransportSpec(TypedDict, total=False):
     protocol: Literal["udp", "tcp"]
     port: int
+    renegotiateSeconds: int  # openvpn's reneg-sec, on the server and every client
 
 
 class ExposeSpec(TypedDict, total=False):

@@ -328,13 +328,14 @@ class DataPlane(LabDataPlane):
         return proc
 
 
-def build_dataplane(*, proto: str, base: Path) -> DataPlane:
+def build_dataplane(*, proto: str, base: Path, reneg_sec: int | None = None) -> DataPlane:
     plan = make_plan(prefix=f"v{secrets.token_hex(3)}", nodes=AGENT_NODES + 1)
     lab = prepare_dataplane(
         plan=plan, proto=proto, base=base, agent_count=AGENT_NODES,
         extra_clients=SPARE_CLIENTS, foreign_tc=("wrong-tc",),
     )  # fmt: skip
-    dp = DataPlane(**{f.name: getattr(lab, f.name) for f in dataclasses.fields(lab)})
+    fields = {f.name: getattr(lab, f.name) for f in dataclasses.fields(lab)}
+    dp = DataPlane(**{**fields, "reneg_sec": reneg_sec})
     asyncio.run(build_underlay(plan))
     try:
         asyncio.run(start_dataplane(dp, revoked=[dp.pki.clients["revoked-at-start"].serial]))
@@ -362,8 +363,10 @@ class DataPlanes:
     order, and udp and tcp tests may interleave (pytest-randomly) without rebuilds.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, reneg_sec: int | None = None) -> None:
+        """RENEG_SEC: every role's openvpn.reneg_sec (None: the agents' default)."""
         self._live: dict[str, tuple[DataPlane, Path, list[int]]] = {}
+        self._reneg_sec = reneg_sec
 
     def get(self, proto: str) -> DataPlane:
         if proto not in self._live:
@@ -371,7 +374,7 @@ class DataPlanes:
             # re-reads the CRL and CCD files in here.
             base = Path(tempfile.mkdtemp(prefix=f"vpnctl-dp-{proto}-"))
             try:
-                dp = build_dataplane(proto=proto, base=base)
+                dp = build_dataplane(proto=proto, base=base, reneg_sec=self._reneg_sec)
             except BaseException:
                 shutil.rmtree(base, ignore_errors=True)
                 raise

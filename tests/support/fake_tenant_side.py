@@ -23,6 +23,7 @@ class EnsureCall:
     machines: tuple[str, ...]
     ca_cert_pem: bytes
     tls_crypt_server_key: bytes = field(repr=False)
+    objects: tuple[dict[str, Any], ...] = field(default=(), repr=False)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class FakeTenantSide:
                 machines=tuple(str(m["metadata"]["name"]) for m in machines),
                 ca_cert_pem=ca.cert_pem,
                 tls_crypt_server_key=tls_crypt_server_key,
+                objects=tuple(desired_objects),
             )
         )
         # Like the real signer: a node's certificate exists only once a Machine of it

@@ -37,7 +37,7 @@ from vpnctl.reconcile.service_objects import (
     server_service,
 )
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
+from vpnctl.reconcile.tenant_spec import DEFAULT_RENEGOTIATE_SECONDS, TenantSpec, parse_tenant
 from vpnctl.testenv import helm_template
 from vpnctl.testenv.helm import HelmError
 
@@ -132,7 +132,11 @@ def without_desired_hash(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def tenant(
-    *, protocol: Literal["udp", "tcp"] = "udp", port: int = 1194, tunnel_cidr: str
+    *,
+    protocol: Literal["udp", "tcp"] = "udp",
+    port: int = 1194,
+    renegotiate_seconds: int | None = None,
+    tunnel_cidr: str,
 ) -> TenantSpec:
     t = capi.lab_tenant()
     spec: TunnelSpecBody = {
@@ -140,6 +144,8 @@ def tenant(
         "tunnelCIDR": tunnel_cidr,
         "transport": {"protocol": protocol, "port": port},
     }
+    if renegotiate_seconds is not None:
+        spec["transport"]["renegotiateSeconds"] = renegotiate_seconds
     return parse_tenant(
         tunnel=capi.tunnel(spec=spec),
         cluster=t.cluster,
@@ -168,7 +174,7 @@ CASES = {
             node_priority_class="tenant-critical",
             tun_resource="squat.ai/tun",
         ),
-        tenant=dict(protocol="tcp", port=443, tunnel_cidr="10.250.0.0/24"),
+        tenant=dict(protocol="tcp", port=443, renegotiate_seconds=600, tunnel_cidr="10.250.0.0/24"),
         remotes=[("vpn.example", 443), ("203.0.113.9", 31194)],
         values={
             "image": {"repository": "registry.example/vpnctl", "tag": "2.0.0"},
@@ -214,6 +220,8 @@ async def test_agent_chart_renders_what_the_controller_installs(
             "tunnelIP": str(t.spec.server_ip),
         },
     }
+    if t.spec.transport.renegotiate_seconds != DEFAULT_RENEGOTIATE_SECONDS:
+        values["server"]["renegotiateSeconds"] = t.spec.transport.renegotiate_seconds
     if settings.image_pull_policy != "IfNotPresent":
         values["image"]["pullPolicy"] = settings.image_pull_policy
     rendered = await render(

@@ -107,6 +107,12 @@ def test_spec_defaults_match_the_parser(spec_schema: dict[str, Any]) -> None:
     assert p["transport"]["properties"]["protocol"]["default"] == tenant.DEFAULT_PROTOCOL
     assert p["transport"]["properties"]["protocol"]["enum"] == list(tenant.PROTOCOLS)
     assert p["transport"]["properties"]["port"]["default"] == tenant.DEFAULT_PORT
+    reneg = p["transport"]["properties"]["renegotiateSeconds"]
+    assert reneg["default"] == tenant.DEFAULT_RENEGOTIATE_SECONDS
+    assert (reneg["minimum"], reneg["maximum"]) == (
+        tenant.MIN_RENEGOTIATE_SECONDS,
+        tenant.MAX_RENEGOTIATE_SECONDS,
+    )
     assert p["expose"]["properties"]["serviceType"]["default"] == tenant.DEFAULT_SERVICE_TYPE
     assert p["expose"]["properties"]["serviceType"]["enum"] == list(tenant.SERVICE_TYPES)
     assert p["expose"]["properties"]["annotations"]["additionalProperties"] == {"type": "string"}
@@ -132,6 +138,10 @@ def test_parser_applies_the_same_defaults_as_the_schema(spec_schema: dict[str, A
     p = spec_schema["properties"]
     assert parsed.transport.protocol == p["transport"]["properties"]["protocol"]["default"]
     assert parsed.transport.port == p["transport"]["properties"]["port"]["default"]
+    assert (
+        parsed.transport.renegotiate_seconds
+        == p["transport"]["properties"]["renegotiateSeconds"]["default"]
+    )
     assert str(parsed.tunnel_cidr) == p["tunnelCIDR"]["default"]
     assert parsed.expose.service_type == p["expose"]["properties"]["serviceType"]["default"]
     assert parsed.replicas == p["replicas"]["default"]

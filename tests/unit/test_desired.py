@@ -12,7 +12,7 @@ import pytest
 from agent.config_reader import InputError
 from agent.desired_state import load_desired, parse_desired
 from agent.files import file_signature
-from agent.role_config import ClientRoleConfig, ServerRoleConfig, load_role_config
+from agent.role_config import ClientRoleConfig, Role, ServerRoleConfig, load_role_config
 
 TUNNEL = IPv4Network("198.18.8.0/24")
 
@@ -154,6 +154,39 @@ def test_every_problem_is_listed_with_its_field(tmp_path: Path) -> None:
 def test_client_config_field_errors(tmp_path: Path, change: dict[str, Any], expected: str) -> None:
     with pytest.raises(InputError, match=expected):
         load_role_config(_write(tmp_path, client_doc() | change), role="node")
+
+
+@pytest.mark.parametrize("role", ["server", "node", "apiserver"])
+def test_reneg_sec_is_optional_and_reaches_the_openvpn_config(tmp_path: Path, role: Role) -> None:
+    def doc() -> dict[str, Any]:
+        return server_doc() if role == "server" else client_doc()
+
+    without = load_role_config(_write(tmp_path, doc()), role=role)
+    assert without.openvpn.reneg_sec == 3600  # openvpn's own default, rendered explicitly
+    changed = doc()
+    changed["openvpn"]["reneg_sec"] = 10
+    cfg = load_role_config(_write(tmp_path, changed), role=role)
+    assert cfg.openvpn.reneg_sec == 10
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (5, r"openvpn.reneg_sec: 5 s is out of range; use 10..86400 seconds"),
+        (86401, r"openvpn.reneg_sec: 86401 s is out of range"),
+        ("3600", r"openvpn.reneg_sec: must be an integer, got a str"),
+        (36.5, r"openvpn.reneg_sec: must be an integer"),
+        (True, r"openvpn.reneg_sec: must be an integer"),
+    ],
+)
+@pytest.mark.parametrize("role", ["server", "node"])
+def test_reneg_sec_out_of_bounds_is_refused_at_its_field(
+    tmp_path: Path, role: Role, value: object, expected: str
+) -> None:
+    doc = server_doc() if role == "server" else client_doc()
+    doc["openvpn"]["reneg_sec"] = value
+    with pytest.raises(InputError, match=expected):
+        load_role_config(_write(tmp_path, doc), role=role)
 
 
 def test_openvpn_level_errors_are_reported_under_openvpn(tmp_path: Path) -> None:

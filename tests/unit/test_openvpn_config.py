@@ -72,6 +72,7 @@ def test_server_udp_golden() -> None:
         "ccd-exclusive",
         "max-clients 1024",
         "keepalive 1 5",
+        "reneg-sec 3600",
         "persist-key",
         "persist-tun",
         "user nobody",
@@ -162,6 +163,7 @@ def test_client_udp_golden() -> None:
         "dev-type tun",
         "txqueuelen 1000",
         "keepalive 1 5",
+        "reneg-sec 3600",
         "persist-key",
         "persist-tun",
         "user nobody",
@@ -192,6 +194,16 @@ def test_client_tcp() -> None:
     assert "socket-flags TCP_NODELAY" in lines
     assert "socket-flags TCP_NODELAY" not in render_client(_client())
     assert "management-hold" not in render_client(_client())
+
+
+@pytest.mark.parametrize("seconds", [10, 600, 86400])
+def test_both_ends_render_the_same_renegotiation_interval(seconds: int) -> None:
+    # Either end renegotiates when its own timer runs out: the shorter one decides, so a
+    # value on one end only would change nothing against the other's default.
+    server = _directives(render_server(_server(reneg_sec=seconds)))
+    client = _directives(render_client(_client(reneg_sec=seconds)))
+    for lines in (server, client):
+        assert [x for x in lines if x.startswith("reneg-sec")] == [f"reneg-sec {seconds}"]
 
 
 def test_ccd_golden() -> None:
@@ -304,6 +316,10 @@ def test_common_name_must_be_a_string() -> None:
         ({"max_clients": 0}, "max_clients"),
         ({"verb": 12}, "verb"),
         ({"txqueuelen": 0}, "txqueuelen"),
+        ({"reneg_sec": 9}, r"reneg_sec must be an integer in 10..86400, got 9"),
+        ({"reneg_sec": 86401}, "reneg_sec"),
+        ({"reneg_sec": "60\nup /bin/sh"}, "reneg_sec must be an integer"),
+        ({"reneg_sec": True}, "reneg_sec"),
     ],
 )
 def test_server_validation(overrides: dict[str, Any], match: str) -> None:
@@ -335,6 +351,8 @@ def test_server_validation(overrides: dict[str, Any], match: str) -> None:
         ({"keepalive": (10, 5)}, "keepalive"),
         ({"server_poll_timeout": 0}, "server_poll_timeout"),
         ({"verb": -1}, "verb"),
+        ({"reneg_sec": 5}, r"reneg_sec must be an integer in 10..86400, got 5"),
+        ({"reneg_sec": 60.0}, "reneg_sec"),
     ],
 )
 def test_client_validation(overrides: dict[str, Any], match: str) -> None:
@@ -414,7 +432,7 @@ def test_rendered_text_is_one_directive_per_line() -> None:
         "fast-io", "management", "script-security", "verb", "status", "status-version",
         "client", "remote", "nobind", "resolv-retry", "connect-retry", "server-poll-timeout",
         "ifconfig-push", "iroute", "push", "user", "group", "management-client-auth",
-        "auth-user-pass-optional",
+        "auth-user-pass-optional", "reneg-sec",
     }  # fmt: skip
     texts = [
         render_server(_server(routes=[IPv4Network("198.19.0.0/24")], status_file="/run/s")),

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from agent.desired_state import parse_desired
-from agent.role_config import ClientRoleConfig, ServerRoleConfig, load_role_config
+from agent.openvpn.config import (
+    DEFAULT_RENEG_SEC,
+    MAX_RENEG_SEC,
+    MIN_RENEG_SEC,
+    ServerConfig,
+    render_client,
+    render_server,
+)
+from agent.role_config import ClientRoleConfig, Role, ServerRoleConfig, load_role_config
 from tests.support import capi
 from vpnctl.reconcile.agentdocs import (
     PROBE_PORT,
@@ -27,17 +35,28 @@ from vpnctl.reconcile.allocation import allocate, record_serial
 from vpnctl.reconcile.errors import TemporaryError
 from vpnctl.reconcile.routes import client_routes
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME, TenantSpec, parse_tenant
+from vpnctl.reconcile.tenant_spec import (
+    APISERVER_COMMON_NAME,
+    DEFAULT_RENEGOTIATE_SECONDS,
+    MAX_RENEGOTIATE_SECONDS,
+    MIN_RENEGOTIATE_SECONDS,
+    TenantSpec,
+    parse_tenant,
+)
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")
 NET = IPv4Network
 
 
-def lab_tenant(nodes: bool = True, extra: list[str] | None = None) -> TenantSpec:
+def lab_tenant(
+    nodes: bool = True, extra: list[str] | None = None, transport: dict[str, Any] | None = None
+) -> TenantSpec:
     t = capi.lab_tenant()
     spec: dict[str, Any] = {"clusterName": "tenant-a", "tunnelCIDR": capi.LAB_TUNNEL_CIDR}
     if extra:
         spec["extraRoutes"] = extra
+    if transport:
+        spec["transport"] = transport
     return parse_tenant(
         tunnel=capi.tunnel(spec=spec),  # type: ignore[arg-type]
         cluster=t.cluster,
@@ -136,6 +155,40 @@ def test_node_role_config_loads_with_the_agents_loader(tmp_path: Path) -> None:
     assert isinstance(cfg, ClientRoleConfig)
     assert tuple(cfg.openvpn.remotes) == (("198.18.0.1", 1194),)
     assert cfg.common.health_port == SETTINGS.node_health_port
+
+
+@pytest.mark.parametrize("seconds", [None, 10, 900])
+def test_every_role_gets_the_tunnels_renegotiation_interval(
+    tmp_path: Path, seconds: int | None
+) -> None:
+    # openvpn renegotiates when the shorter of the two ends' intervals runs out, so the
+    # server and both kinds of client get the same value, and render it.
+    t = lab_tenant(transport=None if seconds is None else {"renegotiateSeconds": seconds})
+    want = 3600 if seconds is None else seconds
+    docs: dict[Role, dict[str, Any]] = {
+        "server": server_role_config(tenant=t, settings=SETTINGS),
+        "apiserver": apiserver_role_config(tenant=t, settings=SETTINGS, service_name="t-vpn"),
+        "node": node_role_config(tenant=t, settings=SETTINGS, remotes=[("198.18.0.1", 1194)]),
+    }
+    for role, doc in docs.items():
+        assert doc["openvpn"]["reneg_sec"] == want, role
+        path = tmp_path / f"{role}.json"
+        path.write_text(canonical_json(doc))
+        cfg = load_role_config(str(path), role=role)
+        assert cfg.openvpn.reneg_sec == want, role
+        text = (
+            render_server(cfg.openvpn)
+            if isinstance(cfg.openvpn, ServerConfig)
+            else render_client(cfg.openvpn)
+        )
+        assert f"\nreneg-sec {want}\n" in text, role
+
+
+def test_the_spec_allows_what_the_agent_accepts() -> None:
+    # The controller cannot import the agent (import-linter), so the bounds are written
+    # twice; a value the spec admits must never be one every agent refuses at start.
+    assert (MIN_RENEGOTIATE_SECONDS, MAX_RENEGOTIATE_SECONDS) == (MIN_RENEG_SEC, MAX_RENEG_SEC)
+    assert DEFAULT_RENEGOTIATE_SECONDS == DEFAULT_RENEG_SEC
 
 
 def test_node_role_config_waits_for_a_server_address() -> None:

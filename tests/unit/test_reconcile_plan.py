@@ -98,6 +98,30 @@ def test_desired_state_and_configs_come_with_the_plan() -> None:
     assert plan.names.service == "tenant-a-vpn"
 
 
+def test_the_renegotiation_interval_reaches_both_role_configs_of_the_plan() -> None:
+    lab = capi.lab_tenant()
+    plan = run(lab.tunnel, lab.machines, up("node-1"))
+    assert plan.server_role_config["openvpn"]["reneg_sec"] == 3600
+    assert plan.apiserver_role_config["openvpn"]["reneg_sec"] == 3600
+    spec = {**lab.tunnel["spec"], "transport": {"renegotiateSeconds": 45}}
+    plan = run(cast(Tunnel, {**lab.tunnel, "spec": spec}), lab.machines, up("node-1"))
+    assert plan.server_role_config["openvpn"]["reneg_sec"] == 45
+    assert plan.apiserver_role_config["openvpn"]["reneg_sec"] == 45
+
+
+def test_a_too_short_renegotiation_interval_stops_the_plan_with_a_readable_error() -> None:
+    lab = capi.lab_tenant()
+    spec = {**lab.tunnel["spec"], "transport": {"renegotiateSeconds": 5}}
+    with pytest.raises(PermanentError) as info:
+        run(cast(Tunnel, {**lab.tunnel, "spec": spec}), lab.machines, up())
+    assert info.value.reason == "InvalidSpec"
+    assert info.value.message == (
+        "spec.transport.renegotiateSeconds 5 of Tunnel tenant-a/tenant-a is shorter than the "
+        "minimum of 10 s: every node would redo its TLS handshake, and the server "
+        "re-authorise it, that often; set 10 to 86400 (default 3600)"
+    )
+
+
 def _small_cidr_and_two_more_machines() -> tuple[Tunnel, list[Any]]:
     """A Tunnel whose /29 has addresses for 4 nodes (after the server's), and Machines
     of nodes 4 and 5 beside the lab's three: node-5 gets no address."""

@@ -76,6 +76,7 @@ def test_defaults_when_the_spec_names_only_the_cluster() -> None:
     spec = parse_tunnel_spec(samples.tunnel(spec={"clusterName": "c"}))
     assert spec.cluster_name == "c"
     assert (spec.transport.protocol, spec.transport.port) == ("udp", 1194)
+    assert spec.transport.renegotiate_seconds == 3600  # openvpn's reneg-sec default
     assert spec.expose.service_type == "LoadBalancer"
     assert spec.expose.annotations == ()
     assert str(spec.tunnel_cidr) == DEFAULT_TUNNEL_CIDR
@@ -98,7 +99,7 @@ def test_full_spec_is_read() -> None:
         samples.tunnel(
             spec={
                 "clusterName": "tenant-a",
-                "transport": {"protocol": "tcp", "port": 443},
+                "transport": {"protocol": "tcp", "port": 443, "renegotiateSeconds": 600},
                 "expose": {"serviceType": "NodePort", "annotations": {"b": "2", "a": "1"}},
                 "tunnelCIDR": "10.99.0.0/22",
                 "extraRoutes": ["192.168.10.0/24"],
@@ -114,6 +115,7 @@ def test_full_spec_is_read() -> None:
         )
     )
     assert (spec.transport.protocol, spec.transport.port) == ("tcp", 443)
+    assert spec.transport.renegotiate_seconds == 600
     assert spec.expose.service_type == "NodePort"
     assert spec.expose.annotations == (("a", "1"), ("b", "2"))
     assert spec.tunnel_cidr == NET("10.99.0.0/22")
@@ -142,6 +144,18 @@ def test_full_spec_is_read() -> None:
         ({"transport": {"protocol": "sctp"}}, "InvalidSpec", "udp, tcp"),
         ({"transport": {"port": 0}}, "InvalidSpec", "1..65535"),
         ({"transport": {"port": True}}, "InvalidSpec", "spec.transport.port"),
+        (
+            {"transport": {"renegotiateSeconds": 9}},
+            "InvalidSpec",
+            "spec.transport.renegotiateSeconds 9 of Tunnel tenant-a/tenant-a is shorter than "
+            "the minimum of 10 s",
+        ),
+        ({"transport": {"renegotiateSeconds": 0}}, "InvalidSpec", "set 10 to 86400"),
+        ({"transport": {"renegotiateSeconds": -60}}, "InvalidSpec", "minimum of 10 s"),
+        ({"transport": {"renegotiateSeconds": 86401}}, "InvalidSpec", "maximum of 86400 s"),
+        ({"transport": {"renegotiateSeconds": "1h"}}, "InvalidSpec", "whole number of seconds"),
+        ({"transport": {"renegotiateSeconds": 60.5}}, "InvalidSpec", "whole number of seconds"),
+        ({"transport": {"renegotiateSeconds": True}}, "InvalidSpec", "renegotiateSeconds"),
         ({"expose": {"serviceType": "ExternalName"}}, "InvalidSpec", "LoadBalancer"),
         ({"expose": {"annotations": {"a": 1}}}, "InvalidSpec", "strings to strings"),
         ({"replicas": 6}, "InvalidSpec", "1..5"),
@@ -163,6 +177,12 @@ def test_bad_tunnel_spec_is_permanent(spec: dict[str, Any], reason: str, needle:
         with_spec(**spec)
     assert info.value.reason == reason
     assert needle in info.value.message
+
+
+@pytest.mark.parametrize("seconds", [10, 3600, 86400])
+def test_renegotiation_interval_bounds_are_inclusive(seconds: int) -> None:
+    spec = with_spec(transport={"renegotiateSeconds": seconds})
+    assert spec.spec.transport.renegotiate_seconds == seconds
 
 
 # --- bad Cluster ------------------------------------------------------------------------------

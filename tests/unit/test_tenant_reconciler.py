@@ -38,7 +38,17 @@ from vpnctl.controller.tenant_settings import (
     FINALIZER,
     SERVER_CONFIG_ANNOTATION,
 )
-from vpnctl.kube import CLUSTER, CONFIG_MAP, EVENT, MACHINE, POD, SECRET, TUNNEL, ManualClock
+from vpnctl.kube import (
+    CLUSTER,
+    CONFIG_MAP,
+    DEPLOYMENT,
+    EVENT,
+    MACHINE,
+    POD,
+    SECRET,
+    TUNNEL,
+    ManualClock,
+)
 from vpnctl.reconcile.names import (
     COMPONENT_SERVER,
     DESIRED_HASH_ANNOTATION,
@@ -415,3 +425,62 @@ async def test_revocation_does_not_wait_for_a_valid_spec() -> None:
     assert serials[node(2)] in state.revoked
     ready = {c["type"]: c for c in world.tunnel()["status"]["conditions"]}["Ready"]
     assert ready["status"] == "False"
+
+
+# --- the renegotiation interval -------------------------------------------------------------
+
+
+def tunnel_with_transport(transport: Mapping[str, Any]) -> dict[str, Any]:
+    tunnel = hand_made_tunnel()
+    tunnel["spec"]["transport"] = dict(transport)
+    return tunnel
+
+
+async def test_the_renegotiation_interval_reaches_every_role_config_the_pass_writes() -> None:
+    world = World()
+    world.api.seed(TUNNEL, tunnel_with_transport({"renegotiateSeconds": 120}))
+    await world.reconcile()
+    server = json.loads(world.server_config()["data"]["server.json"])
+    apiserver_cm = world.api.peek(CONFIG_MAP, NAMES.apiserver_config, NS)
+    assert apiserver_cm is not None
+    apiserver = json.loads(apiserver_cm["data"]["apiserver.json"])
+    [node_cm] = [o for o in world.side.calls[-1].objects if o["kind"] == "ConfigMap"]
+    node_doc = json.loads(node_cm["data"]["node.json"])
+    assert [d["openvpn"]["reneg_sec"] for d in (server, apiserver, node_doc)] == [120] * 3
+
+
+async def test_a_too_short_renegotiation_interval_is_a_condition_and_an_event() -> None:
+    world = World()
+    world.api.seed(TUNNEL, tunnel_with_transport({"renegotiateSeconds": 5}))
+    await world.reconcile()
+
+    message = (
+        f"spec.transport.renegotiateSeconds 5 of Tunnel {NS}/{NAME} is shorter than the "
+        "minimum of 10 s: every node would redo its TLS handshake, and the server "
+        "re-authorise it, that often; set 10 to 86400 (default 3600)"
+    )
+    conditions = {c["type"]: c for c in world.tunnel()["status"]["conditions"]}
+    server_ready = conditions["ServerReady"]
+    assert (server_ready["status"], server_ready["reason"]) == ("False", "InvalidSpec")
+    assert server_ready["message"] == message
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+        "False",
+        "InvalidSpec",
+    )
+    events = [e for e in (await world.api.list(EVENT, NS))[0] if e["reason"] == "InvalidSpec"]
+    assert sorted((e["type"], e["message"]) for e in events) == [
+        ("Warning", f"Ready is False: {message}"),
+        ("Warning", f"ServerReady is False: {message}"),
+    ]
+    # Nothing was built from the invalid spec, and nothing reached the tenant.
+    assert not [w for w in world.api.journal() if w[1] == DEPLOYMENT.label]
+    assert world.side.calls == []
+
+    # Fixed, the next pass builds everything with it.
+    world.api.seed(TUNNEL, {**world.tunnel(), "spec": tunnel_with_transport(
+        {"renegotiateSeconds": 10})["spec"]})  # fmt: skip
+    await world.reconcile()
+    conditions = {c["type"]: c for c in world.tunnel()["status"]["conditions"]}
+    assert conditions["ServerReady"]["status"] == "True"
+    assert json.loads(world.server_config()["data"]["server.json"])["openvpn"]["reneg_sec"] == 10
+    assert [w for w in world.api.journal() if w[1] == DEPLOYMENT.label]

@@ -274,6 +274,8 @@ class DataPlane:
     extra_clients: Mapping[str, str] = field(default_factory=dict)  # cn -> tunnel IP
     procs: dict[str, Proc] = field(default_factory=dict)
     revoked: list[int] = field(default_factory=list)
+    # openvpn.reneg_sec of every role config written (None: the agent's default, 3600 s).
+    reneg_sec: int | None = None
 
     # -- layout
     @property
@@ -357,6 +359,9 @@ class DataPlane:
         os.replace(tmp, self.crl_source)
 
     # -- configs
+    def _reneg(self) -> dict[str, Any]:
+        return {} if self.reneg_sec is None else {"reneg_sec": self.reneg_sec}
+
     def server_config(self) -> dict[str, Any]:
         d = self.srv_dir
         return {
@@ -373,6 +378,7 @@ class DataPlane:
                 "management": str(d / "mgmt.sock"),
                 "crl": str(self.crl_installed),
                 "keepalive": [1, 5],
+                **self._reneg(),
             },
             "desired_path": str(self.desired_path),
             "crl_source": str(self.crl_source),
@@ -398,6 +404,7 @@ class DataPlane:
                 "management": str(d / "mgmt.sock"),
                 "connect_retry": [1, 2],
                 "keepalive": [1, 5],
+                **self._reneg(),
             },
             "probe": {
                 "target": f"{self.plan.tunnel_server_ip}:{PROBE_PORT}",

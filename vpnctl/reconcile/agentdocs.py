@@ -170,6 +170,7 @@ def server_role_config(*, tenant: TenantSpec, settings: Settings) -> dict[str, A
             "ccd_dir": p.ccd_dir,
             "management": p.management,
             "crl": p.crl,
+            "reneg_sec": spec.transport.renegotiate_seconds,
         },
         "desired_path": p.desired,
         "crl_source": p.crl_source,
@@ -199,6 +200,8 @@ def _client_role_config(
             "key": paths.key,
             "tls_crypt_v2": paths.tls_crypt_v2,
             "management": paths.management,
+            # The same as the server's: whichever end has the shorter interval decides.
+            "reneg_sec": spec.transport.renegotiate_seconds,
         },
         "probe": {"target": f"{spec.server_ip}:{PROBE_PORT}"},
     }

@@ -48,6 +48,12 @@ SERVICE_TYPES: tuple[ServiceType, ...] = ("ClusterIP", "NodePort", "LoadBalancer
 DEFAULT_TUNNEL_CIDR = "100.127.255.0/24"
 DEFAULT_PROTOCOL: Protocol = "udp"
 DEFAULT_PORT = 1194
+# Seconds between TLS renegotiations (openvpn's reneg-sec and its default). The bounds
+# are the agent's (agent.openvpn.config.MIN_RENEG_SEC/MAX_RENEG_SEC): a role config with
+# another value would be refused by every agent at start.
+DEFAULT_RENEGOTIATE_SECONDS = 3600
+MIN_RENEGOTIATE_SECONDS = 10
+MAX_RENEGOTIATE_SECONDS = 86400
 DEFAULT_SERVICE_TYPE: ServiceType = "LoadBalancer"
 DEFAULT_REPLICAS = 1
 MAX_REPLICAS = 5
@@ -66,6 +72,7 @@ MAX_TUNNEL_PREFIX = 29
 class Transport:
     protocol: Protocol
     port: int
+    renegotiate_seconds: int = DEFAULT_RENEGOTIATE_SECONDS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,6 +154,7 @@ def parse_tunnel_spec(tunnel: Tunnel) -> TunnelSpec:
     port = field_int(
         transport.get("port"), field="spec.transport.port", default=DEFAULT_PORT, low=1, high=65535
     )
+    renegotiate_seconds = _renegotiate_seconds(transport.get("renegotiateSeconds"), where=where)
 
     expose = field_mapping(spec.get("expose"), field="spec.expose")
     service_type = field_choice(
@@ -227,7 +235,9 @@ def parse_tunnel_spec(tunnel: Tunnel) -> TunnelSpec:
 
     return TunnelSpec(
         cluster_name=cluster_name,
-        transport=Transport(protocol=cast(Protocol, protocol), port=port),
+        transport=Transport(
+            protocol=cast(Protocol, protocol), port=port, renegotiate_seconds=renegotiate_seconds
+        ),
         expose=Expose(
             service_type=cast(ServiceType, service_type),
             annotations=tuple(sorted(annotations.items())),
@@ -252,3 +262,36 @@ def _renew_fraction(value: object) -> float:
             ),
         )
     return float(value)
+
+
+def _renegotiate_seconds(value: object, *, where: str) -> int:
+    field = "spec.transport.renegotiateSeconds"
+    if value is None:
+        return DEFAULT_RENEGOTIATE_SECONDS
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PermanentError(
+            reason="InvalidSpec",
+            message=f"{field} of {where} must be a whole number of seconds, got {value!r}; "
+            f"fix {field}",
+        )
+    if value < MIN_RENEGOTIATE_SECONDS:
+        raise PermanentError(
+            reason="InvalidSpec",
+            message=(
+                f"{field} {value} of {where} is shorter than the minimum of "
+                f"{MIN_RENEGOTIATE_SECONDS} s: every node would redo its TLS handshake, and "
+                f"the server re-authorise it, that often; set {MIN_RENEGOTIATE_SECONDS} to "
+                f"{MAX_RENEGOTIATE_SECONDS} (default {DEFAULT_RENEGOTIATE_SECONDS})"
+            ),
+        )
+    if value > MAX_RENEGOTIATE_SECONDS:
+        raise PermanentError(
+            reason="InvalidSpec",
+            message=(
+                f"{field} {value} of {where} is longer than the maximum of "
+                f"{MAX_RENEGOTIATE_SECONDS} s (a day): data-channel keys would live longer "
+                f"than that; set {MIN_RENEGOTIATE_SECONDS} to {MAX_RENEGOTIATE_SECONDS} "
+                f"(default {DEFAULT_RENEGOTIATE_SECONDS})"
+            ),
+        )
+    return value

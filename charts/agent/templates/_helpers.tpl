@@ -46,7 +46,8 @@ vpnctl.reconcile.diff.digest does, so a config change rolls the pods.
       "cert" "/var/lib/vpnctl/node.crt"
       "key" "/var/lib/vpnctl/node.key"
       "tls_crypt_v2" "/var/lib/vpnctl/tls-crypt-v2-client.key"
-      "management" "/run/vpnctl/client.sock" -}}
+      "management" "/run/vpnctl/client.sock"
+      "reneg_sec" (int .Values.server.renegotiateSeconds) -}}
 {{- $apiServer := required "apiServer is required: the tenant apiserver's URL as the nodes reach it, the server of the cluster's <cluster>-kubeconfig (CAPI's controlPlaneEndpoint), like https://203.0.113.10:6443; each node asks it for its tunnel certificate" .Values.apiServer -}}
 {{- if not (regexMatch "^https://[^/]+/?$" $apiServer) -}}
 {{- fail (printf "apiServer %q is not an https URL without a path, like https://203.0.113.10:6443" $apiServer) -}}
