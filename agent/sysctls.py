@@ -173,6 +173,17 @@ def effective_value(access: SysctlAccess, key: str) -> str:
     return value
 
 
+def satisfied(key: str, want: str, have: str) -> bool:
+    """HAVE (the effective value) does what WANT is for. Exact, except that a tun's
+    rp_filter wanted loose (2) or off (0) is satisfied by either: both let tunnel replies
+    in; only strict (1) drops them. A fresh node's tun0 inherits conf.default (often 0)
+    and, in a container, /proc/sys is read-only: off must not read as broken."""
+    if have == want:
+        return True
+    is_rp_filter = key.replace(".", "/").endswith("/rp_filter")
+    return is_rp_filter and want in ("0", "2") and have in ("0", "2")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SysctlResult:
     """What one `SysctlKeeper.sync_once` found and did.
@@ -288,7 +299,7 @@ class SysctlKeeper:
             ok = 0
             try:
                 before = effective_value(self._access, key)
-                if before != value:
+                if not satisfied(key, value, before):
                     self._access.write(key, value)
                     changed = True
                 else:

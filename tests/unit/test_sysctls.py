@@ -80,6 +80,23 @@ async def test_rp_filter_counts_as_the_kernel_applies_it() -> None:
     assert readiness_reason(result, dev="tun0") is None
 
 
+async def test_rp_filter_off_is_as_good_as_loose_for_the_tunnel() -> None:
+    """A node's fresh tun0 with rp_filter 0 (conf.default 0, conf.all 0), /proc/sys
+    read-only: replies are let in, so ready, nothing to write (found on a real kubelet:
+    the agent pods never became Ready and a DaemonSet rollout would stall)."""
+    fake = FakeSysctls({"net/ipv4/ip_forward": "1", TUN_KEY: "0", ALL_KEY: "0"})
+    k, registry = keeper(fake)
+    result = await k.sync_once()
+    assert (result.wrong, result.errors, fake.writes) == ((), (), [])
+    assert readiness_reason(result, dev="tun0") is None
+    assert ok_gauge(registry, TUN_KEY) == 1
+    fake.values[ALL_KEY] = "1"  # strict everywhere: replies would be dropped
+    result = await k.sync_once()
+    reason = readiness_reason(result, dev="tun0")
+    assert reason is not None
+    assert f"sysctl {TUN_KEY} is 1, wants 2" in reason
+
+
 async def test_read_only_and_wrong_is_reported_with_the_fix(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
