@@ -15,7 +15,6 @@ Backoff doubles per consecutive failure from `backoff_initial` up to `backoff_ma
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -304,5 +303,27 @@ class Supervisor:
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    """Signal openvpn's process group. A refusal is loud: openvpn runs as another user
+    once it dropped privileges, and without CAP_KILL the agent cannot stop it (it would
+    wait for an exit that never comes)."""
+    try:
         os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError as exc:
+        _log.error(
+            "event=signal_refused pgid=%d signal=%s error=%r hint=%r",
+            pgid,
+            sig.name,
+            str(exc),
+            "the agent needs CAP_KILL to signal openvpn after it dropped to its user",
+        )
+        if sig == signal.SIGKILL:
+            raise OpenVPNSignalRefused(
+                f"cannot SIGKILL openvpn (process group {pgid}): {exc}; the container "
+                "needs CAP_KILL"
+            ) from exc
+
+
+class OpenVPNSignalRefused(RuntimeError):
+    """openvpn could not be killed: stopping would wait for ever."""

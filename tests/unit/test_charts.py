@@ -265,7 +265,7 @@ async def test_agent_chart_pod_is_confined_and_makes_its_own_tun(
     assert container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {
-        "add": ["MKNOD", "NET_ADMIN", *DROP],
+        "add": sorted(["MKNOD", "NET_ADMIN", *DROP]),
         "drop": ["ALL"],
     }
     assert container["command"] == [
@@ -276,7 +276,7 @@ async def test_agent_chart_pod_is_confined_and_makes_its_own_tun(
     pod = one(await render(helm, AGENT_CHART, values, tmp_path), "DaemonSet")["spec"]["template"]
     container = pod["spec"]["containers"][0]
     assert {"name": "dev-net-tun", "mountPath": "/dev/net/tun"} in container["volumeMounts"]
-    assert container["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", *DROP]
+    assert container["securityContext"]["capabilities"]["add"] == sorted(["NET_ADMIN", *DROP])
 
 
 @pytest.mark.parametrize(

@@ -322,7 +322,7 @@ def test_server_deployment() -> None:
         "/etc/vpnctl/server.json",
     ]
     assert c["securityContext"]["capabilities"] == {
-        "add": ["MKNOD", "NET_ADMIN", *DROP],
+        "add": sorted(["MKNOD", "NET_ADMIN", *DROP]),
         "drop": ["ALL"],
     }
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -440,7 +440,7 @@ def test_apiserver_sidecar_and_attach() -> None:
         "/etc/vpnctl-apiserver/apiserver.json",
     ]
     assert "readinessProbe" not in c  # a tunnel outage must not take the apiserver out
-    assert c["securityContext"]["capabilities"]["add"] == ["MKNOD", "NET_ADMIN", *DROP]
+    assert c["securityContext"]["capabilities"]["add"] == sorted(["MKNOD", "NET_ADMIN", *DROP])
     assert all(v["name"].startswith("vpnctl-") for v in attachment.volumes)
     mounts = {m["name"] for m in c["volumeMounts"]}
     assert mounts <= {v["name"] for v in attachment.volumes}
@@ -477,7 +477,7 @@ def test_node_agent_daemon_set() -> None:
     assert pod["serviceAccountName"] == NODE_AGENT_NAME
     (c,) = pod["containers"]
     assert c["command"] == ["python", "-m", "agent", "node", "--config", "/etc/vpnctl/node.json"]
-    assert c["securityContext"]["capabilities"]["add"] == ["MKNOD", "NET_ADMIN", *DROP]
+    assert c["securityContext"]["capabilities"]["add"] == sorted(["MKNOD", "NET_ADMIN", *DROP])
     assert c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["kubelet-pki"]["hostPath"]["path"] == "/var/lib/kubelet/pki"
