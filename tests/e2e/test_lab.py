@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -223,6 +224,42 @@ def test_webhook_behind_a_node_admits_one_object_and_denies_another(lab_run: Lab
     assert "configmap/e2e-allowed" in got.stdout
     assert "configmap/e2e-denied" not in got.stdout
     kubectl(lab, "delete", "configmap", "-n", lo.WORKLOAD_NAMESPACE, "e2e-allowed")
+
+
+def test_kubectl_attach_talks_to_a_running_container_through_the_tunnel(lab_run: LabRun) -> None:
+    lab = lab_run.lab
+    node = lab.plan.node("node-1")
+    argv = lab.kubectl_argv("attach", "-i", "-n", lo.WORKLOAD_NAMESPACE,
+                            wl.web_pod_name(node.name), "-c", wl.ATTACH_CONTAINER,
+                            cluster="tenant")  # fmt: skip
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        t0 = time.monotonic()
+        # kubectl may connect after the first line is written: repeat until answered.
+        answered = False
+        seen: list[str] = []
+        for k in range(20):
+            proc.stdin.write(f"hello {k}\n".encode())
+            proc.stdin.flush()
+            while select.select([proc.stdout], [], [], 1.0)[0]:
+                line = proc.stdout.readline().decode()
+                seen.append(line)
+                if line.startswith("got hello "):
+                    answered = True
+                    break
+                if not line:
+                    break
+            if answered:
+                break
+        took = time.monotonic() - t0
+        assert answered, f"no answer through kubectl attach; it printed {seen!r}"
+        print(f"\nkubectl attach -i: the container answered after {took:.2f}s")
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # --- metrics-server: an aggregated API behind the tunnel ---
