@@ -5,8 +5,8 @@
 configs, the server's desired state and CRL, and starts, each with `ip netns exec`:
 
 * the server role in P-srv, the apiserver role in P-api;
-* the node role in P-n1..P-n3, a kubelet stand-in on each node and a webhook stand-in
-  in each pod namespace behind it;
+* the node role in P-n1..P-n3, an HTTPS target (`vpnctl.testenv.https_target`) on each
+  node's kubelet address and another in each pod namespace behind it;
 * nothing in P-n4: it is the "spare" machine from which tests run ad-hoc openvpn
   clients (foreign CA, revoked, wrong tls-crypt-v2 key, the client that gets revoked).
 

@@ -237,8 +237,8 @@ def test_overlapping_cidrs_in_desired_state_keep_the_last_good_state(dataplane: 
         == errors + 1
     )
     n2 = dataplane.agent_nodes[1]
-    status, _ = http_get(dataplane.plan.api_ns, f"{n2.kubelet_url}/healthz",
-                         cafile=str(dataplane.kubelet_ca))  # fmt: skip
+    status, _ = http_get(dataplane.plan.api_ns, f"{dataplane.node_target_url(n2)}/healthz",
+                         cafile=str(dataplane.target_ca_path))  # fmt: skip
     assert status == 200, "the last good state should keep serving"
 
     dataplane.write_desired(dataplane.desired_doc())

@@ -3,8 +3,9 @@
 One lab per transport (udp, tcp) is shared by every test in this module (`dataplane` in
 conftest.py). The tests prove the properties DESIGN.md promises:
 
-* the apiserver reaches every node's kubelet and a pod behind every node, through that
-  node's own tunnel, and through nothing else;
+* the apiserver reaches every node's kubelet address and a pod behind every node (HTTPS
+  targets stand there, `vpnctl.testenv.https_target`), through that node's own tunnel,
+  and through nothing else; a long numbered stream arrives whole and in order;
 * nodes can answer but never open a connection towards the apiserver side or another
   node, and it is the server's firewall that stops them;
 * handshakes that must fail do fail: another tenant's CA, a revoked certificate, a
@@ -39,10 +40,12 @@ from tests.netns.conftest import (
 )
 from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
+from vpnctl.lab.probe import check_lines
 
 pytestmark = NETNS_TIER
 
 TENANT = IPv4Network("198.19.0.0/16")
+STREAM_LINES = 100_000
 
 
 # --- reachability -----------------------------------------------------------------------------
@@ -66,16 +69,17 @@ def test_apiserver_has_no_path_to_tenant_networks_but_tun(dataplane: DataPlane) 
     assert " dev tun0 " in route_get(api_ns, service_ip) + " "
 
 
-def test_apiserver_reaches_every_kubelet_and_pod_through_that_nodes_tunnel(
+def test_apiserver_reaches_every_node_and_pod_through_that_nodes_tunnel(
     dataplane: DataPlane,
 ) -> None:
     api_ns = dataplane.plan.api_ns
-    ca = str(dataplane.kubelet_ca)
+    ca = str(dataplane.target_ca_path)
     api_before = link_bytes(api_ns, "tun0")
     for n in dataplane.agent_nodes:
         node_before = link_bytes(n.ns, "tun0")
         others_before = {o.name: link_bytes(o.ns, "tun0") for o in dataplane.agent_nodes}
-        for url in (f"{n.kubelet_url}/healthz", f"{n.webhook_url}/healthz"):
+        for url in (dataplane.node_target_url(n), dataplane.pod_target_url(n)):
+            url += "/healthz"
             started = time.monotonic()
             status, body = http_get(api_ns, url, cafile=ca, timeout=3)
             elapsed = time.monotonic() - started
@@ -94,6 +98,19 @@ def test_apiserver_reaches_every_kubelet_and_pod_through_that_nodes_tunnel(
     api_rx, api_tx = link_bytes(api_ns, "tun0")
     assert api_tx - api_before[1] > 3000
     assert api_rx - api_before[0] > 3000
+
+
+def test_a_long_stream_through_the_tunnel_arrives_whole_and_in_order(dataplane: DataPlane) -> None:
+    n = dataplane.agent_nodes[-1]
+    url = f"{dataplane.pod_target_url(n)}/lines?count={STREAM_LINES}"
+    started = time.monotonic()
+    status, body = http_get(dataplane.plan.api_ns, url, cafile=str(dataplane.target_ca_path),
+                            timeout=30)  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert status == 200, f"GET {url} from the apiserver namespace: {status} {body[-500:]}"
+    problem = check_lines(body.encode(), STREAM_LINES)
+    assert problem is None, problem
+    print(f"{dataplane.proto} {len(body)} bytes in {elapsed:.2f} s")
 
 
 def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlane) -> None:

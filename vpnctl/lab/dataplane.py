@@ -1,19 +1,22 @@
-"""The lab's data plane: a tenant PKI, the three agent roles and the stand-ins as real processes.
+"""The netns tier's data plane: a tenant PKI, the three agent roles and HTTPS targets as
+real processes, in the lab's network namespaces, without Kubernetes.
 
-`vpnctl lab up` and the netns tests' `dataplane` fixture both build the data path from
-this module, on top of `vpnctl.lab.underlay`, so what the demo shows is what CI proves.
-It writes every input the way the controller will later render it (role configs, the
-server's desired state, the CRL; formats in `agent/role_config.py` and
-`agent/desired_state.py`) into a state directory and starts, each with `ip netns exec`:
+The netns tests' `dataplane` fixture and bench/dataplane.py build the data path from this
+module, on top of `vpnctl.lab.underlay`. It writes every input the way the controller
+renders it (role configs, the server's desired state, the CRL; formats in
+`agent/role_config.py` and `agent/desired_state.py`) into a state directory and starts,
+each with `ip netns exec`:
 
 * the server role in P-srv and the apiserver role in P-api;
-* the node role in each node namespace with a kubelet stand-in beside it, and a webhook
-  stand-in in the pod namespace behind each node.
+* the node role in each node namespace, with an HTTPS target
+  (`vpnctl.testenv.https_target`) on the node's kubelet port beside it and another in the
+  pod namespace behind it. They are what the server's kubelet probe and the tests dial
+  through the tunnel; the target's docstring says what they do not stand in for.
 
-Processes get their own session, so they outlive a `vpnctl lab up` that returns; their
-pids are recorded in `<state>/procs.json`. Talking to a namespace from this process
-(readiness, scrapes) happens in a short-lived thread that has `setns()`-ed into it: the
-root namespace has no route into the lab, by design.
+Processes get their own session; their pids are recorded in `<state>/procs.json`.
+Talking to a namespace from this process (readiness, scrapes) happens in a short-lived
+thread that has `setns()`-ed into it: the root namespace has no route into the lab, by
+design.
 """
 
 from __future__ import annotations
@@ -268,8 +271,8 @@ class DataPlane:
     base: Path
     plan: LabPlan
     pki: Pki
-    serving_ca: certs.Issued
-    kubelet_ca: Path
+    target_ca: certs.Issued  # signs the HTTPS targets' certificates
+    target_ca_path: Path
     agent_count: int
     extra_clients: Mapping[str, str] = field(default_factory=dict)  # cn -> tunnel IP
     procs: dict[str, Proc] = field(default_factory=dict)
@@ -430,26 +433,33 @@ class DataPlane:
         self.save_pids()
         return proc
 
-    def start_standins(self, node: NodePlan) -> None:
-        """The kubelet stand-in on NODE and the webhook stand-in in the pod behind it."""
+    def node_target_url(self, node: NodePlan) -> str:
+        """The HTTPS target on NODE, where its kubelet would listen."""
+        return node.kubelet_url
+
+    def pod_target_url(self, node: NodePlan) -> str:
+        """The HTTPS target in the pod behind NODE, where a webhook would listen."""
+        return node.webhook_url
+
+    def start_https_targets(self, node: NodePlan) -> None:
+        """An HTTPS target on NODE (its kubelet's address) and one in the pod behind it."""
         now = datetime.now(UTC)
-        for kind, ns, ip, port in (
-            ("kubelet", node.ns, node.internal_ip, node.kubelet_port),
-            ("webhook", node.pod_ns, node.pod_ip, node.webhook_port),
+        for where, ns, ip, port in (
+            ("node", node.ns, node.internal_ip, node.kubelet_port),
+            ("pod", node.pod_ns, node.pod_ip, node.webhook_port),
         ):
+            name = f"target-{where}-{node.name}"
             serving = certs.new_server_cert(
-                self.serving_ca, common_name=f"{kind}-{node.name}", now=now, lifetime=DAY,
-                ip_addresses=[ip],
-            )  # fmt: skip
-            d = self.base / f"{kind}-{node.name}"
+                self.target_ca, common_name=name, now=now, lifetime=DAY, ip_addresses=[ip]
+            )
+            d = self.base / name
             d.mkdir(parents=True, exist_ok=True)
             (d / "tls.pem").write_bytes(serving.cert_pem)
             write_secret(d / "tls.key", serving.key_pem)
-            argv = [PY, "-m", "vpnctl.lab.standins", kind, "--listen", f"{ip}:{port}",
-                    "--cert", str(d / "tls.pem"), "--key", str(d / "tls.key")]  # fmt: skip
-            if kind == "kubelet":
-                argv += ["--name", node.name]
-            proc = Proc(name=f"{kind}-{node.name}", ns=ns, argv=argv, log=d / "standin.log")
+            argv = [PY, "-m", "vpnctl.testenv.https_target", "--listen", f"{ip}:{port}",
+                    "--cert", str(d / "tls.pem"), "--key", str(d / "tls.key"),
+                    "--name", name]  # fmt: skip
+            proc = Proc(name=name, ns=ns, argv=argv, log=d / "target.log")
             self.procs[proc.name] = proc.start()
         self.save_pids()
 
@@ -525,17 +535,17 @@ def prepare_dataplane(
             pki.client(cn, tc_server=certs.new_tls_crypt_v2_server_key())
         else:
             pki.client(cn)
-    serving_ca = certs.new_ca(common_name="kubelet-serving", now=datetime.now(UTC), lifetime=DAY)
-    kubelet_ca = base / "pki" / "kubelet-ca.pem"
-    kubelet_ca.write_bytes(serving_ca.cert_pem)
+    target_ca = certs.new_ca(common_name="https-targets", now=datetime.now(UTC), lifetime=DAY)
+    target_ca_path = base / "pki" / "target-ca.pem"
+    target_ca_path.write_bytes(target_ca.cert_pem)
     return DataPlane(
-        proto=proto, base=base, plan=plan, pki=pki, serving_ca=serving_ca,
-        kubelet_ca=kubelet_ca, agent_count=len(agents), extra_clients=extra,
+        proto=proto, base=base, plan=plan, pki=pki, target_ca=target_ca,
+        target_ca_path=target_ca_path, agent_count=len(agents), extra_clients=extra,
     )  # fmt: skip
 
 
 async def start_dataplane(dp: DataPlane, *, revoked: Sequence[int] = ()) -> None:
-    """Start the server, the apiserver client, every node agent and the stand-ins, and
+    """Start the server, the apiserver client, every node agent and the HTTPS targets, and
     wait until every agent is ready. The underlay must already be built."""
     dp.srv_dir.mkdir(parents=True, exist_ok=True)
     dp.write_desired(dp.desired_doc())
@@ -547,7 +557,7 @@ async def start_dataplane(dp: DataPlane, *, revoked: Sequence[int] = ()) -> None
     )  # fmt: skip
     for n in dp.agent_nodes:
         dp.start_agent(n.name, role="node", ns=n.ns, config=dp.client_config(n.name, role="node"))
-        dp.start_standins(n)
+        dp.start_https_targets(n)
     await dp.until_ready(*dp.all_agents())
 
 
