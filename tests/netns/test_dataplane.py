@@ -26,8 +26,8 @@ import pytest
 import certs
 from tests.netns.conftest import (
     DAY,
-    HEALTH_PORT,
     READY,
+    SERVER_HEALTH_PORT,
     ClientFiles,
     DataPlane,
     Listener,
@@ -102,7 +102,7 @@ def test_apiserver_reaches_every_node_and_pod_through_that_nodes_tunnel(
 
 def test_a_long_stream_through_the_tunnel_arrives_whole_and_in_order(dataplane: DataPlane) -> None:
     n = dataplane.agent_nodes[-1]
-    url = f"{dataplane.pod_target_url(n)}/lines?count={STREAM_LINES}"
+    url = f"{dataplane.node_target_url(n)}/lines?count={STREAM_LINES}"
     started = time.monotonic()
     status, body = http_get(dataplane.plan.api_ns, url, cafile=str(dataplane.target_ca_path),
                             timeout=30)  # fmt: skip
@@ -175,7 +175,7 @@ def test_nodes_cannot_open_connections_towards_the_apiserver_side(dataplane: Dat
         assert _forward_drops(dataplane) > drops, "the server's firewall did not drop it"
         # Nor towards the server pod itself (its health port listens on every address).
         server_ip = str(plan.tunnel_server_ip)
-        assert tcp_connect(n1.ns, server_ip, HEALTH_PORT, timeout=1.0) == "timeout"
+        assert tcp_connect(n1.ns, server_ip, SERVER_HEALTH_PORT, timeout=1.0) == "timeout"
     finally:
         listener.close()
 
@@ -184,12 +184,13 @@ def test_nodes_cannot_reach_each_other_through_the_tunnel(dataplane: DataPlane) 
     plan = dataplane.plan
     n1, n2 = dataplane.agent_nodes[0], dataplane.agent_nodes[1]
     listener = Listener(n2.ns, "0.0.0.0", 18081)
+    n2_tunnel_ip = str(dataplane.tunnel_ip(n2.name))
     try:
         # Controls: the apiserver may open it through the tunnel; node-1 may over the LAN.
-        assert tcp_connect(plan.api_ns, str(n2.tunnel_ip), 18081) == "ok"
+        assert tcp_connect(plan.api_ns, n2_tunnel_ip, 18081) == "ok"
         assert tcp_connect(n1.ns, str(n2.internal_ip), 18081) == "ok"
         drops = _forward_drops(dataplane)
-        assert tcp_connect(n1.ns, str(n2.tunnel_ip), 18081, timeout=1.5) == "timeout"
+        assert tcp_connect(n1.ns, n2_tunnel_ip, 18081, timeout=1.5) == "timeout"
         # node-2's InternalIP, forced into node-1's tunnel.
         ip_out("-n", n1.ns, "route", "add", f"{n2.internal_ip}/32", "dev", "tun0")
         try:

@@ -42,7 +42,7 @@ from tests.netns.conftest import (
 )
 from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
-from vpnctl.lab.dataplane import APISERVER_CN, in_netns
+from vpnctl.lab.dataplane import APISERVER, APISERVER_CN, in_netns
 
 pytestmark = NETNS_TIER
 
@@ -91,7 +91,7 @@ def test_impostor_apiserver_with_a_ca_valid_certificate_is_refused_and_the_real_
     dataplane: DataPlane,
 ) -> None:
     dp = dataplane
-    api_log = LogCursor(dp.base / APISERVER_CN / "openvpn.log")
+    api_log = LogCursor(dp.procs[APISERVER].log)
     agent_log = _agent_log(dp)
     server_log = LogCursor(dp.server_openvpn_log)
     impostor = dp.raw_client(APISERVER_CN, dev="tun6", files=_ca_valid(dp, APISERVER_CN, "imp"),
