@@ -191,12 +191,11 @@ _ROLE_CONFIG_PATHS = {
 
 
 def _pod_binds(role: str, d: Path) -> dict[str, Path]:
-    """Pod path -> the fixture's directory under D, for an agent of ROLE."""
+    """Pod directory -> the fixture's directory under D, for an agent of ROLE."""
     if role == "server":
         return {ServerPaths.config_dir: d / "etc", ServerPaths.state_dir: d / "run"}
     if role == "apiserver":
-        return {ApiserverPaths.config_dir: d / "etc", ApiserverPaths.state_dir: d / "run",
-                "/etc/hosts": d / "hosts"}  # fmt: skip
+        return {ApiserverPaths.config_dir: d / "etc", ApiserverPaths.state_dir: d / "run"}
     return {NodePaths.config_dir: d / "etc", NodePaths.state_dir: d / "state",
             NodePaths.run_dir: d / "run"}  # fmt: skip
 
@@ -327,15 +326,16 @@ class DataPlane:
         d = self.base / name
         binds = _pod_binds(role, d)
         for source in binds.values():
-            if source.suffix == "" and source.name != "hosts":
-                source.mkdir(parents=True, exist_ok=True)
+            source.mkdir(parents=True, exist_ok=True)
         if role == "apiserver":
             (d / "hosts").write_text(self._hosts_file(config))
+            binds["/etc/hosts"] = d / "hosts"
         who = identity or (APISERVER_CN if role == "apiserver" else name)
         self._place_material(role, binds, who)
         role_config = _ROLE_CONFIG_PATHS[role]
         host_path(binds, role_config).write_text(json.dumps(config, indent=2))
         ensure_mount_points(binds)
+        # The agent's own default when the config has none (agent/role_config.py).
         _host, port = str(config.get("health_address", "0.0.0.0:9100")).rsplit(":", 1)
         self.health_ports[name] = int(port)
         proc = Proc(
