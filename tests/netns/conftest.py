@@ -2,11 +2,13 @@
 
 `dataplane` (module scoped, parametrized over udp and tcp) builds the lab underlay of
 `vpnctl.lab` under a unique prefix, issues a tenant PKI with `certs`, writes the role
-configs, the server's desired state and CRL, and starts, each with `ip netns exec`:
+configs and the server's desired state the controller's planner renders
+(`vpnctl.lab.netns_tenant`) and the CRL, and starts, each with `ip netns exec` and in a
+mount namespace of its own with its pod's paths (`vpnctl.lab.pod_mounts`):
 
 * the server role in P-srv, the apiserver role in P-api;
-* the node role in P-n1..P-n3, a kubelet stand-in on each node and a webhook stand-in
-  in each pod namespace behind it;
+* the node role in P-n1..P-n3, an HTTPS target (`vpnctl.testenv.https_target`) on each
+  node's kubelet address and another in each pod namespace behind it;
 * nothing in P-n4: it is the "spare" machine from which tests run ad-hoc openvpn
   clients (foreign CA, revoked, wrong tls-crypt-v2 key, the client that gets revoked).
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,11 +48,7 @@ from agent.openvpn.config import ClientConfig, render_client
 from tests.support.polling import eventually
 from vpnctl.lab.address_plan import NodePlan, make_plan
 from vpnctl.lab.dataplane import (
-    DAY,
-    HEALTH_PORT,
-    PROBE_PORT,
-    ClientFiles,
-    Pki,
+    SERVER_HEALTH_PORT,
     Proc,
     http_get,
     in_netns,
@@ -58,9 +56,10 @@ from vpnctl.lab.dataplane import (
     start_dataplane,
 )
 from vpnctl.lab.dataplane import DataPlane as LabDataPlane
+from vpnctl.lab.netns_pki import DAY, ClientFiles, Pki
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
 
-__all__ = ["DAY", "HEALTH_PORT", "PROBE_PORT", "ClientFiles", "Pki", "Proc", "http_get"]
+__all__ = ["DAY", "SERVER_HEALTH_PORT", "ClientFiles", "Pki", "Proc", "http_get"]
 
 T = TypeVar("T")
 
@@ -235,12 +234,14 @@ def ip_out(*argv: str) -> str:
 
 # --- the data plane --------------------------------------------------------------------------
 
+# Ad-hoc clients, each a Machine of its own so the controller's planner gives it a CCD
+# entry (only the property under test fails): cn -> InternalIP. They run on the spare
+# machine, but two clients may not claim the same InternalIP, so all but `spare-node`
+# (the spare machine itself) have addresses nothing answers on.
 SPARE_CLIENTS = {
-    # cn: tunnel address; all have CCD entries, so only the property under test fails.
-    "victim": "198.18.8.50",
-    "revoked-at-start": "198.18.8.51",
-    "wrong-tc": "198.18.8.52",
-    "spare-node": "198.18.8.53",
+    "victim": IPv4Address("198.19.0.50"),
+    "revoked-at-start": IPv4Address("198.19.0.51"),
+    "wrong-tc": IPv4Address("198.19.0.52"),
 }
 
 
@@ -269,13 +270,10 @@ class DataPlane(LabDataPlane):
                 print(self.readyz(name))
                 raise
 
-    def spare_node_config(self, name: str, **overrides: Any) -> dict[str, Any]:
-        """A node-role config for the spare machine, as identity `spare-node`, in dir NAME."""
-        cfg = self.client_config("spare-node", role="node")
-        d = self.base / name
-        cfg["openvpn"]["management"] = str(d / "mgmt.sock")
-        cfg["state_dir"] = str(d / "state")
-        cfg["openvpn_log"] = str(d / "openvpn.log")
+    def spare_node_config(self, **overrides: Any) -> dict[str, Any]:
+        """The node-role config the controller renders, with OVERRIDES merged in; start it
+        with `start_agent(..., identity="spare-node")` on the spare machine."""
+        cfg = self.client_config("node")
         for key, value in overrides.items():
             if isinstance(value, dict):
                 cfg[key] = {**cfg.get(key, {}), **value}
@@ -330,12 +328,12 @@ class DataPlane(LabDataPlane):
 
 def build_dataplane(*, proto: str, base: Path, reneg_sec: int | None = None) -> DataPlane:
     plan = make_plan(prefix=f"v{secrets.token_hex(3)}", nodes=AGENT_NODES + 1)
+    spare = {**SPARE_CLIENTS, "spare-node": plan.nodes[AGENT_NODES].internal_ip}
     lab = prepare_dataplane(
         plan=plan, proto=proto, base=base, agent_count=AGENT_NODES,
-        extra_clients=SPARE_CLIENTS, foreign_tc=("wrong-tc",),
+        extra_clients=spare, foreign_tc=("wrong-tc",), reneg_sec=reneg_sec,
     )  # fmt: skip
-    fields = {f.name: getattr(lab, f.name) for f in dataclasses.fields(lab)}
-    dp = DataPlane(**{**fields, "reneg_sec": reneg_sec})
+    dp = DataPlane(**{f.name: getattr(lab, f.name) for f in dataclasses.fields(lab)})
     asyncio.run(build_underlay(plan))
     try:
         asyncio.run(start_dataplane(dp, revoked=[dp.pki.clients["revoked-at-start"].serial]))

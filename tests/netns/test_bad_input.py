@@ -29,16 +29,17 @@ from tests.netns.conftest import (
 )
 from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
+from vpnctl.reconcile.agentdocs import ServerPaths
 
 pytestmark = NETNS_TIER
 
 
 def _readyz(dp: DataPlane, proc: Proc) -> tuple[int, str]:
-    return http_get(proc.ns, "http://127.0.0.1:9100/readyz?verbose")
+    return dp.readyz(proc.name)
 
 
 def _metrics_total(dp: DataPlane, proc: Proc, name: str, **labels: str) -> float:
-    status, body = http_get(proc.ns, "http://127.0.0.1:9100/metrics")
+    status, body = dp.scrape(proc.name)
     assert status == 200, body
     return Metrics.parse(body).total(name, **labels)
 
@@ -96,9 +97,10 @@ def test_bad_certificate_material_is_reported_and_retried_on_change(
         key.write_bytes(certs.new_private_key())
         expected = [str(key), "does not match"]
     cfg = dataplane.spare_node_config(
-        spare_dir.name, openvpn={"cert": str(cert), "key": str(key), "tls_crypt_v2": str(tc)}
+        openvpn={"cert": str(cert), "key": str(key), "tls_crypt_v2": str(tc)}
     )
-    proc = dataplane.start_agent(spare_dir.name, role="node", ns=dataplane.spare.ns, config=cfg)
+    proc = dataplane.start_agent(spare_dir.name, role="node", ns=dataplane.spare.ns, config=cfg,
+                                 identity="spare-node")  # fmt: skip
 
     _status, body = eventually(
         lambda: r if (r := _readyz(dataplane, proc))[0] == 503 and "material:" in r[1] else None,
@@ -168,8 +170,9 @@ def test_garbage_on_the_management_socket(dataplane: DataPlane, spare_dir: Path)
     fake = spare_dir / "fake-openvpn"
     fake.write_text(f"#!{sys.executable}\n{FAKE_OPENVPN}")
     fake.chmod(0o755)
-    cfg = dataplane.spare_node_config(spare_dir.name, openvpn_binary=str(fake))
-    proc = dataplane.start_agent(spare_dir.name, role="node", ns=dataplane.spare.ns, config=cfg)
+    cfg = dataplane.spare_node_config(openvpn_binary=str(fake))
+    proc = dataplane.start_agent(spare_dir.name, role="node", ns=dataplane.spare.ns, config=cfg,
+                                 identity="spare-node")  # fmt: skip
     _status, body = eventually(
         lambda: (
             r
@@ -196,8 +199,9 @@ def test_garbage_on_the_management_socket(dataplane: DataPlane, spare_dir: Path)
 
 
 def test_unreachable_server_keeps_retrying(dataplane: DataPlane, spare_dir: Path) -> None:
-    cfg = dataplane.spare_node_config(spare_dir.name, openvpn={"remotes": [["198.18.0.99", 1194]]})
-    proc = dataplane.start_agent(spare_dir.name, role="node", ns=dataplane.spare.ns, config=cfg)
+    cfg = dataplane.spare_node_config(openvpn={"remotes": [["198.18.0.99", 1194]]})
+    proc = dataplane.start_agent(spare_dir.name, role="node", ns=dataplane.spare.ns, config=cfg,
+                                 identity="spare-node")  # fmt: skip
     eventually(lambda: ns_pids(dataplane.spare.ns, "openvpn"), what="openvpn running", timeout=10)
     _stays_up(proc, seconds=6)
     status, body = _readyz(dataplane, proc)
@@ -211,7 +215,7 @@ def test_unreachable_server_keeps_retrying(dataplane: DataPlane, spare_dir: Path
 
 
 def _ccd_snapshot(dp: DataPlane) -> dict[str, str]:
-    ccd = dp.srv_dir / "ccd"
+    ccd = dp.ccd_dir
     return {p.name: p.read_text() for p in sorted(ccd.iterdir()) if not p.name.startswith(".")}
 
 
@@ -229,7 +233,7 @@ def test_overlapping_cidrs_in_desired_state_keep_the_last_good_state(dataplane: 
     )
     print(body)
     assert "desired:" in body
-    assert str(dataplane.desired_path) in body
+    assert ServerPaths.desired in body
     _stays_up(server, seconds=1)
     assert _ccd_snapshot(dataplane) == before, "a refused desired state changed the CCD files"
     assert (
@@ -237,8 +241,8 @@ def test_overlapping_cidrs_in_desired_state_keep_the_last_good_state(dataplane: 
         == errors + 1
     )
     n2 = dataplane.agent_nodes[1]
-    status, _ = http_get(dataplane.plan.api_ns, f"{n2.kubelet_url}/healthz",
-                         cafile=str(dataplane.kubelet_ca))  # fmt: skip
+    status, _ = http_get(dataplane.plan.api_ns, f"{dataplane.node_target_url(n2)}/healthz",
+                         cafile=str(dataplane.target_ca_path))  # fmt: skip
     assert status == 200, "the last good state should keep serving"
 
     dataplane.write_desired(dataplane.desired_doc())
@@ -262,7 +266,7 @@ def test_bad_crl_keeps_the_installed_one(dataplane: DataPlane) -> None:
         line = next(ln for ln in body.splitlines() if ln.startswith("crl:"))
         print(line)
         assert expected in line
-        assert str(dataplane.crl_source) in line
+        assert ServerPaths.crl_source in line
         assert dataplane.crl_installed.read_bytes() == installed
         dataplane.crl_source.write_bytes(good)
         eventually(

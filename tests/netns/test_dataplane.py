@@ -3,8 +3,9 @@
 One lab per transport (udp, tcp) is shared by every test in this module (`dataplane` in
 conftest.py). The tests prove the properties DESIGN.md promises:
 
-* the apiserver reaches every node's kubelet and a pod behind every node, through that
-  node's own tunnel, and through nothing else;
+* the apiserver reaches every node's kubelet address and a pod behind every node (HTTPS
+  targets stand there, `vpnctl.testenv.https_target`), through that node's own tunnel,
+  and through nothing else; a long numbered stream arrives whole and in order;
 * nodes can answer but never open a connection towards the apiserver side or another
   node, and it is the server's firewall that stops them;
 * handshakes that must fail do fail: another tenant's CA, a revoked certificate, a
@@ -25,8 +26,8 @@ import pytest
 import certs
 from tests.netns.conftest import (
     DAY,
-    HEALTH_PORT,
     READY,
+    SERVER_HEALTH_PORT,
     ClientFiles,
     DataPlane,
     Listener,
@@ -39,10 +40,12 @@ from tests.netns.conftest import (
 )
 from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
+from vpnctl.lab.probe import check_lines
 
 pytestmark = NETNS_TIER
 
 TENANT = IPv4Network("198.19.0.0/16")
+STREAM_LINES = 100_000
 
 
 # --- reachability -----------------------------------------------------------------------------
@@ -66,16 +69,17 @@ def test_apiserver_has_no_path_to_tenant_networks_but_tun(dataplane: DataPlane) 
     assert " dev tun0 " in route_get(api_ns, service_ip) + " "
 
 
-def test_apiserver_reaches_every_kubelet_and_pod_through_that_nodes_tunnel(
+def test_apiserver_reaches_every_node_and_pod_through_that_nodes_tunnel(
     dataplane: DataPlane,
 ) -> None:
     api_ns = dataplane.plan.api_ns
-    ca = str(dataplane.kubelet_ca)
+    ca = str(dataplane.target_ca_path)
     api_before = link_bytes(api_ns, "tun0")
     for n in dataplane.agent_nodes:
         node_before = link_bytes(n.ns, "tun0")
         others_before = {o.name: link_bytes(o.ns, "tun0") for o in dataplane.agent_nodes}
-        for url in (f"{n.kubelet_url}/healthz", f"{n.webhook_url}/healthz"):
+        for url in (dataplane.node_target_url(n), dataplane.pod_target_url(n)):
+            url += "/healthz"
             started = time.monotonic()
             status, body = http_get(api_ns, url, cafile=ca, timeout=3)
             elapsed = time.monotonic() - started
@@ -94,6 +98,19 @@ def test_apiserver_reaches_every_kubelet_and_pod_through_that_nodes_tunnel(
     api_rx, api_tx = link_bytes(api_ns, "tun0")
     assert api_tx - api_before[1] > 3000
     assert api_rx - api_before[0] > 3000
+
+
+def test_a_long_stream_through_the_tunnel_arrives_whole_and_in_order(dataplane: DataPlane) -> None:
+    n = dataplane.agent_nodes[-1]
+    url = f"{dataplane.node_target_url(n)}/lines?count={STREAM_LINES}"
+    started = time.monotonic()
+    status, body = http_get(dataplane.plan.api_ns, url, cafile=str(dataplane.target_ca_path),
+                            timeout=30)  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert status == 200, f"GET {url} from the apiserver namespace: {status} {body[-500:]}"
+    problem = check_lines(body.encode(), STREAM_LINES)
+    assert problem is None, problem
+    print(f"{dataplane.proto} {len(body)} bytes in {elapsed:.2f} s")
 
 
 def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlane) -> None:
@@ -158,7 +175,7 @@ def test_nodes_cannot_open_connections_towards_the_apiserver_side(dataplane: Dat
         assert _forward_drops(dataplane) > drops, "the server's firewall did not drop it"
         # Nor towards the server pod itself (its health port listens on every address).
         server_ip = str(plan.tunnel_server_ip)
-        assert tcp_connect(n1.ns, server_ip, HEALTH_PORT, timeout=1.0) == "timeout"
+        assert tcp_connect(n1.ns, server_ip, SERVER_HEALTH_PORT, timeout=1.0) == "timeout"
     finally:
         listener.close()
 
@@ -167,12 +184,13 @@ def test_nodes_cannot_reach_each_other_through_the_tunnel(dataplane: DataPlane) 
     plan = dataplane.plan
     n1, n2 = dataplane.agent_nodes[0], dataplane.agent_nodes[1]
     listener = Listener(n2.ns, "0.0.0.0", 18081)
+    n2_tunnel_ip = str(dataplane.tunnel_ip(n2.name))
     try:
         # Controls: the apiserver may open it through the tunnel; node-1 may over the LAN.
-        assert tcp_connect(plan.api_ns, str(n2.tunnel_ip), 18081) == "ok"
+        assert tcp_connect(plan.api_ns, n2_tunnel_ip, 18081) == "ok"
         assert tcp_connect(n1.ns, str(n2.internal_ip), 18081) == "ok"
         drops = _forward_drops(dataplane)
-        assert tcp_connect(n1.ns, str(n2.tunnel_ip), 18081, timeout=1.5) == "timeout"
+        assert tcp_connect(n1.ns, n2_tunnel_ip, 18081, timeout=1.5) == "timeout"
         # node-2's InternalIP, forced into node-1's tunnel.
         ip_out("-n", n1.ns, "route", "add", f"{n2.internal_ip}/32", "dev", "tun0")
         try:

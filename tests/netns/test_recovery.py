@@ -29,10 +29,10 @@ from tests.support.polling import eventually
 pytestmark = NETNS_TIER
 
 
-def _all_kubelets_reachable(dp: DataPlane) -> bool:
+def _all_node_targets_reachable(dp: DataPlane) -> bool:
     for n in dp.agent_nodes:
-        status, _ = http_get(dp.plan.api_ns, f"{n.kubelet_url}/healthz",
-                             cafile=str(dp.kubelet_ca), timeout=1.0)  # fmt: skip
+        status, _ = http_get(dp.plan.api_ns, f"{dp.node_target_url(n)}/healthz",
+                             cafile=str(dp.target_ca_path), timeout=1.0)  # fmt: skip
         if status != 200:
             return False
     return True
@@ -86,7 +86,7 @@ def test_route_deleted_by_hand_is_restored_within_a_second(dataplane: DataPlane)
             what=f"{agent} counts the repair",
             timeout=2,
         )
-    assert _all_kubelets_reachable(dataplane)
+    assert _all_node_targets_reachable(dataplane)
 
 
 def test_client_sigkill_recovers(dataplane: DataPlane) -> None:
@@ -102,7 +102,9 @@ def test_client_sigkill_recovers(dataplane: DataPlane) -> None:
             lambda: dataplane.readyz(n1.name)[0] == 200, what="node-1 ready again", timeout=20
         )
         eventually(
-            lambda: _all_kubelets_reachable(dataplane), what="kubelets reachable again", timeout=10
+            lambda: _all_node_targets_reachable(dataplane),
+            what="the node targets reachable again",
+            timeout=10,
         )
         recovered = time.monotonic() - killed
         eventually(
@@ -138,11 +140,13 @@ def test_server_sigkill_recovers(dataplane: DataPlane) -> None:
         eventually(lambda: _new_pid(plan.srv_ns, old_pid), what="a new openvpn server", timeout=10)
         dataplane.wait_ready(*dataplane.all_agents(), timeout=30)
         eventually(
-            lambda: _all_kubelets_reachable(dataplane), what="kubelets reachable again", timeout=15
+            lambda: _all_node_targets_reachable(dataplane),
+            what="the node targets reachable again",
+            timeout=15,
         )
         recovered = time.monotonic() - killed
         # The apiserver's probe can still be missing (from before the restart) when the
-        # kubelets answer again; wait for its readiness to come back, or fail here.
+        # node targets answer again; wait for its readiness to come back, or fail here.
         eventually(
             watch.saw_outage_and_recovery,
             what="the apiserver's /readyz to go down and come back",

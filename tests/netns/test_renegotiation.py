@@ -37,12 +37,13 @@ from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
 from vpnctl.lab.address_plan import NodePlan
 from vpnctl.lab.dataplane import in_netns
-from vpnctl.lab.standins import DEFAULT_LOG_LINES, log_line
+from vpnctl.testenv.https_target import line
 
 pytestmark = NETNS_TIER
 
 RENEG_SEC = 10  # the shortest interval vpnctl allows (spec and agent)
 ROUNDS = 2  # renegotiations of node-1's tunnel to sit through
+FOLLOW_LINES = 3600  # one a second: far more than the test waits
 # A stream that waits this long for its next bytes has failed. A tunnel that was torn
 # down and rebuilt would be silent at least this long (ping-restart is 5 s).
 STALL = 5.0
@@ -92,10 +93,9 @@ class FollowedLog:
 
     def __init__(self, dp: DataPlane, node: NodePlan) -> None:
         self.node = node
-        self.pod = f"standin-{node.name}"
         self.lines: list[str] = []
         self.record = StreamRecord()
-        self._ca = str(dp.kubelet_ca)
+        self._ca = str(dp.target_ca_path)
         self._ns = dp.plan.api_ns
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -113,7 +113,7 @@ class FollowedLog:
             str(self.node.internal_ip), self.node.kubelet_port, context=ctx, timeout=STALL
         )
         try:
-            conn.request("GET", f"/containerLogs/default/{self.pod}/main?follow=true&tailLines=0")
+            conn.request("GET", f"/lines?count={FOLLOW_LINES}&every=1")
             resp = conn.getresponse()
             if resp.status != 200:
                 self.record.fail(f"HTTP {resp.status}")
@@ -137,8 +137,7 @@ class FollowedLog:
 
     def check(self) -> None:
         """Nothing lost, repeated or reordered since the first followed line."""
-        want = [log_line(self.node.name, self.pod, DEFAULT_LOG_LINES + k)
-                for k in range(len(self.lines))]  # fmt: skip
+        want = [line(self.node.name, k) for k in range(len(self.lines))]
         assert self.lines == want
 
 

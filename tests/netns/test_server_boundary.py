@@ -42,7 +42,7 @@ from tests.netns.conftest import (
 )
 from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
-from vpnctl.lab.dataplane import APISERVER_CN, in_netns
+from vpnctl.lab.dataplane import APISERVER, APISERVER_CN, in_netns
 
 pytestmark = NETNS_TIER
 
@@ -77,10 +77,10 @@ def _agent_log(dp: DataPlane) -> LogCursor:
     return LogCursor(dp.procs["server"].log)
 
 
-def _kubelet_ok(dp: DataPlane) -> bool:
+def _node_target_ok(dp: DataPlane) -> bool:
     n = dp.agent_nodes[0]
-    status, _ = http_get(dp.plan.api_ns, f"{n.kubelet_url}/healthz", cafile=str(dp.kubelet_ca),
-                         timeout=2.0)  # fmt: skip
+    status, _ = http_get(dp.plan.api_ns, f"{dp.node_target_url(n)}/healthz",
+                         cafile=str(dp.target_ca_path), timeout=2.0)  # fmt: skip
     return status == 200
 
 
@@ -91,7 +91,7 @@ def test_impostor_apiserver_with_a_ca_valid_certificate_is_refused_and_the_real_
     dataplane: DataPlane,
 ) -> None:
     dp = dataplane
-    api_log = LogCursor(dp.base / APISERVER_CN / "openvpn.log")
+    api_log = LogCursor(dp.procs[APISERVER].log)
     agent_log = _agent_log(dp)
     server_log = LogCursor(dp.server_openvpn_log)
     impostor = dp.raw_client(APISERVER_CN, dev="tun6", files=_ca_valid(dp, APISERVER_CN, "imp"),
@@ -112,7 +112,7 @@ def test_impostor_apiserver_with_a_ca_valid_certificate_is_refused_and_the_real_
     api_log.never(r"RESTART|SIGUSR1|Inactivity timeout|Connection reset", within=0.1)
     assert "will cause previous active sessions" not in server_log.new()
     assert dp.metrics("server").get("vpnctl_agent_apiserver_connected", role="server") == 1
-    assert _kubelet_ok(dp)
+    assert _node_target_ok(dp)
 
 
 def test_a_node_gets_in_only_with_a_serial_vpnctl_issued_for_its_name(
@@ -228,7 +228,9 @@ def test_nobody_gets_in_while_the_agent_stalls_and_clients_do_after_the_link_was
     finally:
         client.stop()
     dp.wait_ready(*dp.all_agents(), timeout=30)
-    eventually(lambda: _kubelet_ok(dp), what="the apiserver reaches node-1's kubelet", timeout=20)
+    eventually(
+        lambda: _node_target_ok(dp), what="the apiserver reaches node-1's HTTPS target", timeout=20
+    )
 
 
 def _status_ids(pid: int) -> tuple[set[int], int]:
@@ -251,7 +253,7 @@ def test_openvpn_runs_as_nobody_after_start(dataplane: DataPlane) -> None:
             assert caps & ~CAP_NET_ADMIN == 0, f"openvpn {pid} in {ns} keeps caps {caps:#x}"
     # And it still does its job as nobody: it re-read the CRL and CCD files since
     # (other tests here connect, get refused by the CRL and get kicked).
-    assert _kubelet_ok(dp)
+    assert _node_target_ok(dp)
 
 
 # --- the server pod's firewall --------------------------------------------------------------

@@ -90,3 +90,10 @@ def test_streams_show_a_rate() -> None:
     assert cell(ProbeResult(ok=True, latency_ms=2000.0, bytes=400_000, rate=True)) == (
         "OK 0.20MB/s"
     )
+
+
+def test_probe_result_round_trips_the_probe_json() -> None:
+    text = '{"ok": false, "latency_ms": null, "error": "timeout", "bytes": 0}'
+    assert ProbeResult.from_json(text) == ProbeResult(ok=False, error="timeout")
+    ok = ProbeResult.from_json('{"ok": true, "latency_ms": 1.5, "error": null, "bytes": 2}')
+    assert ok == ProbeResult(ok=True, latency_ms=1.5, bytes=2)

@@ -1,7 +1,7 @@
 """The lab's address plan, computed once from a prefix and a node count.
 
 Every name and address the lab uses comes from here, so the underlay, the
-openvpn configs, the stand-ins, the probes and the table all agree, and a test
+openvpn configs, the nodes, the probes and the table all agree, and a test
 can check the whole plan without touching the kernel. It is the lab address
 plan of DESIGN.md written as code: everything lies in 198.18.0.0/15 (RFC 2544's
 benchmarking range) and lives only in namespaces the lab makes.
@@ -56,7 +56,7 @@ class NodePlan:
 
     @property
     def kubelet_address(self) -> str:
-        """host:port of the kubelet stand-in."""
+        """host:port of the node's kubelet."""
         return f"{self.internal_ip}:{self.kubelet_port}"
 
     @property

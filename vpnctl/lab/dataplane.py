@@ -1,25 +1,30 @@
-"""The lab's data plane: a tenant PKI, the three agent roles and the stand-ins as real processes.
+"""The netns tier's data plane: a tenant PKI, the three agent roles and HTTPS targets as
+real processes, in the lab's network namespaces, without Kubernetes.
 
-`vpnctl lab up` and the netns tests' `dataplane` fixture both build the data path from
-this module, on top of `vpnctl.lab.underlay`, so what the demo shows is what CI proves.
-It writes every input the way the controller will later render it (role configs, the
-server's desired state, the CRL; formats in `agent/role_config.py` and
-`agent/desired_state.py`) into a state directory and starts, each with `ip netns exec`:
+The netns tests' `dataplane` fixture and bench/dataplane.py build the data path from this
+module, on top of `vpnctl.lab.underlay`. The agents run under the configuration the
+controller emits: the role configs and the server's desired state come from the
+controller's own planner (`vpnctl.lab.netns_tenant`), unchanged, pod paths and all. Each
+agent runs in its own mount namespace where the fixture's per-agent directories are
+bound onto those pod paths (`vpnctl.lab.pod_mounts`), and in its network namespace:
 
 * the server role in P-srv and the apiserver role in P-api;
-* the node role in each node namespace with a kubelet stand-in beside it, and a webhook
-  stand-in in the pod namespace behind each node.
+* the node role in each node namespace, with an HTTPS target
+  (`vpnctl.testenv.https_target`) on the node's kubelet port beside it and another in the
+  pod namespace behind it. They are what the server's kubelet probe and the tests dial
+  through the tunnel; the target's docstring says what they do not stand in for.
 
-Processes get their own session, so they outlive a `vpnctl lab up` that returns; their
-pids are recorded in `<state>/procs.json`. Talking to a namespace from this process
-(readiness, scrapes) happens in a short-lived thread that has `setns()`-ed into it: the
-root namespace has no route into the lab, by design.
+Processes get their own session; their pids are recorded in `<state>/procs.json`.
+Talking to a namespace from this process (readiness, scrapes) happens in a short-lived
+thread that has `setns()`-ed into it: the root namespace has no route into the lab, by
+design.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import ctypes
 import json
 import os
@@ -33,24 +38,33 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address, IPv4Network
+from datetime import UTC, datetime
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, TypeVar
 
 import certs
 from vpnctl.lab.address_plan import LabPlan, NodePlan
 from vpnctl.lab.netns import LabError
-from vpnctl.reconcile.agentdocs import server_desired_state
-from vpnctl.reconcile.routes import ClientRoutes
+from vpnctl.lab.netns_pki import DAY, Pki, write_secret
+from vpnctl.lab.netns_tenant import (
+    SETTINGS,
+    client_machine,
+    node_config,
+    plan_netns_tenant,
+    signed,
+)
+from vpnctl.lab.pod_mounts import ensure_mount_points, host_path, pod_argv
+from vpnctl.reconcile.agentdocs import ApiserverPaths, NodePaths, ServerPaths
+from vpnctl.reconcile.tenant_plan import TenantPlan
+from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME
 
 T = TypeVar("T")
 
 PY = sys.executable
-HEALTH_PORT = 9100
-PROBE_PORT = 7947
-DAY = timedelta(days=1)
-APISERVER_CN = "apiserver"
+APISERVER = "apiserver"  # the apiserver agent's name here (process, directory)
+APISERVER_CN = APISERVER_COMMON_NAME  # its certificate's common name, as vpnctl issues it
+SERVER_HEALTH_PORT = SETTINGS.server_health_port
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
@@ -160,14 +174,7 @@ class Proc:
         return self.popen.returncode
 
 
-# --- PKI -------------------------------------------------------------------------------------
-
-
-def write_secret(path: Path, data: bytes) -> None:
-    """Write key material readable by root only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+# --- the data plane --------------------------------------------------------------------------
 
 
 def write_json_atomic(path: Path, doc: object) -> None:
@@ -176,106 +183,39 @@ def write_json_atomic(path: Path, doc: object) -> None:
     os.replace(tmp, path)
 
 
-@dataclass
-class ClientFiles:
-    cn: str
-    cert: Path
-    key: Path
-    tc: Path
-    serial: int
+_ROLE_CONFIG_PATHS = {
+    "server": ServerPaths.role_config,
+    "apiserver": ApiserverPaths.role_config,
+    "node": NodePaths.role_config,
+}
 
 
-@dataclass
-class Pki:
-    """The tenant's PKI as files: CA, server cert, tls-crypt-v2 keys, client certs, CRLs."""
-
-    base: Path
-    ca: certs.Issued
-    ca_path: Path
-    tc_server: bytes
-    server_cert: Path
-    server_key: Path
-    server_tc: Path
-    clients: dict[str, ClientFiles] = field(default_factory=dict)
-    crl_number: int = 0
-
-    @classmethod
-    def create(cls, base: Path, *, server_ip: IPv4Address, tenant: str = "tenant-a") -> Pki:
-        base.mkdir(parents=True, exist_ok=True)
-        now = datetime.now(UTC)
-        ca = certs.new_ca(common_name=tenant, now=now, lifetime=DAY)
-        server = certs.new_server_cert(
-            ca, common_name="server", now=now, lifetime=DAY, ip_addresses=[server_ip]
-        )
-        tc_server = certs.new_tls_crypt_v2_server_key()
-        pki = cls(
-            base=base,
-            ca=ca,
-            ca_path=base / "ca.pem",
-            tc_server=tc_server,
-            server_cert=base / "server.pem",
-            server_key=base / "server.key",
-            server_tc=base / "tc-server.key",
-        )
-        pki.ca_path.write_bytes(ca.cert_pem)
-        pki.server_cert.write_bytes(server.cert_pem)
-        write_secret(pki.server_key, server.key_pem)
-        write_secret(pki.server_tc, tc_server)
-        return pki
-
-    def client(
-        self, cn: str, *, ca: certs.Issued | None = None, tc_server: bytes | None = None
-    ) -> ClientFiles:
-        """Issue (once) a client cert+key and tls-crypt-v2 key for CN."""
-        if cn in self.clients:
-            return self.clients[cn]
-        now = datetime.now(UTC)
-        issued = certs.new_client_cert(ca or self.ca, common_name=cn, now=now, lifetime=DAY)
-        tc = certs.new_tls_crypt_v2_client_key(tc_server or self.tc_server, now=now)
-        files = ClientFiles(
-            cn=cn,
-            cert=self.base / f"{cn}.pem",
-            key=self.base / f"{cn}.key",
-            tc=self.base / f"{cn}.tc.key",
-            serial=certs.cert_info(issued.cert_pem).serial,
-        )
-        files.cert.write_bytes(issued.cert_pem)
-        write_secret(files.key, issued.key_pem)
-        write_secret(files.tc, tc)
-        self.clients[cn] = files
-        return files
-
-    def crl(self, revoked: Sequence[int]) -> bytes:
-        self.crl_number += 1
-        now = datetime.now(UTC)
-        return certs.build_crl(
-            self.ca,
-            revoked=[certs.Revoked(serial=s, revoked_at=now) for s in revoked],
-            now=now,
-            next_update=DAY,
-            crl_number=self.crl_number,
-        )
-
-
-# --- the data plane --------------------------------------------------------------------------
+def _pod_binds(role: str, d: Path) -> dict[str, Path]:
+    """Pod directory -> the fixture's directory under D, for an agent of ROLE."""
+    if role == "server":
+        return {ServerPaths.config_dir: d / "etc", ServerPaths.state_dir: d / "run"}
+    if role == "apiserver":
+        return {ApiserverPaths.config_dir: d / "etc", ApiserverPaths.state_dir: d / "run"}
+    return {NodePaths.config_dir: d / "etc", NodePaths.state_dir: d / "state",
+            NodePaths.run_dir: d / "run"}  # fmt: skip
 
 
 @dataclass
 class DataPlane:
-    """Everything the lab's data path is made of, and the processes running it."""
+    """Everything the netns tier's data path is made of, and the processes running it."""
 
     proto: str
     base: Path
     plan: LabPlan
     pki: Pki
-    serving_ca: certs.Issued
-    kubelet_ca: Path
+    target_ca: certs.Issued  # signs the HTTPS targets' certificates
+    target_ca_path: Path
     agent_count: int
-    extra_clients: Mapping[str, str] = field(default_factory=dict)  # cn -> tunnel IP
+    tenant: TenantPlan  # the controller's plan: role configs and desired state come from it
+    extra_clients: Mapping[str, IPv4Address] = field(default_factory=dict)  # cn -> InternalIP
     procs: dict[str, Proc] = field(default_factory=dict)
+    health_ports: dict[str, int] = field(default_factory=dict)
     revoked: list[int] = field(default_factory=list)
-    # openvpn.reneg_sec of every role config written (None: the agent's default, 3600 s).
-    reneg_sec: int | None = None
 
     # -- layout
     @property
@@ -283,70 +223,48 @@ class DataPlane:
         return self.plan.nodes[: self.agent_count]
 
     @property
-    def srv_dir(self) -> Path:
-        return self.base / "srv"
+    def server_binds(self) -> dict[str, Path]:
+        return _pod_binds("server", self.base / "server")
 
     @property
     def desired_path(self) -> Path:
-        return self.srv_dir / "desired.json"
+        return host_path(self.server_binds, ServerPaths.desired)
 
     @property
     def crl_source(self) -> Path:
-        return self.srv_dir / "crl.pem"
+        return host_path(self.server_binds, ServerPaths.crl_source)
 
     @property
     def crl_installed(self) -> Path:
-        return self.srv_dir / "crl-installed.pem"
+        return host_path(self.server_binds, ServerPaths.crl)
+
+    @property
+    def ccd_dir(self) -> Path:
+        return host_path(self.server_binds, ServerPaths.ccd_dir)
 
     @property
     def server_openvpn_log(self) -> Path:
-        return self.srv_dir / "openvpn.log"
+        """The server's openvpn writes to the agent's output, as in its pod."""
+        return self.procs["server"].log
 
     def agent(self, name: str) -> Proc:
         return self.procs[name]
 
+    def tunnel_ip(self, node: str) -> IPv4Address:
+        """The tunnel address the controller's planner allocated to NODE."""
+        for a in self.tenant.allocation.allocations:
+            if a.node == node:
+                return a.tunnel_ip
+        raise KeyError(f"no tunnel address for {node!r}")
+
     # -- inputs
     def desired_doc(self) -> dict[str, Any]:
-        """The server's desired state, made by the controller's own serialiser: one CCD
-        entry per node, the first node elected to carry the service CIDR, and the
-        apiserver client (whose routes its role owns). Each client's serial is the one
-        certificate the lab issued it: the server admits nobody else under that name."""
-        routes = [
-            ClientRoutes(
-                common_name=APISERVER_CN,
-                tunnel_ip=self.plan.tunnel_apiserver_ip,
-                iroutes=(),
-                push_routes=(),
-            )
-        ]
-        for i, n in enumerate(self.agent_nodes):
-            iroutes = [IPv4Network(f"{n.internal_ip}/32"), n.pod_cidr]
-            if i == 0:
-                iroutes.append(self.plan.service_cidr)
-            routes.append(
-                ClientRoutes(
-                    common_name=n.name,
-                    tunnel_ip=n.tunnel_ip,
-                    iroutes=tuple(iroutes),
-                    push_routes=(),
-                    machine=n.name,
-                    kubelet=(n.internal_ip, n.kubelet_port),
-                    serial=f"{self.pki.clients[n.name].serial:x}",
-                )
-            )
-        for cn, ip in self.extra_clients.items():
-            routes.append(
-                ClientRoutes(
-                    common_name=cn,
-                    tunnel_ip=IPv4Address(ip),
-                    iroutes=(),
-                    push_routes=(),
-                    machine=cn,
-                    serial=f"{self.pki.clients[cn].serial:x}",
-                )
-            )
-        return server_desired_state(
-            clients=routes, apiserver_serial=self.pki.clients[APISERVER_CN].serial
+        """The server's desired state, as the controller renders it: the planner's clients
+        with the serial the lab issued each, and the apiserver's serial."""
+        serials = {cn: files.serial for cn, files in self.pki.clients.items()}
+        return self.tenant.desired_state(
+            apiserver_serial=self.pki.clients[APISERVER_CN].serial,
+            allocations=signed(self.tenant, serials),
         )
 
     def write_desired(self, doc: object) -> None:
@@ -358,105 +276,105 @@ class DataPlane:
         tmp.write_bytes(self.pki.crl(revoked))
         os.replace(tmp, self.crl_source)
 
-    # -- configs
-    def _reneg(self) -> dict[str, Any]:
-        return {} if self.reneg_sec is None else {"reneg_sec": self.reneg_sec}
-
+    # -- configs, as the controller renders them
     def server_config(self) -> dict[str, Any]:
-        d = self.srv_dir
-        return {
-            "openvpn": {
-                "proto": self.proto,
-                "port": self.plan.server_port,
-                "listen": str(self.plan.server_ip),
-                "tunnel_cidr": str(self.plan.tunnel_cidr),
-                "ca": str(self.pki.ca_path),
-                "cert": str(self.pki.server_cert),
-                "key": str(self.pki.server_key),
-                "tls_crypt_v2": str(self.pki.server_tc),
-                "ccd_dir": str(d / "ccd"),
-                "management": str(d / "mgmt.sock"),
-                "crl": str(self.crl_installed),
-                "keepalive": [1, 5],
-                **self._reneg(),
-            },
-            "desired_path": str(self.desired_path),
-            "crl_source": str(self.crl_source),
-            "state_dir": str(d / "state"),
-            "health_address": f"0.0.0.0:{HEALTH_PORT}",
-            "openvpn_log": str(self.server_openvpn_log),
-            "probe_port": PROBE_PORT,
-            "kubelet_probe_interval": 1.0,
-            "kubelet_probe_timeout": 1.0,
-        }
+        return copy.deepcopy(self.tenant.server_role_config)
 
-    def client_config(self, name: str, *, role: str) -> dict[str, Any]:
-        d = self.base / name
-        files = self.pki.clients[name]
-        cfg: dict[str, Any] = {
-            "openvpn": {
-                "proto": self.proto,
-                "remotes": [[str(self.plan.server_ip), self.plan.server_port]],
-                "ca": str(self.pki.ca_path),
-                "cert": str(files.cert),
-                "key": str(files.key),
-                "tls_crypt_v2": str(files.tc),
-                "management": str(d / "mgmt.sock"),
-                "connect_retry": [1, 2],
-                "keepalive": [1, 5],
-                **self._reneg(),
-            },
-            "probe": {
-                "target": f"{self.plan.tunnel_server_ip}:{PROBE_PORT}",
-                "interval": 1.0,
-                "timeout": 0.5,
-                "misses": 3,
-            },
-            "state_dir": str(d / "state"),
-            "health_address": f"0.0.0.0:{HEALTH_PORT}",
-            "openvpn_log": str(d / "openvpn.log"),
-        }
+    def client_config(self, role: str) -> dict[str, Any]:
         if role == "apiserver":
-            # The apiserver role owns its routes (proto 211, restored within a second),
-            # so its CCD pushes none: each route has exactly one owner.
-            cfg["routes"] = [str(c) for c in self.plan.tenant_cidrs]
-        return cfg
+            return copy.deepcopy(self.tenant.apiserver_role_config)
+        return node_config(self.tenant, self.plan)
 
-    def start_agent(self, name: str, *, role: str, ns: str, config: dict[str, Any]) -> Proc:
+    def _place_material(self, role: str, binds: Mapping[str, Path], identity: str) -> None:
+        """Put ROLE's certificates and keys where its pod has them (Secret volumes; for a
+        node, the files the CSR flow writes into its host directory)."""
+        if role == "server":
+            files = {ServerPaths.ca: self.pki.ca_path, ServerPaths.cert: self.pki.server_cert,
+                     ServerPaths.key: self.pki.server_key,
+                     ServerPaths.tls_crypt_v2: self.pki.server_tc}  # fmt: skip
+        else:
+            paths = ApiserverPaths if role == "apiserver" else NodePaths
+            mine = self.pki.clients[identity]
+            files = {paths.ca: self.pki.ca_path, paths.cert: mine.cert, paths.key: mine.key,
+                     paths.tls_crypt_v2: mine.tc}  # fmt: skip
+        for pod_path, source in files.items():
+            dest = host_path(binds, pod_path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if pod_path.endswith(".key"):
+                write_secret(dest, source.read_bytes())
+            else:
+                dest.write_bytes(source.read_bytes())
+
+    def _hosts_file(self, config: Mapping[str, Any]) -> str:
+        """/etc/hosts for an agent whose remotes are names: each resolves to the server,
+        as the cluster's DNS answers for the server's Service."""
+        lines = ["127.0.0.1 localhost"]
+        for host, _port in config.get("openvpn", {}).get("remotes", []):
+            try:
+                IPv4Address(host)
+            except ValueError:
+                lines.append(f"{self.plan.server_ip} {host}")
+        return "\n".join(lines) + "\n"
+
+    def start_agent(
+        self, name: str, *, role: str, ns: str, config: dict[str, Any], identity: str | None = None
+    ) -> Proc:
+        """Start agent NAME of ROLE in network namespace NS from CONFIG, in a mount
+        namespace of its own with its pod's paths (`vpnctl.lab.pod_mounts`). IDENTITY is
+        the client whose certificate it gets (default NAME; the apiserver's is
+        APISERVER_CN)."""
         d = self.base / name
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / "agent.json"
-        path.write_text(json.dumps(config, indent=2))
+        binds = _pod_binds(role, d)
+        for source in binds.values():
+            source.mkdir(parents=True, exist_ok=True)
+        if role == "apiserver":
+            (d / "hosts").write_text(self._hosts_file(config))
+            binds["/etc/hosts"] = d / "hosts"
+        who = identity or (APISERVER_CN if role == "apiserver" else name)
+        self._place_material(role, binds, who)
+        role_config = _ROLE_CONFIG_PATHS[role]
+        host_path(binds, role_config).write_text(json.dumps(config, indent=2))
+        ensure_mount_points(binds)
+        # The agent's own default when the config has none (agent/role_config.py).
+        _host, port = str(config.get("health_address", "0.0.0.0:9100")).rsplit(":", 1)
+        self.health_ports[name] = int(port)
         proc = Proc(
             name=name,
             ns=ns,
-            argv=[PY, "-m", "agent", role, "--config", str(path)],
+            argv=pod_argv(binds, [PY, "-m", "agent", role, "--config", role_config]),
             log=d / "agent.log",
         ).start()
         self.procs[name] = proc
         self.save_pids()
         return proc
 
-    def start_standins(self, node: NodePlan) -> None:
-        """The kubelet stand-in on NODE and the webhook stand-in in the pod behind it."""
+    def node_target_url(self, node: NodePlan) -> str:
+        """The HTTPS target on NODE, where its kubelet would listen."""
+        return node.kubelet_url
+
+    def pod_target_url(self, node: NodePlan) -> str:
+        """The HTTPS target in the pod behind NODE, where a webhook would listen."""
+        return node.webhook_url
+
+    def start_https_targets(self, node: NodePlan) -> None:
+        """An HTTPS target on NODE (its kubelet's address) and one in the pod behind it."""
         now = datetime.now(UTC)
-        for kind, ns, ip, port in (
-            ("kubelet", node.ns, node.internal_ip, node.kubelet_port),
-            ("webhook", node.pod_ns, node.pod_ip, node.webhook_port),
+        for where, ns, ip, port in (
+            ("node", node.ns, node.internal_ip, node.kubelet_port),
+            ("pod", node.pod_ns, node.pod_ip, node.webhook_port),
         ):
+            name = f"target-{where}-{node.name}"
             serving = certs.new_server_cert(
-                self.serving_ca, common_name=f"{kind}-{node.name}", now=now, lifetime=DAY,
-                ip_addresses=[ip],
-            )  # fmt: skip
-            d = self.base / f"{kind}-{node.name}"
+                self.target_ca, common_name=name, now=now, lifetime=DAY, ip_addresses=[ip]
+            )
+            d = self.base / name
             d.mkdir(parents=True, exist_ok=True)
             (d / "tls.pem").write_bytes(serving.cert_pem)
             write_secret(d / "tls.key", serving.key_pem)
-            argv = [PY, "-m", "vpnctl.lab.standins", kind, "--listen", f"{ip}:{port}",
-                    "--cert", str(d / "tls.pem"), "--key", str(d / "tls.key")]  # fmt: skip
-            if kind == "kubelet":
-                argv += ["--name", node.name]
-            proc = Proc(name=f"{kind}-{node.name}", ns=ns, argv=argv, log=d / "standin.log")
+            argv = [PY, "-m", "vpnctl.testenv.https_target", "--listen", f"{ip}:{port}",
+                    "--cert", str(d / "tls.pem"), "--key", str(d / "tls.key"),
+                    "--name", name]  # fmt: skip
+            proc = Proc(name=name, ns=ns, argv=argv, log=d / "target.log")
             self.procs[proc.name] = proc.start()
         self.save_pids()
 
@@ -471,13 +389,14 @@ class DataPlane:
         return self.procs[name].ns
 
     def scrape(self, name: str, path: str = "/metrics") -> tuple[int, str]:
-        return http_get(self.ns_of(name), f"http://127.0.0.1:{HEALTH_PORT}{path}")
+        port = self.health_ports[name]
+        return http_get(self.ns_of(name), f"http://127.0.0.1:{port}{path}")
 
     def readyz(self, name: str) -> tuple[int, str]:
         return self.scrape(name, "/readyz?verbose")
 
     def all_agents(self) -> list[str]:
-        return ["server", "apiserver", *(n.name for n in self.agent_nodes)]
+        return ["server", APISERVER, *(n.name for n in self.agent_nodes)]
 
     async def until_ready(self, *names: str, timeout: float = 45.0) -> None:
         """Until every named agent answers /readyz with 200; LabError with its reason if not."""
@@ -495,10 +414,7 @@ class DataPlane:
                 await asyncio.sleep(0.2)
 
     def dump_logs(self) -> str:
-        parts = [f"===== {n} ({p.log})\n{p.text()[-6000:]}" for n, p in self.procs.items()]
-        for log in sorted(self.base.glob("*/openvpn.log")):
-            parts.append(f"===== {log}\n{log.read_text(errors='replace')[-3000:]}")
-        return "\n".join(parts)
+        return "\n".join(f"===== {n} ({p.log})\n{p.text()[-6000:]}" for n, p in self.procs.items())
 
     # -- teardown
     def stop_all(self) -> dict[str, int | None]:
@@ -511,14 +427,17 @@ def prepare_dataplane(
     proto: str,
     base: Path,
     agent_count: int | None = None,
-    extra_clients: Mapping[str, str] | None = None,
+    extra_clients: Mapping[str, IPv4Address] | None = None,
     foreign_tc: Sequence[str] = (),
+    reneg_sec: int | None = None,
 ) -> DataPlane:
-    """Issue the PKI and lay out the state directory; starts nothing.
+    """Issue the PKI, plan the tenant with the controller's planner and lay out the state
+    directory; starts nothing. RENEG_SEC is the Tunnel's
+    `spec.transport.renegotiateSeconds` (None: its default).
 
-    `extra_clients` get certificates and CCD entries without an agent (the tests use them
-    as ad-hoc openvpn clients); those named in `foreign_tc` get a tls-crypt-v2 key wrapped
-    by another server's key.
+    `extra_clients` (common name -> InternalIP) are Machines of their own without an agent
+    (the tests use them as ad-hoc openvpn clients); those named in `foreign_tc` get a
+    tls-crypt-v2 key wrapped by another server's key.
     """
     agents = plan.nodes if agent_count is None else plan.nodes[:agent_count]
     extra = dict(extra_clients or {})
@@ -532,29 +451,34 @@ def prepare_dataplane(
             pki.client(cn, tc_server=certs.new_tls_crypt_v2_server_key())
         else:
             pki.client(cn)
-    serving_ca = certs.new_ca(common_name="kubelet-serving", now=datetime.now(UTC), lifetime=DAY)
-    kubelet_ca = base / "pki" / "kubelet-ca.pem"
-    kubelet_ca.write_bytes(serving_ca.cert_pem)
+    machines = [*agents, *(client_machine(plan, number=k, name=cn, internal_ip=ip)
+                           for k, (cn, ip) in enumerate(extra.items()))]  # fmt: skip
+    tenant = plan_netns_tenant(
+        plan, proto=proto, machines=machines, connected=[n.name for n in agents],
+        reneg_sec=reneg_sec,
+    )  # fmt: skip
+    target_ca = certs.new_ca(common_name="https-targets", now=datetime.now(UTC), lifetime=DAY)
+    target_ca_path = base / "pki" / "target-ca.pem"
+    target_ca_path.write_bytes(target_ca.cert_pem)
     return DataPlane(
-        proto=proto, base=base, plan=plan, pki=pki, serving_ca=serving_ca,
-        kubelet_ca=kubelet_ca, agent_count=len(agents), extra_clients=extra,
+        proto=proto, base=base, plan=plan, pki=pki, target_ca=target_ca,
+        target_ca_path=target_ca_path, agent_count=len(agents), tenant=tenant,
+        extra_clients=extra,
     )  # fmt: skip
 
 
 async def start_dataplane(dp: DataPlane, *, revoked: Sequence[int] = ()) -> None:
-    """Start the server, the apiserver client, every node agent and the stand-ins, and
+    """Start the server, the apiserver client, every node agent and the HTTPS targets, and
     wait until every agent is ready. The underlay must already be built."""
-    dp.srv_dir.mkdir(parents=True, exist_ok=True)
+    dp.desired_path.parent.mkdir(parents=True, exist_ok=True)
     dp.write_desired(dp.desired_doc())
     dp.write_crl(revoked)
     dp.start_agent("server", role="server", ns=dp.plan.srv_ns, config=dp.server_config())
-    dp.start_agent(
-        APISERVER_CN, role="apiserver", ns=dp.plan.api_ns,
-        config=dp.client_config(APISERVER_CN, role="apiserver"),
-    )  # fmt: skip
+    dp.start_agent(APISERVER, role="apiserver", ns=dp.plan.api_ns,
+                   config=dp.client_config("apiserver"))  # fmt: skip
     for n in dp.agent_nodes:
-        dp.start_agent(n.name, role="node", ns=n.ns, config=dp.client_config(n.name, role="node"))
-        dp.start_standins(n)
+        dp.start_agent(n.name, role="node", ns=n.ns, config=dp.client_config("node"))
+        dp.start_https_targets(n)
     await dp.until_ready(*dp.all_agents())
 
 

@@ -1,11 +1,11 @@
-"""Probes that run *inside* a lab namespace: HTTPS requests, admission reviews, TCP connects.
+"""Probes that run *inside* a lab namespace: HTTPS requests and TCP connects.
 
 The lab's orchestrator lives in the root namespace, and switching namespaces
 (setns) moves only the calling thread, which asyncio and its resolver threads
 would not honour. So each probe is a short subprocess,
 `ip netns exec NS python -m vpnctl.lab.probe --json ...`, that prints one JSON
 object: {"ok", "latency_ms", "error", "bytes"}. The async wrappers
-(`probe_https`, `probe_admission`, `probe_tcp`) start it, bound it with a
+(`probe_https`, `probe_post`, `probe_tcp`) start it, bound it with a
 deadline and parse the answer into a ProbeResult.
 
 Errors are short words meant for a table cell: `timeout`, `refused`,
@@ -27,8 +27,7 @@ import ssl
 import statistics
 import sys
 import time
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +80,8 @@ async def probe_https(
     """GET URL COUNT times from inside NS, trusting only CA; ok on HTTP 200 every time.
 
     With EXPECT_LINES, the body must be that many lines ending in consecutive
-    `line <k>` numbers (the kubelet stand-in's log). With OUTPUT, the last body is
-    written to that file.
+    `line <k>` numbers (a pod's log in the lab, `vpnctl.testenv.https_target`'s /lines in
+    the netns tier). With OUTPUT, the last body is written to that file.
     """
     argv = ["https-get", url, "--ca", ca, "--count", str(count), "--timeout", str(timeout)]
     if expect_lines is not None:
@@ -90,27 +89,6 @@ async def probe_https(
     if output is not None:
         argv += ["--output", output]
     argv += _client_cert_args(cert, key)
-    return await _run_probe(ns, argv, python=python, deadline=timeout * count)
-
-
-async def probe_admission(
-    ns: str,
-    url: str,
-    *,
-    ca: str,
-    timeout: float = 5.0,
-    count: int = 1,
-    labels: Mapping[str, str] | None = None,
-    python: str = sys.executable,
-) -> ProbeResult:
-    """POST an AdmissionReview v1 to URL from inside NS; ok when it is answered and allowed.
-
-    The reviewed object is a ConfigMap carrying LABELS. A denial fails the probe
-    with `admission: denied: <the webhook's message>`.
-    """
-    argv = ["admission", url, "--ca", ca, "--count", str(count), "--timeout", str(timeout)]
-    for k, v in (labels or {}).items():
-        argv += ["--label", f"{k}={v}"]
     return await _run_probe(ns, argv, python=python, deadline=timeout * count)
 
 
@@ -231,17 +209,13 @@ async def _https(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     total = 0
     timeout = aiohttp.ClientTimeout(total=args.timeout)
-    review_uid = str(uuid.uuid4())
     try:
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ctx, limit=1), timeout=timeout
         ) as session:
             for _ in range(args.count):
                 t0 = time.perf_counter()
-                if args.cmd == "admission":
-                    review = _admission_review(review_uid, labels=dict(args.label))
-                    resp_cm = session.post(args.url, json=review)
-                elif args.cmd == "https-post":
+                if args.cmd == "https-post":
                     resp_cm = session.post(
                         args.url, data=args.body, headers={"Content-Type": "application/json"}
                     )
@@ -257,7 +231,8 @@ async def _https(args: argparse.Namespace) -> dict[str, Any]:
                     reason = _api_reason(body) if args.cmd == "https-post" else ""
                     error = f"http {resp.status}" + (f": {reason}" if reason else "")
                     return _result(ok=False, error=error, bytes_=total)
-                problem = _check_body(args, body, review_uid)
+                expect = args.expect_lines
+                problem = None if expect is None else check_lines(body, expect)
                 if problem is not None:
                     return _result(ok=False, error=problem, bytes_=total)
                 latencies.append(elapsed * 1000)
@@ -277,40 +252,6 @@ def _api_reason(body: bytes) -> str:
     except (ValueError, AttributeError):
         return ""
     return message if len(message) <= 160 else message[:157] + "..."
-
-
-def _admission_review(uid: str, *, labels: Mapping[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
-            "operation": "CREATE",
-            "object": {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "vpnctl-probe", "labels": dict(labels)},
-            },
-        },
-    }
-
-
-def _check_body(args: argparse.Namespace, body: bytes, uid: str) -> str | None:
-    if args.cmd == "admission":
-        try:
-            response = json.loads(body)["response"]
-        except (ValueError, KeyError, TypeError):
-            return "not an AdmissionReview answer"
-        if response.get("uid") != uid:
-            return "admission: wrong uid"
-        if response.get("allowed") is True:
-            return None
-        message = (response.get("status") or {}).get("message", "")
-        return f"admission: denied: {message}" if message else "admission: denied"
-    if args.expect_lines is not None:
-        return check_lines(body, args.expect_lines)
-    return None
 
 
 async def _tcp(args: argparse.Namespace) -> dict[str, Any]:
@@ -340,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object (the default)")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("https-get", "admission", "https-post"):
+    for name in ("https-get", "https-post"):
         s = sub.add_parser(name)
         s.add_argument("url")
         s.add_argument("--ca", required=True, help="the only trusted CA (PEM)")
@@ -350,20 +291,11 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
         s.add_argument("--expect-lines", type=int, default=None)
         s.add_argument("--output", default=None, help="write the last body to this file")
-        s.add_argument("--label", type=_label, action="append", default=[],
-                       help="KEY=VALUE on the reviewed object (admission)")  # fmt: skip
         s.add_argument("--body", default="{}", help="JSON request body (https-post)")
     t = sub.add_parser("tcp-connect")
     t.add_argument("target", help="HOST:PORT")
     t.add_argument("--timeout", type=float, default=3.0)
     return p
-
-
-def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--label {text!r} is not KEY=VALUE")
-    return key, value
 
 
 def _positive_int(text: str) -> int:
