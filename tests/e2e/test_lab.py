@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import select
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -260,6 +262,91 @@ def test_kubectl_attach_talks_to_a_running_container_through_the_tunnel(lab_run:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_logs_follow_and_a_forwarded_stream_last_across_tls_renegotiations(
+    lab_run: LabRun,
+) -> None:
+    """The lab's Tunnel renegotiates every LAB_RENEGOTIATE_SECONDS. Across two of node-1's
+    renegotiations, `kubectl logs -f` of a container that logs once a second keeps
+    streaming without a gap or a lost line, and one `kubectl port-forward` connection,
+    read slowly (about a minute for the 4 MiB blob), stays open and delivers it whole."""
+    lab = lab_run.lab
+    node = lab.plan.node("node-1")
+    soft_reset = re.compile(rf"^\S+ \S+ {node.name}/\S+ TLS: soft reset sec=", re.M)
+    server_log = lab.logs_dir / "server.log"
+
+    def resets() -> int:
+        return len(soft_reset.findall(server_log.read_text(errors="replace")))
+
+    expected = asyncio.run(pod_sha256(lab, node, wl.WEB_BLOB))
+    assert expected is not None
+    before = resets()
+    follow = subprocess.Popen(
+        lab.kubectl_argv("logs", "-f", "-n", lo.WORKLOAD_NAMESPACE, wl.log_pod_name(node.name),
+                         "-c", wl.TICKER_CONTAINER, "--since=2s", cluster="tenant"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    arrivals: list[tuple[float, str]] = []
+
+    def read_follow() -> None:
+        assert follow.stdout is not None
+        for raw in follow.stdout:
+            arrivals.append((time.monotonic(), raw.decode().rstrip("\n")))
+
+    reader = threading.Thread(target=read_follow, daemon=True)
+    reader.start()
+    forward = subprocess.Popen(
+        lab.kubectl_argv("port-forward", "-n", lo.WORKLOAD_NAMESPACE,
+                         f"pod/{wl.web_pod_name(node.name)}", f":{wl.WEB_PORT}",
+                         "--address", "127.0.0.1", cluster="tenant"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert forward.stdout is not None
+        line = forward.stdout.readline()
+        assert b"Forwarding from" in line, line
+        port = int(line.split(b"->")[0].rsplit(b":", 1)[1])
+        t0 = time.monotonic()
+        body = in_netns(lab.plan.api_ns, lambda: slow_get(port, "/blob", per_second=70_000))
+        held = time.monotonic() - t0
+        took = until(lambda: resets() - before >= 2, timeout=4 * lo.LAB_RENEGOTIATE_SECONDS)
+        assert took is not None, f"node-1 renegotiated {resets() - before} times, want 2"
+        assert follow.poll() is None, "kubectl logs -f ended"
+    finally:
+        for proc in (follow, forward):
+            proc.terminate()
+            proc.wait()
+    reader.join(timeout=5)
+    assert hashlib.sha256(body).hexdigest() == expected
+    numbers = [int(text.rsplit(" ", 1)[1]) for _, text in arrivals]
+    assert len(numbers) > 2 * lo.LAB_RENEGOTIATE_SECONDS
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a line lost"
+    gap = max(b[0] - a[0] for a, b in itertools.pairwise(arrivals))
+    assert gap < 5, f"the followed log stalled {gap:.1f}s"
+    print(f"\nacross {resets() - before} renegotiations of node-1: kubectl logs -f "
+          f"{len(numbers)} lines, longest gap {gap:.2f}s; one port-forward connection "
+          f"held {held:.0f}s, {len(body):,} bytes, sha256 equal")  # fmt: skip
+
+
+def slow_get(port: int, path: str, *, per_second: int) -> bytes:
+    """GET PATH from 127.0.0.1:PORT over one connection, reading PER_SECOND bytes a second
+    (so the stream stays open for as long as that takes); the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        chunks: list[bytes] = []
+        while True:
+            t0 = time.monotonic()
+            chunk = conn.recv(per_second // 10)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - t0)))
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n")[0]
+    assert status_line.startswith(b"HTTP/1."), head[:200]
+    assert b" 200 " in status_line, head[:200]
+    return body
 
 
 # --- metrics-server: an aggregated API behind the tunnel ---

@@ -237,7 +237,8 @@ def test_a_missing_certificate_or_a_bad_node_name_is_refused() -> None:
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed")
 def test_log_pod_prints_log_lines_in_order(tmp_path: Path) -> None:
     pod = wl.log_pod("node-1", image=IMAGES.busybox, lines=1234)
-    (c,) = pod["spec"]["containers"]
+    c, ticker = pod["spec"]["containers"]
+    assert ticker["name"] == wl.TICKER_CONTAINER
     assert c["name"] == lab_objects.LOG_CONTAINER
     # the pod's shell command with busybox's sh and awk (as in the image), minus the sleep
     busybox = shutil.which("busybox")
@@ -275,3 +276,20 @@ def test_the_web_pods_attach_container_answers_each_line_of_its_stdin() -> None:
         timeout=30,
     ).stdout
     assert out == b"got hello\ngot through the tunnel\n"
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox-static not installed")
+def test_the_log_pods_ticker_prints_numbered_lines_for_ever() -> None:
+    pod = wl.log_pod("node-2", image=IMAGES.busybox)
+    ticker = pod["spec"]["containers"][1]
+    busybox = shutil.which("busybox")
+    assert busybox is not None
+    proc = subprocess.Popen([busybox, "sh", "-c", ticker["command"][2]], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        got = [proc.stdout.readline().decode().rstrip("\n") for _ in range(2)]
+    finally:
+        proc.kill()
+        proc.wait()
+    pod_name = wl.log_pod_name("node-2")
+    assert got == [wl.log_line("node-2", pod_name, 0), wl.log_line("node-2", pod_name, 1)]

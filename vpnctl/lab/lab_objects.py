@@ -44,6 +44,9 @@ LOG_CONTAINER = "app"
 WEBHOOK_LABEL = "lab.vpnctl.io/webhook"
 WEBHOOK_SERVICE_PORT = 443
 KUBELET_CLIENT_GROUP = "system:nodes"
+# The full lab's Tunnel renegotiates often, so that every e2e test runs across TLS
+# renegotiations and `kubectl logs -f` is shown to survive them.
+LAB_RENEGOTIATE_SECONDS = 30
 DEFAULT_LOG_LINES = 100_000  # what each node's log pod prints (realnode.workloads.log_pod)
 
 
@@ -78,7 +81,11 @@ def kubeconfig_text(*, name: str, server: str, ca_pem: bytes, cert_pem: bytes,
 
 
 def service_objects(
-    plan: LabPlan, *, tenant_kubeconfig: str, protocol: str = "udp"
+    plan: LabPlan,
+    *,
+    tenant_kubeconfig: str,
+    protocol: str = "udp",
+    renegotiate_seconds: int | None = None,
 ) -> list[dict[str, Any]]:
     """Namespaces, Tunnel, Cluster, kubeconfig Secret and the hosted apiserver's
     Deployment, in the order to create them.
@@ -98,7 +105,14 @@ def service_objects(
             "spec": {
                 "clusterName": CLUSTER_NAME,
                 "tunnelCIDR": str(plan.tunnel_cidr),
-                "transport": {"protocol": protocol},
+                "transport": {
+                    "protocol": protocol,
+                    **(
+                        {"renegotiateSeconds": renegotiate_seconds}
+                        if renegotiate_seconds is not None
+                        else {}
+                    ),
+                },
             },
         },
         {

@@ -504,10 +504,13 @@ async def create_tenant(lab: Lab) -> None:
         cert_pem=cert.read_bytes(),
         key_pem=key.read_bytes(),
     )
-    await lab.apply(
-        lo.service_objects(lab.plan, tenant_kubeconfig=kubeconfig, protocol=lab.proto),
-        cluster="service",
+    objects = lo.service_objects(
+        lab.plan,
+        tenant_kubeconfig=kubeconfig,
+        protocol=lab.proto,
+        renegotiate_seconds=lo.LAB_RENEGOTIATE_SECONDS,
     )
+    await lab.apply(objects, cluster="service")
     for node in lab.plan.nodes:
         await add_machine(lab, node)
 

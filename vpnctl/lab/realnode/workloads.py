@@ -55,6 +55,7 @@ VPNCTL_UID = 65532  # the user vpnctl's image runs as
 DEFAULT_LOG_LINES = 10_000
 DEFAULT_BLOB_BYTES = 4 * 1024 * 1024
 ATTACH_CONTAINER = "echo"
+TICKER_CONTAINER = "ticker"
 ATTACH_PROGRAM = 'while read -r line; do echo "got $line"; done'
 
 _NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -158,7 +159,9 @@ def as_list(objects: Sequence[Object]) -> Object:
 
 
 def log_pod(node: str, *, image: str, lines: int = DEFAULT_LOG_LINES) -> Object:
-    """Prints ``log_line(node, <pod>, k)`` for k in 0..LINES-1, then sleeps."""
+    """Prints ``log_line(node, <pod>, k)`` for k in 0..LINES-1, then sleeps. A second
+    container, ``TICKER_CONTAINER``, prints ``log_line(node, <pod>, k)`` for k = 0, 1, ...
+    once a second for ever: a log to follow (``kubectl logs -f``)."""
     if lines < 0:
         raise ValueError(f"lines must be >= 0, got {lines}")
     name = log_pod_name(_checked([node])[0])
@@ -167,7 +170,7 @@ def log_pod(node: str, *, image: str, lines: int = DEFAULT_LOG_LINES) -> Object:
         f'BEGIN {{ for (k = 0; k < {lines}; k++) printf "%s %s line %08d\\n", '
         f'"{node}", "{name}", k }}'
     )
-    return _pod(
+    pod = _pod(
         name,
         node,
         labels={"app": "logs"},
@@ -179,6 +182,20 @@ def log_pod(node: str, *, image: str, lines: int = DEFAULT_LOG_LINES) -> Object:
             "securityContext": restricted(NOBODY),
         },
     )
+    ticker = (
+        f"k=0; while true; do printf '%s %s line %08d\\n' {node} {name} $k; "
+        "k=$((k + 1)); sleep 1; done"
+    )
+    pod["spec"]["containers"].append(
+        {
+            "name": TICKER_CONTAINER,
+            "image": image,
+            "imagePullPolicy": "Never",
+            "command": ["/bin/sh", "-c", ticker],
+            "securityContext": restricted(NOBODY),
+        }
+    )
+    return pod
 
 
 def web_pod(node: str, *, image: str, blob_bytes: int = DEFAULT_BLOB_BYTES) -> Object:
