@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--proto", choices=["udp", "tcp"], default="udp")
     up.add_argument("--state-dir", default=None)
     up.add_argument("--prefix", default="vlab", help="namespace prefix ([a-z0-9]{1,8})")
+    up.add_argument(
+        "--node-cert-lifetime",
+        default=None,
+        help="the lab controller's --node-cert-lifetime (e.g. 3m: each node renews its "
+        "certificate every 2 minutes; default: the controller's)",
+    )
     st = labsub.add_parser(
         "status", help="print the connectivity table of a running lab", parents=[common]
     )

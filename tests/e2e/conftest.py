@@ -32,6 +32,7 @@ from vpnctl.testenv import BuildError, ensure_binaries
 _HERE = Path(__file__).resolve().parent
 _BUILT = pytest.StashKey[object]()
 UP_TIMEOUT = 420
+NODE_CERT_LIFETIME = "3m"  # the agents renew at 2/3 of it
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -98,7 +99,9 @@ def lab_run(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Iter
     args = ["--prefix", prefix, "--state-dir", str(state)]
     root_before = root_net_state()
     try:
-        up = vpnctl("lab", "up", "--nodes", "3", *args)
+        # Short node certificates: every node renews every 2 minutes while the tests run.
+        up = vpnctl("lab", "up", "--nodes", "3", "--node-cert-lifetime", NODE_CERT_LIFETIME,
+                    *args)  # fmt: skip
         if up.returncode != 0:
             tails = _log_tails(state) if state.exists() else ""
             pytest.fail(f"vpnctl lab up failed:\n{up.stdout}\n{up.stderr[-6000:]}\n{tails}")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from tests.support.secrets_scan import scan
 from vpnctl.controller.observe import parse_server_metrics
@@ -327,6 +328,52 @@ def test_logs_follow_and_a_forwarded_stream_last_across_tls_renegotiations(
     print(f"\nacross {resets() - before} renegotiations of node-1: kubectl logs -f "
           f"{len(numbers)} lines, longest gap {gap:.2f}s; one port-forward connection "
           f"held {held:.0f}s, {len(body):,} bytes, sha256 equal")  # fmt: skip
+
+
+def test_logs_follow_lasts_across_the_node_agents_certificate_renewal(lab_run: LabRun) -> None:
+    """The e2e lab signs node certificates for 3 minutes, so each agent renews every 2
+    (a new key, a CSR, a new certificate and tls-crypt-v2 key, openvpn restarted with
+    them). `kubectl logs -f` to node-1 runs across one renewal and loses nothing."""
+    lab = lab_run.lab
+    node = lab.plan.node("node-1")
+    cert_path = lab.agent_state_dir(node) / "node.crt"
+
+    def serial() -> int:
+        return x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number
+
+    first = serial()
+    follow = subprocess.Popen(
+        lab.kubectl_argv("logs", "-f", "-n", lo.WORKLOAD_NAMESPACE, wl.log_pod_name(node.name),
+                         "-c", wl.TICKER_CONTAINER, "--since=2s", cluster="tenant"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    arrivals: list[tuple[float, str]] = []
+
+    def read_follow() -> None:
+        assert follow.stdout is not None
+        for raw in follow.stdout:
+            arrivals.append((time.monotonic(), raw.decode().rstrip("\n")))
+
+    reader = threading.Thread(target=read_follow, daemon=True)
+    reader.start()
+    try:
+        renewed = until(lambda: serial() != first, timeout=200, every=0.5)
+        assert renewed is not None, "node-1 did not renew its certificate within 200 s"
+        at = len(arrivals)
+        # Lines keep coming after the renewal (openvpn restarted with the new certificate).
+        more = until(lambda: len(arrivals) >= at + 10, timeout=60, every=0.2)
+        assert more is not None, "kubectl logs -f stopped after the renewal"
+        assert follow.poll() is None, "kubectl logs -f ended"
+    finally:
+        follow.terminate()
+        follow.wait()
+    reader.join(timeout=5)
+    numbers = [int(text.rsplit(" ", 1)[1]) for _, text in arrivals]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a line lost"
+    gap = max(b[0] - a[0] for a, b in itertools.pairwise(arrivals))
+    print(f"\nnode-1 renewed its certificate (serial {first:x} -> {serial():x}) after "
+          f"{renewed:.0f}s: kubectl logs -f {len(numbers)} lines, none lost, longest gap "
+          f"{gap:.2f}s")  # fmt: skip
 
 
 def slow_get(port: int, path: str, *, per_second: int) -> bytes:

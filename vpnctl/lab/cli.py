@@ -44,8 +44,9 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if args.lab_cmd == "up":
             return await up(
-                state=_state_dir(args), nodes=args.nodes, proto=args.proto, prefix=args.prefix
-            )
+                state=_state_dir(args), nodes=args.nodes, proto=args.proto, prefix=args.prefix,
+                node_cert_lifetime=args.node_cert_lifetime,
+            )  # fmt: skip
         if args.lab_cmd == "status":
             return await status(state=_state_dir(args))
         if args.lab_cmd == "down":
@@ -56,7 +57,14 @@ async def run(args: argparse.Namespace) -> int:
     raise SystemExit(f"unknown lab command {args.lab_cmd}")
 
 
-async def up(*, state: Path, nodes: int, proto: str, prefix: str = DEFAULT_PREFIX) -> int:
+async def up(
+    *,
+    state: Path,
+    nodes: int,
+    proto: str,
+    prefix: str = DEFAULT_PREFIX,
+    node_cert_lifetime: str | None = None,
+) -> int:
     from vpnctl.lab.checks import report
     from vpnctl.lab.system import bring_up
 
@@ -65,7 +73,8 @@ async def up(*, state: Path, nodes: int, proto: str, prefix: str = DEFAULT_PREFI
         _say("lab: a previous lab is still there; taking it down first")
         await down(state=state, prefix=prefix)
     try:
-        lab = await bring_up(plan=plan, state=state, proto=proto, say=_say)
+        lab = await bring_up(plan=plan, state=state, proto=proto, say=_say,
+                             node_cert_lifetime=node_cert_lifetime)  # fmt: skip
     except BaseException:
         _say(f"lab: bring-up failed; logs are in {state / 'logs'} and {state}/*/logs; "
              f"`vpnctl lab down --prefix {prefix}` removes what was built")  # fmt: skip

@@ -280,7 +280,9 @@ class _Steps:
         self.say(f"lab: [{self.n}/{self.total}] {text} (t={time.monotonic() - self.t0:.1f}s)")
 
 
-async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
+async def bring_up(
+    *, plan: LabPlan, state: Path, proto: str, say: Say, node_cert_lifetime: str | None = None
+) -> Lab:
     """Build the whole lab (see the module docstring); LabUpError saying what failed."""
     from vpnctl.testenv import ensure_binaries
 
@@ -328,7 +330,8 @@ async def bring_up(*, plan: LabPlan, state: Path, proto: str, say: Say) -> Lab:
         ns=plan.svc_ns,
         argv=[PY, "-m", "vpnctl", "run", "--kubeconfig", str(lab.service_kubeconfig),
               "--agent-image", images.vpnctl.ref,
-              "--health-address", f"0.0.0.0:{CONTROLLER_HEALTH_PORT}"],
+              "--health-address", f"0.0.0.0:{CONTROLLER_HEALTH_PORT}",
+              *(["--node-cert-lifetime", node_cert_lifetime] if node_cert_lifetime else [])],
         log=lab.logs_dir / "vpnctl.log",
     ).start()  # fmt: skip
     _save_procs(lab, procs)
