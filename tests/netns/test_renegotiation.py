@@ -36,7 +36,7 @@ from tests.netns.conftest import DataPlane, DataPlanes, LogCursor, ReadyzWatcher
 from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
 from vpnctl.lab.address_plan import NodePlan
-from vpnctl.lab.dataplane import in_netns
+from vpnctl.lab.dataplane import APISERVER_CN, in_netns
 from vpnctl.testenv.https_target import line
 
 pytestmark = NETNS_TIER
@@ -213,12 +213,12 @@ def test_streams_survive_tls_renegotiations(dataplane: DataPlane) -> None:
     node = dataplane.agent_nodes[0]
     server_ovpn = LogCursor(dataplane.server_openvpn_log)
     server_agent = LogCursor(dataplane.agent("server").log)
-    node_ovpn = LogCursor(dataplane.base / node.name / "openvpn.log")
+    node_ovpn = LogCursor(dataplane.agent(node.name).log)  # openvpn logs there, as in a pod
     before = dataplane.metrics("server")
     # openvpn's own words for a renegotiation, and the new handshake's peer certificate.
     soft_reset = rf"^\S+ \S+ {node.name}/\S+ TLS: soft reset sec="
     handshake = rf"^\S+ \S+ {node.name}/\S+ VERIFY OK: depth=0, CN={node.name}$"
-    clients = ["apiserver", *(n.name for n in dataplane.agent_nodes)]
+    clients = [APISERVER_CN, *(n.name for n in dataplane.agent_nodes)]
 
     def reauth(cn: str) -> str:
         return rf"event=client_allowed .*\bcn={cn} kind=REAUTH\b"
