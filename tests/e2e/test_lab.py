@@ -35,6 +35,7 @@ from cryptography import x509
 from tests.support.secrets_scan import scan
 from vpnctl.controller.observe import parse_server_metrics
 from vpnctl.lab import lab_objects as lo
+from vpnctl.lab.address_plan import NodePlan
 from vpnctl.lab.checks import kubectl_exec, kubectl_logs, pod_sha256, port_forward_fetch
 from vpnctl.lab.dataplane import http_get, in_netns
 from vpnctl.lab.lab_objects import DEFAULT_LOG_LINES
@@ -283,20 +284,7 @@ def test_logs_follow_and_a_forwarded_stream_last_across_tls_renegotiations(
     expected = asyncio.run(pod_sha256(lab, node, wl.WEB_BLOB))
     assert expected is not None
     before = resets()
-    follow = subprocess.Popen(
-        lab.kubectl_argv("logs", "-f", "-n", lo.WORKLOAD_NAMESPACE, wl.log_pod_name(node.name),
-                         "-c", wl.TICKER_CONTAINER, "--since=2s", cluster="tenant"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    arrivals: list[tuple[float, str]] = []
-
-    def read_follow() -> None:
-        assert follow.stdout is not None
-        for raw in follow.stdout:
-            arrivals.append((time.monotonic(), raw.decode().rstrip("\n")))
-
-    reader = threading.Thread(target=read_follow, daemon=True)
-    reader.start()
+    follow = FollowedTicker(lab, node)
     forward = subprocess.Popen(
         lab.kubectl_argv("port-forward", "-n", lo.WORKLOAD_NAMESPACE,
                          f"pod/{wl.web_pod_name(node.name)}", f":{wl.WEB_PORT}",
@@ -313,17 +301,14 @@ def test_logs_follow_and_a_forwarded_stream_last_across_tls_renegotiations(
         held = time.monotonic() - t0
         took = until(lambda: resets() - before >= 2, timeout=4 * lo.LAB_RENEGOTIATE_SECONDS)
         assert took is not None, f"node-1 renegotiated {resets() - before} times, want 2"
-        assert follow.poll() is None, "kubectl logs -f ended"
+        assert follow.alive, "kubectl logs -f ended"
     finally:
-        for proc in (follow, forward):
-            proc.terminate()
-            proc.wait()
-    reader.join(timeout=5)
+        follow.stop()
+        forward.terminate()
+        forward.wait()
     assert hashlib.sha256(body).hexdigest() == expected
-    numbers = [int(text.rsplit(" ", 1)[1]) for _, text in arrivals]
+    numbers, gap = follow.checked()
     assert len(numbers) > 2 * lo.LAB_RENEGOTIATE_SECONDS
-    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a line lost"
-    gap = max(b[0] - a[0] for a, b in itertools.pairwise(arrivals))
     assert gap < 5, f"the followed log stalled {gap:.1f}s"
     print(f"\nacross {resets() - before} renegotiations of node-1: kubectl logs -f "
           f"{len(numbers)} lines, longest gap {gap:.2f}s; one port-forward connection "
@@ -342,38 +327,59 @@ def test_logs_follow_lasts_across_the_node_agents_certificate_renewal(lab_run: L
         return x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number
 
     first = serial()
-    follow = subprocess.Popen(
-        lab.kubectl_argv("logs", "-f", "-n", lo.WORKLOAD_NAMESPACE, wl.log_pod_name(node.name),
-                         "-c", wl.TICKER_CONTAINER, "--since=2s", cluster="tenant"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    arrivals: list[tuple[float, str]] = []
-
-    def read_follow() -> None:
-        assert follow.stdout is not None
-        for raw in follow.stdout:
-            arrivals.append((time.monotonic(), raw.decode().rstrip("\n")))
-
-    reader = threading.Thread(target=read_follow, daemon=True)
-    reader.start()
+    follow = FollowedTicker(lab, node)
     try:
         renewed = until(lambda: serial() != first, timeout=200, every=0.5)
         assert renewed is not None, "node-1 did not renew its certificate within 200 s"
-        at = len(arrivals)
+        at = len(follow.arrivals)
         # Lines keep coming after the renewal (openvpn restarted with the new certificate).
-        more = until(lambda: len(arrivals) >= at + 10, timeout=60, every=0.2)
+        more = until(lambda: len(follow.arrivals) >= at + 10, timeout=60, every=0.2)
         assert more is not None, "kubectl logs -f stopped after the renewal"
-        assert follow.poll() is None, "kubectl logs -f ended"
+        assert follow.alive, "kubectl logs -f ended"
     finally:
-        follow.terminate()
-        follow.wait()
-    reader.join(timeout=5)
-    numbers = [int(text.rsplit(" ", 1)[1]) for _, text in arrivals]
-    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a line lost"
-    gap = max(b[0] - a[0] for a, b in itertools.pairwise(arrivals))
+        follow.stop()
+    numbers, gap = follow.checked()
     print(f"\nnode-1 renewed its certificate (serial {first:x} -> {serial():x}) after "
           f"{renewed:.0f}s: kubectl logs -f {len(numbers)} lines, none lost, longest gap "
           f"{gap:.2f}s")  # fmt: skip
+
+
+class FollowedTicker:
+    """`kubectl logs -f` of NODE's ticker container (a numbered line a second), each line
+    recorded with its arrival time by a reader thread."""
+
+    def __init__(self, lab: Lab, node: NodePlan) -> None:
+        self.proc = subprocess.Popen(
+            lab.kubectl_argv("logs", "-f", "-n", lo.WORKLOAD_NAMESPACE,
+                             wl.log_pod_name(node.name), "-c", wl.TICKER_CONTAINER,
+                             "--since=2s", cluster="tenant"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self.arrivals: list[tuple[float, str]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.arrivals.append((time.monotonic(), raw.decode().rstrip("\n")))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+        self._reader.join(timeout=5)
+
+    def checked(self) -> tuple[list[int], float]:
+        """(the line numbers, the longest gap in seconds); AssertionError if one is lost."""
+        numbers = [int(text.rsplit(" ", 1)[1]) for _, text in self.arrivals]
+        assert numbers, "kubectl logs -f brought nothing"
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a line lost"
+        gap = max((b[0] - a[0] for a, b in itertools.pairwise(self.arrivals)), default=0.0)
+        return numbers, gap
 
 
 def slow_get(port: int, path: str, *, per_second: int) -> bytes:
