@@ -583,3 +583,21 @@ async def test_the_apiserver_role_config_lists_the_tenant_networks() -> None:
     assert cm is not None
     routes = json.loads(cm["data"]["apiserver.json"])["routes"]
     assert routes == ["198.19.0.11/32", "198.19.0.12/32", "198.19.64.0/18", "198.19.192.0/20"]
+
+
+async def test_a_restarted_controller_keeps_the_pod_routes_until_it_has_the_nodes() -> None:
+    """The podCIDRs the last plan routed are in status.allocations: a controller that
+    restarts (no Nodes listed yet) plans the same CCDs, so no node is kicked for it."""
+    world = World(machines=2)
+    world.side.tenant_nodes[KEY] = [tenant_node(1, pod_cidr="198.19.65.0/24"),
+                                    tenant_node(2, pod_cidr="198.19.66.0/24")]  # fmt: skip
+    await elect(world)
+    before = iroutes_by_node(world)
+    recorded = {a["node"]: a.get("podCIDRs") for a in world.tunnel()["status"]["allocations"]}
+    assert recorded == {node(1): ["198.19.65.0/24"], node(2): ["198.19.66.0/24"]}
+
+    del world.side.tenant_nodes[KEY]  # the new process's tenant side has listed nothing
+    world.api.clear_journal()
+    await world.reconcile()
+    assert iroutes_by_node(world) == before
+    assert ("apply", CONFIGMAPS, NAMES.server_config) not in world.api.journal()
