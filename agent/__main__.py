@@ -68,10 +68,15 @@ async def run(role: Role, config_path: str) -> int:
         )
     else:
         assert isinstance(cfg, ClientRoleConfig)
-        cls = NodeRole if role == "node" else ApiserverRole
-        runner = cls(
-            cfg=cfg, registry=registry, clock=SYSTEM_CLOCK, rng=rng, kernel_factory=_open_kernel
-        )
+        if role == "node":
+            runner = NodeRole(
+                cfg=cfg, registry=registry, clock=SYSTEM_CLOCK, rng=rng, kernel_factory=_open_kernel
+            )
+        else:  # re-reads its routes from the file (agent/roles/apiserver.py)
+            runner = ApiserverRole(
+                cfg=cfg, registry=registry, clock=SYSTEM_CLOCK, rng=rng,
+                kernel_factory=_open_kernel, config_path=config_path,
+            )  # fmt: skip
     try:  # every role's openvpn needs it; without it openvpn says why itself, too
         events("tun_device", result=ensure_tun_device())
     except TunDeviceError as e:

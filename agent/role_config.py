@@ -1,4 +1,5 @@
-"""The agent's role config: one file per process, read once at startup.
+"""The agent's role config: one file per process, read once at startup (the apiserver
+role alone re-reads its `routes`).
 
 Role config (`python -m agent <role> --config FILE`). Common keys of every role:
 
@@ -43,6 +44,13 @@ node and apiserver roles (the apiserver adds `routes`):
      "routes": ["198.19.0.0/24", "198.19.64.0/18", "198.19.192.0/20"],   # apiserver only
      "bootstrap": {...},                                                   # node only
      ...common keys}
+
+    apiserver role, `routes`: the tenant's networks the hosted apiserver reaches through
+    the tunnel (the controller writes pods, services, extraRoutes and each node address
+    those do not cover). The role is their one owner: it keeps them on tun (proto 211),
+    puts back one deleted by hand within a second without a reconnect, and re-reads
+    `routes` from this file every second (the only key it re-reads; everything else is
+    read once at startup). The server pushes the apiserver no routes.
 
     node role, optional `bootstrap`: the node makes its own key and gets its certificate
     with a CSR (agent/bootstrap.py) instead of having them mounted. `openvpn.key` and

@@ -204,6 +204,10 @@ class TunnelAllocation(TypedDict):
     # Hex serials of this node's certificates that may still be valid, oldest first:
     # revoked when the Machine goes.
     serials: NotRequired[list[str]]
+    # The node's own podCIDRs the last plan routed through its tunnel: the plan's
+    # fallback while the tenant's Nodes are not listed yet (a controller restart), so a
+    # restart does not move every node's pods to the elected node and back.
+    podCIDRs: NotRequired[list[str]]
 
 
 class TunnelStatusBody(TypedDict, total=False):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +262,13 @@ class ByTenant:
 
     def repairs(self, tenant: TenantRef) -> int:
         return self._side(tenant).repairs(tenant)
+
+    def nodes(self, tenant: TenantRef) -> Sequence[dict[str, Any]] | None:
+        return self._side(tenant).nodes(tenant)
+
+    def follow_nodes(self, listener: Callable[[TenantRef], None] | None) -> None:
+        self.real.follow_nodes(listener)
+        self.fake.follow_nodes(listener)
 
 
 def rss() -> int:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from ipaddress import IPv4Network
 
 import pytest
 
@@ -52,9 +53,12 @@ def _new_pid(ns: str, old: int) -> bool:
 def test_route_deleted_by_hand_is_restored_within_a_second(dataplane: DataPlane) -> None:
     plan = dataplane.plan
     n1 = dataplane.agent_nodes[0]
-    # The apiserver's route to the node network, and the server's route to node-1.
+    # The apiserver role's route to node-1 (the one the planner put in its config: the lab
+    # lists no node subnet in extraRoutes, so it is node-1's own /32), and the server's.
+    (to_n1,) = (r for r in dataplane.client_config("apiserver")["routes"]
+                if n1.internal_ip in IPv4Network(r))  # fmt: skip
     cases = [
-        ("apiserver", plan.api_ns, str(plan.node_cidr), str(n1.internal_ip)),
+        ("apiserver", plan.api_ns, to_n1, str(n1.internal_ip)),
         ("server", plan.srv_ns, f"{n1.internal_ip}/32", str(n1.internal_ip)),
     ]
     for agent, ns, dst, probe in cases:

@@ -8,7 +8,7 @@ It records what the controller asks and answers at once; the real one is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,10 @@ class FakeTenantSide:
     repair_counts: dict[TenantRef, int] = field(default_factory=dict)
     vouched: dict[TenantRef, set[str]] = field(default_factory=dict)
     machine_lists: list[tuple[TenantRef, tuple[str, ...]]] = field(default_factory=list)
+    # The tenants' Node objects, as ``nodes()`` answers (absent: never listed); tests
+    # change them with ``set_nodes``, which tells the listener as the real one does.
+    tenant_nodes: dict[TenantRef, list[dict[str, Any]]] = field(default_factory=dict)
+    listener: Callable[[TenantRef], None] | None = None
 
     async def ensure(
         self,
@@ -89,6 +93,18 @@ class FakeTenantSide:
 
     def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
         self.machine_lists.append((tenant, tuple(str(m["metadata"]["name"]) for m in machines)))
+
+    def nodes(self, tenant: TenantRef) -> Sequence[dict[str, Any]] | None:
+        nodes = self.tenant_nodes.get(tenant)
+        return None if nodes is None else list(nodes)
+
+    def follow_nodes(self, listener: Callable[[TenantRef], None] | None) -> None:
+        self.listener = listener
+
+    def set_nodes(self, tenant: TenantRef, nodes: Sequence[dict[str, Any]]) -> None:
+        self.tenant_nodes[tenant] = list(nodes)
+        if self.listener is not None:
+            self.listener(tenant)
 
     async def forget(self, tenant: TenantRef) -> None:
         self.forgotten.append(tenant)

@@ -67,15 +67,27 @@ def test_every_client_is_pinned_to_the_serial_the_lab_issued(dp: DataPlane) -> N
         assert IPv4Address(entry["ifconfig_ip"]) == dp.tunnel_ip(cn)
 
 
-def test_without_nodes_the_elected_node_carries_the_whole_pod_cidr(dp: DataPlane) -> None:
-    """What the controller emits today (issue 12): it passes no Nodes to the planner, so
-    no node owns its podCIDR and the elected node's tunnel carries every pod."""
+def test_each_node_carries_its_own_pods_through_its_own_tunnel(dp: DataPlane) -> None:
+    """What the controller emits now that it reads the tenant's Nodes (issue 12): every
+    lab node iroutes its own podCIDR; the elected node adds the service CIDR only."""
     by_cn = {c["common_name"]: c for c in dp.desired_doc()["clients"]}
     plan = dp.plan
     assert dp.tenant.service_route_node == "node-1"
+    first = plan.nodes[0]
     assert by_cn["node-1"]["iroutes"] == [
-        f"{plan.nodes[0].internal_ip}/32", str(plan.pod_cidr), str(plan.service_cidr)
-    ]
+        f"{first.internal_ip}/32", str(first.pod_cidr), str(plan.service_cidr)
+    ]  # fmt: skip
     for n in plan.nodes[1:3]:
-        assert by_cn[n.name]["iroutes"] == [f"{n.internal_ip}/32"]
-        assert not any(IPv4Network(r).overlaps(n.pod_cidr) for r in by_cn[n.name]["iroutes"])
+        assert by_cn[n.name]["iroutes"] == [f"{n.internal_ip}/32", str(n.pod_cidr)]
+
+
+def test_the_apiserver_role_owns_its_routes_and_the_server_pushes_none(dp: DataPlane) -> None:
+    """One owner (issue 12 item 2): the apiserver role keeps the tenant's networks on its
+    tun; its CCD pushes nothing, so node churn does not rewrite it."""
+    assert dp.desired_doc()["apiserver"]["push_routes"] == []
+    routes = [IPv4Network(r) for r in dp.client_config("apiserver")["routes"]]
+    plan = dp.plan
+    assert IPv4Network(plan.pod_cidr) in routes
+    assert IPv4Network(plan.service_cidr) in routes
+    for n in plan.nodes[:3]:
+        assert any(n.internal_ip in r for r in routes)

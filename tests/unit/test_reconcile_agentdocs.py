@@ -33,7 +33,7 @@ from vpnctl.reconcile.agentdocs import (
 )
 from vpnctl.reconcile.allocation import allocate, record_serial
 from vpnctl.reconcile.errors import TemporaryError
-from vpnctl.reconcile.routes import client_routes
+from vpnctl.reconcile.routes import client_routes, tenant_routes
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant_spec import (
     APISERVER_COMMON_NAME,
@@ -83,7 +83,8 @@ def test_desired_state_round_trips_through_the_agents_parser() -> None:
     assert state.apiserver.common_name == APISERVER_COMMON_NAME
     assert state.apiserver.ifconfig_ip == IPv4Address("198.18.8.2")
     assert state.apiserver.serial == 0x3F9A
-    assert NET("198.19.192.0/20") in state.apiserver.push_routes
+    # The apiserver role owns its routes (apiserver.json); the server pushes none.
+    assert state.apiserver.push_routes == ()
     by_name = {c.common_name: c for c in state.clients}
     assert list(by_name) == ["node-1", "node-2", "node-3"]
     assert by_name["node-1"].serial == 0x5B01
@@ -143,7 +144,12 @@ def test_apiserver_role_config_loads_with_the_agents_loader(tmp_path: Path) -> N
     assert isinstance(cfg, ClientRoleConfig)
     assert tuple(cfg.openvpn.remotes) == (("tenant-a-vpn.tenant-a.svc", 1194),)
     assert cfg.probe.target == (IPv4Address("198.18.8.1"), PROBE_PORT)
-    assert cfg.routes == ()  # pushed by the server instead
+    # The role owns the tenant's networks (the server pushes it none): pods, services,
+    # and the node addresses the lab's extraRoutes do not cover.
+    assert cfg.routes == tenant_routes(t)
+    assert NET("198.19.64.0/18") in cfg.routes
+    assert NET("198.19.192.0/20") in cfg.routes
+    assert NET("198.19.0.11/32") in cfg.routes
 
 
 def test_node_role_config_loads_with_the_agents_loader(tmp_path: Path) -> None:

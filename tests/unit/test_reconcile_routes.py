@@ -78,8 +78,11 @@ def test_lab_plan_routes() -> None:
     assert api.tunnel_ip == IPv4Address("198.18.8.2")
     assert api.iroutes == ()
     assert api.machine is None
+    # The apiserver role owns its routes; the server pushes it none, so its CCD is the
+    # same whatever the nodes do.
+    assert api.push_routes == ()
     # Node addresses one by one (collapsed): the lab lists no node subnet in extraRoutes.
-    assert api.push_routes == nets(
+    assert tenant_routes(tenant()) == nets(
         "198.19.0.11/32",
         "198.19.0.12/31",
         "198.19.64.0/18",
@@ -97,8 +100,9 @@ def test_lab_plan_routes() -> None:
 
 
 def test_node_subnet_in_extra_routes_covers_nodes_and_is_not_an_iroute() -> None:
-    routes = plan(tenant(spec={"extraRoutes": [capi.LAB_NODES_CIDR]}))
-    assert routes[APISERVER_COMMON_NAME].push_routes == nets(
+    t = tenant(spec={"extraRoutes": [capi.LAB_NODES_CIDR]})
+    routes = plan(t)
+    assert tenant_routes(t) == nets(
         "198.19.0.0/24", "198.19.64.0/18", "198.19.192.0/20"
     )
     # The node subnet overlaps the nodes' /32s, so no client carries it whole.
@@ -130,7 +134,7 @@ def test_no_elected_node_means_no_service_iroute() -> None:
     routes = plan(tenant(), elected=None)
     every = [n for r in routes.values() for n in r.iroutes]
     assert NET("198.19.192.0/20") not in every
-    assert NET("198.19.192.0/20") in routes[APISERVER_COMMON_NAME].push_routes
+    assert NET("198.19.192.0/20") in tenant_routes(tenant())
 
 
 def test_iroutes_never_overlap_across_or_within_clients() -> None:
@@ -149,7 +153,15 @@ def test_iroutes_never_overlap_across_or_within_clients() -> None:
 def test_extra_routes_are_collapsed_for_the_elected_node() -> None:
     t = tenant(spec={"extraRoutes": ["192.168.4.0/24", "192.168.5.0/24", "192.168.4.128/25"]})
     assert NET("192.168.4.0/23") in plan(t)["node-1"].iroutes
-    assert NET("192.168.4.0/23") in plan(t)[APISERVER_COMMON_NAME].push_routes
+    assert NET("192.168.4.0/23") in tenant_routes(t)
+
+
+def test_apiserver_ccd_does_not_change_as_nodes_come_and_go() -> None:
+    """Issue 12 item 2: node churn must not kick the apiserver's client."""
+    few = plan(tenant(count=2), elected="node-1")
+    more = plan(tenant(count=4), elected="node-1")
+    assert few[APISERVER_COMMON_NAME] == more[APISERVER_COMMON_NAME]
+    assert few[APISERVER_COMMON_NAME].push_routes == ()
 
 
 def test_pending_allocations_get_no_ccd() -> None:

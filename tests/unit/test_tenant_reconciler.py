@@ -484,3 +484,120 @@ async def test_a_too_short_renegotiation_interval_is_a_condition_and_an_event() 
     assert conditions["ServerReady"]["status"] == "True"
     assert json.loads(world.server_config()["data"]["server.json"])["openvpn"]["reneg_sec"] == 10
     assert [w for w in world.api.journal() if w[1] == DEPLOYMENT.label]
+
+
+# --- the tenant's Nodes feed the plan (issue 12 item 1) ---------------------------------------
+
+
+def tenant_node(i: int, *, pod_cidr: str | None) -> dict[str, Any]:
+    spec = {} if pod_cidr is None else {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node(i)},
+        "spec": spec,
+        "status": {"addresses": [{"type": "InternalIP", "address": f"198.19.0.{10 + i}"}]},
+    }
+
+
+def iroutes_by_node(world: World) -> dict[str, list[str]]:
+    doc = json.loads(world.server_config()["data"]["desired.json"])
+    return {str(c["common_name"]): list(c["iroutes"]) for c in doc["clients"]}
+
+
+async def elect(world: World) -> None:
+    """Two passes: the first records who is connected, the second elects from it."""
+    await world.reconcile()
+    await world.reconcile()
+
+
+async def test_each_node_iroutes_its_own_pod_cidr_once_the_nodes_are_known() -> None:
+    world = World(machines=3)
+    await elect(world)
+    # Nodes not listed yet: the elected node carries the whole pod CIDR.
+    before = iroutes_by_node(world)
+    holder = world.tunnel()["status"]["serviceRouteNode"]
+    assert "198.19.64.0/18" in before[holder]
+
+    world.side.tenant_nodes[KEY] = [
+        tenant_node(1, pod_cidr="198.19.65.0/24"),
+        tenant_node(2, pod_cidr="198.19.66.0/24"),
+        tenant_node(3, pod_cidr=None),  # no podCIDR: its pods fall back to the elected node
+    ]
+    await world.reconcile()
+    after = iroutes_by_node(world)
+    assert after[node(1)][:2] == ["198.19.0.11/32", "198.19.65.0/24"]
+    assert after[node(2)] == ["198.19.0.12/32", "198.19.66.0/24"] + (
+        ["198.19.192.0/20"] if holder == node(2) else []
+    )
+    # The pod CIDR overlaps the nodes' own podCIDRs, so nobody carries it whole any more.
+    assert not any("198.19.64.0/18" in nets for nets in after.values())
+
+
+async def test_a_pod_cidr_change_is_re_planned_and_the_apiserver_ccd_stays() -> None:
+    world = World(machines=2)
+    queued: list[TenantRef] = []
+    world.side.follow_nodes(queued.append)
+    await elect(world)
+    apiserver_before = json.loads(world.server_config()["data"]["desired.json"])["apiserver"]
+
+    world.side.set_nodes(KEY, [tenant_node(1, pod_cidr="198.19.65.0/24"),
+                               tenant_node(2, pod_cidr="198.19.66.0/24")])  # fmt: skip
+    assert queued == [KEY]  # the controller's queue learns of it
+    await world.reconcile()
+    assert "198.19.66.0/24" in iroutes_by_node(world)[node(2)]
+
+    world.side.set_nodes(KEY, [tenant_node(1, pod_cidr="198.19.65.0/24"),
+                               tenant_node(2, pod_cidr="198.19.70.0/24")])  # fmt: skip
+    await world.reconcile()
+    assert "198.19.70.0/24" in iroutes_by_node(world)[node(2)]
+    assert "198.19.66.0/24" not in iroutes_by_node(world)[node(2)]
+    # The apiserver's CCD pushes nothing and does not move with the nodes.
+    apiserver_after = json.loads(world.server_config()["data"]["desired.json"])["apiserver"]
+    assert apiserver_after == apiserver_before
+    assert apiserver_after["push_routes"] == []
+
+
+async def test_hostile_pod_cidrs_are_not_routed() -> None:
+    """A podCIDR outside the cluster's pod CIDRs, or one that overlaps another node's,
+    routes nothing (tenant_members' validation); the rest of the tenant carries on."""
+    world = World(machines=2)
+    await elect(world)
+    world.side.tenant_nodes[KEY] = [
+        tenant_node(1, pod_cidr="10.0.0.0/8"),
+        tenant_node(2, pod_cidr="not a cidr"),
+        {"metadata": {"name": 7}, "spec": "junk"},
+    ]
+    await world.reconcile()
+    routes = iroutes_by_node(world)
+    assert routes[node(1)][0] == "198.19.0.11/32"
+    assert not any("10.0.0.0/8" in nets for nets in routes.values())
+    holder = world.tunnel()["status"]["serviceRouteNode"]
+    assert "198.19.64.0/18" in routes[holder]  # the pods fall back to the elected node
+
+
+async def test_the_apiserver_role_config_lists_the_tenant_networks() -> None:
+    world = World(machines=2)
+    await world.reconcile()
+    cm = world.api.peek(CONFIG_MAP, NAMES.apiserver_config, NS)
+    assert cm is not None
+    routes = json.loads(cm["data"]["apiserver.json"])["routes"]
+    assert routes == ["198.19.0.11/32", "198.19.0.12/32", "198.19.64.0/18", "198.19.192.0/20"]
+
+
+async def test_a_restarted_controller_keeps_the_pod_routes_until_it_has_the_nodes() -> None:
+    """The podCIDRs the last plan routed are in status.allocations: a controller that
+    restarts (no Nodes listed yet) plans the same CCDs, so no node is kicked for it."""
+    world = World(machines=2)
+    world.side.tenant_nodes[KEY] = [tenant_node(1, pod_cidr="198.19.65.0/24"),
+                                    tenant_node(2, pod_cidr="198.19.66.0/24")]  # fmt: skip
+    await elect(world)
+    before = iroutes_by_node(world)
+    recorded = {a["node"]: a.get("podCIDRs") for a in world.tunnel()["status"]["allocations"]}
+    assert recorded == {node(1): ["198.19.65.0/24"], node(2): ["198.19.66.0/24"]}
+
+    del world.side.tenant_nodes[KEY]  # the new process's tenant side has listed nothing
+    world.api.clear_journal()
+    await world.reconcile()
+    assert iroutes_by_node(world) == before
+    assert ("apply", CONFIGMAPS, NAMES.server_config) not in world.api.journal()

@@ -480,3 +480,31 @@ def test_a_certificate_just_signed_is_reported_and_recorded_as_issued() -> None:
     )
     assert signed.issued() == cert
     assert signed_report([signed], now=at) == (("node-1", "ab12"),)
+
+
+# --- the Node watch's pure parts ----------------------------------------------------------------
+
+
+def test_a_cached_node_keeps_only_what_the_plan_reads() -> None:
+    from vpnctl.controller.tenant_nodes import slim_node
+    from vpnctl.reconcile.tenant_members import node_facts
+
+    big: KubeObject = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": "n1", "resourceVersion": "7", "labels": {"a": "b"},
+                     "managedFields": [{"manager": "kubelet"}] * 50},
+        "spec": {"podCIDR": "198.19.65.0/24", "podCIDRs": ["198.19.65.0/24"],
+                 "taints": [{"key": "k"}]},
+        "status": {"images": [{"names": ["x" * 200]}] * 50, "conditions": [{"type": "Ready"}],
+                   "addresses": [{"type": "InternalIP", "address": "198.19.0.11"}],
+                   "daemonEndpoints": {"kubeletEndpoint": {"Port": 10251}}},
+    }  # fmt: skip
+    slim = slim_node(big)
+    assert slim_node(slim) == slim
+    assert set(slim["metadata"]) == {"name", "resourceVersion"}
+    assert set(slim["spec"]) == {"podCIDR", "podCIDRs"}
+    assert set(slim["status"]) == {"addresses", "daemonEndpoints"}
+    assert node_facts([slim]) == node_facts([big])  # type: ignore[list-item]
+    # Junk in any field: a slim junk object, never an exception.
+    assert slim_node({"metadata": 3, "spec": [], "status": "x"})["spec"] == {}

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -83,6 +83,18 @@ class TenantSide(Protocol):
         """The Cluster's Machines as they are now, on every reconcile (also when the
         spec is invalid and ``ensure`` is not called): the CSR signer never approves for
         a Machine that is gone."""
+        ...
+
+    def nodes(self, tenant: TenantRef) -> Sequence[dict[str, Any]] | None:
+        """The tenant cluster's Node objects as last seen (at least what the plan reads:
+        name, podCIDRs, addresses, kubelet port), or None while they were never listed
+        (agent not installed yet, tenant unreachable). Untrusted: the plan parses them."""
+        ...
+
+    def follow_nodes(self, listener: Callable[[TenantRef], None] | None) -> None:
+        """Call ``listener(tenant)`` whenever what the plan reads of a tenant's Nodes
+        that Machines name changed (a podCIDR given or changed, a node gone), and once
+        when the Nodes are first listed; None stops it."""
         ...
 
     async def forget(self, tenant: TenantRef) -> None:

@@ -11,7 +11,8 @@ How the parts fit (kopf's model, see STYLE.md):
 - A resync loop re-adds every known key each ``resync_period`` (level-triggered safety
   net; a resync of an unchanged world writes nothing), and an observation poller asks
   each tenant's server who is connected every ``observe_interval`` and adds the key when
-  that changed: the service-route election must follow a node that drops.
+  that changed: the service-route election must follow a node that drops. The tenant
+  side adds a tenant's key when a routed Node's podCIDRs change (``follow_nodes``).
 - Leader election on a Lease (lease 10 s, renew deadline 7 s, retry 2 s: failover after a
   crash takes at most about 14 s). Watches, queue and loops run only while leading; a
   standby holds no caches and sends no requests but the lease's.
@@ -186,6 +187,8 @@ class _Term:
         )
         self._c = controller
         self.synced = asyncio.Event()
+        # A node's podCIDR changes the plan: re-plan that tenant (tenant_nodes.py).
+        c.tenant_side.follow_nodes(self.queue.add)
 
     def _on_event(self, plan: _WatchPlan) -> Callable[[str, KubeObject], None]:
         def handler(event_type: str, obj: KubeObject) -> None:
@@ -373,6 +376,7 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if term is not None:
+            self.tenant_side.follow_nodes(None)
             for key in term.keys() | set(term.reconciler.observed):
                 await term.reconciler.forget_tenant(key)
         self.metrics.forget_all()

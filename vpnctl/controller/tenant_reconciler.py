@@ -239,7 +239,9 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                 tunnel=cast(Any, tunnel),
                 cluster=cast(Any, cluster),
                 machines=cast(Any, machines),
-                nodes=None,
+                # The tenant's Nodes, for per-node pod routes; None until the tenant side
+                # has listed them (the elected node carries the pod CIDR meanwhile).
+                nodes=cast(Any, self._side.nodes(key)),
                 observations=observations,
                 settings=self._settings.build,
             )

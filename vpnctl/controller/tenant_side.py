@@ -14,6 +14,9 @@ node unreachable for minutes, so for every tenant this keeps, next to one cached
   each; the serial of every node certificate it signed, or finds in an issued CSR, is
   reported by ``ensure()`` in ``TenantSideResult.signed``/``certificates`` until it
   expires;
+- the Node watch (``tenant_nodes``): each node's podCIDRs, which the controller's
+  plan routes through that node's own tunnel (``nodes()``); a change that the plan sees
+  is reported to the listener given to ``follow_nodes()`` (the controller's queue);
 - cleanup (``tenant_cleanup``): delete every object of ours, found by label.
 
 Their per-tenant state is a ``tenant_state.TenantState``; this module puts them together.
@@ -87,6 +90,7 @@ from vpnctl.controller.tenant_install import (
     result_for_error,
 )
 from vpnctl.controller.tenant_lane import Lane, trip
+from vpnctl.controller.tenant_nodes import NodesListener, NodeWatch
 from vpnctl.controller.tenant_repair import DriftRepair
 from vpnctl.controller.tenant_state import TenantCalls, TenantState, cache_usage
 from vpnctl.controller.tenant_tasks import TenantTasks
@@ -179,6 +183,7 @@ class KubeTenantSide:
             node_cert_lifetime=node_cert_lifetime,
             recorder=recorder,
         )
+        self._nodes = NodeWatch(calls=self._calls)
         self._budget_trips_total = Counter(
             "vpnctl_tenant_budget_trips",
             "Times a tenant went over one of its budgets and its tenant-side work paused.",
@@ -231,7 +236,7 @@ class KubeTenantSide:
         state = self._tenants.get(tenant)
         if state is None or state.lane is None:
             return False
-        watchers = [*state.watchers.values(), state.csr_watcher]
+        watchers = [*state.watchers.values(), state.csr_watcher, state.node_watcher]
         return all(w is not None and w.synced.is_set() for w in watchers)
 
     def task_names(self, tenant: TenantRef) -> list[str]:
@@ -253,6 +258,17 @@ class KubeTenantSide:
         if state is None or state.csr_watcher is None:
             return []
         return state.csr_watcher.store.list()
+
+    def nodes(self, tenant: TenantRef) -> list[KubeObject] | None:
+        """The tenant's Nodes (what the plan reads of them), or None while never listed
+        (not installed yet, unreachable); see ``tenant_nodes``."""
+        state = self._tenants.get(tenant)
+        return None if state is None else self._nodes.nodes(state)
+
+    def follow_nodes(self, listener: NodesListener | None) -> None:
+        """Call ``listener(tenant)`` when what the plan reads of a tenant's routed Nodes
+        changed; None stops it."""
+        self._nodes.follow(listener)
 
     def degraded(self, tenant: TenantRef) -> tuple[str, str] | None:
         """(reason, message) while the tenant is over budget or just resumed; else None."""
@@ -513,6 +529,8 @@ class KubeTenantSide:
             self._repair.sync_watches(state, state.lane)
 
     def _drop_caches(self, state: TenantState) -> None:
+        self._nodes.keep_last(state)
+        state.node_watcher = None
         state.watchers.clear()
         state.watch_tasks.clear()
         state.csr_watcher = None
@@ -524,6 +542,7 @@ class KubeTenantSide:
         self._repair.sync_watches(state, lane)
         lane.spawn("repair", self._repair.loop(state))
         self._csrs.start(state, lane)
+        self._nodes.start(state, lane)
         _log.info(
             "event=tenant_watches_started tenant=%s kinds=%s",
             state.ref,

@@ -31,6 +31,7 @@ from vpnctl.kube import (
 from vpnctl.kube.retry import backoff
 from vpnctl.kube.watch import EventHandler, Transform
 from vpnctl.reconcile.node_certs import SignedCert
+from vpnctl.reconcile.tenant_members import NodeFacts
 from vpnctl.reconcile.tenant_refs import ObjectRef, WatchSpec
 
 _log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ class TenantState:
     budget: TenantBudget | None = None
     lane: Lane | None = None  # its background work, started after a first install
     csr_watcher: Watcher | None = None
+    node_watcher: Watcher | None = None
+    # What the plan reads of each Node, by name (``tenant_nodes``), and the last complete
+    # listing of the Nodes, kept while the caches are dropped.
+    node_facts: dict[str, NodeFacts] = field(default_factory=dict)
+    last_nodes: tuple[KubeObject, ...] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     repair_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     csr_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -65,9 +71,14 @@ class TenantState:
     issued: dict[str, SignedCert] = field(default_factory=dict)  # by serial
 
 
-def cache_usage(state: TenantState, *, csrs: bool = True) -> tuple[int, int]:
-    """(objects, bytes) in the tenant's watch caches; without the CSRs' if not ``csrs``."""
-    watchers = [*state.watchers.values(), state.csr_watcher if csrs else None]
+def cache_usage(state: TenantState, *, csrs: bool = True, nodes: bool = True) -> tuple[int, int]:
+    """(objects, bytes) in the tenant's watch caches; without the CSRs' if not ``csrs``,
+    without the Nodes' if not ``nodes``."""
+    watchers = [
+        *state.watchers.values(),
+        state.csr_watcher if csrs else None,
+        state.node_watcher if nodes else None,
+    ]
     stores = [w.store for w in watchers if w is not None]
     return sum(len(s) for s in stores), sum(s.bytes for s in stores)
 

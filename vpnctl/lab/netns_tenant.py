@@ -8,8 +8,10 @@ them for the lab's address plan:
 
 * the Tunnel and the Cluster as the lab creates them (`vpnctl.lab.lab_objects`), and one
   Machine per tunnel client, with the nodeRef and InternalIP CAPI reports;
-* `nodes=None`: the controller does not read the tenant's Nodes (issue 12), so no node
-  has podCIDRs of its own and the elected node carries the whole pod CIDR;
+* the tenant's Nodes, as the controller reads them through the tenant side: one per
+  lab node among the Machines, with its podCIDR and InternalIP, so each node carries its
+  own pods (the tests' ad-hoc clients have no Node: the elected node carries the pod
+  CIDR's rest, as for a node without a podCIDR);
 * observations: every agent node connected, the server's report once they have joined
   (the controller's steady state; its first pass, before any node connected, elects
   nobody to carry the service and pod CIDRs);
@@ -26,7 +28,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address
 from typing import Any, cast
 
-from vpnctl.api import TUNNEL_KIND, Cluster, Machine, Tunnel
+from vpnctl.api import TUNNEL_KIND, Cluster, Machine, Node, Tunnel
 from vpnctl.lab import lab_objects
 from vpnctl.lab.address_plan import LabPlan, NodePlan
 from vpnctl.reconcile.agentdocs import node_role_config, service_remotes
@@ -65,6 +67,28 @@ def client_machine(plan: LabPlan, *, number: int, name: str, internal_ip: IPv4Ad
     return replace(plan.nodes[-1], index=100 + number, name=name, internal_ip=internal_ip)
 
 
+def node_objects(plan: LabPlan, machines: Sequence[NodePlan]) -> list[Node]:
+    """The tenant's Node of each lab node among MACHINES: spec.podCIDR(s), its
+    InternalIP and kubelet port, as the kubelet and the node IPAM controller write them."""
+    lab_nodes = {n.name: n for n in plan.nodes}
+    nodes: list[Node] = []
+    for m in machines:
+        if lab_nodes.get(m.name) != m:
+            continue
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": m.name},
+            "spec": {"podCIDR": str(m.pod_cidr), "podCIDRs": [str(m.pod_cidr)]},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": str(m.internal_ip)}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": m.kubelet_port}},
+            },
+        }
+        nodes.append(cast(Node, node))
+    return nodes
+
+
 def plan_netns_tenant(
     plan: LabPlan,
     *,
@@ -82,7 +106,7 @@ def plan_netns_tenant(
         tunnel=tunnel,
         cluster=cluster,
         machines=joined,
-        nodes=None,
+        nodes=node_objects(plan, machines),
         observations={n: NodeObservation(node=n, connected=True) for n in connected},
         settings=SETTINGS,
     )

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
-from vpnctl.reconcile.routes import ClientRoutes
+from vpnctl.reconcile.routes import ClientRoutes, tenant_routes
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant_spec import TenantSpec
 
@@ -212,15 +212,21 @@ def apiserver_role_config(
 ) -> dict[str, Any]:
     """apiserver.json. The sidecar sits in the tenant's namespace of the service cluster,
     so it reaches the server through the Service's cluster DNS name, whatever the
-    Service's type. Its routes are pushed by the server (the desired state's
-    `push_routes`), so `routes` stays empty here: one owner per route."""
+    Service's type.
+
+    `routes` are the tenant's networks the hosted apiserver reaches through the tunnel
+    (routes.tenant_routes: pods, services, extra routes, and each node address none of
+    those cover). One owner per route: the apiserver role keeps them on its tun (proto
+    211) and puts back one deleted by hand within a second, without a reconnect; the
+    server pushes the apiserver none (its `push_routes` is empty), so its CCD, and its
+    connection, do not change when nodes come and go."""
     doc = _client_role_config(
         tenant=tenant,
         remotes=[(f"{service_name}.{tenant.namespace}.svc", tenant.spec.transport.port)],
         health_port=settings.apiserver_health_port,
         paths=ApiserverPaths,
     )
-    doc["routes"] = []
+    doc["routes"] = [str(net) for net in tenant_routes(tenant)]
     return doc
 
 

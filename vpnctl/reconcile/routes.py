@@ -15,9 +15,15 @@ built around both facts:
   extraRoutes, a pod CIDR split into node podCIDRs) is reached through the nodes' own
   iroutes instead. Taking networks whole means a node joining or leaving does not
   change the elected node's CCD, so it is not kicked.
-- The apiserver client gets pushed routes for pods, services, extra routes and each node
-  address none of those cover. A node subnet in spec.extraRoutes covers them all and
-  keeps this set (and so the apiserver's connection) stable as nodes come and go.
+- The apiserver client has no iroutes and is pushed no routes: its CCD is the same
+  whatever the nodes do, so node churn never kicks it (a rewritten CCD means a kick,
+  and a kick cuts every exec, logs -f and port-forward). Its routes into the tenant
+  (`tenant_routes`: pods, services, extra routes and each node address none of those
+  cover) are owned by the apiserver role instead, which keeps them on its tun and puts
+  back one deleted by hand within a second, without a reconnect (agent/roles/apiserver.py;
+  the controller writes them into the role's config, agentdocs.apiserver_role_config).
+  A node subnet in spec.extraRoutes covers every node address and keeps that set
+  stable as nodes come and go.
 
 The server's kernel routes towards tun are the union of the iroutes; the server role
 derives them itself.
@@ -130,6 +136,7 @@ def client_routes(
         common_name=APISERVER_COMMON_NAME,
         tunnel_ip=spec.apiserver_ip,
         iroutes=(),
-        push_routes=tenant_routes(tenant),
+        # The apiserver role owns these routes (see the module docstring).
+        push_routes=(),
     )
     return (apiserver, *sorted(nodes, key=lambda c: c.common_name))

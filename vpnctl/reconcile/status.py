@@ -108,11 +108,16 @@ def build_status(
         previous=(previous or {}).get("nodes"),
         now=now,
     )
+    allocations = allocations_to_status(result.allocations)
+    pods = {m.machine: m.pod_cidrs for m in tenant.members}
+    for entry in allocations:
+        if pods.get(entry["machine"]):
+            entry["podCIDRs"] = [str(n) for n in pods[entry["machine"]]]
     status: TunnelStatusBody = {
         "observedGeneration": tenant.generation,
         "conditions": sorted(conditions, key=lambda c: c["type"]),
         "nodes": rows,
-        "allocations": allocations_to_status(result.allocations),
+        "allocations": allocations,
         "releasedTunnelIPs": released_to_status(result.released),
         "nodeCount": len(rows),
         "connectedCount": sum(1 for r in rows if r.get("connected")),

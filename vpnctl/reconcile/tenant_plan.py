@@ -93,6 +93,20 @@ class TenantPlan:
         )
 
 
+def recorded_nodes(allocations: object) -> list[Node]:
+    """Nodes as the last plan knew them, from ``status.allocations[].podCIDRs``: only the
+    name and the podCIDRs (checked again like any Node's by ``parse_tenant``)."""
+    nodes: list[Node] = []
+    for entry in allocations if isinstance(allocations, list) else ():
+        if not isinstance(entry, Mapping):
+            continue
+        name, cidrs = entry.get("node"), entry.get("podCIDRs")
+        if isinstance(name, str) and isinstance(cidrs, list) and cidrs:
+            texts = [c for c in cidrs if isinstance(c, str)]
+            nodes.append({"metadata": {"name": name}, "spec": {"podCIDRs": texts}})
+    return nodes
+
+
 def plan_tenant(
     *,
     tunnel: Tunnel,
@@ -105,15 +119,20 @@ def plan_tenant(
 ) -> TenantPlan:
     """Parse, allocate, elect and route one tenant. Raises PermanentError for a problem
     with the tenant as a whole (see tenant.parse_tenant); per-Machine problems are in
-    `TenantPlan.waiting`. `reserved` defaults to `settings.reserved_cidrs`."""
+    `TenantPlan.waiting`. `reserved` defaults to `settings.reserved_cidrs`.
+
+    `nodes`: the tenant's Node objects, for per-node pod CIDRs; None while they are not
+    known (the tenant side has not listed them yet): then the podCIDRs the last plan
+    recorded in the status stand in (`recorded_nodes`), so a controller restart does not
+    re-route every node's pods, which would kick every node's client twice."""
+    previous = tunnel.get("status") or {}
     tenant = parse_tenant(
         tunnel=tunnel,
         cluster=cluster,
         machines=machines,
-        nodes=nodes,
+        nodes=recorded_nodes(previous.get("allocations")) if nodes is None else nodes,
         reserved=settings.reserved_cidrs if reserved is None else reserved,
     )
-    previous = tunnel.get("status") or {}
     allocation = allocate(
         tunnel_cidr=tenant.spec.tunnel_cidr,
         previous=allocations_from_status(previous.get("allocations")),
