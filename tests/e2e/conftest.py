@@ -32,7 +32,10 @@ from vpnctl.testenv import BuildError, ensure_binaries
 _HERE = Path(__file__).resolve().parent
 _BUILT = pytest.StashKey[object]()
 UP_TIMEOUT = 420
-NODE_CERT_LIFETIME = "3m"  # the agents renew at 2/3 of it
+# Short node certificates, so that renewals happen while the tests run. The signer
+# backdates notBefore by 5 minutes (clock skew) and agents renew at 2/3 of notBefore to
+# notAfter: with 6m that is about 2 min 20 s after each certificate is issued.
+NODE_CERT_LIFETIME = "6m"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -99,7 +102,6 @@ def lab_run(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Iter
     args = ["--prefix", prefix, "--state-dir", str(state)]
     root_before = root_net_state()
     try:
-        # Short node certificates: every node renews every 2 minutes while the tests run.
         up = vpnctl("lab", "up", "--nodes", "3", "--node-cert-lifetime", NODE_CERT_LIFETIME,
                     *args)  # fmt: skip
         if up.returncode != 0:
