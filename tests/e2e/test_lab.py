@@ -474,6 +474,8 @@ def test_with_the_tunnel_down_the_same_requests_fail(lab_run: LabRun) -> None:
         assert exec_.returncode != 0
         top = kubectl(lab, "top", "node", node.name, "--request-timeout=6s")
         assert top.returncode != 0
+        with pytest.raises((RuntimeError, TimeoutError)):
+            asyncio.run(asyncio.wait_for(port_forward_fetch(lab, node, "/blob"), 20))
         assert not tcp_reachable(lab, str(node.internal_ip), node.kubelet_port, timeout=1.0)
     back = until(lambda: kubelet_ok(lab, node.name), timeout=60, every=0.2)
     assert back is not None, "the tunnel did not come back after the sidecar was thawed"
