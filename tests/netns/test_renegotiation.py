@@ -36,7 +36,7 @@ from tests.netns.conftest import DataPlane, DataPlanes, LogCursor, ReadyzWatcher
 from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
 from vpnctl.lab.address_plan import NodePlan
-from vpnctl.lab.dataplane import APISERVER_CN, in_netns
+from vpnctl.lab.dataplane import APISERVER_CN, in_netns, target_name
 from vpnctl.testenv.https_target import line
 
 pytestmark = NETNS_TIER
@@ -137,7 +137,7 @@ class FollowedLog:
 
     def check(self) -> None:
         """Nothing lost, repeated or reordered since the first followed line."""
-        want = [line(self.node.name, k) for k in range(len(self.lines))]
+        want = [line(target_name(self.node), k) for k in range(len(self.lines))]
         assert self.lines == want
 
 

@@ -363,7 +363,7 @@ class DataPlane:
             ("node", node.ns, node.internal_ip, node.kubelet_port),
             ("pod", node.pod_ns, node.pod_ip, node.webhook_port),
         ):
-            name = f"target-{where}-{node.name}"
+            name = target_name(node, where=where)
             serving = certs.new_server_cert(
                 self.target_ca, common_name=name, now=now, lifetime=DAY, ip_addresses=[ip]
             )
@@ -419,6 +419,12 @@ class DataPlane:
     # -- teardown
     def stop_all(self) -> dict[str, int | None]:
         return {n: p.stop(timeout=10) for n, p in reversed(list(self.procs.items()))}
+
+
+def target_name(node: NodePlan, *, where: str = "node") -> str:
+    """The HTTPS target's name (its process, folder and the tag of its lines) on NODE's
+    address (`node`) or its pod's (`pod`)."""
+    return f"target-{where}-{node.name}"
 
 
 def prepare_dataplane(
