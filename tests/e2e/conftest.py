@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from vpnctl.lab.dataplane import in_netns
-from vpnctl.lab.system import Lab
+from vpnctl.lab.lab_state import Lab
 from vpnctl.testenv import BuildError, ensure_binaries
 
 _HERE = Path(__file__).resolve().parent

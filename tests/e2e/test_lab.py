@@ -39,10 +39,11 @@ from vpnctl.lab.address_plan import NodePlan
 from vpnctl.lab.checks import kubectl_exec, kubectl_logs, pod_sha256, port_forward_fetch
 from vpnctl.lab.dataplane import http_get, in_netns
 from vpnctl.lab.lab_objects import DEFAULT_LOG_LINES
+from vpnctl.lab.lab_state import Lab
 from vpnctl.lab.probe import check_lines
 from vpnctl.lab.realnode import workloads as wl
 from vpnctl.lab.realnode.workloads import log_line
-from vpnctl.lab.system import Lab, add_machine, replace_node
+from vpnctl.lab.system import add_machine, replace_node
 from vpnctl.reconcile.names import COMPONENT_LABEL, COMPONENT_NODE_AGENT, NODE_AGENT_NAME
 
 from .conftest import LabRun, api_get, kubelet_ok, root_net_state, vpnctl

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from tests.support.polling import aeventually
 from vpnctl.lab.realnode import node_host
 from vpnctl.lab.realnode.node_images import NodeImages
 from vpnctl.lab.realnode.tenant_node import NodeSpec, RealNode
@@ -201,16 +202,11 @@ async def wait_for(
 ) -> T:
     """Poll the coroutine function ``probe`` until it returns a truthy value; a
     KubectlError counts as not yet."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
+
+    async def attempt() -> T | None:
         try:
-            value = await probe()
-            if value:
-                return value
-            last = value
-        except KubectlError as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s; last: {last}")
-        await asyncio.sleep(POLL)
+            return await probe()
+        except KubectlError:
+            return None
+
+    return await aeventually(attempt, what=what, timeout=timeout, interval=POLL)

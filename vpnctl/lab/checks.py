@@ -33,10 +33,11 @@ from vpnctl.lab import lab_objects as lo
 from vpnctl.lab.address_plan import NodePlan
 from vpnctl.lab.connectivity_table import NodeRow, any_failed, render
 from vpnctl.lab.lab_objects import DEFAULT_LOG_LINES
+from vpnctl.lab.lab_state import Lab, run_bytes, run_captured
 from vpnctl.lab.netns import route_get, run
 from vpnctl.lab.probe import ProbeResult, check_lines, probe_https, probe_post
 from vpnctl.lab.realnode import workloads as wl
-from vpnctl.lab.system import Lab, run_bytes, run_captured, tunnel_status
+from vpnctl.lab.system import tunnel_status
 
 EXEC_BYTES = 4 * 1024 * 1024
 

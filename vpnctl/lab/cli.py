@@ -38,7 +38,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from vpnctl.lab.system import LabUpError
+    from vpnctl.lab.lab_state import LabUpError
     from vpnctl.testenv import BuildError, ClusterStartError
 
     try:
@@ -85,7 +85,7 @@ async def up(
 
 async def status(*, state: Path) -> int:
     from vpnctl.lab.checks import report
-    from vpnctl.lab.system import Lab
+    from vpnctl.lab.lab_state import Lab
 
     try:
         lab = Lab.open(state)
