@@ -181,6 +181,56 @@ async def test_a_certificate_signed_just_before_its_machine_goes_is_revoked(
         assert crl == wanted  # and nothing of the other nodes
 
 
+async def test_a_node_replaced_under_its_name_is_admitted_only_with_its_new_serial(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    """node-2's Machine goes (its serial revoked) and a new Machine brings a node of the
+    same name, whose agent gets a new certificate. The tenant side still reports the old
+    node's serial under node-2 (its CSR outlives the node): the server's desired state
+    must admit node-2 with the new serial only, never the revoked one."""
+    async with _ready_tenant(kube, namespace, "again") as t:
+        old = await t.remove_node_2(kube, "the old node-2 revoked")
+        await capi.create_machine(kube, namespace, "again-md-2b", cluster="again",
+                                  node="again-node-2", internal_ip="198.19.0.12")  # fmt: skip
+
+        async def allocated() -> bool:
+            cm = await kube.get(CONFIG_MAP, "again-vpn-server", namespace)
+            return cm is not None and "again-node-2" in _clients(cm)
+
+        await aeventually(allocated, timeout=10, what="the new Machine's node in desired.json")
+        # Its agent's CSR is signed for the new Machine; the tenant side reports it.
+        t.side.signed[t.ref] = (*t.side.signed[t.ref], ("again-node-2", "feed0002"))
+        await _poke(kube, namespace, "again")
+        seen: list[Any] = []
+
+        async def node_2_serials() -> list[str] | None:
+            cm = await kube.get(CONFIG_MAP, "again-vpn-server", namespace)
+            if cm is None:
+                return None
+            doc = json.loads(cm["data"]["desired.json"])
+            seen[:] = doc["clients"]
+            for client in doc["clients"]:
+                if client["common_name"] == "again-node-2" and "feed0002" in client["serials"]:
+                    return list(client["serials"])
+            return None
+
+        serials = await aeventually(node_2_serials, timeout=10, what="the new node-2 admitted",
+                                    diag=lambda: json.dumps(seen))  # fmt: skip
+        assert serials == ["feed0002"], f"revoked {old:x} must not be admitted again"
+
+        async def recorded() -> list[Any] | None:
+            # The status is written after the ConfigMap, in the same pass.
+            tunnel = await kube.get(TUNNEL, "again", namespace)
+            allocations = ((tunnel or {}).get("status") or {}).get("allocations") or []
+            mine = [a.get("serials") for a in allocations if a["node"] == "again-node-2"]
+            return mine if any(mine) else None
+
+        assert await aeventually(recorded, timeout=10, what="status.allocations") == [
+            ["feed0002"]
+        ]
+
+
 async def test_revocation_goes_on_while_the_spec_is_invalid(
     kube: Kube,  # noqa: F811
     namespace: str,

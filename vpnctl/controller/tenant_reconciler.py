@@ -94,6 +94,7 @@ from vpnctl.kube import (
 )
 from vpnctl.reconcile.agent_objects import tenant_objects
 from vpnctl.reconcile.agentdocs import node_role_config, service_remotes
+from vpnctl.reconcile.allocation import forget_serials
 from vpnctl.reconcile.conditions import PKI_READY, SERVER_READY
 from vpnctl.reconcile.errors import PermanentError, ReconcileError, TemporaryError
 from vpnctl.reconcile.revocation_book import IssuedCert
@@ -284,7 +285,9 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             await self._report(key, tunnel, error=exc, part=PKI_READY)
             return Outcome(), "invalid"
         crl = step.crl
-        allocations = plan.allocation.allocations
+        # A revoked serial admits nobody again, whatever Machine the tenant side reports
+        # it for (its CSRs outlive a node replaced under the same name).
+        allocations = forget_serials(plan.allocation.allocations, gone=step.book.revoked)
         server_cm = await self._apply_server_config(
             plan, keys.apiserver_serial, crl, allocations=allocations, live=server_cm
         )
@@ -317,7 +320,10 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                 key, tunnel, keys.ca, server_cm, machines, reported=signed, now=now
             )
             crl = step.crl
-        updated = record_signed(allocations, [(c.node, format(c.serial, "x")) for c in signed])
+        updated = forget_serials(
+            record_signed(allocations, [(c.node, format(c.serial, "x")) for c in signed]),
+            gone=step.book.revoked,
+        )
         if updated != allocations or crl.changed:
             allocations = updated
             await self._apply_server_config(
