@@ -7,7 +7,10 @@ and environment at start, the tests build their own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from ipaddress import IPv4Network
+
+from vpnctl.reconcile.machine_deletion import DEFAULT_MAX_DELAY
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,3 +52,6 @@ class Settings:
     metrics_namespaces: tuple[str, ...] = ()
     # Addresses of the service cluster's nodes, for spec.expose.serviceType NodePort.
     node_port_addresses: tuple[str, ...] = ()
+    # How long a deleted Machine's node keeps its tunnel at most while it drains, for
+    # Tunnels without spec.nodeRevocation.maxDelay (reconcile/machine_deletion.py).
+    node_revocation_max_delay: timedelta = DEFAULT_MAX_DELAY

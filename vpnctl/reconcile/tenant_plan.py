@@ -10,11 +10,11 @@ status, which is how addresses and the service-route holder survive a restart.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from ipaddress import IPv4Network
-from typing import Any
+from typing import Any, cast
 
 from vpnctl.api import Cluster, Condition, Machine, Node, Tunnel, TunnelStatusBody
 from vpnctl.reconcile.agentdocs import (
@@ -29,11 +29,15 @@ from vpnctl.reconcile.allocation import (
     allocations_from_status,
     released_from_status,
 )
+from vpnctl.reconcile.errors import PermanentError
+from vpnctl.reconcile.machine_deletion import DeletionVerdicts, kept_while_deleting
 from vpnctl.reconcile.names import TenantNames
 from vpnctl.reconcile.routes import ClientRoutes, client_routes, elect_service_route_node
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
 from vpnctl.reconcile.tenant_spec import PendingMachine, TenantSpec, parse_tenant
+from vpnctl.reconcile.tunnel_spec import node_revocation_max_delay
+from vpnctl.reconcile.untrusted_json import field_mapping
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +97,29 @@ class TenantPlan:
         )
 
 
+def revocation_max_delay(tunnel: Tunnel, *, settings: Settings) -> timedelta:
+    """The Tunnel's spec.nodeRevocation.maxDelay, else the controller's default (also when
+    the field is invalid: the spec's own parse reports that, and revocation must not wait
+    for a valid spec)."""
+    try:
+        spec = field_mapping(tunnel.get("spec"), field="spec")
+        own = node_revocation_max_delay(spec, where="Tunnel")
+    except PermanentError:
+        own = None
+    return settings.node_revocation_max_delay if own is None else own
+
+
+def deletion_verdicts(
+    *, tunnel: Tunnel, machines: Sequence[Machine], settings: Settings, now: datetime
+) -> DeletionVerdicts:
+    """Which deleted Machines' nodes keep their tunnel now (machine_deletion.py)."""
+    return kept_while_deleting(
+        cast(Sequence[Mapping[str, Any]], machines),
+        now=now,
+        max_delay=revocation_max_delay(tunnel, settings=settings),
+    )
+
+
 def recorded_nodes(allocations: object) -> list[Node]:
     """Nodes as the last plan knew them, from ``status.allocations[].podCIDRs``: only the
     name and the podCIDRs (checked again like any Node's by ``parse_tenant``)."""
@@ -116,6 +143,7 @@ def plan_tenant(
     observations: Mapping[str, NodeObservation],
     settings: Settings,
     reserved: Sequence[IPv4Network] | None = None,
+    kept: Collection[str] = (),
 ) -> TenantPlan:
     """Parse, allocate, elect and route one tenant. Raises PermanentError for a problem
     with the tenant as a whole (see tenant.parse_tenant); per-Machine problems are in
@@ -124,7 +152,10 @@ def plan_tenant(
     `nodes`: the tenant's Node objects, for per-node pod CIDRs; None while they are not
     known (the tenant side has not listed them yet): then the podCIDRs the last plan
     recorded in the status stand in (`recorded_nodes`), so a controller restart does not
-    re-route every node's pods, which would kick every node's client twice."""
+    re-route every node's pods, which would kick every node's client twice.
+
+    `kept`: Machines being deleted whose nodes keep their tunnel until drained
+    (`deletion_verdicts`)."""
     previous = tunnel.get("status") or {}
     tenant = parse_tenant(
         tunnel=tunnel,
@@ -132,6 +163,7 @@ def plan_tenant(
         machines=machines,
         nodes=recorded_nodes(previous.get("allocations")) if nodes is None else nodes,
         reserved=settings.reserved_cidrs if reserved is None else reserved,
+        kept=kept,
     )
     allocation = allocate(
         tunnel_cidr=tenant.spec.tunnel_cidr,
