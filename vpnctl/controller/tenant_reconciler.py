@@ -246,7 +246,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             settings=self._settings.build,
             now=self._clock.now(),
         )
-        self._report_deletions(key, deletions)
+        await self._report_deletions(key, tunnel, deletions)
         try:
             plan = plan_tenant(
                 tunnel=cast(Any, tunnel),
@@ -383,22 +383,39 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             return None
         return max(1.0, (when - self._clock.now()).total_seconds())
 
-    def _report_deletions(self, key: TenantRef, deletions: DeletionVerdicts) -> None:
-        """Log each deleted Machine's verdict once, when it changes."""
+    async def _report_deletions(
+        self, key: TenantRef, tunnel: KubeObject, deletions: DeletionVerdicts
+    ) -> None:
+        """Log, and tell in an Event on the Tunnel, each deleted Machine's verdict once,
+        when it changes: NodeRevocationDeferred while its node drains, NodeRevocationDue
+        when its certificates go."""
         seen = self._reported_deletions.setdefault(key, {})
         for machine, verdict in sorted(deletions.verdicts.items()):
             said = f"{verdict.revoke}:{verdict.reason}"
             if seen.get(machine) == said:
                 continue
             seen[machine] = said
+            until = verdict.recheck_at.isoformat() if verdict.recheck_at else "-"
             _log.info(
                 "event=%s tenant=%s machine=%s reason=%r until=%s",
                 "node_revocation_due" if verdict.revoke else "node_revocation_deferred",
                 key,
                 machine,
                 verdict.reason,
-                verdict.recheck_at.isoformat() if verdict.recheck_at else "-",
+                until,
             )
+            if verdict.revoke:
+                note = (
+                    f"Machine {key.namespace}/{machine} is being deleted ({verdict.reason}): "
+                    "its node's tunnel certificates are revoked now"
+                )
+                await self._event(tunnel, "Normal", "NodeRevocationDue", note)
+            else:
+                note = (
+                    f"Machine {key.namespace}/{machine} is being deleted ({verdict.reason}): "
+                    f"its node keeps its tunnel until drained, at the latest {until}"
+                )
+                await self._event(tunnel, "Normal", "NodeRevocationDeferred", note)
         for machine in set(seen) - set(deletions.verdicts):
             del seen[machine]
 
