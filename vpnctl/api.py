@@ -228,6 +228,9 @@ class TunnelStatusBody(TypedDict, total=False):
     # never-used address is left (see vpnctl.reconcile.allocation).
     releasedTunnelIPs: list[str]
     serviceRouteNode: str
+    # When serviceRouteNode was elected: its grace for the kick the election causes
+    # (reconcile/service_route_election.py).
+    serviceRouteElectedAt: str
     nodeCount: int
     connectedCount: int
 

@@ -258,6 +258,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                 observations=observations,
                 settings=self._settings.build,
                 kept=deletions.kept,
+                now=self._clock.now(),
             )
         except PermanentError as exc:
             # Revocation does not wait for a valid spec: a Machine deleted meanwhile
@@ -368,14 +369,41 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             allocations=allocations,
         )
         await self._write_status(key, tunnel, status)
+        await self._report_election(key, tunnel, plan)
         self._expiries(key, keys, crl)
         self.observed[key] = observation_fingerprint(None if observe_error else observations)
 
         due = [keys.renew_at, crl.refresh_at]
         if deletions.recheck_at is not None:  # a draining node's bound
             due.append(deletions.recheck_at)
+        if plan.election.recheck_at is not None:  # the end of a new holder's grace
+            due.append(plan.election.recheck_at)
         requeue = max(1.0, min((d - now).total_seconds() for d in due))
         return Outcome(requeue_after=requeue, retry=side_retry), "retry" if side_retry else "ok"
+
+    async def _report_election(self, key: TenantRef, tunnel: KubeObject, plan: TenantPlan) -> None:
+        """Count, log and tell in an Event a change of the service-route holder."""
+        election = plan.election
+        if not election.changed:
+            return
+        reason = election.reason or ""
+        self._metrics.service_route_elections.labels(reason=reason).inc()
+        _log.info(
+            "event=service_route_elected tenant=%s node=%s previous=%s reason=%s",
+            key,
+            election.holder or "-",
+            election.previous or "-",
+            reason,
+        )
+        was = f" (was {election.previous}: {reason})" if election.previous else ""
+        if election.holder is None:
+            note = f"no node carries the service CIDR any more{was}: none is connected"
+        else:
+            note = (
+                f"node {election.holder} now carries the service CIDR{was}; it reconnects "
+                "once to take the new routes"
+            )
+        await self._event(tunnel, "Normal", "ServiceRouteElected", note)
 
     def _until(self, when: datetime | None) -> float | None:
         """Seconds until WHEN (at least 1), for a requeue; None for no time."""

@@ -11,6 +11,7 @@ from datetime import timedelta
 from ipaddress import IPv4Network
 
 from vpnctl.reconcile.machine_deletion import DEFAULT_MAX_DELAY
+from vpnctl.reconcile.service_route_election import DEFAULT_GRACE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,3 +56,6 @@ class Settings:
     # How long a deleted Machine's node keeps its tunnel at most while it drains, for
     # Tunnels without spec.nodeRevocation.maxDelay (reconcile/machine_deletion.py).
     node_revocation_max_delay: timedelta = DEFAULT_MAX_DELAY
+    # How long a newly elected service-route holder keeps the role while disconnected
+    # (the kick its own election caused): reconcile/service_route_election.py.
+    service_route_grace: timedelta = DEFAULT_GRACE

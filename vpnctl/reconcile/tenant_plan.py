@@ -32,7 +32,12 @@ from vpnctl.reconcile.allocation import (
 from vpnctl.reconcile.errors import PermanentError
 from vpnctl.reconcile.machine_deletion import DeletionVerdicts, kept_while_deleting
 from vpnctl.reconcile.names import TenantNames
-from vpnctl.reconcile.routes import ClientRoutes, client_routes, elect_service_route_node
+from vpnctl.reconcile.routes import ClientRoutes, client_routes
+from vpnctl.reconcile.service_route_election import (
+    ServiceRouteElection,
+    elect_service_route_node,
+    parse_elected_at,
+)
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
 from vpnctl.reconcile.tenant_spec import PendingMachine, TenantSpec, parse_tenant
@@ -45,11 +50,15 @@ class TenantPlan:
     tenant: TenantSpec
     names: TenantNames
     allocation: AllocationResult
-    service_route_node: str | None
+    election: ServiceRouteElection
     clients: tuple[ClientRoutes, ...]  # the apiserver first, then nodes by name
     server_role_config: dict[str, Any]
     apiserver_role_config: dict[str, Any]
     observations: Mapping[str, NodeObservation]
+
+    @property
+    def service_route_node(self) -> str | None:
+        return self.election.holder
 
     @property
     def waiting(self) -> tuple[PendingMachine, ...]:
@@ -90,6 +99,7 @@ class TenantPlan:
             if allocations is None
             else replace(self.allocation, allocations=tuple(allocations)),
             service_route_node=self.service_route_node,
+            service_route_elected_at=self.election.elected_at,
             observations=self.observations,
             conditions=conditions,
             previous=previous,
@@ -144,6 +154,7 @@ def plan_tenant(
     settings: Settings,
     reserved: Sequence[IPv4Network] | None = None,
     kept: Collection[str] = (),
+    now: datetime | None = None,
 ) -> TenantPlan:
     """Parse, allocate, elect and route one tenant. Raises PermanentError for a problem
     with the tenant as a whole (see tenant.parse_tenant); per-Machine problems are in
@@ -155,7 +166,8 @@ def plan_tenant(
     re-route every node's pods, which would kick every node's client twice.
 
     `kept`: Machines being deleted whose nodes keep their tunnel until drained
-    (`deletion_verdicts`)."""
+    (`deletion_verdicts`). `now`: the clock, for the service-route holder's grace after
+    its election (None: no grace)."""
     previous = tunnel.get("status") or {}
     tenant = parse_tenant(
         tunnel=tunnel,
@@ -174,16 +186,23 @@ def plan_tenant(
     )
     allocated = {a.machine for a in allocation.allocations}
     routed = {m.node for m in tenant.members if m.machine in allocated}
-    holder = elect_service_route_node(
+    election = elect_service_route_node(
         current=previous.get("serviceRouteNode"),
-        connected=connected_members(tenant=tenant, observations=observations) & routed,
+        elected_at=parse_elected_at(previous.get("serviceRouteElectedAt")),
+        members=routed,
+        connected=connected_members(tenant=tenant, observations=observations),
+        kubelet_up={n for n, o in observations.items() if o.kubelet_reachable is True},
+        kubelet_down={n for n, o in observations.items() if o.kubelet_reachable is False},
+        now=now,
+        grace=settings.service_route_grace,
     )
+    holder = election.holder
     names = TenantNames.for_cluster(tenant.cluster_name)
     return TenantPlan(
         tenant=tenant,
         names=names,
         allocation=allocation,
-        service_route_node=holder,
+        election=election,
         clients=client_routes(
             tenant=tenant, allocations=allocation.allocations, service_route_node=holder
         ),
