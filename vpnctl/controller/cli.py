@@ -55,6 +55,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     ctl.add_argument("--resync-period", type=float, default=300.0, metavar="SECONDS")
     ctl.add_argument("--observe-interval", type=float, default=5.0, metavar="SECONDS")
     ctl.add_argument(
+        "--service-route-grace",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="a newly elected service-route holder keeps the role this long while it "
+        "reconnects from the kick its election causes",
+    )
+    ctl.add_argument(
         "--no-auto-tunnel", action="store_true", help="don't create a Tunnel for every Cluster"
     )
     ctl.add_argument(
@@ -202,6 +210,7 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         raise SystemExit(f"vpnctl run: --node-revocation-max-delay: {exc}") from None
     build = Settings(
         node_revocation_max_delay=revocation_delay,
+        service_route_grace=dt.timedelta(seconds=args.service_route_grace),
         agent_image=args.agent_image,
         image_pull_policy=args.image_pull_policy,
         image_pull_secrets=tuple(args.image_pull_secret),
