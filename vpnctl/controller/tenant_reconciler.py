@@ -238,13 +238,14 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         # The CSR signer decides with the Machines of now, whatever the spec's state.
         self._side.machines_changed(key, machines)
         observations, observe_error = await self._observe(key, tunnel)
-        # Which deleted Machines' nodes keep their tunnel while they drain: decided once, so
-        # the plan's CCDs and the revocation book agree.
+        # One clock reading for the pass. Which deleted Machines' nodes keep their tunnel
+        # while they drain is decided once, so the plan's CCDs and the revocation book agree.
+        now = self._clock.now()
         deletions = deletion_verdicts(
             tunnel=cast(Any, tunnel),
             machines=cast(Any, machines),
             settings=self._settings.build,
-            now=self._clock.now(),
+            now=now,
         )
         await self._report_deletions(key, tunnel, deletions)
         try:
@@ -258,7 +259,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                 observations=observations,
                 settings=self._settings.build,
                 kept=deletions.kept,
-                now=self._clock.now(),
+                now=now,
             )
         except PermanentError as exc:
             # Revocation does not wait for a valid spec: a Machine deleted meanwhile
@@ -270,7 +271,6 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             _log.info("event=tenant_warning tenant=%s warning=%r", key, warning)
         await self._report_waiting(key, plan, machines)
 
-        now = self._clock.now()
         try:
             keys = await self._ensure_pki(plan.tenant, plan.names, now=now)
             # The revocation book, then the server ConfigMap: it carries the CRL.
