@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from datetime import timedelta
 from ipaddress import IPv4Network
 
 import pytest
@@ -44,6 +45,17 @@ def test_run_flags_become_settings() -> None:
     assert settings.tenant.instance == "vpnctl-0"
 
 
+def test_drain_and_election_flags() -> None:
+    default = settings_from_args(parse()).tenant.build
+    assert default.node_revocation_max_delay == timedelta(minutes=10)
+    assert default.service_route_grace == timedelta(seconds=20)
+    build = settings_from_args(
+        parse("--node-revocation-max-delay", "0s", "--service-route-grace", "5")
+    ).tenant.build
+    assert build.node_revocation_max_delay == timedelta(0)
+    assert build.service_route_grace == timedelta(seconds=5)
+
+
 def test_metrics_address_is_the_same_port() -> None:
     settings = settings_from_args(parse("--metrics-address", ":9090"))
     assert (settings.health_host, settings.health_port) == ("0.0.0.0", 9090)
@@ -54,6 +66,7 @@ def test_metrics_address_is_the_same_port() -> None:
     [
         (("--health-address", "8081"), "is not host:port"),
         (("--reserved-cidr", "10.0.0.0/33"), "--reserved-cidr"),
+        (("--node-revocation-max-delay", "2d"), "--node-revocation-max-delay"),
     ],
 )
 def test_bad_flags_are_named(flags: tuple[str, ...], message: str) -> None:

@@ -18,7 +18,7 @@ from vpnctl.reconcile.allocation import (
     released_from_status,
 )
 from vpnctl.reconcile.conditions import READY
-from vpnctl.reconcile.routes import elect_service_route_node
+from vpnctl.reconcile.service_route_election import elect_service_route_node
 from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
 from vpnctl.reconcile.status_table import format_table, human_duration, render_status
 from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
@@ -53,8 +53,11 @@ def reconcile_once(
     )
     holder = elect_service_route_node(
         current=prev.get("serviceRouteNode"),
+        elected_at=None,
+        members={m.node for m in t.members},
         connected=connected_members(tenant=t, observations=observations),
-    )
+        now=None,
+    ).holder
     conditions = all_parts_done(prev.get("conditions", []), generation=t.generation, now=now)
     return build_status(
         tenant=t,

@@ -55,6 +55,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     ctl.add_argument("--resync-period", type=float, default=300.0, metavar="SECONDS")
     ctl.add_argument("--observe-interval", type=float, default=5.0, metavar="SECONDS")
     ctl.add_argument(
+        "--service-route-grace",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="a newly elected service-route holder keeps the role this long while it "
+        "reconnects from the kick its election causes",
+    )
+    ctl.add_argument(
         "--no-auto-tunnel", action="store_true", help="don't create a Tunnel for every Cluster"
     )
     ctl.add_argument(
@@ -64,6 +72,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="spec.expose.serviceType of automatically created Tunnels (default: the CRD's)",
     )
     ctl.add_argument("--node-cert-lifetime", default="720h", help="node certificates (CSRs)")
+    ctl.add_argument(
+        "--node-revocation-max-delay",
+        default="10m",
+        metavar="DURATION",
+        help="a deleted Machine's node keeps its tunnel until drained, at most this long "
+        "after its deletionTimestamp (Tunnels may set spec.nodeRevocation.maxDelay; 0s: "
+        "revoke when deletion starts)",
+    )
     budget = p.add_argument_group(
         "per-tenant budgets",
         "what one tenant cluster may cost the controller; a tenant over budget gets the "
@@ -176,6 +192,7 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
     """The ControllerSettings the flags describe (SystemExit naming a bad flag)."""
     from vpnctl.controller.operator import ControllerSettings
     from vpnctl.controller.tenant_reconciler import TenantSettings
+    from vpnctl.reconcile.durations import parse_duration
     from vpnctl.reconcile.settings import Settings
 
     try:
@@ -187,7 +204,13 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
     defaults: dict[str, Any] = {}
     if args.default_service_type:
         defaults["expose"] = {"serviceType": args.default_service_type}
+    try:
+        revocation_delay = parse_duration(args.node_revocation_max_delay)
+    except ValueError as exc:
+        raise SystemExit(f"vpnctl run: --node-revocation-max-delay: {exc}") from None
     build = Settings(
+        node_revocation_max_delay=revocation_delay,
+        service_route_grace=dt.timedelta(seconds=args.service_route_grace),
         agent_image=args.agent_image,
         image_pull_policy=args.image_pull_policy,
         image_pull_secrets=tuple(args.image_pull_secret),

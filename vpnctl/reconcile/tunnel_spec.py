@@ -102,6 +102,9 @@ class TunnelSpec:
     replicas: int
     certificates: CertificateLifetimes
     install_agent: bool
+    # spec.nodeRevocation.maxDelay: how long after a Machine's deletionTimestamp its node
+    # keeps its tunnel at most (machine_deletion.py); None: the controller's default.
+    node_revocation_max_delay: timedelta | None = None
 
     @property
     def server_ip(self) -> IPv4Address:
@@ -234,6 +237,7 @@ def parse_tunnel_spec(tunnel: Tunnel) -> TunnelSpec:
         )
 
     return TunnelSpec(
+        node_revocation_max_delay=node_revocation_max_delay(spec, where=where),
         cluster_name=cluster_name,
         transport=Transport(
             protocol=cast(Protocol, protocol), port=port, renegotiate_seconds=renegotiate_seconds
@@ -248,6 +252,22 @@ def parse_tunnel_spec(tunnel: Tunnel) -> TunnelSpec:
         certificates=lifetimes,
         install_agent=install,
     )
+
+
+def node_revocation_max_delay(spec: Mapping[str, Any], *, where: str) -> timedelta | None:
+    """spec.nodeRevocation.maxDelay, or None when unset; PermanentError(InvalidSpec)."""
+    field = "spec.nodeRevocation.maxDelay"
+    revocation = field_mapping(spec.get("nodeRevocation"), field="spec.nodeRevocation")
+    text = revocation.get("maxDelay")
+    if text is None:
+        return None
+    try:
+        return parse_duration(cast(str, text))
+    except ValueError as exc:
+        raise PermanentError(
+            reason="InvalidSpec",
+            message=f"{field} of {where}: {exc}; fix {field} (0s revokes when deletion starts)",
+        ) from None
 
 
 def _renew_fraction(value: object) -> float:
