@@ -255,6 +255,11 @@ def budgets_from_args(args: argparse.Namespace) -> Budgets:
         raise SystemExit(f"vpnctl run: --tenant-*: {exc}") from None
 
 
+def _exiting(reason: str, exc: BaseException) -> None:
+    """The controller's last record: a daemon's errors go where its logs go."""
+    _log.error("event=controller_exiting reason=%s error=%s", reason, str(exc))
+
+
 async def run(args: argparse.Namespace) -> int:
     """`vpnctl run`: the controller until SIGTERM/SIGINT."""
     from prometheus_client import CollectorRegistry
@@ -277,13 +282,13 @@ async def run(args: argparse.Namespace) -> int:
     try:
         kube = await _connect(args)
     except KubeconfigError as exc:
-        print(f"vpnctl run: {exc}", file=sys.stderr)
+        _exiting("kubeconfig", exc)
         return 1
     try:
         settings = await _with_reserved_networks(settings, kube, detect=args.detect_reserved_cidrs)
     except NetworkDetectionError as exc:
         await kube.close()
-        print(f"vpnctl run: {exc}", file=sys.stderr)
+        _exiting("reserved_networks", exc)
         return 1
     clock = SystemClock()
     rng = random.Random()
@@ -333,7 +338,7 @@ async def run(args: argparse.Namespace) -> int:
             )
             await controller.run(stop=stop)
     except OSError as exc:  # the health port is taken, typically
-        print(f"vpnctl run: {exc}", file=sys.stderr)
+        _exiting("startup", exc)
         return 1
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
