@@ -174,7 +174,9 @@ def test_lab_up_prints_all_ok_for_three_nodes(lab_run: LabRun) -> None:
         assert "FAIL" not in row, out
     assert "3/3 nodes OK, 18/18 checks OK" in out
     assert "dev tun0" in out, "the apiserver's route to the nodes must be the tunnel"
-    assert re.search(r"tenant-a\s+tenant-a\s+True\s+3\s+3", out), "vpnctl status: Ready, 3/3"
+    assert re.search(r"tenant-a\s+tenant-a\s+True\s+TunnelReady\s+3\s+3", out), (
+        "vpnctl status: Ready, 3/3"
+    )
     print(out)
 
 
