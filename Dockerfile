@@ -8,9 +8,11 @@
 # Debian's packages with mmdebstrap (scripts/build-image.py, which has them all
 # already and no registry to pull from) go through the same file unchanged.
 #
-# Python dependencies come from PyPI; `make image` instead hands over wheels built on
-# the host (build argument WHEELHOUSE and a volume mounted only during RUN), so no
-# host CA bundle or credential ever enters a layer.
+# Python dependencies are exactly requirements/runtime.lock (and the build backend,
+# requirements/build.lock), installed in pip's hash-checking mode: from PyPI by default;
+# `make image` instead hands over those very wheels, downloaded and hash-checked on the
+# host (build argument WHEELHOUSE and a volume mounted only during RUN), so no host CA
+# bundle or credential ever enters a layer.
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS runtime
@@ -33,10 +35,11 @@ RUN missing="" \
     fi
 
 FROM runtime AS build
-# Empty: dependencies come from PyPI. `make image` sets it to a directory of wheels
-# built on the host and mounted only while this RUN runs: no index is contacted.
+# Empty: dependencies come from PyPI. `make image` sets it to a directory of the locked
+# wheels, mounted only while this RUN runs: no index is contacted.
 ARG WHEELHOUSE=""
 WORKDIR /src
+COPY requirements/runtime.lock requirements/build.lock ./requirements/
 COPY pyproject.toml setup.py ./
 COPY vpnctl ./vpnctl
 COPY agent ./agent
@@ -44,10 +47,16 @@ COPY certs ./certs
 COPY telemetry ./telemetry
 # The wheel leaves out the lab, the test environment and test samples (pyproject.toml,
 # setup.py), so installing it keeps them out of the image.
+# Every dependency and the build backend come from the locks, hash-checked; vpnctl's own
+# wheel is then built with that backend (no build isolation, which would fetch an
+# unpinned one) and installed without resolving anything.
 # pip and setuptools are only needed here; the runtime keeps none (23 MB less).
 RUN if [ -n "${WHEELHOUSE}" ]; then set -- --no-index --find-links "${WHEELHOUSE}"; fi \
  && python3 -m venv /opt/vpnctl \
- && /opt/vpnctl/bin/pip install --no-cache-dir --disable-pip-version-check "$@" /src \
+ && /opt/vpnctl/bin/pip install --no-cache-dir --disable-pip-version-check "$@" \
+      --require-hashes -r /src/requirements/runtime.lock -r /src/requirements/build.lock \
+ && /opt/vpnctl/bin/pip install --no-cache-dir --disable-pip-version-check "$@" \
+      --no-deps --no-build-isolation /src \
  && /opt/vpnctl/bin/python -m pip uninstall --yes --quiet pip setuptools
 
 FROM runtime
@@ -55,12 +64,16 @@ ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
 ARG SOURCE=https://github.com/vpnctl/vpnctl
+# An SPDX expression; NOASSERTION while pyproject.toml declares no license
+# (scripts/build-image.py passes what it declares).
+ARG LICENSES=NOASSERTION
 LABEL org.opencontainers.image.title="vpnctl" \
       org.opencontainers.image.description="vpnctl controller and agent roles (node, server, apiserver)" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
-      org.opencontainers.image.source="${SOURCE}"
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="${LICENSES}"
 COPY --from=build /opt/vpnctl /opt/vpnctl
 ENV PATH=/opt/vpnctl/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1

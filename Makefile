@@ -2,7 +2,10 @@
 # installs what it needs, idempotently.
 SHELL := /bin/bash
 PY    := .venv/bin/python
-VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# The venv holds exactly requirements/dev.lock (pinned, hashed; scripts/lock.sh writes it):
+# a change to it or to pyproject.toml re-installs.
+LOCK  := requirements/dev.lock
+VENV_STAMP := .venv/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
 NODES ?= 3
 
 .PHONY: lab lab-down test lint deps system image-tools node-tools image k8s-bins node-bins charts bench bench-dataplane clean
@@ -27,10 +30,10 @@ deps: system $(VENV_STAMP)
 system:
 	@scripts/install-system.sh
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@rm -f .venv/.installed-*
 	@touch $@
 

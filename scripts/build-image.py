@@ -5,9 +5,11 @@ This machine reaches Debian's mirror and PyPI but no container registry, so:
 
 1. the base is made from Debian's packages with mmdebstrap (minbase plus what the roles
    run), imported into buildah's storage as ``localhost/vpnctl-base:<recipe hash>``;
-2. the Python dependencies are built into wheels on the host, where PyPI's TLS is
-   trusted, and handed to the build through a volume mounted only during ``RUN``
-   (``WHEELHOUSE``): no host CA bundle and no index credential enters a layer;
+2. the Python dependencies, exactly ``requirements/runtime.lock`` and the build backend
+   of ``requirements/build.lock``, are downloaded as wheels on the host, where PyPI's
+   TLS is trusted, in pip's hash-checking mode, and handed to the build through a
+   volume mounted only during ``RUN`` (``WHEELHOUSE``), where pip checks the hashes
+   again: no host CA bundle and no index credential enters a layer;
 3. ``buildah bud`` builds the repository's ``Dockerfile`` unchanged, with
    ``BASE_IMAGE`` pointing at that base, and never pulls.
 
@@ -18,8 +20,9 @@ the shipped source files, the base recipe, this script's recipe version): it is 
 ``ctr -n k8s.io images import``. A second run with nothing changed finds both and only
 prints the reference. The revision label names the commit the image was built from
 (``-dirty`` when its inputs differed from that commit); a later commit whose inputs are
-the same reuses the image and keeps that label. stdout carries the reference alone
-(or JSON with ``--json``); progress goes to stderr.
+the same reuses the image and keeps that label; the created label is that commit's time
+(the build's own time when dirty), so the labels follow the inputs, not the clock.
+stdout carries the reference alone (or JSON with ``--json``); progress goes to stderr.
 
 Needs root (buildah's system storage, mmdebstrap's root mode) and the tools that
 ``scripts/install-image-tools.sh`` installs (``make image`` runs it first).
@@ -90,9 +93,12 @@ BASE_HOOKS = (
     'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/apt/*',
 )
 
-# The build context: packaging files and the source trees; pyproject.toml and
-# setup.py decide what of the trees ships, and the hash follows that decision.
-CONTEXT_FILES = ("Dockerfile", "pyproject.toml", "setup.py")
+# The build context: packaging files, the dependency locks and the source trees;
+# pyproject.toml and setup.py decide what of the trees ships, and the hash follows
+# that decision.
+RUNTIME_LOCK = "requirements/runtime.lock"
+BUILD_LOCK = "requirements/build.lock"
+CONTEXT_FILES = ("Dockerfile", "pyproject.toml", "setup.py", RUNTIME_LOCK, BUILD_LOCK)
 SOURCE_TREES = ("vpnctl", "agent", "certs", "telemetry")
 
 
@@ -226,6 +232,31 @@ def _version(repo: Path) -> str:
         return str(tomllib.load(f)["project"]["version"])
 
 
+def _licenses(repo: Path) -> str:
+    """pyproject.toml's license as an SPDX expression; NOASSERTION when it names none."""
+    with (repo / "pyproject.toml").open("rb") as f:
+        declared = tomllib.load(f)["project"].get("license")
+    if isinstance(declared, str) and declared:
+        return declared
+    return "NOASSERTION"
+
+
+def _created(repo: Path, revision: str) -> str:
+    """RFC 3339 UTC: the commit's time for a clean revision, else now."""
+    if revision != "unknown" and not revision.endswith("-dirty"):
+        done = subprocess.run(
+            ["git", "-C", str(repo), "show", "-s", "--format=%ct", revision],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode == 0 and done.stdout.strip().isdigit():
+            when = dt.datetime.fromtimestamp(int(done.stdout.strip()), dt.UTC)
+            return when.isoformat().replace("+00:00", "Z")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return now.isoformat().replace("+00:00", "Z")
+
+
 def _revision(repo: Path, files: Sequence[Path]) -> str:
     """HEAD's commit, with `-dirty` when a file that goes in differs from it."""
     head = subprocess.run(
@@ -313,21 +344,20 @@ def stage(repo: Path, files: Sequence[Path], dest: Path) -> None:
         shutil.copy2(repo / rel, dest / rel)
 
 
-def build_wheelhouse(repo: Path, files: Sequence[Path], dest: Path) -> None:
-    """Wheels of every dependency (and of the build backend), built on the host where
-    PyPI's TLS is trusted; the image build installs from them with --no-index."""
-    src = dest.parent / "pip-src"  # pip builds in the tree; keep that out of the context
-    stage(repo, files, src)
+def build_wheelhouse(repo: Path, dest: Path) -> None:
+    """The locked wheels of every dependency and of the build backend, downloaded on the
+    host where PyPI's TLS is trusted and checked against the locks' hashes; the image
+    build installs from them with --no-index and checks them again. Wheels only: a
+    wheel built here would match no hash in the lock."""
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    run([*pip, "wheel", "-q", "--wheel-dir", str(dest), str(src)], what="pip wheel (dependencies)")
-    backend = ["setuptools>=68", "wheel"]
     run(
-        [*pip, "download", "-q", "--only-binary=:all:", "--dest", str(dest), *backend],
-        what="pip download (the build backend)",
-    )
-    # Our own wheel is rebuilt inside the image from the same sources.
-    for own in dest.glob("vpnctl-*.whl"):
-        own.unlink()
+        [
+            *pip, "download", "-q", "--only-binary=:all:", "--require-hashes",
+            "--dest", str(dest),
+            "-r", str(repo / RUNTIME_LOCK), "-r", str(repo / BUILD_LOCK),
+        ],
+        what="pip download (the locked dependencies and build backend)",
+    )  # fmt: skip
 
 
 def build(repo: Path, cache: Path, key: str, files: Sequence[Path], archive: Path) -> str:
@@ -338,9 +368,9 @@ def build(repo: Path, cache: Path, key: str, files: Sequence[Path], archive: Pat
         ctx = Path(tmp) / "src"
         wheelhouse = Path(tmp) / "wheelhouse"
         stage(repo, files, ctx)
-        log("building wheels of the dependencies on the host")
-        build_wheelhouse(repo, files, wheelhouse)
-        created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        log("downloading the locked wheels on the host")
+        build_wheelhouse(repo, wheelhouse)
+        revision = _revision(repo, files)
         log(f"buildah bud {ref} (BASE_IMAGE={base})")
         run(
             [
@@ -353,8 +383,9 @@ def build(repo: Path, cache: Path, key: str, files: Sequence[Path], archive: Pat
                 "--build-arg", f"BASE_IMAGE={base}",
                 "--build-arg", "WHEELHOUSE=/mnt",
                 "--build-arg", f"VERSION={_version(repo)}",
-                "--build-arg", f"REVISION={_revision(repo, files)}",
-                "--build-arg", f"CREATED={created}",
+                "--build-arg", f"REVISION={revision}",
+                "--build-arg", f"CREATED={_created(repo, revision)}",
+                "--build-arg", f"LICENSES={_licenses(repo)}",
                 "--label", f"io.vpnctl.image.key={key}",
                 "--tag", ref,
                 "--file", str(ctx / "Dockerfile"),

@@ -9,6 +9,8 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v nft      >/dev/null || need+=(nftables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v curl     >/dev/null || need+=(curl)
+# Debian 12's Go (1.19) is too old to build the pinned modules, but it says which Go
+# module proxy to fetch a newer one from (below).
 command -v go       >/dev/null || [ -x /usr/local/go/bin/go ] || need+=(golang-go)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -17,4 +19,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-echo "install-system: ok ($(openvpn --version | head -n1 | cut -d' ' -f1-2))"
+# A Go new enough for every pinned Go module: the one installed, or the approved
+# toolchain fetched once from the Go module proxy into ~/.cache/vpnctl/go and checked
+# against its pinned hash (vpnctl/testenv/gotoolchain.py; every Go build uses it too).
+go=$(cd "$(dirname "$0")/.." && python3 -m vpnctl.testenv.gotoolchain)
+echo "install-system: ok ($(openvpn --version | head -n1 | cut -d' ' -f1-2), $("$go" version | cut -d' ' -f3) at $go)"

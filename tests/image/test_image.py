@@ -191,9 +191,22 @@ def test_oci_labels(config: dict[str, Any]) -> None:
         r"[0-9a-f]{40}(-dirty)?", labels.get("org.opencontainers.image.revision", "")
     )
     assert labels.get("org.opencontainers.image.source", "").startswith("https://")
+    assert labels.get("org.opencontainers.image.title") == "vpnctl"
+    # An SPDX expression; NOASSERTION while pyproject.toml declares no license.
+    assert re.fullmatch(r"[A-Za-z0-9.+() -]+", labels.get("org.opencontainers.image.licenses", ""))
     created = dt.datetime.fromisoformat(labels["org.opencontainers.image.created"])
     assert created.tzinfo is not None
     assert created <= dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    revision = labels["org.opencontainers.image.revision"]
+    if not revision.endswith("-dirty"):
+        # A clean build is stamped with its commit's time, not the clock's.
+        committed = subprocess.run(
+            ["git", "-C", str(REPO), "show", "-s", "--format=%ct", revision],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert created == dt.datetime.fromtimestamp(int(committed), dt.UTC)
 
 
 def test_second_build_reuses_the_cache(image: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ KUBERNETES_VERSION = "v1.34.4"
 # The k8s.io staging modules (api, apimachinery, client-go, ...) are tagged v0.<minor>.<patch>.
 STAGING_VERSION = "v0." + KUBERNETES_VERSION.removeprefix("v1.")
 ETCD_VERSION = "v3.6.16"
-HELM_VERSION = "v3.22.0"
+HELM_VERSION = "v3.21.4"
 CONTROLLER_TOOLS_VERSION = "v0.23.0"
 # The newest Cluster API release the proxy serves whose api/v1beta1 package is the
 # storage version: a single-version CRD needs no conversion webhook, and vpnctl

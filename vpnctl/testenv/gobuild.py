@@ -1,6 +1,7 @@
-"""The Go plumbing of ``vpnctl.testenv.build``: a toolchain, a wrapper module per
-build, a long command with a heartbeat and its log, atomic installation into the
-version-keyed cache, and the file lock that serialises builders."""
+"""The Go plumbing of ``vpnctl.testenv.build``: a toolchain (found or fetched by
+``gotoolchain``), a wrapper module per build, a long command with a heartbeat and its
+log, atomic installation into the version-keyed cache, and the file lock that
+serialises builders."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+
+from vpnctl.testenv.gotoolchain import ToolchainError, ensure_go
 
 HEARTBEAT_SECONDS = 15.0
 
@@ -35,6 +38,7 @@ class GoBuilder:
         self.cache = cache_dir
         self.progress = progress
         self.env = env
+        self._go_path: Path | None = None
 
     def entry(self, component: str, version: str) -> Path:
         return self.cache / f"{component}-{version}"
@@ -52,12 +56,14 @@ class GoBuilder:
     # - go plumbing
 
     def _go(self) -> str:
-        found = shutil.which("go", path=self.env.get("PATH", ""))
-        if found:
-            return found
-        if os.access("/usr/local/go/bin/go", os.X_OK):
-            return "/usr/local/go/bin/go"
-        raise BuildError("no Go toolchain: put `go` on PATH (Go >= 1.24 builds Kubernetes 1.34)")
+        """A Go new enough for every pinned module (``GOTOOLCHAIN=local`` below), found
+        or fetched once per builder by ``vpnctl.testenv.gotoolchain``."""
+        if self._go_path is None:
+            try:
+                self._go_path = ensure_go(env=self.env, progress=self.progress)
+            except ToolchainError as exc:
+                raise BuildError(str(exc)) from exc
+        return str(self._go_path)
 
     def _go_env(self) -> dict[str, str]:
         env = dict(self.env)
