@@ -605,10 +605,9 @@ async def test_alerts_read_metrics_that_exist(helm: Path, tmp_path: Path) -> Non
     from prometheus_client import CollectorRegistry
 
     from agent.roles.server_metrics import ServerMetrics
-    from vpnctl.kube import SystemClock
 
     registry = CollectorRegistry()
-    metrics.ControllerMetrics(registry=registry, clock=SystemClock())
+    metrics.ControllerMetrics(registry=registry)
     ServerMetrics(registry=registry)
     exported = _exported_names(registry)
 

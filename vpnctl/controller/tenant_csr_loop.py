@@ -80,7 +80,7 @@ class CsrLoop:
             "vpnctl_tenant_csrs",
             "Node CertificateSigningRequests decided in tenant clusters "
             "(signed: approved and signed; denied).",
-            ["namespace", "cluster", "decision"],
+            ["tenant_namespace", "cluster", "decision"],
             registry=registry,
         )
 
