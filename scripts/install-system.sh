@@ -9,6 +9,8 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v nft      >/dev/null || need+=(nftables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v curl     >/dev/null || need+=(curl)
+# promtool, for the alert-rule and dashboard tests (tests/unit/test_alert_rules.py).
+command -v promtool >/dev/null || need+=(prometheus)
 command -v go       >/dev/null || [ -x /usr/local/go/bin/go ] || need+=(golang-go)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -16,5 +18,9 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The package also installs and starts a Prometheus server; we only want promtool.
+  if [[ " ${need[*]} " == *" prometheus "* ]]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 echo "install-system: ok ($(openvpn --version | head -n1 | cut -d' ' -f1-2))"

@@ -289,6 +289,7 @@ class ServerRole(OpenVPNRole):
             data = read_small(source, what="CRL")
             ca = read_small(self.cfg.openvpn.ca, what="CA certificate")
             serials = certs.crl_serials(data, ca_pem=ca)
+            next_update = certs.crl_next_update(data)
         except (MaterialError, certs.PKIError) as e:
             raise MaterialError(f"CRL {source}: {e}") from None
         target = self.cfg.openvpn.crl
@@ -307,6 +308,8 @@ class ServerRole(OpenVPNRole):
         newly = serials - self.revoked
         self.revoked = serials
         self.metrics.revoked.labels(self.role).set(len(serials))
+        if next_update is not None:
+            self.metrics.crl_expiry.labels(self.role).set(next_update.timestamp())
         self.events("crl_installed", source=source, target=target, revoked=len(serials),
                     new=len(newly), changed=not same)  # fmt: skip
         self._kick_revoked()

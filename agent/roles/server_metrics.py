@@ -68,6 +68,14 @@ class ServerMetrics:
             ["role"],
             registry=registry,
         )
+        self.crl_expiry = Gauge(
+            "vpnctl_agent_crl_expiry_timestamp_seconds",
+            "nextUpdate of the installed CRL, as a Unix timestamp: after it openvpn refuses "
+            "every client (\"CRL has expired\"), so the controller must have installed a "
+            "newer one before.",
+            ["role"],
+            registry=registry,
+        )
         self.revoked = Gauge(
             "vpnctl_agent_crl_revoked_serials",
             "Serials in the installed CRL.",
