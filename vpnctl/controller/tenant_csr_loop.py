@@ -286,7 +286,7 @@ class CsrLoop:
         else:
             state.denied += 1
         self._csrs_total.labels(
-            namespace=state.ref.namespace, cluster=state.ref.cluster, decision=decision
+            tenant_namespace=state.ref.namespace, cluster=state.ref.cluster, decision=decision
         ).inc()
 
     def signed(self, state: TenantState) -> tuple[tuple[str, str], ...]:

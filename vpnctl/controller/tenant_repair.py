@@ -145,7 +145,7 @@ class DriftRepair:
             state.repairs += 1
             state.repaired_kinds.add(ref.res.kind)
             self._repairs_total.labels(
-                namespace=state.ref.namespace, cluster=state.ref.cluster, kind=ref.res.kind
+                tenant_namespace=state.ref.namespace, cluster=state.ref.cluster, kind=ref.res.kind
             ).inc()
             _log.info(
                 "event=tenant_drift_repaired tenant=%s object=%r drift=%s latency=%.2fs repairs=%d",

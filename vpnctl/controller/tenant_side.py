@@ -445,7 +445,7 @@ class KubeTenantSide:
 
     def _count_trip(self, state: TenantState, over: OverBudget) -> None:
         self._budget_trips_total.labels(
-            namespace=state.ref.namespace, cluster=state.ref.cluster, reason=over.reason
+            tenant_namespace=state.ref.namespace, cluster=state.ref.cluster, reason=over.reason
         ).inc()
 
     def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
