@@ -111,7 +111,8 @@ def test_dashboard_is_off_by_default() -> None:
 
 
 def test_dashboard_is_well_formed(dashboard: dict[str, Any]) -> None:
-    assert dashboard["uid"] and dashboard["title"]
+    assert dashboard["uid"]
+    assert dashboard["title"]
     assert isinstance(dashboard["schemaVersion"], int)
     panels = _panels(dashboard)
     ids = [p["id"] for p in panels]
@@ -128,7 +129,8 @@ def test_dashboard_is_well_formed(dashboard: dict[str, Any]) -> None:
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}", where
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, f"{where} is off the grid"
+        assert grid["x"] >= 0, f"{where} is off the grid"
+        assert grid["x"] + grid["w"] <= 24, f"{where} is off the grid"
 
 
 def test_every_query_parses_and_reads_only_metrics_we_register(
@@ -140,7 +142,7 @@ def test_every_query_parses_and_reads_only_metrics_we_register(
         if v["type"] == "query"
     }
     queries = _queries(dashboard)
-    rules = []
+    rules: list[dict[str, Any]] = []
     for n, (where, expr) in enumerate(queries):
         promql = _as_promql(expr, variables)
         # label_values(metric, label) is Grafana's, not PromQL: check the metric by itself.
