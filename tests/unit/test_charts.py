@@ -590,6 +590,8 @@ async def test_prometheus_rule_alerts(helm: Path, tmp_path: Path) -> None:
                 "certificateExpiryDays": 14,
                 "tunnelNotReadyFor": "10m",
                 "additionalLabels": {"team": "platform"},
+                "controllerJob": "kube-prometheus/vpnctl",
+                "runbookURL": "https://wiki.example/vpnctl",
             },
         }
     }
@@ -598,6 +600,12 @@ async def test_prometheus_rule_alerts(helm: Path, tmp_path: Path) -> None:
     assert "< 14 * 86400" in alerts["VpnctlCertificateExpiring"]["expr"]
     assert alerts["VpnctlTunnelNotReady"]["for"] == "10m"
     assert alerts["VpnctlNodeDisconnected"]["labels"] == {"severity": "warning", "team": "platform"}
+    assert 'job="kube-prometheus/vpnctl"' in alerts["VpnctlControllerDown"]["expr"]
+    assert 'job="kube-prometheus/vpnctl"' in alerts["VpnctlNoLeader"]["expr"]
+    assert (
+        alerts["VpnctlCRLExpiring"]["annotations"]["runbook_url"]
+        == "https://wiki.example/vpnctl#vpnctlcrlexpiring"
+    )
 
 
 def _exported_names(registry: Any) -> set[str]:
