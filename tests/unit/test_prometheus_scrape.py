@@ -1,12 +1,15 @@
 """A real Prometheus (Debian's, the binary that comes with promtool) scrapes a real
-controller registry over HTTP and evaluates the chart's own alert rules.
+controller registry and a server role's metrics over HTTP and evaluates the chart's own
+alert rules.
 
-This is the smallest honest "Prometheus has scraped vpnctl": the registry the controller
-builds (ControllerMetrics), served by the controller's HealthServer on 127.0.0.1, the
-rules ``helm template`` renders, with their ``for`` shortened to 1 s through the chart's
-values. It shows what the promtool tests cannot: the exposition parses, the job and
-namespace labels the rules select on line up with a scrape, the leader alert fires and
-resolves as ``vpnctl_leader`` changes, and stopping the controller fires
+This is the smallest honest "Prometheus has scraped vpnctl": the registries the
+controller (ControllerMetrics) and the server role (ServerMetrics) build, each served by
+the HealthServer the binaries use, on 127.0.0.1, with the job and namespace labels the
+ServiceMonitor and PodMonitor give them; the rules ``helm template`` renders, with their
+``for`` shortened to 1 s through the chart's values. It shows what the promtool tests
+cannot: the exposition parses, the labels the rules select on line up with a scrape,
+VpnctlNoLeader fires and resolves as ``vpnctl_leader`` changes, VpnctlNodeDisconnected
+names the node whose tunnel is cut, and stopping the controller fires
 VpnctlControllerDown. Waits are on the Prometheus API, never on the clock.
 """
 
@@ -27,16 +30,23 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from agent.roles.server_metrics import ServerMetrics
 from telemetry.health import HealthServer
 from tests.support.monitoring import NAMESPACE, prometheus_rule_groups, render_chart
 from tests.support.polling import aeventually
 from vpnctl.controller.metrics import ControllerMetrics
 
 JOB = "vpnctl-metrics"  # the metrics Service's name: the job a ServiceMonitor gives
+SERVERS_JOB = f"{NAMESPACE}/vpnctl-servers"  # what the PodMonitor gives
+TENANT = "tenant-a"
 FAST = {
     "monitoring": {
         "enabled": True,
-        "prometheusRule": {"noLeaderFor": "1s", "controllerDownFor": "1s"},
+        "prometheusRule": {
+            "noLeaderFor": "1s",
+            "controllerDownFor": "1s",
+            "nodeDisconnectedFor": "1s",
+        },
     }
 }
 
@@ -49,7 +59,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def prometheus(tmp_path: Path, target_port: int, groups: list[dict[str, Any]]) -> Iterator[str]:
+def prometheus(
+    tmp_path: Path, controller_port: int, server_port: int, groups: list[dict[str, Any]]
+) -> Iterator[str]:
+    """Scrapes the controller as its ServiceMonitor would (job = the metrics Service, the
+    controller's namespace) and a tenant's server pod as the PodMonitor would (job =
+    "<namespace>/<PodMonitor>", the pod's namespace, which is the tenant's)."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is not installed; scripts/install-system.sh installs it")
@@ -62,9 +77,22 @@ def prometheus(tmp_path: Path, target_port: int, groups: list[dict[str, Any]]) -
                 "job_name": JOB,
                 "scrape_timeout": "1s",
                 "static_configs": [
-                    {"targets": [f"127.0.0.1:{target_port}"], "labels": {"namespace": NAMESPACE}}
+                    {
+                        "targets": [f"127.0.0.1:{controller_port}"],
+                        "labels": {"namespace": NAMESPACE},
+                    }
                 ],
-            }
+            },
+            {
+                "job_name": SERVERS_JOB,
+                "scrape_timeout": "1s",
+                "static_configs": [
+                    {
+                        "targets": [f"127.0.0.1:{server_port}"],
+                        "labels": {"namespace": TENANT, "pod": "server-0"},
+                    }
+                ],
+            },
         ],
     }
     (tmp_path / "prometheus.yaml").write_text(yaml.safe_dump(config))
@@ -110,6 +138,19 @@ async def _firing(http: aiohttp.ClientSession, api: str, alert: str) -> bool:
 
 
 @pytest.fixture
+async def server_pod() -> AsyncIterator[tuple[ServerMetrics, HealthServer]]:
+    """A server role's metrics on the port its pod serves them on."""
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry=registry)
+    server = HealthServer(registry=registry, host="127.0.0.1")
+    await server.start()
+    try:
+        yield metrics, server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
 async def controller() -> AsyncIterator[tuple[ControllerMetrics, HealthServer]]:
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry=registry)
@@ -122,13 +163,18 @@ async def controller() -> AsyncIterator[tuple[ControllerMetrics, HealthServer]]:
 
 
 async def test_prometheus_scrapes_the_controller_and_its_alerts_fire(
-    controller: tuple[ControllerMetrics, HealthServer], tmp_path: Path
+    controller: tuple[ControllerMetrics, HealthServer],
+    server_pod: tuple[ServerMetrics, HealthServer],
+    tmp_path: Path,
 ) -> None:
     metrics, server = controller
+    tunnels, pod = server_pod
+    tunnels.node_connected.labels("server", "node-1").set(1)
+    tunnels.node_connected.labels("server", "node-2").set(1)
     leading = [False]
     metrics.watch_leader(lambda: leading[0])
     groups = prometheus_rule_groups(await render_chart(FAST))
-    with prometheus(tmp_path, server.port, groups) as api:
+    with prometheus(tmp_path, server.port, pod.port, groups) as api:
         async with aiohttp.ClientSession() as http:
             diag = lambda: (tmp_path / "prometheus.log").read_text()[-2000:]  # noqa: E731
 
@@ -157,6 +203,24 @@ async def test_prometheus_scrapes_the_controller_and_its_alerts_fire(
             await aeventually(resolved, what="VpnctlNoLeader resolved", timeout=30, diag=diag)
             print(f"VpnctlNoLeader resolved {time.monotonic() - started:.1f}s after leader is 1")
             assert not await _firing(http, api, "VpnctlControllerDown")
+
+            # node-1 loses its tunnel: VpnctlNodeDisconnected names it and its tenant.
+            assert not await _firing(http, api, "VpnctlNodeDisconnected")
+            tunnels.node_connected.labels("server", "node-1").set(0)
+
+            async def disconnected() -> list[dict[str, Any]]:
+                return await _query(
+                    http, api, 'ALERTS{alertname="VpnctlNodeDisconnected", alertstate="firing"}'
+                )
+
+            started = time.monotonic()
+            alerts = await aeventually(
+                disconnected, what="VpnctlNodeDisconnected firing", timeout=30, diag=diag
+            )
+            print(f"VpnctlNodeDisconnected firing {time.monotonic() - started:.1f}s after the cut")
+            assert [(a["metric"]["namespace"], a["metric"]["node"]) for a in alerts] == [
+                (TENANT, "node-1")
+            ]
 
             # The controller stops: its target goes down and VpnctlControllerDown fires.
             await server.stop()
