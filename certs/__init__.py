@@ -9,7 +9,7 @@ here logs, and no message or repr contains key material.
 """
 
 from certs.check import CertInfo, cert_info, validate
-from certs.crl import Revoked, build_crl, crl_serials
+from certs.crl import Revoked, build_crl, crl_next_update, crl_serials
 from certs.errors import (
     ChainError,
     Expired,
@@ -69,6 +69,7 @@ __all__ = [
     "build_crl",
     "cert_info",
     "check_client_key_shape",
+    "crl_next_update",
     "crl_serials",
     "csr_info",
     "key_usage",

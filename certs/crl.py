@@ -75,6 +75,12 @@ def build_crl(
     return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
+def crl_next_update(crl_pem: bytes) -> datetime | None:
+    """The CRL's nextUpdate (UTC), after which OpenSSL refuses every client; None if the
+    CRL has none. Raises `MalformedMaterial` for a corrupt CRL."""
+    return load_crl(crl_pem).next_update_utc
+
+
 def crl_serials(crl_pem: bytes, *, ca_pem: bytes) -> frozenset[int]:
     """The serials a CRL revokes, after checking that `ca_pem` signed it.
 

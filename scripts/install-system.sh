@@ -9,6 +9,8 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v nft      >/dev/null || need+=(nftables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v curl     >/dev/null || need+=(curl)
+# promtool, for the alert-rule and dashboard tests (tests/unit/test_alert_rules.py).
+command -v promtool >/dev/null || need+=(prometheus)
 # Debian 12's Go (1.19) is too old to build the pinned modules, but it says which Go
 # module proxy to fetch a newer one from (below).
 command -v go       >/dev/null || [ -x /usr/local/go/bin/go ] || need+=(golang-go)
@@ -18,6 +20,10 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The package also installs and starts a Prometheus server; we only want promtool.
+  if [[ " ${need[*]} " == *" prometheus "* ]]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 # A Go new enough for every pinned Go module: the one installed, or the approved
 # toolchain fetched once from the Go module proxy into ~/.cache/vpnctl/go and checked

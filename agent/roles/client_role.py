@@ -48,8 +48,7 @@ class ClientMetrics:
     reconnects: Counter
     probe_rtt: Histogram
     probe_failures: Counter
-    bytes_received: Counter
-    bytes_sent: Counter
+    tunnel_bytes: Counter
 
     @classmethod
     def create(cls, *, registry: CollectorRegistry) -> ClientMetrics:
@@ -80,16 +79,10 @@ class ClientMetrics:
                 ["role"],
                 registry=registry,
             ),
-            bytes_received=Counter(
-                "vpnctl_agent_tunnel_bytes_received",
-                "Bytes received on the tun device.",
-                ["role"],
-                registry=registry,
-            ),
-            bytes_sent=Counter(
-                "vpnctl_agent_tunnel_bytes_sent",
-                "Bytes sent on the tun device.",
-                ["role"],
+            tunnel_bytes=Counter(
+                "vpnctl_agent_tunnel_bytes",
+                "Bytes on the tun device, by direction (received, sent).",
+                ["role", "direction"],
                 registry=registry,
             ),
         )
@@ -296,8 +289,8 @@ class ClientRole(OpenVPNRole):
                 except NetlinkError:
                     pass  # tun is gone while openvpn restarts; the next device starts from 0
                 else:
-                    self.metrics.bytes_received.labels(self.role).inc(rx.feed(rx_bytes))
-                    self.metrics.bytes_sent.labels(self.role).inc(tx.feed(tx_bytes))
+                    self.metrics.tunnel_bytes.labels(self.role, "received").inc(rx.feed(rx_bytes))
+                    self.metrics.tunnel_bytes.labels(self.role, "sent").inc(tx.feed(tx_bytes))
             self.common.ready.labels(self.role).set(1 if self.conditions.ready else 0)
             await self.clock.sleep(1.0)
 

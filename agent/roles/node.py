@@ -65,8 +65,8 @@ class NodeRole(ClientRole):
             registry=self.registry,
         )
         self.certificate_expiry = Gauge(
-            "vpnctl_agent_certificate_not_after_seconds",
-            "notAfter of the node's tunnel certificate (Unix time).",
+            "vpnctl_agent_certificate_expiry_timestamp_seconds",
+            "When the node's tunnel certificate expires (its notAfter), as a Unix timestamp.",
             ["role"],
             registry=self.registry,
         )

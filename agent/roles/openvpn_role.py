@@ -37,7 +37,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -187,12 +187,13 @@ class OpenVPNRole:
 
     # --- shared tasks -----------------------------------------------------------------------
 
-    def keep_forwarding_sysctls(self) -> None:
-        """Keep ip_forward on and rp_filter loose on tun (roles that route through tun)."""
+    def keep_forwarding_sysctls(self, extra: Mapping[str, str] | None = None) -> None:
+        """Keep ip_forward on and rp_filter loose on tun (roles that route through tun),
+        and the role's ``extra`` sysctls."""
         self.sysctls = SysctlKeeper(
             registry=self.registry, role=self.role, interval=SYSCTL_INTERVAL
         )
-        self.sysctls.set_desired(forwarding_sysctls(tun=self.dev, rp_filter=2))
+        self.sysctls.set_desired({**forwarding_sysctls(tun=self.dev, rp_filter=2), **(extra or {})})
 
     async def _material_task(self) -> None:
         material = MaterialWatch(

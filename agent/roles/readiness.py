@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from telemetry.health import HealthServer
+from telemetry.standard_metrics import register_standard
 
 
 class Conditions:
@@ -63,6 +64,8 @@ class CommonMetrics:
 
     @classmethod
     def create(cls, *, registry: CollectorRegistry, role: str) -> CommonMetrics:
+        # The process's own metrics and vpnctl_build_info, once per registry like these.
+        register_standard(registry, component="agent")
         return cls(
             role=role,
             openvpn_running=Gauge(

@@ -57,7 +57,7 @@ from agent.roles.mgmt import LINK_ERRORS, Management, real_management
 from agent.roles.openvpn_process import restart_openvpn
 from agent.roles.openvpn_role import KernelFactory, OpenVPNRole, Tasks
 from agent.roles.server_auth import ClientAuthorizer
-from agent.roles.server_metrics import ServerMetrics
+from agent.roles.server_metrics import DIRECTIONS, ServerMetrics
 from agent.roles.server_state import (
     KICK_REVOKED,
     authorize,
@@ -67,6 +67,7 @@ from agent.roles.server_state import (
     revoked_names,
 )
 from agent.route_keeper import RouteKeeper
+from agent.sysctls import no_redirects_sysctls
 from agent.tunnel_probe import CounterDelta, EchoResponder, ProbeError, tcp_probe
 
 FILE_POLL = 0.25
@@ -142,7 +143,8 @@ class ServerRole(OpenVPNRole):
             role=self.role,
         )
         self.responder = EchoResponder(address=cfg.server_ip, port=cfg.probe_port)
-        self.keep_forwarding_sysctls()
+        # Its own network namespace: no ICMP redirects between the clients on its tun.
+        self.keep_forwarding_sysctls(no_redirects_sysctls(tun=self.dev))
 
         self.desired: DesiredState | None = None
         self.revoked: frozenset[int] = frozenset()
@@ -211,11 +213,12 @@ class ServerRole(OpenVPNRole):
             self.metrics.node_connected,
             self.metrics.kubelet_reachable,
             self.metrics.kubelet_probe,
-            self.metrics.node_bytes_received,
-            self.metrics.node_bytes_sent,
         ):
             with contextlib.suppress(KeyError):
                 metric.remove(self.role, cn)
+        for direction in DIRECTIONS:
+            with contextlib.suppress(KeyError):
+                self.metrics.node_bytes.remove(self.role, cn, direction)
         self._bytes.pop(cn, None)
         self._kubelet_ok.pop(cn, None)
 
@@ -286,6 +289,7 @@ class ServerRole(OpenVPNRole):
             data = read_small(source, what="CRL")
             ca = read_small(self.cfg.openvpn.ca, what="CA certificate")
             serials = certs.crl_serials(data, ca_pem=ca)
+            next_update = certs.crl_next_update(data)
         except (MaterialError, certs.PKIError) as e:
             raise MaterialError(f"CRL {source}: {e}") from None
         target = self.cfg.openvpn.crl
@@ -304,6 +308,8 @@ class ServerRole(OpenVPNRole):
         newly = serials - self.revoked
         self.revoked = serials
         self.metrics.revoked.labels(self.role).set(len(serials))
+        if next_update is not None:
+            self.metrics.crl_expiry.labels(self.role).set(next_update.timestamp())
         self.events("crl_installed", source=source, target=target, revoked=len(serials),
                     new=len(newly), changed=not same)  # fmt: skip
         self._kick_revoked()
@@ -376,10 +382,9 @@ class ServerRole(OpenVPNRole):
             session = (st.client_id, CounterDelta(), CounterDelta())
             self._bytes[st.common_name] = session
         _, rx, tx = session
-        self.metrics.node_bytes_received.labels(self.role, st.common_name).inc(
-            rx.feed(st.bytes_received)
-        )
-        self.metrics.node_bytes_sent.labels(self.role, st.common_name).inc(tx.feed(st.bytes_sent))
+        node_bytes = self.metrics.node_bytes
+        node_bytes.labels(self.role, st.common_name, "received").inc(rx.feed(st.bytes_received))
+        node_bytes.labels(self.role, st.common_name, "sent").inc(tx.feed(st.bytes_sent))
 
     async def _status_task(self) -> None:
         while True:

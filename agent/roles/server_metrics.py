@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# The values of the ``direction`` label of the byte counters.
+DIRECTIONS = ("received", "sent")
 KUBELET_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -35,16 +37,11 @@ class ServerMetrics:
             buckets=KUBELET_BUCKETS,
             registry=registry,
         )
-        self.node_bytes_received = Counter(
-            "vpnctl_agent_node_bytes_received",
-            "Bytes the server received from the node's openvpn client.",
-            ["role", "node"],
-            registry=registry,
-        )
-        self.node_bytes_sent = Counter(
-            "vpnctl_agent_node_bytes_sent",
-            "Bytes the server sent to the node's openvpn client.",
-            ["role", "node"],
+        self.node_bytes = Counter(
+            "vpnctl_agent_node_bytes",
+            "Bytes between the server and the node's openvpn client, by direction "
+            "(received: from the node; sent: to it).",
+            ["role", "node", "direction"],
             registry=registry,
         )
         self.kicked = Counter(
@@ -68,6 +65,14 @@ class ServerMetrics:
         self.crl_installs = Counter(
             "vpnctl_agent_crl_installs",
             "CRLs installed for openvpn's crl-verify.",
+            ["role"],
+            registry=registry,
+        )
+        self.crl_expiry = Gauge(
+            "vpnctl_agent_crl_expiry_timestamp_seconds",
+            "nextUpdate of the installed CRL, as a Unix timestamp: after it openvpn refuses "
+            "every client (\"CRL has expired\"), so the controller must have installed a "
+            "newer one before.",
             ["role"],
             registry=registry,
         )

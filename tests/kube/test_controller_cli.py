@@ -153,7 +153,8 @@ async def test_vpnctl_run_serves_health_reconciles_and_stops_on_sigterm(
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
             metrics = await r.text()
         assert "vpnctl_reconciles_total" in metrics
-        assert "vpnctl_certificate_expiry_seconds" in metrics
+        assert "vpnctl_certificate_expiry_timestamp_seconds" in metrics
+        assert "vpnctl_leader 1.0" in metrics
         lease = await kube.get(LEASE, "vpnctl-controller", namespace)
         assert lease is not None
         assert lease["spec"]["holderIdentity"] == "cli-replica"

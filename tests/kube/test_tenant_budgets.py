@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 import certs
 from tests.support.polling import aeventually
@@ -95,8 +96,10 @@ KIB = 1024
 BIG = 512 * KIB  # a flooding tenant's CSR request (PEM), as the issue has it
 
 
-def budgeted_side(budgets: Budgets) -> AbstractAsyncContextManager[KubeTenantSide]:
-    return real_tenant_side(budgets=budgets)
+def budgeted_side(
+    budgets: Budgets, registry: CollectorRegistry | None = None
+) -> AbstractAsyncContextManager[KubeTenantSide]:
+    return real_tenant_side(budgets=budgets, registry=registry)
 
 
 @asynccontextmanager
@@ -179,10 +182,11 @@ async def test_a_webhook_that_rewrites_the_agent_pauses_only_that_tenant(
     text = inline_kubeconfig(cluster.kubeconfig_path)
     ca = tunnel_ca()
     budgets = Budgets(repairs_per_minute=5, pause_base=30.0, pause_cap=60.0)
+    registry = CollectorRegistry()
     async with (
         rewriting_webhook(tmp_path, delay=0.2) as hook,
         admin_of(cluster) as admin,
-        budgeted_side(budgets) as ts,
+        budgeted_side(budgets, registry) as ts,
     ):
         await install_webhook(admin, hook)
         result = await ensure(ts, text, ca)
@@ -203,6 +207,12 @@ async def test_a_webhook_that_rewrites_the_agent_pauses_only_that_tenant(
         assert "--tenant-repairs-per-minute" in message
         assert "are paused until" in message
         assert ts.repairs(TENANT) == 5
+        trips = registry.get_sample_value(
+            "vpnctl_tenant_budget_trips_total",
+            {"tenant_namespace": TENANT.namespace, "cluster": TENANT.cluster,
+             "reason": REASON_REPAIR_RATE},
+        )  # fmt: skip
+        assert trips == 1
         assert ts.healthy()  # the tenant's problem, not the controller's
         # Paused: the lane holds no watch, and ensure() asks nothing of the tenant.
         assert ts.task_names(TENANT) == [f"tenant {TENANT} lane"]

@@ -340,7 +340,7 @@ async def test_install_resync_without_writes_and_drift_put_back(
         for kind in ("DaemonSet", "ConfigMap", "ServiceAccount"):
             value = registry.get_sample_value(
                 "vpnctl_tenant_repairs_total",
-                {"namespace": TENANT.namespace, "cluster": CLUSTER, "kind": kind},
+                {"tenant_namespace": TENANT.namespace, "cluster": CLUSTER, "kind": kind},
             )
             assert value == 1.0, kind
         result = await ensure(ts, text, ca, objects=objects)
@@ -418,7 +418,7 @@ async def test_node_csrs_signed_for_machine_nodes_denied_otherwise(
         result = await ensure(ts, text, ca, machines=[machine_for("node-1")])
         assert (result.csr_signed, result.csr_denied) == (1, 2)
         assert result.signed == (("node-1", format(info.serial, "x")),)
-        labels_ = {"namespace": TENANT.namespace, "cluster": CLUSTER}
+        labels_ = {"tenant_namespace": TENANT.namespace, "cluster": CLUSTER}
         assert (
             registry.get_sample_value("vpnctl_tenant_csrs_total", {**labels_, "decision": "signed"})
             == 1

@@ -122,7 +122,7 @@ def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlan
             m.get("vpnctl_agent_node_connected", node=x) == 1
             and m.get("vpnctl_agent_kubelet_reachable", node=x) == 1
             and (m.get("vpnctl_agent_kubelet_probe_seconds_count", node=x) or 0) >= 1
-            and (m.get("vpnctl_agent_node_bytes_received_total", node=x) or 0) > 0
+            and (m.get("vpnctl_agent_node_bytes_total", node=x, direction="received") or 0) > 0
             for x in names
         )
 
@@ -138,7 +138,11 @@ def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlan
             return (
                 nm.get("vpnctl_agent_tunnel_up", role="node") == 1
                 and (nm.get("vpnctl_agent_probe_rtt_seconds_count", role="node") or 0) >= 1
-                and (nm.get("vpnctl_agent_tunnel_bytes_received_total", role="node") or 0) > 0
+                and (
+                    nm.get("vpnctl_agent_tunnel_bytes_total", role="node", direction="received")
+                    or 0
+                )
+                > 0
             )
 
         eventually(

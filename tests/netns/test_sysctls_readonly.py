@@ -89,3 +89,62 @@ def test_read_only_proc_sys_is_checked_and_reported() -> None:
     # Right as the kernel applies it: ready, though the literal value differs and the
     # write would be refused.
     assert out["effective"] == {"reason": None, "wrong": []}
+
+
+_REDIRECTS_SCRIPT = """
+import asyncio, json, sys
+from prometheus_client import CollectorRegistry
+from agent.sysctls import SysctlKeeper, no_redirects_sysctls, readiness_reason
+
+async def main():
+    keeper = SysctlKeeper(registry=CollectorRegistry(), role="server")
+    keeper.set_desired(no_redirects_sysctls(tun="lo"))
+    result = await keeper.sync_once()
+    out = {"reason": readiness_reason(result, dev="lo"), "wrong": list(result.wrong),
+           "applied": list(result.applied), "healthy": keeper.healthy}
+    for key in ("all", "lo"):
+        with open(f"/proc/sys/net/ipv4/conf/{key}/send_redirects") as f:
+            out[key] = f.read().strip()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def _run_redirects(read_only: bool) -> dict[str, object]:
+    # A new network namespace starts with send_redirects=1 on all and lo.
+    ro = "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && "
+    shell = (
+        "echo 1 > /proc/sys/net/ipv4/conf/all/send_redirects && "
+        "echo 1 > /proc/sys/net/ipv4/conf/lo/send_redirects && "
+        + (ro if read_only else "")
+        + f'exec {sys.executable} -c "$0"'
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--net", "--propagation", "private", "sh", "-c", shell,
+         _REDIRECTS_SCRIPT],
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_server_namespace_sends_no_redirects_or_says_so() -> None:
+    """Issue 12 item 6: send_redirects=0 in the server's namespace, set where /proc/sys is
+    writable, checked and reported (with the fixing command) where it is read-only."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a mount namespace")
+    writable = _run_redirects(read_only=False)
+    assert (writable["all"], writable["lo"]) == ("0", "0")
+    assert writable["reason"] is None
+    assert sorted(writable["applied"]) == [  # type: ignore[call-overload]
+        "net.ipv4.conf.all.send_redirects",
+        "net/ipv4/conf/lo/send_redirects",
+    ]
+    read_only = _run_redirects(read_only=True)
+    assert (read_only["all"], read_only["lo"]) == ("1", "1")  # nothing written
+    assert read_only["healthy"] is True
+    reason = str(read_only["reason"])
+    assert "sysctl -w net.ipv4.conf.all.send_redirects=0" in reason
+    assert "sysctl -w net/ipv4/conf/lo/send_redirects=0" in reason

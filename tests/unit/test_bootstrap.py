@@ -426,7 +426,7 @@ async def test_role_with_a_valid_certificate_is_ready_at_once(files: Files) -> N
     await _run_until(role, lambda: role.conditions.reason("certificate") is None)
     assert role._first_attempt.is_set()
     expiry = role.registry.get_sample_value(
-        "vpnctl_agent_certificate_not_after_seconds", {"role": "node"}
+        "vpnctl_agent_certificate_expiry_timestamp_seconds", {"role": "node"}
     )
     assert expiry == certs.cert_info(issued.cert_pem).not_after.timestamp()
 

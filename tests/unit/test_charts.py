@@ -541,14 +541,19 @@ async def test_service_monitor_scrapes_the_controller(helm: Path, tmp_path: Path
     port_names = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http-metrics"]
     assert service["spec"]["ports"][0]["targetPort"] in port_names
-    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    # The tenant label is tenant_namespace: nothing relies on honorLabels.
+    assert "honorLabels" not in monitor["spec"]["endpoints"][0]
 
 
 ALERTS = {
+    "VpnctlControllerDown",
+    "VpnctlNoLeader",
     "VpnctlTunnelNotReady",
+    "VpnctlServerScrapeFailing",
     "VpnctlNodeDisconnected",
     "VpnctlKubeletUnreachable",
     "VpnctlCertificateExpiring",
+    "VpnctlCRLExpiring",
     "VpnctlReconcileErrors",
     "VpnctlWatchRestarts",
 }
@@ -564,9 +569,15 @@ async def test_prometheus_rule_alerts(helm: Path, tmp_path: Path) -> None:
     assert set(alerts) == ALERTS
     assert alerts["VpnctlTunnelNotReady"]["for"] == "5m"
     assert "< 7 * 86400" in alerts["VpnctlCertificateExpiring"]["expr"]
-    for rule in alerts.values():
+    runbook = (REPO_CHARTS.parent / "docs" / "runbook.md").read_text()
+    for name, rule in alerts.items():
+        # Every alert has a runbook section of its own name (GitHub's anchor: lower case).
+        assert rule["annotations"]["runbook_url"].endswith(f"/docs/runbook.md#{name.lower()}")
+        assert f"\n## {name}\n" in runbook, f"docs/runbook.md has no section {name}"
         assert rule["labels"]["severity"] == "warning"
         assert rule["annotations"]["summary"]
+        if name in ("VpnctlControllerDown", "VpnctlNoLeader"):
+            continue  # about the controller as a whole: no label to name
         assert "{{ $labels" in json.dumps(rule["annotations"]) or "{{ $value" in json.dumps(
             rule["annotations"]
         )
@@ -579,6 +590,8 @@ async def test_prometheus_rule_alerts(helm: Path, tmp_path: Path) -> None:
                 "certificateExpiryDays": 14,
                 "tunnelNotReadyFor": "10m",
                 "additionalLabels": {"team": "platform"},
+                "controllerJob": "kube-prometheus/vpnctl",
+                "runbookURL": "https://wiki.example/vpnctl",
             },
         }
     }
@@ -587,6 +600,12 @@ async def test_prometheus_rule_alerts(helm: Path, tmp_path: Path) -> None:
     assert "< 14 * 86400" in alerts["VpnctlCertificateExpiring"]["expr"]
     assert alerts["VpnctlTunnelNotReady"]["for"] == "10m"
     assert alerts["VpnctlNodeDisconnected"]["labels"] == {"severity": "warning", "team": "platform"}
+    assert 'job="kube-prometheus/vpnctl"' in alerts["VpnctlControllerDown"]["expr"]
+    assert 'job="kube-prometheus/vpnctl"' in alerts["VpnctlNoLeader"]["expr"]
+    assert (
+        alerts["VpnctlCRLExpiring"]["annotations"]["runbook_url"]
+        == "https://wiki.example/vpnctl#vpnctlcrlexpiring"
+    )
 
 
 def _exported_names(registry: Any) -> set[str]:
@@ -605,10 +624,9 @@ async def test_alerts_read_metrics_that_exist(helm: Path, tmp_path: Path) -> Non
     from prometheus_client import CollectorRegistry
 
     from agent.roles.server_metrics import ServerMetrics
-    from vpnctl.kube import SystemClock
 
     registry = CollectorRegistry()
-    metrics.ControllerMetrics(registry=registry, clock=SystemClock())
+    metrics.ControllerMetrics(registry=registry)
     ServerMetrics(registry=registry)
     exported = _exported_names(registry)
 

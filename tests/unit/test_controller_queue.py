@@ -123,9 +123,12 @@ async def test_failures_back_off_per_key_with_jitter_and_success_resets() -> Non
         return None
 
     handler = Recorder(outcome)
+    retries: list[None] = []
+    waits: list[float] = []
     queue: WorkQueue[str] = WorkQueue(
-        handler, clock=clock, rng=random.Random(5), backoff_base=1.0, backoff_cap=10.0
-    )
+        handler, clock=clock, rng=random.Random(5), backoff_base=1.0, backoff_cap=10.0,
+        on_retry=lambda: retries.append(None), on_taken=waits.append,
+    )  # fmt: skip
     expected = random.Random(5)
     delays = [backoff(attempt=n, base=1.0, cap=10.0, rng=expected) for n in (1, 2, 3)]
     assert 0.5 <= delays[0] <= 1.0
@@ -144,6 +147,9 @@ async def test_failures_back_off_per_key_with_jitter_and_success_resets() -> Non
             await settle()
             assert handler.calls.count("bad") == n
         assert queue.failures("bad") == 4  # the first run and three retries
+        assert len(retries) == 4  # what vpnctl_workqueue_retries_total counts
+        assert len(waits) == len(handler.calls)  # one observation per key taken
+        assert all(0.0 <= w <= 0.02 for w in waits)  # the manual clock ran on past due
         failing.clear()
         clock.advance(10.0)
         await settle()

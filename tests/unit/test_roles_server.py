@@ -319,6 +319,11 @@ async def test_crl_install_kicks_revoked_clients_and_refuses_a_foreign_crl(
     assert mgmt.killed == ["node-2"]
     assert _kicked(role, "revoked") == 1
     assert role.revoked == {pki.serials["node-2"]}
+    # The installed CRL's nextUpdate, as a Unix timestamp (VpnctlCRLExpiring reads it).
+    expiry = role.registry.get_sample_value(
+        "vpnctl_agent_crl_expiry_timestamp_seconds", {"role": "server"}
+    )
+    assert expiry == (NOW + DAY).timestamp()
 
     other = certs.new_ca(common_name="tenant-b", now=NOW, lifetime=DAY)
     installed = target.read_bytes()

@@ -168,7 +168,7 @@ class World:
             rng=random.Random(7),
             tenant_side=self.side,
             observations=self.observations,
-            metrics=ControllerMetrics(registry=CollectorRegistry(), clock=self.clock),
+            metrics=ControllerMetrics(registry=CollectorRegistry()),
         )
 
     async def reconcile(self) -> None:

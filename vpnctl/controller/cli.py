@@ -386,7 +386,7 @@ async def run(args: argparse.Namespace) -> int:
     clock = SystemClock()
     rng = random.Random()
     registry = CollectorRegistry()
-    metrics = ControllerMetrics(registry=registry, clock=clock)
+    metrics = ControllerMetrics(registry=registry)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

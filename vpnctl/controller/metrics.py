@@ -1,13 +1,21 @@
 """The controller's Prometheus metrics, on a registry passed in (no global REGISTRY).
 
-Plain counters and histograms for what happens (reconciles, their errors and duration),
-and collectors that are computed at scrape time for what *is* (queue depth, tenants by
-condition, seconds until each certificate expires, tenant-side repairs): a gauge set
-during a reconcile would go stale between reconciles, and "seconds until expiry" must
-count down on its own. Watch restarts are counted by ``vpnctl.kube.WatchMetrics`` on the
-same registry.
+Plain counters and histograms for what happens (reconciles, their errors and duration,
+work-queue retries and waits), and collectors that are computed at scrape time for what
+*is* (leadership, queue depth, tenants by condition, when each certificate expires): a
+gauge set during a reconcile would go stale between reconciles. Watch restarts are counted
+by ``vpnctl.kube.WatchMetrics`` on the same registry; tenant-side repairs, CSRs and budget
+trips by the tenant side (``controller/tenant_side.py``) on the same registry too.
 
-No label carries anything secret: namespace, cluster name, certificate role, condition.
+Expiry is a Unix timestamp (``..._expiry_timestamp_seconds``), as in the agent: an alert
+computes ``... - time()``, and the series does not change between scrapes.
+
+The tenant's namespace is the label ``tenant_namespace``, never ``namespace``: a
+Prometheus that scrapes us sets ``namespace`` to the controller pod's own namespace (the
+Prometheus operator enforces it), and the two must not collide.
+
+No label carries anything secret: tenant namespace, cluster name, certificate role,
+condition.
 """
 
 from __future__ import annotations
@@ -16,16 +24,21 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from telemetry.standard_metrics import register_standard
 from vpnctl.controller.interfaces import TenantRef
-from vpnctl.kube import Clock, WatchMetrics
+from vpnctl.kube import WatchMetrics
 
 # Reconciles of a healthy tenant take tens of milliseconds; a tenant whose apiserver is
 # unreachable can take the tenant-side timeout.
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A due key waits for a free worker: nothing while the controller keeps up, seconds when
+# every worker is busy with slow tenants.
+QUEUE_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 CONDITION_STATUSES = ("True", "False", "Unknown")
+TENANT_LABEL = "tenant_namespace"
 
 
 class _ScrapeTime(Collector):
@@ -44,10 +57,10 @@ class _ScrapeTime(Collector):
 
 
 class ControllerMetrics:
-    """Every metric of the controller. Create one per registry."""
+    """Every metric of the controller (and the process's own). Create one per registry."""
 
-    def __init__(self, *, registry: CollectorRegistry, clock: Clock) -> None:
-        self._clock = clock
+    def __init__(self, *, registry: CollectorRegistry) -> None:
+        register_standard(registry, component="controller")
         self.watch = WatchMetrics(registry)
         self.reconciles = Counter(
             "vpnctl_reconciles",
@@ -82,15 +95,27 @@ class ControllerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.queue_retries = Counter(
+            "vpnctl_workqueue_retries",
+            "Tenant keys put back on the work queue with a backoff after a failed or "
+            "unfinished reconcile.",
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "vpnctl_workqueue_wait_seconds",
+            "Time a tenant key waited, once due, for a worker to take it.",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=registry,
+        )
         self._queue_depth: Callable[[], int] = lambda: 0
         self._queue_scheduled: Callable[[], int] = lambda: 0
         self._conditions: dict[TenantRef, dict[str, str]] = {}
         self._expiry: dict[tuple[TenantRef, str], datetime] = {}
-        self._repairs: Callable[[TenantRef], int] | None = None
+        self._is_leader: Callable[[], bool] = lambda: False
+        registry.register(_ScrapeTime(self._collect_leader))
         registry.register(_ScrapeTime(self._collect_queue))
         registry.register(_ScrapeTime(self._collect_conditions))
         registry.register(_ScrapeTime(self._collect_expiry))
-        registry.register(_ScrapeTime(self._collect_repairs))
 
     # --- wiring ----------------------------------------------------------------------------
 
@@ -99,9 +124,9 @@ class ControllerMetrics:
         self._queue_depth = depth
         self._queue_scheduled = scheduled
 
-    def watch_repairs(self, repairs: Callable[[TenantRef], int]) -> None:
-        """Where tenant-side repair counts come from (``TenantSide.repairs``)."""
-        self._repairs = repairs
+    def watch_leader(self, is_leader: Callable[[], bool]) -> None:
+        """Where ``vpnctl_leader`` comes from (the operator's leadership term)."""
+        self._is_leader = is_leader
 
     # --- per tenant ------------------------------------------------------------------------
 
@@ -123,6 +148,13 @@ class ControllerMetrics:
         self._expiry.clear()
 
     # --- scrape time -----------------------------------------------------------------------
+
+    def _collect_leader(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "vpnctl_leader",
+            "1 on the replica that holds the leader lease and reconciles, 0 on a standby.",
+            value=1 if self._is_leader() else 0,
+        )
 
     def _collect_queue(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(
@@ -154,28 +186,15 @@ class ControllerMetrics:
 
     def _collect_expiry(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
-            "vpnctl_certificate_expiry_seconds",
-            "Seconds until a tenant's certificate (ca, server, apiserver) or CRL (crl: its "
-            "nextUpdate) expires; negative once expired.",
-            labels=["namespace", "cluster", "certificate"],
+            "vpnctl_certificate_expiry_timestamp_seconds",
+            "When a tenant's certificate (ca, server, apiserver) expires, or its CRL (crl) "
+            "reaches its nextUpdate, as a Unix timestamp.",
+            labels=[TENANT_LABEL, "cluster", "certificate"],
         )
-        now = self._clock.now()
         for (tenant, certificate), not_after in sorted(
             self._expiry.items(), key=lambda kv: (kv[0][0].namespace, kv[0][0].cluster, kv[0][1])
         ):
             family.add_metric(
-                [tenant.namespace, tenant.cluster, certificate],
-                (not_after - now).total_seconds(),
+                [tenant.namespace, tenant.cluster, certificate], not_after.timestamp()
             )
-        yield family
-
-    def _collect_repairs(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(
-            "vpnctl_tenant_side_repairs",
-            "Agent objects in a tenant cluster that were deleted or edited and put back.",
-            labels=["namespace", "cluster"],
-        )
-        if self._repairs is not None:
-            for tenant in sorted(self._conditions, key=lambda t: (t.namespace, t.cluster)):
-                family.add_metric([tenant.namespace, tenant.cluster], self._repairs(tenant))
         yield family

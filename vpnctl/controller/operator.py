@@ -160,6 +160,8 @@ class _Term:
             workers=c.settings.workers,
             backoff_base=c.settings.backoff_base,
             backoff_cap=c.settings.backoff_cap,
+            on_retry=c.metrics.queue_retries.inc,
+            on_taken=c.metrics.queue_wait.observe,
         )
         for plan in WATCHES:
             watcher = Watcher(
@@ -296,8 +298,8 @@ class Controller:
         self.tenant_side = tenant_side
         self.observations = observations
         self.watch_source: WatchSource = watch_source or kube
-        self.metrics = metrics or ControllerMetrics(registry=registry, clock=clock)
-        self.metrics.watch_repairs(tenant_side.repairs)
+        self.metrics = metrics or ControllerMetrics(registry=registry)
+        self.metrics.watch_leader(lambda: self.is_leader)
         self.term: _Term | None = None
         self._term_task: asyncio.Task[None] | None = None
         self._failed: asyncio.Future[None] | None = None

@@ -66,7 +66,12 @@ class WorkQueue(Generic[K]):
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         name: str = "tenants",
+        on_retry: Callable[[], None] | None = None,
+        on_taken: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_retry``: called for each retry scheduled (a failure backed off);
+        ``on_taken(seconds)``: called when a worker takes a key, with how long it had been
+        due. Both feed the controller's metrics; the queue itself knows no Prometheus."""
         if workers < 1:
             raise ValueError(f"WorkQueue needs at least one worker, got {workers}")
         self._handler = handler
@@ -76,6 +81,8 @@ class WorkQueue(Generic[K]):
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._name = name
+        self._on_retry = on_retry
+        self._on_taken = on_taken
         # Waiting keys: key -> due time; the heap holds (due, seq, key), stale entries
         # (a key since moved earlier, taken, or dropped) are skipped when popped.
         self._due: dict[K, float] = {}
@@ -215,6 +222,8 @@ class WorkQueue(Generic[K]):
                 return None
             heapq.heappop(self._heap)
             del self._due[key]
+            if self._on_taken is not None:
+                self._on_taken(now - due)
             return key
         return None
 
@@ -272,6 +281,8 @@ class WorkQueue(Generic[K]):
             delay = self.next_backoff(key)
             delays.append(delay)
             self._failures[key] = self._failures.get(key, 0) + 1
+            if self._on_retry is not None:
+                self._on_retry()
             if error is not None:
                 _log.error(
                     "event=reconcile_failed queue=%s key=%s attempt=%d retry_in=%.1fs error=%r",

@@ -80,7 +80,7 @@ class CsrLoop:
             "vpnctl_tenant_csrs",
             "Node CertificateSigningRequests decided in tenant clusters "
             "(signed: approved and signed; denied).",
-            ["namespace", "cluster", "decision"],
+            ["tenant_namespace", "cluster", "decision"],
             registry=registry,
         )
 
@@ -286,7 +286,7 @@ class CsrLoop:
         else:
             state.denied += 1
         self._csrs_total.labels(
-            namespace=state.ref.namespace, cluster=state.ref.cluster, decision=decision
+            tenant_namespace=state.ref.namespace, cluster=state.ref.cluster, decision=decision
         ).inc()
 
     def signed(self, state: TenantState) -> tuple[tuple[str, str], ...]:

@@ -3,7 +3,7 @@
 Watches (``vpnctl.kube.Watcher``) on each kind we install, filtered by our labels; an
 event that shows drift wakes a repair pass, which re-reads the object and re-applies the
 last desired version (server-side apply, field manager ``vpnctl``), counts it in
-``vpnctl_tenant_repairs_total{namespace,cluster,kind}`` and logs it with its latency.
+``vpnctl_tenant_repairs_total{tenant_namespace,cluster,kind}`` and logs it with its latency.
 Each repair takes one from the tenant's repair budget.
 """
 
@@ -49,7 +49,7 @@ class DriftRepair:
         self._repairs_total = Counter(
             "vpnctl_tenant_repairs",
             "Objects in tenant clusters put back after the tenant deleted or edited them.",
-            ["namespace", "cluster", "kind"],
+            ["tenant_namespace", "cluster", "kind"],
             registry=registry,
         )
 
@@ -145,7 +145,7 @@ class DriftRepair:
             state.repairs += 1
             state.repaired_kinds.add(ref.res.kind)
             self._repairs_total.labels(
-                namespace=state.ref.namespace, cluster=state.ref.cluster, kind=ref.res.kind
+                tenant_namespace=state.ref.namespace, cluster=state.ref.cluster, kind=ref.res.kind
             ).inc()
             _log.info(
                 "event=tenant_drift_repaired tenant=%s object=%r drift=%s latency=%.2fs repairs=%d",

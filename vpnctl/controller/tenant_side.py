@@ -113,9 +113,9 @@ class KubeTenantSide:
     """``TenantSide`` against real tenant apiservers. Use as ``async with``: the
     background tasks of every tenant live in a TaskGroup that the context owns.
 
-    - ``registry``: where ``vpnctl_tenant_repairs_total{namespace,cluster,kind}``,
-      ``vpnctl_tenant_csrs_total{namespace,cluster,decision}`` and
-      ``vpnctl_tenant_budget_trips_total{namespace,cluster,reason}`` are registered.
+    - ``registry``: where ``vpnctl_tenant_repairs_total{tenant_namespace,cluster,kind}``,
+      ``vpnctl_tenant_csrs_total{tenant_namespace,cluster,decision}`` and
+      ``vpnctl_tenant_budget_trips_total{tenant_namespace,cluster,reason}`` are registered.
     - ``watch_metrics``: the controller's shared ``WatchMetrics`` (one per registry);
       made on ``registry`` when not given.
     - ``node_cert_lifetime``: lifetime of the node client certificates signed for CSRs
@@ -187,7 +187,7 @@ class KubeTenantSide:
         self._budget_trips_total = Counter(
             "vpnctl_tenant_budget_trips",
             "Times a tenant went over one of its budgets and its tenant-side work paused.",
-            ["namespace", "cluster", "reason"],
+            ["tenant_namespace", "cluster", "reason"],
             registry=registry,
         )
         self._budgets = budgets or Budgets()
@@ -445,7 +445,7 @@ class KubeTenantSide:
 
     def _count_trip(self, state: TenantState, over: OverBudget) -> None:
         self._budget_trips_total.labels(
-            namespace=state.ref.namespace, cluster=state.ref.cluster, reason=over.reason
+            tenant_namespace=state.ref.namespace, cluster=state.ref.cluster, reason=over.reason
         ).inc()
 
     def machines_changed(self, tenant: TenantRef, machines: Sequence[dict[str, Any]]) -> None:
