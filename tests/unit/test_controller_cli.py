@@ -44,15 +44,23 @@ def test_run_flags_become_settings() -> None:
     assert settings.tenant.instance == "vpnctl-0"
 
 
-def test_metrics_address_is_the_same_port() -> None:
-    settings = settings_from_args(parse("--metrics-address", ":9090"))
-    assert (settings.health_host, settings.health_port) == ("0.0.0.0", 9090)
+def test_metrics_and_health_addresses_are_two_ports() -> None:
+    # What the chart passes: ":PORT" means every address.
+    settings = settings_from_args(parse("--metrics-address", ":9090", "--health-address", ":9091"))
+    assert (settings.health_host, settings.health_port) == ("0.0.0.0", 9091)
+    assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", 9090)
+    # Without --metrics-address, /metrics shares the health port.
+    settings = settings_from_args(parse())
+    assert (settings.health_host, settings.health_port) == ("0.0.0.0", 8081)
+    assert (settings.metrics_host, settings.metrics_port) == (None, None)
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (("--health-address", "8081"), "is not host:port"),
+        (("--health-address", "8081"), "--health-address '8081' is not"),
+        (("--metrics-address", "0.0.0.0"), "--metrics-address '0.0.0.0' is not"),
+        (("--metrics-address", ":8081"), "name the same port"),
         (("--reserved-cidr", "10.0.0.0/33"), "--reserved-cidr"),
     ],
 )

@@ -46,10 +46,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     ctl.add_argument("--namespace", default=None, help="watch only this namespace")
     ctl.add_argument(
         "--health-address",
-        "--metrics-address",
-        dest="health_address",
         default="0.0.0.0:8081",
-        help="host:port of /healthz, /readyz and /metrics",
+        metavar="[HOST]:PORT",
+        help="where /healthz and /readyz answer (and /metrics, unless --metrics-address "
+        "is given); an empty host means 0.0.0.0 (default: %(default)s)",
+    )
+    ctl.add_argument(
+        "--metrics-address",
+        default=None,
+        metavar="[HOST]:PORT",
+        help="where /metrics answers, on a port of its own (default: on --health-address)",
     )
     ctl.add_argument("--workers", type=int, default=8, help="tenants reconciled in parallel")
     ctl.add_argument("--resync-period", type=float, default=300.0, metavar="SECONDS")
@@ -152,11 +158,12 @@ def add_status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", default=None)
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def _host_port(text: str, *, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``:PORT`` (every address: what the chart passes)."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SystemExit(
-            f"vpnctl run: --health-address {text!r} is not host:port (e.g. 0.0.0.0:8081)"
+            f"vpnctl run: {flag} {text!r} is not [host]:port (e.g. 0.0.0.0:8081 or :8081)"
         )
     return host or "0.0.0.0", int(port)
 
@@ -183,7 +190,16 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
     except ValueError as exc:
         raise SystemExit(f"vpnctl run: --reserved-cidr: {exc}") from None
     identity = args.identity or os.environ.get("POD_NAME") or socket.gethostname()
-    host, port = _host_port(args.health_address)
+    host, port = _host_port(args.health_address, flag="--health-address")
+    metrics: tuple[str, int] | None = None
+    if args.metrics_address is not None:
+        metrics = _host_port(args.metrics_address, flag="--metrics-address")
+        if metrics[1] == port and port != 0:
+            raise SystemExit(
+                f"vpnctl run: --metrics-address {args.metrics_address!r} and --health-address "
+                f"{args.health_address!r} name the same port; give them different ports, or "
+                "leave --metrics-address out to serve /metrics on the health port"
+            )
     defaults: dict[str, Any] = {}
     if args.default_service_type:
         defaults["expose"] = {"serviceType": args.default_service_type}
@@ -217,6 +233,8 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         workers=args.workers,
         health_host=host,
         health_port=port,
+        metrics_host=metrics[0] if metrics else None,
+        metrics_port=metrics[1] if metrics else None,
     )
 
 
