@@ -221,7 +221,9 @@ def _local(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
-async def _serve(app: web.Application, host: str, port: int, what: str) -> tuple[web.AppRunner, int]:
+async def _serve(
+    app: web.Application, host: str, port: int, what: str
+) -> tuple[web.AppRunner, int]:
     """``app`` on host:port; its runner and the bound port. OSError says which port."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
