@@ -65,10 +65,14 @@ async def controller_account(
     tmp_path: Path,
 ) -> AsyncIterator[Kube]:
     """A Kube authenticated as the chart's controller ServiceAccount, released into
-    `namespace` with the chart's defaults (it watches the release namespace)."""
+    `namespace` and confined to it (controller.namespace: a Role there, the chart's
+    --namespace; by default the controller watches every namespace under a ClusterRole
+    of the same rules, which tests/unit/test_charts.py compares)."""
     release = unique("rbac")
     values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({"capi": {"enabled": False}}))
+    values.write_text(
+        yaml.safe_dump({"capi": {"enabled": False}, "controller": {"namespace": namespace}})
+    )
     text = await helm_template(
         k8s_binaries.helm,
         REPO_CHARTS / "vpnctl",

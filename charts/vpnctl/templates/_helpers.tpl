@@ -56,9 +56,10 @@ app.kubernetes.io/component: controller
 {{- end -}}
 {{- end -}}
 
-{{/* The namespace the controller watches: controller.namespace, else the release's. */}}
+{{/* The namespace the controller watches: controller.namespace, else "*" (every
+namespace: tenants live in namespaces of their own, never the release's). */}}
 {{- define "vpnctl.watchNamespace" -}}
-{{- default .Release.Namespace .Values.controller.namespace -}}
+{{- default "*" .Values.controller.namespace -}}
 {{- end -}}
 
 {{/* The controller's command line (see values.yaml: controller.args). */}}
@@ -77,6 +78,7 @@ app.kubernetes.io/component: controller
 {{- end }}
 - --metrics-address=:{{ $c.metricsPort }}
 - --health-address=:{{ $c.healthPort }}
+- --agent-image={{ default (include "vpnctl.image" .) $c.agentImage }}
 {{- range .Values.reservedCIDRs }}
 - --reserved-cidr={{ . }}
 {{- end }}
