@@ -129,8 +129,8 @@ async def test_vpnctl_chart_without_capi_stays_in_its_namespace(
 async def test_agent_chart_passes_server_dry_run(
     service_cluster: ServiceCluster, values: str
 ) -> None:
-    # The chart makes its own namespace; _dry_run creates it first, as the tenant's
-    # namespace would exist by the time the other objects are created.
+    # The chart goes into an existing namespace (no Namespace object by default);
+    # _dry_run creates it first.
     _, manifests = await _render(
         service_cluster, AGENT, "agent", values_files=[AGENT / "ci" / values]
     )

@@ -188,6 +188,7 @@ CASES = {
             "kubeletPkiDir": "/var/lib/k0s/kubelet/pki",
             "priorityClassName": "tenant-critical",
             "tunResource": "squat.ai/tun",
+            "namespace": {"create": True},
         },
     ),
     "host-tun": dict(
@@ -214,6 +215,10 @@ async def test_agent_chart_renders_what_the_controller_installs(
     built = tenant_objects(
         cluster_name="tenant-a", settings=settings, role_config=role, ca_pem=CA_PEM
     )
+    if not case["values"].get("namespace", {}).get("create"):
+        # The chart goes into an existing namespace unless asked (namespace.create); the
+        # controller makes its own.
+        built = [o for o in built if o["kind"] != "Namespace"]
     values = {
         **case["values"],
         "clusterName": "tenant-a",
@@ -282,6 +287,18 @@ async def test_agent_chart_pod_is_confined_and_makes_its_own_tun(
     container = pod["spec"]["containers"][0]
     assert {"name": "dev-net-tun", "mountPath": "/dev/net/tun"} in container["volumeMounts"]
     assert container["securityContext"]["capabilities"]["add"] == sorted(["NET_ADMIN", *DROP])
+
+
+async def test_agent_chart_installs_into_an_existing_namespace(
+    helm: Path, tmp_path: Path
+) -> None:
+    """No Namespace object by default: one in the chart fails `helm install` into a
+    namespace that exists, and with --create-namespace (issue 15, item 5)."""
+    for name in ("example-values.yaml", "custom-values.yaml"):
+        values = yaml.safe_load((AGENT_CHART / "ci" / name).read_text())
+        rendered = await render(helm, AGENT_CHART, values, tmp_path, namespace="tenant-ns")
+        assert not by_kind(rendered, "Namespace"), name
+        assert {o["metadata"]["namespace"] for o in rendered} == {"tenant-ns"}
 
 
 @pytest.mark.parametrize(
