@@ -29,6 +29,7 @@ from vpnctl.controller import cli as controller_cli
 from vpnctl.kube import resources
 from vpnctl.reconcile.agent_objects import tenant_objects
 from vpnctl.reconcile.agentdocs import node_role_config, server_role_config
+from vpnctl.reconcile.container_resources import DEFAULT_AGENT_RESOURCES, ContainerResources
 from vpnctl.reconcile.durations import parse_duration
 from vpnctl.reconcile.names import COMPONENT_SERVER, labels
 from vpnctl.reconcile.pod_security import OPENVPN_DROP_PRIVILEGES as DROP
@@ -178,6 +179,9 @@ CASES = {
             kubelet_pki_dir="/var/lib/k0s/kubelet/pki",
             node_priority_class="tenant-critical",
             tun_resource="squat.ai/tun",
+            agent_resources=ContainerResources(
+                requests=(("cpu", "20m"), ("memory", "128Mi")), limits=(("memory", "1Gi"),)
+            ),
         ),
         tenant=dict(protocol="tcp", port=443, renegotiate_seconds=600, tunnel_cidr="10.250.0.0/24"),
         remotes=[("vpn.example", 443), ("203.0.113.9", 31194)],
@@ -189,6 +193,10 @@ CASES = {
             "priorityClassName": "tenant-critical",
             "tunResource": "squat.ai/tun",
             "namespace": {"create": True},
+            "resources": {
+                "requests": {"cpu": "20m", "memory": "128Mi"},
+                "limits": {"memory": "1Gi"},
+            },
         },
     ),
     "host-tun": dict(
@@ -218,7 +226,7 @@ async def test_agent_chart_renders_what_the_controller_installs(
     if not case["values"].get("namespace", {}).get("create"):
         # The chart goes into an existing namespace unless asked (namespace.create); the
         # controller makes its own.
-        built = [o for o in built if o["kind"] != "Namespace"]
+        built = tuple(o for o in built if o["kind"] != "Namespace")
     values = {
         **case["values"],
         "clusterName": "tenant-a",
@@ -270,7 +278,7 @@ async def test_agent_chart_pod_is_confined_and_makes_its_own_tun(
     host_paths = {v["hostPath"]["path"] for v in pod["spec"]["volumes"] if "hostPath" in v}
     assert host_paths == {"/var/lib/vpnctl", "/var/lib/kubelet/pki"}
     assert not [m for m in container["volumeMounts"] if "proc" in m["mountPath"]]
-    assert "resources" not in container
+    assert container["resources"] == DEFAULT_AGENT_RESOURCES.body()
     assert pod["spec"]["hostNetwork"] is True
     assert container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
@@ -559,8 +567,8 @@ async def test_controller_namespace_drives_args_and_rbac_scope(helm: Path, tmp_p
     but the networks' read."""
     everywhere = await render(helm, VPNCTL_CHART, {}, tmp_path)
     rules = one(everywhere, "ClusterRole", "test-vpnctl")["rules"]
-    for values in ({}, {"controller": {"namespace": "*"}}):
-        objects = await render(helm, VPNCTL_CHART, values, tmp_path)
+    for unconfined in ({}, {"controller": {"namespace": "*"}}):
+        objects = await render(helm, VPNCTL_CHART, unconfined, tmp_path)
         assert not [a for a in controller_container(objects)["args"] if "--namespace" in a]
         assert one(objects, "ClusterRole", "test-vpnctl")["rules"] == rules
         assert one(objects, "ClusterRoleBinding", "test-vpnctl")["roleRef"]["kind"] == (

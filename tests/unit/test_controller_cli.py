@@ -12,6 +12,11 @@ from vpnctl.cli import _parser
 from vpnctl.controller.budgets import DEFAULT_TENANT_SIDE_TIMEOUT, Budgets
 from vpnctl.controller.cli import budgets_from_args, settings_from_args
 from vpnctl.controller.tenant_settings import TenantSettings
+from vpnctl.reconcile.container_resources import (
+    DEFAULT_AGENT_RESOURCES,
+    DEFAULT_SERVER_RESOURCES,
+    DEFAULT_SIDECAR_RESOURCES,
+)
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -125,3 +130,21 @@ def test_tenant_budget_flags_have_sane_defaults_and_are_read() -> None:
     assert settings_from_args(args).tenant.tenant_side_timeout == 3.0
     with pytest.raises(SystemExit, match=r"--tenant-.*max_objects must be at least 1"):
         budgets_from_args(parse("--tenant-max-objects", "0"))
+
+
+def test_resource_flags_set_the_tenants_defaults() -> None:
+    build = settings_from_args(parse()).tenant.build
+    assert build.server_resources == DEFAULT_SERVER_RESOURCES
+    assert build.sidecar_resources == DEFAULT_SIDECAR_RESOURCES
+    assert build.agent_resources == DEFAULT_AGENT_RESOURCES
+    build = settings_from_args(
+        parse("--agent-resources", "requests.memory=64Mi,limits.memory=128Mi",
+              "--server-resources", "")
+    ).tenant.build  # fmt: skip
+    assert build.agent_resources.body() == {
+        "requests": {"memory": "64Mi"},
+        "limits": {"memory": "128Mi"},
+    }
+    assert build.server_resources.body() == {}
+    with pytest.raises(SystemExit, match=r"--sidecar-resources: 'x' is not a quantity"):
+        settings_from_args(parse("--sidecar-resources", "limits.memory=x"))

@@ -22,6 +22,14 @@ from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from vpnctl.controller.budgets import DEFAULT_TENANT_SIDE_TIMEOUT, Budgets
+from vpnctl.reconcile.container_resources import (
+    DEFAULT_AGENT_RESOURCES,
+    DEFAULT_SERVER_RESOURCES,
+    DEFAULT_SIDECAR_RESOURCES,
+    ContainerResources,
+    flag_text,
+    resources_from_flag,
+)
 
 if TYPE_CHECKING:  # the parser is built for every command, `vpnctl lab` too: stay light
     from vpnctl.controller.operator import ControllerSettings
@@ -143,6 +151,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="reserve only what --reserved-cidr names; by default the service cluster's "
         "node, pod and Service networks are detected at start and reserved too",
     )
+    for component, what, default in (
+        ("server", "the openvpn server pods", DEFAULT_SERVER_RESOURCES),
+        ("sidecar", "the apiserver sidecar", DEFAULT_SIDECAR_RESOURCES),
+        ("agent", "the node agent DaemonSet", DEFAULT_AGENT_RESOURCES),
+    ):
+        build.add_argument(
+            f"--{component}-resources",
+            default=flag_text(default),
+            metavar="KIND.NAME=QTY,...",
+            help=f"requests and limits of {what}, e.g. requests.cpu=50m,limits.memory=256Mi; "
+            f"a Tunnel's spec.resources.{component} replaces them (default: %(default)s)",
+        )
     build.add_argument(
         "--node-port-address",
         action="append",
@@ -200,6 +220,12 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
                 f"{args.health_address!r} name the same port; give them different ports, or "
                 "leave --metrics-address out to serve /metrics on the health port"
             )
+    resources: dict[str, ContainerResources] = {}
+    for component in ("server", "sidecar", "agent"):
+        try:
+            resources[component] = resources_from_flag(getattr(args, f"{component}_resources"))
+        except ValueError as exc:
+            raise SystemExit(f"vpnctl run: --{component}-resources: {exc}") from None
     defaults: dict[str, Any] = {}
     if args.default_service_type:
         defaults["expose"] = {"serviceType": args.default_service_type}
@@ -214,6 +240,9 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         metrics_namespaces=tuple(args.metrics_allow_namespace),
         reserved_cidrs=reserved,
         node_port_addresses=tuple(args.node_port_address),
+        server_resources=resources["server"],
+        sidecar_resources=resources["sidecar"],
+        agent_resources=resources["agent"],
     )
     return ControllerSettings(
         tenant=TenantSettings(

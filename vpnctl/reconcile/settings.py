@@ -9,6 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
+from vpnctl.reconcile.container_resources import (
+    DEFAULT_AGENT_RESOURCES,
+    DEFAULT_SERVER_RESOURCES,
+    DEFAULT_SIDECAR_RESOURCES,
+    ContainerResources,
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
@@ -49,3 +56,8 @@ class Settings:
     metrics_namespaces: tuple[str, ...] = ()
     # Addresses of the service cluster's nodes, for spec.expose.serviceType NodePort.
     node_port_addresses: tuple[str, ...] = ()
+    # Requests and limits of the server pods, the apiserver sidecar and the node agent,
+    # unless a Tunnel's spec.resources says otherwise (container_resources.py).
+    server_resources: ContainerResources = DEFAULT_SERVER_RESOURCES
+    sidecar_resources: ContainerResources = DEFAULT_SIDECAR_RESOURCES
+    agent_resources: ContainerResources = DEFAULT_AGENT_RESOURCES

@@ -15,6 +15,13 @@ from typing import Any, Literal, cast
 
 from vpnctl.api import Tunnel
 from vpnctl.reconcile.cidr import parse_network
+from vpnctl.reconcile.container_resources import (
+    COMPONENTS,
+    NO_OVERRIDES,
+    ContainerResources,
+    ResourceOverrides,
+    resources_from_body,
+)
 from vpnctl.reconcile.durations import parse_duration
 from vpnctl.reconcile.errors import PermanentError
 from vpnctl.reconcile.untrusted_json import (
@@ -102,6 +109,7 @@ class TunnelSpec:
     replicas: int
     certificates: CertificateLifetimes
     install_agent: bool
+    resources: ResourceOverrides = NO_OVERRIDES
 
     @property
     def server_ip(self) -> IPv4Address:
@@ -234,6 +242,7 @@ def parse_tunnel_spec(tunnel: Tunnel) -> TunnelSpec:
         )
 
     return TunnelSpec(
+        resources=_resources(spec.get("resources"), where=where),
         cluster_name=cluster_name,
         transport=Transport(
             protocol=cast(Protocol, protocol), port=port, renegotiate_seconds=renegotiate_seconds
@@ -248,6 +257,23 @@ def parse_tunnel_spec(tunnel: Tunnel) -> TunnelSpec:
         certificates=lifetimes,
         install_agent=install,
     )
+
+
+def _resources(value: object, *, where: str) -> ResourceOverrides:
+    """spec.resources.{server,sidecar,agent}: each replaces the controller's default."""
+    section = field_mapping(value, field="spec.resources")
+    parsed: dict[str, ContainerResources] = {}
+    for component in COMPONENTS:
+        if section.get(component) is None:
+            continue
+        try:
+            parsed[component] = resources_from_body(section[component])
+        except ValueError as exc:
+            raise PermanentError(
+                reason="InvalidSpec",
+                message=f"spec.resources.{component} of {where}: {exc}; fix spec.resources",
+            ) from None
+    return ResourceOverrides(**parsed)
 
 
 def _renew_fraction(value: object) -> float:
