@@ -297,9 +297,7 @@ async def test_agent_chart_pod_is_confined_and_makes_its_own_tun(
     assert container["securityContext"]["capabilities"]["add"] == sorted(["NET_ADMIN", *DROP])
 
 
-async def test_agent_chart_installs_into_an_existing_namespace(
-    helm: Path, tmp_path: Path
-) -> None:
+async def test_agent_chart_installs_into_an_existing_namespace(helm: Path, tmp_path: Path) -> None:
     """No Namespace object by default: one in the chart fails `helm install` into a
     namespace that exists, and with --create-namespace (issue 15, item 5)."""
     for name in ("example-values.yaml", "custom-values.yaml"):
