@@ -8,9 +8,10 @@ controller's flags (`--server-resources` and friends) set the defaults; a Tunnel
 a container's `resources` would. Pure: no I/O, values checked here so a mistake is a
 condition on the Tunnel (or a refused flag) instead of pods the apiserver rejects.
 
-Why these defaults: each container is one Python process (imports alone are ~60 MiB
-resident) beside an openvpn process of a few MiB; the server's openvpn grows with its
-clients, hence its larger limit.
+Why these defaults: each container is one Python process beside an openvpn process of a
+few MiB. The roles' peak resident size was 62-63 MiB each (node, server, apiserver) in
+tests/netns/test_dataplane.py; the requests sit above that and the limits at about four
+times it. The server's openvpn grows with its clients, hence its larger limit.
 """
 
 from __future__ import annotations
