@@ -43,10 +43,11 @@ def _lint(helm: Path, chart: Path, *values: Path) -> subprocess.CompletedProcess
     [
         (VPNCTL, ()),
         (VPNCTL, (VPNCTL / "ci" / "custom-values.yaml",)),
+        (VPNCTL, (VPNCTL / "ci" / "namespaced-values.yaml",)),
         (AGENT, (AGENT / "ci" / "example-values.yaml",)),
         (AGENT, (AGENT / "ci" / "custom-values.yaml",)),
     ],
-    ids=["vpnctl", "vpnctl-custom", "agent", "agent-custom"],
+    ids=["vpnctl", "vpnctl-custom", "vpnctl-namespaced", "agent", "agent-custom"],
 )
 def test_helm_lint(k8s_binaries: Binaries, chart: Path, values: tuple[Path, ...]) -> None:
     done = _lint(k8s_binaries.helm, chart, *values)
