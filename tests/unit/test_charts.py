@@ -29,7 +29,13 @@ from vpnctl.controller import cli as controller_cli
 from vpnctl.kube import resources
 from vpnctl.reconcile.agent_objects import tenant_objects
 from vpnctl.reconcile.agentdocs import node_role_config, server_role_config
-from vpnctl.reconcile.container_resources import DEFAULT_AGENT_RESOURCES, ContainerResources
+from vpnctl.reconcile.container_resources import (
+    DEFAULT_AGENT_RESOURCES,
+    DEFAULT_SERVER_RESOURCES,
+    DEFAULT_SIDECAR_RESOURCES,
+    ContainerResources,
+    resources_from_body,
+)
 from vpnctl.reconcile.durations import parse_duration
 from vpnctl.reconcile.names import COMPONENT_SERVER, labels
 from vpnctl.reconcile.pod_security import OPENVPN_DROP_PRIVILEGES as DROP
@@ -410,6 +416,16 @@ async def test_the_rendered_command_line_is_what_the_real_parser_accepts(
     # Two replicas elect a leader; the lease is in the release namespace.
     assert settings.leader_elect == c.get("leaderElection", {}).get("enabled", True)
     assert settings.lease_namespace == "vpnctl-system"
+    # Requests and limits of the tenants' containers: tenantResources, else the defaults.
+    build = settings.tenant.build
+    for component, default in (
+        ("server", DEFAULT_SERVER_RESOURCES),
+        ("sidecar", DEFAULT_SIDECAR_RESOURCES),
+        ("agent", DEFAULT_AGENT_RESOURCES),
+    ):
+        wanted = values.get("tenantResources", {}).get(component)
+        got = getattr(build, f"{component}_resources")
+        assert got == (resources_from_body(wanted) if wanted else default), component
     for flag in c.get("extraArgs", []):
         assert flag in container["args"]
     if "--log-level=DEBUG" in c.get("extraArgs", []):
@@ -731,6 +747,8 @@ async def test_alerts_read_metrics_that_exist(helm: Path, tmp_path: Path) -> Non
         ({"image": {"repository": "x", "pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"capi": {"bootstrap": {"rules": [{"verbs": ["get"]}]}}}, "/capi/bootstrap/rules/0"),
         ({"monitoring": {"prometheusRule": {"disabled": ["NoSuchAlert"]}}}, "/disabled/0"),
+        ({"tenantResources": {"agent": {"limits": {"memory": "lots"}}}}, "/agent/limits/memory"),
+        ({"tenantResources": {"agent": {"limits": {"gpu": 1}}}}, "additional properties 'gpu'"),
     ],
 )
 async def test_vpnctl_schema_rejects_bad_values(

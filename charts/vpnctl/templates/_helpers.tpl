@@ -88,10 +88,28 @@ namespace: tenants live in namespaces of their own, never the release's). */}}
 {{- range $c.metricsAllowNamespaces }}
 - --metrics-allow-namespace={{ . }}
 {{- end }}
+{{- range $component := list "server" "sidecar" "agent" }}
+{{- with index $.Values.tenantResources $component }}
+- --{{ $component }}-resources={{ include "vpnctl.resourcesFlag" . }}
+{{- end }}
+{{- end }}
 {{- with $c.extraArgs }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+{{- end -}}
+
+{{/* {requests: {cpu, memory}, limits: {...}} as the controller's flag syntax:
+requests.cpu=50m,limits.memory=256Mi (vpnctl/reconcile/container_resources.py). */}}
+{{- define "vpnctl.resourcesFlag" -}}
+{{- $terms := list -}}
+{{- range $kind := list "requests" "limits" -}}
+{{- $section := index $ $kind | default dict -}}
+{{- range $name := keys $section | sortAlpha -}}
+{{- $terms = append $terms (printf "%s.%s=%v" $kind $name (index $section $name)) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $terms -}}
 {{- end -}}
 
 {{/* --- Cluster API ---------------------------------------------------------------- */}}
