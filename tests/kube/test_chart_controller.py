@@ -92,24 +92,32 @@ async def _get(url: str) -> tuple[int, str] | None:
         return None
 
 
+@pytest.mark.parametrize(
+    "ci_values", [None, "custom-values.yaml"], ids=["defaults", "custom-values"]
+)
 async def test_the_rendered_controller_serves_metrics_and_health_on_the_rendered_ports(
     kube: Kube,  # noqa: F811
     service_cluster: ServiceCluster,
     namespace: str,
     tenant_namespace: str,
     tmp_path: Path,
+    ci_values: str | None,
 ) -> None:
+    """With the chart's defaults, and with ci/custom-values.yaml (extraArgs, agentImage,
+    extraEnv, tenantResources), ports overridden by a values file given after it."""
     metrics_port, health_port = free_ports(2)
     values = tmp_path / "values.yaml"
     values.write_text(
         yaml.safe_dump({"controller": {"metricsPort": metrics_port, "healthPort": health_port}})
     )
+    chart = REPO_CHARTS / "vpnctl"
+    files = [values] if ci_values is None else [chart / "ci" / ci_values, values]
     manifests = await helm_template(
         service_cluster.binaries.helm,
-        REPO_CHARTS / "vpnctl",
+        chart,
         release="vpnctl",
         namespace=namespace,
-        values_files=[values],
+        values_files=files,
         include_crds=False,
     )
     container = _controller_container(manifests)
