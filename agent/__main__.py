@@ -27,6 +27,7 @@ from agent.roles.node import NodeRole
 from agent.roles.server import ServerRole
 from agent.roles.task_frame import install_signal_handlers
 from agent.tundev import TunDeviceError, ensure_tun_device
+from telemetry.command_line import HelpFormatter, add_version_flag
 from telemetry.logs import FORMATS, LEVELS
 
 log = logging.getLogger("agent")
@@ -35,12 +36,24 @@ log = logging.getLogger("agent")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m agent",
-        description="vpnctl agent: the process beside openvpn (node, server or apiserver role).",
+        description="vpnctl agent: the process beside openvpn (node, server or apiserver "
+        "role). Runs until SIGTERM; exit 2 for an unusable config file, 1 when a task died.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("role", choices=ROLES, help="which role to run")
-    p.add_argument("--config", required=True, help="the role's JSON config file")
-    p.add_argument("--log-level", default="INFO", choices=LEVELS, help="default: %(default)s")
-    p.add_argument("--log-format", default="logfmt", choices=FORMATS, help="default: %(default)s")
+    p.add_argument(
+        "--config", required=True, metavar="FILE",
+        help="the role's JSON config file (required)",
+    )  # fmt: skip
+    p.add_argument(
+        "--log-level", default="INFO", choices=LEVELS, type=str.upper,
+        help="DEBUG, INFO, WARNING or ERROR",
+    )  # fmt: skip
+    p.add_argument(
+        "--log-format", default="logfmt", choices=FORMATS,
+        help="one record a line on stderr, logfmt or JSON",
+    )  # fmt: skip
+    add_version_flag(p, name="vpnctl-agent")
     return p
 
 

@@ -1,5 +1,6 @@
-"""What every vpnctl binary shares for being observed: the log format (`logs`) and the
-`/healthz`, `/readyz`, `/metrics` server (`health`).
+"""What every vpnctl binary shares for being observed and operated: the log format
+(`logs`), the `/healthz`, `/readyz`, `/metrics` server (`health`), and the command-line
+conventions (`command_line`: `--version`, help that shows defaults).
 
 Neither the controller (`vpnctl`) nor the agent (`agent`) owns this; both import it,
 and it imports neither (an import-linter contract), so the two binaries write one

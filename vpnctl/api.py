@@ -122,6 +122,10 @@ class MachineStatus(TypedDict, total=False):
     nodeRef: ObjectReference
     addresses: list[MachineAddress]
     phase: str
+    # v1beta1 conditions (DrainingSucceeded, ...) and, under v1beta2, the new ones
+    # (Deleting): read only by reconcile/machine_deletion.py.
+    conditions: list[dict[str, Any]]
+    v1beta2: dict[str, Any]
 
 
 class Machine(TypedDict, total=False):
@@ -172,6 +176,10 @@ class AgentSpec(TypedDict, total=False):
     install: bool
 
 
+class NodeRevocationSpec(TypedDict, total=False):
+    maxDelay: str  # Go duration; see reconcile/machine_deletion.py
+
+
 class TunnelSpecBody(TypedDict, total=False):
     clusterName: str
     transport: TransportSpec
@@ -181,6 +189,7 @@ class TunnelSpecBody(TypedDict, total=False):
     replicas: int
     certificates: CertificatesSpec
     agent: AgentSpec
+    nodeRevocation: NodeRevocationSpec
 
 
 class TunnelNodeStatus(TypedDict, total=False):
@@ -219,6 +228,9 @@ class TunnelStatusBody(TypedDict, total=False):
     # never-used address is left (see vpnctl.reconcile.allocation).
     releasedTunnelIPs: list[str]
     serviceRouteNode: str
+    # When serviceRouteNode was elected: its grace for the kick the election causes
+    # (reconcile/service_route_election.py).
+    serviceRouteElectedAt: str
     nodeCount: int
     connectedCount: int
 

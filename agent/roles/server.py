@@ -203,8 +203,7 @@ class ServerRole(OpenVPNRole):
             dev = self.cfg.openvpn.dev
             self.routes.set_desired(Route(dst=net, dev=dev) for net in state.routes)
         self.pending_kicks.update(plan.kick)
-        for cn in revoked_names(revoked=self.revoked, serial_to_cn=state.serial_to_cn()):
-            self.pending_kicks[cn] = KICK_REVOKED
+        self._kick_revoked()
         await self.flush_kicks()
 
     def _forget_node(self, cn: str) -> None:
@@ -219,6 +218,23 @@ class ServerRole(OpenVPNRole):
                 metric.remove(self.role, cn)
         self._bytes.pop(cn, None)
         self._kubelet_ok.pop(cn, None)
+
+    def _kick_revoked(self) -> None:
+        """Queue a kick for each connected client whose certificate is revoked.
+
+        Judged by the serial each connection was admitted with: a name may list a revoked
+        serial next to the one its node connects with now (a node replaced under the same
+        name), and kicking by name would then throw the good connection out for ever. A
+        connection admitted before this process knew its serial is judged by its name.
+        """
+        if self.desired is None:
+            return
+        for cn in revoked_names(revoked=self.revoked, serial_to_cn=self.desired.serial_to_cn()):
+            status = self.connected.get(cn)
+            cid = None if status is None else status.client_id
+            serial = None if cid is None else self.authorizer.admitted.get(cid)
+            if serial is None or serial in self.revoked:
+                self.pending_kicks[cn] = KICK_REVOKED
 
     async def flush_kicks(self) -> None:
         """Kick every pending client through management; keep them pending if it is down."""
@@ -290,10 +306,8 @@ class ServerRole(OpenVPNRole):
         self.metrics.revoked.labels(self.role).set(len(serials))
         self.events("crl_installed", source=source, target=target, revoked=len(serials),
                     new=len(newly), changed=not same)  # fmt: skip
-        if self.desired is not None:
-            for cn in revoked_names(revoked=serials, serial_to_cn=self.desired.serial_to_cn()):
-                self.pending_kicks[cn] = KICK_REVOKED
-            await self.flush_kicks()
+        self._kick_revoked()
+        await self.flush_kicks()
 
     async def _crl_task(self) -> None:
         # Re-check when the CA changes too: a CRL is only valid for its CA.
@@ -390,11 +404,10 @@ class ServerRole(OpenVPNRole):
                     self._account_bytes(s)
                 self.connected = now
                 self.metrics.clients_connected.labels(self.role).set(len(now))
-                if self.desired is not None:
-                    serial_to_cn = self.desired.serial_to_cn()
-                    for cn in revoked_names(revoked=self.revoked, serial_to_cn=serial_to_cn):
-                        if cn in now:
-                            self.pending_kicks[cn] = KICK_REVOKED
+                self.authorizer.keep_admitted(
+                    s.client_id for s in statuses if s.client_id is not None
+                )
+                self._kick_revoked()
                 await self.flush_kicks()
             self._update_openvpn_condition()
             self.common.ready.labels(self.role).set(1 if self.conditions.ready else 0)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -65,6 +65,8 @@ class ClientAuthorizer:
         self._queue: asyncio.Queue[tuple[int, ClientAuthRequest | None]] = asyncio.Queue(QUEUE_SIZE)
         # (cid, kid) -> (the link connection it came on, the question, its deadline)
         self._held: dict[tuple[int, int], tuple[int, ClientAuthRequest, float]] = {}
+        # client id -> the certificate serial it was admitted with (CONNECT and REAUTH)
+        self.admitted: dict[int, int] = {}
         self.answers = Counter(
             "vpnctl_agent_client_auth",
             "Answers to openvpn's client authorisation questions, by kind (CONNECT, REAUTH) "
@@ -78,6 +80,12 @@ class ClientAuthorizer:
         if not isinstance(event, ClientAuthRequest):
             return
         self._put((self._client()[0], event))
+
+    def keep_admitted(self, client_ids: Iterable[int]) -> None:
+        """Forget the serials of clients no longer connected (openvpn's status)."""
+        live = set(client_ids)
+        for cid in [c for c in self.admitted if c not in live]:
+            del self.admitted[cid]
 
     def reconsider(self) -> None:
         """The desired state changed: decide the held questions again, now."""
@@ -118,6 +126,8 @@ class ClientAuthorizer:
         try:
             if verdict.allow:
                 await client.client_auth(request.cid, request.kid)
+                if request.serial is not None:
+                    self.admitted[request.cid] = request.serial
             else:
                 await client.client_deny(request.cid, request.kid, verdict.reason)
         except LINK_ERRORS as e:

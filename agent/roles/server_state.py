@@ -133,9 +133,7 @@ def authorize(
         return AuthVerdict(allow=False, reason="desired state not read yet", pending=True)
     entry = desired.entry(cn)
     if entry is None:
-        return AuthVerdict(
-            allow=False, reason=f"{cn} is not a client of this tunnel", pending=True
-        )
+        return AuthVerdict(allow=False, reason=f"{cn} is not a client of this tunnel", pending=True)
     if serial in revoked:
         return AuthVerdict(allow=False, reason=f"serial {serial:x} of {cn} is revoked")
     if serial not in entry.allowed_serials:

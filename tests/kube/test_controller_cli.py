@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import signal
 import sys
@@ -12,9 +13,11 @@ import time
 
 import aiohttp
 import pytest
+import yaml
 
 from tests.support.capi import create_kubeconfig_secret, create_tenant
 from tests.support.polling import aeventually
+from vpnctl.cli import parse_args
 from vpnctl.controller import cli
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import LEASE, Kube
@@ -51,17 +54,24 @@ async def test_status_prints_the_tunnels_and_their_nodes(
         await wait_ready(kube, namespace, "two", nodes=1, connected=1)
 
     def args(*extra: str) -> argparse.Namespace:
-        parser = argparse.ArgumentParser()
-        cli.add_status_arguments(parser)
-        return parser.parse_args(["--kubeconfig", str(service_cluster.kubeconfig_path), *extra])
+        # --kubeconfig is a global flag: given after the sub-command here
+        return parse_args(["status", "--kubeconfig", str(service_cluster.kubeconfig_path), *extra])
 
     out = io.StringIO()
     assert await cli.status(args("-n", namespace, "one"), out=out) == 0
     tenants, nodes = out.getvalue().strip().split("\n\n")
     assert tenants.splitlines()[0].split() == [
-        "NAMESPACE", "CLUSTER", "READY", "NODES", "CONNECTED", "AGE"
+        "NAMESPACE", "CLUSTER", "READY", "REASON", "NODES", "CONNECTED", "AGE"
     ]  # fmt: skip
-    assert tenants.splitlines()[1].split()[:5] == [namespace, "one", "True", "2", "2"]
+    assert tenants.splitlines()[1].split()[:6] == [
+        namespace,
+        "one",
+        "True",
+        "TunnelReady",
+        "2",
+        "2",
+    ]
+    # The fake observations carry an RTT, so the column is there
     assert nodes.splitlines()[0].split() == [
         "NODE", "TUNNEL-IP", "CONNECTED", "SINCE", "RTT", "KUBELET"
     ]  # fmt: skip
@@ -77,6 +87,19 @@ async def test_status_prints_the_tunnels_and_their_nodes(
     out = io.StringIO()
     assert await cli.status(args("-n", namespace, "nothere"), out=out) == 1
     assert out.getvalue() == "No tunnels found.\n"
+
+    out = io.StringIO()
+    assert await cli.status(args("-n", namespace, "-o", "json", "one"), out=out) == 0
+    one = json.loads(out.getvalue())
+    assert (one["kind"], one["metadata"]["name"]) == ("Tunnel", "one")
+    assert "managedFields" not in one["metadata"]
+    assert [n["name"] for n in one["status"]["nodes"]] == ["one-node-1", "one-node-2"]
+    out = io.StringIO()
+    assert await cli.status(args("-n", namespace, "-o", "yaml"), out=out) == 0
+    listed = yaml.safe_load(out.getvalue())
+    assert listed["kind"] == "List"
+    assert [t["metadata"]["name"] for t in listed["items"]] == ["one", "two"]
+    assert all(t["apiVersion"] == "vpnctl.io/v1alpha1" for t in listed["items"])
 
 
 async def test_vpnctl_run_serves_health_reconciles_and_stops_on_sigterm(

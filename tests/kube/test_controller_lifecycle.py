@@ -15,6 +15,7 @@ from tests.support.capi import create_tenant
 from tests.support.polling import aeventually
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.kube import CLUSTER, CONFIG_MAP, POD, SECRET, TUNNEL, Kube, KubeObject
+from vpnctl.reconcile.settings import Settings
 
 from .controllerfix import (
     FakeObservations,
@@ -44,7 +45,13 @@ async def test_service_route_moves_when_the_holder_disconnects(
     tenant = TenantRef(namespace, "elect")
     observations = FakeObservations()
     observations.set(tenant, {"elect-node-1": True, "elect-node-2": True, "elect-node-3": True})
-    settings = controller_settings(namespace, observe_interval=0.2)
+    # No grace: this holder's drop is not the kick of its own election (the grace is
+    # test_controller_service_route.py's), and the figure is the re-election itself.
+    settings = controller_settings(
+        namespace,
+        observe_interval=0.2,
+        build=Settings(agent_image="vpnctl:test", service_route_grace=timedelta(0)),
+    )
     async with running_controller(kube, settings, side=FakeTenantSide(), observations=observations):
         await create_tenant(kube, namespace, "elect")
         tunnel = await wait_ready(kube, namespace, "elect", nodes=3, connected=3)

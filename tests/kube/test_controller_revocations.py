@@ -181,6 +181,56 @@ async def test_a_certificate_signed_just_before_its_machine_goes_is_revoked(
         assert crl == wanted  # and nothing of the other nodes
 
 
+async def test_a_node_replaced_under_its_name_is_admitted_only_with_its_new_serial(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    """node-2's Machine goes (its serial revoked) and a new Machine brings a node of the
+    same name, whose agent gets a new certificate. The tenant side still reports the old
+    node's serial under node-2 (its CSR outlives the node): the server's desired state
+    must admit node-2 with the new serial only, never the revoked one."""
+    async with _ready_tenant(kube, namespace, "again") as t:
+        old = await t.remove_node_2(kube, "the old node-2 revoked")
+        await capi.create_machine(kube, namespace, "again-md-2b", cluster="again",
+                                  node="again-node-2", internal_ip="198.19.0.12")  # fmt: skip
+
+        async def allocated() -> bool:
+            cm = await kube.get(CONFIG_MAP, "again-vpn-server", namespace)
+            return cm is not None and "again-node-2" in _clients(cm)
+
+        await aeventually(allocated, timeout=10, what="the new Machine's node in desired.json")
+        # Its agent's CSR is signed for the new Machine; the tenant side reports it.
+        t.side.signed[t.ref] = (*t.side.signed[t.ref], ("again-node-2", "feed0002"))
+        await _poke(kube, namespace, "again")
+        seen: list[Any] = []
+
+        async def node_2_serials() -> list[str] | None:
+            cm = await kube.get(CONFIG_MAP, "again-vpn-server", namespace)
+            if cm is None:
+                return None
+            doc = json.loads(cm["data"]["desired.json"])
+            seen[:] = doc["clients"]
+            for client in doc["clients"]:
+                if client["common_name"] == "again-node-2" and "feed0002" in client["serials"]:
+                    return list(client["serials"])
+            return None
+
+        serials = await aeventually(node_2_serials, timeout=10, what="the new node-2 admitted",
+                                    diag=lambda: json.dumps(seen))  # fmt: skip
+        assert serials == ["feed0002"], f"revoked {old:x} must not be admitted again"
+
+        async def recorded() -> list[Any] | None:
+            # The status is written after the ConfigMap, in the same pass.
+            tunnel = await kube.get(TUNNEL, "again", namespace)
+            allocations = ((tunnel or {}).get("status") or {}).get("allocations") or []
+            mine = [a.get("serials") for a in allocations if a["node"] == "again-node-2"]
+            return mine if any(mine) else None
+
+        assert await aeventually(recorded, timeout=10, what="status.allocations") == [
+            ["feed0002"]
+        ]
+
+
 async def test_revocation_goes_on_while_the_spec_is_invalid(
     kube: Kube,  # noqa: F811
     namespace: str,
@@ -317,3 +367,108 @@ async def test_a_revoked_serial_stays_in_the_crl_until_its_own_certificate_expir
     # Only once the certificate itself has expired does the serial leave.
     after = 30 * DAY + certs.CLOCK_SKEW + timedelta(seconds=1)
     assert await step(after, machines[:1]) == frozenset()
+
+
+async def _deleting_with_conditions(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+    machine: str,
+    conditions: list[dict[str, Any]],
+) -> None:
+    """Give MACHINE a finalizer (as CAPI's does) and the v1beta1 CONDITIONS, then delete
+    it: it stays, with a deletionTimestamp, until the test removes the finalizer."""
+    await kube.patch_merge(
+        MACHINE, machine, {"metadata": {"finalizers": ["test/drain"]}}, namespace=namespace
+    )
+    await _set_conditions(kube, namespace, machine, conditions)
+    await kube.delete(MACHINE, machine, namespace)
+
+
+async def _set_conditions(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+    machine: str,
+    conditions: list[dict[str, Any]],
+) -> None:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await kube.apply_status(
+        MACHINE,
+        {
+            "metadata": {"name": machine, "namespace": namespace},
+            "status": {"conditions": [{**c, "lastTransitionTime": now} for c in conditions]},
+        },
+        field_manager="capi-fake-drain",
+    )
+
+
+async def _release(kube: Kube, namespace: str, machine: str) -> None:  # noqa: F811
+    with contextlib.suppress(Exception):
+        await kube.patch_merge(
+            MACHINE, machine, {"metadata": {"finalizers": None}}, namespace=namespace
+        )
+
+
+async def test_a_draining_node_keeps_its_tunnel_until_the_drain_succeeds(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    """Issue 12 item 5: kubectl logs/exec on a draining node work until the drain ends."""
+    async with _ready_tenant(kube, namespace, "drain") as t:
+        serial = int(t.serials["drain-node-2"], 16)
+        try:
+            await _deleting_with_conditions(
+                kube,
+                namespace,
+                "drain-md-2",
+                [{"type": "DrainingSucceeded", "status": "False", "reason": "Draining"}],
+            )
+            # The controller has seen the deleted Machine and decided to wait.
+            await _event_seen(kube, namespace, "drain", "NodeRevocationDeferred")
+            # A pass that ran after it (each ends with ensure()) revoked nothing.
+            before = t.side.ensures(t.ref)
+            await _poke(kube, namespace, "drain")
+            await aeventually(
+                lambda: t.side.ensures(t.ref) > before, timeout=10, what="a pass after the poke"
+            )
+            assert serial not in (await _crl(kube, namespace, "drain", t.ca_pem) or ())
+            cm = await kube.get(CONFIG_MAP, "drain-vpn-server", namespace)
+            assert "drain-node-2" in _clients(cm)
+
+            # CAPI reports the drain done: revoked, and out of desired.json.
+            await _set_conditions(
+                kube, namespace, "drain-md-2", [{"type": "DrainingSucceeded", "status": "True"}]
+            )
+            await _revoked(kube, namespace, "drain", t.ca_pem, {serial}, "node-2 revoked")
+
+            async def ccd_gone() -> bool:
+                cm = await kube.get(CONFIG_MAP, "drain-vpn-server", namespace)
+                return "drain-node-2" not in _clients(cm)
+
+            await aeventually(ccd_gone, timeout=10, what="node-2 out of desired.json")
+            await _event_seen(kube, namespace, "drain", "NodeRevocationDue")
+        finally:
+            await _release(kube, namespace, "drain-md-2")
+
+
+async def test_a_drain_that_never_ends_is_cut_at_the_tunnels_bound(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    async with _ready_tenant(kube, namespace, "bound") as t:
+        serial = int(t.serials["bound-node-2"], 16)
+        await kube.patch_merge(
+            TUNNEL, "bound", {"spec": {"nodeRevocation": {"maxDelay": "3s"}}}, namespace=namespace
+        )
+        try:
+            await _deleting_with_conditions(
+                kube,
+                namespace,
+                "bound-md-2",
+                [{"type": "DrainingSucceeded", "status": "False", "reason": "Draining"}],
+            )
+            await _event_seen(kube, namespace, "bound", "NodeRevocationDeferred")
+            # Nothing changes on the Machine: the pass the controller scheduled for the
+            # bound revokes it.
+            await _revoked(kube, namespace, "bound", t.ca_pem, {serial}, "node-2 revoked")
+        finally:
+            await _release(kube, namespace, "bound-md-2")

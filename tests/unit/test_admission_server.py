@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from certs import new_ca, new_server_cert
+from tests.support.logfmt import parse_record
 from vpnctl.lab.realnode.admission_server import DENY_LABEL, admission_response
 from vpnctl.lab.realnode.workloads import admission_server_source
 
@@ -92,6 +93,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, ssl.
         first = proc.stderr.readline()  # blocks until it listens or fails
         found = re.search(r"event=webhook_listening address=127\.0\.0\.1:(\d+)", first)
         assert found, first
+        record = parse_record(first.rstrip("\n"))  # the format of vpnctl's own binaries
+        assert (record["level"], record["logger"]) == ("info", "admission_server")
+        assert datetime.datetime.fromisoformat(record["ts"]).utcoffset() == datetime.timedelta(0)
         context = ssl.create_default_context(cadata=ca.cert_pem.decode())
         yield int(found.group(1)), context
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from datetime import timedelta
 from ipaddress import IPv4Network
 
 import pytest
@@ -60,6 +61,17 @@ def test_metrics_and_health_addresses_are_two_ports() -> None:
     assert (settings.metrics_host, settings.metrics_port) == (None, None)
 
 
+def test_drain_and_election_flags() -> None:
+    default = settings_from_args(parse()).tenant.build
+    assert default.node_revocation_max_delay == timedelta(minutes=10)
+    assert default.service_route_grace == timedelta(seconds=20)
+    build = settings_from_args(
+        parse("--node-revocation-max-delay", "0s", "--service-route-grace", "5")
+    ).tenant.build
+    assert build.node_revocation_max_delay == timedelta(0)
+    assert build.service_route_grace == timedelta(seconds=5)
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -67,6 +79,7 @@ def test_metrics_and_health_addresses_are_two_ports() -> None:
         (("--metrics-address", "0.0.0.0"), "--metrics-address '0.0.0.0' is not"),
         (("--metrics-address", ":8081"), "name the same port"),
         (("--reserved-cidr", "10.0.0.0/33"), "--reserved-cidr"),
+        (("--node-revocation-max-delay", "2d"), "--node-revocation-max-delay"),
     ],
 )
 def test_bad_flags_are_named(flags: tuple[str, ...], message: str) -> None:

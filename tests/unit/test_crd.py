@@ -231,6 +231,7 @@ def test_status_fields(status_schema: dict[str, Any]) -> None:
         "allocations",
         "releasedTunnelIPs",
         "serviceRouteNode",
+        "serviceRouteElectedAt",
         "nodeCount",
         "connectedCount",
     }

@@ -200,7 +200,7 @@ def test_serials_are_kept_recorded_and_forgotten() -> None:
     assert round_trip == allocs
     second = run(["b"], round_trip)
     assert second.removed[0].serials == ("5b01", "5b02")  # what to revoke
-    assert forget_serials(allocs, expired=["5B01"])[0].serials == ("5b02",)
+    assert forget_serials(allocs, gone=["5B01"])[0].serials == ("5b02",)
     with pytest.raises(ValueError, match="not hex"):
         record_serial(allocs, machine="a", serial="xyz")
 

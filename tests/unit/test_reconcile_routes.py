@@ -1,19 +1,15 @@
-"""Per-client routes and the service-CIDR election (vpnctl.reconcile.routes)."""
+"""Per-client routes (vpnctl.reconcile.routes); the election is test_service_route_election."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
-
-import pytest
 
 from tests.support import capi
 from vpnctl.reconcile.allocation import allocate
 from vpnctl.reconcile.routes import (
     ClientRoutes,
     client_routes,
-    elect_service_route_node,
     node_iroutes,
     tenant_routes,
 )
@@ -36,36 +32,6 @@ def plan(t: TenantSpec, elected: str | None = "node-1") -> dict[str, ClientRoute
 
 def nets(*texts: str) -> tuple[IPv4Network, ...]:
     return tuple(NET(t) for t in texts)
-
-
-# --- election ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("current", "connected", "expected"),
-    [
-        (None, [], None),
-        (None, ["node-3", "node-2"], "node-2"),
-        ("node-3", ["node-1", "node-3"], "node-3"),  # the holder stays while connected
-        ("node-3", ["node-2", "node-1"], "node-1"),  # the holder dropped: lowest name
-        ("node-3", [], None),
-        ("gone", ["node-2"], "node-2"),
-    ],
-)
-def test_election(current: str | None, connected: Sequence[str], expected: str | None) -> None:
-    assert elect_service_route_node(current=current, connected=frozenset(connected)) == expected
-
-
-def test_election_is_stable_across_flapping_of_other_nodes() -> None:
-    holder = elect_service_route_node(current=None, connected={"b", "c"})
-    assert holder == "b"
-    for connected in ({"a", "b"}, {"a", "b", "c"}, {"b"}, {"a", "b", "d"}):
-        holder = elect_service_route_node(current=holder, connected=connected)
-        assert holder == "b"
-    holder = elect_service_route_node(current=holder, connected={"c", "a"})
-    assert holder == "a"
-    holder = elect_service_route_node(current=holder, connected={"a", "b"})
-    assert holder == "a"  # b coming back does not take it back
 
 
 # --- routes ------------------------------------------------------------------------------------

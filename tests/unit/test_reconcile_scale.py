@@ -24,13 +24,14 @@ from vpnctl.reconcile.agentdocs import (
 from vpnctl.reconcile.allocation import allocate
 from vpnctl.reconcile.diff import needs_update
 from vpnctl.reconcile.names import TenantNames
-from vpnctl.reconcile.routes import client_routes, elect_service_route_node
+from vpnctl.reconcile.routes import client_routes
 from vpnctl.reconcile.service_objects import (
     apiserver_config_map,
     server_config_map,
     server_deployment,
     server_service,
 )
+from vpnctl.reconcile.service_route_election import elect_service_route_node
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
 from vpnctl.reconcile.tenant_spec import parse_tenant
@@ -71,8 +72,12 @@ def reconcile_pure(inputs: dict[str, Any]) -> tuple[list[KubeObject], dict[str, 
         m.node: NodeObservation(node=m.node, connected=True, rtt_seconds=0.002) for m in t.members
     }
     holder = elect_service_route_node(
-        current=None, connected=connected_members(tenant=t, observations=observations)
-    )
+        current=None,
+        elected_at=None,
+        members={m.node for m in t.members},
+        connected=connected_members(tenant=t, observations=observations),
+        now=None,
+    ).holder
     clients = client_routes(tenant=t, allocations=result.allocations, service_route_node=holder)
     desired = server_desired_state(clients=clients, apiserver_serial=1)
     parse_desired(desired, path="desired.json", tunnel_cidr=t.spec.tunnel_cidr)

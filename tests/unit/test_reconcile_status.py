@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import pytest
+import yaml
 
 from tests.support import capi
 from tests.support.conditions import all_parts_done
@@ -17,10 +18,15 @@ from vpnctl.reconcile.allocation import (
     allocations_from_status,
     released_from_status,
 )
-from vpnctl.reconcile.conditions import READY
-from vpnctl.reconcile.routes import elect_service_route_node
+from vpnctl.reconcile.conditions import READY, SERVER_READY, derive_ready, set_condition
+from vpnctl.reconcile.service_route_election import elect_service_route_node
 from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
-from vpnctl.reconcile.status_table import format_table, human_duration, render_status
+from vpnctl.reconcile.status_table import (
+    format_table,
+    human_duration,
+    render_objects,
+    render_status,
+)
 from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -53,8 +59,11 @@ def reconcile_once(
     )
     holder = elect_service_route_node(
         current=prev.get("serviceRouteNode"),
+        elected_at=None,
+        members={m.node for m in t.members},
         connected=connected_members(tenant=t, observations=observations),
-    )
+        now=None,
+    ).holder
     conditions = all_parts_done(prev.get("conditions", []), generation=t.generation, now=now)
     return build_status(
         tenant=t,
@@ -197,14 +206,57 @@ def test_render_status_for_one_tunnel() -> None:
     out = render_status([tunnel_with(status)], now=T0 + timedelta(minutes=5))
     tunnels, nodes = out.split("\n\n")
     assert tunnels.splitlines() == [
-        "NAMESPACE   CLUSTER    READY   NODES   CONNECTED   AGE",
-        "tenant-a    tenant-a   True    4       2           121d",
+        "NAMESPACE   CLUSTER    READY   REASON        NODES   CONNECTED   AGE",
+        "tenant-a    tenant-a   True    TunnelReady   4       2           121d",
     ]
     lines = nodes.splitlines()
     assert lines[0].split() == ["NODE", "TUNNEL-IP", "CONNECTED", "SINCE", "RTT", "KUBELET"]
     assert lines[1].split() == ["node-1", "198.18.8.3", "yes", "5m", "2.0ms", "OK"]
     assert lines[2].split() == ["node-2", "198.18.8.4", "no", "5m", "-", "-"]
     assert lines[4].split() == ["tenant-a-md-9", "-", "no", "5m", "-", "-"]
+
+
+def test_rtt_is_a_column_only_when_some_node_has_one() -> None:
+    """The server role exports no RTT today: no column of dashes in that case."""
+    seen = {
+        n: NodeObservation(node=n, connected=True, kubelet_reachable=True)
+        for n in ("node-1", "node-3")
+    }
+    status = reconcile_once(tenant_with_pending(), None, seen, T0)
+    _, nodes = render_status([tunnel_with(status)], now=T0).split("\n\n")
+    assert nodes.splitlines()[0].split() == ["NODE", "TUNNEL-IP", "CONNECTED", "SINCE", "KUBELET"]
+    assert nodes.splitlines()[1].split() == ["node-1", "198.18.8.3", "yes", "0s", "OK"]
+    _, nodes = render_status([tunnel_with(status)], now=T0, wide=True).split("\n\n")
+    assert "RTT" not in nodes.splitlines()[0].split()
+
+
+def test_not_ready_shows_the_reason_and_wide_shows_the_parts() -> None:
+    prev: TunnelStatusBody = {}
+    t = tenant_with_pending()
+    status = reconcile_once(t, prev, obs("node-1"), T0)
+    conditions = set_condition(
+        status["conditions"], type=SERVER_READY, status="False", reason="ServerNotRunning",
+        message="the server Deployment has no ready pod\n(0 of 1)", observed_generation=1,
+        now=T0,
+    )  # fmt: skip
+    status["conditions"] = derive_ready(conditions, observed_generation=1, now=T0)
+    tunnel = tunnel_with(status)
+    tunnels, nodes = render_status([tunnel], now=T0).split("\n\n")
+    header, row = (line.split() for line in tunnels.splitlines())
+    assert dict(zip(header, row, strict=False))["REASON"] == "ServerNotRunning"
+    assert row[2:4] == ["False", "ServerNotRunning"]
+
+    tunnels, nodes = render_status([tunnel], now=T0, wide=True).split("\n\n")
+    header_line, row_line = tunnels.splitlines()
+    assert header_line.split() == [
+        "NAMESPACE", "CLUSTER", "READY", "REASON", "NODES", "CONNECTED", "AGE",
+        "PKI", "SERVER", "AGENT", "ROUTE-NODE", "MESSAGE",
+    ]  # fmt: skip
+    message_at = header_line.index("MESSAGE")
+    assert row_line.split()[7:11] == ["True", "False", "True", "node-1"]
+    assert row_line[message_at:] == "the server Deployment has no ready pod (0 of 1)"
+    assert nodes.splitlines()[0].split()[:3] == ["NODE", "MACHINE", "TUNNEL-IP"]
+    assert nodes.splitlines()[1].split()[:3] == ["node-1", "tenant-a-md-1", "198.18.8.3"]
 
 
 def test_render_status_for_many_tunnels_prefixes_namespace_and_cluster() -> None:
@@ -220,5 +272,28 @@ def test_render_status_for_many_tunnels_prefixes_namespace_and_cluster() -> None
 
 def test_render_status_before_any_status() -> None:
     out = render_status([capi.tunnel()], now=T0)
-    assert out.splitlines()[1].split() == ["tenant-a", "tenant-a", "Unknown", "0", "0", "121d"]
+    assert out.splitlines()[1].split() == ["tenant-a", "tenant-a", "Unknown", "-", "0", "0", "121d"]
     assert render_status([], now=T0) == "No tunnels found.\n"
+
+
+@pytest.mark.parametrize("output", ["json", "yaml"])
+def test_objects_are_printed_like_kubectl(output: Literal["json", "yaml"]) -> None:
+    status = reconcile_once(tenant_with_pending(), None, obs("node-1"), T0)
+    a = tunnel_with(status, name="b", namespace="ns2", spec={"clusterName": "b"})
+    b = tunnel_with(status, name="a", namespace="ns1", spec={"clusterName": "a"})
+    # as items of a list response: no kind, no apiVersion; managedFields present
+    for t in (a, b):
+        t.pop("kind")
+        t.pop("apiVersion")
+        cast(dict[str, Any], t["metadata"])["managedFields"] = [{"manager": "vpnctl"}]
+    load = json.loads if output == "json" else yaml.safe_load
+    listed = load(render_objects([a, b], output=output))
+    assert (listed["apiVersion"], listed["kind"]) == ("v1", "List")
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["a", "b"]
+    for item in listed["items"]:
+        assert (item["apiVersion"], item["kind"]) == ("vpnctl.io/v1alpha1", "Tunnel")
+        assert "managedFields" not in item["metadata"]
+        assert item["status"] == json.loads(json.dumps(status))
+    assert "managedFields" in cast(dict[str, Any], a["metadata"])  # the input is not changed
+    one = load(render_objects([a], output=output, single=True))
+    assert (one["kind"], one["metadata"]["name"]) == ("Tunnel", "b")

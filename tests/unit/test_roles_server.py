@@ -48,6 +48,7 @@ class FakeManagement:
         self._connected = False
         self.clients: dict[str, ClientStatus] = {}
         self.killed: list[str] = []
+        self.status_calls = 0
         self.signals: list[str] = []
         self.answers: list[tuple[str, int, int, str]] = []
         self.fail_commands = False
@@ -77,6 +78,7 @@ class FakeManagement:
 
     async def status(self) -> list[ClientStatus]:
         self._check()
+        self.status_calls += 1
         return list(self.clients.values())
 
     async def state(self) -> StateEvent:
@@ -324,6 +326,51 @@ async def test_crl_install_kicks_revoked_clients_and_refuses_a_foreign_crl(
     with pytest.raises(MaterialError, match=r"crl\.pem: .*tenant-b"):
         await role.install_crl()
     assert target.read_bytes() == installed
+
+
+async def test_a_node_replaced_under_its_name_is_not_kicked_for_its_predecessors_revocation(
+    server: tuple[ServerRole, FakeManagement], pki: Pki, tmp_path: Path
+) -> None:
+    """node-2's machine was replaced: the desired state still lists the old node's serial
+    next to the new one, and the CRL revokes the old. The new node, admitted with its own
+    serial, stays connected; the server used to kick every connection named node-2 on
+    every status poll, so the new node never kept its tunnel."""
+    role, mgmt = await _serving(server, pki)
+    fresh = certs.new_client_cert(pki.ca, common_name="node-2", now=NOW, lifetime=DAY)
+    new_serial = certs.cert_info(fresh.cert_pem).serial
+    doc = {
+        "apiserver": {"common_name": "apiserver", "ifconfig_ip": "198.18.8.2",
+                      "serial": f"{pki.serials['apiserver']:x}"},
+        "clients": [{"common_name": "node-2", "ifconfig_ip": "198.18.8.12",
+                     "iroutes": ["198.19.0.12/32"],
+                     "serials": [f"{pki.serials['node-2']:x}", f"{new_serial:x}"]}],
+    }  # fmt: skip
+    await role.apply_desired(parse_desired(doc, path="/d.json", tunnel_cidr=TUNNEL))
+    (tmp_path / "crl.pem").write_bytes(pki.crl("node-2", number=1))
+    await role.install_crl()
+    clock = role.clock
+    assert isinstance(clock, ManualClock)
+    answering = asyncio.create_task(role.authorizer.run())
+    polling = asyncio.create_task(role._status_task())
+    try:
+        mgmt.notify(_ask("node-2", new_serial, cid=5))
+        assert [(verb, cid) for verb, cid, _, _ in await _answers(mgmt, 1)] == [("auth", 5)]
+        mgmt.connect_client("node-2", client_id=5)
+        clock.advance(role.cfg.status_interval)
+        await aeventually(lambda: "node-2" in role.connected, what="node-2 seen", interval=0)
+        polls = mgmt.status_calls
+        await role.install_crl()  # a CRL refresh, and another status poll
+        clock.advance(role.cfg.status_interval)
+        await aeventually(lambda: mgmt.status_calls > polls, what="another poll", interval=0)
+        assert mgmt.killed == []
+        assert _kicked(role, "revoked") == 0
+
+        # The same node, had it been admitted with the revoked serial, goes.
+        mgmt.notify(_ask("node-2", pki.serials["node-2"], cid=6))
+        assert (await _answers(mgmt, 2))[1][:2] == ("deny", 6)
+    finally:
+        answering.cancel()
+        polling.cancel()
 
 
 async def test_kicks_wait_for_management_and_are_not_lost(

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 import certs
 from tests.support import kubeconfigs
+from tests.support.logfmt import parse_record
 from vpnctl.controller.budgets import Budgets, TenantBudget
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.tenant_csr_loop import CsrLoop
@@ -28,7 +29,7 @@ from vpnctl.controller.tenant_install import (
     result_for_error,
 )
 from vpnctl.controller.tenant_side import KubeTenantSide
-from vpnctl.controller.tenant_state import TenantCalls, TenantState
+from vpnctl.controller.tenant_state import FailedPasses, TenantCalls, TenantState
 from vpnctl.controller.tenant_tasks import TenantTasks
 from vpnctl.kube import (
     CLUSTER_ROLE,
@@ -511,3 +512,31 @@ def test_a_cached_node_keeps_only_what_the_plan_reads() -> None:
     assert node_facts([slim]) == node_facts([big])  # type: ignore[list-item]
     # Junk in any field: a slim junk object, never an exception.
     assert slim_node({"metadata": 3, "spec": [], "status": "x"})["spec"] == {}
+
+
+async def test_a_failed_pass_logs_its_error_as_one_value(caplog: pytest.LogCaptureFixture) -> None:
+    """The error of a failed repair pass is one logfmt value, however it is worded."""
+    from telemetry.logs import LogfmtFormatter
+
+    clock = ManualClock(autoadvance=True)
+    calls = TenantCalls(
+        clock=clock, rng=random.Random(1), watch_metrics=WatchMetrics(CollectorRegistry()),
+        request_timeout=1.0, request_attempts=1, watch_timeout_seconds=60,
+        backoff_base=0.5, backoff_cap=1.0,
+    )  # fmt: skip
+    passes = FailedPasses(
+        calls=calls, wakeup=asyncio.Event(), tenant=TENANT, event="tenant_repair_failed"
+    )
+    error = "Server said 'no': quota exceeded; retry=later"
+    with caplog.at_level(logging.WARNING, logger="vpnctl.controller.tenant_state"):
+        await passes.failed(error=error)
+    (record,) = caplog.records
+    fields = parse_record(LogfmtFormatter().format(record))
+    assert fields["event"] == "tenant_repair_failed"
+    assert (fields["tenant"], fields["failures"], fields["error"]) == (
+        "tenant-a/tenant-a",
+        "1",
+        error,
+    )
+    assert "retry" not in fields  # the error's text forged no key
+    assert clock.sleeps  # and the loop backed off

@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 from ipaddress import IPv4Network
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 from vpnctl.controller.budgets import DEFAULT_TENANT_SIDE_TIMEOUT, Budgets
 from vpnctl.reconcile.container_resources import (
@@ -41,17 +41,32 @@ SERVICE_TYPES = ("LoadBalancer", "NodePort", "ClusterIP")
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """`vpnctl run`'s own flags (--kubeconfig and --context are global: vpnctl/cli.py)."""
     where = p.add_argument_group("connection")
-    where.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube)")
-    where.add_argument("--context", help="kubeconfig context")
-    where.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+    where.add_argument(
+        "--in-cluster", action="store_true",
+        help="use the pod's service account even where a kubeconfig is set",
+    )  # fmt: skip
     lead = p.add_argument_group("leader election")
-    lead.add_argument("--leader-elect", action="store_true", help="run with a Lease (2 replicas)")
-    lead.add_argument("--identity", default=None, help="lease holder name (default: $POD_NAME)")
-    lead.add_argument("--lease-namespace", default=None, help="default: $POD_NAMESPACE")
-    lead.add_argument("--lease-name", default="vpnctl-controller")
+    lead.add_argument(
+        "--leader-elect", action="store_true",
+        help="hold a Lease while reconciling, so replicas take over from each other",
+    )  # fmt: skip
+    lead.add_argument(
+        "--identity",
+        default=None,
+        help="lease holder name (default: $POD_NAME, else the host name)",
+    )
+    lead.add_argument(
+        "--lease-namespace", default=None, metavar="NS",
+        help="namespace of the Lease (default: $POD_NAMESPACE, else vpnctl-system)",
+    )  # fmt: skip
+    lead.add_argument("--lease-name", default="vpnctl-controller", help="name of the Lease")
     ctl = p.add_argument_group("controller")
-    ctl.add_argument("--namespace", default=None, help="watch only this namespace")
+    ctl.add_argument(
+        "--namespace", default=None, metavar="NS",
+        help="watch only this namespace (default: all namespaces)",
+    )  # fmt: skip
     ctl.add_argument(
         "--health-address",
         default="0.0.0.0:8081",
@@ -66,18 +81,44 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="where /metrics answers, on a port of its own (default: on --health-address)",
     )
     ctl.add_argument("--workers", type=int, default=8, help="tenants reconciled in parallel")
-    ctl.add_argument("--resync-period", type=float, default=300.0, metavar="SECONDS")
-    ctl.add_argument("--observe-interval", type=float, default=5.0, metavar="SECONDS")
     ctl.add_argument(
-        "--no-auto-tunnel", action="store_true", help="don't create a Tunnel for every Cluster"
+        "--service-route-grace",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="a newly elected service-route holder keeps the role this long while it "
+        "reconnects from the kick its election causes",
     )
+    ctl.add_argument(
+        "--resync-period", type=float, default=300.0, metavar="SECONDS",
+        help="every Tunnel is reconciled at least this often, with or without events",
+    )  # fmt: skip
+    ctl.add_argument(
+        "--observe-interval", type=float, default=5.0, metavar="SECONDS",
+        help="how often each tenant's server pods are asked which nodes are connected",
+    )  # fmt: skip
+    ctl.add_argument(
+        "--no-auto-tunnel", action="store_true",
+        help="don't create a Tunnel for every Cluster (by default every Cluster gets one)",
+    )  # fmt: skip
     ctl.add_argument(
         "--default-service-type",
         choices=SERVICE_TYPES,
         default=None,
         help="spec.expose.serviceType of automatically created Tunnels (default: the CRD's)",
     )
-    ctl.add_argument("--node-cert-lifetime", default="720h", help="node certificates (CSRs)")
+    ctl.add_argument(
+        "--node-cert-lifetime", default="720h", metavar="DURATION",
+        help="lifetime of node certificates signed from CSRs (a Go duration)",
+    )  # fmt: skip
+    ctl.add_argument(
+        "--node-revocation-max-delay",
+        default="10m",
+        metavar="DURATION",
+        help="a deleted Machine's node keeps its tunnel until drained, at most this long "
+        "after its deletionTimestamp (Tunnels may set spec.nodeRevocation.maxDelay; 0s: "
+        "revoke when deletion starts)",
+    )
     budget = p.add_argument_group(
         "per-tenant budgets",
         "what one tenant cluster may cost the controller; a tenant over budget gets the "
@@ -91,12 +132,22 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="upper bound of one reconcile's calls into a tenant cluster",
     )
-    budget.add_argument("--tenant-max-objects", type=int, default=b.max_objects)
-    budget.add_argument("--tenant-max-cache-bytes", type=int, default=b.max_bytes, metavar="BYTES")
     budget.add_argument(
-        "--tenant-csr-decisions-per-minute", type=int, default=b.csr_decisions_per_minute
-    )
-    budget.add_argument("--tenant-repairs-per-minute", type=int, default=b.repairs_per_minute)
+        "--tenant-max-objects", type=int, default=b.max_objects, metavar="N",
+        help="objects the controller may cache from one tenant cluster",
+    )  # fmt: skip
+    budget.add_argument(
+        "--tenant-max-cache-bytes", type=int, default=b.max_bytes, metavar="BYTES",
+        help="bytes the controller may cache from one tenant cluster",
+    )  # fmt: skip
+    budget.add_argument(
+        "--tenant-csr-decisions-per-minute", type=int, default=b.csr_decisions_per_minute,
+        metavar="N", help="node CSRs one tenant may have decided per minute",
+    )  # fmt: skip
+    budget.add_argument(
+        "--tenant-repairs-per-minute", type=int, default=b.repairs_per_minute, metavar="N",
+        help="drift repairs (re-applied objects) per tenant per minute",
+    )  # fmt: skip
     budget.add_argument(
         "--tenant-max-csr-request-bytes",
         type=int,
@@ -111,7 +162,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="an install in a tenant cluster taking longer is cut, and counts as slow",
     )
-    budget.add_argument("--tenant-slow-calls-per-minute", type=int, default=b.slow_calls_per_minute)
+    budget.add_argument(
+        "--tenant-slow-calls-per-minute", type=int, default=b.slow_calls_per_minute,
+        metavar="N", help="slow calls into one tenant cluster per minute before it pauses",
+    )  # fmt: skip
     budget.add_argument(
         "--tenant-pause",
         type=float,
@@ -119,13 +173,31 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="first pause of a tenant over budget (doubles while it stays over)",
     )
-    budget.add_argument("--tenant-max-pause", type=float, default=b.pause_cap, metavar="SECONDS")
+    budget.add_argument(
+        "--tenant-max-pause", type=float, default=b.pause_cap, metavar="SECONDS",
+        help="longest pause of a tenant over budget",
+    )  # fmt: skip
     build = p.add_argument_group("what the tenants get")
-    build.add_argument("--agent-image", required=True, help="image of the agent (all roles)")
-    build.add_argument("--image-pull-policy", default="IfNotPresent")
-    build.add_argument("--image-pull-secret", action="append", default=[])
-    build.add_argument("--tenant-namespace", default="vpnctl-system")
-    build.add_argument("--tun-resource", default=None, help="device plugin resource for tun")
+    build.add_argument(
+        "--agent-image", required=True, metavar="IMAGE",
+        help="image of the agent, all roles (required)",
+    )  # fmt: skip
+    build.add_argument(
+        "--image-pull-policy", default="IfNotPresent",
+        choices=("Always", "IfNotPresent", "Never"), help="of the agent's containers",
+    )  # fmt: skip
+    build.add_argument(
+        "--image-pull-secret", action="append", default=[], metavar="NAME",
+        help="a Secret the agent's pods pull with (repeat)",
+    )  # fmt: skip
+    build.add_argument(
+        "--tenant-namespace", default="vpnctl-system", metavar="NS",
+        help="namespace of the agent's objects in each tenant cluster",
+    )  # fmt: skip
+    build.add_argument(
+        "--tun-resource", default=None, metavar="NAME",
+        help="a device plugin resource that gives pods /dev/net/tun (default: none)",
+    )  # fmt: skip
     build.add_argument(
         "--tun-host-path",
         action="store_true",
@@ -142,6 +214,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--reserved-cidr",
         action="append",
         default=[],
+        metavar="CIDR",
         help="a network of the service cluster itself (repeat); no tenant may overlap it",
     )
     build.add_argument(
@@ -167,15 +240,25 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--node-port-address",
         action="append",
         default=[],
+        metavar="ADDRESS",
         help="an address of the service cluster's nodes, for NodePort servers (repeat)",
     )
 
 
+OUTPUTS = ("table", "wide", "json", "yaml")
+
+
 def add_status_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("cluster", nargs="?", help="only this Cluster's Tunnel")
-    p.add_argument("-n", "--namespace", default=None, help="default: all namespaces")
-    p.add_argument("--kubeconfig", default=None)
-    p.add_argument("--context", default=None)
+    """`vpnctl status`'s own flags (--kubeconfig and --context are global)."""
+    p.add_argument("cluster", nargs="?", help="only this Cluster's Tunnel (default: all)")
+    p.add_argument(
+        "-n", "--namespace", default=None, metavar="NS",
+        help="only this namespace (default: all namespaces)",
+    )  # fmt: skip
+    p.add_argument(
+        "-o", "--output", choices=OUTPUTS, default="table",
+        help="tables (wide: with more columns), or the Tunnel objects as JSON or YAML",
+    )  # fmt: skip
 
 
 def _host_port(text: str, *, flag: str) -> tuple[str, int]:
@@ -196,13 +279,16 @@ async def _connect(args: argparse.Namespace) -> Kube:
         and not os.environ.get("KUBECONFIG")
         and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     )
-    return await connect(kubeconfig=args.kubeconfig, context=args.context, in_cluster=in_cluster)
+    return await connect(
+        kubeconfig=args.kubeconfig, context=getattr(args, "context", None), in_cluster=in_cluster
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
     """The ControllerSettings the flags describe (SystemExit naming a bad flag)."""
     from vpnctl.controller.operator import ControllerSettings
     from vpnctl.controller.tenant_reconciler import TenantSettings
+    from vpnctl.reconcile.durations import parse_duration
     from vpnctl.reconcile.settings import Settings
 
     try:
@@ -229,7 +315,13 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
     defaults: dict[str, Any] = {}
     if args.default_service_type:
         defaults["expose"] = {"serviceType": args.default_service_type}
+    try:
+        revocation_delay = parse_duration(args.node_revocation_max_delay)
+    except ValueError as exc:
+        raise SystemExit(f"vpnctl run: --node-revocation-max-delay: {exc}") from None
     build = Settings(
+        node_revocation_max_delay=revocation_delay,
+        service_route_grace=dt.timedelta(seconds=args.service_route_grace),
         agent_image=args.agent_image,
         image_pull_policy=args.image_pull_policy,
         image_pull_secrets=tuple(args.image_pull_secret),
@@ -302,6 +394,11 @@ def budgets_from_args(args: argparse.Namespace) -> Budgets:
         raise SystemExit(f"vpnctl run: --tenant-*: {exc}") from None
 
 
+def _exiting(reason: str, exc: BaseException) -> None:
+    """The controller's last record: a daemon's errors go where its logs go."""
+    _log.error("event=controller_exiting reason=%s error=%s", reason, str(exc))
+
+
 async def run(args: argparse.Namespace) -> int:
     """`vpnctl run`: the controller until SIGTERM/SIGINT."""
     from prometheus_client import CollectorRegistry
@@ -324,13 +421,13 @@ async def run(args: argparse.Namespace) -> int:
     try:
         kube = await _connect(args)
     except KubeconfigError as exc:
-        print(f"vpnctl run: {exc}", file=sys.stderr)
+        _exiting("kubeconfig", exc)
         return 1
     try:
         settings = await _with_reserved_networks(settings, kube, detect=args.detect_reserved_cidrs)
     except NetworkDetectionError as exc:
         await kube.close()
-        print(f"vpnctl run: {exc}", file=sys.stderr)
+        _exiting("reserved_networks", exc)
         return 1
     clock = SystemClock()
     rng = random.Random()
@@ -380,7 +477,7 @@ async def run(args: argparse.Namespace) -> int:
             )
             await controller.run(stop=stop)
     except OSError as exc:  # the health port is taken, typically
-        print(f"vpnctl run: {exc}", file=sys.stderr)
+        _exiting("startup", exc)
         return 1
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -390,10 +487,11 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def status(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
-    """`vpnctl status`: the Tunnels' tables, as the controller last wrote them."""
+    """`vpnctl status`: the Tunnels' tables, as the controller last wrote them, or the
+    Tunnels themselves (-o json|yaml). Exit 1 when the named Cluster has no Tunnel."""
     from vpnctl.api import Tunnel
     from vpnctl.kube import TUNNEL, ApiError, KubeconfigError
-    from vpnctl.reconcile.status_table import render_status
+    from vpnctl.reconcile.status_table import render_objects, render_status
 
     try:
         kube = await _connect(args)
@@ -413,7 +511,17 @@ async def status(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
             if (t.get("spec") or {}).get("clusterName") == args.cluster
             or (t.get("metadata") or {}).get("name") == args.cluster
         ]
-    out.write(render_status(cast(list[Tunnel], tunnels), now=dt.datetime.now(dt.UTC)))
+    found = cast(list[Tunnel], tunnels)
+    output = getattr(args, "output", "table")
+    if output in ("json", "yaml"):
+        if args.cluster and not found:
+            where = f" in namespace {args.namespace}" if args.namespace else ""
+            print(f"vpnctl status: no Tunnel for Cluster {args.cluster}{where}", file=sys.stderr)
+            return 1
+        as_format = cast(Literal["json", "yaml"], output)
+        out.write(render_objects(found, output=as_format, single=bool(args.cluster)))
+    else:
+        out.write(render_status(found, now=dt.datetime.now(dt.UTC), wide=output == "wide"))
     with contextlib.suppress(BrokenPipeError):
         out.flush()
-    return 0 if tunnels or not args.cluster else 1
+    return 0 if found or not args.cluster else 1

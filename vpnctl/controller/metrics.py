@@ -75,6 +75,13 @@ class ControllerMetrics:
             ["kind", "resource"],
             registry=registry,
         )
+        self.service_route_elections = Counter(
+            "vpnctl_service_route_elections",
+            "Service-route holders elected, by reason (NoHolder, HolderGone, "
+            "HolderDisconnected, HolderUnhealthy); each costs the new holder a reconnect.",
+            ["reason"],
+            registry=registry,
+        )
         self._queue_depth: Callable[[], int] = lambda: 0
         self._queue_scheduled: Callable[[], int] = lambda: 0
         self._conditions: dict[TenantRef, dict[str, str]] = {}

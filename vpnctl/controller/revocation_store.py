@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -224,6 +224,7 @@ async def revoke_and_plan_crl(
     ca: certs.Issued,
     current_crl_pem: bytes | None,
     machines: Sequence[Mapping[str, Any]],
+    kept: Collection[str] = (),
     reported: Iterable[IssuedCert] = (),
     known_serials: Iterable[tuple[str, str | None, int]] = (),
     revoke: Iterable[tuple[str, int]] = (),
@@ -232,16 +233,17 @@ async def revoke_and_plan_crl(
 ) -> RevocationStep:
     """One pass of revocation for a tenant; see the module docstring.
 
-    ``machines``: the Cluster's Machines now. ``reported``: certificates the tenant side
-    reports as signed. ``known_serials``: (node, machine, serial) the Tunnel's status
-    keeps, used to seed a new book. ``revoke``: (node, serial) to revoke whatever the
+    ``machines``: the Cluster's Machines now; ``kept``: those being deleted whose nodes
+    keep their certificates for now (``machine_deletion``). ``reported``: certificates the
+    tenant side reports as signed. ``known_serials``: (node, machine, serial) the Tunnel's
+    status keeps, used to seed a new book. ``revoke``: (node, serial) to revoke whatever the
     book says (Machines whose allocations leave the status). The certificates' expiry,
     when the book does not know it, is bounded by the CA's (no certificate outlives its
     CA here: ``certs.sign_csr`` caps it).
     """
     ca_not_after = certs.cert_info(ca.cert_pem).not_after
     published = _crl_entries(current_crl_pem, ca)
-    live = live_machines(machines)
+    live = live_machines(machines, kept=kept)
     outcome: dict[str, Any] = {}
 
     def change(stored: RevocationBook | None) -> RevocationBook:

@@ -134,7 +134,7 @@ class CsrLoop:
             failed = await self.decide_csrs(state, state.csr_backlog.take(watcher.store))
             if failed:
                 state.csr_backlog.retry(failed)
-                await passes.failed(f"csrs={len(failed)}")
+                await passes.failed(csrs=len(failed))
             else:
                 passes.succeeded()
 

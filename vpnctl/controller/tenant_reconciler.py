@@ -54,6 +54,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, cast
 
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL, ConditionStatus, TunnelStatusBody
@@ -94,8 +95,10 @@ from vpnctl.kube import (
 )
 from vpnctl.reconcile.agent_objects import tenant_objects
 from vpnctl.reconcile.agentdocs import node_role_config, service_remotes
+from vpnctl.reconcile.allocation import forget_serials
 from vpnctl.reconcile.conditions import PKI_READY, SERVER_READY
 from vpnctl.reconcile.errors import PermanentError, ReconcileError, TemporaryError
+from vpnctl.reconcile.machine_deletion import DeletionVerdicts
 from vpnctl.reconcile.revocation_book import IssuedCert
 from vpnctl.reconcile.secrets import kubeconfig_secret_name, parse_kubeconfig_secret
 from vpnctl.reconcile.server_policy import server_network_policy
@@ -105,7 +108,7 @@ from vpnctl.reconcile.service_objects import (
     server_service,
 )
 from vpnctl.reconcile.status import NodeObservation
-from vpnctl.reconcile.tenant_plan import TenantPlan, plan_tenant
+from vpnctl.reconcile.tenant_plan import TenantPlan, deletion_verdicts, plan_tenant
 
 _log = logging.getLogger(__name__)
 
@@ -153,6 +156,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         # operator's poller compares against it), and Machines reported as waiting.
         self.observed: dict[TenantRef, frozenset[tuple[str, bool, bool | None]]] = {}
         self._reported_waiting: dict[TenantRef, dict[str, str]] = {}
+        self._reported_deletions: dict[TenantRef, dict[str, str]] = {}
         # What the tenant side last said about each tenant's budgets (absent: no answer).
         self._side_degraded: dict[TenantRef, tuple[str, str] | None] = {}
 
@@ -191,6 +195,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         """Drop everything kept in memory about a tenant (it is gone, or not ours)."""
         self.observed.pop(key, None)
         self._reported_waiting.pop(key, None)
+        self._reported_deletions.pop(key, None)
         self._side_degraded.pop(key, None)
         self._metrics.forget(key)
         await self._side.forget(key)
@@ -234,6 +239,16 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         # The CSR signer decides with the Machines of now, whatever the spec's state.
         self._side.machines_changed(key, machines)
         observations, observe_error = await self._observe(key, tunnel)
+        # One clock reading for the pass. Which deleted Machines' nodes keep their tunnel
+        # while they drain is decided once, so the plan's CCDs and the revocation book agree.
+        now = self._clock.now()
+        deletions = deletion_verdicts(
+            tunnel=cast(Any, tunnel),
+            machines=cast(Any, machines),
+            settings=self._settings.build,
+            now=now,
+        )
+        await self._report_deletions(key, tunnel, deletions)
         try:
             plan = plan_tenant(
                 tunnel=cast(Any, tunnel),
@@ -244,18 +259,19 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                 nodes=cast(Any, self._side.nodes(key)),
                 observations=observations,
                 settings=self._settings.build,
+                kept=deletions.kept,
+                now=now,
             )
         except PermanentError as exc:
             # Revocation does not wait for a valid spec: a Machine deleted meanwhile
-            # loses its certificates and its CCD now.
-            await self._revoke_while_invalid(key, tunnel, machines)
+            # loses its certificates and its CCD once drained.
+            await self._revoke_while_invalid(key, tunnel, machines, kept=deletions.kept)
             await self._report(key, tunnel, error=exc, part=SERVER_READY)
-            return Outcome(), "invalid"
+            return Outcome(requeue_after=self._until(deletions.recheck_at)), "invalid"
         for warning in plan.tenant.warnings:
             _log.info("event=tenant_warning tenant=%s warning=%r", key, warning)
         await self._report_waiting(key, plan, machines)
 
-        now = self._clock.now()
         try:
             keys = await self._ensure_pki(plan.tenant, plan.names, now=now)
             # The revocation book, then the server ConfigMap: it carries the CRL.
@@ -266,6 +282,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                 keys.ca,
                 server_cm,
                 machines,
+                kept=deletions.kept,
                 known=[
                     (a.node, a.machine, serial)
                     for a in (*plan.allocation.allocations, *plan.allocation.removed)
@@ -284,7 +301,9 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             await self._report(key, tunnel, error=exc, part=PKI_READY)
             return Outcome(), "invalid"
         crl = step.crl
-        allocations = plan.allocation.allocations
+        # A revoked serial admits nobody again, whatever Machine the tenant side reports
+        # it for (its CSRs outlive a node replaced under the same name).
+        allocations = forget_serials(plan.allocation.allocations, gone=step.book.revoked)
         server_cm = await self._apply_server_config(
             plan, keys.apiserver_serial, crl, allocations=allocations, live=server_cm
         )
@@ -314,10 +333,20 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             # Recorded (and, for a Machine that is gone by now, revoked) in the book
             # before the status learns them: the book is what revokes.
             step = await self._revocations(
-                key, tunnel, keys.ca, server_cm, machines, reported=signed, now=now
+                key,
+                tunnel,
+                keys.ca,
+                server_cm,
+                machines,
+                kept=deletions.kept,
+                reported=signed,
+                now=now,
             )
             crl = step.crl
-        updated = record_signed(allocations, [(c.node, format(c.serial, "x")) for c in signed])
+        updated = forget_serials(
+            record_signed(allocations, [(c.node, format(c.serial, "x")) for c in signed]),
+            gone=step.book.revoked,
+        )
         if updated != allocations or crl.changed:
             allocations = updated
             await self._apply_server_config(
@@ -346,12 +375,83 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             allocations=allocations,
         )
         await self._write_status(key, tunnel, status)
+        await self._report_election(key, tunnel, plan)
         self._expiries(key, keys, crl)
         self.observed[key] = observation_fingerprint(None if observe_error else observations)
 
         due = [keys.renew_at, crl.refresh_at]
+        if deletions.recheck_at is not None:  # a draining node's bound
+            due.append(deletions.recheck_at)
+        if plan.election.recheck_at is not None:  # the end of a new holder's grace
+            due.append(plan.election.recheck_at)
         requeue = max(1.0, min((d - now).total_seconds() for d in due))
         return Outcome(requeue_after=requeue, retry=side_retry), "retry" if side_retry else "ok"
+
+    async def _report_election(self, key: TenantRef, tunnel: KubeObject, plan: TenantPlan) -> None:
+        """Count, log and tell in an Event a change of the service-route holder."""
+        election = plan.election
+        if not election.changed:
+            return
+        reason = election.reason or ""
+        self._metrics.service_route_elections.labels(reason=reason).inc()
+        _log.info(
+            "event=service_route_elected tenant=%s node=%s previous=%s reason=%s",
+            key,
+            election.holder or "-",
+            election.previous or "-",
+            reason,
+        )
+        was = f" (was {election.previous}: {reason})" if election.previous else ""
+        if election.holder is None:
+            note = f"no node carries the service CIDR any more{was}: none is connected"
+        else:
+            note = (
+                f"node {election.holder} now carries the service CIDR{was}; it reconnects "
+                "once to take the new routes"
+            )
+        await self._event(tunnel, "Normal", "ServiceRouteElected", note)
+
+    def _until(self, when: datetime | None) -> float | None:
+        """Seconds until WHEN (at least 1), for a requeue; None for no time."""
+        if when is None:
+            return None
+        return max(1.0, (when - self._clock.now()).total_seconds())
+
+    async def _report_deletions(
+        self, key: TenantRef, tunnel: KubeObject, deletions: DeletionVerdicts
+    ) -> None:
+        """Log, and tell in an Event on the Tunnel, each deleted Machine's verdict once,
+        when it changes: NodeRevocationDeferred while its node drains, NodeRevocationDue
+        when its certificates go."""
+        seen = self._reported_deletions.setdefault(key, {})
+        for machine, verdict in sorted(deletions.verdicts.items()):
+            said = f"{verdict.revoke}:{verdict.reason}"
+            if seen.get(machine) == said:
+                continue
+            seen[machine] = said
+            until = verdict.recheck_at.isoformat() if verdict.recheck_at else "-"
+            _log.info(
+                "event=%s tenant=%s machine=%s reason=%r until=%s",
+                "node_revocation_due" if verdict.revoke else "node_revocation_deferred",
+                key,
+                machine,
+                verdict.reason,
+                until,
+            )
+            if verdict.revoke:
+                note = (
+                    f"Machine {key.namespace}/{machine} is being deleted ({verdict.reason}): "
+                    "its node's tunnel certificates are revoked now"
+                )
+                await self._event(tunnel, "Normal", "NodeRevocationDue", note)
+            else:
+                note = (
+                    f"Machine {key.namespace}/{machine} is being deleted ({verdict.reason}): "
+                    f"its node keeps its tunnel until drained, at the latest {until}"
+                )
+                await self._event(tunnel, "Normal", "NodeRevocationDeferred", note)
+        for machine in set(seen) - set(deletions.verdicts):
+            del seen[machine]
 
     async def _list_machines(self, key: TenantRef) -> list[KubeObject]:
         if self._machines is not None:

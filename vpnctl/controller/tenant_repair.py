@@ -121,7 +121,7 @@ class DriftRepair:
                 async with state.lock:
                     await self._repair_pass(state)
             except ApiError as exc:
-                await passes.failed(f"error={str(exc)!r}")
+                await passes.failed(error=str(exc))
             else:
                 passes.succeeded()
 

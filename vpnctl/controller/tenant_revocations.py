@@ -10,7 +10,7 @@ a lost CA must be a person's decision, not something vpnctl papers over.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +53,7 @@ class RevocationPasses(ServerConfig):
         server_cm: KubeObject | None,
         machines: Sequence[KubeObject],
         *,
+        kept: Collection[str] = (),
         known: Sequence[tuple[str, str | None, int]] = (),
         revoke: Sequence[tuple[str, int]] = (),
         reported: Sequence[IssuedCert] = (),
@@ -69,6 +70,7 @@ class RevocationPasses(ServerConfig):
             ca=ca,
             current_crl_pem=_config_bytes(server_cm, "crl.pem"),
             machines=machines,
+            kept=kept,
             reported=reported,
             known_serials=known,
             revoke=revoke,
@@ -97,7 +99,12 @@ class RevocationPasses(ServerConfig):
         return step
 
     async def _revoke_while_invalid(
-        self, key: TenantRef, tunnel: KubeObject, machines: Sequence[KubeObject]
+        self,
+        key: TenantRef,
+        tunnel: KubeObject,
+        machines: Sequence[KubeObject],
+        *,
+        kept: Collection[str] = (),
     ) -> None:
         """Revoke the certificates of Machines that are gone, and drop their clients from
         desired.json, while the spec cannot be planned (a tenant-wide error must not
@@ -109,7 +116,7 @@ class RevocationPasses(ServerConfig):
             if ca is None:
                 return  # no CA, nothing was ever signed
             server_cm = await self._get(CONFIG_MAP, names.server_config, key.namespace)
-            step = await self._revocations(key, tunnel, ca, server_cm, machines, now=now)
+            step = await self._revocations(key, tunnel, ca, server_cm, machines, kept=kept, now=now)
         except PermanentError as exc:  # reported when the spec is valid again
             _log.warning(
                 "event=revocation_skipped tenant=%s reason=%s message=%r",
@@ -120,7 +127,9 @@ class RevocationPasses(ServerConfig):
             return
         if server_cm is None:
             return
-        desired = server_config_after_revocation(server_cm, crl_pem=step.crl.pem, machines=machines)
+        desired = server_config_after_revocation(
+            server_cm, crl_pem=step.crl.pem, machines=machines, kept=kept
+        )
         if desired is None:
             return
         await self._ensure(CONFIG_MAP, desired, live=server_cm, read=False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import certs
+from telemetry.logs import pairs
 from vpnctl.controller.budgets import TenantBudget, object_bytes
 from vpnctl.controller.csr_backlog import CsrBacklog
 from vpnctl.controller.interfaces import TenantRef
@@ -174,7 +175,7 @@ class FailedPasses:
     def succeeded(self) -> None:
         self.failures = 0
 
-    async def failed(self, detail: str) -> None:
+    async def failed(self, **detail: object) -> None:
         self.failures += 1
         delay = self.calls.backoff(self.failures)
         _log.warning(
@@ -182,7 +183,7 @@ class FailedPasses:
             self.event,
             self.tenant,
             self.failures,
-            detail,
+            pairs(**detail),
             delay,
         )
         self.wakeup.set()

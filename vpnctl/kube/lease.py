@@ -26,6 +26,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from telemetry.logs import pairs
 from vpnctl.kube.clock import Clock
 from vpnctl.kube.errors import AlreadyExists, ApiError, Conflict
 from vpnctl.kube.resources import LEASE, ObjectApi
@@ -82,7 +83,7 @@ class LeaderElector:
         self.observed_holder = ""
         self._observed_record: tuple[Any, ...] | None = None
         self._observed_at = 0.0
-        self._where = f"lease={namespace}/{name} identity={identity}"
+        self._where = pairs(lease=f"{namespace}/{name}", identity=identity)
 
     async def run(self) -> None:
         """Campaign, lead, and campaign again if leadership is lost; until cancelled.
@@ -222,7 +223,7 @@ class LeaderElector:
             _log.info("event=leader_released %s", self._where)
         except (ApiError, TimeoutError) as exc:
             _log.warning(
-                "event=leader_release_failed %s error=%r; the lease will expire instead",
+                "event=leader_release_failed %s error=%r fallback=lease_expires",
                 self._where,
                 str(exc),
             )

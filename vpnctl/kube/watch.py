@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
+from telemetry.logs import pairs
 from vpnctl.kube.clock import Clock
 from vpnctl.kube.errors import ApiError, Gone, TooManyRequests, error_from_status_object
 from vpnctl.kube.resources import KubeObject, Resource, WatchEvent, object_key
@@ -201,9 +202,9 @@ class Watcher:
         self._timeout_seconds = timeout_seconds
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
-        self._where = f"resource={res.label} namespace={namespace or '*'}"
-        if field_selector:
-            self._where += f" field_selector={field_selector}"
+        self._where = pairs(
+            resource=res.label, namespace=namespace or "*", field_selector=field_selector or None
+        )
 
     def healthy(self, max_silence: float) -> bool:
         """True if the watch showed a sign of life within ``max_silence`` seconds.

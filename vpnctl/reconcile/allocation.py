@@ -111,12 +111,14 @@ def record_serial(
 
 
 def forget_serials(
-    allocations: Sequence[Allocation], *, expired: Collection[str]
+    allocations: Sequence[Allocation], *, gone: Collection[str | int]
 ) -> tuple[Allocation, ...]:
-    """Drop serials of certificates that have expired: no need to revoke those any more."""
-    gone = {s.lower() for s in expired}
+    """Drop the serials GONE (hex text or int) from every allocation: certificates that
+    expired, or that are revoked and so must never again admit a client under any
+    Machine (a Machine replaced under the same node name must not inherit them)."""
+    drop = {format(s, "x") if isinstance(s, int) else s.replace(":", "").lower() for s in gone}
     return tuple(
-        replace(a, serials=tuple(s for s in a.serials if s not in gone)) for a in allocations
+        replace(a, serials=tuple(s for s in a.serials if s not in drop)) for a in allocations
     )
 
 

@@ -18,7 +18,8 @@ when each listed certificate expires. So vpnctl keeps, in a ConfigMap only it wr
   disappears is recognised as lost, not as "no CA yet".
 
 Revocation is by Machine: an issued certificate is revoked once no live Machine of the
-Cluster is the one that vouched for it with that node (``revoke_gone``). This holds
+Cluster is the one that vouched for it with that node (``revoke_gone``). A Machine being
+deleted stays live until its node is drained (``machine_deletion``). This holds
 whatever else is wrong with the Tunnel's spec, so it runs even when planning fails.
 
 Pure: plain data in and out; the I/O is ``vpnctl.controller.revocation_store``.
@@ -27,7 +28,7 @@ Pure: plain data in and out; the I/O is ``vpnctl.controller.revocation_store``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -251,12 +252,16 @@ def prune(book: RevocationBook, *, now: datetime) -> RevocationBook:
     return replace(book, issued=issued, revoked=revoked)
 
 
-def live_machines(machines: Sequence[Mapping[str, Any]]) -> tuple[LiveMachine, ...]:
-    """The Machines (already those of the Cluster) that are not being deleted."""
+def live_machines(
+    machines: Sequence[Mapping[str, Any]], *, kept: Collection[str] = ()
+) -> tuple[LiveMachine, ...]:
+    """The Machines (already those of the Cluster) that are not being deleted, and those
+    being deleted that ``kept`` names (their nodes keep the tunnel until drained:
+    ``machine_deletion.kept_while_deleting``)."""
     out = []
     for machine in machines:
         meta = machine.get("metadata") or {}
-        if meta.get("deletionTimestamp"):
+        if meta.get("deletionTimestamp") and meta.get("name") not in kept:
             continue
         status = machine.get("status") or {}
         ref = status.get("nodeRef") if isinstance(status, Mapping) else None
@@ -266,7 +271,11 @@ def live_machines(machines: Sequence[Mapping[str, Any]]) -> tuple[LiveMachine, .
 
 
 def server_config_after_revocation(
-    live: Mapping[str, Any], *, crl_pem: bytes, machines: Sequence[Mapping[str, Any]]
+    live: Mapping[str, Any],
+    *,
+    crl_pem: bytes,
+    machines: Sequence[Mapping[str, Any]],
+    kept: Collection[str] = (),
 ) -> KubeObject | None:
     """The live server ConfigMap with ``crl_pem`` installed and the clients of nodes
     without a live Machine dropped from desired.json (so ``ccd-exclusive`` refuses them),
@@ -277,7 +286,7 @@ def server_config_after_revocation(
     """
     meta = live.get("metadata") or {}
     data = dict(live.get("data") or {})
-    nodes = {m.node for m in live_machines(machines) if m.node}
+    nodes = {m.node for m in live_machines(machines, kept=kept) if m.node}
     changed = False
     if data.get(CRL_PEM) != crl_pem.decode("ascii"):
         data[CRL_PEM] = crl_pem.decode("ascii")
@@ -287,13 +296,13 @@ def server_config_after_revocation(
     except ValueError:
         desired = None
     if isinstance(desired, dict) and isinstance(desired.get("clients"), list):
-        kept = [
+        clients = [
             c
             for c in desired["clients"]
             if isinstance(c, Mapping) and c.get("common_name") in nodes
         ]
-        if kept != desired["clients"]:
-            data[DESIRED_JSON] = canonical_json({**desired, "clients": kept})
+        if clients != desired["clients"]:
+            data[DESIRED_JSON] = canonical_json({**desired, "clients": clients})
             changed = True
     if not changed:
         return None

@@ -26,7 +26,7 @@ built around both facts:
   stable as nodes come and go.
 
 The server's kernel routes towards tun are the union of the iroutes; the server role
-derives them itself.
+derives them itself. The election is service_route_election.py.
 """
 
 from __future__ import annotations
@@ -58,19 +58,6 @@ class ClientRoutes:
     # Every serial (hex) vpnctl signed for the node that may still be in use, oldest
     # first: the server admits the node only with one of these (and not revoked).
     serials: tuple[str, ...] = ()
-
-
-def elect_service_route_node(*, current: str | None, connected: Collection[str]) -> str | None:
-    """The node that carries the service CIDR.
-
-    The current holder keeps it while it stays connected (moving it costs the new holder a
-    reconnect, because openvpn reads iroutes only when a client connects). Otherwise the
-    connected node whose name sorts first; None when no node is connected. The caller
-    passes only members in `connected`.
-    """
-    if current is not None and current in connected:
-        return current
-    return min(connected, default=None)
 
 
 def node_iroutes(member: Member) -> tuple[IPv4Network, ...]:

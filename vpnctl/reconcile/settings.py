@@ -7,6 +7,7 @@ and environment at start, the tests build their own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from ipaddress import IPv4Network
 
 from vpnctl.reconcile.container_resources import (
@@ -15,6 +16,8 @@ from vpnctl.reconcile.container_resources import (
     DEFAULT_SIDECAR_RESOURCES,
     ContainerResources,
 )
+from vpnctl.reconcile.machine_deletion import DEFAULT_MAX_DELAY
+from vpnctl.reconcile.service_route_election import DEFAULT_GRACE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,3 +64,9 @@ class Settings:
     server_resources: ContainerResources = DEFAULT_SERVER_RESOURCES
     sidecar_resources: ContainerResources = DEFAULT_SIDECAR_RESOURCES
     agent_resources: ContainerResources = DEFAULT_AGENT_RESOURCES
+    # How long a deleted Machine's node keeps its tunnel at most while it drains, for
+    # Tunnels without spec.nodeRevocation.maxDelay (reconcile/machine_deletion.py).
+    node_revocation_max_delay: timedelta = DEFAULT_MAX_DELAY
+    # How long a newly elected service-route holder keeps the role while disconnected
+    # (the kick its own election caused): reconcile/service_route_election.py.
+    service_route_grace: timedelta = DEFAULT_GRACE

@@ -97,6 +97,7 @@ def build_status(
     service_route_node: str | None,
     observations: Mapping[str, NodeObservation],
     conditions: Sequence[Condition],
+    service_route_elected_at: datetime | None = None,
     previous: TunnelStatusBody | None,
     now: datetime,
 ) -> TunnelStatusBody:
@@ -124,6 +125,8 @@ def build_status(
     }
     if service_route_node is not None:
         status["serviceRouteNode"] = service_route_node
+        if service_route_elected_at is not None:
+            status["serviceRouteElectedAt"] = rfc3339(service_route_elected_at)
     return status
 
 

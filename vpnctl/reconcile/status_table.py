@@ -1,20 +1,41 @@
 """`vpnctl status`: kubectl-style tables of Tunnels and their nodes, rendered purely.
 
-The CLI fetches the Tunnels (through the kube layer) and prints `render_status(...)`;
-everything shown comes from the Tunnels' status, so the table is what the controller
-last wrote, with ages computed against the `now` passed in.
+The CLI fetches the Tunnels (through the kube layer) and prints `render_status(...)`, or
+`render_objects(...)` for `-o json|yaml`; everything shown comes from the Tunnels'
+status, so the table is what the controller last wrote, with ages computed against the
+`now` passed in.
+
+REASON is the Ready condition's reason: why a tenant is not Ready, at a glance; `-o
+wide` adds the parts Ready is made of and its message. RTT is a column only when some
+node row has `rttSeconds`: the server role does not export round-trip times today
+(vpnctl/controller/observe.py), so a column of dashes would say nothing.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any, Literal
 
-from vpnctl.api import Tunnel, TunnelNodeStatus
-from vpnctl.reconcile.conditions import READY, find_condition, parse_rfc3339
+import yaml
 
-TUNNEL_COLUMNS = ("NAMESPACE", "CLUSTER", "READY", "NODES", "CONNECTED", "AGE")
-NODE_COLUMNS = ("NODE", "TUNNEL-IP", "CONNECTED", "SINCE", "RTT", "KUBELET")
+from vpnctl.api import TUNNEL_API_VERSION, TUNNEL_KIND, Tunnel, TunnelNodeStatus
+from vpnctl.reconcile.conditions import (
+    AGENT_INSTALLED,
+    PKI_READY,
+    READY,
+    SERVER_READY,
+    find_condition,
+    parse_rfc3339,
+)
+
+TUNNEL_COLUMNS = ("NAMESPACE", "CLUSTER", "READY", "REASON", "NODES", "CONNECTED", "AGE")
+TUNNEL_WIDE_COLUMNS = (*TUNNEL_COLUMNS, "PKI", "SERVER", "AGENT", "ROUTE-NODE", "MESSAGE")
+NODE_COLUMNS = ("NODE", "TUNNEL-IP", "CONNECTED", "SINCE", "KUBELET")
+NODE_WIDE_COLUMNS = ("NODE", "MACHINE", "TUNNEL-IP", "CONNECTED", "SINCE", "KUBELET")
+RTT_AFTER = "SINCE"
 
 
 def human_duration(delta: timedelta) -> str:
@@ -90,37 +111,65 @@ def _kubelet(row: TunnelNodeStatus) -> str:
     return "OK" if value is True else "FAIL" if value is False else "-"
 
 
-def tunnel_row(tunnel: Tunnel, *, now: datetime) -> tuple[str, ...]:
+def _condition_status(tunnel: Tunnel, type_: str) -> str:
+    found = find_condition((tunnel.get("status") or {}).get("conditions"), type_)
+    return found.get("status", "Unknown") if found is not None else "Unknown"
+
+
+def tunnel_row(tunnel: Tunnel, *, now: datetime, wide: bool = False) -> tuple[str, ...]:
     meta = tunnel.get("metadata") or {}
     status = tunnel.get("status") or {}
     spec = tunnel.get("spec") or {}
     ready = find_condition(status.get("conditions"), READY)
-    return (
+    row = (
         meta.get("namespace", ""),
         spec.get("clusterName") or meta.get("name", ""),
-        ready["status"] if ready is not None else "Unknown",
+        _condition_status(tunnel, READY),
+        (ready.get("reason") if ready is not None else None) or "-",
         str(status.get("nodeCount", 0)),
         str(status.get("connectedCount", 0)),
         _age(meta.get("creationTimestamp"), now=now),
     )
-
-
-def node_row(row: TunnelNodeStatus, *, now: datetime) -> tuple[str, ...]:
+    if not wide:
+        return row
+    message = " ".join(((ready.get("message") if ready is not None else None) or "-").split())
     return (
-        row.get("name", ""),
-        row.get("tunnelIP") or "-",
-        _yes_no(row.get("connected")),
-        _age(row.get("since"), now=now),
-        _rtt(row) if row.get("connected") else "-",
-        _kubelet(row),
+        *row,
+        *(_condition_status(tunnel, part) for part in (PKI_READY, SERVER_READY, AGENT_INSTALLED)),
+        status.get("serviceRouteNode") or "-",
+        message,
     )
 
 
-def render_status(tunnels: Sequence[Tunnel], *, now: datetime) -> str:
+def node_row(
+    row: TunnelNodeStatus, *, now: datetime, wide: bool = False, rtt: bool = False
+) -> tuple[str, ...]:
+    cells = [
+        row.get("name", ""),
+        *([row.get("machine") or "-"] if wide else []),
+        row.get("tunnelIP") or "-",
+        _yes_no(row.get("connected")),
+        _age(row.get("since"), now=now),
+        *([_rtt(row) if row.get("connected") else "-"] if rtt else []),
+        _kubelet(row),
+    ]
+    return tuple(cells)
+
+
+def _has_rtt(tunnels: Sequence[Tunnel]) -> bool:
+    return any(
+        isinstance(node.get("rttSeconds"), int | float)
+        for t in tunnels
+        for node in (t.get("status") or {}).get("nodes") or []
+    )
+
+
+def render_status(tunnels: Sequence[Tunnel], *, now: datetime, wide: bool = False) -> str:
     """The tenants table, a blank line, then the nodes table.
 
-    With one Tunnel the nodes table has exactly NODE_COLUMNS; with several, NAMESPACE and
-    CLUSTER come first so rows can be told apart.
+    With one Tunnel the nodes table has exactly NODE_COLUMNS (NODE_WIDE_COLUMNS), with
+    RTT after SINCE when known; with several, NAMESPACE and CLUSTER come first so rows
+    can be told apart.
     """
 
     def key(t: Tunnel) -> tuple[str, str]:
@@ -130,14 +179,51 @@ def render_status(tunnels: Sequence[Tunnel], *, now: datetime) -> str:
     ordered = sorted(tunnels, key=key)
     if not ordered:
         return "No tunnels found.\n"
-    out = format_table(TUNNEL_COLUMNS, [tunnel_row(t, now=now) for t in ordered])
+    out = format_table(
+        TUNNEL_WIDE_COLUMNS if wide else TUNNEL_COLUMNS,
+        [tunnel_row(t, now=now, wide=wide) for t in ordered],
+    )
     many = len(ordered) > 1
-    header = (("NAMESPACE", "CLUSTER") if many else ()) + NODE_COLUMNS
+    rtt = _has_rtt(ordered)
+    columns = list(NODE_WIDE_COLUMNS if wide else NODE_COLUMNS)
+    if rtt:
+        columns.insert(columns.index(RTT_AFTER) + 1, "RTT")
+    header = (("NAMESPACE", "CLUSTER") if many else ()) + tuple(columns)
     rows: list[tuple[str, ...]] = []
     for tunnel in ordered:
         prefix = tunnel_row(tunnel, now=now)[:2] if many else ()
         for node in (tunnel.get("status") or {}).get("nodes") or []:
-            rows.append(prefix + node_row(node, now=now))
+            rows.append(prefix + node_row(node, now=now, wide=wide, rtt=rtt))
     if rows:
         out += "\n" + format_table(header, rows)
     return out
+
+
+def _as_object(tunnel: Tunnel) -> dict[str, Any]:
+    """The Tunnel as `kubectl get -o json` shows it: kind and apiVersion set (a list's
+    items come without them), managedFields left out."""
+    obj: dict[str, Any] = copy.deepcopy(dict(tunnel))
+    obj.setdefault("apiVersion", TUNNEL_API_VERSION)
+    obj.setdefault("kind", TUNNEL_KIND)
+    (obj.get("metadata") or {}).pop("managedFields", None)
+    return obj
+
+
+def render_objects(
+    tunnels: Sequence[Tunnel], *, output: Literal["json", "yaml"], single: bool = False
+) -> str:
+    """The Tunnels as a `v1 List` in JSON or YAML, like kubectl; SINGLE (one Tunnel asked
+    for by name) prints that object alone."""
+
+    def key(t: Tunnel) -> tuple[str, str]:
+        meta = t.get("metadata") or {}
+        return (meta.get("namespace", ""), meta.get("name", ""))
+
+    items = [_as_object(t) for t in sorted(tunnels, key=key)]
+    if single and len(items) == 1:
+        doc: dict[str, Any] = items[0]
+    else:
+        doc = {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {}}
+    if output == "json":
+        return json.dumps(doc, indent=4, sort_keys=True, ensure_ascii=False) + "\n"
+    return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, allow_unicode=True)

@@ -8,7 +8,7 @@ that Machine is a `PendingMachine` with its error and the other nodes carry on.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, cast
@@ -145,11 +145,13 @@ def parse_machines(
     cluster_name: str,
     facts: Mapping[str, NodeFacts],
     tenant_pods: Sequence[IPv4Network],
+    kept: Collection[str] = (),
 ) -> tuple[tuple[Member, ...], tuple[PendingMachine, ...], tuple[str, ...]]:
     """Split the Cluster's live Machines into members and pending ones, plus warnings.
 
     Machines of other clusters or namespaces are ignored. A Machine being deleted
-    (metadata.deletionTimestamp set) is treated as gone, so its node is revoked at once.
+    (metadata.deletionTimestamp set) is treated as gone, so its node is revoked, unless
+    ``kept`` names it: its node keeps its tunnel until drained (``machine_deletion``).
     Ties (two Machines claiming one node name or InternalIP) go to the Machine whose name
     sorts first; the other is pending with a PermanentError.
     """
@@ -162,7 +164,10 @@ def parse_machines(
         cast(Mapping[str, Any], m)
         for m in machines
         if _belongs(cast(Mapping[str, Any], m), namespace=namespace, cluster_name=cluster_name)
-        and not metadata_of(cast(Mapping[str, Any], m)).get("deletionTimestamp")
+        and (
+            not metadata_of(cast(Mapping[str, Any], m)).get("deletionTimestamp")
+            or name_of(cast(Mapping[str, Any], m)) in kept
+        )
     ]
     for machine in sorted(own, key=name_of):
         name = name_of(machine)

@@ -10,11 +10,11 @@ status, which is how addresses and the service-route holder survive a restart.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from ipaddress import IPv4Network
-from typing import Any
+from typing import Any, cast
 
 from vpnctl.api import Cluster, Condition, Machine, Node, Tunnel, TunnelStatusBody
 from vpnctl.reconcile.agentdocs import (
@@ -29,11 +29,20 @@ from vpnctl.reconcile.allocation import (
     allocations_from_status,
     released_from_status,
 )
+from vpnctl.reconcile.errors import PermanentError
+from vpnctl.reconcile.machine_deletion import DeletionVerdicts, kept_while_deleting
 from vpnctl.reconcile.names import TenantNames
-from vpnctl.reconcile.routes import ClientRoutes, client_routes, elect_service_route_node
+from vpnctl.reconcile.routes import ClientRoutes, client_routes
+from vpnctl.reconcile.service_route_election import (
+    ServiceRouteElection,
+    elect_service_route_node,
+    parse_elected_at,
+)
 from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
 from vpnctl.reconcile.tenant_spec import PendingMachine, TenantSpec, parse_tenant
+from vpnctl.reconcile.tunnel_spec import node_revocation_max_delay
+from vpnctl.reconcile.untrusted_json import field_mapping
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,11 +50,15 @@ class TenantPlan:
     tenant: TenantSpec
     names: TenantNames
     allocation: AllocationResult
-    service_route_node: str | None
+    election: ServiceRouteElection
     clients: tuple[ClientRoutes, ...]  # the apiserver first, then nodes by name
     server_role_config: dict[str, Any]
     apiserver_role_config: dict[str, Any]
     observations: Mapping[str, NodeObservation]
+
+    @property
+    def service_route_node(self) -> str | None:
+        return self.election.holder
 
     @property
     def waiting(self) -> tuple[PendingMachine, ...]:
@@ -86,11 +99,35 @@ class TenantPlan:
             if allocations is None
             else replace(self.allocation, allocations=tuple(allocations)),
             service_route_node=self.service_route_node,
+            service_route_elected_at=self.election.elected_at,
             observations=self.observations,
             conditions=conditions,
             previous=previous,
             now=now,
         )
+
+
+def revocation_max_delay(tunnel: Tunnel, *, settings: Settings) -> timedelta:
+    """The Tunnel's spec.nodeRevocation.maxDelay, else the controller's default (also when
+    the field is invalid: the spec's own parse reports that, and revocation must not wait
+    for a valid spec)."""
+    try:
+        spec = field_mapping(tunnel.get("spec"), field="spec")
+        own = node_revocation_max_delay(spec, where="Tunnel")
+    except PermanentError:
+        own = None
+    return settings.node_revocation_max_delay if own is None else own
+
+
+def deletion_verdicts(
+    *, tunnel: Tunnel, machines: Sequence[Machine], settings: Settings, now: datetime
+) -> DeletionVerdicts:
+    """Which deleted Machines' nodes keep their tunnel now (machine_deletion.py)."""
+    return kept_while_deleting(
+        cast(Sequence[Mapping[str, Any]], machines),
+        now=now,
+        max_delay=revocation_max_delay(tunnel, settings=settings),
+    )
 
 
 def recorded_nodes(allocations: object) -> list[Node]:
@@ -116,6 +153,8 @@ def plan_tenant(
     observations: Mapping[str, NodeObservation],
     settings: Settings,
     reserved: Sequence[IPv4Network] | None = None,
+    kept: Collection[str] = (),
+    now: datetime | None = None,
 ) -> TenantPlan:
     """Parse, allocate, elect and route one tenant. Raises PermanentError for a problem
     with the tenant as a whole (see tenant.parse_tenant); per-Machine problems are in
@@ -124,7 +163,11 @@ def plan_tenant(
     `nodes`: the tenant's Node objects, for per-node pod CIDRs; None while they are not
     known (the tenant side has not listed them yet): then the podCIDRs the last plan
     recorded in the status stand in (`recorded_nodes`), so a controller restart does not
-    re-route every node's pods, which would kick every node's client twice."""
+    re-route every node's pods, which would kick every node's client twice.
+
+    `kept`: Machines being deleted whose nodes keep their tunnel until drained
+    (`deletion_verdicts`). `now`: the clock, for the service-route holder's grace after
+    its election (None: no grace)."""
     previous = tunnel.get("status") or {}
     tenant = parse_tenant(
         tunnel=tunnel,
@@ -132,6 +175,7 @@ def plan_tenant(
         machines=machines,
         nodes=recorded_nodes(previous.get("allocations")) if nodes is None else nodes,
         reserved=settings.reserved_cidrs if reserved is None else reserved,
+        kept=kept,
     )
     allocation = allocate(
         tunnel_cidr=tenant.spec.tunnel_cidr,
@@ -142,16 +186,23 @@ def plan_tenant(
     )
     allocated = {a.machine for a in allocation.allocations}
     routed = {m.node for m in tenant.members if m.machine in allocated}
-    holder = elect_service_route_node(
+    election = elect_service_route_node(
         current=previous.get("serviceRouteNode"),
-        connected=connected_members(tenant=tenant, observations=observations) & routed,
+        elected_at=parse_elected_at(previous.get("serviceRouteElectedAt")),
+        members=routed,
+        connected=connected_members(tenant=tenant, observations=observations),
+        kubelet_up={n for n, o in observations.items() if o.kubelet_reachable is True},
+        kubelet_down={n for n, o in observations.items() if o.kubelet_reachable is False},
+        now=now,
+        grace=settings.service_route_grace,
     )
+    holder = election.holder
     names = TenantNames.for_cluster(tenant.cluster_name)
     return TenantPlan(
         tenant=tenant,
         names=names,
         allocation=allocation,
-        service_route_node=holder,
+        election=election,
         clients=client_routes(
             tenant=tenant, allocations=allocation.allocations, service_route_node=holder
         ),

@@ -20,7 +20,7 @@ and unit tests, do not pass through the apiserver's defaulting.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any, cast
@@ -119,12 +119,14 @@ def parse_tenant(
     machines: Sequence[Machine],
     nodes: Sequence[Node] | None = None,
     reserved: Sequence[IPv4Network] = (),
+    kept: Collection[str] = (),
 ) -> TenantSpec:
     """Everything the builders need about one tenant, checked.
 
     `nodes` are the tenant cluster's Node objects when the tenant apiserver is reachable
     (for per-node pod CIDRs); None when it is not, which only loses per-node pod routes.
     `reserved` are the service cluster's own networks (`Settings.reserved_cidrs`).
+    `kept`: Machines being deleted whose nodes keep their tunnel until drained.
     Raises PermanentError for a problem with the tenant as a whole; a problem with one
     Machine is in `pending` instead.
     """
@@ -153,6 +155,7 @@ def parse_tenant(
         cluster_name=spec.cluster_name,
         facts=node_facts(nodes or ()),
         tenant_pods=networks.pods,
+        kept=kept,
     )
     fix_tunnel = "set spec.tunnelCIDR"
     for member in members:

@@ -110,6 +110,9 @@ class TunnelSpec:
     certificates: CertificateLifetimes
     install_agent: bool
     resources: ResourceOverrides = NO_OVERRIDES
+    # spec.nodeRevocation.maxDelay: how long after a Machine's deletionTimestamp its node
+    # keeps its tunnel at most (machine_deletion.py); None: the controller's default.
+    node_revocation_max_delay: timedelta | None = None
 
     @property
     def server_ip(self) -> IPv4Address:
@@ -243,6 +246,7 @@ def parse_tunnel_spec(tunnel: Tunnel) -> TunnelSpec:
 
     return TunnelSpec(
         resources=_resources(spec.get("resources"), where=where),
+        node_revocation_max_delay=node_revocation_max_delay(spec, where=where),
         cluster_name=cluster_name,
         transport=Transport(
             protocol=cast(Protocol, protocol), port=port, renegotiate_seconds=renegotiate_seconds
@@ -274,6 +278,22 @@ def _resources(value: object, *, where: str) -> ResourceOverrides:
                 message=f"spec.resources.{component} of {where}: {exc}; fix spec.resources",
             ) from None
     return ResourceOverrides(**parsed)
+
+
+def node_revocation_max_delay(spec: Mapping[str, Any], *, where: str) -> timedelta | None:
+    """spec.nodeRevocation.maxDelay, or None when unset; PermanentError(InvalidSpec)."""
+    field = "spec.nodeRevocation.maxDelay"
+    revocation = field_mapping(spec.get("nodeRevocation"), field="spec.nodeRevocation")
+    text = revocation.get("maxDelay")
+    if text is None:
+        return None
+    try:
+        return parse_duration(cast(str, text))
+    except ValueError as exc:
+        raise PermanentError(
+            reason="InvalidSpec",
+            message=f"{field} of {where}: {exc}; fix {field} (0s revokes when deletion starts)",
+        ) from None
 
 
 def _renew_fraction(value: object) -> float:

@@ -10,7 +10,8 @@ image's ``python3``, so it imports the standard library only and nothing of vpnc
     python3 admission_server.py --port 8443 --cert /tls/tls.crt --key /tls/tls.key
 
 Routes: ``POST /validate`` (AdmissionReview v1) and ``GET /healthz``. Logs are logfmt,
-one event per line, on stderr.
+one event per line, on stderr, with the keys vpnctl's own binaries start with
+(``ts level logger event``; telemetry/logs.py, which this file cannot import).
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ def _logfmt_value(value: object) -> str:
     return json.dumps(text)
 
 
-def log_event(event: str, **fields: object) -> None:
+def log_event(event: str, *, level: str = "info", **fields: object) -> None:
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
-    parts = [f"time={now.replace('+00:00', 'Z')}", f"event={event}"]
+    parts = [f"ts={now.replace('+00:00', 'Z')}", f"level={level}", "logger=admission_server"]
+    parts.append(f"event={event}")
     parts += [f"{k}={_logfmt_value(v)}" for k, v in fields.items()]
     print(" ".join(parts), file=sys.stderr, flush=True)
 
@@ -104,7 +106,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             answer = admission_response(json.loads(body))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            log_event("admission_bad_request", error=exc)
+            log_event("admission_bad_request", level="warning", error=exc)
             self._send(400, f"bad AdmissionReview: {exc}\n".encode(), "text/plain")
             return
         response = answer["response"]
@@ -142,7 +144,7 @@ class TLSServer(http.server.ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
-        log_event("webhook_connection_failed", peer=client_address[0], error=error)
+        log_event("webhook_connection_failed", level="warning", peer=client_address[0], error=error)
 
 
 def make_server(host: str, port: int, *, cert: str, key: str) -> TLSServer:
@@ -161,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server = make_server(args.host, args.port, cert=args.cert, key=args.key)
     except (OSError, ssl.SSLError) as exc:
-        log_event("webhook_start_failed", address=f"{args.host}:{args.port}", error=exc)
+        log_event(
+            "webhook_start_failed", level="error", address=f"{args.host}:{args.port}", error=exc
+        )
         return 1
 
     def stop(signum: int, _frame: object) -> None:
