@@ -11,6 +11,10 @@ one implementation:
   global REGISTRY anywhere in vpnctl, so two agents in one test process never mix.
 * The server owns its AppRunner and releases the port on `stop()`, so tests can start
   and stop it freely on port 0.
+* `/metrics` may have a port of its own (`metrics_port`): the controller's chart scrapes
+  one port through its Service and probes another, so a scrape never queues behind a
+  probe and a NetworkPolicy can open one without the other. Then the health port does
+  not serve `/metrics`.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ async def _evaluate(check: Check, *, timeout: float) -> str | None:
 
 
 class HealthServer:
-    """Serves /healthz (liveness), /readyz (readiness) and /metrics on one port."""
+    """Serves /healthz (liveness), /readyz (readiness) and /metrics on one port, or
+    /metrics on a second one when ``metrics_port`` is given."""
 
     def __init__(
         self,
@@ -64,8 +69,12 @@ class HealthServer:
         liveness: Mapping[str, Check] | None = None,
         readiness: Mapping[str, Check] | None = None,
         check_timeout: float = DEFAULT_CHECK_TIMEOUT,
+        metrics_host: str | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self._registry = registry
+        self._metrics_host = host if metrics_host is None else metrics_host
+        self._requested_metrics_port = metrics_port
         self._host = host
         self._requested_port = port
         self._check_timeout = check_timeout
@@ -76,7 +85,9 @@ class HealthServer:
         for name, check in (readiness or {}).items():
             self.add_readiness(name, check)
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self._port: int | None = None
+        self._metrics_port: int | None = None
 
     # ---------------------------------------------------------------- checks
 
@@ -106,37 +117,60 @@ class HealthServer:
         return self._port
 
     @property
+    def metrics_port(self) -> int:
+        """The bound port of /metrics: its own, or the health port."""
+        if self._port is None:
+            raise RuntimeError("HealthServer is not started; call start() first")
+        return self._port if self._metrics_port is None else self._metrics_port
+
+    @property
     def url(self) -> str:
-        host = "127.0.0.1" if self._host in ("0.0.0.0", "") else self._host
-        return f"http://{host}:{self.port}"
+        return f"http://{_local(self._host)}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where /metrics answers (without the path)."""
+        host = self._host if self._metrics_port is None else self._metrics_host
+        return f"http://{_local(host)}:{self.metrics_port}"
 
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("HealthServer is already started")
+        separate = self._requested_metrics_port is not None
         app = web.Application()
         app.router.add_get("/healthz", self._handle_healthz)
         app.router.add_get("/livez", self._handle_healthz)
         app.router.add_get("/readyz", self._handle_readyz)
-        app.router.add_get("/metrics", self._handle_metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._host, self._requested_port, reuse_address=True)
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise OSError(
-                exc.errno,
-                f"cannot serve health/metrics on {self._host}:{self._requested_port}: "
-                f"{exc.strerror}; pick a free port (--health-port) or stop what holds it",
-            ) from exc
+        if not separate:
+            app.router.add_get("/metrics", self._handle_metrics)
+        what = "health" if separate else "health/metrics"
+        runner, self._port = await _serve(app, self._host, self._requested_port, what)
         self._runner = runner
-        self._port = int(runner.addresses[0][1])
         log.info("event=health_server_started host=%s port=%d", self._host, self._port)
+        if self._requested_metrics_port is not None:
+            metrics_app = web.Application()
+            metrics_app.router.add_get("/metrics", self._handle_metrics)
+            try:
+                self._metrics_runner, self._metrics_port = await _serve(
+                    metrics_app, self._metrics_host, self._requested_metrics_port, "metrics"
+                )
+            except OSError:
+                await self.stop()  # the health port too: start() is all or nothing
+                self._port = None
+                raise
+            log.info(
+                "event=metrics_server_started host=%s port=%d",
+                self._metrics_host,
+                self._metrics_port,
+            )
 
     async def stop(self) -> None:
-        """Stop serving and release the port. Safe to call twice."""
+        """Stop serving and release the port(s). Safe to call twice."""
         runner, self._runner = self._runner, None
+        metrics_runner, self._metrics_runner = self._metrics_runner, None
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+            log.info("event=metrics_server_stopped port=%s", self._metrics_port)
         if runner is not None:
             await runner.cleanup()
             log.info("event=health_server_stopped port=%s", self._port)
@@ -181,3 +215,26 @@ class HealthServer:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = encoder(self._registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _local(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+async def _serve(
+    app: web.Application, host: str, port: int, what: str
+) -> tuple[web.AppRunner, int]:
+    """``app`` on host:port; its runner and the bound port. OSError says which port."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(
+            exc.errno,
+            f"cannot serve {what} on {host}:{port}: {exc.strerror}; "
+            "pick a free port or stop what holds it",
+        ) from exc
+    return runner, int(runner.addresses[0][1])

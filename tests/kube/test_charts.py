@@ -43,10 +43,11 @@ def _lint(helm: Path, chart: Path, *values: Path) -> subprocess.CompletedProcess
     [
         (VPNCTL, ()),
         (VPNCTL, (VPNCTL / "ci" / "custom-values.yaml",)),
+        (VPNCTL, (VPNCTL / "ci" / "namespaced-values.yaml",)),
         (AGENT, (AGENT / "ci" / "example-values.yaml",)),
         (AGENT, (AGENT / "ci" / "custom-values.yaml",)),
     ],
-    ids=["vpnctl", "vpnctl-custom", "agent", "agent-custom"],
+    ids=["vpnctl", "vpnctl-custom", "vpnctl-namespaced", "agent", "agent-custom"],
 )
 def test_helm_lint(k8s_binaries: Binaries, chart: Path, values: tuple[Path, ...]) -> None:
     done = _lint(k8s_binaries.helm, chart, *values)
@@ -129,8 +130,8 @@ async def test_vpnctl_chart_without_capi_stays_in_its_namespace(
 async def test_agent_chart_passes_server_dry_run(
     service_cluster: ServiceCluster, values: str
 ) -> None:
-    # The chart makes its own namespace; _dry_run creates it first, as the tenant's
-    # namespace would exist by the time the other objects are created.
+    # The chart goes into an existing namespace (no Namespace object by default);
+    # _dry_run creates it first.
     _, manifests = await _render(
         service_cluster, AGENT, "agent", values_files=[AGENT / "ci" / values]
     )

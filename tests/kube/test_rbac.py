@@ -14,6 +14,7 @@ import base64
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -28,6 +29,7 @@ from vpnctl.kube import (
     CLUSTER,
     CONFIG_MAP,
     DEPLOYMENT,
+    LEASE,
     NETWORK_POLICY,
     POD,
     SECRET,
@@ -65,10 +67,27 @@ async def controller_account(
     tmp_path: Path,
 ) -> AsyncIterator[Kube]:
     """A Kube authenticated as the chart's controller ServiceAccount, released into
-    `namespace` with the chart's defaults (it watches the release namespace)."""
+    `namespace` and confined to it (controller.namespace: a Role there, the chart's
+    --namespace; by default the controller watches every namespace under a ClusterRole
+    of the same rules, which tests/unit/test_charts.py compares)."""
+    values = {"capi": {"enabled": False}, "controller": {"namespace": namespace}}
+    async with _account(service_cluster, k8s_binaries, namespace, tmp_path, values) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def _account(
+    service_cluster: ServiceCluster,
+    k8s_binaries: Binaries,
+    namespace: str,
+    tmp_path: Path,
+    chart_values: dict[str, Any],
+) -> AsyncIterator[Kube]:
+    """The chart's RBAC objects for ``chart_values`` applied, released into
+    ``namespace``; a Kube with a token of its controller ServiceAccount."""
     release = unique("rbac")
     values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({"capi": {"enabled": False}}))
+    values.write_text(yaml.safe_dump(chart_values))
     text = await helm_template(
         k8s_binaries.helm,
         REPO_CHARTS / "vpnctl",
@@ -226,6 +245,35 @@ async def test_the_controller_runs_a_tenants_life_under_the_charts_rbac(
         # Not one reconcile failed (a 403 would have been an error and a backoff).
         assert run.metric("vpnctl_reconciles_total", {"result": "error"}) == 0
     assert side.cleaned[-1] == (tenant, True)
+
+
+async def test_by_default_the_controller_reconciles_tenants_in_any_namespace(
+    service_cluster: ServiceCluster,
+    k8s_binaries: Binaries,
+    kube: Kube,  # noqa: F811
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """The chart's defaults: a ClusterRole, and the controller (no --namespace) reaches a
+    tenant in a namespace that is not the release's, under nothing more."""
+    other = unique("tenants")
+    await service_cluster.kubectl("create", "namespace", other)
+    values = {"capi": {"enabled": False}}
+    try:
+        async with _account(service_cluster, k8s_binaries, namespace, tmp_path, values) as sa:
+            await sa.list(TUNNEL)  # cluster-wide, as the controller's watches list
+            observations = FakeObservations(default=all_connected(["wide-node-1"]))
+            settings = controller_settings(None, leader_elect=True, lease_namespace=namespace)
+            async with running_controller(
+                sa, settings, side=FakeTenantSide(), observations=observations
+            ):
+                await create_tenant(kube, other, "wide", nodes=1)
+                await wait_ready(kube, other, "wide", nodes=1, connected=1)
+            # Leader election stays a Role in the release namespace.
+            with pytest.raises(Forbidden):
+                await sa.get(LEASE, "vpnctl-controller", other)
+    finally:
+        await service_cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 
 async def _server_pods(client: Kube, namespace: str, cluster: str) -> list[KubeObject]:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytest
 import yaml
@@ -23,9 +24,19 @@ import yaml
 from tests.support import capi
 from vpnctl.api import TunnelSpecBody
 from vpnctl.charts import REPO_CHARTS, find_helm
+from vpnctl.cli import parse_args
+from vpnctl.controller import cli as controller_cli
 from vpnctl.kube import resources
 from vpnctl.reconcile.agent_objects import tenant_objects
 from vpnctl.reconcile.agentdocs import node_role_config, server_role_config
+from vpnctl.reconcile.container_resources import (
+    DEFAULT_AGENT_RESOURCES,
+    DEFAULT_SERVER_RESOURCES,
+    DEFAULT_SIDECAR_RESOURCES,
+    ContainerResources,
+    resources_from_body,
+)
+from vpnctl.reconcile.durations import parse_duration
 from vpnctl.reconcile.names import COMPONENT_SERVER, labels
 from vpnctl.reconcile.pod_security import OPENVPN_DROP_PRIVILEGES as DROP
 from vpnctl.reconcile.server_policy import server_network_policy
@@ -42,6 +53,7 @@ from vpnctl.testenv import helm_template
 from vpnctl.testenv.helm import HelmError
 
 VPNCTL_CHART = REPO_CHARTS / "vpnctl"
+REPO_ROOT = REPO_CHARTS.parent
 AGENT_CHART = REPO_CHARTS / "agent"
 CA_PEM = (
     b"-----BEGIN CERTIFICATE-----\nbm90LWEtcmVhbC1jZXJ0aWZpY2F0ZQ==\n-----END CERTIFICATE-----\n"
@@ -173,6 +185,9 @@ CASES = {
             kubelet_pki_dir="/var/lib/k0s/kubelet/pki",
             node_priority_class="tenant-critical",
             tun_resource="squat.ai/tun",
+            agent_resources=ContainerResources(
+                requests=(("cpu", "20m"), ("memory", "128Mi")), limits=(("memory", "1Gi"),)
+            ),
         ),
         tenant=dict(protocol="tcp", port=443, renegotiate_seconds=600, tunnel_cidr="10.250.0.0/24"),
         remotes=[("vpn.example", 443), ("203.0.113.9", 31194)],
@@ -183,6 +198,11 @@ CASES = {
             "kubeletPkiDir": "/var/lib/k0s/kubelet/pki",
             "priorityClassName": "tenant-critical",
             "tunResource": "squat.ai/tun",
+            "namespace": {"create": True},
+            "resources": {
+                "requests": {"cpu": "20m", "memory": "128Mi"},
+                "limits": {"memory": "1Gi"},
+            },
         },
     ),
     "host-tun": dict(
@@ -209,6 +229,10 @@ async def test_agent_chart_renders_what_the_controller_installs(
     built = tenant_objects(
         cluster_name="tenant-a", settings=settings, role_config=role, ca_pem=CA_PEM
     )
+    if not case["values"].get("namespace", {}).get("create"):
+        # The chart goes into an existing namespace unless asked (namespace.create); the
+        # controller makes its own.
+        built = tuple(o for o in built if o["kind"] != "Namespace")
     values = {
         **case["values"],
         "clusterName": "tenant-a",
@@ -260,7 +284,7 @@ async def test_agent_chart_pod_is_confined_and_makes_its_own_tun(
     host_paths = {v["hostPath"]["path"] for v in pod["spec"]["volumes"] if "hostPath" in v}
     assert host_paths == {"/var/lib/vpnctl", "/var/lib/kubelet/pki"}
     assert not [m for m in container["volumeMounts"] if "proc" in m["mountPath"]]
-    assert "resources" not in container
+    assert container["resources"] == DEFAULT_AGENT_RESOURCES.body()
     assert pod["spec"]["hostNetwork"] is True
     assert container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
@@ -277,6 +301,16 @@ async def test_agent_chart_pod_is_confined_and_makes_its_own_tun(
     container = pod["spec"]["containers"][0]
     assert {"name": "dev-net-tun", "mountPath": "/dev/net/tun"} in container["volumeMounts"]
     assert container["securityContext"]["capabilities"]["add"] == sorted(["NET_ADMIN", *DROP])
+
+
+async def test_agent_chart_installs_into_an_existing_namespace(helm: Path, tmp_path: Path) -> None:
+    """No Namespace object by default: one in the chart fails `helm install` into a
+    namespace that exists, and with --create-namespace (issue 15, item 5)."""
+    for name in ("example-values.yaml", "custom-values.yaml"):
+        values = yaml.safe_load((AGENT_CHART / "ci" / name).read_text())
+        rendered = await render(helm, AGENT_CHART, values, tmp_path, namespace="tenant-ns")
+        assert not by_kind(rendered, "Namespace"), name
+        assert {o["metadata"]["namespace"] for o in rendered} == {"tenant-ns"}
 
 
 @pytest.mark.parametrize(
@@ -312,31 +346,105 @@ def controller(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return one(objects, "Deployment", "test-vpnctl")
 
 
-async def test_controller_command_line(helm: Path, tmp_path: Path) -> None:
-    container = controller(await render(helm, VPNCTL_CHART, {}, tmp_path))["spec"]["template"][
-        "spec"
-    ]["containers"][0]
-    assert container["command"] == ["vpnctl"]
-    assert container["args"] == [
-        "run",
-        "--leader-elect",
-        "--namespace=vpnctl-system",
-        "--metrics-address=:8080",
-        "--health-address=:8081",
+def controller_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The controller Deployment's container, whatever fullnameOverride names it."""
+    (deployment,) = [
+        d
+        for d in by_kind(objects, "Deployment")
+        if d["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "controller"
     ]
+    (container,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "controller"
+    ]
+    return cast(dict[str, Any], container)
 
+
+VPNCTL_VALUE_SETS = {
+    "defaults": None,
+    **{p.name: p for p in sorted((VPNCTL_CHART / "ci").glob("*.yaml"))},
+}
+
+
+def test_the_ci_values_are_all_here() -> None:
+    # A new file in ci/ joins the parametrization below by itself; these are known.
+    assert {"custom-values.yaml", "namespaced-values.yaml"} <= set(VPNCTL_VALUE_SETS)
+
+
+@pytest.mark.parametrize("values_file", VPNCTL_VALUE_SETS.values(), ids=VPNCTL_VALUE_SETS.keys())
+async def test_the_rendered_command_line_is_what_the_real_parser_accepts(
+    helm: Path, tmp_path: Path, values_file: Path | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11: the controller's command, args and env, as rendered, parsed by the
+    parser `vpnctl` itself runs (vpnctl.cli.parse_args, the console script's), then
+    turned into the settings `vpnctl run` starts with, as run() does before it connects."""
+    values: dict[str, Any] = yaml.safe_load(values_file.read_text()) if values_file else {}
+    objects = await render(helm, VPNCTL_CHART, values, tmp_path, namespace="vpnctl-system")
+    container = controller_container(objects)
+    c = values.get("controller", {})
+
+    # `vpnctl` is the console script whose main() parses with parse_args.
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert container["command"] == ["vpnctl"]
+    assert scripts["vpnctl"] == "vpnctl.cli:main"
+    # The environment the pod gets, where it is given by value or by the downward API.
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    monkeypatch.setenv("POD_NAMESPACE", "vpnctl-system")
+    monkeypatch.setenv("POD_NAME", "test-vpnctl-0")
+    for name, var in env.items():
+        if "value" in var:
+            monkeypatch.setenv(name, var["value"])
+
+    args = parse_args(container["args"])  # argparse exits 2 on what `vpnctl` would reject
+    assert args.cmd == "run"
+    settings = controller_cli.settings_from_args(args)
+    controller_cli.budgets_from_args(args)
+    parse_duration(args.node_cert_lifetime)
+
+    # Scope: every namespace unless controller.namespace names one.
+    confined = c.get("namespace") or "*"
+    assert settings.namespace == (None if confined == "*" else confined)
+    # The ports the pod declares are the ones the controller listens on.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", ports["http-metrics"])
+    assert (settings.health_host, settings.health_port) == ("0.0.0.0", ports["http-health"])
+    assert settings.metrics_port != settings.health_port
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http-health"
+    # The agent image: controller.agentImage, else the controller's own.
+    assert settings.tenant.build.agent_image == (c.get("agentImage") or container["image"])
+    # Two replicas elect a leader; the lease is in the release namespace.
+    assert settings.leader_elect == c.get("leaderElection", {}).get("enabled", True)
+    assert settings.lease_namespace == "vpnctl-system"
+    # Requests and limits of the tenants' containers: tenantResources, else the defaults.
+    build = settings.tenant.build
+    for component, default in (
+        ("server", DEFAULT_SERVER_RESOURCES),
+        ("sidecar", DEFAULT_SIDECAR_RESOURCES),
+        ("agent", DEFAULT_AGENT_RESOURCES),
+    ):
+        wanted = values.get("tenantResources", {}).get(component)
+        got = getattr(build, f"{component}_resources")
+        assert got == (resources_from_body(wanted) if wanted else default), component
+    for flag in c.get("extraArgs", []):
+        assert flag in container["args"]
+    if "--log-level=DEBUG" in c.get("extraArgs", []):
+        assert args.log_level == "DEBUG"
+
+
+async def test_metrics_port_and_extra_args_reach_the_command_line(
+    helm: Path, tmp_path: Path
+) -> None:
     values = {"controller": {"extraArgs": ["--log-level=DEBUG"], "metricsPort": 9000}}
-    container = controller(await render(helm, VPNCTL_CHART, values, tmp_path))["spec"]["template"][
-        "spec"
-    ]["containers"][0]
-    assert container["args"][-2:] == ["--health-address=:8081", "--log-level=DEBUG"]
+    container = controller_container(await render(helm, VPNCTL_CHART, values, tmp_path))
+    assert container["args"][-1] == "--log-level=DEBUG"
     assert "--metrics-address=:9000" in container["args"]
     assert {"name": "http-metrics", "containerPort": 9000, "protocol": "TCP"} in container["ports"]
+    settings = controller_cli.settings_from_args(parse_args(container["args"]))
+    assert settings.metrics_port == 9000
 
     values = {"controller": {"args": ["run", "--once"], "replicas": 1}}
-    container = controller(await render(helm, VPNCTL_CHART, values, tmp_path))["spec"]["template"][
-        "spec"
-    ]["containers"][0]
+    container = controller_container(await render(helm, VPNCTL_CHART, values, tmp_path))
     assert container["args"] == ["run", "--once"]
 
 
@@ -364,7 +472,8 @@ async def test_controller_runs_unprivileged(helm: Path, tmp_path: Path) -> None:
     }
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert env["VPNCTL_AGENT_IMAGE"]["value"] == container["image"]
+    # The agent image is a flag (--agent-image), not an environment variable nobody reads.
+    assert not [name for name in env if name.startswith("VPNCTL_")]
 
 
 def allows(rules: list[dict[str, Any]], *, group: str, resource: str, verb: str) -> bool:
@@ -400,16 +509,15 @@ def _service_side_objects() -> Iterator[dict[str, Any]]:
 
 
 async def test_controller_rbac_is_what_the_controller_calls(helm: Path, tmp_path: Path) -> None:
-    """Issue 9, item 6: no update or delete it never uses, nothing cluster-wide but a
-    read of nodes and servicecidrs. tests/kube/test_rbac.py runs the controller under it."""
+    """Issue 9, item 6: no update or delete it never uses. By default (every namespace
+    watched) a ClusterRole; tests/kube/test_rbac.py runs the controller under it."""
     objects = await render(helm, VPNCTL_CHART, {}, tmp_path)
-    role = one(objects, "Role", "test-vpnctl")
-    assert role["metadata"]["namespace"] == "vpnctl-system"  # the watched namespace
+    role = one(objects, "ClusterRole", "test-vpnctl")
+    assert "namespace" not in role["metadata"]
     rules = role["rules"]
-    binding = one(objects, "RoleBinding", "test-vpnctl")
-    assert binding["metadata"]["namespace"] == "vpnctl-system"
+    binding = one(objects, "ClusterRoleBinding", "test-vpnctl")
     assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "test-vpnctl",
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "test-vpnctl",
     }  # fmt: skip
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "test-vpnctl", "namespace": "vpnctl-system"}
@@ -451,10 +559,10 @@ async def test_controller_rbac_is_what_the_controller_calls(helm: Path, tmp_path
         assert allows(rules, group="", resource="pods", verb=verb)
     for verb in ("get", "create", "update", "delete"):
         assert not allows(rules, group="", resource="pods", verb=verb)
-    # Nothing cluster-wide but reading the service cluster's networks.
+    # Cluster-wide: the controller's role and reading the service cluster's networks.
     cluster_roles = {r["metadata"]["name"]: r for r in by_kind(objects, "ClusterRole")}
     ours = {n: r for n, r in cluster_roles.items() if "-capi-" not in n}
-    assert set(ours) == {"test-vpnctl-networks"}
+    assert set(ours) == {"test-vpnctl", "test-vpnctl-networks"}
     assert ours["test-vpnctl-networks"]["rules"] == [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
         {"apiGroups": ["networking.k8s.io"], "resources": ["servicecidrs"], "verbs": ["list"]},
@@ -468,23 +576,29 @@ async def test_controller_rbac_is_what_the_controller_calls(helm: Path, tmp_path
 
 
 async def test_controller_namespace_drives_args_and_rbac_scope(helm: Path, tmp_path: Path) -> None:
+    """Every namespace by default (and with "*"): no --namespace, a ClusterRole. A named
+    namespace: --namespace=NAME and the same rules as a Role there, nothing cluster-wide
+    but the networks' read."""
+    everywhere = await render(helm, VPNCTL_CHART, {}, tmp_path)
+    rules = one(everywhere, "ClusterRole", "test-vpnctl")["rules"]
+    for unconfined in ({}, {"controller": {"namespace": "*"}}):
+        objects = await render(helm, VPNCTL_CHART, unconfined, tmp_path)
+        assert not [a for a in controller_container(objects)["args"] if "--namespace" in a]
+        assert one(objects, "ClusterRole", "test-vpnctl")["rules"] == rules
+        assert one(objects, "ClusterRoleBinding", "test-vpnctl")["roleRef"]["kind"] == (
+            "ClusterRole"
+        )
+        assert not [o for o in by_kind(objects, "Role") if o["metadata"]["name"] == "test-vpnctl"]
+
     values: dict[str, Any] = {"controller": {"namespace": "tenants"}}
     objects = await render(helm, VPNCTL_CHART, values, tmp_path)
     assert one(objects, "Role", "test-vpnctl")["metadata"]["namespace"] == "tenants"
+    assert one(objects, "Role", "test-vpnctl")["rules"] == rules
     assert one(objects, "RoleBinding", "test-vpnctl")["metadata"]["namespace"] == "tenants"
     assert one(objects, "Role", "test-vpnctl-leases")["metadata"]["namespace"] == "vpnctl-system"
-    args = controller(objects)["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--namespace=tenants" in args
-
-    objects = await render(helm, VPNCTL_CHART, {"controller": {"namespace": "*"}}, tmp_path)
-    args = controller(objects)["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert not [a for a in args if a.startswith("--namespace")]
-    assert (
-        one(objects, "ClusterRole", "test-vpnctl")["rules"]
-        == one(await render(helm, VPNCTL_CHART, {}, tmp_path), "Role", "test-vpnctl")["rules"]
-    )
-    assert one(objects, "ClusterRoleBinding", "test-vpnctl")["roleRef"]["kind"] == "ClusterRole"
-    assert not [o for o in by_kind(objects, "Role") if o["metadata"]["name"] == "test-vpnctl"]
+    assert "--namespace=tenants" in controller_container(objects)["args"]
+    ours = {r["metadata"]["name"] for r in by_kind(objects, "ClusterRole")}
+    assert {n for n in ours if "-capi-" not in n} == {"test-vpnctl-networks"}
 
 
 async def test_reserved_cidrs_and_metrics_namespaces_in_values(helm: Path, tmp_path: Path) -> None:
@@ -651,6 +765,8 @@ async def test_alerts_read_metrics_that_exist(helm: Path, tmp_path: Path) -> Non
         ({"image": {"repository": "x", "pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"capi": {"bootstrap": {"rules": [{"verbs": ["get"]}]}}}, "/capi/bootstrap/rules/0"),
         ({"monitoring": {"prometheusRule": {"disabled": ["NoSuchAlert"]}}}, "/disabled/0"),
+        ({"tenantResources": {"agent": {"limits": {"memory": "lots"}}}}, "/agent/limits/memory"),
+        ({"tenantResources": {"agent": {"limits": {"gpu": 1}}}}, "additional properties 'gpu'"),
     ],
 )
 async def test_vpnctl_schema_rejects_bad_values(

@@ -13,6 +13,11 @@ from vpnctl.cli import _parser
 from vpnctl.controller.budgets import DEFAULT_TENANT_SIDE_TIMEOUT, Budgets
 from vpnctl.controller.cli import budgets_from_args, settings_from_args
 from vpnctl.controller.tenant_settings import TenantSettings
+from vpnctl.reconcile.container_resources import (
+    DEFAULT_AGENT_RESOURCES,
+    DEFAULT_SERVER_RESOURCES,
+    DEFAULT_SIDECAR_RESOURCES,
+)
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -45,6 +50,17 @@ def test_run_flags_become_settings() -> None:
     assert settings.tenant.instance == "vpnctl-0"
 
 
+def test_metrics_and_health_addresses_are_two_ports() -> None:
+    # What the chart passes: ":PORT" means every address.
+    settings = settings_from_args(parse("--metrics-address", ":9090", "--health-address", ":9091"))
+    assert (settings.health_host, settings.health_port) == ("0.0.0.0", 9091)
+    assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", 9090)
+    # Without --metrics-address, /metrics shares the health port.
+    settings = settings_from_args(parse())
+    assert (settings.health_host, settings.health_port) == ("0.0.0.0", 8081)
+    assert (settings.metrics_host, settings.metrics_port) == (None, None)
+
+
 def test_drain_and_election_flags() -> None:
     default = settings_from_args(parse()).tenant.build
     assert default.node_revocation_max_delay == timedelta(minutes=10)
@@ -56,15 +72,12 @@ def test_drain_and_election_flags() -> None:
     assert build.service_route_grace == timedelta(seconds=5)
 
 
-def test_metrics_address_is_the_same_port() -> None:
-    settings = settings_from_args(parse("--metrics-address", ":9090"))
-    assert (settings.health_host, settings.health_port) == ("0.0.0.0", 9090)
-
-
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (("--health-address", "8081"), "is not host:port"),
+        (("--health-address", "8081"), "--health-address '8081' is not"),
+        (("--metrics-address", "0.0.0.0"), "--metrics-address '0.0.0.0' is not"),
+        (("--metrics-address", ":8081"), "name the same port"),
         (("--reserved-cidr", "10.0.0.0/33"), "--reserved-cidr"),
         (("--node-revocation-max-delay", "2d"), "--node-revocation-max-delay"),
     ],
@@ -130,3 +143,21 @@ def test_tenant_budget_flags_have_sane_defaults_and_are_read() -> None:
     assert settings_from_args(args).tenant.tenant_side_timeout == 3.0
     with pytest.raises(SystemExit, match=r"--tenant-.*max_objects must be at least 1"):
         budgets_from_args(parse("--tenant-max-objects", "0"))
+
+
+def test_resource_flags_set_the_tenants_defaults() -> None:
+    build = settings_from_args(parse()).tenant.build
+    assert build.server_resources == DEFAULT_SERVER_RESOURCES
+    assert build.sidecar_resources == DEFAULT_SIDECAR_RESOURCES
+    assert build.agent_resources == DEFAULT_AGENT_RESOURCES
+    build = settings_from_args(
+        parse("--agent-resources", "requests.memory=64Mi,limits.memory=128Mi",
+              "--server-resources", "")
+    ).tenant.build  # fmt: skip
+    assert build.agent_resources.body() == {
+        "requests": {"memory": "64Mi"},
+        "limits": {"memory": "128Mi"},
+    }
+    assert build.server_resources.body() == {}
+    with pytest.raises(SystemExit, match=r"--sidecar-resources: 'x' is not a quantity"):
+        settings_from_args(parse("--sidecar-resources", "limits.memory=x"))

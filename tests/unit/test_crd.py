@@ -94,8 +94,15 @@ def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, A
 
 
 def test_schema_is_structural(version: dict[str, Any]) -> None:
-    """Every node has a type, and nothing opts out of pruning."""
+    """Every node has a type, and nothing opts out of pruning. The one node without a
+    type that a structural schema allows: a quantity, x-kubernetes-int-or-string (then
+    anyOf integer or string); the apiserver takes the CRD
+    (tests/kube/test_tunnel_crd_resources.py)."""
     for path, node in _walk(version["schema"]["openAPIV3Schema"]):
+        if node.get("x-kubernetes-int-or-string") is True:
+            assert "type" not in node, path
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            continue
         assert "type" in node, f"{path or '<root>'} has no type"
         assert "x-kubernetes-preserve-unknown-fields" not in node, path
         assert not ("properties" in node and "additionalProperties" in node), path
@@ -240,3 +247,14 @@ def test_status_fields(status_schema: dict[str, Any]) -> None:
     allocations = p["allocations"]
     assert allocations["x-kubernetes-list-map-keys"] == ["machine"]
     assert allocations["items"]["required"] == ["machine", "node", "tunnelIP"]
+
+
+def test_spec_resources_are_the_parsers_components(spec_schema: dict[str, Any]) -> None:
+    from vpnctl.reconcile.container_resources import COMPONENTS, KINDS, NAMES
+
+    resources = spec_schema["properties"]["resources"]["properties"]
+    assert tuple(resources) == COMPONENTS
+    for component in resources.values():
+        assert tuple(component["properties"]) == KINDS
+        for kind in component["properties"].values():
+            assert tuple(kind["properties"]) == NAMES

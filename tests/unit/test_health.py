@@ -167,3 +167,35 @@ async def test_port_in_use_is_a_clear_error() -> None:
             await server.start()
         with pytest.raises(RuntimeError, match="not started"):
             _ = server.port
+
+
+async def test_metrics_on_a_port_of_their_own(http: aiohttp.ClientSession) -> None:
+    """The controller's chart scrapes http-metrics and probes http-health: with
+    metrics_port, /metrics answers there and only there, the probes on the other port."""
+    registry = CollectorRegistry()
+    Counter("split_total", "a counter", registry=registry).inc()
+    server = HealthServer(registry=registry, host="127.0.0.1", metrics_port=0)
+    async with server:
+        assert server.metrics_port not in (0, server.port)
+        async with http.get(f"{server.metrics_url}/metrics") as resp:
+            assert resp.status == 200
+            assert "split_total 1.0" in await resp.text()
+        async with http.get(f"{server.metrics_url}/healthz") as resp:
+            assert resp.status == 404
+        assert await get(http, server, "/healthz") == (200, "ok\n")
+        assert (await get(http, server, "/metrics"))[0] == 404
+        metrics_port = server.metrics_port
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await http.get(f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+async def test_metrics_port_in_use_releases_the_health_port() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        server = HealthServer(registry=CollectorRegistry(), host="127.0.0.1", metrics_port=taken)
+        with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{taken}"):
+            await server.start()
+        with pytest.raises(RuntimeError, match="not started"):
+            _ = server.port

@@ -375,7 +375,10 @@ def test_server_deployment_tcp_low_port_device_plugin_and_sysctls() -> None:
     (c,) = pod["containers"]
     assert c["ports"][0] == {"containerPort": 443, "name": "vpn", "protocol": "TCP"}
     assert "NET_BIND_SERVICE" in c["securityContext"]["capabilities"]["add"]
-    assert c["resources"] == {"limits": {"squat.ai/tun": "1"}}
+    assert c["resources"] == {
+        "requests": {"cpu": "50m", "memory": "128Mi"},
+        "limits": {"memory": "512Mi", "squat.ai/tun": "1"},
+    }
     assert "dev-net-tun" not in {v["name"] for v in pod["volumes"]}
     assert pod["securityContext"]["sysctls"] == [{"name": "net.ipv4.ip_forward", "value": "1"}]
     assert pod["imagePullSecrets"] == [{"name": "pull"}]

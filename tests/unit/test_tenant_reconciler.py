@@ -486,6 +486,57 @@ async def test_a_too_short_renegotiation_interval_is_a_condition_and_an_event() 
     assert [w for w in world.api.journal() if w[1] == DEPLOYMENT.label]
 
 
+# --- requests and limits (issue 15 item 5) ---------------------------------------------------
+
+
+def _container(obj: Mapping[str, Any] | None) -> dict[str, Any]:
+    assert obj is not None
+    return dict(obj["spec"]["template"]["spec"]["containers"][0])
+
+
+async def test_the_flags_and_the_tunnels_spec_resources_reach_the_pods_the_pass_writes() -> None:
+    args = _parser().parse_args([
+        "run", "--agent-image", "vpnctl:test",
+        "--server-resources", "requests.cpu=70m,limits.memory=300Mi",
+        "--agent-resources", "requests.cpu=7m,limits.memory=70Mi",
+    ])  # fmt: skip
+    world = World(settings=settings_from_args(args).tenant)
+    await world.reconcile()
+    server = _container(world.api.peek(DEPLOYMENT, NAMES.deployment, NS))
+    assert server["resources"] == {"requests": {"cpu": "70m"}, "limits": {"memory": "300Mi"}}
+    [agent] = [o for o in world.side.calls[-1].objects if o["kind"] == "DaemonSet"]
+    assert _container(agent)["resources"] == {
+        "requests": {"cpu": "7m"},
+        "limits": {"memory": "70Mi"},
+    }
+
+    tunnel = hand_made_tunnel()
+    tunnel["spec"]["resources"] = {"agent": {"limits": {"memory": "90Mi"}}}
+    world.api.seed(TUNNEL, {**world.tunnel(), "spec": tunnel["spec"]})
+    await world.reconcile()
+    [agent] = [o for o in world.side.calls[-1].objects if o["kind"] == "DaemonSet"]
+    assert _container(agent)["resources"] == {"limits": {"memory": "90Mi"}}
+    server = _container(world.api.peek(DEPLOYMENT, NAMES.deployment, NS))
+    assert server["resources"] == {"requests": {"cpu": "70m"}, "limits": {"memory": "300Mi"}}
+
+
+async def test_bad_spec_resources_are_a_condition_and_nothing_is_built() -> None:
+    world = World()
+    tunnel = hand_made_tunnel()
+    tunnel["spec"]["resources"] = {"server": {"requests": {"memory": "2Gi"},
+                                              "limits": {"memory": "1Gi"}}}  # fmt: skip
+    world.api.seed(TUNNEL, tunnel)
+    await world.reconcile()
+    conditions = {c["type"]: c for c in world.tunnel()["status"]["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+        "False",
+        "InvalidSpec",
+    )
+    assert "requests.memory 2Gi is more than limits.memory 1Gi" in conditions["Ready"]["message"]
+    assert not [w for w in world.api.journal() if w[1] == DEPLOYMENT.label]
+    assert world.side.calls == []
+
+
 # --- the tenant's Nodes feed the plan (issue 12 item 1) ---------------------------------------
 
 

@@ -141,6 +141,9 @@ def test_the_label_selector_selects_what_the_builders_label() -> None:
     built = labels(cluster_name="tenant-a", component="node-agent")
     assert wanted.items() <= built.items()
     assert label_selector("tenant-b") != selector
+    # `helm install` of the agent chart sets managed-by to Helm on what it creates: the
+    # controller still selects those objects (tests/kube/test_agent_chart_install.py).
+    assert wanted.items() <= {**built, "app.kubernetes.io/managed-by": "Helm"}.items()
 
 
 def test_drift_is_an_absent_or_edited_object_and_unknown_ones_wait() -> None:

@@ -22,6 +22,14 @@ from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 from vpnctl.controller.budgets import DEFAULT_TENANT_SIDE_TIMEOUT, Budgets
+from vpnctl.reconcile.container_resources import (
+    DEFAULT_AGENT_RESOURCES,
+    DEFAULT_SERVER_RESOURCES,
+    DEFAULT_SIDECAR_RESOURCES,
+    ContainerResources,
+    flag_text,
+    resources_from_flag,
+)
 
 if TYPE_CHECKING:  # the parser is built for every command, `vpnctl lab` too: stay light
     from vpnctl.controller.operator import ControllerSettings
@@ -61,11 +69,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     ctl.add_argument(
         "--health-address",
-        "--metrics-address",
-        dest="health_address",
         default="0.0.0.0:8081",
-        metavar="HOST:PORT",
-        help="where /healthz, /readyz and /metrics are served",
+        metavar="[HOST]:PORT",
+        help="where /healthz and /readyz answer (and /metrics, unless --metrics-address "
+        "is given); an empty host means 0.0.0.0 (default: %(default)s)",
+    )
+    ctl.add_argument(
+        "--metrics-address",
+        default=None,
+        metavar="[HOST]:PORT",
+        help="where /metrics answers, on a port of its own (default: on --health-address)",
     )
     ctl.add_argument("--workers", type=int, default=8, help="tenants reconciled in parallel")
     ctl.add_argument(
@@ -211,6 +224,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="reserve only what --reserved-cidr names; by default the service cluster's "
         "node, pod and Service networks are detected at start and reserved too",
     )
+    for component, what, default in (
+        ("server", "the openvpn server pods", DEFAULT_SERVER_RESOURCES),
+        ("sidecar", "the apiserver sidecar", DEFAULT_SIDECAR_RESOURCES),
+        ("agent", "the node agent DaemonSet", DEFAULT_AGENT_RESOURCES),
+    ):
+        build.add_argument(
+            f"--{component}-resources",
+            default=flag_text(default),
+            metavar="KIND.NAME=QTY,...",
+            help=f"requests and limits of {what}, e.g. requests.cpu=50m,limits.memory=256Mi; "
+            f"a Tunnel's spec.resources.{component} replaces them (default: %(default)s)",
+        )
     build.add_argument(
         "--node-port-address",
         action="append",
@@ -236,11 +261,12 @@ def add_status_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def _host_port(text: str, *, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``:PORT`` (every address: what the chart passes)."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SystemExit(
-            f"vpnctl run: --health-address {text!r} is not host:port (e.g. 0.0.0.0:8081)"
+            f"vpnctl run: {flag} {text!r} is not [host]:port (e.g. 0.0.0.0:8081 or :8081)"
         )
     return host or "0.0.0.0", int(port)
 
@@ -270,7 +296,22 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
     except ValueError as exc:
         raise SystemExit(f"vpnctl run: --reserved-cidr: {exc}") from None
     identity = args.identity or os.environ.get("POD_NAME") or socket.gethostname()
-    host, port = _host_port(args.health_address)
+    host, port = _host_port(args.health_address, flag="--health-address")
+    metrics: tuple[str, int] | None = None
+    if args.metrics_address is not None:
+        metrics = _host_port(args.metrics_address, flag="--metrics-address")
+        if metrics[1] == port and port != 0:
+            raise SystemExit(
+                f"vpnctl run: --metrics-address {args.metrics_address!r} and --health-address "
+                f"{args.health_address!r} name the same port; give them different ports, or "
+                "leave --metrics-address out to serve /metrics on the health port"
+            )
+    resources: dict[str, ContainerResources] = {}
+    for component in ("server", "sidecar", "agent"):
+        try:
+            resources[component] = resources_from_flag(getattr(args, f"{component}_resources"))
+        except ValueError as exc:
+            raise SystemExit(f"vpnctl run: --{component}-resources: {exc}") from None
     defaults: dict[str, Any] = {}
     if args.default_service_type:
         defaults["expose"] = {"serviceType": args.default_service_type}
@@ -291,6 +332,9 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         metrics_namespaces=tuple(args.metrics_allow_namespace),
         reserved_cidrs=reserved,
         node_port_addresses=tuple(args.node_port_address),
+        server_resources=resources["server"],
+        sidecar_resources=resources["sidecar"],
+        agent_resources=resources["agent"],
     )
     return ControllerSettings(
         tenant=TenantSettings(
@@ -310,6 +354,8 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         workers=args.workers,
         health_host=host,
         health_port=port,
+        metrics_host=metrics[0] if metrics else None,
+        metrics_port=metrics[1] if metrics else None,
     )
 
 

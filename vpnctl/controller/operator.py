@@ -93,6 +93,9 @@ class ControllerSettings:
     backoff_cap: float = 300.0
     health_host: str = "0.0.0.0"
     health_port: int = 8081
+    # /metrics on a port of its own (the chart's http-metrics); None: on the health port.
+    metrics_host: str | None = None
+    metrics_port: int | None = None
     watch_timeout_seconds: int = 120
     # A watch silent for longer than this fails /healthz; None: twice the watch timeout
     # plus 30 s (the server ends every stream after watch_timeout_seconds, a sign of life).
@@ -312,6 +315,8 @@ class Controller:
             registry=registry,
             host=settings.health_host,
             port=settings.health_port,
+            metrics_host=settings.metrics_host,
+            metrics_port=settings.metrics_port,
             liveness=liveness,
             readiness={"caches": self._caches_synced},
         )

@@ -524,6 +524,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             settings=self._settings.build,
             role_config=role_config,
             ca_pem=keys.ca.cert_pem,
+            agent_resources=tenant.spec.resources.agent,
         )
         try:
             async with asyncio.timeout(self._settings.tenant_side_timeout):

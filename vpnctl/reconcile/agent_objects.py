@@ -24,6 +24,7 @@ from typing import Any
 
 from vpnctl.api import KubeObject
 from vpnctl.reconcile.agentdocs import NodePaths, canonical_json
+from vpnctl.reconcile.container_resources import ContainerResources
 from vpnctl.reconcile.diff import digest, stamp
 from vpnctl.reconcile.names import (
     COMPONENT_NODE_AGENT,
@@ -114,7 +115,11 @@ def agent_config_map(
 
 
 def agent_daemon_set(
-    *, cluster_name: str, settings: Settings, role_config: Mapping[str, Any]
+    *,
+    cluster_name: str,
+    settings: Settings,
+    role_config: Mapping[str, Any],
+    resources: ContainerResources | None = None,
 ) -> KubeObject:
     """The node role on every node: hostNetwork (the tunnel is the node's), NET_ADMIN and
     /dev/net/tun, tolerating every taint (a tainted node still needs `kubectl logs`).
@@ -124,7 +129,8 @@ def agent_daemon_set(
     """
     p = NodePaths
     selector = selector_labels(cluster_name=cluster_name, component=COMPONENT_NODE_AGENT)
-    tun_volumes, tun_mounts, resources = tun_parts(settings)
+    tun_volumes, tun_mounts, tun_limits = tun_parts(settings)
+    limits = (resources or settings.agent_resources).body(extra_limits=tun_limits)
     container: dict[str, Any] = {
         **agent_container(NODE_AGENT_CONTAINER, "node", p.role_config, settings),
         "env": [
@@ -163,8 +169,8 @@ def agent_daemon_set(
             key=lambda m: str(m["mountPath"]),
         ),
     }
-    if resources:
-        container["resources"] = resources
+    if limits:
+        container["resources"] = limits
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "dnsPolicy": "ClusterFirstWithHostNet",
@@ -226,14 +232,25 @@ def agent_daemon_set(
 
 
 def tenant_objects(
-    *, cluster_name: str, settings: Settings, role_config: Mapping[str, Any], ca_pem: bytes
+    *,
+    cluster_name: str,
+    settings: Settings,
+    role_config: Mapping[str, Any],
+    ca_pem: bytes,
+    agent_resources: ContainerResources | None = None,
 ) -> tuple[KubeObject, ...]:
-    """Everything the tenant cluster gets, in the order to apply it."""
+    """Everything the tenant cluster gets, in the order to apply it. ``agent_resources``:
+    the Tunnel's spec.resources.agent, if it sets one (else the settings' default)."""
     return (
         agent_namespace(cluster_name=cluster_name, settings=settings),
         agent_service_account(cluster_name=cluster_name, settings=settings),
         agent_config_map(
             cluster_name=cluster_name, settings=settings, role_config=role_config, ca_pem=ca_pem
         ),
-        agent_daemon_set(cluster_name=cluster_name, settings=settings, role_config=role_config),
+        agent_daemon_set(
+            cluster_name=cluster_name,
+            settings=settings,
+            role_config=role_config,
+            resources=agent_resources,
+        ),
     )

@@ -16,6 +16,7 @@ from vpnctl.api import TUNNEL_API_VERSION, TUNNEL_KIND, OwnerReference
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "vpnctl"
 NAME_LABEL = "app.kubernetes.io/name"
+PRODUCT_NAME = "vpnctl"  # NAME_LABEL's value on everything vpnctl builds
 COMPONENT_LABEL = "app.kubernetes.io/component"
 CLUSTER_LABEL = "vpnctl.io/cluster"
 # On every object we build: a digest of what we last wanted (see diff.py).
@@ -85,7 +86,7 @@ def labels(*, cluster_name: str, component: str) -> dict[str, str]:
     return {
         COMPONENT_LABEL: component,
         MANAGED_BY_LABEL: MANAGED_BY,
-        NAME_LABEL: "vpnctl",
+        NAME_LABEL: PRODUCT_NAME,
         CLUSTER_LABEL: cluster_name,
     }
 

@@ -30,12 +30,13 @@ from vpnctl.reconcile.settings import Settings
 
 def tun_parts(
     settings: Settings, *, volume_name: str = "dev-net-tun"
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """(volumes, volumeMounts, resources) that give a container /dev/net/tun.
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+    """(volumes, volumeMounts, extra limits) that give a container /dev/net/tun.
 
-    Shared by the server pod, the apiserver sidecar and the node agent DaemonSet."""
+    Shared by the server pod, the apiserver sidecar and the node agent DaemonSet; the
+    limits join the container's own (container_resources.py)."""
     if settings.tun_resource:
-        return [], [], {"limits": {settings.tun_resource: "1"}}
+        return [], [], {settings.tun_resource: "1"}
     if not settings.tun_host_path:
         return [], [], {}  # the agent makes the device node (CAP_MKNOD, see the docstring)
     volume = {"name": volume_name, "hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}}

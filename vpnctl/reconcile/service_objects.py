@@ -308,7 +308,8 @@ def server_deployment(
     spec = tenant.spec
     names = _names(tenant)
     selector = selector_labels(cluster_name=tenant.cluster_name, component=COMPONENT_SERVER)
-    tun_volumes, tun_mounts, resources = tun_parts(settings)
+    tun_volumes, tun_mounts, tun_limits = tun_parts(settings)
+    resources = (spec.resources.server or settings.server_resources).body(extra_limits=tun_limits)
     protocol = spec.transport.protocol.upper()
     container: dict[str, Any] = {
         **agent_container(SERVER_CONTAINER, "server", ServerPaths.role_config, settings),
@@ -443,7 +444,10 @@ def apiserver_sidecar(
     def rel(path: str) -> str:
         return _relative(path, under=p.config_dir)
 
-    tun_volumes, tun_mounts, resources = tun_parts(settings, volume_name="vpnctl-dev-net-tun")
+    tun_volumes, tun_mounts, tun_limits = tun_parts(settings, volume_name="vpnctl-dev-net-tun")
+    resources = (tenant.spec.resources.sidecar or settings.sidecar_resources).body(
+        extra_limits=tun_limits
+    )
     config_volume = {
         "name": "vpnctl-apiserver",
         "projected": {

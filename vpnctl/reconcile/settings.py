@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from ipaddress import IPv4Network
 
+from vpnctl.reconcile.container_resources import (
+    DEFAULT_AGENT_RESOURCES,
+    DEFAULT_SERVER_RESOURCES,
+    DEFAULT_SIDECAR_RESOURCES,
+    ContainerResources,
+)
 from vpnctl.reconcile.machine_deletion import DEFAULT_MAX_DELAY
 from vpnctl.reconcile.service_route_election import DEFAULT_GRACE
 
@@ -53,6 +59,11 @@ class Settings:
     metrics_namespaces: tuple[str, ...] = ()
     # Addresses of the service cluster's nodes, for spec.expose.serviceType NodePort.
     node_port_addresses: tuple[str, ...] = ()
+    # Requests and limits of the server pods, the apiserver sidecar and the node agent,
+    # unless a Tunnel's spec.resources says otherwise (container_resources.py).
+    server_resources: ContainerResources = DEFAULT_SERVER_RESOURCES
+    sidecar_resources: ContainerResources = DEFAULT_SIDECAR_RESOURCES
+    agent_resources: ContainerResources = DEFAULT_AGENT_RESOURCES
     # How long a deleted Machine's node keeps its tunnel at most while it drains, for
     # Tunnels without spec.nodeRevocation.maxDelay (reconcile/machine_deletion.py).
     node_revocation_max_delay: timedelta = DEFAULT_MAX_DELAY

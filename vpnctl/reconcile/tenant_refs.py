@@ -30,7 +30,7 @@ from vpnctl.kube.resources import (
     Resource,
 )
 from vpnctl.reconcile.diff import needs_update
-from vpnctl.reconcile.names import CLUSTER_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from vpnctl.reconcile.names import CLUSTER_LABEL, NAME_LABEL, PRODUCT_NAME
 
 # The kinds we know how to install, watch and clean up in a tenant cluster.
 KNOWN_RESOURCES: tuple[Resource, ...] = (
@@ -119,8 +119,11 @@ def desired_by_ref(objects: Iterable[Mapping[str, Any]]) -> dict[ObjectRef, Kube
 
 
 def label_selector(cluster: str) -> str:
-    """What selects our objects in a tenant cluster (the builders set both labels)."""
-    return f"{MANAGED_BY_LABEL}={MANAGED_BY},{CLUSTER_LABEL}={cluster}"
+    """What selects our objects in a tenant cluster: the builders and the agent chart
+    set both labels. Not app.kubernetes.io/managed-by: `helm install` of the agent chart
+    sets it to "Helm" on every object it creates, whatever the template says, and the
+    controller must still find (repair, clean up) an agent installed that way."""
+    return f"{NAME_LABEL}={PRODUCT_NAME},{CLUSTER_LABEL}={cluster}"
 
 
 def watch_specs(refs: Iterable[ObjectRef]) -> tuple[WatchSpec, ...]:

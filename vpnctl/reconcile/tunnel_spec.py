@@ -15,6 +15,13 @@ from typing import Any, Literal, cast
 
 from vpnctl.api import Tunnel
 from vpnctl.reconcile.cidr import parse_network
+from vpnctl.reconcile.container_resources import (
+    COMPONENTS,
+    NO_OVERRIDES,
+    ContainerResources,
+    ResourceOverrides,
+    resources_from_body,
+)
 from vpnctl.reconcile.durations import parse_duration
 from vpnctl.reconcile.errors import PermanentError
 from vpnctl.reconcile.untrusted_json import (
@@ -102,6 +109,7 @@ class TunnelSpec:
     replicas: int
     certificates: CertificateLifetimes
     install_agent: bool
+    resources: ResourceOverrides = NO_OVERRIDES
     # spec.nodeRevocation.maxDelay: how long after a Machine's deletionTimestamp its node
     # keeps its tunnel at most (machine_deletion.py); None: the controller's default.
     node_revocation_max_delay: timedelta | None = None
@@ -237,6 +245,7 @@ def parse_tunnel_spec(tunnel: Tunnel) -> TunnelSpec:
         )
 
     return TunnelSpec(
+        resources=_resources(spec.get("resources"), where=where),
         node_revocation_max_delay=node_revocation_max_delay(spec, where=where),
         cluster_name=cluster_name,
         transport=Transport(
@@ -252,6 +261,23 @@ def parse_tunnel_spec(tunnel: Tunnel) -> TunnelSpec:
         certificates=lifetimes,
         install_agent=install,
     )
+
+
+def _resources(value: object, *, where: str) -> ResourceOverrides:
+    """spec.resources.{server,sidecar,agent}: each replaces the controller's default."""
+    section = field_mapping(value, field="spec.resources")
+    parsed: dict[str, ContainerResources] = {}
+    for component in COMPONENTS:
+        if section.get(component) is None:
+            continue
+        try:
+            parsed[component] = resources_from_body(section[component])
+        except ValueError as exc:
+            raise PermanentError(
+                reason="InvalidSpec",
+                message=f"spec.resources.{component} of {where}: {exc}; fix spec.resources",
+            ) from None
+    return ResourceOverrides(**parsed)
 
 
 def node_revocation_max_delay(spec: Mapping[str, Any], *, where: str) -> timedelta | None:

@@ -56,9 +56,10 @@ app.kubernetes.io/component: controller
 {{- end -}}
 {{- end -}}
 
-{{/* The namespace the controller watches: controller.namespace, else the release's. */}}
+{{/* The namespace the controller watches: controller.namespace, else "*" (every
+namespace: tenants live in namespaces of their own, never the release's). */}}
 {{- define "vpnctl.watchNamespace" -}}
-{{- default .Release.Namespace .Values.controller.namespace -}}
+{{- default "*" .Values.controller.namespace -}}
 {{- end -}}
 
 {{/* The controller's command line (see values.yaml: controller.args). */}}
@@ -77,6 +78,7 @@ app.kubernetes.io/component: controller
 {{- end }}
 - --metrics-address=:{{ $c.metricsPort }}
 - --health-address=:{{ $c.healthPort }}
+- --agent-image={{ default (include "vpnctl.image" .) $c.agentImage }}
 {{- range .Values.reservedCIDRs }}
 - --reserved-cidr={{ . }}
 {{- end }}
@@ -86,10 +88,28 @@ app.kubernetes.io/component: controller
 {{- range $c.metricsAllowNamespaces }}
 - --metrics-allow-namespace={{ . }}
 {{- end }}
+{{- range $component := list "server" "sidecar" "agent" }}
+{{- with index $.Values.tenantResources $component }}
+- --{{ $component }}-resources={{ include "vpnctl.resourcesFlag" . }}
+{{- end }}
+{{- end }}
 {{- with $c.extraArgs }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+{{- end -}}
+
+{{/* {requests: {cpu, memory}, limits: {...}} as the controller's flag syntax:
+requests.cpu=50m,limits.memory=256Mi (vpnctl/reconcile/container_resources.py). */}}
+{{- define "vpnctl.resourcesFlag" -}}
+{{- $terms := list -}}
+{{- range $kind := list "requests" "limits" -}}
+{{- $section := index $ $kind | default dict -}}
+{{- range $name := keys $section | sortAlpha -}}
+{{- $terms = append $terms (printf "%s.%s=%v" $kind $name (index $section $name)) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $terms -}}
 {{- end -}}
 
 {{/* --- Cluster API ---------------------------------------------------------------- */}}
