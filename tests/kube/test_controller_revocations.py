@@ -231,6 +231,45 @@ async def test_a_node_replaced_under_its_name_is_admitted_only_with_its_new_seri
         ]
 
 
+async def test_with_the_agent_installed_by_its_chart_nodes_certificates_are_still_signed(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    """spec.agent.install false (charts/agent installs the agent, as its values.yaml says):
+    vpnctl installs nothing in the tenant cluster, but its tenant side keeps running, so
+    the nodes' CSRs are signed and what it signs is admitted and revocable. (It used to
+    skip the tenant side altogether: a chart-installed agent never got a certificate.)"""
+    async with _ready_tenant(kube, namespace, "bychart") as t:
+        await kube.patch_merge(
+            TUNNEL, "bychart", {"spec": {"agent": {"install": False}}}, namespace=namespace
+        )
+
+        async def disabled() -> dict[str, Any] | None:
+            tunnel = await kube.get(TUNNEL, "bychart", namespace)
+            for c in ((tunnel or {}).get("status") or {}).get("conditions") or []:
+                if c["type"] == "AgentInstalled" and c["reason"] == "Disabled":
+                    return dict(c)
+            return None
+
+        condition = await aeventually(disabled, timeout=10, what="AgentInstalled Disabled")
+        assert condition["status"] == "True"
+        assert "signed" in condition["message"]
+        calls_before = len(t.side.calls)
+        # node-1 renews its certificate through the tenant side, agent or no agent.
+        t.side.signed[t.ref] = (*t.side.signed[t.ref], ("bychart-node-1", "abcd0001"))
+        await _poke(kube, namespace, "bychart")
+
+        async def admitted() -> bool:
+            cm = await kube.get(CONFIG_MAP, "bychart-vpn-server", namespace)
+            doc = json.loads(cm["data"]["desired.json"]) if cm is not None else {"clients": []}
+            return any("abcd0001" in c["serials"] for c in doc["clients"])
+
+        await aeventually(admitted, timeout=10, what="the renewed serial admitted")
+        later = t.side.calls[calls_before:]
+        assert later, "the tenant side is still asked"
+        assert all(call.kinds == () for call in later), "nothing is installed"
+
+
 async def test_revocation_goes_on_while_the_spec_is_invalid(
     kube: Kube,  # noqa: F811
     namespace: str,

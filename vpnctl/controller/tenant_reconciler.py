@@ -495,37 +495,45 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         machines: Sequence[KubeObject],
     ) -> tuple[tuple[ConditionStatus, str, str], bool, tuple[IssuedCert, ...]]:
         """AgentInstalled as (status, reason, message), whether to retry with backoff, and
-        the node certificates the tenant side reported."""
+        the node certificates the tenant side reported.
+
+        With spec.agent.install false (the agent installed by charts/agent, or by hand)
+        nothing is installed, but the tenant side still runs: its CSR loop signs the nodes'
+        certificates and seals their tls-crypt-v2 keys, which such an agent needs as much
+        as ours, and reports what it signed so revocation covers it."""
         tenant = plan.tenant
-        if not tenant.spec.install_agent:
-            return (
-                ("True", "Disabled", "spec.agent.install is false: the node agent is not managed"),
-                False,
-                (),
-            )
+        install = tenant.spec.install_agent
         secret = await self._get(SECRET, kubeconfig_secret_name(key.cluster), key.namespace)
         try:
             kubeconfig = parse_kubeconfig_secret(
                 secret, namespace=key.namespace, cluster_name=key.cluster
             )
-            role_config = node_role_config(
-                tenant=tenant,
-                settings=self._settings.build,
-                remotes=service_remotes(
-                    service, node_addresses=self._settings.build.node_port_addresses
-                ),
-                # The nodes ask this apiserver for their certificates (agent/bootstrap.py).
-                bootstrap_server=kubeconfig.server,
-            )
+            desired: Sequence[dict[str, Any]] = ()
+            if install:
+                role_config = node_role_config(
+                    tenant=tenant,
+                    settings=self._settings.build,
+                    remotes=service_remotes(
+                        service, node_addresses=self._settings.build.node_port_addresses
+                    ),
+                    # The nodes ask this apiserver for their certificates (agent/bootstrap.py).
+                    bootstrap_server=kubeconfig.server,
+                )
+                desired = tenant_objects(
+                    cluster_name=tenant.cluster_name,
+                    settings=self._settings.build,
+                    role_config=role_config,
+                    ca_pem=keys.ca.cert_pem,
+                    agent_resources=tenant.spec.resources.agent,
+                )
         except ReconcileError as exc:
+            if not install:
+                return (
+                    _agent_disabled(f"nodes' certificates cannot be signed: {exc.message}"),
+                    True,
+                    (),
+                )
             return ("False", exc.reason, exc.message), False, ()
-        desired = tenant_objects(
-            cluster_name=tenant.cluster_name,
-            settings=self._settings.build,
-            role_config=role_config,
-            ca_pem=keys.ca.cert_pem,
-            agent_resources=tenant.spec.resources.agent,
-        )
         try:
             async with asyncio.timeout(self._settings.tenant_side_timeout):
                 result: TenantSideResult = await self._side.ensure(
@@ -554,6 +562,23 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                 message=f"installing the agent in the tenant cluster failed: {exc}",
             )
         signed = reported_certificates(result, ca=keys.ca)
+        if not install:
+            if result.installed:
+                return _agent_disabled("the nodes' certificate requests are signed"), False, signed
+            return (
+                _agent_disabled(f"nodes' certificates cannot be signed: {result.message}"),
+                True,
+                signed,
+            )
         if result.installed:
             return ("True", result.reason or "Installed", result.message), False, signed
         return ("False", result.reason or "NotInstalled", result.message), True, signed
+
+
+def _agent_disabled(detail: str) -> tuple[ConditionStatus, str, str]:
+    """AgentInstalled while spec.agent.install is false: not ours to install."""
+    return (
+        "True",
+        "Disabled",
+        f"spec.agent.install is false: the node agent is not managed; {detail}",
+    )
