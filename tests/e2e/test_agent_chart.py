@@ -49,7 +49,7 @@ def chart_values(lab: Lab) -> dict[str, Any]:
     values.yaml says: the CA Secret, CAPI's kubeconfig Secret, the server's Service and
     the Tunnel; the image is the controller's agent image."""
     name = lo.CLUSTER_NAME
-    ca = _service_json(lab, "secret", f"{name}-vpn-ca")["data"]["ca.crt"]
+    ca = _service_json(lab, "secret", f"{name}-vpn-ca")["data"]["tls.crt"]  # not tls.key
     kubeconfig = base64.b64decode(
         _service_json(lab, "secret", f"{name}-kubeconfig")["data"]["value"]
     )
