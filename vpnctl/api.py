@@ -200,7 +200,10 @@ class TunnelNodeStatus(TypedDict, total=False):
     tunnelIP: str
     connected: bool
     since: str  # RFC 3339; when `connected` last changed
-    rttSeconds: float
+    # RFC 3339; openvpn's connect time of the current connection, as the server reports
+    # it; only while connected and known.
+    connectedSince: str
+    rttSeconds: float  # the server's last kubelet probe through the tunnel
     kubeletReachable: bool
 
 

@@ -22,7 +22,9 @@ desired state has been read and the firewall is in place: a server that would ac
 clients before its firewall exists is worse than one that waits.
 
 Also here: the UDP probe responder that nodes ping every second, a TCP probe of every
-connected node's kubelet through the tunnel, and per-node metrics.
+connected node's kubelet through the tunnel, and per-node metrics, among them each
+node's connect time and round-trip time (`server_metrics`), which the controller reads
+into the Tunnel's status (vpnctl/controller/observe.py).
 """
 
 from __future__ import annotations
@@ -211,6 +213,8 @@ class ServerRole(OpenVPNRole):
     def _forget_node(self, cn: str) -> None:
         for metric in (
             self.metrics.node_connected,
+            self.metrics.node_connected_since,
+            self.metrics.node_rtt,
             self.metrics.kubelet_reachable,
             self.metrics.kubelet_probe,
         ):
@@ -361,22 +365,36 @@ class ServerRole(OpenVPNRole):
         self.conditions.set("openvpn", "openvpn starting")
         await self.supervisor.run()
 
+    def _is_node(self, cn: str) -> bool:
+        """CN is a node client of the current desired state (not the apiserver)."""
+        desired = self.desired
+        return desired is not None and any(e.common_name == cn for e in desired.clients)
+
     def _set_connected(self, cn: str, up: bool) -> None:
         desired = self.desired
         if desired is None:
             return
         if desired.apiserver is not None and desired.apiserver.common_name == cn:
             self.metrics.apiserver_connected.labels(self.role).set(1 if up else 0)
-        elif any(e.common_name == cn for e in desired.clients):
+        elif self._is_node(cn):
             self.metrics.node_connected.labels(self.role, cn).set(1 if up else 0)
             if not up:
                 self.metrics.kubelet_reachable.labels(self.role, cn).set(0)
+                for gauge in (self.metrics.node_connected_since, self.metrics.node_rtt):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(self.role, cn)
+
+    def _report_connection(self, st: ClientStatus) -> None:
+        """A connected node's connect time (set on every poll: a reconnect between two
+        polls brings a new one) and bytes."""
+        if not self._is_node(st.common_name):
+            return
+        self.metrics.node_connected_since.labels(self.role, st.common_name).set(
+            st.connected_since.timestamp()
+        )
+        self._account_bytes(st)
 
     def _account_bytes(self, st: ClientStatus) -> None:
-        if self.desired is None or not any(
-            e.common_name == st.common_name for e in self.desired.clients
-        ):
-            return
         session = self._bytes.get(st.common_name)
         if session is None or session[0] != st.client_id:
             session = (st.client_id, CounterDelta(), CounterDelta())
@@ -406,7 +424,7 @@ class ServerRole(OpenVPNRole):
                         self.events("client_connected", cn=cn, real_address=s.real_address,
                                     virtual_address=s.virtual_address)  # fmt: skip
                     self._set_connected(cn, True)
-                    self._account_bytes(s)
+                    self._report_connection(s)
                 self.connected = now
                 self.metrics.clients_connected.labels(self.role).set(len(now))
                 self.authorizer.keep_admitted(
@@ -436,15 +454,24 @@ class ServerRole(OpenVPNRole):
     # --- kubelet probes -----------------------------------------------------------------------
 
     async def _probe_kubelet(self, cn: str, host: str, port: int) -> None:
+        error: ProbeError | None = None
         try:
             seconds = await tcp_probe(host, port, timeout=self.cfg.kubelet_probe_timeout)
         except ProbeError as e:
+            error, seconds = e, 0.0
+        # The node may have disconnected or left the desired state while the probe ran:
+        # its answer must not bring its series back (a stale RTT for a gone node).
+        if cn not in self.connected or not self._is_node(cn):
+            return
+        if error is not None:
             if self._kubelet_ok.get(cn, True):
                 self.events.warning(
-                    "kubelet_unreachable", node=cn, target=f"{host}:{port}", error=str(e)
+                    "kubelet_unreachable", node=cn, target=f"{host}:{port}", error=str(error)
                 )
             self._kubelet_ok[cn] = False
             self.metrics.kubelet_reachable.labels(self.role, cn).set(0)
+            with contextlib.suppress(KeyError):
+                self.metrics.node_rtt.remove(self.role, cn)
             return
         if not self._kubelet_ok.get(cn, False):
             self.events(
@@ -452,6 +479,7 @@ class ServerRole(OpenVPNRole):
             )
         self._kubelet_ok[cn] = True
         self.metrics.kubelet_probe.labels(self.role, cn).observe(seconds)
+        self.metrics.node_rtt.labels(self.role, cn).set(seconds)
         self.metrics.kubelet_reachable.labels(self.role, cn).set(1)
 
     async def _kubelet_task(self) -> None:

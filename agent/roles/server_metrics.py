@@ -1,5 +1,18 @@
-"""The server role's metrics: per-node connection, kubelet reachability and bytes, kicks,
-firewall repairs and the installed CRL, all labelled with `role`."""
+"""The server role's metrics: per-node connection, connect time, kubelet reachability,
+round-trip time and bytes, kicks, firewall repairs and the installed CRL, all labelled
+with `role`.
+
+Round-trip time comes in two forms on purpose. ``vpnctl_agent_kubelet_probe_seconds``
+is a histogram, for dashboards (quantiles over time); ``vpnctl_agent_node_rtt_seconds``
+is a gauge of the last successful probe, because a reader of one scrape (the controller,
+for `vpnctl status`) cannot get "the current RTT" out of a histogram's cumulative
+buckets. Both measure the same thing: the TCP handshake with the node's kubelet through
+its tunnel, one SYN/SYN-ACK round trip answered by the node's kernel.
+
+The per-connection gauges (connect time, RTT) exist only while there is something to
+report: they are removed when the node disconnects, when its probe fails, and when it
+leaves the desired state, so a stale value never looks current.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +35,20 @@ class ServerMetrics:
             "vpnctl_agent_apiserver_connected",
             "1 while the apiserver's openvpn client is connected to this server.",
             ["role"],
+            registry=registry,
+        )
+        self.node_connected_since = Gauge(
+            "vpnctl_agent_node_connected_since_timestamp_seconds",
+            "When the node's current openvpn connection to this server was established "
+            "(openvpn's connected-since), as a Unix timestamp; absent while disconnected.",
+            ["role", "node"],
+            registry=registry,
+        )
+        self.node_rtt = Gauge(
+            "vpnctl_agent_node_rtt_seconds",
+            "Round-trip time to the node through its tunnel: the last successful kubelet "
+            "probe's TCP handshake; absent while disconnected or while the probe fails.",
+            ["role", "node"],
             registry=registry,
         )
         self.kubelet_reachable = Gauge(
@@ -71,7 +98,7 @@ class ServerMetrics:
         self.crl_expiry = Gauge(
             "vpnctl_agent_crl_expiry_timestamp_seconds",
             "nextUpdate of the installed CRL, as a Unix timestamp: after it openvpn refuses "
-            "every client (\"CRL has expired\"), so the controller must have installed a "
+            'every client ("CRL has expired"), so the controller must have installed a '
             "newer one before.",
             ["role"],
             registry=registry,

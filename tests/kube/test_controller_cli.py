@@ -10,6 +10,8 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -20,7 +22,8 @@ from tests.support.polling import aeventually
 from vpnctl.cli import parse_args
 from vpnctl.controller import cli
 from vpnctl.controller.interfaces import TenantRef
-from vpnctl.kube import LEASE, Kube
+from vpnctl.kube import LEASE, TUNNEL, Kube
+from vpnctl.reconcile.conditions import rfc3339
 from vpnctl.testenv import ServiceCluster
 from vpnctl.testenv.cluster import free_ports
 
@@ -44,6 +47,12 @@ async def test_status_prints_the_tunnels_and_their_nodes(
     service_cluster: ServiceCluster,
 ) -> None:
     observations = FakeObservations(default=all_connected(["one-node-1", "one-node-2"]))
+    # The server's connect time for one-node-1: it reaches the Tunnel's status (the real
+    # CRD keeps the field) and is what SINCE shows.
+    connected_at = datetime.now(UTC) - timedelta(days=10)
+    observations.default["one-node-1"] = replace(
+        observations.default["one-node-1"], connected_since=connected_at
+    )
     observations.per_tenant[TenantRef(namespace, "two")] = all_connected(["two-node-1"])
     async with running_controller(
         kube, controller_settings(namespace), side=FakeTenantSide(), observations=observations
@@ -52,6 +61,13 @@ async def test_status_prints_the_tunnels_and_their_nodes(
         await create_tenant(kube, namespace, "two", nodes=1)
         await wait_ready(kube, namespace, "one", nodes=2, connected=2)
         await wait_ready(kube, namespace, "two", nodes=1, connected=1)
+
+    one = await kube.get(TUNNEL, "one", namespace)
+    assert one is not None
+    rows = {r["name"]: r for r in one["status"]["nodes"]}
+    assert rows["one-node-1"]["connectedSince"] == rfc3339(connected_at)
+    assert rows["one-node-1"]["rttSeconds"] == 0.002
+    assert "connectedSince" not in rows["one-node-2"]
 
     def args(*extra: str) -> argparse.Namespace:
         # --kubeconfig is a global flag: given after the sub-command here
@@ -71,13 +87,12 @@ async def test_status_prints_the_tunnels_and_their_nodes(
         "2",
         "2",
     ]
-    # The fake observations carry an RTT, so the column is there
+    # The fake observations carry an RTT: it shows in milliseconds
     assert nodes.splitlines()[0].split() == [
         "NODE", "TUNNEL-IP", "CONNECTED", "SINCE", "RTT", "KUBELET"
     ]  # fmt: skip
     row = nodes.splitlines()[1].split()
-    assert row[:3] == ["one-node-1", "100.127.255.3", "yes"]
-    assert row[4:] == ["2.0ms", "OK"]
+    assert row == ["one-node-1", "100.127.255.3", "yes", "10d", "2.0ms", "OK"]
 
     out = io.StringIO()
     assert await cli.status(args("-n", namespace), out=out) == 0

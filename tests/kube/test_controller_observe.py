@@ -4,6 +4,7 @@ scraped over HTTP (a real HealthServer with the server role's own metrics)."""
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -55,6 +56,9 @@ async def test_observations_come_from_the_running_server_pods(
     metrics.node_connected.labels("server", "obs-node-1").set(1)
     metrics.node_connected.labels("server", "obs-node-2").set(0)
     metrics.kubelet_reachable.labels("server", "obs-node-1").set(1)
+    connected_at = datetime(2030, 1, 1, 12, 0, 5, tzinfo=UTC)
+    metrics.node_connected_since.labels("server", "obs-node-1").set(connected_at.timestamp())
+    metrics.node_rtt.labels("server", "obs-node-1").set(0.0031)
     source = ServerMetricsObservations(kube=kube, health_port=port, timeout=2.0)
     async with contextlib.aclosing(source):
         with pytest.raises(TemporaryError) as none_running:
@@ -72,4 +76,6 @@ async def test_observations_come_from_the_running_server_pods(
             seen = await source.observe(tenant)
     assert seen["obs-node-1"].connected
     assert seen["obs-node-1"].kubelet_reachable is True
+    assert seen["obs-node-1"].connected_since == connected_at
+    assert seen["obs-node-1"].rtt_seconds == 0.0031
     assert not seen["obs-node-2"].connected

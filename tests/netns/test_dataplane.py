@@ -40,6 +40,7 @@ from tests.netns.conftest import (
 )
 from tests.netns.nsutil import NETNS_TIER
 from tests.support.polling import eventually
+from vpnctl.controller.observe import parse_server_metrics
 from vpnctl.lab.probe import check_lines
 
 pytestmark = NETNS_TIER
@@ -130,6 +131,27 @@ def test_server_probes_every_kubelet_and_reports_it_per_node(dataplane: DataPlan
     m = dataplane.metrics("server")
     assert m.get("vpnctl_agent_apiserver_connected", role="server") == 1
     assert m.get("vpnctl_agent_ready", role="server") == 1
+
+    # Each node's connect time (real openvpn's status) and RTT (the last kubelet probe
+    # through its real tunnel), and the controller's reading of the same exposition.
+    status, body = dataplane.scrape("server")
+    assert status == 200
+    seen = parse_server_metrics(body)
+    now = time.time()
+    for name in names:
+        since = m.get("vpnctl_agent_node_connected_since_timestamp_seconds", node=name)
+        rtt = m.get("vpnctl_agent_node_rtt_seconds", node=name)
+        assert since is not None
+        assert now - 3600 < since <= now + 1  # openvpn's clock is this host's
+        assert rtt is not None
+        assert 0 < rtt < 1.0  # kubelet_probe_timeout
+        node = seen[name]
+        assert node.connected
+        assert node.connected_since is not None
+        assert node.connected_since.timestamp() == since
+        assert node.rtt_seconds is not None
+        print(f"{dataplane.proto} {name}: connected {now - since:.0f} s ago, "
+              f"RTT {node.rtt_seconds * 1000:.3f} ms")  # fmt: skip
     for name in names:
 
         def node_reports(n: str = name) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -42,8 +42,12 @@ def test_status_rows_stand_in_for_a_server_that_does_not_answer() -> None:
     status = {
         "nodes": [
             {"name": "n1", "tunnelIP": "100.127.255.3", "connected": True,
-             "since": "2030-01-01T00:00:00Z", "rttSeconds": 0.002, "kubeletReachable": True},
+             "since": "2030-01-01T00:00:00Z", "connectedSince": "2030-01-01T00:00:00Z",
+             "rttSeconds": 0.002, "kubeletReachable": True},
             {"name": "n2", "tunnelIP": "100.127.255.4", "connected": False, "since": "x"},
+            # Connected, but the time is the controller's own observation, not the server's.
+            {"name": "n3", "tunnelIP": "100.127.255.5", "connected": True,
+             "since": "2030-01-01T00:00:00Z"},
             {"name": "pending", "connected": False},
         ]
     }  # fmt: skip
@@ -56,15 +60,20 @@ def test_status_rows_stand_in_for_a_server_that_does_not_answer() -> None:
         kubelet_reachable=True,
     )
     assert not seen["n2"].connected
+    assert seen["n3"] == NodeObservation(node="n3", connected=True)
     assert "pending" not in seen  # no tunnel, nothing to elect
 
 
-def test_fingerprints_ignore_rtt_but_not_connectivity() -> None:
-    a = {"n": NodeObservation(node="n", connected=True, rtt_seconds=0.001)}
-    b = {"n": NodeObservation(node="n", connected=True, rtt_seconds=0.009)}
+def test_fingerprints_ignore_rtt_but_not_connectivity_or_a_reconnect() -> None:
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    a = {"n": NodeObservation(node="n", connected=True, connected_since=t0, rtt_seconds=0.001)}
+    b = {"n": NodeObservation(node="n", connected=True, connected_since=t0, rtt_seconds=0.009)}
     c = {"n": NodeObservation(node="n", connected=False)}
+    later = t0 + timedelta(seconds=3)  # reconnected between two polls
+    d = {"n": NodeObservation(node="n", connected=True, connected_since=later, rtt_seconds=0.001)}
     assert observation_fingerprint(a) == observation_fingerprint(b)
     assert observation_fingerprint(a) != observation_fingerprint(c)
+    assert observation_fingerprint(a) != observation_fingerprint(d)
     assert observation_fingerprint(None) != observation_fingerprint({})
 
 

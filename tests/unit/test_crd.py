@@ -241,6 +241,7 @@ def test_status_fields(status_schema: dict[str, Any]) -> None:
         "tunnelIP",
         "connected",
         "since",
+        "connectedSince",
         "rttSeconds",
         "kubeletReachable",
     }

@@ -18,7 +18,13 @@ from vpnctl.reconcile.allocation import (
     allocations_from_status,
     released_from_status,
 )
-from vpnctl.reconcile.conditions import READY, SERVER_READY, derive_ready, set_condition
+from vpnctl.reconcile.conditions import (
+    READY,
+    SERVER_READY,
+    derive_ready,
+    rfc3339,
+    set_condition,
+)
 from vpnctl.reconcile.service_route_election import elect_service_route_node
 from vpnctl.reconcile.status import NodeObservation, build_status, connected_members
 from vpnctl.reconcile.status_table import (
@@ -143,10 +149,29 @@ def test_openvpn_connect_time_wins_for_since() -> None:
     seen = {
         "node-1": NodeObservation(
             node="node-1", connected=True, connected_since=T0 - timedelta(hours=1)
-        )
+        ),
+        "node-2": NodeObservation(node="node-2", connected=True),  # the server gave no time
     }
     status = reconcile_once(t, None, seen, T0)
-    assert status["nodes"][0]["since"] == "2024-05-01T11:00:00Z"
+    rows = {r["name"]: r for r in status["nodes"]}
+    assert rows["node-1"]["since"] == "2024-05-01T11:00:00Z"
+    assert rows["node-1"]["connectedSince"] == "2024-05-01T11:00:00Z"
+    assert rows["node-2"]["since"] == "2024-05-01T12:00:00Z"  # when we saw it
+    assert "connectedSince" not in rows["node-2"]
+
+    # node-1 reconnected: the new connection's time; then it is gone: no connect time.
+    seen["node-1"] = NodeObservation(
+        node="node-1", connected=True, connected_since=T0 + timedelta(seconds=40)
+    )
+    again = reconcile_once(t, status, seen, T0 + timedelta(minutes=1))
+    assert next(r for r in again["nodes"] if r["name"] == "node-1")["connectedSince"] == (
+        "2024-05-01T12:00:40Z"
+    )
+    seen["node-1"] = NodeObservation(node="node-1", connected=False)
+    gone = reconcile_once(t, again, seen, T0 + timedelta(minutes=2))
+    row = next(r for r in gone["nodes"] if r["name"] == "node-1")
+    assert (row["connected"], row["since"]) == (False, "2024-05-01T12:02:00Z")
+    assert "connectedSince" not in row
 
 
 def test_no_connected_node_means_no_holder() -> None:
@@ -216,18 +241,39 @@ def test_render_status_for_one_tunnel() -> None:
     assert lines[4].split() == ["tenant-a-md-9", "-", "no", "5m", "-", "-"]
 
 
-def test_rtt_is_a_column_only_when_some_node_has_one() -> None:
-    """The server role exports no RTT today: no column of dashes in that case."""
+def test_since_is_the_servers_connect_time_and_rtt_is_in_milliseconds() -> None:
+    """SINCE ages the server's connect time (not when the controller noticed), RTT is
+    the server's last probe; `-` where the server reports none."""
     seen = {
-        n: NodeObservation(node=n, connected=True, kubelet_reachable=True)
-        for n in ("node-1", "node-3")
-    }
+        "node-1": NodeObservation(
+            node="node-1", connected=True, connected_since=T0 - timedelta(hours=3),
+            rtt_seconds=0.0123, kubelet_reachable=True,
+        ),
+        "node-2": NodeObservation(
+            node="node-2", connected=True, connected_since=T0 - timedelta(seconds=30),
+            rtt_seconds=0.00042, kubelet_reachable=True,
+        ),
+        # Connected, kubelet not answering: no RTT; no connect time from the server.
+        "node-3": NodeObservation(node="node-3", connected=True, kubelet_reachable=False),
+    }  # fmt: skip
     status = reconcile_once(tenant_with_pending(), None, seen, T0)
-    _, nodes = render_status([tunnel_with(status)], now=T0).split("\n\n")
-    assert nodes.splitlines()[0].split() == ["NODE", "TUNNEL-IP", "CONNECTED", "SINCE", "KUBELET"]
-    assert nodes.splitlines()[1].split() == ["node-1", "198.18.8.3", "yes", "0s", "OK"]
-    _, nodes = render_status([tunnel_with(status)], now=T0, wide=True).split("\n\n")
-    assert "RTT" not in nodes.splitlines()[0].split()
+    now = T0 + timedelta(minutes=1)
+    _, nodes = render_status([tunnel_with(status)], now=now).split("\n\n")
+    rows = {line.split()[0]: line.split() for line in nodes.splitlines()}
+    assert rows["NODE"] == ["NODE", "TUNNEL-IP", "CONNECTED", "SINCE", "RTT", "KUBELET"]
+    assert rows["node-1"][2:] == ["yes", "3h1m", "12ms", "OK"]
+    assert rows["node-2"][2:] == ["yes", "90s", "0.42ms", "OK"]
+    assert rows["node-3"][2:] == ["yes", "60s", "-", "FAIL"]
+
+    # A row whose `since` disagrees shows the server's connect time all the same (a
+    # status written before `since` followed it, or edited by hand).
+    row = next(r for r in status["nodes"] if r["name"] == "node-2")
+    row["since"] = rfc3339(T0)
+    _, nodes = render_status([tunnel_with(status)], now=now, wide=True).split("\n\n")
+    header, *lines = (line.split() for line in nodes.splitlines())
+    assert header == ["NODE", "MACHINE", "TUNNEL-IP", "CONNECTED", "SINCE", "RTT", "KUBELET"]
+    wide = {cells[0]: dict(zip(header, cells, strict=True)) for cells in lines}
+    assert (wide["node-2"]["SINCE"], wide["node-2"]["RTT"]) == ("90s", "0.42ms")
 
 
 def test_not_ready_shows_the_reason_and_wide_shows_the_parts() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -55,10 +55,10 @@ class FakeManagement:
         self._closed = asyncio.Event()
         self._notifications: asyncio.Queue[Event] = asyncio.Queue()
 
-    def connect_client(self, cn: str, *, client_id: int) -> None:
+    def connect_client(self, cn: str, *, client_id: int, since: datetime = NOW) -> None:
         self.clients[cn] = ClientStatus(
             common_name=cn, real_address="198.18.0.3:4000", virtual_address=None,
-            bytes_received=100, bytes_sent=200, connected_since=NOW, client_id=client_id,
+            bytes_received=100, bytes_sent=200, connected_since=since, client_id=client_id,
         )  # fmt: skip
 
     @property
@@ -390,6 +390,128 @@ async def test_kicks_wait_for_management_and_are_not_lost(
     await role.flush_kicks()
     assert role.pending_kicks == {}
     assert mgmt.killed == ["node-1"]
+
+
+# --- connect time and round-trip time per node ------------------------------------------------
+
+
+def _node_doc(pki: Pki, kubelets: dict[str, str]) -> DesiredState:
+    """The apiserver and one node per KUBELETS entry ("node-N" -> "ip:port"), each
+    routing its kubelet's address, so the probe goes to a real listener on this host."""
+    doc = {
+        "apiserver": {"common_name": "apiserver", "ifconfig_ip": "198.18.8.2",
+                      "serial": f"{pki.serials['apiserver']:x}"},
+        "clients": [
+            {"common_name": cn, "ifconfig_ip": f"198.18.8.{10 + int(cn[-1])}",
+             "iroutes": [f"{target.split(':')[0]}/32"], "kubelet": target,
+             "serial": f"{pki.serials[cn]:x}"}
+            for cn, target in sorted(kubelets.items())
+        ],
+    }  # fmt: skip
+    return parse_desired(doc, path="/d.json", tunnel_cidr=TUNNEL)
+
+
+async def _kubelet_listener(host: str) -> tuple[asyncio.Server, str]:
+    """A real TCP listener standing in for a kubelet: the probe only needs the handshake."""
+
+    def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    listener = await asyncio.start_server(accept, host, 0)
+    return listener, f"{host}:{listener.sockets[0].getsockname()[1]}"
+
+
+async def test_each_nodes_connect_time_and_rtt_are_exported_while_they_hold(
+    server: tuple[ServerRole, FakeManagement], pki: Pki
+) -> None:
+    role, mgmt = server
+    await _usable(role)
+    clock = role.clock
+    assert isinstance(clock, ManualClock)
+    kubelet_1, target_1 = await _kubelet_listener("127.0.0.1")
+    kubelet_2, target_2 = await _kubelet_listener("127.0.0.2")
+    await role.apply_desired(_node_doc(pki, {"node-1": target_1, "node-2": target_2}))
+
+    def sample(name: str, node: str) -> float | None:
+        return role.registry.get_sample_value(name, {"role": "server", "node": node})
+
+    def since(node: str) -> float | None:
+        return sample("vpnctl_agent_node_connected_since_timestamp_seconds", node)
+
+    def rtt(node: str) -> float | None:
+        return sample("vpnctl_agent_node_rtt_seconds", node)
+
+    async def ticking(probe: Callable[[], bool], what: str) -> None:
+        """Move the manual clock past both polls' intervals until PROBE holds (the TCP
+        probe itself is real I/O, so real time passes between tries)."""
+
+        def tick() -> bool:
+            clock.advance(max(role.cfg.status_interval, role.cfg.kubelet_probe_interval))
+            return probe()
+
+        await aeventually(tick, what=what, interval=0.01, timeout=5)
+
+    an_hour_ago = NOW - timedelta(hours=1)
+    polling = [asyncio.create_task(role._status_task()), asyncio.create_task(role._kubelet_task())]
+    try:
+        assert since("node-1") is None
+        assert rtt("node-1") is None
+        mgmt.connect_client("node-1", client_id=1, since=an_hour_ago)
+        mgmt.connect_client("node-2", client_id=2)
+        await ticking(
+            lambda: rtt("node-1") is not None and rtt("node-2") is not None, "both nodes' RTT"
+        )
+        assert since("node-1") == an_hour_ago.timestamp()
+        assert since("node-2") == NOW.timestamp()
+        for node in ("node-1", "node-2"):
+            value = rtt(node)
+            assert value is not None
+            assert 0 < value < role.cfg.kubelet_probe_timeout
+            # The histogram counts the same probes the gauge shows the last of.
+            count = sample("vpnctl_agent_kubelet_probe_seconds_count", node)
+            assert count is not None
+            assert count >= 1
+
+        # node-1 reconnected between two polls: the new connection's time.
+        del mgmt.clients["node-1"]
+        mgmt.connect_client("node-1", client_id=3, since=NOW)
+        await ticking(lambda: since("node-1") == NOW.timestamp(), "node-1's new connect time")
+
+        # node-2's kubelet stops answering: its RTT is unknown, it is still connected.
+        kubelet_2.close()
+        await kubelet_2.wait_closed()
+        await ticking(lambda: rtt("node-2") is None, "node-2's RTT removed")
+        assert sample("vpnctl_agent_kubelet_reachable", "node-2") == 0
+        assert since("node-2") == NOW.timestamp()
+        assert rtt("node-1") is not None
+
+        # node-1 disconnects: neither its connect time nor a stale RTT remains.
+        del mgmt.clients["node-1"]
+        await ticking(lambda: since("node-1") is None, "node-1's connect time removed")
+        assert rtt("node-1") is None
+        assert sample("vpnctl_agent_node_connected", "node-1") == 0
+
+        # Back, then removed from the desired state: every series of node-1 goes.
+        mgmt.connect_client("node-1", client_id=4)
+        await ticking(lambda: rtt("node-1") is not None, "node-1's RTT back")
+        await role.apply_desired(_node_doc(pki, {"node-2": target_2}))
+        assert mgmt.killed == ["node-1"]
+        polls = mgmt.status_calls  # and no later poll or probe brings a series back:
+        await ticking(lambda: mgmt.status_calls > polls + 1, "two more polls")
+        for name in (
+            "vpnctl_agent_node_connected",
+            "vpnctl_agent_node_connected_since_timestamp_seconds",
+            "vpnctl_agent_node_rtt_seconds",
+            "vpnctl_agent_kubelet_reachable",
+            "vpnctl_agent_kubelet_probe_seconds_count",
+        ):
+            assert sample(name, "node-1") is None, name
+        assert since("node-2") == NOW.timestamp()
+    finally:
+        for task in polling:
+            task.cancel()
+        kubelet_1.close()
+        kubelet_2.close()
 
 
 # --- client roles --------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
   ``vpnctl.controller.tenant_side``; ``tenant.reconcile_tenant`` only sees this Protocol,
   so the service-cluster side is tested against a fake.
 - ``ObservationSource``: where "connected / since / RTT / kubelet reachable" per node
-  comes from (the server role's status endpoint in production, a fake in tests).
+  comes from (the server pods' /metrics in production, ``controller.observe``; a fake
+  in tests).
 """
 
 from __future__ import annotations

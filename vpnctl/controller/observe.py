@@ -1,18 +1,27 @@
-"""Where "connected / kubelet reachable" per node comes from: the tenant's server pods.
+"""Where "connected / since / RTT / kubelet reachable" per node comes from: the tenant's
+server pods.
 
-The server role already exports what it sees on its ``/metrics`` (agent/roles/server.py):
-``vpnctl_agent_node_connected{node}`` (1 while the node's client is connected) and
-``vpnctl_agent_kubelet_reachable{node}`` (the last probe through the tunnel). Scraping
-that, rather than inventing a second status endpoint, keeps one source of truth for
-dashboards and for the controller alike.
+The server role already exports what it sees on its ``/metrics`` (agent/roles/server.py,
+agent/roles/server_metrics.py), per node:
+
+- ``vpnctl_agent_node_connected`` (1 while the node's client is connected);
+- ``vpnctl_agent_node_connected_since_timestamp_seconds`` (openvpn's connect time of
+  the current connection);
+- ``vpnctl_agent_node_rtt_seconds`` (the last kubelet probe's TCP handshake through the
+  tunnel);
+- ``vpnctl_agent_kubelet_reachable`` (whether that probe succeeded).
+
+Scraping that, rather than inventing a second status endpoint, keeps one source of
+truth for dashboards and for the controller alike.
 
 The controller runs in the service cluster, so it reaches the server pods directly by
 pod IP on the server's health port (the Service only exposes the VPN port). With more
-than one replica a node counts as connected when any replica has it.
+than one replica a node counts as connected when any replica has it; its connect time
+and RTT come from the replica holding its newest connection (an older one on another
+replica is a session the node has left and that replica has not timed out yet).
 
 Failure is a ``TemporaryError`` (reason ``ServerNotRunning`` or ``ServerNotAnswering``):
 the reconciler turns it into ServerReady=False and keeps the last known observations.
-RTT and "connected since" are not exported by the server role; they stay unknown.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,52 +43,64 @@ from vpnctl.reconcile.status import NodeObservation
 _log = logging.getLogger(__name__)
 
 NODE_CONNECTED = "vpnctl_agent_node_connected"
+NODE_CONNECTED_SINCE = "vpnctl_agent_node_connected_since_timestamp_seconds"
+NODE_RTT = "vpnctl_agent_node_rtt_seconds"
 KUBELET_REACHABLE = "vpnctl_agent_kubelet_reachable"
+_READ = (NODE_CONNECTED, NODE_CONNECTED_SINCE, NODE_RTT, KUBELET_REACHABLE)
 
 
 def parse_server_metrics(text: str) -> dict[str, NodeObservation]:
-    """Node name -> observation, from one server role's /metrics text."""
-    connected: dict[str, bool] = {}
-    kubelet: dict[str, bool] = {}
+    """Node name -> observation, from one server role's /metrics text.
+
+    Connect time and RTT count only for a node this server has connected: the server
+    removes them on disconnect, and this does not trust that alone."""
+    values: dict[str, dict[str, float]] = {name: {} for name in _READ}
     for family in text_string_to_metric_families(text):
-        if family.name not in (NODE_CONNECTED, KUBELET_REACHABLE):
+        if family.name not in values:
             continue
         for sample in family.samples:
             node = sample.labels.get("node")
-            if not node or sample.name != family.name:
-                continue
-            target = connected if family.name == NODE_CONNECTED else kubelet
-            target[node] = sample.value >= 1
-    return {
-        node: NodeObservation(
+            if node and sample.name == family.name:
+                values[family.name][node] = sample.value
+    out: dict[str, NodeObservation] = {}
+    for node in sorted(set(values[NODE_CONNECTED]) | set(values[KUBELET_REACHABLE])):
+        connected = values[NODE_CONNECTED].get(node, 0.0) >= 1
+        since = values[NODE_CONNECTED_SINCE].get(node) if connected else None
+        rtt = values[NODE_RTT].get(node) if connected else None
+        kubelet = values[KUBELET_REACHABLE].get(node)
+        out[node] = NodeObservation(
             node=node,
-            connected=connected.get(node, False),
-            kubelet_reachable=kubelet.get(node),
+            connected=connected,
+            connected_since=None if since is None else datetime.fromtimestamp(since, tz=UTC),
+            rtt_seconds=rtt if rtt is not None and rtt >= 0 else None,
+            kubelet_reachable=None if kubelet is None else kubelet >= 1,
         )
-        for node in sorted(set(connected) | set(kubelet))
-    }
+    return out
+
+
+def _newest_connection(seen: NodeObservation) -> tuple[bool, datetime]:
+    """Sort key: connected views first, then the latest connect time (unknown: oldest)."""
+    return (seen.connected, seen.connected_since or datetime.min.replace(tzinfo=UTC))
 
 
 def merge_observations(
     views: Sequence[Mapping[str, NodeObservation]],
 ) -> dict[str, NodeObservation]:
     """Several replicas' views: connected if any replica has the node, kubelet reachable
-    if any replica reaches it (else what is known)."""
+    if any replica reaches it (else what is known); connect time and RTT from the
+    replica with the node's newest connection."""
     merged: dict[str, NodeObservation] = {}
-    for view in views:
-        for node, seen in view.items():
-            before = merged.get(node)
-            if before is None:
-                merged[node] = seen
-                continue
-            kubelet = before.kubelet_reachable
-            if seen.kubelet_reachable is not None:
-                kubelet = bool(kubelet) or seen.kubelet_reachable
-            merged[node] = NodeObservation(
-                node=node,
-                connected=before.connected or seen.connected,
-                kubelet_reachable=kubelet,
-            )
+    for node in sorted({node for view in views for node in view}):
+        seen = [view[node] for view in views if node in view]
+        newest = max(seen, key=_newest_connection)
+        known = [s.kubelet_reachable for s in seen if s.kubelet_reachable is not None]
+        merged[node] = NodeObservation(
+            node=node,
+            connected=newest.connected,
+            connected_since=newest.connected_since,
+            rtt_seconds=newest.rtt_seconds,
+            kubelet_reachable=any(known) if known else None,
+        )
     return merged
 
 

@@ -75,6 +75,7 @@ from vpnctl.controller.tenant_pki import PKIIssuance, TenantPKI
 from vpnctl.controller.tenant_server import record_signed
 from vpnctl.controller.tenant_settings import TenantSettings
 from vpnctl.controller.tenant_status import (
+    Fingerprint,
     StatusReports,
     observation_fingerprint,
     observations_from_status,
@@ -154,7 +155,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         )
         # Fingerprint of the observations each tenant was last reconciled with (the
         # operator's poller compares against it), and Machines reported as waiting.
-        self.observed: dict[TenantRef, frozenset[tuple[str, bool, bool | None]]] = {}
+        self.observed: dict[TenantRef, Fingerprint] = {}
         self._reported_waiting: dict[TenantRef, dict[str, str]] = {}
         self._reported_deletions: dict[TenantRef, dict[str, str]] = {}
         # What the tenant side last said about each tenant's budgets (absent: no answer).

@@ -40,15 +40,19 @@ from vpnctl.reconcile.tenant_plan import TenantPlan
 _log = logging.getLogger(__name__)
 
 
-def observation_fingerprint(
-    observations: Mapping[str, NodeObservation] | None,
-) -> frozenset[tuple[str, bool, bool | None]]:
-    """What in an observation is worth a reconcile: who is connected and whose kubelet
-    answers (RTT moves all the time and waits for the next reconcile). None (the server
-    did not answer) has its own fingerprint."""
+Fingerprint = frozenset[tuple[str, bool, bool | None, datetime | None]]
+
+
+def observation_fingerprint(observations: Mapping[str, NodeObservation] | None) -> Fingerprint:
+    """What in an observation is worth a reconcile: who is connected, since when (a
+    reconnect between two polls is news), and whose kubelet answers. RTT moves all the
+    time and waits for the next reconcile. None (the server did not answer) has its own
+    fingerprint."""
     if observations is None:
-        return frozenset({("", False, None)})
-    return frozenset((n, o.connected, o.kubelet_reachable) for n, o in observations.items())
+        return frozenset({("", False, None, None)})
+    return frozenset(
+        (n, o.connected, o.kubelet_reachable, o.connected_since) for n, o in observations.items()
+    )
 
 
 def observations_from_status(status: Mapping[str, Any]) -> dict[str, NodeObservation]:
@@ -59,10 +63,12 @@ def observations_from_status(status: Mapping[str, Any]) -> dict[str, NodeObserva
         name = row.get("name")
         if not isinstance(name, str) or not row.get("tunnelIP"):
             continue
+        # Only the server's own connect time: `since` may be the controller's
+        # observation time, which must not come back as if the server had said it.
         since = None
-        if isinstance(row.get("since"), str):
+        if isinstance(row.get("connectedSince"), str):
             try:
-                since = parse_rfc3339(row["since"])
+                since = parse_rfc3339(row["connectedSince"])
             except ValueError:
                 since = None
         rtt = row.get("rttSeconds")

@@ -50,7 +50,9 @@ def node_rows(
     pending and unallocated ones with no tunnel IP and `connected: false`.
 
     `since` is when `connected` last changed: openvpn's connect time if the server role
-    knows it, else the previous row's value while unchanged, else now.
+    knows it, else the previous row's value while unchanged, else now. `connectedSince`
+    (that connect time alone) and `rttSeconds` are there only while the node is connected
+    and the server reports them, so a reader can tell the server's word from ours.
     """
     old = _previous_rows(previous)
     members = {m.machine: m for m in tenant.members}
@@ -61,8 +63,9 @@ def node_rows(
         seen = observations.get(alloc.node)
         connected = seen.connected if seen is not None else False
         before = old.get(alloc.node)
+        connected_since = None
         if seen is not None and seen.connected and seen.connected_since is not None:
-            since = rfc3339(seen.connected_since)
+            since = connected_since = rfc3339(seen.connected_since)
         elif before is not None and before.get("connected") == connected and before.get("since"):
             since = before["since"]
         else:
@@ -74,6 +77,8 @@ def node_rows(
             "connected": connected,
             "since": since,
         }
+        if connected_since is not None:
+            row["connectedSince"] = connected_since
         if seen is not None and seen.connected and seen.rtt_seconds is not None:
             row["rttSeconds"] = round(seen.rtt_seconds, 6)
         if seen is not None and seen.kubelet_reachable is not None:

@@ -6,9 +6,13 @@ status, so the table is what the controller last wrote, with ages computed again
 `now` passed in.
 
 REASON is the Ready condition's reason: why a tenant is not Ready, at a glance; `-o
-wide` adds the parts Ready is made of and its message. RTT is a column only when some
-node row has `rttSeconds`: the server role does not export round-trip times today
-(vpnctl/controller/observe.py), so a column of dashes would say nothing.
+wide` adds the parts Ready is made of and its message.
+
+Per node, SINCE is the age of the server's connect time (`connectedSince`: openvpn's
+connected-since for the current connection) while the node is connected and the server
+reports it, else of `since` (when the controller saw `connected` change). RTT is the
+server's last probe through the node's tunnel (`rttSeconds`), in milliseconds; `-` when
+unknown: disconnected, the kubelet not answering, or a server too old to report it.
 """
 
 from __future__ import annotations
@@ -33,9 +37,8 @@ from vpnctl.reconcile.conditions import (
 
 TUNNEL_COLUMNS = ("NAMESPACE", "CLUSTER", "READY", "REASON", "NODES", "CONNECTED", "AGE")
 TUNNEL_WIDE_COLUMNS = (*TUNNEL_COLUMNS, "PKI", "SERVER", "AGENT", "ROUTE-NODE", "MESSAGE")
-NODE_COLUMNS = ("NODE", "TUNNEL-IP", "CONNECTED", "SINCE", "KUBELET")
-NODE_WIDE_COLUMNS = ("NODE", "MACHINE", "TUNNEL-IP", "CONNECTED", "SINCE", "KUBELET")
-RTT_AFTER = "SINCE"
+NODE_COLUMNS = ("NODE", "TUNNEL-IP", "CONNECTED", "SINCE", "RTT", "KUBELET")
+NODE_WIDE_COLUMNS = ("NODE", "MACHINE", "TUNNEL-IP", "CONNECTED", "SINCE", "RTT", "KUBELET")
 
 
 def human_duration(delta: timedelta) -> str:
@@ -103,6 +106,9 @@ def _rtt(row: TunnelNodeStatus) -> str:
     if not isinstance(rtt, int | float) or isinstance(rtt, bool):
         return "-"
     ms = rtt * 1000
+    # Three significant digits at most; a tunnel inside one host is well under 1 ms.
+    if ms < 1:
+        return f"{ms:.2f}ms"
     return f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms"
 
 
@@ -141,35 +147,31 @@ def tunnel_row(tunnel: Tunnel, *, now: datetime, wide: bool = False) -> tuple[st
     )
 
 
-def node_row(
-    row: TunnelNodeStatus, *, now: datetime, wide: bool = False, rtt: bool = False
-) -> tuple[str, ...]:
+def _since(row: TunnelNodeStatus, *, now: datetime) -> str:
+    connected_since = row.get("connectedSince")
+    if row.get("connected") and isinstance(connected_since, str) and connected_since:
+        return _age(connected_since, now=now)
+    return _age(row.get("since"), now=now)
+
+
+def node_row(row: TunnelNodeStatus, *, now: datetime, wide: bool = False) -> tuple[str, ...]:
     cells = [
         row.get("name", ""),
         *([row.get("machine") or "-"] if wide else []),
         row.get("tunnelIP") or "-",
         _yes_no(row.get("connected")),
-        _age(row.get("since"), now=now),
-        *([_rtt(row) if row.get("connected") else "-"] if rtt else []),
+        _since(row, now=now),
+        _rtt(row) if row.get("connected") else "-",
         _kubelet(row),
     ]
     return tuple(cells)
 
 
-def _has_rtt(tunnels: Sequence[Tunnel]) -> bool:
-    return any(
-        isinstance(node.get("rttSeconds"), int | float)
-        for t in tunnels
-        for node in (t.get("status") or {}).get("nodes") or []
-    )
-
-
 def render_status(tunnels: Sequence[Tunnel], *, now: datetime, wide: bool = False) -> str:
     """The tenants table, a blank line, then the nodes table.
 
-    With one Tunnel the nodes table has exactly NODE_COLUMNS (NODE_WIDE_COLUMNS), with
-    RTT after SINCE when known; with several, NAMESPACE and CLUSTER come first so rows
-    can be told apart.
+    With one Tunnel the nodes table has exactly NODE_COLUMNS (NODE_WIDE_COLUMNS); with
+    several, NAMESPACE and CLUSTER come first so rows can be told apart.
     """
 
     def key(t: Tunnel) -> tuple[str, str]:
@@ -184,16 +186,13 @@ def render_status(tunnels: Sequence[Tunnel], *, now: datetime, wide: bool = Fals
         [tunnel_row(t, now=now, wide=wide) for t in ordered],
     )
     many = len(ordered) > 1
-    rtt = _has_rtt(ordered)
-    columns = list(NODE_WIDE_COLUMNS if wide else NODE_COLUMNS)
-    if rtt:
-        columns.insert(columns.index(RTT_AFTER) + 1, "RTT")
-    header = (("NAMESPACE", "CLUSTER") if many else ()) + tuple(columns)
+    columns = NODE_WIDE_COLUMNS if wide else NODE_COLUMNS
+    header = (("NAMESPACE", "CLUSTER") if many else ()) + columns
     rows: list[tuple[str, ...]] = []
     for tunnel in ordered:
         prefix = tunnel_row(tunnel, now=now)[:2] if many else ()
         for node in (tunnel.get("status") or {}).get("nodes") or []:
-            rows.append(prefix + node_row(node, now=now, wide=wide, rtt=rtt))
+            rows.append(prefix + node_row(node, now=now, wide=wide))
     if rows:
         out += "\n" + format_table(header, rows)
     return out
