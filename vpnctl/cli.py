@@ -102,8 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--node-cert-lifetime",
         default=None,
-        help="the lab controller's --node-cert-lifetime (e.g. 3m: each node renews its "
-        "certificate every 2 minutes; default: the controller's)",
+        help="the lab controller's --node-cert-lifetime, at least 5m (e.g. 6m: each node "
+        "renews its certificate about every 2.3 minutes; default: the controller's)",
     )
     st = sub_parser(labsub, "status", help="print the connectivity table of a running lab")
     _add_lab_place(st)

@@ -11,7 +11,7 @@ import pytest
 
 from vpnctl.cli import _parser
 from vpnctl.controller.budgets import DEFAULT_TENANT_SIDE_TIMEOUT, Budgets
-from vpnctl.controller.cli import budgets_from_args, settings_from_args
+from vpnctl.controller.cli import budgets_from_args, node_cert_lifetime, settings_from_args
 from vpnctl.controller.tenant_settings import TenantSettings
 from vpnctl.reconcile.container_resources import (
     DEFAULT_AGENT_RESOURCES,
@@ -161,3 +161,16 @@ def test_resource_flags_set_the_tenants_defaults() -> None:
     assert build.server_resources.body() == {}
     with pytest.raises(SystemExit, match=r"--sidecar-resources: 'x' is not a quantity"):
         settings_from_args(parse("--sidecar-resources", "limits.memory=x"))
+
+
+@pytest.mark.parametrize(("text", "minutes"), [("5m", 5), ("6m", 6), ("720h", 720 * 60)])
+def test_node_cert_lifetime_accepts_what_renewal_can_keep_up_with(text: str, minutes: int) -> None:
+    assert node_cert_lifetime(text) == timedelta(minutes=minutes)
+
+
+@pytest.mark.parametrize("text", ["1m", "4m59s", "30s"])
+def test_a_node_cert_lifetime_shorter_than_the_backdating_is_refused(text: str) -> None:
+    # Backdated 5 minutes and renewed at 2/3 of notBefore..notAfter: a 1m certificate is
+    # due for renewal the moment it is signed.
+    with pytest.raises(ValueError, match="renewed as soon as signed"):
+        node_cert_lifetime(text)

@@ -410,12 +410,11 @@ async def run(args: argparse.Namespace) -> int:
     from vpnctl.controller.revocation_store import RevocationStore
     from vpnctl.controller.tenant_side import KubeTenantSide
     from vpnctl.kube import KubeconfigError, SystemClock
-    from vpnctl.reconcile.durations import parse_duration
 
     settings = settings_from_args(args)
     budgets = budgets_from_args(args)
     try:
-        node_lifetime = parse_duration(args.node_cert_lifetime)
+        node_lifetime = node_cert_lifetime(args.node_cert_lifetime)
     except ValueError as exc:
         raise SystemExit(f"vpnctl run: --node-cert-lifetime: {exc}") from None
     try:
@@ -525,3 +524,23 @@ async def status(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     with contextlib.suppress(BrokenPipeError):
         out.flush()
     return 0 if found or not args.cluster else 1
+
+
+MIN_NODE_CERT_LIFETIME = dt.timedelta(minutes=5)
+
+
+def node_cert_lifetime(text: str) -> dt.timedelta:
+    """--node-cert-lifetime, at least MIN_NODE_CERT_LIFETIME. Certificates are backdated
+    by certs.CLOCK_SKEW (5 min) and renewed at 2/3 of notBefore..notAfter, so a lifetime
+    much shorter than the backdating is due for renewal the moment it is signed (a node
+    would renew in a loop)."""
+    from vpnctl.reconcile.durations import parse_duration
+
+    lifetime = parse_duration(text)
+    if lifetime < MIN_NODE_CERT_LIFETIME:
+        raise ValueError(
+            f"{text!r} is shorter than {MIN_NODE_CERT_LIFETIME}: node certificates are "
+            "backdated 5 minutes for clock skew and renewed at two thirds of their "
+            "lifetime, so they would be renewed as soon as signed"
+        )
+    return lifetime

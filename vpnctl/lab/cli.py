@@ -68,6 +68,14 @@ async def up(
     from vpnctl.lab.checks import report
     from vpnctl.lab.system import bring_up
 
+    if node_cert_lifetime is not None:
+        from vpnctl.controller.cli import node_cert_lifetime as checked_lifetime
+
+        try:
+            checked_lifetime(node_cert_lifetime)
+        except ValueError as exc:
+            _say(f"vpnctl lab up: --node-cert-lifetime: {exc}")
+            return 2
     plan = make_plan(prefix=prefix, nodes=nodes)
     if await netns.list_lab_namespaces(prefix) or state.exists():
         _say("lab: a previous lab is still there; taking it down first")
