@@ -1,8 +1,8 @@
 """The Tunnel's spec, parsed and checked with every default applied (`TunnelSpec`).
 
-The defaults here are the CRD's defaults (charts/vpnctl/crds/); a test keeps the two in
-step. They are applied again here because objects written before a default existed, and
-unit tests, do not pass through the apiserver's defaulting.
+The defaults here are the CRD's defaults (charts/vpnctl/files/crds/); a test keeps the
+two in step. They are applied again here because objects written before a default
+existed, and unit tests, do not pass through the apiserver's defaulting.
 """
 
 from __future__ import annotations
