@@ -581,6 +581,20 @@ async def test_the_flags_and_the_tunnels_spec_resources_reach_the_pods_the_pass_
     assert server["resources"] == {"requests": {"cpu": "70m"}, "limits": {"memory": "300Mi"}}
 
 
+async def test_spec_agent_image_pins_the_server_and_the_node_agent_the_pass_writes() -> None:
+    world = World()
+    await world.reconcile()
+    assert _container(world.api.peek(DEPLOYMENT, NAMES.deployment, NS))["image"] == "vpnctl:test"
+
+    tunnel = hand_made_tunnel()
+    tunnel["spec"]["agent"] = {"image": "vpnctl:pinned"}
+    world.api.seed(TUNNEL, {**world.tunnel(), "spec": tunnel["spec"]})
+    await world.reconcile()
+    assert _container(world.api.peek(DEPLOYMENT, NAMES.deployment, NS))["image"] == "vpnctl:pinned"
+    [agent] = [o for o in world.side.calls[-1].objects if o["kind"] == "DaemonSet"]
+    assert _container(agent)["image"] == "vpnctl:pinned"
+
+
 async def test_bad_spec_resources_are_a_condition_and_nothing_is_built() -> None:
     world = World()
     tunnel = hand_made_tunnel()

@@ -531,6 +531,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                     role_config=role_config,
                     ca_pem=keys.ca.cert_pem,
                     agent_resources=tenant.spec.resources.agent,
+                    agent_image=tenant.spec.agent_image,
                 )
         except ReconcileError as exc:
             if not install:
