@@ -128,3 +128,47 @@ async def test_helm_upgrades_the_tunnel_crd_and_uninstall_keeps_it(
     code, out = await helm_command(bare_cluster, "install", RELEASE, str(VPNCTL), *helm_args)
     assert code == 0, out
     assert PROBE_FIELD not in _spec_fields(await _stored_crd(bare_cluster))
+
+
+def _chart_before_templated_crds(tmp_path: Path) -> Path:
+    """The chart as released before the CRD became a template: CRD in crds/."""
+    chart = tmp_path / "old" / "vpnctl"
+    shutil.copytree(VPNCTL, chart)
+    (chart / "templates" / "crds.yaml").unlink()
+    (chart / "crds").mkdir()
+    shutil.copyfile(VPNCTL / CRD_FILE, chart / "crds" / CRD_FILE.name)
+    return chart
+
+
+async def test_upgrading_a_release_whose_crd_came_from_crds_folder(
+    bare_cluster: KubeCluster, tmp_path: Path
+) -> None:
+    """The migration the chart README gives: helm refuses to take over the CRD it once
+    installed from crds/ until the CRD carries the release's ownership; then it does."""
+    helm_args = ["--namespace", NAMESPACE, "--set", "capi.enabled=false"]
+    old = _chart_before_templated_crds(tmp_path)
+    code, out = await helm_command(
+        bare_cluster, "install", RELEASE, str(old), "--create-namespace", *helm_args
+    )
+    assert code == 0, out
+    before = await _stored_crd(bare_cluster)
+    assert "meta.helm.sh/release-name" not in (before["metadata"].get("annotations") or {})
+
+    code, out = await helm_command(bare_cluster, "upgrade", RELEASE, str(VPNCTL), *helm_args)
+    assert code != 0
+    assert "invalid ownership metadata" in out, out
+
+    # charts/vpnctl/README.md, "Upgrading a release made before this change".
+    await bare_cluster.kubectl(
+        "label", "crd", "tunnels.vpnctl.io", "app.kubernetes.io/managed-by=Helm"
+    )
+    await bare_cluster.kubectl(
+        "annotate", "crd", "tunnels.vpnctl.io",
+        f"meta.helm.sh/release-name={RELEASE}", f"meta.helm.sh/release-namespace={NAMESPACE}",
+    )  # fmt: skip
+    code, out = await helm_command(bare_cluster, "upgrade", RELEASE, str(VPNCTL), *helm_args)
+    assert code == 0, out
+    after = await _stored_crd(bare_cluster)
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]  # adopted, not recreated
+    assert after["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert after["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
