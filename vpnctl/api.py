@@ -174,6 +174,7 @@ class CertificatesSpec(TypedDict, total=False):
 
 class AgentSpec(TypedDict, total=False):
     install: bool
+    image: str
 
 
 class NodeRevocationSpec(TypedDict, total=False):

@@ -5,8 +5,11 @@ the files in a chart's ``crds/`` folder before anything else, so a packaged char
 carry CAPI's CRDs. Those are generated (controller-gen over the Cluster API Go module,
 see ``vpnctl.testenv.build``) and big, so the repository never holds them. Packaging
 copies them into a staged copy of the chart and runs ``helm package`` on that; the
-chart in the repository keeps only the Tunnel CRD and works with CRDs installed
-separately (clusterctl, or the test harness).
+chart in the repository has no crds/ and works with the CAPI CRDs installed separately
+(clusterctl, or the test harness). The Tunnel CRD is not in crds/ at all: it is a
+template (templates/crds.yaml over files/crds/), so that ``helm upgrade`` upgrades it.
+CAPI's stay in crds/ on purpose: installed once and skipped when they exist, they never
+fight a CAPI that clusterctl installed and upgrades.
 
     python -m vpnctl.charts package --out dist/
 

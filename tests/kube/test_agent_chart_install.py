@@ -11,7 +11,6 @@ here, there are no nodes).
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from vpnctl.charts import REPO_CHARTS
 from vpnctl.kube import Kube
 from vpnctl.reconcile.tenant_refs import KNOWN_RESOURCES, label_selector
 from vpnctl.testenv import ServiceCluster, helm_template
-from vpnctl.testenv.procs import environ_without_proxies
+from vpnctl.testenv.helm import helm_command
 
 from .kubefix import kube, unique  # noqa: F401
 
@@ -30,22 +29,6 @@ pytestmark = pytest.mark.kube
 
 AGENT = REPO_CHARTS / "agent"
 VALUES = AGENT / "ci" / "example-values.yaml"
-
-
-async def _helm(cluster: ServiceCluster, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(cluster.binaries.helm),
-        "--kubeconfig",
-        str(cluster.kubeconfig_path),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=environ_without_proxies(),
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
 
 
 async def _selected(client: Kube, namespace: str, selector: str) -> set[tuple[str, str]]:
@@ -72,7 +55,7 @@ async def test_helm_install_into_a_namespace_and_the_controller_selects_it(
         await service_cluster.kubectl("create", "namespace", namespace)
     try:
         flags = ["--create-namespace"] if create_namespace else []
-        code, out = await _helm(
+        code, out = await helm_command(
             service_cluster,
             "install", release, str(AGENT), "--namespace", namespace, "--values", str(VALUES),
             *flags,
@@ -104,7 +87,9 @@ async def test_helm_install_into_a_namespace_and_the_controller_selects_it(
             kube, namespace, f"app.kubernetes.io/managed-by=vpnctl,vpnctl.io/cluster={cluster_name}"
         )
 
-        code, out = await _helm(service_cluster, "uninstall", release, "--namespace", namespace)
+        code, out = await helm_command(
+            service_cluster, "uninstall", release, "--namespace", namespace
+        )
         assert code == 0, out
 
         async def gone() -> bool:
@@ -112,5 +97,5 @@ async def test_helm_install_into_a_namespace_and_the_controller_selects_it(
 
         await aeventually(gone, timeout=30, interval=0.2, what="the release's objects deleted")
     finally:
-        await _helm(service_cluster, "uninstall", release, "--namespace", namespace)
+        await helm_command(service_cluster, "uninstall", release, "--namespace", namespace)
         await service_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

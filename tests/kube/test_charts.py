@@ -174,12 +174,14 @@ async def test_packaged_chart_carries_the_capi_crds(
     assert archive.name == "vpnctl-0.1.0.tgz"
     with tarfile.open(archive) as tar:
         members = set(tar.getnames())
-    assert "vpnctl/crds/tunnels.vpnctl.io.yaml" in members
+    # The Tunnel CRD is a template's file (upgraded by `helm upgrade`), CAPI's are crds/.
+    assert "vpnctl/files/crds/tunnels.vpnctl.io.yaml" in members
+    assert "vpnctl/crds/tunnels.vpnctl.io.yaml" not in members
     for crd in sorted(binaries.capi_crds.glob("*.yaml")):
         assert f"vpnctl/crds/{crd.name}" in members
     assert not [m for m in members if m.startswith("vpnctl/ci/")], "ci/ values are not shipped"
-    # The repository's chart is untouched: it still has only the Tunnel CRD.
-    assert sorted(p.name for p in (VPNCTL / "crds").iterdir()) == ["tunnels.vpnctl.io.yaml"]
+    # The repository's chart is untouched: still no crds/ folder.
+    assert not (VPNCTL / "crds").exists()
 
     manifests = await helm_template(
         binaries.helm, archive, release="vpnctl", namespace="vpnctl-pkg", include_crds=True
@@ -191,11 +193,15 @@ async def test_packaged_chart_carries_the_capi_crds(
     }
     assert "clusters.cluster.x-k8s.io" in crds
     assert {"machines.cluster.x-k8s.io", "tunnels.vpnctl.io"} <= crds
-    # CRDs are in crds/, not templates/: without --include-crds none is rendered.
+    # CAPI's CRDs are in crds/: without --include-crds only the Tunnel CRD (a template) is.
     without = await helm_template(
         binaries.helm, archive, release="vpnctl", namespace="vpnctl-pkg", include_crds=False
     )
-    assert "kind: CustomResourceDefinition" not in without
+    assert [
+        d["metadata"]["name"]
+        for d in _documents(without)
+        if d["kind"] == "CustomResourceDefinition"
+    ] == ["tunnels.vpnctl.io"]
     # The packaged chart, CAPI CRDs and all, passes the apiserver too (the CRDs exist in
     # the service cluster already: configured, not created).
     out = await _dry_run(service_cluster, manifests)

@@ -44,3 +44,22 @@ async def test_spec_resources_are_stored_and_bad_quantities_refused(
         await kube.create(
             TUNNEL, tunnel(namespace, "bad", {"agent": {"limits": {"memory": "lots"}}})
         )
+
+
+async def test_spec_agent_image_is_stored_and_a_malformed_one_refused(
+    kube: Kube,  # noqa: F811
+    namespace: str,
+) -> None:
+    """spec.agent.image (issue 15, item 4) as the real apiserver takes it: the CRD's
+    pattern compiles in the apiserver's RE2 and refuses what the parser would."""
+    image = "registry.example/vpnctl@sha256:" + "cd" * 32
+    body = tunnel(namespace, "pinned", {})
+    body["spec"]["agent"] = {"image": image}
+    created = await kube.create(TUNNEL, body)
+    assert created["spec"]["agent"] == {"image": image, "install": True}
+    assert parse_tunnel_spec(created).agent_image == image  # type: ignore[arg-type]
+    for bad in ("", "registry.example/vpnctl 1.0"):
+        body = tunnel(namespace, "bad-image", {})
+        body["spec"]["agent"] = {"image": bad}
+        with pytest.raises(Invalid, match=r"spec\.agent\.image"):
+            await kube.create(TUNNEL, body)

@@ -827,3 +827,32 @@ async def test_a_provider_needs_a_name(helm: Path, tmp_path: Path) -> None:
     values = {"capi": {"infrastructure": {"image": "registry.example/capx:1"}}}
     with pytest.raises(HelmError, match=re.escape("capi.infrastructure.name is required")):
         await render(helm, VPNCTL_CHART, values, tmp_path)
+
+
+TUNNEL_CRD_FILE = VPNCTL_CHART / "files" / "crds" / "tunnels.vpnctl.io.yaml"
+
+
+async def test_tunnel_crd_is_a_template_kept_on_uninstall(helm: Path, tmp_path: Path) -> None:
+    # Not from crds/ (which helm never upgrades): rendered even without --include-crds.
+    text = await helm_template(
+        helm, VPNCTL_CHART, release="test", namespace="vpnctl-system", include_crds=False
+    )
+    crds = by_kind([d for d in yaml.safe_load_all(text) if d], "CustomResourceDefinition")
+    assert [c["metadata"]["name"] for c in crds] == ["tunnels.vpnctl.io"]
+    (crd,) = crds
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    labels = crd["metadata"]["labels"]
+    assert labels["clusterctl.cluster.x-k8s.io"] == ""  # clusterctl move's discovery
+    assert labels["app.kubernetes.io/instance"] == "test"
+    # The very schema of the file the tests, the lab and `kubectl apply` read.
+    source = yaml.safe_load(TUNNEL_CRD_FILE.read_text())
+    assert crd["spec"] == source["spec"]
+    assert not (VPNCTL_CHART / "crds").exists(), "a crds/ copy would be installed twice"
+
+
+async def test_crds_install_false_renders_no_crd(helm: Path, tmp_path: Path) -> None:
+    objects = await render(helm, VPNCTL_CHART, {"crds": {"install": False}}, tmp_path)
+    assert not by_kind(objects, "CustomResourceDefinition")
+    assert by_kind(objects, "Deployment")
+    with pytest.raises(HelmError, match="/crds/install"):
+        await render(helm, VPNCTL_CHART, {"crds": {"install": "yes"}}, tmp_path)

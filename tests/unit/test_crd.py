@@ -16,7 +16,7 @@ from vpnctl.api import TUNNEL_GROUP, TUNNEL_KIND, TUNNEL_PLURAL, TUNNEL_VERSION
 from vpnctl.reconcile import tenant_spec as tenant
 from vpnctl.reconcile.durations import DURATION_PATTERN
 
-CRD_PATH = Path(__file__).resolve().parents[2] / "charts/vpnctl/crds/tunnels.vpnctl.io.yaml"
+CRD_PATH = Path(__file__).resolve().parents[2] / "charts/vpnctl/files/crds/tunnels.vpnctl.io.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.cli import settings_from_args
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.metrics import ControllerMetrics
+from vpnctl.controller.tenant_lifecycle import PAUSED_ANNOTATION
 from vpnctl.controller.tenant_reconciler import TenantReconciler, TenantSettings
 from vpnctl.controller.tenant_settings import (
     AUTO_TUNNEL_ANNOTATION,
@@ -260,6 +261,66 @@ async def test_finalizer_removed_only_once_the_tenant_side_is_clean() -> None:
     await world.reconcile()
     assert world.api.journal() == [("patch", TUNNELS, NAME)]
     assert world.api.peek(TUNNEL, NAME, NS) is None  # the last finalizer gone: the Tunnel goes
+
+
+# --- 1b. Cluster API's pause (what `clusterctl move` sets) ------------------------------------
+
+
+def pause(world: World, *, how: str) -> None:
+    """Pause the tenant HOW: Cluster.spec.paused, or the paused annotation on the Cluster
+    or on the Tunnel (CAPI's `annotations.IsPaused` reads both)."""
+    res, name = (TUNNEL, NAME) if how == "tunnel-annotation" else (CLUSTER, NAME)
+    obj = world.api.peek(res, name, NS)
+    assert obj is not None
+    if how == "spec":
+        obj["spec"]["paused"] = True
+    else:
+        obj["metadata"].setdefault("annotations", {})[PAUSED_ANNOTATION] = ""
+    world.api.seed(res, obj)
+
+
+PAUSES = ["spec", "cluster-annotation", "tunnel-annotation"]
+
+
+@pytest.mark.parametrize("how", PAUSES)
+async def test_a_paused_tenant_gets_no_write_at_all(how: str) -> None:
+    world = World()
+    pause(world, how=how)
+    await world.reconcile()
+    assert world.api.journal() == []
+    assert "finalizers" not in world.tunnel()["metadata"]
+    assert world.api.peek(SECRET, NAMES.ca_secret, NS) is None
+
+    # Unpaused (the Cluster's watch brings the key back): the pass does it all.
+    obj = world.api.peek(TUNNEL if how == "tunnel-annotation" else CLUSTER, NAME, NS)
+    assert obj is not None
+    obj["spec"].pop("paused", None)
+    obj["metadata"].get("annotations", {}).pop(PAUSED_ANNOTATION, None)
+    world.api.seed(TUNNEL if how == "tunnel-annotation" else CLUSTER, obj)
+    await world.reconcile()
+    assert FINALIZER in world.tunnel()["metadata"]["finalizers"]
+    assert world.api.peek(SECRET, NAMES.ca_secret, NS) is not None
+
+
+async def test_a_paused_cluster_gets_no_automatic_tunnel() -> None:
+    world = World(tunnel=False)
+    pause(world, how="spec")
+    await world.reconcile()
+    assert world.api.peek(TUNNEL, NAME, NS) is None
+    assert world.api.journal() == []
+
+
+async def test_move_deleting_a_paused_tunnel_never_cleans_the_tenant_side() -> None:
+    """clusterctl move on the source: the Cluster is paused, the Tunnel then deleted. The
+    tenant lives on in the target management cluster; its agent must stay installed."""
+    world = World()
+    await world.reconcile()
+    pause(world, how="spec")
+    await world.api.delete(TUNNEL, NAME, NS)
+    world.api.clear_journal()
+    await world.reconcile()
+    assert world.side.cleaned == []
+    assert world.api.journal() == []
 
 
 # --- 2. the auto-tunnel opt-out ------------------------------------------------------------
@@ -518,6 +579,20 @@ async def test_the_flags_and_the_tunnels_spec_resources_reach_the_pods_the_pass_
     assert _container(agent)["resources"] == {"limits": {"memory": "90Mi"}}
     server = _container(world.api.peek(DEPLOYMENT, NAMES.deployment, NS))
     assert server["resources"] == {"requests": {"cpu": "70m"}, "limits": {"memory": "300Mi"}}
+
+
+async def test_spec_agent_image_pins_the_server_and_the_node_agent_the_pass_writes() -> None:
+    world = World()
+    await world.reconcile()
+    assert _container(world.api.peek(DEPLOYMENT, NAMES.deployment, NS))["image"] == "vpnctl:test"
+
+    tunnel = hand_made_tunnel()
+    tunnel["spec"]["agent"] = {"image": "vpnctl:pinned"}
+    world.api.seed(TUNNEL, {**world.tunnel(), "spec": tunnel["spec"]})
+    await world.reconcile()
+    assert _container(world.api.peek(DEPLOYMENT, NAMES.deployment, NS))["image"] == "vpnctl:pinned"
+    [agent] = [o for o in world.side.calls[-1].objects if o["kind"] == "DaemonSet"]
+    assert _container(agent)["image"] == "vpnctl:pinned"
 
 
 async def test_bad_spec_resources_are_a_condition_and_nothing_is_built() -> None:

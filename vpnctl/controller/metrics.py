@@ -65,7 +65,8 @@ class ControllerMetrics:
         self.reconciles = Counter(
             "vpnctl_reconciles",
             "Tenant reconciles, by result (ok; retry: waiting for something, backed off; "
-            "invalid: bad input reported as a condition; error: failed, backed off).",
+            "invalid: bad input reported as a condition; paused: the Cluster is paused, "
+            "nothing written; error: failed, backed off).",
             ["result"],
             registry=registry,
         )

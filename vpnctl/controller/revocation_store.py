@@ -163,7 +163,7 @@ class RevocationStore:
     ) -> Callable[[], Awaitable[KubeObject]]:
         if live is None:
             assert owner is not None
-            created = _body(owner, book)
+            created = book_config_map(owner, book)
             return lambda: self._kube.create(CONFIG_MAP, created)
         body = dict(live)
         body["data"] = {**(live.get("data") or {}), BOOK_KEY: render_book(book)}
@@ -180,7 +180,9 @@ def _must(book: RevocationBook | None) -> RevocationBook:
     return book
 
 
-def _body(owner: TunnelOwner, book: RevocationBook) -> KubeObject:
+def book_config_map(owner: TunnelOwner, book: RevocationBook) -> KubeObject:
+    """The ConfigMap holding a tenant's book, owned by its Tunnel (so `clusterctl move`
+    takes it along with the Cluster, and deleting the Tunnel deletes it)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -38,6 +38,24 @@ def owner_ref(cluster: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# Cluster API's pause: on a Cluster's spec (what `clusterctl move` sets) or as this
+# annotation on the Cluster or on one of its objects (ours: the Tunnel).
+PAUSED_ANNOTATION = "cluster.x-k8s.io/paused"
+
+
+def is_paused(cluster: Mapping[str, Any] | None, tunnel: Mapping[str, Any] | None) -> bool:
+    """Whether the tenant is paused: `clusterctl move` pauses each Cluster, then copies
+    and deletes its objects, and counts on every provider to write nothing meanwhile."""
+    spec = cluster.get("spec") if cluster is not None else None
+    if isinstance(spec, Mapping) and spec.get("paused") is True:
+        return True
+    return any(
+        PAUSED_ANNOTATION in (meta_of(obj).get("annotations") or {})
+        for obj in (cluster, tunnel)
+        if obj is not None
+    )
+
+
 def has_cluster_owner(obj: Mapping[str, Any], *, uid: str | None = None) -> bool:
     for ref in meta_of(obj).get("ownerReferences") or []:
         ours = ref.get("kind") == CLUSTER.kind and str(ref.get("apiVersion", "")).startswith(

@@ -70,7 +70,7 @@ from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.queue import Outcome
 from vpnctl.controller.revocation_store import RevocationStore, reported_certificates
 from vpnctl.controller.tenant_api import TenantApi, is_deleting, meta_of
-from vpnctl.controller.tenant_lifecycle import TunnelLifecycle, has_cluster_owner
+from vpnctl.controller.tenant_lifecycle import TunnelLifecycle, has_cluster_owner, is_paused
 from vpnctl.controller.tenant_pki import PKIIssuance, TenantPKI
 from vpnctl.controller.tenant_server import record_signed
 from vpnctl.controller.tenant_settings import TenantSettings
@@ -206,6 +206,12 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
     async def _reconcile(self, key: TenantRef) -> tuple[Outcome, str]:
         tunnel = await self._get(TUNNEL, key.cluster, key.namespace)
         cluster = await self._get(CLUSTER, key.cluster, key.namespace)
+        if is_paused(cluster, tunnel):
+            # No write at all, not even our finalizer: `clusterctl move` removes finalizers
+            # before it deletes the source's objects, and a finalizer put back would make
+            # this controller clean up the tenant side of a tenant that lives on elsewhere.
+            _log.info("event=tenant_paused tenant=%s", key)
+            return Outcome(), "paused"
         if tunnel is None:
             await self.forget_tenant(key)
             if cluster is not None and not is_deleting(cluster) and self._wants_tunnel(cluster):
@@ -526,6 +532,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                     role_config=role_config,
                     ca_pem=keys.ca.cert_pem,
                     agent_resources=tenant.spec.resources.agent,
+                    agent_image=tenant.spec.agent_image,
                 )
         except ReconcileError as exc:
             if not install:

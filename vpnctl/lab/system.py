@@ -77,7 +77,7 @@ from vpnctl.testenv.cluster_pki import ClusterPKI
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
-OUR_CRDS = REPO / "charts" / "vpnctl" / "crds"
+OUR_CRDS = REPO / "charts" / "vpnctl" / "files" / "crds"
 CONTROLLER_HEALTH_PORT = 8081
 READY_TIMEOUT = 180.0
 # --- bringing it up -----------------------------------------------------------------------------

@@ -120,6 +120,7 @@ def agent_daemon_set(
     settings: Settings,
     role_config: Mapping[str, Any],
     resources: ContainerResources | None = None,
+    image: str | None = None,
 ) -> KubeObject:
     """The node role on every node: hostNetwork (the tunnel is the node's), NET_ADMIN and
     /dev/net/tun, tolerating every taint (a tainted node still needs `kubectl logs`).
@@ -132,7 +133,7 @@ def agent_daemon_set(
     tun_volumes, tun_mounts, tun_limits = tun_parts(settings)
     limits = (resources or settings.agent_resources).body(extra_limits=tun_limits)
     container: dict[str, Any] = {
-        **agent_container(NODE_AGENT_CONTAINER, "node", p.role_config, settings),
+        **agent_container(NODE_AGENT_CONTAINER, "node", p.role_config, settings, image=image),
         "env": [
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         ],
@@ -238,9 +239,11 @@ def tenant_objects(
     role_config: Mapping[str, Any],
     ca_pem: bytes,
     agent_resources: ContainerResources | None = None,
+    agent_image: str | None = None,
 ) -> tuple[KubeObject, ...]:
     """Everything the tenant cluster gets, in the order to apply it. ``agent_resources``:
-    the Tunnel's spec.resources.agent, if it sets one (else the settings' default)."""
+    the Tunnel's spec.resources.agent, if it sets one (else the settings' default);
+    ``agent_image``: its spec.agent.image, likewise."""
     return (
         agent_namespace(cluster_name=cluster_name, settings=settings),
         agent_service_account(cluster_name=cluster_name, settings=settings),
@@ -252,5 +255,6 @@ def tenant_objects(
             settings=settings,
             role_config=role_config,
             resources=agent_resources,
+            image=agent_image,
         ),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-# The CRD's OpenAPI pattern is the same grammar (see charts/vpnctl/crds/).
+# The CRD's OpenAPI pattern is the same grammar (see charts/vpnctl/files/crds/).
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"
 
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")

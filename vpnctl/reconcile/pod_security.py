@@ -43,13 +43,17 @@ def tun_parts(
     return [volume], [{"name": volume_name, "mountPath": "/dev/net/tun"}], {}
 
 
-def agent_container(name: str, role: str, config_path: str, settings: Settings) -> dict[str, Any]:
+def agent_container(
+    name: str, role: str, config_path: str, settings: Settings, *, image: str | None = None
+) -> dict[str, Any]:
     """The start of every agent container: name, image and the command for ROLE.
 
-    The caller adds ports, probes, mounts and `container_security`."""
+    IMAGE is the tenant's pinned agent image (its Tunnel's spec.agent.image), if any;
+    otherwise the controller's --agent-image. The caller adds ports, probes, mounts and
+    `container_security`."""
     return {
         "name": name,
-        "image": settings.agent_image,
+        "image": image or settings.agent_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "agent", role, "--config", config_path],
     }

@@ -312,7 +312,9 @@ def server_deployment(
     resources = (spec.resources.server or settings.server_resources).body(extra_limits=tun_limits)
     protocol = spec.transport.protocol.upper()
     container: dict[str, Any] = {
-        **agent_container(SERVER_CONTAINER, "server", ServerPaths.role_config, settings),
+        **agent_container(
+            SERVER_CONTAINER, "server", ServerPaths.role_config, settings, image=spec.agent_image
+        ),
         "ports": [
             {"containerPort": spec.transport.port, "name": VPN_PORT_NAME, "protocol": protocol},
             {
@@ -464,7 +466,13 @@ def apiserver_sidecar(
         },
     }
     container: dict[str, Any] = {
-        **agent_container(APISERVER_CONTAINER, "apiserver", p.role_config, settings),
+        **agent_container(
+            APISERVER_CONTAINER,
+            "apiserver",
+            p.role_config,
+            settings,
+            image=tenant.spec.agent_image,
+        ),
         "ports": [
             {
                 "containerPort": settings.apiserver_health_port,

@@ -13,9 +13,9 @@ Two tiers of trouble, as the loop needs them:
   be a certificate common name) does not stop the tenant: that Machine is listed in
   `TenantSpec.pending` with its error and the other nodes carry on.
 
-The defaults applied here are the CRD's defaults (charts/vpnctl/crds/); a test keeps the
-two in step. They are applied again here because objects written before a default existed,
-and unit tests, do not pass through the apiserver's defaulting.
+The defaults applied here are the CRD's defaults (charts/vpnctl/files/crds/); a test
+keeps the two in step. They are applied again here because objects written before a
+default existed, and unit tests, do not pass through the apiserver's defaulting.
 """
 
 from __future__ import annotations

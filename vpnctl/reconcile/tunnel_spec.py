@@ -1,8 +1,8 @@
 """The Tunnel's spec, parsed and checked with every default applied (`TunnelSpec`).
 
-The defaults here are the CRD's defaults (charts/vpnctl/crds/); a test keeps the two in
-step. They are applied again here because objects written before a default existed, and
-unit tests, do not pass through the apiserver's defaulting.
+The defaults here are the CRD's defaults (charts/vpnctl/files/crds/); a test keeps the
+two in step. They are applied again here because objects written before a default
+existed, and unit tests, do not pass through the apiserver's defaulting.
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ class TunnelSpec:
     replicas: int
     certificates: CertificateLifetimes
     install_agent: bool
+    # spec.agent.image: this tenant's agent image (server, sidecar, node agent), pinned
+    # over the controller's --agent-image; None: the controller's.
+    agent_image: str | None = None
     resources: ResourceOverrides = NO_OVERRIDES
     # spec.nodeRevocation.maxDelay: how long after a Machine's deletionTimestamp its node
     # keeps its tunnel at most (machine_deletion.py); None: the controller's default.
@@ -245,6 +248,7 @@ def parse_tunnel_spec(tunnel: Tunnel) -> TunnelSpec:
         )
 
     return TunnelSpec(
+        agent_image=_agent_image(agent.get("image"), where=where),
         resources=_resources(spec.get("resources"), where=where),
         node_revocation_max_delay=node_revocation_max_delay(spec, where=where),
         cluster_name=cluster_name,
@@ -261,6 +265,22 @@ def parse_tunnel_spec(tunnel: Tunnel) -> TunnelSpec:
         certificates=lifetimes,
         install_agent=install,
     )
+
+
+def _agent_image(value: object, *, where: str) -> str | None:
+    """spec.agent.image: an image reference, as the container runtime takes it."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise PermanentError(
+            reason="InvalidSpec",
+            message=(
+                f"spec.agent.image of {where} must be an image reference such as "
+                f"registry.example/vpnctl:1.2.3, got {value!r}; fix spec.agent.image or remove "
+                "it to use the controller's --agent-image"
+            ),
+        )
+    return value
 
 
 def _resources(value: object, *, where: str) -> ResourceOverrides:

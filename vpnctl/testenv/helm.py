@@ -112,3 +112,27 @@ async def helm_template_dry_run(
     if not manifests.strip():
         raise HelmError(f"helm template {chart} rendered nothing")
     return await server_dry_run(cluster, manifests, namespace=namespace)
+
+
+async def helm_command(cluster: KubeCluster, *args: str, timeout: float = 120.0) -> tuple[int, str]:
+    """Run the cluster's helm with ARGS against the cluster (``install``, ``upgrade``,
+    ``uninstall``...): (exit code, stdout and stderr together), for the caller to assert on.
+    Helm gets no proxy variables, since the apiserver is on this machine."""
+    proc = await asyncio.create_subprocess_exec(
+        str(cluster.binaries.helm),
+        "--kubeconfig",
+        str(cluster.kubeconfig_path),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=environ_without_proxies(),
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise HelmError(f"helm {' '.join(args)} did not finish in {timeout:g}s") from None
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
