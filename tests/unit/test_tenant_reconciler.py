@@ -35,6 +35,7 @@ from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.tenant_lifecycle import PAUSED_ANNOTATION
 from vpnctl.controller.tenant_reconciler import TenantReconciler, TenantSettings
 from vpnctl.controller.tenant_settings import (
+    APISERVER_CONFIG_ANNOTATION,
     AUTO_TUNNEL_ANNOTATION,
     FINALIZER,
     SERVER_CONFIG_ANNOTATION,
@@ -56,7 +57,7 @@ from vpnctl.reconcile.names import (
     TenantNames,
     selector_labels,
 )
-from vpnctl.reconcile.service_objects import TLS_CRYPT_V2_SERVER
+from vpnctl.reconcile.service_objects import ATTACH_SIDECAR_LABEL, TLS_CRYPT_V2_SERVER
 from vpnctl.reconcile.settings import Settings
 
 NS = "tenants"
@@ -412,6 +413,45 @@ async def test_a_config_change_kicks_again_with_the_new_version() -> None:
     assert after[0] != before[0]
     assert after == [after[0]] * 2
     assert node(3) in desired_clients(world.server_config())
+
+
+async def test_the_hosted_apiservers_pods_are_nudged_when_their_routes_change() -> None:
+    """A node with an address no tenant network covers gets a /32 route on the apiserver
+    side: its ConfigMap changes, and its pods are annotated so kubelet refreshes the
+    volume now (not on its next periodic sync, a minute or more later)."""
+    world = World()
+    match = {"app": "kube-apiserver"}
+    world.api.seed(DEPLOYMENT, {
+        "metadata": {"name": "kas", "namespace": NS, "labels": {ATTACH_SIDECAR_LABEL: NAME}},
+        "spec": {"selector": {"matchLabels": match},
+                 "template": {"metadata": {"labels": match},
+                              "spec": {"containers": [{"name": "kas", "image": "kas:1"}]}}},
+    })  # fmt: skip
+    world.api.seed(POD, {"metadata": {"name": "kas-1", "namespace": NS, "labels": match},
+                         "spec": {"containers": [{"name": "kas", "image": "kas:1"}]}})  # fmt: skip
+
+    def nudged() -> str | None:
+        pod = world.api.peek(POD, "kas-1", NS)
+        assert pod is not None
+        return (pod["metadata"].get("annotations") or {}).get(APISERVER_CONFIG_ANNOTATION)
+
+    def version() -> str:
+        cm = world.api.peek(CONFIG_MAP, NAMES.apiserver_config, NS)
+        assert cm is not None
+        return str(cm["metadata"]["annotations"][DESIRED_HASH_ANNOTATION])
+
+    await world.reconcile()
+    first = version()
+    assert nudged() == first
+    world.api.clear_journal()
+    await world.reconcile()
+    assert not [w for w in world.api.journal() if w[:2] == ("patch", PODS)], "no change, no nudge"
+
+    world.api.seed(MACHINE, machine(3))  # a node at 198.19.0.13: a new /32 for the apiserver
+    world.observations.default = all_connected([node(i) for i in (1, 2, 3)])
+    await world.reconcile()
+    assert version() != first
+    assert nudged() == version()
 
 
 # --- 4. revocation on Machine deletion: book and CRL before the status --------------------

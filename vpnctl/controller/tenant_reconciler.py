@@ -327,11 +327,11 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             server_network_policy(tenant=plan.tenant, settings=self._settings.build),
         )
         service = await self._ensure(SERVICE, server_service(tenant=plan.tenant))
-        await self._ensure(
+        apiserver_config = await self._ensure(
             CONFIG_MAP,
             apiserver_config_map(tenant=plan.tenant, role_config=plan.apiserver_role_config),
         )
-        await self._attach_sidecar(plan)
+        await self._attach_sidecar(plan, apiserver_config)
 
         agent, side_retry, signed = await self._ensure_tenant_side(
             key, plan, keys, service=service, machines=machines

@@ -21,6 +21,8 @@ FINALIZER = "vpnctl.io/cleanup"
 AUTO_TUNNEL_ANNOTATION = "vpnctl.io/auto-tunnel"
 # On server pods: the server ConfigMap's hash, bumped so kubelet refreshes the volume now.
 SERVER_CONFIG_ANNOTATION = "vpnctl.io/server-config"
+# The same nudge for the hosted apiserver's pods (the sidecar's routes).
+APISERVER_CONFIG_ANNOTATION = "vpnctl.io/apiserver-config"
 # How many serials per node status keeps: certificates are renewed at 2/3 of their
 # lifetime, so older ones than this have long expired.
 MAX_SERIALS_PER_NODE = 8
