@@ -6,8 +6,10 @@ import argparse
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -181,14 +183,32 @@ SYSTEM_PYTHON = Path("/usr/bin/python3")
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
 @pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="no /usr/bin/python3 for user nobody")
 def test_lab_as_nobody_exits_2_with_one_line() -> None:
-    """The real command, run as user nobody: one line on stderr, exit 2, nothing built."""
+    """The real command, run as user nobody: one line on stderr, exit 2, nothing built.
+
+    nobody gets a copy of the source packages in a folder it may read: the checkout may
+    sit where it cannot (a fresh clone under a 0700 mktemp folder, as in CI)."""
     nobody = pwd.getpwnam("nobody")
-    done = subprocess.run(
-        [str(SYSTEM_PYTHON), "-m", "vpnctl", "lab", "up", "--state-dir", "/nonexistent/vtroot"],
-        capture_output=True, text=True, timeout=60, check=False, cwd="/",
-        user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
-        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    # Not pytest's tmp_path: its parent /tmp/pytest-of-root is 0700.
+    with tempfile.TemporaryDirectory(prefix="vpnctl-nobody-") as top:
+        Path(top).chmod(0o755)
+        source = Path(top) / "src"
+        for package in ("vpnctl", "telemetry", "certs", "agent"):
+            shutil.copytree(REPO / package, source / package,
+                            ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        for folder in (source, *source.rglob("*")):
+            if folder.is_dir():
+                folder.chmod(0o755)
+        done = _run_as(nobody, source)
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [LAB_NEEDS_ROOT]
     assert done.stdout == ""
+
+
+def _run_as(user: pwd.struct_passwd, source: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SYSTEM_PYTHON), "-m", "vpnctl", "lab", "up", "--state-dir", "/nonexistent/vtroot"],
+        capture_output=True, text=True, timeout=60, check=False, cwd="/",
+        user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(source),
+             "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
