@@ -226,18 +226,22 @@ class ServerRole(OpenVPNRole):
         self._bytes.pop(cn, None)
         self._kubelet_ok.pop(cn, None)
 
-    def _kick_revoked(self) -> None:
-        """Queue a kick for each connected client whose certificate is revoked.
+    def _kick_revoked(self, *, connected_only: bool = False) -> None:
+        """Queue a kick for each client whose certificate is revoked.
 
         Judged by the serial each connection was admitted with: a name may list a revoked
         serial next to the one its node connects with now (a node replaced under the same
         name), and kicking by name would then throw the good connection out for ever. A
-        connection admitted before this process knew its serial is judged by its name.
+        connection admitted before this process knew its serial is judged by its name;
+        so is a name not seen connected yet, unless CONNECTED_ONLY (the status poll: a
+        refused client retrying must not be counted as kicked on every poll).
         """
         if self.desired is None:
             return
         for cn in revoked_names(revoked=self.revoked, serial_to_cn=self.desired.serial_to_cn()):
             status = self.connected.get(cn)
+            if status is None and connected_only:
+                continue
             cid = None if status is None else status.client_id
             serial = None if cid is None else self.authorizer.admitted.get(cid)
             if serial is None or serial in self.revoked:
@@ -430,7 +434,7 @@ class ServerRole(OpenVPNRole):
                 self.authorizer.keep_admitted(
                     s.client_id for s in statuses if s.client_id is not None
                 )
-                self._kick_revoked()
+                self._kick_revoked(connected_only=True)
                 await self.flush_kicks()
             self._update_openvpn_condition()
             self.common.ready.labels(self.role).set(1 if self.conditions.ready else 0)

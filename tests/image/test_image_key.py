@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
-import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -63,15 +64,24 @@ def test_image_key_follows_what_ships(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
-def test_build_as_non_root_says_what_to_do(tmp_path: Path) -> None:
-    done = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-         str(REPO / "scripts" / "build-image.py"), "--cache-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )  # fmt: skip
+def test_build_as_non_root_says_what_to_do() -> None:
+    # uid 65534 runs a copy of the script from a folder it may read, with the system's
+    # python: the checkout (and its venv) may sit where it cannot, e.g. a fresh clone
+    # under a 0700 mktemp folder, and pytest's tmp_path is under a 0700 folder too.
+    with tempfile.TemporaryDirectory(prefix="vpnctl-nonroot-") as top:
+        Path(top).chmod(0o755)
+        script = Path(top) / "build-image.py"
+        shutil.copyfile(REPO / "scripts" / "build-image.py", script)
+        script.chmod(0o644)
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "/usr/bin/python3", str(script), "--cache-dir", str(Path(top) / "cache")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd="/",
+        )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "build-image: error: needs root" in done.stderr
     assert "sudo make image" in done.stderr

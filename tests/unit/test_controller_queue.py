@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import AsyncIterator, Callable, Iterable
 
 import pytest
 
 from vpnctl.controller.queue import Outcome, WorkQueue
-from vpnctl.kube import ManualClock, SystemClock
+from vpnctl.kube import ApiError, ManualClock, SystemClock
 from vpnctl.kube.retry import backoff
 
 
@@ -217,3 +218,31 @@ async def test_drain_gives_up_after_its_timeout() -> None:
 def test_a_queue_needs_a_worker() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         WorkQueue(Recorder(), clock=SystemClock(), rng=random.Random(1), workers=0)
+
+
+async def test_a_failure_logs_a_trace_only_for_our_own_bugs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An apiserver's refusal (e.g. a namespace being terminated) is logged with its
+    message; only an unexpected exception, a bug of ours, brings its traceback."""
+
+    def outcome(key: str) -> Outcome | None:
+        if key == "refused":
+            raise ApiError("namespace is being terminated", status=403, reason="Forbidden")
+        raise RuntimeError("a bug")
+
+    queue = queue_for(Recorder(outcome))
+    with caplog.at_level(logging.ERROR, logger="vpnctl.controller.queue"):
+        async with running(queue):
+            queue.add("refused")
+            queue.add("bug")
+            await settle()
+    failed = {
+        str(r.args[1]): r  # type: ignore[index]
+        for r in caplog.records
+        if r.getMessage().startswith("event=reconcile_failed")
+    }
+    assert set(failed) == {"refused", "bug"}
+    assert failed["refused"].exc_info is None
+    assert "being terminated" in failed["refused"].getMessage()
+    assert failed["bug"].exc_info is not None

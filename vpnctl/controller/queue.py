@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from vpnctl.kube import Clock
+from vpnctl.kube import ApiError, Clock
 from vpnctl.kube.retry import backoff
 
 _log = logging.getLogger(__name__)
@@ -291,7 +291,9 @@ class WorkQueue(Generic[K]):
                     self._failures[key],
                     delay,
                     f"{type(error).__name__}: {error}",
-                    exc_info=error if not isinstance(error, OSError | ValueError) else None,
+                    # An apiserver's answer or a transport error says it all; a trace
+                    # is for our own bugs.
+                    exc_info=None if isinstance(error, ApiError | OSError | ValueError) else error,
                 )
         else:
             self._failures.pop(key, None)
