@@ -34,7 +34,7 @@ from vpnctl.lab.realnode import metrics_server_objects as ms
 from vpnctl.lab.realnode import workloads as wl
 from vpnctl.lab.realnode.node_images import NodeImages, ensure_node_images, ensure_vpnctl_image
 from vpnctl.testenv import Binaries, TenantCluster
-from vpnctl.testenv.cluster import KubectlError
+from vpnctl.testenv.cluster_options import KubectlError
 
 pytestmark = [
     pytest.mark.nodes,

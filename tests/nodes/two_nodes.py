@@ -33,7 +33,7 @@ from vpnctl.lab.realnode import node_host
 from vpnctl.lab.realnode.node_images import NodeImages
 from vpnctl.lab.realnode.tenant_node import NodeSpec, RealNode
 from vpnctl.testenv import Binaries, TenantCluster
-from vpnctl.testenv.cluster import DEFAULT_SERVICE_CIDR, KubectlError
+from vpnctl.testenv.cluster_options import DEFAULT_SERVICE_CIDR, KubectlError
 
 LAN_GATEWAY = "198.18.0.1"
 CLUSTER_CIDR = "198.18.64.0/18"

@@ -32,11 +32,10 @@ if TYPE_CHECKING:
     from vpnctl.testenv.cluster import (
         ClusterStartError,
         KubeCluster,
-        KubectlError,
-        LaunchOptions,
         ServiceCluster,
         TenantCluster,
     )
+    from vpnctl.testenv.cluster_options import KubectlError, LaunchOptions
     from vpnctl.testenv.helm import helm_template, helm_template_dry_run, server_dry_run
 
 _EXPORTS = {
@@ -49,8 +48,8 @@ _EXPORTS = {
     "ensure_binaries": "build",
     "ClusterStartError": "cluster",
     "KubeCluster": "cluster",
-    "KubectlError": "cluster",
-    "LaunchOptions": "cluster",
+    "KubectlError": "cluster_options",
+    "LaunchOptions": "cluster_options",
     "ServiceCluster": "cluster",
     "TenantCluster": "cluster",
     "helm_template": "helm",

@@ -28,12 +28,18 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypedDict, Unpack
+from typing import Any, ClassVar, Self, Unpack
 
 import yaml
 
 from vpnctl.testenv import local_probes, recorded_cluster
 from vpnctl.testenv.build import Binaries
+from vpnctl.testenv.cluster_options import (
+    DEFAULT_SERVICE_CIDR,
+    START_TIMEOUT,
+    KubectlError,
+    LaunchOptions,
+)
 from vpnctl.testenv.cluster_pki import (
     ClusterPKI,
     FrontProxyPKI,
@@ -44,7 +50,7 @@ from vpnctl.testenv.cluster_pki import (
 from vpnctl.testenv.local_probes import (
     first_service_ip,
     http_get,
-    https_status,
+    https_probe,
     is_ip,
     run_checked,
     run_short,
@@ -61,47 +67,7 @@ ClusterStartError = local_probes.ClusterStartError  # these three are imported f
 free_ports = local_probes.free_ports
 stop_recorded_cluster = recorded_cluster.stop_recorded_cluster
 
-# Inside the lab's address plan (198.18.0.0/15, RFC 2544). Service IPs are virtual,
-# but keeping them in the plan means nothing ever points outside it.
-DEFAULT_SERVICE_CIDR = "198.19.255.0/24"
-START_TIMEOUT = 120.0
 _POLL = 0.2
-
-
-class KubectlError(RuntimeError):
-    def __init__(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
-        self.argv = list(argv)
-        self.returncode = returncode
-        self.stdout = stdout
-        self.stderr = stderr
-        super().__init__(
-            f"kubectl {' '.join(argv)} exited {returncode}: {stderr.strip() or stdout.strip()}"
-        )
-
-
-class LaunchOptions(TypedDict, total=False):
-    """Keyword options of ``launch()`` and ``start()``; defaults per class."""
-
-    name: str  # used in file names, the CA's name and the kubeconfig context
-    controller_manager: bool  # also run kube-controller-manager
-    scheduler: bool  # also run kube-scheduler (needs Binaries.kube_scheduler); False
-    capi_crds: bool  # install the Cluster API CRDs
-    crds: Sequence[Path]  # more CRD files or folders to install (ours)
-    netns: str | None  # run every process inside this network namespace
-    bind_address: str  # the apiserver's listen address (127.0.0.1)
-    port: int | None  # the apiserver's port (a free one)
-    service_cidr: str  # DEFAULT_SERVICE_CIDR
-    extra_sans: Sequence[str]  # more IPs or names in the serving certificate
-    die_with_parent: bool  # PR_SET_PDEATHSIG; False for the lab (True)
-    start_timeout: float  # seconds for everything to be ready (START_TIMEOUT)
-    # More kube-apiserver flags, appended last (a repeated flag wins), e.g. the lab's
-    # --kubelet-certificate-authority. ()
-    apiserver_extra_args: Sequence[str]
-    # The aggregation layer: a front-proxy CA and client certificate, so an APIService
-    # (metrics-server) can be served. The apiserver dials the Service's ClusterIP
-    # (--enable-aggregator-routing stays off), as a hosted apiserver reaches it through
-    # vpnctl's tunnel. (False)
-    aggregation: bool
 
 
 class KubeCluster:
@@ -582,7 +548,7 @@ class KubeCluster:
         await self._poll(
             "kube-apiserver",
             deadline,
-            lambda: _https_probe(self.host, self.port, "/readyz", context),
+            lambda: https_probe(self.host, self.port, "/readyz", context),
         )
 
     async def _wait_controller_manager(self, port: int, deadline: float) -> None:
@@ -594,7 +560,7 @@ class KubeCluster:
             await self._poll(
                 "kube-controller-manager",
                 deadline,
-                lambda: _https_probe("127.0.0.1", port, "/healthz", insecure),
+                lambda: https_probe("127.0.0.1", port, "/healthz", insecure),
             )
 
         # /healthz is up before the controllers run; the default ServiceAccount shows
@@ -606,15 +572,6 @@ class KubeCluster:
             return None if code == 0 else out.strip() or f"exit {code}"
 
         await self._poll("kube-controller-manager", deadline, default_service_account)
-
-
-async def _https_probe(host: str, port: int, path: str, context: ssl.SSLContext) -> str | None:
-    """None when ``GET path`` answers 200, else what it answered or why it failed."""
-    try:
-        status = await asyncio.to_thread(https_status, host, port, path, context)
-    except (OSError, http.client.HTTPException) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None if status == 200 else f"HTTP {status}"
 
 
 class ServiceCluster(KubeCluster):

@@ -84,3 +84,12 @@ async def run_checked(argv: Sequence[str]) -> None:
     code, out = await run_short(argv)
     if code != 0:
         raise ClusterStartError(f"{' '.join(argv)} exited {code}: {out.strip()}")
+
+
+async def https_probe(host: str, port: int, path: str, context: ssl.SSLContext) -> str | None:
+    """None when ``GET path`` answers 200, else what it answered or why it failed."""
+    try:
+        status = await asyncio.to_thread(https_status, host, port, path, context)
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if status == 200 else f"HTTP {status}"
