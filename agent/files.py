@@ -8,6 +8,7 @@ nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable
@@ -60,6 +61,38 @@ class FileWatch:
     async def wait_changed(self, *, interval: float, clock: AgentClock = SYSTEM_CLOCK) -> None:
         while not self.changed():
             await clock.sleep(interval)
+
+
+class ContentWatch(FileWatch):
+    """A FileWatch that reports a change only when some file's bytes changed.
+
+    A projected volume (the server's and the sidecar's Secret and ConfigMap in one) is
+    rewritten whole by the kubelet whenever any of its sources changes: every file gets
+    a new inode, also those whose content is the same. Restarting openvpn for that would
+    drop every client on each desired-state change (found under the service node's
+    real kubelet). The bytes are read only when a file's signature changed.
+    """
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        super().__init__(paths)
+        self._digests: tuple[bytes | None, ...] | None = None
+
+    def changed(self) -> bool:
+        if not super().changed():
+            return False
+        digests = tuple(_digest(p) for p in self.paths)
+        if digests == self._digests:
+            return False
+        self._digests = digests
+        return True
+
+
+def _digest(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").digest()
+    except OSError:
+        return None
 
 
 def atomic_write(path: str, data: bytes, *, mode: int = 0o644, mtime: float | None = None) -> None:

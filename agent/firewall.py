@@ -21,6 +21,11 @@ policy of DESIGN.md lives:
 * INPUT from tun: answers to what the server itself opened (its kubelet probes, ICMP
   errors about them only from the probed node, as above), the probe responder's UDP port
   and ICMP echo; everything else to the server is dropped.
+* OUTPUT to tun: no ICMP redirects. Every packet between two clients leaves by the tun
+  it came in on, so the kernel would tell the sender to go direct, which on a tun it
+  cannot. `send_redirects=0` would say the same, but a pod's /proc/sys is read-only
+  under a real kubelet (and an unsafe sysctl needs the service cluster's kubelets to
+  allow it), while this table is ours to write.
 
 Why nftables in one owned table (`inet vpnctl`): a table is a namespace of its own, so we
 never edit or reorder anyone else's rules; the whole ruleset is replaced atomically in
@@ -107,6 +112,10 @@ def render_ruleset(policy: FirewallPolicy, *, table: str = TABLE) -> str:
         f"        iifname {tun} udp dport {policy.probe_port} accept\n"
         f"        iifname {tun} icmp type echo-request accept\n"
         f"        iifname {tun} counter drop\n"
+        "    }\n"
+        "    chain output {\n"
+        "        type filter hook output priority filter; policy accept;\n"
+        f"        oifname {tun} icmp type redirect counter drop\n"
         "    }\n"
         "}\n"
     )

@@ -149,18 +149,6 @@ def forwarding_sysctls(*, tun: str, rp_filter: int = 2) -> dict[str, str]:
     return {"net.ipv4.ip_forward": "1", f"net/ipv4/conf/{tun}/rp_filter": str(rp_filter)}
 
 
-def no_redirects_sysctls(*, tun: str) -> dict[str, str]:
-    """No ICMP redirects from a router whose clients share one tun (the server's own
-    namespace): a packet from one client to another leaves by the tun it came in on, and
-    the kernel would tell the sender to go direct, which on a tun it cannot.
-
-    The kernel sends redirects on a device when conf.all OR conf.<dev> says so, so both
-    are wanted 0 and each is checked as it is (no effective value to combine): a
-    read-only conf.all at 1 is then reported as wrong, which it is.
-    """
-    return {"net.ipv4.conf.all.send_redirects": "0", f"net/ipv4/conf/{tun}/send_redirects": "0"}
-
-
 def _rp_filter_all(key: str) -> str | None:
     """For `net/ipv4/conf/<dev>/rp_filter` (either spelling), the `conf.all` key."""
     parts = key.split("/") if "/" in key else key.split(".")

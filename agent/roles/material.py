@@ -13,7 +13,7 @@ from datetime import datetime
 import certs
 from agent.agent_clock import AgentClock
 from agent.event_log import EventLog
-from agent.files import FileWatch
+from agent.files import ContentWatch
 from agent.openvpn.supervisor import Supervisor
 from agent.roles.openvpn_process import restart_openvpn
 from agent.roles.readiness import CommonMetrics, Conditions
@@ -104,7 +104,7 @@ class MaterialWatch:
         Each distinct failure is logged and counted once (not once per poll), readiness
         carries the reason, and the files are only re-checked after one of them changed.
         """
-        watch = FileWatch(self.paths.all)
+        watch = ContentWatch(self.paths.all)
         while True:
             watch.changed()  # remember this version; a retry needs a newer one
             info = self._check(invalid="{}", action="waiting for the files to change")
@@ -124,7 +124,7 @@ class MaterialWatch:
         has. `on_change` runs just before the restart (the node role marks it as a forced
         reconnect).
         """
-        watch = FileWatch(self.paths.all)
+        watch = ContentWatch(self.paths.all)
         watch.changed()
         while True:
             await watch.wait_changed(interval=self.poll_interval, clock=self.clock)

@@ -45,7 +45,7 @@ import certs
 from agent.agent_clock import AgentClock
 from agent.config_reader import InputError
 from agent.desired_state import DesiredState, load_desired
-from agent.files import FileWatch, atomic_write
+from agent.files import ContentWatch, atomic_write
 from agent.firewall import Firewall, FirewallError, FirewallPolicy, NftFirewall
 from agent.netlink import Route
 from agent.openvpn.config import render_server
@@ -69,7 +69,6 @@ from agent.roles.server_state import (
     revoked_names,
 )
 from agent.route_keeper import RouteKeeper
-from agent.sysctls import no_redirects_sysctls
 from agent.tunnel_probe import CounterDelta, EchoResponder, ProbeError, tcp_probe
 
 FILE_POLL = 0.25
@@ -145,8 +144,8 @@ class ServerRole(OpenVPNRole):
             role=self.role,
         )
         self.responder = EchoResponder(address=cfg.server_ip, port=cfg.probe_port)
-        # Its own network namespace: no ICMP redirects between the clients on its tun.
-        self.keep_forwarding_sysctls(no_redirects_sysctls(tun=self.dev))
+        # ip_forward and a loose rp_filter; no ICMP redirects is the firewall's job.
+        self.keep_forwarding_sysctls()
 
         self.desired: DesiredState | None = None
         self.revoked: frozenset[int] = frozenset()
@@ -270,7 +269,7 @@ class ServerRole(OpenVPNRole):
 
     async def _desired_task(self) -> None:
         path = self.cfg.desired_path
-        watch = FileWatch([path])
+        watch = ContentWatch([path])
         while True:
             if watch.changed():
                 try:
@@ -325,7 +324,7 @@ class ServerRole(OpenVPNRole):
 
     async def _crl_task(self) -> None:
         # Re-check when the CA changes too: a CRL is only valid for its CA.
-        watch = FileWatch([self.cfg.crl_source, self.cfg.openvpn.ca])
+        watch = ContentWatch([self.cfg.crl_source, self.cfg.openvpn.ca])
         while True:
             if watch.changed():
                 try:

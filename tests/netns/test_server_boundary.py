@@ -259,12 +259,26 @@ def test_openvpn_runs_as_nobody_after_start(dataplane: DataPlane) -> None:
 # --- the server pod's firewall --------------------------------------------------------------
 
 
-def _drop_counter(dp: DataPlane, rule: str) -> int:
+def _drop_counter(dp: DataPlane, rule: str, *, chain: str = "forward") -> int:
     out = ip_out("netns", "exec", dp.plan.srv_ns, "nft", "list", "chain", "inet", "vpnctl",
-                 "forward")  # fmt: skip
+                 chain)  # fmt: skip
     m = re.search(rf"^\s*{re.escape(rule)} packets (\d+) bytes \d+ drop", out, re.MULTILINE)
-    assert m, f"no rule {rule!r} in the server's forward chain:\n{out}"
+    assert m, f"no rule {rule!r} in the server's {chain} chain:\n{out}"
     return int(m.group(1))
+
+
+def test_the_server_sends_no_icmp_redirects_to_its_clients(dataplane: DataPlane) -> None:
+    """The apiserver's traffic to a node leaves the server by the tun it came in on; the
+    kernel (send_redirects is 1 in a new namespace, and a real kubelet's pod may not set
+    it) would answer with a redirect, which the server's firewall drops."""
+    dp = dataplane
+    send = ip_out("netns", "exec", dp.plan.srv_ns, "cat",
+                  "/proc/sys/net/ipv4/conf/all/send_redirects").strip()  # fmt: skip
+    assert send == "1", "the test needs a namespace that would send redirects"
+    rule = 'oifname "tun0" icmp type redirect counter'
+    before = _drop_counter(dp, rule, chain="output")
+    assert _node_target_ok(dp)
+    assert _drop_counter(dp, rule, chain="output") > before
 
 
 @contextlib.contextmanager

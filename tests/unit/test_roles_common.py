@@ -15,7 +15,7 @@ import pytest
 
 import certs
 from agent.event_log import EventLog, kv
-from agent.files import FileWatch, atomic_write
+from agent.files import ContentWatch, FileWatch, atomic_write
 from agent.roles.material import MaterialError, MaterialPaths, check_material
 from agent.roles.readiness import Conditions
 from agent.roles.task_frame import run_group
@@ -108,6 +108,39 @@ def test_file_watch_sees_rewrites_and_renames(tmp_path: Path) -> None:
     assert not watch.changed()
     atomic_write(str(path), b"two")  # same size, new inode
     assert watch.changed()
+
+
+def _project(volume: Path, files: dict[str, bytes], version: int) -> None:
+    """Write FILES as the kubelet's atomic writer does a projected volume: a new
+    timestamped folder, `..data` swapped to it, each name a symlink through `..data`."""
+    folder = volume / f"..v{version}"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        if not (volume / name).is_symlink():
+            (volume / name).symlink_to(Path("..data") / name)
+    (volume / "..data_tmp").symlink_to(folder.name)
+    os.replace(volume / "..data_tmp", volume / "..data")
+
+
+def test_content_watch_ignores_a_projected_volume_rewritten_with_the_same_bytes(
+    tmp_path: Path,
+) -> None:
+    """The kubelet rewrites a whole projected volume when one source changes (the
+    ConfigMap): the Secret's files get new inodes with the same bytes. Only a real
+    change of the watched files may count (else openvpn restarts, dropping clients)."""
+    files = {"tls.crt": b"cert", "desired.json": b"{}"}
+    _project(tmp_path, files, 1)
+    cert = [str(tmp_path / "tls.crt")]
+    by_stat, by_content = FileWatch(cert), ContentWatch(cert)
+    assert by_stat.changed()
+    assert by_content.changed()
+    _project(tmp_path, {**files, "desired.json": b'{"clients": []}'}, 2)
+    assert by_stat.changed()  # a new inode: what restarted openvpn before
+    assert not by_content.changed()
+    _project(tmp_path, {**files, "tls.crt": b"renewed"}, 3)
+    assert by_content.changed()
+    assert not by_content.changed()
 
 
 def test_atomic_write_sets_mode_and_mtime(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def test_ruleset_allows_new_only_from_the_apiserver_and_only_within_tun() -> Non
         " ip saddr . ct original ip daddr @owned accept",
         'iifname "tun0" counter drop',
     ]
-    input_chain = text.split("chain input")[1]
+    input_chain = text.split("chain input")[1].split("chain output")[0]
     assert 'iifname "tun0" ct state established accept' in input_chain
     assert (
         'iifname "tun0" ct state related meta l4proto icmp ip saddr . ct original ip daddr @owned'
@@ -37,7 +37,11 @@ def test_ruleset_allows_new_only_from_the_apiserver_and_only_within_tun() -> Non
     assert "established,related" not in text
     assert 'iifname "tun0" udp dport 7947 accept' in input_chain
     assert 'iifname "tun0" icmp type echo-request accept' in input_chain
-    assert input_chain.strip().splitlines()[-3].strip() == 'iifname "tun0" counter drop'
+    assert input_chain.strip().splitlines()[-2].strip() == 'iifname "tun0" counter drop'
+    output = text.split("chain output")[1]
+    assert [ln.strip() for ln in output.splitlines() if "tun0" in ln] == [
+        'oifname "tun0" icmp type redirect counter drop'
+    ]
 
 
 def test_related_icmp_is_allowed_only_between_prefixes_of_one_client() -> None:
