@@ -57,10 +57,10 @@ def chart_values(lab: Lab) -> dict[str, Any]:
     assert server is not None, "CAPI's kubeconfig names the apiserver"
     service = _service_json(lab, "service", f"{name}-vpn")
     port = service["spec"]["ports"][0]
-    remotes = [
-        {"host": ingress["ip"], "port": port["port"]}
-        for ingress in service["status"]["loadBalancer"]["ingress"]
-    ]
+    # The lab exposes the server as a NodePort on the service node, the address the lab
+    # gives vpnctl as --node-port-address; a LoadBalancer would name its ingress.
+    assert service["spec"]["type"] == "NodePort", service["spec"]
+    remotes = [{"host": str(lab.plan.server_ip), "port": port["nodePort"]}]
     tunnel = _service_json(lab, "tunnel", name)["spec"]
     first_host = next(ipaddress.ip_network(tunnel["tunnelCIDR"]).hosts())
     image = str(json.loads((lab.state / IMAGES_RECORD).read_text())["vpnctl"]["ref"])

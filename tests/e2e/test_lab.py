@@ -44,13 +44,22 @@ from vpnctl.lab.probe import check_lines
 from vpnctl.lab.realnode import workloads as wl
 from vpnctl.lab.realnode.workloads import log_line
 from vpnctl.lab.system import add_machine, replace_node
-from vpnctl.reconcile.names import COMPONENT_LABEL, COMPONENT_NODE_AGENT, NODE_AGENT_NAME
+from vpnctl.reconcile.names import (
+    COMPONENT_LABEL,
+    COMPONENT_NODE_AGENT,
+    COMPONENT_SERVER,
+    NODE_AGENT_NAME,
+    selector_labels,
+)
 
 from .conftest import LabRun, api_get, kubelet_ok, root_net_state, vpnctl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 SERVER_HEALTH_PORT = 9190
+
+
+SERVER_SELECTOR = selector_labels(cluster_name=lo.CLUSTER_NAME, component=COMPONENT_SERVER)
 
 
 def until(check: Callable[[], bool], *, timeout: float, every: float = 0.05) -> float | None:
@@ -90,10 +99,16 @@ def agent_pods(lab: Lab, node: str) -> list[dict[str, Any]]:
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
 
-def connected_nodes(lab: Lab) -> dict[str, bool]:
-    """The server role's own view (its /metrics, read as vpnctl reads it), from inside the
-    server's namespace."""
-    status, text = http_get(lab.plan.srv_ns, f"http://127.0.0.1:{SERVER_HEALTH_PORT}/metrics")
+def connected_nodes(lab: Lab, *, server_ip: str | None = None) -> dict[str, bool]:
+    """The server role's own view (its /metrics, read as vpnctl reads it, from the
+    controller's namespace); of the pod at SERVER_IP, or of the ready server pod."""
+    if server_ip is None:
+        ips = asyncio.run(lab.server_pod_ips())
+        if not ips:
+            return {}
+        server_ip = ips[0]
+    url = f"http://{server_ip}:{SERVER_HEALTH_PORT}/metrics"
+    status, text = http_get(lab.plan.svc_ns, url)
     if status != 200:
         return {}
     return {node: seen.connected for node, seen in parse_server_metrics(text).items()}
@@ -278,10 +293,9 @@ def test_logs_follow_and_a_forwarded_stream_last_across_tls_renegotiations(
     lab = lab_run.lab
     node = lab.plan.node("node-1")
     soft_reset = re.compile(rf"^\S+ \S+ {node.name}/\S+ TLS: soft reset sec=", re.M)
-    server_log = lab.logs_dir / "server.log"
 
     def resets() -> int:
-        return len(soft_reset.findall(server_log.read_text(errors="replace")))
+        return len(soft_reset.findall(lab.server_log()))
 
     expected = asyncio.run(pod_sha256(lab, node, wl.WEB_BLOB))
     assert expected is not None
@@ -490,7 +504,8 @@ def test_with_the_tunnel_down_the_same_requests_fail(lab_run: LabRun) -> None:
 def test_deleting_a_machine_takes_its_node_off_the_tunnel_within_2s(lab_run: LabRun) -> None:
     lab = lab_run.lab
     node = lab.plan.node("node-3")
-    assert connected_nodes(lab).get(node.name) is True
+    server_ip = asyncio.run(lab.server_pod_ips())[0]
+    assert connected_nodes(lab, server_ip=server_ip).get(node.name) is True
     assert tcp_reachable(lab, str(node.internal_ip), node.kubelet_port)
     t0 = time.monotonic()
     deleted = kubectl(
@@ -507,7 +522,9 @@ def test_deleting_a_machine_takes_its_node_off_the_tunnel_within_2s(lab_run: Lab
     unreachable = until(
         lambda: not tcp_reachable(lab, str(node.internal_ip), node.kubelet_port), timeout=10
     )
-    kicked = until(lambda: connected_nodes(lab).get(node.name) is not True, timeout=10)
+    kicked = until(
+        lambda: connected_nodes(lab, server_ip=server_ip).get(node.name) is not True, timeout=10
+    )
     total = time.monotonic() - t0
     print(
         f"\nMachine deleted: {node.name} unreachable after "
@@ -582,6 +599,42 @@ def test_the_agent_pod_deleted_comes_back_and_reconnects_by_itself(lab_run: LabR
         f"reachable again after {took if took is None else round(took, 1)}s"
     )
     assert took is not None
+
+
+def test_the_server_pod_deleted_is_replaced_and_every_node_comes_back_by_itself(
+    lab_run: LabRun,
+) -> None:
+    """Issue 11: the service node's real kubelet runs the server pod; deleted, its
+    Deployment makes another (a new pod IP behind the same node port), and every node and
+    the apiserver's client reconnect without anyone's help: no agent pod restarts."""
+    lab = lab_run.lab
+    names = [n.name for n in lab.plan.nodes]
+    before_ips = asyncio.run(lab.server_pod_ips())
+    assert len(before_ips) == 1, before_ips
+    agents = {n: agent_pods(lab, n) for n in names}
+    selector = ",".join(f"{k}={v}" for k, v in SERVER_SELECTOR.items())
+    gone = kubectl(lab, "delete", "pod", "-n", lo.CLUSTER_NAMESPACE, "-l", selector,
+                   "--wait=false", cluster="service")  # fmt: skip
+    assert gone.returncode == 0, gone.stderr
+    t0 = time.monotonic()
+    replaced = until(lambda: asyncio.run(lab.server_pod_ips())[:1] not in ([], before_ips),
+                     timeout=60, every=0.2)  # fmt: skip
+    back = until(lambda: all(kubelet_ok(lab, n, timeout=1.0) for n in names),
+                 timeout=90, every=0.2)  # fmt: skip
+    total = time.monotonic() - t0
+    print(
+        f"\nserver pod deleted: a new one with an IP after "
+        f"{replaced if replaced is None else round(replaced, 1)}s; every kubelet reachable "
+        f"through the tunnel again after {round(total, 1) if back is not None else None}s"
+    )
+    assert replaced is not None
+    assert back is not None
+    for n in names:
+        (now,) = agent_pods(lab, n)
+        (then,) = agents[n]
+        assert now["metadata"]["uid"] == then["metadata"]["uid"], f"{n}'s agent pod replaced"
+        restarts = [c["restartCount"] for c in now["status"]["containerStatuses"]]
+        assert restarts == [c["restartCount"] for c in then["status"]["containerStatuses"]]
 
 
 # --- exec, port-forward: the streams users name first ---

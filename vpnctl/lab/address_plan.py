@@ -82,6 +82,7 @@ class LabPlan:
     api_ns: str
     rtr_ns: str
     svc_ns: str  # the service cluster (etcd, kube-apiserver, controller-manager) and vpnctl
+    service_node: str  # the service cluster's node (a real kubelet in P-srv on srv_if)
 
     wan_cidr: IPv4Network  # 198.18.0.0/24, "the internet"
     srv_if: IPv4Interface  # 198.18.0.1/24
@@ -94,6 +95,8 @@ class LabPlan:
     node_cidr: IPv4Network  # 198.19.0.0/24
     pod_cidr: IPv4Network  # 198.19.64.0/18
     service_cidr: IPv4Network  # 198.19.192.0/20
+    service_pod_cidr: IPv4Network  # 198.18.16.0/24, the service node's pods (server pods)
+    service_cluster_services: IPv4Network  # 198.18.32.0/24, the service cluster's Services
 
     tunnel_cidr: IPv4Network  # 198.18.8.0/24
     tunnel_server_ip: IPv4Address  # 198.18.8.1
@@ -155,6 +158,8 @@ class LabPlan:
             self.node_cidr,
             self.pod_cidr,
             self.service_cidr,
+            self.service_pod_cidr,
+            self.service_cluster_services,
             self.tunnel_cidr,
             self.tunnel_server_ip,
             self.tunnel_apiserver_ip,
@@ -224,6 +229,7 @@ def make_plan(*, prefix: str = DEFAULT_PREFIX, nodes: int) -> LabPlan:
         api_ns=namespace_name(prefix, "api"),
         rtr_ns=namespace_name(prefix, "rtr"),
         svc_ns=namespace_name(prefix, "svc"),
+        service_node="service-1",
         wan_cidr=IPv4Network("198.18.0.0/24"),
         srv_if=IPv4Interface("198.18.0.1/24"),
         api_if=IPv4Interface("198.18.0.2/24"),
@@ -234,6 +240,8 @@ def make_plan(*, prefix: str = DEFAULT_PREFIX, nodes: int) -> LabPlan:
         node_cidr=IPv4Network("198.19.0.0/24"),
         pod_cidr=IPv4Network("198.19.64.0/18"),
         service_cidr=IPv4Network("198.19.192.0/20"),
+        service_pod_cidr=IPv4Network("198.18.16.0/24"),
+        service_cluster_services=IPv4Network("198.18.32.0/24"),
         tunnel_cidr=IPv4Network("198.18.8.0/24"),
         tunnel_server_ip=a("198.18.8.1"),
         tunnel_apiserver_ip=a("198.18.8.2"),

@@ -1,33 +1,28 @@
-"""The lab plays the service cluster's kubelet: it runs the server and sidecar pods vpnctl asked
-for as processes in the lab's namespaces (to be replaced by a real kubelet, issue 11).
+"""The lab plays one kubelet of the service cluster: it runs the apiserver sidecar vpnctl
+attached to the hosted tenant kube-apiserver's pod, as a process in P-api (to be
+replaced by the hosted control plane as real pods, issue 11).
 
-vpnctl writes Kubernetes objects; something must turn them into running processes. In
-production that is the kubelets (plus a scheduler, a cloud load balancer and the hosted
-control plane's provider). The lab has none of them, so this one process, running in the
-service cluster's namespace (P-svc, from where both apiservers are reachable), plays:
+What it hides: the hosted kube-apiserver is the `TenantCluster` process the lab started
+in P-api, not a pod, so something must run the sidecar next to it. vpnctl's server pods
+do NOT run here: the service cluster's real node (`service-1` in P-srv, containerd and a
+real kubelet) runs them, and the nodes reach them through the server's NodePort Service.
 
-- **the service cluster's kubelet and scheduler** for two Deployments in the tenant's
-  namespace: vpnctl's server Deployment, and the hosted tenant kube-apiserver's, to
-  which vpnctl attached its apiserver sidecar (the Deployment opts in with the label
-  `vpnctl.io/apiserver-for`). For each it registers a Node (with a heartbeat Lease, so
-  the node lifecycle controller keeps it Ready), binds the pods to it, makes their
-  volumes real (`vpnctl.lab.pods`) and runs the containers it is asked to run in that
-  node's namespace: the server in P-srv (pod address 198.18.0.1), the sidecar in P-api
-  (198.18.0.2) next to the tenant kube-apiserver, whose own container is the
-  `TenantCluster` process the lab started. It reports the pods Running, with their IP,
-  and Ready from the containers' own readinessProbes. A pod update (vpnctl patches an
-  annotation on the server pods after it changed their ConfigMap, to make kubelet
-  refresh the volume now) re-syncs the volumes at once, and every 60 s anyway, as
-  kubelet's periodic sync does. Pods being deleted are stopped, then removed. One pod
-  per Deployment runs at a time (the address and ports are the namespace's): in a
-  rollout the newest pod takes over.
-- **the cloud's load balancer controller**: the server Service (type LoadBalancer) gets
-  `status.loadBalancer.ingress` = the server pod's address, which is what nodes dial.
+This one process, in the service cluster's namespace (P-svc), plays:
+
+- **a kubelet** for the hosted apiserver's pods in the tenant's namespace (the
+  Deployment opts in to the sidecar with the label `vpnctl.io/apiserver-for` and pins
+  its pods to this node by `nodeName`; the Node is tainted so that the scheduler puts
+  nothing else here). It registers the Node (with a heartbeat Lease, so the node
+  lifecycle controller keeps it Ready), makes the pod's volumes real
+  (`vpnctl.lab.pods`) and runs the sidecar container in P-api (198.18.0.2) next to the
+  tenant kube-apiserver. It reports the pod Running, with its IP, and Ready from the
+  container's readinessProbe. A pod update re-syncs the volumes at once, and every
+  60 s anyway, as kubelet's periodic sync does. Pods being deleted are stopped, then
+  removed. One pod at a time: in a rollout the newest pod takes over.
 - **cluster DNS and kube-proxy** for the sidecar, collapsed into one `/etc/hosts` line
-  (bind-mounted inside `ip netns exec`'s own mount namespace): the server Service's name
-  resolves to the server pod's address.
-The tenant's side is real: its nodes are `vpnctl.lab.realnode` nodes with real kubelets,
-which run vpnctl's node agent DaemonSet from our image.
+  (bind-mounted inside `ip netns exec`'s own mount namespace, rewritten in place): the
+  server Service's name resolves to the newest ready server pod's IP, which P-api
+  reaches through the service node (a flat pod network's route).
 
 Every container is restarted when it exits (restartPolicy Always, backoff 1 s to 30 s);
 what runs where is written to `<state>/kubelet.json` for `lab status` and the tests.
@@ -58,8 +53,7 @@ from vpnctl.kube import (
     NODE,
     POD,
     REPLICA_SET,
-    SERVICE,
-    AlreadyExists,
+        AlreadyExists,
     ApiError,
     Kube,
     KubeObject,
@@ -95,6 +89,7 @@ from vpnctl.reconcile.settings import Settings
 _log = logging.getLogger("vpnctl.lab.kubelet")
 
 POD_POLL = 0.5
+LAB_TAINT = "lab.vpnctl.io/lab-kubelet"
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 LEASE_RENEW = 10.0
 VOLUME_RESYNC = 60.0
@@ -110,6 +105,8 @@ class LabKubelet:
         self.pods: dict[str, Running] = {}  # pod set name -> its running pod
         self._http: aiohttp.ClientSession | None = None
         self._last_status = ""
+        self._server_ip: str | None = None
+        self._hosts: Path | None = None
 
     # --- the whole ------------------------------------------------------------------
 
@@ -186,6 +183,8 @@ class LabKubelet:
                         "apiVersion": "v1",
                         "kind": "Node",
                         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+                        # Pods come here by name only; the scheduler keeps off.
+                        "spec": {"taints": [{"key": LAB_TAINT, "effect": "NoSchedule"}]},
                     },
                 )
         ready = {
@@ -229,7 +228,7 @@ class LabKubelet:
     # --- the service cluster's pods ----------------------------------------------------
 
     async def _pods_once(self) -> None:
-        await self._load_balancer()
+        await self._server_address()
         for pod_set in self.cfg.pod_sets:
             await self._pod_set(pod_set)
 
@@ -278,27 +277,30 @@ class LabKubelet:
             if pod["metadata"].get("deletionTimestamp"):
                 await self._finalize(pod)
 
-    async def _load_balancer(self) -> None:
-        svc = await self.service.get(SERVICE, self.names.service, self.cfg.namespace)
-        if svc is None or (svc.get("spec") or {}).get("type") != "LoadBalancer":
-            return
-        ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-        ip = self.cfg.load_balancer_ip
-        if [i.get("ip") for i in ingress] == [ip]:
-            return
-        await self.service.patch_merge(
-            SERVICE,
-            self.names.service,
-            {"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}},
-            namespace=self.cfg.namespace,
-            subresource="status",
+    async def _server_address(self) -> None:
+        """Where the sidecar's name for the server Service points: the newest ready
+        server pod's IP (the real kubelet on the service node runs it)."""
+        pods, _ = await self.service.list(
+            POD, self.cfg.namespace, label_selector=self.cfg.server_selector
         )
-        _log.info(
-            "event=load_balancer_assigned service=%s/%s ip=%s",
-            self.cfg.namespace,
-            self.names.service,
-            ip,
-        )
+        ready = [
+            p
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("podIP")
+            and any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (p.get("status") or {}).get("conditions") or []
+            )
+        ]
+        newest = max(ready, key=lambda p: p["metadata"]["creationTimestamp"], default=None)
+        if newest is None or newest["status"]["podIP"] == self._server_ip:
+            return
+        ip = str(newest["status"]["podIP"])
+        self._server_ip = ip
+        _log.info("event=server_address ip=%s pod=%s", ip, newest["metadata"]["name"])
+        if self._hosts is not None:
+            self._write_hosts(self._hosts)
 
     async def _bind(self, pod: KubeObject, node: str) -> None:
         meta = pod["metadata"]
@@ -358,13 +360,21 @@ class LabKubelet:
         return run
 
     def _hosts_file(self) -> Path:
-        hosts = self.cfg.state / "k" / "service-hosts"
+        if self._hosts is None:
+            self._hosts = self.cfg.state / "k" / "service-hosts"
+            self._hosts.parent.mkdir(parents=True, exist_ok=True)
+            self._write_hosts(self._hosts)
+        return self._hosts
+
+    def _write_hosts(self, hosts: Path) -> None:
+        """In place (the same inode stays bind-mounted on the container's /etc/hosts)."""
         svc = f"{self.names.service}.{self.cfg.namespace}"
-        hosts.parent.mkdir(parents=True, exist_ok=True)
-        hosts.write_text(
-            f"127.0.0.1 localhost\n{self.cfg.load_balancer_ip} {svc}.svc {svc}.svc.cluster.local\n"
-        )
-        return hosts
+        line = (
+            "" if self._server_ip is None
+            else f"{self._server_ip} {svc}.svc {svc}.svc.cluster.local\n"
+        )  # fmt: skip
+        with hosts.open("w") as f:
+            f.write(f"127.0.0.1 localhost\n{line}")
 
     async def _resync(self, run: Running, pod: KubeObject) -> None:
         """Kubelet refreshes a pod's volumes when the pod changes, and periodically."""

@@ -55,7 +55,7 @@ class PodSetConfig:
     # The containers the lab runs; the pod's other containers are played by something
     # else (the hosted kube-apiserver container is the TenantCluster process).
     run_containers: tuple[str, ...]
-    # Resolve the tenant's Services to the server pod (cluster DNS and kube-proxy).
+    # Resolve the server Service to the server pod's IP (cluster DNS and kube-proxy).
     service_hosts: bool = False
 
 
@@ -69,7 +69,9 @@ class KubeletConfig:
     tenant_kubeconfig: str
     namespace: str  # the tenant's namespace in the service cluster
     cluster: str
-    load_balancer_ip: str  # what the server Service's load balancer gets
+    # The server pods (run by the service node's real kubelet): `service_hosts` resolves
+    # the server Service's name to the newest ready one's pod IP.
+    server_selector: str
     pod_sets: tuple[PodSetConfig, ...]
     tenant_ca_cert: str  # the tenant apiserver's CA: the pods' service account ca.crt
 

@@ -105,6 +105,9 @@ def service_objects(
             "spec": {
                 "clusterName": CLUSTER_NAME,
                 "tunnelCIDR": str(plan.tunnel_cidr),
+                # The service node's kube-proxy forwards its node port to the server
+                # pod; vpnctl tells the nodes that address (its --node-port-address).
+                "expose": {"serviceType": "NodePort"},
                 "transport": {
                     "protocol": protocol,
                     **(
@@ -150,7 +153,8 @@ def apiserver_deployment(plan: LabPlan) -> dict[str, Any]:
 
     Labelled `vpnctl.io/apiserver-for`, so vpnctl attaches its apiserver sidecar. The
     lab kubelet runs only that sidecar from its pods: the kube-apiserver container is
-    the `TenantCluster` process the lab started in P-api.
+    the `TenantCluster` process the lab started in P-api. The pods are bound to the lab
+    kubelet's node by name, so the scheduler never places them on the real service node.
     """
     labels = {"app.kubernetes.io/name": "kube-apiserver", "lab.vpnctl.io/cluster": CLUSTER_NAME}
     return {
@@ -168,6 +172,7 @@ def apiserver_deployment(plan: LabPlan) -> dict[str, Any]:
                 "metadata": {"labels": labels},
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "nodeName": plan.api_ns,
                     "containers": [
                         {
                             "name": "kube-apiserver",

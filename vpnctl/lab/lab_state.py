@@ -5,6 +5,7 @@ from any process, apart from how `vpnctl.lab.system` brings a lab up."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from vpnctl.lab.address_plan import LabPlan, NodePlan, make_plan
 from vpnctl.lab.dataplane import write_json_atomic
 from vpnctl.lab.kubelet_parts import status_path
 from vpnctl.reconcile.agentdocs import NodePaths
+from vpnctl.reconcile.names import COMPONENT_SERVER, selector_labels
+from vpnctl.reconcile.service_objects import SERVER_CONTAINER
 from vpnctl.testenv.procs import environ_without_proxies, netns_argv
 
 IMAGES_RECORD = "images.json"  # the vpnctl image this lab's DaemonSet names
@@ -163,6 +166,42 @@ class Lab:
         except (FileNotFoundError, ValueError):
             return {"containers": {}}
         return doc
+
+    @property
+    def service_node_dir(self) -> Path:
+        """The service cluster's real node (the server pods' kubelet)."""
+        return self.state / "nodes" / self.plan.service_node
+
+    def server_log(self) -> str:
+        """What the server pods' container printed, as the service node's kubelet keeps
+        it (CRI log files, oldest pod first), without the CRI time/stream/tag prefix."""
+        pods = self.service_node_dir / "host" / "var" / "log" / "pods"
+        pattern = f"{lo.CLUSTER_NAMESPACE}_{lo.CLUSTER_NAME}-vpn-server-*/{SERVER_CONTAINER}/*.log"
+        lines: list[str] = []
+        for path in sorted(pods.glob(pattern), key=lambda p: p.stat().st_mtime):
+            with contextlib.suppress(FileNotFoundError):
+                for line in path.read_text(errors="replace").splitlines():
+                    parts = line.split(" ", 3)
+                    lines.append(parts[3] if len(parts) == 4 else "")
+        return "\n".join(lines) + "\n"
+
+    async def server_pod_ips(self) -> list[str]:
+        """The server pods' IPs (ready ones first; none being deleted), as the service
+        cluster reports them."""
+        selector = ",".join(f"{k}={v}" for k, v in selector_labels(
+            cluster_name=lo.CLUSTER_NAME, component=COMPONENT_SERVER).items())  # fmt: skip
+        pods = await self.get_json("pods", "-n", lo.CLUSTER_NAMESPACE, "-l", selector,
+                                   cluster="service")  # fmt: skip
+
+        def ready(p: dict[str, Any]) -> bool:
+            conditions = (p.get("status") or {}).get("conditions") or []
+            return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+        items = [p for p in (pods or {}).get("items") or []
+                 if (p.get("status") or {}).get("podIP")
+                 and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+        items.sort(key=lambda p: not ready(p))
+        return [str(p["status"]["podIP"]) for p in items]
 
     def node_dir(self, node: NodePlan) -> Path:
         """The real node's own folder: its configs, logs and the host paths it owns."""

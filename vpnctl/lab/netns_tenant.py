@@ -123,11 +123,16 @@ def signed(tenant: TenantPlan, serials: Mapping[str, int]) -> tuple[Allocation, 
 
 def server_service_as_seen(tenant: TenantPlan, plan: LabPlan) -> dict[str, Any]:
     """The server Service the controller builds, as the service cluster returns it: a
-    LoadBalancer's ingress at the server's address, or that address as the ClusterIP."""
+    LoadBalancer's ingress at the server's address; a NodePort whose node port is the
+    server's own port (the netns tier has no kube-proxy: the server process listens
+    on the address the nodes dial, see `node_config`); else that address as the
+    ClusterIP."""
     service = dict(server_service(tenant=tenant.tenant))
     spec = dict(service["spec"])
     if spec.get("type") == "LoadBalancer":
         service["status"] = {"loadBalancer": {"ingress": [{"ip": str(plan.server_ip)}]}}
+    elif spec.get("type") == "NodePort":
+        spec["ports"] = [{**p, "nodePort": p["port"]} for p in spec["ports"]]
     else:
         spec["clusterIP"] = str(plan.server_ip)
     service["spec"] = spec
@@ -141,5 +146,7 @@ def node_config(tenant: TenantPlan, plan: LabPlan) -> dict[str, Any]:
     return node_role_config(
         tenant=tenant.tenant,
         settings=SETTINGS,
-        remotes=service_remotes(server_service_as_seen(tenant, plan)),
+        remotes=service_remotes(
+            server_service_as_seen(tenant, plan), node_addresses=[str(plan.server_ip)]
+        ),
     )

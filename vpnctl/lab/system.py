@@ -6,22 +6,27 @@ namespaces.
 1. the underlay (`vpnctl.lab.underlay`): the wan, the tenant's NATed LAN, the namespaces;
 2. what is built once and cached: the Kubernetes binaries (`vpnctl.testenv`), the node
    images (`vpnctl.lab.realnode.node_images`) and vpnctl's own image (`make image`);
-3. the **service cluster** (etcd, kube-apiserver, kube-controller-manager, the CAPI CRDs
-   and ours) in P-svc on 198.18.0.4, and the **hosted tenant control plane** (etcd,
+3. the **service cluster** (etcd, kube-apiserver, kube-controller-manager,
+   kube-scheduler, the CAPI CRDs and ours) in P-svc on 198.18.0.4, and the **hosted
+   tenant control plane** (etcd,
    kube-apiserver, kube-controller-manager, kube-scheduler) in P-api on 198.18.0.2; the
    apiserver checks the kubelets' serving certificates with the tenant CA;
 4. **vpnctl** (`vpnctl run`) in P-svc, against the service cluster, as the chart would
-   run it but as a process, with `--agent-image` naming our image;
+   run it but as a process, with `--agent-image` naming our image and
+   `--node-port-address` the service node's address;
 5. the tenant **as Cluster API would make it**: namespace, Tunnel (the lab's tunnel
    CIDR), Cluster, kubeconfig Secret, and a Machine per node whose status names its Node;
-6. the **real tenant nodes** (`vpnctl.lab.realnode`): in each P-n<i>, containerd, the
+6. the service cluster's **real node** `service-1` in P-srv on 198.18.0.1 (containerd,
+   kubelet, kube-proxy, our image imported): its kubelet runs vpnctl's server pod and
+   its kube-proxy forwards the server Service's node port, which the nodes dial; and
+   the **real tenant nodes** (`vpnctl.lab.realnode`): in each P-n<i>, containerd, the
    kubelet (joined with a kubeadm-style client certificate, serving :10250 with a
    certificate from the tenant CA) and kube-proxy; our image is imported into each
    node's containerd, and the node agent runs as the DaemonSet pod vpnctl installs;
    then the tenant's workloads: a pod per node that writes numbered log lines and
    serves HTTP;
-7. the **lab kubelet** (`vpnctl.lab.kubelet`) for the service side only: the server
-   pod in P-srv and the apiserver sidecar in P-api;
+7. the **lab kubelet** (`vpnctl.lab.kubelet`) for the apiserver sidecar in P-api (the
+   hosted apiserver is a process, not a pod, yet);
 8. a wait until the Tunnel is Ready, every node connected and every kubelet answers
    through the apiserver.
 
@@ -70,7 +75,7 @@ from vpnctl.lab.realnode.tenant_node import (
 )
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
 from vpnctl.reconcile.names import COMPONENT_SERVER, selector_labels
-from vpnctl.reconcile.service_objects import APISERVER_CONTAINER, SERVER_CONTAINER
+from vpnctl.reconcile.service_objects import APISERVER_CONTAINER
 from vpnctl.testenv.build import Binaries
 from vpnctl.testenv.cluster import ServiceCluster, TenantCluster, stop_recorded_cluster
 from vpnctl.testenv.cluster_pki import ClusterPKI
@@ -124,6 +129,7 @@ async def bring_up(
         ServiceCluster.launch(
             lab.service_dir, binaries, netns=plan.svc_ns, bind_address=str(plan.svc_ip),
             port=lo.SERVICE_APISERVER_PORT, crds=[OUR_CRDS], die_with_parent=False,
+            scheduler=True, service_cidr=str(plan.service_cluster_services),
         ),
         TenantCluster.launch(
             lab.tenant_dir, binaries, name=lo.CLUSTER_NAME, netns=plan.api_ns,
@@ -136,7 +142,7 @@ async def bring_up(
             ],
         ),
     )  # fmt: skip
-    del service  # running detached; `tear_down` stops it from its cluster.json
+    # running detached; `tear_down` stops it (cluster.json) and the service node (node.json)
 
     step(f"vpnctl run in {plan.svc_ns}, against the service cluster")
     procs: dict[str, Proc] = {}
@@ -145,6 +151,7 @@ async def bring_up(
         ns=plan.svc_ns,
         argv=[PY, "-m", "vpnctl", "run", "--kubeconfig", str(lab.service_kubeconfig),
               "--agent-image", images.vpnctl.ref,
+              "--node-port-address", str(plan.server_ip),
               "--health-address", f"0.0.0.0:{CONTROLLER_HEALTH_PORT}",
               *(["--node-cert-lifetime", node_cert_lifetime] if node_cert_lifetime else [])],
         log=lab.logs_dir / "vpnctl.log",
@@ -155,15 +162,17 @@ async def bring_up(
          f"Secret, {len(plan.nodes)} Machines")  # fmt: skip
     await create_tenant(lab)
 
-    step(f"{len(plan.nodes)} real tenant nodes (containerd, kubelet, kube-proxy; the agent "
-         "as vpnctl's DaemonSet pod), the tenant's workloads")  # fmt: skip
+    step(f"real nodes: {plan.service_node} for the service cluster (the server pods) in "
+         f"{plan.srv_ns}, {len(plan.nodes)} tenant nodes (the agent as vpnctl's DaemonSet "
+         "pod), the tenant's workloads")  # fmt: skip
     await asyncio.gather(
+        start_service_node(lab, cluster=service, binaries=binaries, images=images.node),
         *(start_node(lab, node, cluster=tenant, binaries=binaries, images=images.node)
-          for node in plan.nodes)
+          for node in plan.nodes),
     )  # fmt: skip
     await lab.apply(tenant_workloads(lab, images), cluster="tenant")
 
-    step("the lab kubelet for the service side: server pod, apiserver sidecar")
+    step("the lab kubelet for the apiserver sidecar")
     cfg = kubelet_config(lab)
     cfg.dump(config_path(state))
     procs["lab-kubelet"] = Proc(
@@ -235,27 +244,58 @@ async def start_node(
     images: NodeImages,
 ) -> RealNode:
     """One real node in P-n<i>, detached from this process; recorded for `tear_down`."""
+    spec = NodeSpec(
+        name=node.name,
+        netns=node.ns,
+        node_ip=str(node.internal_ip),
+        pod_cidr=str(node.pod_cidr),
+        cluster_cidr=str(lab.plan.pod_cidr),
+    )
+    return await _launch_node(
+        lab, spec, root=lab.node_dir(node), cluster=cluster, binaries=binaries, images=images
+    )
+
+
+async def _launch_node(
+    lab: Lab,
+    spec: NodeSpec,
+    *,
+    root: Path,
+    cluster: NodeCluster,
+    binaries: Binaries,
+    images: NodeImages,
+) -> RealNode:
     try:
         real = await RealNode.launch(
-            NodeSpec(
-                name=node.name,
-                netns=node.ns,
-                node_ip=str(node.internal_ip),
-                pod_cidr=str(node.pod_cidr),
-                cluster_cidr=str(lab.plan.pod_cidr),
-            ),
-            root=lab.node_dir(node),
-            cluster=cluster,
-            binaries=binaries,
-            images=images,
+            spec, root=root, cluster=cluster, binaries=binaries, images=images,
             die_with_parent=False,
-        )
+        )  # fmt: skip
     except NodeStartError as exc:
-        raise LabUpError(
-            f"{node.name} did not start: {exc}; logs in {lab.node_dir(node)}/logs"
-        ) from exc
+        raise LabUpError(f"{spec.name} did not start: {exc}; logs in {root}/logs") from exc
     real.record()
     return real
+
+
+async def start_service_node(
+    lab: Lab, *, cluster: NodeCluster, binaries: Binaries, images: NodeImages
+) -> RealNode:
+    """The service cluster's node in P-srv on the wan address: a real kubelet that runs
+    vpnctl's server pods; its kube-proxy forwards the server Service's node port."""
+    plan = lab.plan
+    return await _launch_node(
+        lab,
+        NodeSpec(
+            name=plan.service_node,
+            netns=plan.srv_ns,
+            node_ip=str(plan.server_ip),
+            pod_cidr=str(plan.service_pod_cidr),
+            cluster_cidr=str(plan.service_pod_cidr),
+        ),
+        root=lab.service_node_dir,
+        cluster=cluster,
+        binaries=binaries,
+        images=images,
+    )
 
 
 @dataclass(frozen=True)
@@ -358,16 +398,8 @@ def kubelet_config(lab: Lab) -> KubeletConfig:
         tenant_kubeconfig=str(lab.tenant_kubeconfig),
         namespace=lo.CLUSTER_NAMESPACE,
         cluster=lo.CLUSTER_NAME,
-        load_balancer_ip=str(plan.server_ip),
+        server_selector=server_selector,
         pod_sets=(
-            PodSetConfig(
-                name="server",
-                selector=server_selector,
-                node=plan.srv_ns,
-                netns=plan.srv_ns,
-                ip=str(plan.server_ip),
-                run_containers=(SERVER_CONTAINER,),
-            ),
             PodSetConfig(
                 name="apiserver",
                 selector=lo.apiserver_pod_selector(),

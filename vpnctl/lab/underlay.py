@@ -10,6 +10,8 @@ must therefore have crossed the tunnel. The topology is in lab-plan.md:
     P-api 198.18.0.2 ─┼─ br0 in P-wan
     P-rtr 198.18.0.3 ─┤  (NAT; br-lan 198.19.0.1/24)
     P-svc 198.18.0.4 ─┘  (the service cluster and vpnctl)
+    (with real nodes, P-srv is the service cluster's node: its pods are 198.18.16.0/24,
+    routed from P-api and P-svc through 198.18.0.1)
       └─ br-lan ── P-n<i> eth0 198.19.0.(10+i)
                      └─ pod0 198.19.(64+i).1 ── P-p<i> eth0 198.19.(64+i).2
 
@@ -65,6 +67,13 @@ async def build_underlay(plan: LabPlan, *, pod_namespaces: bool = True) -> None:
     await netns.set_sysctl("net.ipv4.ip_forward", "1", ns=plan.rtr_ns)
     await _ensure_masquerade(plan)
 
+    if not pod_namespaces:
+        # The service node (a real kubelet in P-srv) forwards for its pods; the service
+        # cluster's other members reach them as a flat pod network would let them.
+        await netns.set_sysctl("net.ipv4.ip_forward", "1", ns=plan.srv_ns)
+        for ns in (plan.api_ns, plan.svc_ns):
+            await netns.replace_route(str(plan.service_pod_cidr), via=str(plan.server_ip),
+                                      ns=ns)  # fmt: skip
     for node in plan.nodes:
         await _build_node(plan, node, pod_namespace=pod_namespaces)
     log.info("event=underlay_ready prefix=%s nodes=%d", plan.prefix, len(plan.nodes))
