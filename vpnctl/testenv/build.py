@@ -47,6 +47,9 @@ CONTROLLER_TOOLS_VERSION = "v0.23.0"
 # consumes cluster.x-k8s.io/v1beta1.
 CLUSTER_API_VERSION = "v1.8.4"
 METRICS_SERVER_VERSION = "v0.8.0"
+# Konnectivity (apiserver-network-proxy), the peer path vpnctl is benchmarked against;
+# its server and agent share one release tag with the konnectivity-client module.
+KONNECTIVITY_VERSION = "v0.33.0"
 
 # Staging modules of k8s.io/kubernetes; the main module replaces them with ./staging/...
 # so a wrapper module must pin each one to the matching published version.
@@ -110,6 +113,9 @@ class Binaries:
     kube_proxy: Path | None = None
     kube_scheduler: Path | None = None
     metrics_server: Path | None = None
+    # The Konnectivity peer (``with_konnectivity``).
+    konnectivity_server: Path | None = None
+    konnectivity_agent: Path | None = None
 
     def as_dict(self) -> dict[str, str | None]:
         return {
@@ -134,6 +140,7 @@ def ensure_binaries(
     cache_dir: Path | None = None,
     with_kubelet: bool = False,
     with_nodes: bool = False,
+    with_konnectivity: bool = False,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Binaries:
@@ -141,15 +148,16 @@ def ensure_binaries(
 
     ``with_kubelet`` adds the kubelet; ``with_nodes`` adds everything a real tenant
     node and its control plane run: kubelet, kube-proxy, kube-scheduler and
-    metrics-server. Blocking, and up to ~25 minutes on a cold 2-core machine; async
-    callers wrap it in ``asyncio.to_thread``. Raises ``BuildError`` with the tail of
-    the failing log.
+    metrics-server; ``with_konnectivity`` adds the Konnectivity server and agent
+    (``KONNECTIVITY_VERSION``, about 1.5 minutes cold). Blocking, and up to ~25 minutes
+    on a cold 2-core machine; async callers wrap it in ``asyncio.to_thread``. Raises
+    ``BuildError`` with the tail of the failing log.
     """
     return _Builder(
         cache_dir=cache_dir or default_cache_dir(env),
         progress=progress or _stderr_progress,
         env=dict(os.environ if env is None else env),
-    ).ensure(with_kubelet=with_kubelet, with_nodes=with_nodes)
+    ).ensure(with_kubelet=with_kubelet, with_nodes=with_nodes, with_konnectivity=with_konnectivity)
 
 
 # --- resolution ------------------------------------------------------------------------
@@ -200,6 +208,9 @@ _PINNED = {
     "etcd": ETCD_VERSION,
     "helm": HELM_VERSION,
     "controller-gen": CONTROLLER_TOOLS_VERSION,
+    # Found only in our cache: _reports_version knows no version flag of theirs.
+    "konnectivity-server": KONNECTIVITY_VERSION,
+    "konnectivity-agent": KONNECTIVITY_VERSION,
 }
 _ENVTEST_ASSETS = ("kube-apiserver", "etcd", "kubectl")
 _KUBE_CMDS = (
@@ -212,6 +223,7 @@ _KUBE_CMDS = (
 )
 # What ``with_nodes`` adds: the node's programs and the control plane's scheduler.
 _NODE_CMDS = ("kubelet", "kube-proxy", "kube-scheduler")
+_KONNECTIVITY_CMDS = ["konnectivity-server", "konnectivity-agent"]
 
 
 class _Builder(GoBuilder):
@@ -243,7 +255,9 @@ class _Builder(GoBuilder):
 
     # - the whole job
 
-    def ensure(self, *, with_kubelet: bool, with_nodes: bool = False) -> Binaries:
+    def ensure(
+        self, *, with_kubelet: bool, with_nodes: bool = False, with_konnectivity: bool = False
+    ) -> Binaries:
         started = time.monotonic()
         wanted = [
             "kube-apiserver",
@@ -258,6 +272,8 @@ class _Builder(GoBuilder):
             optional.append("kubelet")
         if with_nodes:
             optional += ["kube-proxy", "kube-scheduler", "metrics-server"]
+        if with_konnectivity:
+            optional += _KONNECTIVITY_CMDS
         found = {c: self.resolve(c) for c in wanted + optional}
         crds = self._cached_crds()
         if all(found.values()) and crds:
@@ -279,6 +295,8 @@ class _Builder(GoBuilder):
                 self._build_controller_gen()
             if "metrics-server" in found and not found["metrics-server"]:
                 self._build_metrics_server()
+            if any(c in found and not found[c] for c in _KONNECTIVITY_CMDS):
+                self._build_konnectivity()
             found = {c: self.resolve(c) for c in wanted + optional}
             crds = self._cached_crds()
             if not crds:
@@ -310,6 +328,8 @@ class _Builder(GoBuilder):
             kube_proxy=found.get("kube-proxy"),
             kube_scheduler=found.get("kube-scheduler"),
             metrics_server=found.get("metrics-server"),
+            konnectivity_server=found.get("konnectivity-server"),
+            konnectivity_agent=found.get("konnectivity-agent"),
         )
 
     # - the components
@@ -414,6 +434,35 @@ class _Builder(GoBuilder):
             )
             self._install({"metrics-server": out / "metrics-server"}, v)
 
+    def _build_konnectivity(self) -> None:
+        # `go install` refuses it (its go.mod replaces ./konnectivity-client), so the
+        # wrapper requires both modules at the same tag; go.sum and the checksum database
+        # verify what the proxy serves, as for every other build here.
+        v = KONNECTIVITY_VERSION
+        repo = "sigs.k8s.io/apiserver-network-proxy"
+        src = self._wrapper_module(
+            f"konnectivity-{v}",
+            "module vpnctl.local/konnectivitybuild\n\ngo 1.24.0\n\n"
+            f"require (\n\t{repo} {v}\n\t{repo}/konnectivity-client {v}\n)\n",
+            {
+                "tools.go": "//go:build tools\n\npackage tools\n\nimport (\n"
+                f'\t_ "{repo}/cmd/agent"\n\t_ "{repo}/cmd/server"\n)\n'
+            },
+        )
+        with self._tmpdir("konnectivity") as out:
+            self._go_build(
+                "konnectivity",
+                v,
+                src=src,
+                ldflags="-s -w",
+                output=f"{out}/",
+                packages=[f"{repo}/cmd/server", f"{repo}/cmd/agent"],
+                what="go build cmd/server cmd/agent",
+            )
+            self._install(
+                {"konnectivity-server": out / "server", "konnectivity-agent": out / "agent"}, v
+            )
+
     def _cached_crds(self) -> Path | None:
         path = self.entry("capi-crds", CLUSTER_API_VERSION)
         return path if path.is_dir() else None
@@ -472,11 +521,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also build what real tenant nodes run: kubelet, kube-proxy, kube-scheduler, "
         "metrics-server",
     )
+    parser.add_argument(
+        "--with-konnectivity",
+        action="store_true",
+        help=f"also build the Konnectivity server and agent ({KONNECTIVITY_VERSION})",
+    )
     parser.add_argument("--json", action="store_true", help="print the paths as JSON")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        binaries = ensure_binaries(with_kubelet=args.with_kubelet, with_nodes=args.with_nodes)
+        binaries = ensure_binaries(
+            with_kubelet=args.with_kubelet,
+            with_nodes=args.with_nodes,
+            with_konnectivity=args.with_konnectivity,
+        )
     except BuildError as exc:
         print(f"k8s-bins: FAILED: {exc}", file=sys.stderr)
         return 1
