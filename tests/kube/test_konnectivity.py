@@ -5,7 +5,8 @@ The scene, in two namespaces made here and joined by one veth (198.18.0.0/30):
 
 * ``api`` (198.18.0.1): etcd and kube-apiserver, started with
   ``--egress-selector-config-file`` whose ``cluster`` selection is the konnectivity-server's
-  Unix socket (gRPC); the server itself, its agent port on 198.18.0.1 with mTLS;
+  Unix socket (gRPC, and again in http-connect mode); the server itself, its agent port on
+  198.18.0.1 with mTLS;
 * ``node`` (198.18.0.2, and 198.19.7.10 on its loopback): a konnectivity-agent dialling
   the server, and the HTTPS target on 198.19.7.10:10250, the address a Node object gives
   as its kubelet's.
@@ -40,6 +41,7 @@ from vpnctl.testenv.konnectivity import (
     KonnectivityAgent,
     KonnectivityPKI,
     KonnectivityServer,
+    Mode,
     write_egress_selector,
     write_konnectivity_pki,
 )
@@ -134,8 +136,9 @@ async def _start_agent(
     )  # fmt: skip
 
 
-@pytest.fixture
-async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
+@pytest.fixture(params=["grpc", "http-connect"])
+async def scene(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Scene]:
+    mode: Mode = request.param
     binaries = await asyncio.to_thread(ensure_binaries, with_konnectivity=True)
     assert binaries.konnectivity_server is not None
     with netns_pair("k", suffixes=("api", "nd")) as (api, node):
@@ -151,9 +154,9 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
             target = await _start_target(node.ns, tmp_path)
             server = await KonnectivityServer.launch(
                 binary=binaries.konnectivity_server, workdir=tmp_path / "konn-server",
-                pki=pki, agent_address=str(api.addr.ip), netns=api.ns,
+                pki=pki, agent_address=str(api.addr.ip), netns=api.ns, mode=mode,
             )  # fmt: skip
-            egress = write_egress_selector(tmp_path / "egress.yaml", server.uds)
+            egress = write_egress_selector(tmp_path / "egress.yaml", server.uds, mode=mode)
             agents.append(await _start_agent(binaries, tmp_path, pki, api, node))
             await server.wait_ready()  # an agent is connected
             await agents[0].wait_ready()
