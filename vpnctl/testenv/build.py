@@ -149,9 +149,10 @@ def ensure_binaries(
     ``with_kubelet`` adds the kubelet; ``with_nodes`` adds everything a real tenant
     node and its control plane run: kubelet, kube-proxy, kube-scheduler and
     metrics-server; ``with_konnectivity`` adds the Konnectivity server and agent
-    (``KONNECTIVITY_VERSION``, about 1.5 minutes cold). Blocking, and up to ~25 minutes
-    on a cold 2-core machine; async callers wrap it in ``asyncio.to_thread``. Raises
-    ``BuildError`` with the tail of the failing log.
+    (``KONNECTIVITY_VERSION``; under a minute on the Go build cache the others warmed,
+    minutes from an empty one). Blocking, and up to ~25 minutes on a cold 2-core machine;
+    async callers wrap it in ``asyncio.to_thread``. Raises ``BuildError`` with the tail
+    of the failing log.
     """
     return _Builder(
         cache_dir=cache_dir or default_cache_dir(env),
