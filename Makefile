@@ -48,7 +48,7 @@ image: deps image-tools
 k8s-bins: deps
 	$(PY) -m vpnctl.testenv.build $(if $(WITH_KUBELET),--with-kubelet)
 
-# Konnectivity (apiserver-network-proxy, pinned in vpnctl/testenv/build.py), the peer path
+# Konnectivity (apiserver-network-proxy, pinned in vpnctl/testenv/pinned_versions.py), the peer path
 # the benchmark compares with: server and agent from their Go module (once, then cached;
 # under a minute on the Go build cache k8s-bins warmed). tests/kube/test_konnectivity.py runs them.
 konnectivity-bins: deps

@@ -35,64 +35,17 @@ from pathlib import Path
 
 from vpnctl.testenv.gobuild import BuildError as BuildError  # re-exported
 from vpnctl.testenv.gobuild import GoBuilder, Progress, fmt_elapsed
-
-KUBERNETES_VERSION = "v1.34.4"
-# The k8s.io staging modules (api, apimachinery, client-go, ...) are tagged v0.<minor>.<patch>.
-STAGING_VERSION = "v0." + KUBERNETES_VERSION.removeprefix("v1.")
-ETCD_VERSION = "v3.6.16"
-HELM_VERSION = "v3.21.4"
-CONTROLLER_TOOLS_VERSION = "v0.23.0"
-# The newest Cluster API release the proxy serves whose api/v1beta1 package is the
-# storage version: a single-version CRD needs no conversion webhook, and vpnctl
-# consumes cluster.x-k8s.io/v1beta1.
-CLUSTER_API_VERSION = "v1.8.4"
-METRICS_SERVER_VERSION = "v0.8.0"
-# Konnectivity (apiserver-network-proxy), the peer path vpnctl is benchmarked against;
-# its server and agent share one release tag with the konnectivity-client module.
-KONNECTIVITY_VERSION = "v0.33.0"
-
-# Staging modules of k8s.io/kubernetes; the main module replaces them with ./staging/...
-# so a wrapper module must pin each one to the matching published version.
-_STAGING_MODULES = (
-    "api",
-    "apiextensions-apiserver",
-    "apimachinery",
-    "apiserver",
-    "cli-runtime",
-    "client-go",
-    "cloud-provider",
-    "cluster-bootstrap",
-    "code-generator",
-    "component-base",
-    "component-helpers",
-    "controller-manager",
-    "cri-api",
-    "cri-client",
-    "csi-translation-lib",
-    "dynamic-resource-allocation",
-    "endpointslice",
-    "externaljwt",
-    "kms",
-    "kube-aggregator",
-    "kube-controller-manager",
-    "kube-proxy",
-    "kube-scheduler",
-    "kubectl",
-    "kubelet",
-    "metrics",
-    "mount-utils",
-    "pod-security-admission",
-    "sample-apiserver",
-    "sample-cli-plugin",
-    "sample-controller",
-)
-
-# The Cluster API packages whose types become the cluster.x-k8s.io CRDs: Cluster,
-# Machine, MachineSet, MachineDeployment, MachineHealthCheck, ClusterClass and
-# MachinePool (still under exp/ in v1.8).
-_CAPI_PACKAGES = (
-    "sigs.k8s.io/cluster-api/api/v1beta1",
-    "sigs.k8s.io/cluster-api/exp/api/v1beta1",
+from vpnctl.testenv.pinned_versions import (
+    CAPI_PACKAGES,
+    CLUSTER_API_VERSION,
+    CONTROLLER_TOOLS_VERSION,
+    ETCD_VERSION,
+    HELM_VERSION,
+    KONNECTIVITY_VERSION,
+    KUBERNETES_VERSION,
+    METRICS_SERVER_VERSION,
+    STAGING_MODULES,
+    STAGING_VERSION,
 )
 
 
@@ -339,7 +292,7 @@ class _Builder(GoBuilder):
         v = KUBERNETES_VERSION
         major, minor, _ = v.removeprefix("v").split(".")
         replaces = "\n".join(
-            f"\tk8s.io/{m} => k8s.io/{m} {STAGING_VERSION}" for m in _STAGING_MODULES
+            f"\tk8s.io/{m} => k8s.io/{m} {STAGING_VERSION}" for m in STAGING_MODULES
         )
         go_mod = (
             "module vpnctl.local/k8sbuild\n\ngo 1.24.0\n\ngodebug default=go1.24\n\n"
@@ -470,7 +423,7 @@ class _Builder(GoBuilder):
 
     def _generate_capi_crds(self, controller_gen: Path) -> Path:
         v = CLUSTER_API_VERSION
-        imports = "".join(f'\t_ "{p}"\n' for p in _CAPI_PACKAGES)
+        imports = "".join(f'\t_ "{p}"\n' for p in CAPI_PACKAGES)
         src = self._wrapper_module(
             f"cluster-api-{v}",
             f"module vpnctl.local/capicrds\n\ngo 1.22.0\n\nrequire sigs.k8s.io/cluster-api {v}\n",
@@ -490,7 +443,7 @@ class _Builder(GoBuilder):
                 [
                     str(controller_gen),
                     "crd:crdVersions=v1",
-                    *(f"paths={p}" for p in _CAPI_PACKAGES),
+                    *(f"paths={p}" for p in CAPI_PACKAGES),
                     f"output:crd:artifacts:config={out}",
                 ],
                 cwd=src,
