@@ -8,7 +8,7 @@ LOCK  := requirements/dev.lock
 VENV_STAMP := .venv/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
 NODES ?= 3
 
-.PHONY: lab lab-down test lint deps system image-tools node-tools image k8s-bins node-bins charts bench bench-dataplane clean
+.PHONY: lab lab-down test lint deps system image-tools node-tools image k8s-bins node-bins konnectivity-bins charts bench bench-dataplane clean
 
 lab: deps image-tools node-tools
 	$(PY) -m vpnctl lab up --nodes $(NODES)
@@ -16,7 +16,7 @@ lab: deps image-tools node-tools
 lab-down: deps
 	$(PY) -m vpnctl lab down
 
-test: deps k8s-bins image-tools node-tools node-bins lint
+test: deps k8s-bins image-tools node-tools node-bins konnectivity-bins lint
 	scripts/run-tests.sh
 
 lint: deps
@@ -47,6 +47,12 @@ image: deps image-tools
 
 k8s-bins: deps
 	$(PY) -m vpnctl.testenv.build $(if $(WITH_KUBELET),--with-kubelet)
+
+# Konnectivity (apiserver-network-proxy, pinned in vpnctl/testenv/pinned_versions.py), the peer path
+# the benchmark compares with: server and agent from their Go module (once, then cached;
+# under a minute on the Go build cache k8s-bins warmed). tests/kube/test_konnectivity.py runs them.
+konnectivity-bins: deps
+	$(PY) -m vpnctl.testenv.build --with-konnectivity
 
 # Real tenant nodes (vpnctl/lab/realnode, tests/nodes): containerd, runc, CNI plugins,
 # iptables, conntrack, busybox-static and gcc from Debian ...

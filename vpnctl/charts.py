@@ -149,7 +149,8 @@ def package_chart(
 def find_helm(*, env: Mapping[str, str] | None = None) -> Path | None:
     """The pinned helm if it is built (the harness's cache) or on PATH; never builds.
     For callers that would rather skip than wait for a build."""
-    from vpnctl.testenv.build import HELM_VERSION, default_cache_dir
+    from vpnctl.testenv.build import default_cache_dir
+    from vpnctl.testenv.pinned_versions import HELM_VERSION
 
     env = os.environ if env is None else env
     cached = default_cache_dir(env) / f"helm-{HELM_VERSION}" / "helm"
@@ -168,7 +169,8 @@ def find_helm(*, env: Mapping[str, str] | None = None) -> Path | None:
 
 
 def _package_all(args: argparse.Namespace) -> int:
-    from vpnctl.testenv.build import CLUSTER_API_VERSION, ensure_binaries
+    from vpnctl.testenv.build import ensure_binaries
+    from vpnctl.testenv.pinned_versions import CLUSTER_API_VERSION
 
     charts_dir = Path(args.charts_dir)
     vpnctl_chart = charts_dir / "vpnctl"

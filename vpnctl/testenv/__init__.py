@@ -2,7 +2,11 @@
 
 - ``build``: ``ensure_binaries()`` builds (or finds) kube-apiserver, etcd, kubectl,
   kube-controller-manager, helm, controller-gen and the Cluster API CRDs; with
-  ``with_nodes`` also kubelet, kube-proxy, kube-scheduler and metrics-server.
+  ``with_nodes`` also kubelet, kube-proxy, kube-scheduler and metrics-server; with
+  ``with_konnectivity`` the Konnectivity server and agent (``pinned_versions`` has every
+  version).
+- ``konnectivity``: ``KonnectivityServer`` / ``KonnectivityAgent``, the benchmark's
+  peer path, and the apiserver's egress selector for them.
 - ``cluster``: ``ServiceCluster`` / ``TenantCluster`` start etcd + kube-apiserver
   (+ kube-controller-manager, + kube-scheduler) with client-certificate auth and tear
   them down.
@@ -20,15 +24,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vpnctl.testenv.build import (
-        CLUSTER_API_VERSION,
-        ETCD_VERSION,
-        HELM_VERSION,
-        KUBERNETES_VERSION,
-        Binaries,
-        BuildError,
-        ensure_binaries,
-    )
+    from vpnctl.testenv.build import Binaries, BuildError, ensure_binaries
     from vpnctl.testenv.cluster import (
         ClusterStartError,
         KubeCluster,
@@ -37,12 +33,20 @@ if TYPE_CHECKING:
     )
     from vpnctl.testenv.cluster_options import KubectlError, LaunchOptions
     from vpnctl.testenv.helm import helm_template, helm_template_dry_run, server_dry_run
+    from vpnctl.testenv.pinned_versions import (
+        CLUSTER_API_VERSION,
+        ETCD_VERSION,
+        HELM_VERSION,
+        KONNECTIVITY_VERSION,
+        KUBERNETES_VERSION,
+    )
 
 _EXPORTS = {
-    "CLUSTER_API_VERSION": "build",
-    "ETCD_VERSION": "build",
-    "HELM_VERSION": "build",
-    "KUBERNETES_VERSION": "build",
+    "CLUSTER_API_VERSION": "pinned_versions",
+    "ETCD_VERSION": "pinned_versions",
+    "HELM_VERSION": "pinned_versions",
+    "KONNECTIVITY_VERSION": "pinned_versions",
+    "KUBERNETES_VERSION": "pinned_versions",
     "Binaries": "build",
     "BuildError": "build",
     "ensure_binaries": "build",
@@ -61,6 +65,7 @@ __all__ = [
     "CLUSTER_API_VERSION",
     "ETCD_VERSION",
     "HELM_VERSION",
+    "KONNECTIVITY_VERSION",
     "KUBERNETES_VERSION",
     "Binaries",
     "BuildError",

@@ -35,61 +35,17 @@ from pathlib import Path
 
 from vpnctl.testenv.gobuild import BuildError as BuildError  # re-exported
 from vpnctl.testenv.gobuild import GoBuilder, Progress, fmt_elapsed
-
-KUBERNETES_VERSION = "v1.34.4"
-# The k8s.io staging modules (api, apimachinery, client-go, ...) are tagged v0.<minor>.<patch>.
-STAGING_VERSION = "v0." + KUBERNETES_VERSION.removeprefix("v1.")
-ETCD_VERSION = "v3.6.16"
-HELM_VERSION = "v3.21.4"
-CONTROLLER_TOOLS_VERSION = "v0.23.0"
-# The newest Cluster API release the proxy serves whose api/v1beta1 package is the
-# storage version: a single-version CRD needs no conversion webhook, and vpnctl
-# consumes cluster.x-k8s.io/v1beta1.
-CLUSTER_API_VERSION = "v1.8.4"
-METRICS_SERVER_VERSION = "v0.8.0"
-
-# Staging modules of k8s.io/kubernetes; the main module replaces them with ./staging/...
-# so a wrapper module must pin each one to the matching published version.
-_STAGING_MODULES = (
-    "api",
-    "apiextensions-apiserver",
-    "apimachinery",
-    "apiserver",
-    "cli-runtime",
-    "client-go",
-    "cloud-provider",
-    "cluster-bootstrap",
-    "code-generator",
-    "component-base",
-    "component-helpers",
-    "controller-manager",
-    "cri-api",
-    "cri-client",
-    "csi-translation-lib",
-    "dynamic-resource-allocation",
-    "endpointslice",
-    "externaljwt",
-    "kms",
-    "kube-aggregator",
-    "kube-controller-manager",
-    "kube-proxy",
-    "kube-scheduler",
-    "kubectl",
-    "kubelet",
-    "metrics",
-    "mount-utils",
-    "pod-security-admission",
-    "sample-apiserver",
-    "sample-cli-plugin",
-    "sample-controller",
-)
-
-# The Cluster API packages whose types become the cluster.x-k8s.io CRDs: Cluster,
-# Machine, MachineSet, MachineDeployment, MachineHealthCheck, ClusterClass and
-# MachinePool (still under exp/ in v1.8).
-_CAPI_PACKAGES = (
-    "sigs.k8s.io/cluster-api/api/v1beta1",
-    "sigs.k8s.io/cluster-api/exp/api/v1beta1",
+from vpnctl.testenv.pinned_versions import (
+    CAPI_PACKAGES,
+    CLUSTER_API_VERSION,
+    CONTROLLER_TOOLS_VERSION,
+    ETCD_VERSION,
+    HELM_VERSION,
+    KONNECTIVITY_VERSION,
+    KUBERNETES_VERSION,
+    METRICS_SERVER_VERSION,
+    STAGING_MODULES,
+    STAGING_VERSION,
 )
 
 
@@ -110,6 +66,9 @@ class Binaries:
     kube_proxy: Path | None = None
     kube_scheduler: Path | None = None
     metrics_server: Path | None = None
+    # The Konnectivity peer (``with_konnectivity``).
+    konnectivity_server: Path | None = None
+    konnectivity_agent: Path | None = None
 
     def as_dict(self) -> dict[str, str | None]:
         return {
@@ -134,6 +93,7 @@ def ensure_binaries(
     cache_dir: Path | None = None,
     with_kubelet: bool = False,
     with_nodes: bool = False,
+    with_konnectivity: bool = False,
     progress: Progress | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Binaries:
@@ -141,15 +101,17 @@ def ensure_binaries(
 
     ``with_kubelet`` adds the kubelet; ``with_nodes`` adds everything a real tenant
     node and its control plane run: kubelet, kube-proxy, kube-scheduler and
-    metrics-server. Blocking, and up to ~25 minutes on a cold 2-core machine; async
-    callers wrap it in ``asyncio.to_thread``. Raises ``BuildError`` with the tail of
-    the failing log.
+    metrics-server; ``with_konnectivity`` adds the Konnectivity server and agent
+    (``KONNECTIVITY_VERSION``; under a minute on the Go build cache the others warmed,
+    minutes from an empty one). Blocking, and up to ~25 minutes on a cold 2-core machine;
+    async callers wrap it in ``asyncio.to_thread``. Raises ``BuildError`` with the tail
+    of the failing log.
     """
     return _Builder(
         cache_dir=cache_dir or default_cache_dir(env),
         progress=progress or _stderr_progress,
         env=dict(os.environ if env is None else env),
-    ).ensure(with_kubelet=with_kubelet, with_nodes=with_nodes)
+    ).ensure(with_kubelet=with_kubelet, with_nodes=with_nodes, with_konnectivity=with_konnectivity)
 
 
 # --- resolution ------------------------------------------------------------------------
@@ -200,6 +162,9 @@ _PINNED = {
     "etcd": ETCD_VERSION,
     "helm": HELM_VERSION,
     "controller-gen": CONTROLLER_TOOLS_VERSION,
+    # Found only in our cache: _reports_version knows no version flag of theirs.
+    "konnectivity-server": KONNECTIVITY_VERSION,
+    "konnectivity-agent": KONNECTIVITY_VERSION,
 }
 _ENVTEST_ASSETS = ("kube-apiserver", "etcd", "kubectl")
 _KUBE_CMDS = (
@@ -212,6 +177,7 @@ _KUBE_CMDS = (
 )
 # What ``with_nodes`` adds: the node's programs and the control plane's scheduler.
 _NODE_CMDS = ("kubelet", "kube-proxy", "kube-scheduler")
+_KONNECTIVITY_CMDS = ["konnectivity-server", "konnectivity-agent"]
 
 
 class _Builder(GoBuilder):
@@ -243,7 +209,9 @@ class _Builder(GoBuilder):
 
     # - the whole job
 
-    def ensure(self, *, with_kubelet: bool, with_nodes: bool = False) -> Binaries:
+    def ensure(
+        self, *, with_kubelet: bool, with_nodes: bool = False, with_konnectivity: bool = False
+    ) -> Binaries:
         started = time.monotonic()
         wanted = [
             "kube-apiserver",
@@ -258,6 +226,8 @@ class _Builder(GoBuilder):
             optional.append("kubelet")
         if with_nodes:
             optional += ["kube-proxy", "kube-scheduler", "metrics-server"]
+        if with_konnectivity:
+            optional += _KONNECTIVITY_CMDS
         found = {c: self.resolve(c) for c in wanted + optional}
         crds = self._cached_crds()
         if all(found.values()) and crds:
@@ -279,6 +249,8 @@ class _Builder(GoBuilder):
                 self._build_controller_gen()
             if "metrics-server" in found and not found["metrics-server"]:
                 self._build_metrics_server()
+            if any(c in found and not found[c] for c in _KONNECTIVITY_CMDS):
+                self._build_konnectivity()
             found = {c: self.resolve(c) for c in wanted + optional}
             crds = self._cached_crds()
             if not crds:
@@ -310,6 +282,8 @@ class _Builder(GoBuilder):
             kube_proxy=found.get("kube-proxy"),
             kube_scheduler=found.get("kube-scheduler"),
             metrics_server=found.get("metrics-server"),
+            konnectivity_server=found.get("konnectivity-server"),
+            konnectivity_agent=found.get("konnectivity-agent"),
         )
 
     # - the components
@@ -318,7 +292,7 @@ class _Builder(GoBuilder):
         v = KUBERNETES_VERSION
         major, minor, _ = v.removeprefix("v").split(".")
         replaces = "\n".join(
-            f"\tk8s.io/{m} => k8s.io/{m} {STAGING_VERSION}" for m in _STAGING_MODULES
+            f"\tk8s.io/{m} => k8s.io/{m} {STAGING_VERSION}" for m in STAGING_MODULES
         )
         go_mod = (
             "module vpnctl.local/k8sbuild\n\ngo 1.24.0\n\ngodebug default=go1.24\n\n"
@@ -414,13 +388,42 @@ class _Builder(GoBuilder):
             )
             self._install({"metrics-server": out / "metrics-server"}, v)
 
+    def _build_konnectivity(self) -> None:
+        # `go install` refuses it (its go.mod replaces ./konnectivity-client), so the
+        # wrapper requires both modules at the same tag; go.sum and the checksum database
+        # verify what the proxy serves, as for every other build here.
+        v = KONNECTIVITY_VERSION
+        repo = "sigs.k8s.io/apiserver-network-proxy"
+        src = self._wrapper_module(
+            f"konnectivity-{v}",
+            "module vpnctl.local/konnectivitybuild\n\ngo 1.24.0\n\n"
+            f"require (\n\t{repo} {v}\n\t{repo}/konnectivity-client {v}\n)\n",
+            {
+                "tools.go": "//go:build tools\n\npackage tools\n\nimport (\n"
+                f'\t_ "{repo}/cmd/agent"\n\t_ "{repo}/cmd/server"\n)\n'
+            },
+        )
+        with self._tmpdir("konnectivity") as out:
+            self._go_build(
+                "konnectivity",
+                v,
+                src=src,
+                ldflags="-s -w",
+                output=f"{out}/",
+                packages=[f"{repo}/cmd/server", f"{repo}/cmd/agent"],
+                what="go build cmd/server cmd/agent",
+            )
+            self._install(
+                {"konnectivity-server": out / "server", "konnectivity-agent": out / "agent"}, v
+            )
+
     def _cached_crds(self) -> Path | None:
         path = self.entry("capi-crds", CLUSTER_API_VERSION)
         return path if path.is_dir() else None
 
     def _generate_capi_crds(self, controller_gen: Path) -> Path:
         v = CLUSTER_API_VERSION
-        imports = "".join(f'\t_ "{p}"\n' for p in _CAPI_PACKAGES)
+        imports = "".join(f'\t_ "{p}"\n' for p in CAPI_PACKAGES)
         src = self._wrapper_module(
             f"cluster-api-{v}",
             f"module vpnctl.local/capicrds\n\ngo 1.22.0\n\nrequire sigs.k8s.io/cluster-api {v}\n",
@@ -440,7 +443,7 @@ class _Builder(GoBuilder):
                 [
                     str(controller_gen),
                     "crd:crdVersions=v1",
-                    *(f"paths={p}" for p in _CAPI_PACKAGES),
+                    *(f"paths={p}" for p in CAPI_PACKAGES),
                     f"output:crd:artifacts:config={out}",
                 ],
                 cwd=src,
@@ -472,11 +475,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also build what real tenant nodes run: kubelet, kube-proxy, kube-scheduler, "
         "metrics-server",
     )
+    parser.add_argument(
+        "--with-konnectivity",
+        action="store_true",
+        help=f"also build the Konnectivity server and agent ({KONNECTIVITY_VERSION})",
+    )
     parser.add_argument("--json", action="store_true", help="print the paths as JSON")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        binaries = ensure_binaries(with_kubelet=args.with_kubelet, with_nodes=args.with_nodes)
+        binaries = ensure_binaries(
+            with_kubelet=args.with_kubelet,
+            with_nodes=args.with_nodes,
+            with_konnectivity=args.with_konnectivity,
+        )
     except BuildError as exc:
         print(f"k8s-bins: FAILED: {exc}", file=sys.stderr)
         return 1

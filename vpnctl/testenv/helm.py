@@ -13,9 +13,9 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vpnctl.testenv.build import KUBERNETES_VERSION
 from vpnctl.testenv.cluster import KubeCluster
 from vpnctl.testenv.cluster_options import KubectlError
+from vpnctl.testenv.pinned_versions import KUBERNETES_VERSION
 from vpnctl.testenv.procs import environ_without_proxies
 
 
