@@ -11,6 +11,10 @@ write, and until the Tunnel watch cache shows the write, this keeps the decision
 memory (``_decided``); the status stays the record, so a restarted controller carries on.
 A pass that finds its tenant rolled out tells ``rolled_out``, which re-plans at once and
 queues the tenants that now start, so a rollout moves on events, not on resyncs.
+
+``TenantImages`` is the pass's side (a part of ``TenantReconciler``, like
+``tenant_status``): it reads the tenant's live server Deployment, asks for the verdict,
+builds the plan with that image, and reports it (status, condition, Event).
 """
 
 from __future__ import annotations
@@ -18,20 +22,30 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
+from vpnctl.api import Condition, TunnelStatusBody
 from vpnctl.controller.interfaces import TenantRef
 from vpnctl.controller.metrics import ControllerMetrics
-from vpnctl.kube import KubeObject
+from vpnctl.controller.tenant_api import TenantCalls
+from vpnctl.kube import DEPLOYMENT, TUNNEL, KubeObject, Store
+from vpnctl.reconcile.conditions import READY, find_condition, rfc3339
 from vpnctl.reconcile.image_rollout import (
     RolloutPlan,
     RolloutPolicy,
     TenantImage,
     TenantVerdict,
+    container_image,
+    deployment_rolled_out,
+    observed_tenant,
     plan_rollout,
+    rolled_out,
     tenant_image_of,
+    with_rollout_halt,
 )
+from vpnctl.reconcile.service_objects import SERVER_CONTAINER
+from vpnctl.reconcile.tenant_plan import TenantPlan
 
 _log = logging.getLogger(__name__)
 
@@ -147,3 +161,92 @@ class ImageRollouts:
             self._halted = plan.halted_by
         self._metrics.set_image_rollout(plan.counts())
         return plan
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChosenImage:
+    """The agent image one pass builds its tenant with, and what the pass reports of it."""
+
+    verdict: TenantVerdict
+    halt: str | None  # why the rollout is halted, if it is
+    live: KubeObject | None  # the server Deployment before this pass applied it
+
+    def conditions(
+        self, conditions: list[Condition], *, generation: int, now: datetime
+    ) -> list[Condition]:
+        """CONDITIONS with ImageRolloutHalted, on the tenant that halts the rollout."""
+        halt = self.halt if self.verdict.state == "halted" else None
+        return with_rollout_halt(conditions, halt, observed_generation=generation, now=now)
+
+    def rolled_out(self, server: KubeObject, conditions: list[Condition]) -> bool:
+        """A rolling tenant whose SERVER Deployment has rolled out with the image, Ready."""
+        ready = find_condition(conditions, READY)
+        return rolled_out(
+            self.verdict,
+            live_image=container_image(server, SERVER_CONTAINER),
+            deployment_done=deployment_rolled_out(server),
+            ready=ready is not None and ready.get("status") == "True",
+        )
+
+    def status(self, *, rolled_out: bool) -> TunnelStatusBody:
+        """The status fields that record the image (reconcile/image_rollout.py)."""
+        out: TunnelStatusBody = {"agentImage": self.verdict.image}
+        if self.verdict.rolling_since is not None and not rolled_out:
+            out["agentImageRollingSince"] = rfc3339(self.verdict.rolling_since)
+        return out
+
+    def deadline(self, policy: RolloutPolicy) -> datetime | None:
+        """When a rolling tenant's pass must look again: the rollout halts then."""
+        if self.verdict.state != "rolling" or self.verdict.rolling_since is None:
+            return None
+        return self.verdict.rolling_since + policy.deadline
+
+
+class TenantImages(TenantCalls):
+    """Part of ``TenantReconciler``: which agent image the pass builds its tenant with."""
+
+    _tunnels: Store | None  # the Tunnel watch cache; None: list them from the API
+    images: ImageRollouts
+
+    def _image_rollouts(self) -> ImageRollouts:
+        return ImageRollouts(
+            target=self._settings.build.agent_image,
+            policy=self._settings.image_rollout,
+            tunnels=self._list_tunnels,
+            metrics=self._metrics,
+        )
+
+    async def _list_tunnels(self) -> list[KubeObject]:
+        if self._tunnels is not None:
+            return self._tunnels.list()
+        items, _ = await self._call(lambda: self._api.list(TUNNEL))
+        return items
+
+    async def _agent_image(
+        self, key: TenantRef, tunnel: KubeObject, plan: TenantPlan, *, now: datetime
+    ) -> tuple[TenantPlan, ChosenImage]:
+        """The agent image this pass builds the tenant's objects with: its pin, or what the
+        rollout of --agent-image gives it now; PLAN with that image."""
+        live = await self._get(DEPLOYMENT, plan.names.deployment, key.namespace)
+        own = observed_tenant(
+            str(key),
+            tunnel,
+            pinned=plan.tenant.spec.agent_image,
+            live_image=container_image(live, SERVER_CONTAINER),
+            now=now,
+        )
+        verdict, halt = await self.images.verdict(key, own, now=now)
+        spec = replace(plan.tenant.spec, agent_image=verdict.image)
+        plan = replace(plan, tenant=replace(plan.tenant, spec=spec))
+        return plan, ChosenImage(verdict=verdict, halt=halt, live=live)
+
+    async def _image_rolled_out(
+        self, key: TenantRef, tunnel: KubeObject, image: str, *, now: datetime
+    ) -> None:
+        await self.images.rolled_out(key, image, now=now)
+        await self._event(
+            tunnel,
+            "Normal",
+            "AgentImageRolledOut",
+            f"the server runs agent image {image} and the tenant is Ready",
+        )

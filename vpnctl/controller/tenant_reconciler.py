@@ -31,7 +31,9 @@ The order of writes is the order that keeps promises:
    0.25 s (agent/role_config.py's ``crl_source``), installs the CRL and kicks every connected
    client with a revoked serial, and the client removed from desired.json loses its CCD,
    so ``ccd-exclusive`` refuses it on reconnect.
-5. Deployment, Service, the apiserver sidecar's ConfigMap.
+5. Deployment, Service, the apiserver sidecar's ConfigMap, built with the agent image
+   the tenant pins, or that the rollout of ``--agent-image`` gives it now (one tenant
+   at a time across the fleet, ``tenant_image``).
 6. The tenant cluster, through ``TenantSide``, with the CAPI kubeconfig.
 7. The status, and Events for every condition that changed.
 
@@ -44,8 +46,8 @@ Where each step lives: the API calls the pass makes are the Protocol ``TenantApi
 (``tenant_api``, with the retrying, counting write helpers every part shares); the
 Tunnel's lifecycle is ``tenant_lifecycle``, the PKI Secrets ``tenant_pki``, the revocation
 book ``tenant_revocations``, the server ConfigMap, pod kicks and sidecar ``tenant_server``,
-the status and Events ``tenant_status``. This module holds the pass itself, in the order
-above, and the call to the tenant side.
+the status and Events ``tenant_status``, the agent image ``tenant_image``. This module
+holds the pass itself, in the order above, and the call to the tenant side.
 """
 
 from __future__ import annotations
@@ -54,11 +56,10 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
 
-from vpnctl.api import CAPI_CLUSTER_NAME_LABEL, Condition, ConditionStatus, TunnelStatusBody
+from vpnctl.api import CAPI_CLUSTER_NAME_LABEL, ConditionStatus, TunnelStatusBody
 from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.budgets import with_degraded
 from vpnctl.controller.interfaces import (
@@ -71,7 +72,7 @@ from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.queue import Outcome
 from vpnctl.controller.revocation_store import RevocationStore, reported_certificates
 from vpnctl.controller.tenant_api import TenantApi, is_deleting, meta_of
-from vpnctl.controller.tenant_image import ImageRollouts
+from vpnctl.controller.tenant_image import TenantImages
 from vpnctl.controller.tenant_lifecycle import TunnelLifecycle, has_cluster_owner, is_paused
 from vpnctl.controller.tenant_pki import PKIIssuance, TenantPKI
 from vpnctl.controller.tenant_server import record_signed
@@ -99,22 +100,13 @@ from vpnctl.kube import (
 from vpnctl.reconcile.agent_objects import tenant_objects
 from vpnctl.reconcile.agentdocs import node_role_config, service_remotes
 from vpnctl.reconcile.allocation import forget_serials
-from vpnctl.reconcile.conditions import PKI_READY, READY, SERVER_READY, find_condition, rfc3339
+from vpnctl.reconcile.conditions import PKI_READY, SERVER_READY
 from vpnctl.reconcile.errors import PermanentError, ReconcileError, TemporaryError
-from vpnctl.reconcile.image_rollout import (
-    TenantVerdict,
-    container_image,
-    deployment_rolled_out,
-    observed_tenant,
-    rolled_out,
-    with_rollout_halt,
-)
 from vpnctl.reconcile.machine_deletion import DeletionVerdicts
 from vpnctl.reconcile.revocation_book import IssuedCert
 from vpnctl.reconcile.secrets import kubeconfig_secret_name, parse_kubeconfig_secret
 from vpnctl.reconcile.server_policy import server_network_policy
 from vpnctl.reconcile.service_objects import (
-    SERVER_CONTAINER,
     apiserver_config_map,
     server_deployment,
     server_service,
@@ -135,7 +127,7 @@ def _belongs(machine: Mapping[str, Any], cluster: str) -> bool:
     return bool((meta_of(machine).get("labels") or {}).get(CAPI_CLUSTER_NAME_LABEL) == cluster)
 
 
-class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
+class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance, TenantImages):
     """Reconciles tenants one key at a time (the queue guarantees that); see the module
     docstring. ``api`` is the service cluster's apiserver (``vpnctl.kube.Kube``, or a fake
     of ``TenantApi``). ``machines`` is the operator's Machine watch cache; without it
@@ -159,13 +151,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         self._source = observations
         self._machines = machines
         self._tunnels = tunnels
-        # The rollout of --agent-image over the tenants (controller/tenant_image.py).
-        self.images = ImageRollouts(
-            target=settings.build.agent_image,
-            policy=settings.image_rollout,
-            tunnels=self._list_tunnels,
-            metrics=metrics,
-        )
+        self.images = self._image_rollouts()
         self._book = RevocationStore(
             kube=api,
             clock=clock,
@@ -398,36 +384,18 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                 observed_generation=plan.tenant.generation,
                 now=now,
             )
-        conditions = with_rollout_halt(
-            conditions,
-            image.halt if image.verdict.state == "halted" else None,
-            observed_generation=plan.tenant.generation,
-            now=now,
-        )
-        done = rolled_out(
-            image.verdict,
-            live_image=container_image(server, SERVER_CONTAINER),
-            deployment_done=deployment_rolled_out(server),
-            ready=_is_true(find_condition(conditions, READY)),
-        )
+        conditions = image.conditions(conditions, generation=plan.tenant.generation, now=now)
+        done = image.rolled_out(server, conditions)
         status = plan.status(
             conditions=conditions,
             previous=cast(TunnelStatusBody, tunnel.get("status") or {}),
             now=now,
             allocations=allocations,
         )
-        status["agentImage"] = image.verdict.image
-        if image.verdict.rolling_since is not None and not done:
-            status["agentImageRollingSince"] = rfc3339(image.verdict.rolling_since)
+        status.update(image.status(rolled_out=done))
         await self._write_status(key, tunnel, status)
         if done:
-            await self.images.rolled_out(key, image.verdict.image, now=now)
-            await self._event(
-                tunnel,
-                "Normal",
-                "AgentImageRolledOut",
-                f"the server runs agent image {image.verdict.image} and the tenant is Ready",
-            )
+            await self._image_rolled_out(key, tunnel, image.verdict.image, now=now)
         await self._report_election(key, tunnel, plan)
         self._expiries(key, keys, crl)
         self.observed[key] = observation_fingerprint(None if observe_error else observations)
@@ -437,9 +405,8 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             due.append(deletions.recheck_at)
         if plan.election.recheck_at is not None:  # the end of a new holder's grace
             due.append(plan.election.recheck_at)
-        if image.verdict.state == "rolling" and image.verdict.rolling_since is not None:
-            # Its deadline: the pass that finds it not rolled out by then halts the rollout.
-            due.append(image.verdict.rolling_since + self._settings.image_rollout.deadline)
+        if (deadline := image.deadline(self._settings.image_rollout)) is not None:
+            due.append(deadline)  # the pass that finds it not rolled out then halts the rollout
         requeue = max(1.0, min((d - now).total_seconds() for d in due))
         return Outcome(requeue_after=requeue, retry=side_retry), "retry" if side_retry else "ok"
 
@@ -508,31 +475,6 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                 await self._event(tunnel, "Normal", "NodeRevocationDeferred", note)
         for machine in set(seen) - set(deletions.verdicts):
             del seen[machine]
-
-    async def _list_tunnels(self) -> list[KubeObject]:
-        if self._tunnels is not None:
-            return self._tunnels.list()
-        items, _ = await self._call(lambda: self._api.list(TUNNEL))
-        return items
-
-    async def _agent_image(
-        self, key: TenantRef, tunnel: KubeObject, plan: TenantPlan, *, now: datetime
-    ) -> tuple[TenantPlan, _TenantImage]:
-        """The agent image this pass builds the tenant's objects with: its pin, or what the
-        rollout of --agent-image gives it now; PLAN with that image."""
-        name = plan.names.deployment
-        live = await self._get(DEPLOYMENT, name, key.namespace)
-        own = observed_tenant(
-            str(key),
-            tunnel,
-            pinned=plan.tenant.spec.agent_image,
-            live_image=container_image(live, SERVER_CONTAINER),
-            now=now,
-        )
-        verdict, halt = await self.images.verdict(key, own, now=now)
-        spec = replace(plan.tenant.spec, agent_image=verdict.image)
-        plan = replace(plan, tenant=replace(plan.tenant, spec=spec))
-        return plan, _TenantImage(verdict=verdict, halt=halt, live=live)
 
     async def _list_machines(self, key: TenantRef) -> list[KubeObject]:
         if self._machines is not None:
@@ -655,17 +597,6 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         if result.installed:
             return ("True", result.reason or "Installed", result.message), False, signed
         return ("False", result.reason or "NotInstalled", result.message), True, signed
-
-
-@dataclass(frozen=True, kw_only=True)
-class _TenantImage:
-    verdict: TenantVerdict
-    halt: str | None  # why the rollout is halted, if it is
-    live: KubeObject | None  # the server Deployment before this pass applied it
-
-
-def _is_true(condition: Condition | None) -> bool:
-    return condition is not None and condition.get("status") == "True"
 
 
 def _agent_disabled(detail: str) -> tuple[ConditionStatus, str, str]:
