@@ -147,9 +147,7 @@ async def _background(*coros: Any) -> AsyncIterator[None]:
 
 
 async def _images(api: Kube, namespace: str) -> dict[str, str | None]:
-    return {
-        n: _image(await api.get(DEPLOYMENT, f"{n}-vpn-server", namespace)) for n in TENANTS
-    }
+    return {n: _image(await api.get(DEPLOYMENT, f"{n}-vpn-server", namespace)) for n in TENANTS}
 
 
 def _settings(namespace: str, image: str, deadline: timedelta) -> Any:
@@ -253,4 +251,3 @@ async def test_a_new_agent_image_rolls_one_tenant_at_a_time_and_halts_when_broke
         assert watch.overlaps == []
         resumed = await kube.get(TUNNEL, "ra", namespace)
         assert (condition(resumed, "ImageRolloutHalted") or {}).get("status") == "False"
-
