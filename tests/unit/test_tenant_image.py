@@ -99,3 +99,13 @@ async def test_after_a_restart_the_status_is_the_record() -> None:
     assert verdict.image == OLD  # a still rolls, 10 minutes in: past the 5-minute deadline
     assert halt is not None
     assert "ns/a" in halt
+
+
+async def test_a_deleted_rolling_tenant_frees_its_slot_at_once() -> None:
+    fleet, queued = Fleet(["a", "b"]), list[TenantRef]()
+    images, _ = rollouts(fleet, queued)
+    await images.verdict(TenantRef("ns", "a"), own("a"), now=NOW)
+    assert queued == []  # a rolls, b waits
+    del fleet.tunnels["a"]
+    await images.forget(TenantRef("ns", "a"), now=NOW + timedelta(seconds=5))
+    assert queued == [TenantRef("ns", "b")]

@@ -103,6 +103,13 @@ class ImageRollouts:
             self._decided[str(key)] = done
             await self._plan({}, now=now)
 
+    async def forget(self, key: TenantRef, *, now: datetime) -> None:
+        """KEY's Tunnel is gone: a slot it held is free for the next tenant now, not at
+        the next resync (the watch cache no longer lists it when its key comes)."""
+        async with self._lock:
+            self._decided.pop(str(key), None)
+            await self._plan({}, now=now)
+
     async def _plan(self, observed: dict[str, TenantImage], *, now: datetime) -> RolloutPlan:
         now = now.replace(microsecond=0)  # as the status records it
         fleet: dict[str, TenantImage] = {}

@@ -205,6 +205,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance, TenantImages
         self._reported_deletions.pop(key, None)
         self._side_degraded.pop(key, None)
         self._metrics.forget(key)
+        await self.images.forget(key, now=self._clock.now())
         await self._side.forget(key)
 
     # --- the pass -----------------------------------------------------------------------------
