@@ -235,6 +235,11 @@ class TunnelStatusBody(TypedDict, total=False):
     # When serviceRouteNode was elected: its grace for the kick the election causes
     # (reconcile/service_route_election.py).
     serviceRouteElectedAt: str
+    # The agent image the tenant's objects are built with, and, while a rollout of the
+    # controller's --agent-image moves it there and it is not Ready with it yet, since
+    # when (reconcile/image_rollout.py).
+    agentImage: str
+    agentImageRollingSince: str
     nodeCount: int
     connectedCount: int
 

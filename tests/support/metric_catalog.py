@@ -98,6 +98,7 @@ def controller_registry() -> CollectorRegistry:
     tenant = TenantRef("tenant-a", "a")
     metrics.set_conditions(tenant, {"Ready": "True"})
     metrics.set_expiry(tenant, "server", clock.now() + timedelta(days=30))
+    metrics.set_image_rollout({"current": 1})
     return registry
 
 

@@ -413,6 +413,12 @@ async def test_the_rendered_command_line_is_what_the_real_parser_accepts(
         assert container[probe]["httpGet"]["port"] == "http-health"
     # The agent image: controller.agentImage, else the controller's own.
     assert settings.tenant.build.agent_image == (c.get("agentImage") or container["image"])
+    # The rollout of a new agent image: controller.imageRollout.
+    rollout = c.get("imageRollout", {})
+    assert settings.tenant.image_rollout.max_rolling == rollout.get("maxRolling", 1)
+    assert settings.tenant.image_rollout.deadline == parse_duration(
+        rollout.get("deadline", "10m")
+    )
     # Two replicas elect a leader; the lease is in the release namespace.
     assert settings.leader_elect == c.get("leaderElection", {}).get("enabled", True)
     assert settings.lease_namespace == "vpnctl-system"

@@ -232,6 +232,8 @@ def test_status_fields(status_schema: dict[str, Any]) -> None:
         "releasedTunnelIPs",
         "serviceRouteNode",
         "serviceRouteElectedAt",
+        "agentImage",
+        "agentImageRollingSince",
         "nodeCount",
         "connectedCount",
     }

@@ -183,6 +183,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="image of the agent, all roles (required)",
     )  # fmt: skip
     build.add_argument(
+        "--image-rollout-max-rolling", type=int, default=1, metavar="N",
+        help="a new --agent-image reaches at most N tenants at a time: a tenant is rolling "
+        "from its move until its server Deployment has rolled out with the image and its "
+        "Tunnel is Ready (tenants with spec.agent.image are not rolled)",
+    )  # fmt: skip
+    build.add_argument(
+        "--image-rollout-deadline", default="10m", metavar="DURATION",
+        help="a rolling tenant not Ready with the new image this long after its move halts "
+        "the rollout: no other tenant gets the image until it is Ready, pinned, or "
+        "--agent-image changes again (a Go duration)",
+    )  # fmt: skip
+    build.add_argument(
         "--image-pull-policy", default="IfNotPresent",
         choices=("Always", "IfNotPresent", "Never"), help="of the agent's containers",
     )  # fmt: skip
@@ -289,6 +301,7 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
     from vpnctl.controller.operator import ControllerSettings
     from vpnctl.controller.tenant_reconciler import TenantSettings
     from vpnctl.reconcile.durations import parse_duration
+    from vpnctl.reconcile.image_rollout import RolloutPolicy
     from vpnctl.reconcile.settings import Settings
 
     try:
@@ -319,6 +332,16 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
         revocation_delay = parse_duration(args.node_revocation_max_delay)
     except ValueError as exc:
         raise SystemExit(f"vpnctl run: --node-revocation-max-delay: {exc}") from None
+    try:
+        rollout = RolloutPolicy(
+            max_rolling=args.image_rollout_max_rolling,
+            deadline=parse_duration(args.image_rollout_deadline),
+        )
+    except ValueError as exc:
+        raise SystemExit(
+            f"vpnctl run: --image-rollout-max-rolling {args.image_rollout_max_rolling} "
+            f"--image-rollout-deadline {args.image_rollout_deadline!r}: {exc}"
+        ) from None
     build = Settings(
         node_revocation_max_delay=revocation_delay,
         service_route_grace=dt.timedelta(seconds=args.service_route_grace),
@@ -343,6 +366,7 @@ def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
             auto_tunnel=not args.no_auto_tunnel,
             tunnel_defaults=defaults,
             tenant_side_timeout=args.tenant_side_timeout,
+            image_rollout=rollout,
         ),
         identity=identity,
         namespace=args.namespace,

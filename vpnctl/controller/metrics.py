@@ -113,10 +113,12 @@ class ControllerMetrics:
         self._conditions: dict[TenantRef, dict[str, str]] = {}
         self._expiry: dict[tuple[TenantRef, str], datetime] = {}
         self._is_leader: Callable[[], bool] = lambda: False
+        self._image_rollout: Mapping[str, int] = {}
         registry.register(_ScrapeTime(self._collect_leader))
         registry.register(_ScrapeTime(self._collect_queue))
         registry.register(_ScrapeTime(self._collect_conditions))
         registry.register(_ScrapeTime(self._collect_expiry))
+        registry.register(_ScrapeTime(self._collect_image_rollout))
 
     # --- wiring ----------------------------------------------------------------------------
 
@@ -144,9 +146,15 @@ class ControllerMetrics:
         for key in [k for k in self._expiry if k[0] == tenant]:
             del self._expiry[key]
 
+    def set_image_rollout(self, counts: Mapping[str, int]) -> None:
+        """Tenants by their state in the rollout of the default agent image, as last
+        planned (``controller/tenant_image.py``)."""
+        self._image_rollout = dict(counts)
+
     def forget_all(self) -> None:
         self._conditions.clear()
         self._expiry.clear()
+        self._image_rollout = {}
 
     # --- scrape time -----------------------------------------------------------------------
 
@@ -198,4 +206,17 @@ class ControllerMetrics:
             family.add_metric(
                 [tenant.namespace, tenant.cluster, certificate], not_after.timestamp()
             )
+        yield family
+
+    def _collect_image_rollout(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "vpnctl_image_rollout_tenants",
+            "Tenants by state in the rollout of the controller's --agent-image (pinned: "
+            "spec.agent.image; current: runs it; rolling: moved to it, not Ready with it "
+            "yet; halted: not Ready with it within --image-rollout-deadline, which stops "
+            "the rollout; waiting: keeps its older image for now).",
+            labels=["state"],
+        )
+        for state, count in sorted(self._image_rollout.items()):
+            family.add_metric([state], count)
         yield family

@@ -189,11 +189,14 @@ class _Term:
             observations=c.observations,
             metrics=c.metrics,
             machines=machines.store,
+            tunnels=next(w for p, w in self.watchers if p.what == "tunnel").store,
         )
         self._c = controller
         self.synced = asyncio.Event()
         # A node's podCIDR changes the plan: re-plan that tenant (tenant_nodes.py).
         c.tenant_side.follow_nodes(self.queue.add)
+        # A tenant the image rollout starts is reconciled now, not at its next event.
+        self.reconciler.images.follow(self.queue.add)
 
     def _on_event(self, plan: _WatchPlan) -> Callable[[str, KubeObject], None]:
         def handler(event_type: str, obj: KubeObject) -> None:

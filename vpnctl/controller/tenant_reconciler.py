@@ -31,7 +31,9 @@ The order of writes is the order that keeps promises:
    0.25 s (agent/role_config.py's ``crl_source``), installs the CRL and kicks every connected
    client with a revoked serial, and the client removed from desired.json loses its CCD,
    so ``ccd-exclusive`` refuses it on reconnect.
-5. Deployment, Service, the apiserver sidecar's ConfigMap.
+5. Deployment, Service, the apiserver sidecar's ConfigMap, built with the agent image
+   the tenant pins, or that the rollout of ``--agent-image`` gives it now (one tenant
+   at a time across the fleet, ``tenant_image``).
 6. The tenant cluster, through ``TenantSide``, with the CAPI kubeconfig.
 7. The status, and Events for every condition that changed.
 
@@ -44,8 +46,8 @@ Where each step lives: the API calls the pass makes are the Protocol ``TenantApi
 (``tenant_api``, with the retrying, counting write helpers every part shares); the
 Tunnel's lifecycle is ``tenant_lifecycle``, the PKI Secrets ``tenant_pki``, the revocation
 book ``tenant_revocations``, the server ConfigMap, pod kicks and sidecar ``tenant_server``,
-the status and Events ``tenant_status``. This module holds the pass itself, in the order
-above, and the call to the tenant side.
+the status and Events ``tenant_status``, the agent image ``tenant_image``. This module
+holds the pass itself, in the order above, and the call to the tenant side.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.queue import Outcome
 from vpnctl.controller.revocation_store import RevocationStore, reported_certificates
 from vpnctl.controller.tenant_api import TenantApi, is_deleting, meta_of
+from vpnctl.controller.tenant_image import TenantImages
 from vpnctl.controller.tenant_lifecycle import TunnelLifecycle, has_cluster_owner, is_paused
 from vpnctl.controller.tenant_pki import PKIIssuance, TenantPKI
 from vpnctl.controller.tenant_server import record_signed
@@ -124,7 +127,7 @@ def _belongs(machine: Mapping[str, Any], cluster: str) -> bool:
     return bool((meta_of(machine).get("labels") or {}).get(CAPI_CLUSTER_NAME_LABEL) == cluster)
 
 
-class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
+class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance, TenantImages):
     """Reconciles tenants one key at a time (the queue guarantees that); see the module
     docstring. ``api`` is the service cluster's apiserver (``vpnctl.kube.Kube``, or a fake
     of ``TenantApi``). ``machines`` is the operator's Machine watch cache; without it
@@ -141,11 +144,14 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         observations: ObservationSource,
         metrics: ControllerMetrics,
         machines: Store | None = None,
+        tunnels: Store | None = None,
     ) -> None:
         super().__init__(api=api, settings=settings, clock=clock, rng=rng, metrics=metrics)
         self._side = tenant_side
         self._source = observations
         self._machines = machines
+        self._tunnels = tunnels
+        self.images = self._image_rollouts()
         self._book = RevocationStore(
             kube=api,
             clock=clock,
@@ -199,6 +205,7 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         self._reported_deletions.pop(key, None)
         self._side_degraded.pop(key, None)
         self._metrics.forget(key)
+        await self.images.forget(key, now=self._clock.now())
         await self._side.forget(key)
 
     # --- the pass -----------------------------------------------------------------------------
@@ -315,12 +322,15 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             plan, keys.apiserver_serial, crl, allocations=allocations, live=server_cm
         )
 
+        plan, image = await self._agent_image(key, tunnel, plan, now=now)
         role_config = plan.server_role_config
-        await self._ensure(
+        server = await self._ensure(
             DEPLOYMENT,
             server_deployment(
                 tenant=plan.tenant, settings=self._settings.build, role_config=role_config
             ),
+            live=image.live,
+            read=False,
         )
         await self._ensure(
             NETWORK_POLICY,
@@ -375,13 +385,18 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
                 observed_generation=plan.tenant.generation,
                 now=now,
             )
+        conditions = image.conditions(conditions, generation=plan.tenant.generation, now=now)
+        done = image.rolled_out(server, conditions)
         status = plan.status(
             conditions=conditions,
             previous=cast(TunnelStatusBody, tunnel.get("status") or {}),
             now=now,
             allocations=allocations,
         )
+        status.update(image.status(rolled_out=done))
         await self._write_status(key, tunnel, status)
+        if done:
+            await self._image_rolled_out(key, tunnel, image.verdict.image, now=now)
         await self._report_election(key, tunnel, plan)
         self._expiries(key, keys, crl)
         self.observed[key] = observation_fingerprint(None if observe_error else observations)
@@ -391,6 +406,8 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
             due.append(deletions.recheck_at)
         if plan.election.recheck_at is not None:  # the end of a new holder's grace
             due.append(plan.election.recheck_at)
+        if (deadline := image.deadline(self._settings.image_rollout)) is not None:
+            due.append(deadline)  # the pass that finds it not rolled out then halts the rollout
         requeue = max(1.0, min((d - now).total_seconds() for d in due))
         return Outcome(requeue_after=requeue, retry=side_retry), "retry" if side_retry else "ok"
 

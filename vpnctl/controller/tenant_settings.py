@@ -14,6 +14,7 @@ from typing import Any
 
 from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.budgets import DEFAULT_TENANT_SIDE_TIMEOUT
+from vpnctl.reconcile.image_rollout import RolloutPolicy
 from vpnctl.reconcile.settings import Settings
 
 FINALIZER = "vpnctl.io/cleanup"
@@ -44,5 +45,7 @@ class TenantSettings:
     # Upper bounds for the two calls that leave the service cluster.
     tenant_side_timeout: float = DEFAULT_TENANT_SIDE_TIMEOUT
     observe_timeout: float = 5.0
+    # How a new --agent-image reaches the tenants (controller/tenant_image.py).
+    image_rollout: RolloutPolicy = field(default_factory=RolloutPolicy)
     # Retries of a single API call on transport errors and 429 (Retry-After honoured).
     api_attempts: int = 3

@@ -34,6 +34,7 @@ from vpnctl.reconcile.conditions import (
     set_error_condition,
 )
 from vpnctl.reconcile.errors import ReconcileError
+from vpnctl.reconcile.image_rollout import IMAGE_ROLLOUT_HALTED
 from vpnctl.reconcile.status import NodeObservation
 from vpnctl.reconcile.tenant_plan import TenantPlan
 
@@ -124,7 +125,8 @@ class StatusReports(TenantCalls):
             await self._event(
                 tunnel,
                 "Normal"
-                if (condition["status"] == "True") != (condition["type"] == DEGRADED)
+                if (condition["status"] == "True")
+                != (condition["type"] in (DEGRADED, IMAGE_ROLLOUT_HALTED))
                 else "Warning",
                 condition["reason"],
                 f"{condition['type']} is {condition['status']}: {condition['message']}",

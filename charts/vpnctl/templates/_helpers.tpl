@@ -79,6 +79,8 @@ namespace: tenants live in namespaces of their own, never the release's). */}}
 - --metrics-address=:{{ $c.metricsPort }}
 - --health-address=:{{ $c.healthPort }}
 - --agent-image={{ default (include "vpnctl.image" .) $c.agentImage }}
+- --image-rollout-max-rolling={{ $c.imageRollout.maxRolling }}
+- --image-rollout-deadline={{ $c.imageRollout.deadline }}
 {{- range .Values.reservedCIDRs }}
 - --reserved-cidr={{ . }}
 {{- end }}
