@@ -84,9 +84,7 @@ def render_ruleset(policy: FirewallPolicy, *, table: str = TABLE) -> str:
         if apis
         else ""
     )
-    api_elements = (
-        f"        elements = {{ {', '.join(str(a) for a in apis)} }}\n" if apis else ""
-    )
+    api_elements = f"        elements = {{ {', '.join(str(a) for a in apis)} }}\n" if apis else ""
     pairs = owned_pairs(policy.owners)
     elements = f"        elements = {{ {', '.join(pairs)} }}\n" if pairs else ""
     return (

@@ -102,6 +102,7 @@ def server_desired_state(
     *,
     clients: Sequence[ClientRoutes],
     apiserver_serial: str | int | Sequence[str | int] | None,
+    replica_serials: Mapping[str, str | int | Sequence[str | int]] | None = None,
 ) -> dict[str, Any]:
     """The server's desired state (agent.desired_state.parse_desired's format).
 
@@ -115,6 +116,11 @@ def server_desired_state(
     signing (`Allocation.serials`); `apiserver_serial` is the sidecar's current serial, or
     a sequence (oldest first, current last) to keep a renewed one's predecessor admitted
     until the sidecar has the new certificate.
+
+    Further apiserver clients (one per held slot beyond 0, apiserver_slots.py) go to
+    `apiserver_replicas`, each with its serials from `replica_serials` by common name
+    (none yet: it admits nobody). The key is left out when there are none, so a
+    single-replica tenant's document is the one agents before it read.
     """
     api_serials = (
         _serial_list(apiserver_serial)
@@ -122,8 +128,26 @@ def server_desired_state(
         else _serial_list([] if apiserver_serial is None else [apiserver_serial])
     )
     apiserver: dict[str, Any] | None = None
+    replicas: list[dict[str, Any]] = []
     nodes: list[dict[str, Any]] = []
     for client in clients:
+        if client.machine is None and apiserver is not None:
+            raw = (replica_serials or {}).get(client.common_name)
+            serials = (
+                _serial_list(raw)
+                if isinstance(raw, Sequence) and not isinstance(raw, str)
+                else _serial_list([] if raw is None else [raw])
+            )
+            replicas.append(
+                {
+                    "common_name": client.common_name,
+                    "ifconfig_ip": str(client.tunnel_ip),
+                    "push_routes": [str(n) for n in client.push_routes],
+                    "serial": serials[-1] if serials else None,
+                    "serials": serials,
+                }
+            )
+            continue
         if client.machine is None:
             apiserver = {
                 "common_name": client.common_name,
@@ -146,10 +170,13 @@ def server_desired_state(
                 "serials": _serial_list([*client.serials, *([serial] if serial else [])]),
             }
         )
-    return {
+    doc: dict[str, Any] = {
         "apiserver": apiserver,
         "clients": sorted(nodes, key=lambda c: str(c["common_name"])),
     }
+    if replicas:
+        doc["apiserver_replicas"] = replicas
+    return doc
 
 
 def server_role_config(*, tenant: TenantSpec, settings: Settings) -> dict[str, Any]:
