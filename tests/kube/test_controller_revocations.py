@@ -226,7 +226,9 @@ async def test_a_node_replaced_under_its_name_is_admitted_only_with_its_new_seri
             mine = [a.get("serials") for a in allocations if a["node"] == "again-node-2"]
             return mine if any(mine) else None
 
-        assert await aeventually(recorded, timeout=10, what="status.allocations") == [["feed0002"]]
+        assert await aeventually(recorded, timeout=10, what="status.allocations") == [
+            ["feed0002"]
+        ]
 
 
 async def test_with_the_agent_installed_by_its_chart_nodes_certificates_are_still_signed(

@@ -94,7 +94,7 @@ def test_bootstrap_without_go_on_path_builds_a_program(tmp_path: Path) -> None:
     (module / "go.mod").write_text("module example.invalid/hello\n\ngo 1.26.0\n")
     (module / "main.go").write_text(
         'package main\n\nimport "os"\n\nfunc main() { os.Stdout.WriteString("built by "'
-        ' + os.Args[1] + "\\n") }\n'
+        " + os.Args[1] + \"\\n\") }\n"
     )
     build_env = {
         **env,
@@ -127,9 +127,9 @@ def test_bootstrap_without_go_on_path_builds_a_program(tmp_path: Path) -> None:
 
 
 def test_a_suitable_go_on_path_is_used_as_it_is(tmp_path: Path) -> None:
-    installed = next((p for p in WELL_KNOWN_GOS if os.access(p, os.X_OK)), None) or shutil.which(
-        "go"
-    )
+    installed = next(
+        (p for p in WELL_KNOWN_GOS if os.access(p, os.X_OK)), None
+    ) or shutil.which("go")
     if installed is None:
         pytest.skip("no Go installed on this machine")
     version = parse_go_version(

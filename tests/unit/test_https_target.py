@@ -29,3 +29,4 @@ def test_listen_address_parsing() -> None:
     for bad in ("198.19.0.11", ":80", "h:0", "h:99999", "h:x"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_listen(bad)
+

@@ -203,7 +203,9 @@ def test_metrics_server_flags_rbac_and_apiservice() -> None:
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "metrics-server.kube-system.svc" in names.get_values_for_type(x509.DNSName)
 
-    roles = {o["metadata"]["name"]: o for o in _objects() if o["kind"] in ("ClusterRole", "Role")}
+    roles = {
+        o["metadata"]["name"]: o for o in _objects() if o["kind"] in ("ClusterRole", "Role")
+    }
     bound = set()
     for obj in _objects():
         if obj["kind"] not in ("ClusterRoleBinding", "RoleBinding"):

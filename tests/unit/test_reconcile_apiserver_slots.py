@@ -129,7 +129,7 @@ def test_desired_state_lists_each_held_slot_with_its_own_serial() -> None:
             allocations=allocations,
             service_route_node=None,
             apiserver_slots=survivor.slots,
-        ),  # fmt: skip
+        ),
         apiserver_serial="3f9a",
         replica_serials={f"{APISERVER_COMMON_NAME}-2": "a2"},
     )

@@ -68,7 +68,9 @@ def test_lab_plan_routes() -> None:
 def test_node_subnet_in_extra_routes_covers_nodes_and_is_not_an_iroute() -> None:
     t = tenant(spec={"extraRoutes": [capi.LAB_NODES_CIDR]})
     routes = plan(t)
-    assert tenant_routes(t) == nets("198.19.0.0/24", "198.19.64.0/18", "198.19.192.0/20")
+    assert tenant_routes(t) == nets(
+        "198.19.0.0/24", "198.19.64.0/18", "198.19.192.0/20"
+    )
     # The node subnet overlaps the nodes' /32s, so no client carries it whole.
     assert NET("198.19.0.0/24") not in routes["node-1"].iroutes
 

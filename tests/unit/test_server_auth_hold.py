@@ -82,13 +82,9 @@ async def answered(mgmt: FakeManagement, count: int) -> list[tuple[str, int]]:
 
 
 def held(registry: CollectorRegistry) -> float:
-    return (
-        registry.get_sample_value(
-            "vpnctl_agent_client_auth_total",
-            {"role": "server", "kind": "CONNECT", "result": "held"},
-        )
-        or 0.0
-    )
+    return registry.get_sample_value(
+        "vpnctl_agent_client_auth_total", {"role": "server", "kind": "CONNECT", "result": "held"}
+    ) or 0.0
 
 
 async def test_a_fresh_serial_is_admitted_when_the_desired_state_catches_up(

@@ -246,7 +246,9 @@ def make_plan(*, prefix: str = DEFAULT_PREFIX, nodes: int) -> LabPlan:
 def _check_plan(plan: LabPlan) -> None:
     """Invariants: inside the lab range, per-node networks inside the tenant's."""
     for item in plan.all_addresses():
-        inside = item.subnet_of(LAB_RANGE) if isinstance(item, IPv4Network) else item in LAB_RANGE
+        inside = (
+            item.subnet_of(LAB_RANGE) if isinstance(item, IPv4Network) else item in LAB_RANGE
+        )
         if not inside:  # a bug in this module, never the user's input
             raise AssertionError(f"lab address {item} is outside {LAB_RANGE}")
     for n in plan.nodes:

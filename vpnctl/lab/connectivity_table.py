@@ -88,7 +88,9 @@ def render_table(rows: Sequence[NodeRow]) -> str:
     """The table, header first, one line per row, columns aligned, no trailing spaces."""
     lines: list[tuple[str, ...]] = [COLUMNS]
     for r in rows:
-        lines.append((r.node, r.internal_ip, r.tunnel_ip or "<none>", *(cell(c) for c in r.checks)))
+        lines.append(
+            (r.node, r.internal_ip, r.tunnel_ip or "<none>", *(cell(c) for c in r.checks))
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
     return "\n".join(
         GAP.join(text.ljust(w) for text, w in zip(line, widths, strict=True)).rstrip()

@@ -69,7 +69,9 @@ async def run(
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise LabError(f"command timed out after {timeout:g}s: {' '.join(cmd)}", argv=cmd) from None
+        raise LabError(
+            f"command timed out after {timeout:g}s: {' '.join(cmd)}", argv=cmd
+        ) from None
     except BaseException:
         if proc.returncode is None:
             proc.kill()

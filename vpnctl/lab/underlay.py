@@ -130,7 +130,6 @@ async def destroy_underlay(plan: LabPlan) -> None:
             errors.append(str(e))
     if errors:
         raise netns.LabError(
-            f"lab {plan.prefix!r} was not fully removed:\n"
-            + "\n".join(errors)
+            f"lab {plan.prefix!r} was not fully removed:\n" + "\n".join(errors)
             + f"\nsee `ip netns list | grep ^{plan.prefix}-` and run the removal again"
         )
