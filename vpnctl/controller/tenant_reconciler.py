@@ -70,8 +70,9 @@ from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.queue import Outcome
 from vpnctl.controller.revocation_store import RevocationStore, reported_certificates
 from vpnctl.controller.tenant_api import TenantApi, is_deleting, meta_of
+from vpnctl.controller.tenant_apiserver_slots import ApiserverSlotPasses
 from vpnctl.controller.tenant_lifecycle import TunnelLifecycle, has_cluster_owner, is_paused
-from vpnctl.controller.tenant_pki import PKIIssuance, TenantPKI
+from vpnctl.controller.tenant_pki import TenantPKI
 from vpnctl.controller.tenant_server import record_signed
 from vpnctl.controller.tenant_settings import TenantSettings
 from vpnctl.controller.tenant_status import (
@@ -124,7 +125,7 @@ def _belongs(machine: Mapping[str, Any], cluster: str) -> bool:
     return bool((meta_of(machine).get("labels") or {}).get(CAPI_CLUSTER_NAME_LABEL) == cluster)
 
 
-class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
+class TenantReconciler(TunnelLifecycle, StatusReports, ApiserverSlotPasses):
     """Reconciles tenants one key at a time (the queue guarantees that); see the module
     docstring. ``api`` is the service cluster's apiserver (``vpnctl.kube.Kube``, or a fake
     of ``TenantApi``). ``machines`` is the operator's Machine watch cache; without it
@@ -311,8 +312,17 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         # A revoked serial admits nobody again, whatever Machine the tenant side reports
         # it for (its CSRs outlive a node replaced under the same name).
         allocations = forget_serials(plan.allocation.allocations, gone=step.book.revoked)
+        # One identity and tunnel address per hosted apiserver pod (apiserver_slots.py).
+        replicas = await self._ensure_apiserver_slots(
+            plan.tenant, plan.names, keys, allocations=allocations, now=now
+        )
         server_cm = await self._apply_server_config(
-            plan, keys.apiserver_serial, crl, allocations=allocations, live=server_cm
+            plan,
+            keys.apiserver_serial,
+            crl,
+            allocations=allocations,
+            live=server_cm,
+            replicas=replicas,
         )
 
         role_config = plan.server_role_config
@@ -357,7 +367,12 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance):
         if updated != allocations or crl.changed:
             allocations = updated
             await self._apply_server_config(
-                plan, keys.apiserver_serial, crl, allocations=allocations, live=server_cm
+                plan,
+                keys.apiserver_serial,
+                crl,
+                allocations=allocations,
+                live=server_cm,
+                replicas=replicas,
             )
 
         conditions = self._conditions(

@@ -30,7 +30,7 @@ Everything here is pure; the pods, Secrets and patches are the controller's
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -141,3 +141,12 @@ def plan_slots(
         if (ip := addresses[i]) is not None
     )
     return SlotPlan(slots=slots, annotate=annotate, waiting=tuple(waiting))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiserverReplicas:
+    """What the server's desired state needs of the apiserver pods: the held slots and
+    the serial of each further slot's certificate by common name."""
+
+    slots: tuple[Slot, ...] = ()
+    serials: Mapping[str, str] = field(default_factory=dict)

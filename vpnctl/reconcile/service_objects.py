@@ -95,13 +95,21 @@ def _names(tenant: TenantSpec) -> TenantNames:
 
 
 def _secret(
-    *, tenant: TenantSpec, name: str, kind: str, data: Mapping[str, bytes], component: str
+    *,
+    tenant: TenantSpec,
+    name: str,
+    kind: str,
+    data: Mapping[str, bytes],
+    component: str,
+    annotations: Mapping[str, str] = {},
 ) -> KubeObject:
     return stamp(
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": _metadata(tenant=tenant, name=name, component=component),
+            "metadata": _metadata(
+                tenant=tenant, name=name, component=component, annotations=annotations
+            ),
             "type": kind,
             "data": {k: _b64(v) for k, v in sorted(data.items())},
         }
@@ -125,6 +133,7 @@ def _tls_secret(
     component: str,
     pems: tuple[bytes, bytes, bytes],
     tls_crypt_v2: tuple[str, bytes],
+    annotations: Mapping[str, str] = {},
 ) -> KubeObject:
     """A `kubernetes.io/tls` Secret: PEMS (certificate, key, CA) and one tls-crypt-v2 key
     (TLS_CRYPT_V2 is its data key and its bytes)."""
@@ -136,6 +145,7 @@ def _tls_secret(
         kind="kubernetes.io/tls",
         data={TLS_CERT: cert_pem, TLS_KEY: key_pem, CA_CERT: ca_pem, tc_field: tc_key},
         component=component,
+        annotations=annotations,
     )
 
 
@@ -173,13 +183,28 @@ def apiserver_client_secret(
     key_pem: bytes,
     ca_pem: bytes,
     tls_crypt_v2_client_key: bytes,
+    slot: int = 0,
+    holder_uid: str | None = None,
 ) -> KubeObject:
-    """The apiserver sidecar's client certificate, key, CA and tls-crypt-v2 client key."""
+    """The apiserver sidecar's client certificate, key, CA and tls-crypt-v2 client key:
+    slot 0's, or apiserver slot SLOT's (apiserver_slots.py), issued for the pod with uid
+    HOLDER_UID (kept on the Secret: when the slot passes to another pod, the controller
+    issues a new certificate)."""
     pems = (cert_pem, key_pem, ca_pem)
     tls_crypt = (TLS_CRYPT_V2_CLIENT, tls_crypt_v2_client_key)
+    annotations = {} if holder_uid is None else {SLOT_HOLDER_ANNOTATION: holder_uid}
     return _tls_secret(
-        tenant, _names(tenant).apiserver_secret, COMPONENT_APISERVER, pems, tls_crypt
+        tenant,
+        _names(tenant).apiserver_slot_secret(slot),
+        COMPONENT_APISERVER,
+        pems,
+        tls_crypt,
+        annotations,
     )
+
+
+# On an apiserver slot's Secret: the uid of the pod its certificate was issued for.
+SLOT_HOLDER_ANNOTATION = "vpnctl.io/apiserver-pod-uid"
 
 
 # --- ConfigMaps ---------------------------------------------------------------------------
