@@ -121,7 +121,7 @@ def test_desired_state_lists_each_held_slot_with_its_own_serial() -> None:
     ]
     assert [c.common_name for c in state.clients] == ["node-1", "node-2", "node-3"]
 
-    # One pod left (it holds slot 2): slot 1 goes; slot 0 stays (see apiserver_slots.py).
+    # One pod left (it holds slot 2): slots 0 and 1 go.
     survivor = plan_slots([pod("api-c", 2)], addresses=addresses)
     doc = server_desired_state(
         clients=client_routes(
@@ -133,8 +133,11 @@ def test_desired_state_lists_each_held_slot_with_its_own_serial() -> None:
         apiserver_serial="3f9a",
         replica_serials={f"{APISERVER_COMMON_NAME}-2": "a2"},
     )
-    assert [a["common_name"] for a in doc["apiserver_replicas"]] == [f"{APISERVER_COMMON_NAME}-2"]
-    # A single replica's document has no apiserver_replicas: older agents read it.
+    assert doc["apiserver"]["common_name"] == f"{APISERVER_COMMON_NAME}-2"
+    assert doc["apiserver"]["serials"] == ["a2"]
+    assert "apiserver_replicas" not in doc
+    parse_desired(doc, path="desired.json", tunnel_cidr=t.spec.tunnel_cidr)
+    # No apiserver pod at all: slot 0 alone, as before slots; older agents read it.
     single = server_desired_state(
         clients=client_routes(tenant=t, allocations=allocations, service_route_node=None),
         apiserver_serial="3f9a",

@@ -19,7 +19,7 @@ from typing import Any
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
 from vpnctl.reconcile.routes import ClientRoutes, tenant_routes
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant_spec import TenantSpec
+from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME, TenantSpec
 
 # The agent's UDP echo port on the server's tunnel address (agent.role_config.DEFAULT_PROBE_PORT).
 PROBE_PORT = 7947
@@ -117,28 +117,28 @@ def server_desired_state(
     a sequence (oldest first, current last) to keep a renewed one's predecessor admitted
     until the sidecar has the new certificate.
 
-    Further apiserver clients (one per held slot beyond 0, apiserver_slots.py) go to
-    `apiserver_replicas`, each with its serials from `replica_serials` by common name
-    (none yet: it admits nobody). The key is left out when there are none, so a
+    There is one apiserver client per held slot (apiserver_slots.py): the first goes to
+    `apiserver`, the others to `apiserver_replicas`. Slot 0's serials are
+    `apiserver_serial`; each other slot's are in `replica_serials` by common name (none
+    yet: it admits nobody). `apiserver_replicas` is left out when empty, so a
     single-replica tenant's document is the one agents before it read.
     """
-    api_serials = (
-        _serial_list(apiserver_serial)
-        if isinstance(apiserver_serial, Sequence) and not isinstance(apiserver_serial, str)
-        else _serial_list([] if apiserver_serial is None else [apiserver_serial])
-    )
-    apiserver: dict[str, Any] | None = None
-    replicas: list[dict[str, Any]] = []
+
+    def serial_list(raw: str | int | Sequence[str | int] | None) -> list[str]:
+        if isinstance(raw, Sequence) and not isinstance(raw, str):
+            return _serial_list(raw)
+        return _serial_list([] if raw is None else [raw])
+
+    apiservers: list[dict[str, Any]] = []
     nodes: list[dict[str, Any]] = []
     for client in clients:
-        if client.machine is None and apiserver is not None:
-            raw = (replica_serials or {}).get(client.common_name)
-            serials = (
-                _serial_list(raw)
-                if isinstance(raw, Sequence) and not isinstance(raw, str)
-                else _serial_list([] if raw is None else [raw])
+        if client.machine is None:
+            serials = serial_list(
+                apiserver_serial
+                if client.common_name == APISERVER_COMMON_NAME
+                else (replica_serials or {}).get(client.common_name)
             )
-            replicas.append(
+            apiservers.append(
                 {
                     "common_name": client.common_name,
                     "ifconfig_ip": str(client.tunnel_ip),
@@ -147,15 +147,6 @@ def server_desired_state(
                     "serials": serials,
                 }
             )
-            continue
-        if client.machine is None:
-            apiserver = {
-                "common_name": client.common_name,
-                "ifconfig_ip": str(client.tunnel_ip),
-                "push_routes": [str(n) for n in client.push_routes],
-                "serial": api_serials[-1] if api_serials else None,
-                "serials": api_serials,
-            }
             continue
         kubelet = None if client.kubelet is None else f"{client.kubelet[0]}:{client.kubelet[1]}"
         serial = _serial_text(client.serial)
@@ -171,11 +162,11 @@ def server_desired_state(
             }
         )
     doc: dict[str, Any] = {
-        "apiserver": apiserver,
+        "apiserver": apiservers[0] if apiservers else None,
         "clients": sorted(nodes, key=lambda c: str(c["common_name"])),
     }
-    if replicas:
-        doc["apiserver_replicas"] = replicas
+    if len(apiservers) > 1:
+        doc["apiserver_replicas"] = apiservers[1:]
     return doc
 
 

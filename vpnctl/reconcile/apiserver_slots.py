@@ -16,10 +16,14 @@ an address each. The design (README, "Several apiserver replicas"):
   certificate. The pods' annotations are the record: a restarted controller reads them
   back, so no pod is moved to another slot, and nothing is kept in memory.
 - A pod keeps its slot for as long as it lives; a new pod gets the lowest free slot.
-  Each slot's certificate is issued *for one pod* (its uid is on the Secret): when the
-  slot passes to another pod the certificate is issued anew, so the serial the server
-  admits is that pod's alone. A slot without a live pod is left out of the server's
-  desired state: the server kicks and refuses it (it admits only listed serials).
+  The certificate of each slot beyond 0 is issued *for one pod* (its uid is on the
+  Secret): when the slot passes to another pod it is issued anew, so the serial the
+  server admits is that pod's alone. Slot 0 keeps the one Secret and certificate the
+  single apiserver client always had (renewed as before), so a sidecar that predates
+  slots, or a kubelet without downward-API files, still connects as slot 0.
+- A slot without a live pod is left out of the server's desired state: the server
+  kicks and refuses it (it admits only listed serials). Only when no apiserver pod
+  exists at all is slot 0 listed, as before there were slots.
 - Scaling needs nothing by hand: kube-controller-manager adds or deletes pods, the
   controller (which watches them) assigns or frees slots.
 

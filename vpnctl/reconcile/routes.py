@@ -92,9 +92,9 @@ def client_routes(
     service_route_node: str | None,
     apiserver_slots: Sequence[Slot] = (),
 ) -> tuple[ClientRoutes, ...]:
-    """The CCD of every client: the apiserver clients first (slot 0, always there, then
-    each further held slot of `apiserver_slots` by index; apiserver_slots.py), then each
-    allocated member by name.
+    """The CCD of every client: the apiserver clients first (each held slot of
+    `apiserver_slots` by index, apiserver_slots.py; slot 0 alone when no apiserver pod
+    holds one, as before there were slots), then each allocated member by name.
 
     Allocations of pending Machines (kept in status) get no CCD: a client without a CCD
     file is refused by the server (`ccd-exclusive`).
@@ -135,4 +135,5 @@ def client_routes(
         for s in sorted(apiserver_slots, key=lambda s: s.index)
         if s.index > 0
     ]
-    return (apiserver, *replicas, *sorted(nodes, key=lambda c: c.common_name))
+    first = [apiserver] if not apiserver_slots or any(s.index == 0 for s in apiserver_slots) else []
+    return (*first, *replicas, *sorted(nodes, key=lambda c: c.common_name))
