@@ -53,6 +53,10 @@ class ApiserverPaths:
     tls_crypt_v2 = "/etc/vpnctl-apiserver/pki/tls-crypt-v2-client.key"
     state_dir = "/run/vpnctl-apiserver"
     management = "/run/vpnctl-apiserver/client.sock"
+    # The pod's apiserver slot (downward API) and each further slot's credentials
+    # (slots/<n>/...): agent/apiserver_slot.py, reconcile/apiserver_slots.py.
+    slot_file = "/etc/vpnctl-apiserver/slot"
+    slots_dir = "/etc/vpnctl-apiserver/slots"
 
 
 class NodePaths:
@@ -245,6 +249,7 @@ def apiserver_role_config(
         paths=ApiserverPaths,
     )
     doc["routes"] = [str(net) for net in tenant_routes(tenant)]
+    doc["slot"] = {"file": ApiserverPaths.slot_file, "dir": ApiserverPaths.slots_dir}
     return doc
 
 

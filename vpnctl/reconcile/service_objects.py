@@ -34,6 +34,7 @@ from typing import Any
 
 from vpnctl.api import KubeObject
 from vpnctl.reconcile.agentdocs import ApiserverPaths, ServerPaths, canonical_json
+from vpnctl.reconcile.apiserver_slots import MAX_APISERVER_SLOTS, SLOT_ANNOTATION
 from vpnctl.reconcile.diff import digest, stamp
 from vpnctl.reconcile.names import (
     COMPONENT_APISERVER,
@@ -269,6 +270,48 @@ def _relative(path: str, *, under: str) -> str:
     return path[len(under) + 1 :]
 
 
+def _slot_sources(names: TenantNames) -> list[dict[str, Any]]:
+    """The apiserver slots (reconcile/apiserver_slots.py) in the sidecar's config volume:
+    the pod's own slot number from its annotation (a downward-API file, empty until the
+    controller writes it), and every further slot's Secret under `slots/<n>/`, each
+    optional, so the pod starts whichever of them exist and scaling never changes the
+    pod template."""
+    p = ApiserverPaths
+    slot_file = _relative(p.slot_file, under=p.config_dir)
+    slots_dir = _relative(p.slots_dir, under=p.config_dir)
+    sources: list[dict[str, Any]] = [
+        {
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": slot_file,
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{SLOT_ANNOTATION}']"},
+                    }
+                ]
+            }
+        }
+    ]
+    for index in range(1, MAX_APISERVER_SLOTS):
+        base = f"{slots_dir}/{index}"
+        sources.append(
+            {
+                "secret": {
+                    "name": names.apiserver_slot_secret(index),
+                    "optional": True,
+                    "items": [
+                        _item(CA_CERT, f"{base}/ca.crt"),
+                        _item(TLS_CERT, f"{base}/tls.crt"),
+                        _item(TLS_KEY, f"{base}/tls.key", mode=_KEY_MODE),
+                        _item(
+                            TLS_CRYPT_V2_CLIENT, f"{base}/tls-crypt-v2-client.key", mode=_KEY_MODE
+                        ),
+                    ],
+                }
+            }
+        )
+    return sources
+
+
 def _tls_secret_source(
     name: str, tls_crypt_v2_key: str, p: type[ServerPaths] | type[ApiserverPaths]
 ) -> dict[str, Any]:
@@ -487,6 +530,7 @@ def apiserver_sidecar(
                     }
                 },
                 _tls_secret_source(names.apiserver_secret, TLS_CRYPT_V2_CLIENT, p),
+                *_slot_sources(names),
             ],
         },
     }
