@@ -28,7 +28,7 @@ EVENTS = EventLog(logger=logging.getLogger("test"), role="apiserver")
 
 def _tenant() -> TenantSpec:
     t = capi.lab_tenant()
-    return parse_tenant(tunnel=t.tunnel, cluster=t.cluster, machines=t.machines, nodes=t.nodes)  # type: ignore[arg-type]
+    return parse_tenant(tunnel=t.tunnel, cluster=t.cluster, machines=t.machines, nodes=t.nodes)
 
 
 def _config(tmp_path: Path) -> ClientRoleConfig:

@@ -89,7 +89,7 @@ def test_the_slot_annotation_is_read_strictly() -> None:
 
 def _tenant() -> TenantSpec:
     t = capi.lab_tenant()
-    return parse_tenant(tunnel=t.tunnel, cluster=t.cluster, machines=t.machines, nodes=t.nodes)  # type: ignore[arg-type]
+    return parse_tenant(tunnel=t.tunnel, cluster=t.cluster, machines=t.machines, nodes=t.nodes)
 
 
 def test_desired_state_lists_each_held_slot_with_its_own_serial() -> None:
