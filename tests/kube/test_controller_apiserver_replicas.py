@@ -92,7 +92,9 @@ async def _desired(api: Kube, namespace: str) -> DesiredState:
 
 
 async def _one_client_per_pod(api: Kube, namespace: str, count: int) -> DesiredState | None:
-    """The desired state once it has COUNT apiserver clients, one per live pod's slot."""
+    """The desired state once it has COUNT apiserver clients, one per live pod's slot,
+    each slot beyond 0 admitting the certificate issued for the pod that holds it now
+    (while the sidecar's attachment rolls the pods, slots pass to new pods)."""
     pods = await _pods(api, namespace)
     slots = {parse_slot(p["metadata"].get("annotations")) for p in pods.values()}
     if len(pods) != count or None in slots or len(slots) != count:
@@ -101,7 +103,29 @@ async def _one_client_per_pod(api: Kube, namespace: str, count: int) -> DesiredS
     names = {slot_common_name(s) for s in slots if s is not None}
     if {a.common_name for a in state.apiservers} != names:
         return None
+    for pod in pods.values():
+        index = parse_slot(pod["metadata"]["annotations"])
+        if not index:
+            continue
+        secret = await _slot_secret(api, namespace, index)
+        entry = state.entry(slot_common_name(index))
+        holder = (secret["metadata"].get("annotations") or {}).get(SLOT_HOLDER_ANNOTATION)
+        if holder != pod["metadata"]["uid"] or entry is None:
+            return None
+        if _serial(secret) not in entry.allowed_serials:
+            return None
     return state
+
+
+async def _slot_secret(api: Kube, namespace: str, index: int) -> dict[str, Any]:
+    name = TenantNames.for_cluster(CLUSTER).apiserver_slot_secret(index)
+    secret = await api.get(SECRET, name, namespace)
+    assert secret is not None, f"no Secret {name} for a held slot"
+    return secret
+
+
+def _serial(secret: dict[str, Any]) -> int:
+    return certs.cert_info(base64.b64decode(secret["data"]["tls.crt"])).serial
 
 
 async def test_each_apiserver_replica_gets_its_own_identity_and_scaling_down_unlists_them(
@@ -129,24 +153,14 @@ async def test_each_apiserver_replica_gets_its_own_identity_and_scaling_down_unl
         assert len({s for a in apis for s in a.allowed_serials}) == len(
             [s for a in apis for s in a.allowed_serials]
         ), "no two replicas share a certificate"
-        # Each further slot's certificate is its own, issued for the pod holding it.
-        pods = await _pods(kube, namespace)
-        names = TenantNames.for_cluster(CLUSTER)
-        for pod in pods.values():
+        # Each further slot's certificate is its own, issued for the pod holding it
+        # (which _one_client_per_pod waited for), under the slot's own name.
+        for pod in (await _pods(kube, namespace)).values():
             index = parse_slot(pod["metadata"]["annotations"])
-            assert index is not None
-            if index == 0:
-                continue
-            secret = await kube.get(SECRET, names.apiserver_slot_secret(index), namespace)
-            assert secret is not None
-            assert (
-                secret["metadata"]["annotations"][SLOT_HOLDER_ANNOTATION] == pod["metadata"]["uid"]
-            )
-            info = certs.cert_info(base64.b64decode(secret["data"]["tls.crt"]))
-            entry = three.entry(slot_common_name(index))
-            assert entry is not None
-            assert info.serial in entry.allowed_serials
-            assert info.common_name == slot_common_name(index)
+            if index:
+                secret = await _slot_secret(kube, namespace, index)
+                info = certs.cert_info(base64.b64decode(secret["data"]["tls.crt"]))
+                assert info.common_name == slot_common_name(index)
 
         # Scale to one: the two gone pods' clients leave the desired state.
         await kube.apply(
