@@ -107,12 +107,17 @@ class ApiserverSlotPasses(PKIIssuance):
                 "their sidecars wait for a slot; run fewer apiserver replicas",
             )
         serials: dict[str, str] = {}
+        renewals: list[datetime] = []
+        fraction = tenant.spec.certificates.renew_fraction
         for slot in plan.slots:
             if slot.index == 0:
                 continue  # slot 0's certificate is the one _ensure_pki keeps
             leaf = await self._ensure_slot_certificate(tenant, names, keys, slot, now=now)
             serials[slot.common_name] = format(certs.cert_info(leaf.cert_pem).serial, "x")
-        return ApiserverReplicas(slots=plan.slots, serials=serials)
+            renewals.append(certs.renew_at(leaf.cert_pem, renew_fraction=fraction))
+        return ApiserverReplicas(
+            slots=plan.slots, serials=serials, renew_at=min(renewals, default=None)
+        )
 
     async def _annotate_slot(self, namespace: str, pod_name: str, index: int) -> None:
         patch: dict[str, Any] = {"metadata": {"annotations": {SLOT_ANNOTATION: str(index)}}}

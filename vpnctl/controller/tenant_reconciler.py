@@ -402,6 +402,8 @@ class TenantReconciler(TunnelLifecycle, StatusReports, ApiserverSlotPasses):
         self.observed[key] = observation_fingerprint(None if observe_error else observations)
 
         due = [keys.renew_at, crl.refresh_at]
+        if replicas.renew_at is not None:  # an apiserver slot's certificate
+            due.append(replicas.renew_at)
         if deletions.recheck_at is not None:  # a draining node's bound
             due.append(deletions.recheck_at)
         if plan.election.recheck_at is not None:  # the end of a new holder's grace

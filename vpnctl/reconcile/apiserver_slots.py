@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -154,3 +155,5 @@ class ApiserverReplicas:
 
     slots: tuple[Slot, ...] = ()
     serials: Mapping[str, str] = field(default_factory=dict)
+    # The earliest renewal due among the slots' certificates (None: no slot beyond 0).
+    renew_at: datetime | None = None
