@@ -17,6 +17,7 @@ import sys
 from prometheus_client import CollectorRegistry
 
 from agent.agent_clock import SYSTEM_CLOCK
+from agent.apiserver_slot import wait_for_slot
 from agent.config_reader import InputError
 from agent.event_log import EventLog, setup_logging
 from agent.netlink import Kernel, PyRoute2Kernel
@@ -86,6 +87,12 @@ async def run(role: Role, config_path: str) -> int:
                 cfg=cfg, registry=registry, clock=SYSTEM_CLOCK, rng=rng, kernel_factory=_open_kernel
             )
         else:  # re-reads its routes from the file (agent/roles/apiserver.py)
+            slotted = await wait_for_slot(
+                cfg, clock=SYSTEM_CLOCK, events=events, stopping=stop.is_set
+            )
+            if slotted is None:
+                return 0
+            cfg = slotted
             runner = ApiserverRole(
                 cfg=cfg, registry=registry, clock=SYSTEM_CLOCK, rng=rng,
                 kernel_factory=_open_kernel, config_path=config_path,

@@ -10,6 +10,11 @@ Desired state of the server (`desired_path`), re-read whenever it changes:
                   "serials": ["4a77...", "5b01..."]}]}
 
     - `apiserver` may be null (then nothing may open connections through the tunnel);
+    - `apiserver_replicas` (optional, default []) lists further apiserver clients, one per
+      hosted apiserver replica beyond the first, each with its own common name, address
+      and serials, in the same form as `apiserver`. Every apiserver client may open
+      connections through the tunnel; none of them may be opened to. Left out when there
+      is one replica, so a single-replica tenant's file is what older agents read;
     - `serial` is the client certificate's serial in hex (colons allowed, as `openssl x509
       -serial` prints it), or null; the server kicks a connected client the moment its
       serial appears in the CRL, so a client without one is only refused on reconnect;
@@ -75,13 +80,20 @@ class ClientEntry:
 class DesiredState:
     apiserver: ClientEntry | None
     clients: tuple[ClientEntry, ...] = ()
+    # The apiserver clients after the first (one per further hosted apiserver replica).
+    apiserver_replicas: tuple[ClientEntry, ...] = ()
     # Raw digest of the file the state came from, for logs ("which version is live").
     source_digest: str = field(default="", compare=False)
 
     @property
+    def apiservers(self) -> tuple[ClientEntry, ...]:
+        """Every apiserver client: the ones that may open connections to the nodes."""
+        return ((self.apiserver,) if self.apiserver is not None else ()) + self.apiserver_replicas
+
+    @property
     def entries(self) -> tuple[ClientEntry, ...]:
-        """The apiserver (if any) and every node client."""
-        return ((self.apiserver,) if self.apiserver is not None else ()) + self.clients
+        """The apiserver clients and every node client."""
+        return self.apiservers + self.clients
 
     def serial_to_cn(self) -> dict[int, str]:
         return {s: e.common_name for e in self.entries for s in e.allowed_serials}
@@ -139,8 +151,17 @@ def _check_semantics(r: Reader, state: DesiredState, *, tunnel: IPv4Network) -> 
     ips: dict[IPv4Address, str] = {}
     serials: dict[int, str] = {}
     owned: list[tuple[IPv4Network, str]] = []
+    n_api = state.apiserver is not None
+    if state.apiserver is None and state.apiserver_replicas:
+        r.fail("apiserver_replicas", "must be empty while apiserver is null; "
+               "list the first apiserver client under apiserver")  # fmt: skip
     for i, e in enumerate(state.entries):
-        where = "apiserver" if e.is_apiserver else f"clients[{i - (state.apiserver is not None)}]"
+        if i < n_api:
+            where = "apiserver"
+        elif i < n_api + len(state.apiserver_replicas):
+            where = f"apiserver_replicas[{i - n_api}]"
+        else:
+            where = f"clients[{i - n_api - len(state.apiserver_replicas)}]"
         label = f"{where} ({e.common_name})"
         if e.common_name in names:
             r.fail(f"{where}.common_name", f"{e.common_name!r} is also used by "
@@ -192,9 +213,17 @@ def parse_desired(doc_raw: object, *, path: str, tunnel_cidr: IPv4Network) -> De
     r = Reader(path)
     state: DesiredState | None = None
     try:
-        doc = r.obj(doc_raw, "", keys=("apiserver", "clients"))
+        doc = r.obj(doc_raw, "", keys=("apiserver", "apiserver_replicas", "clients"))
         api = doc.get("apiserver")
         api_entry = None if api is None else _entry(r, api, "apiserver", apiserver=True)
+        replicas_raw = doc.get("apiserver_replicas", [])
+        if not isinstance(replicas_raw, list):
+            r.fail("apiserver_replicas", f"must be a list, got {kind_of(replicas_raw)}")
+            raise Problems
+        replicas = [
+            _entry(r, a, f"apiserver_replicas[{i}]", apiserver=True)
+            for i, a in enumerate(replicas_raw)
+        ]
         clients_raw = doc.get("clients", [])
         if not isinstance(clients_raw, list):
             r.fail("clients", f"must be a list, got {kind_of(clients_raw)}")
@@ -204,7 +233,9 @@ def parse_desired(doc_raw: object, *, path: str, tunnel_cidr: IPv4Network) -> De
         ]
         if not r.problems:
             state = DesiredState(
-                apiserver=api_entry, clients=tuple(e for e in entries if e is not None)
+                apiserver=api_entry,
+                clients=tuple(e for e in entries if e is not None),
+                apiserver_replicas=tuple(a for a in replicas if a is not None),
             )
             _check_semantics(r, state, tunnel=tunnel_cidr)
     except Problems:

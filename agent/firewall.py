@@ -7,7 +7,8 @@ policy of DESIGN.md lives:
 * FORWARD into tun only from tun: nothing that enters from eth0 (the pod network, the
   outside) is ever forwarded to a tunnel client, and tunnel clients reach nothing but
   the tunnel.
-* FORWARD from tun: NEW connections only from the apiserver's tunnel address; answers
+* FORWARD from tun: NEW connections only from the apiserver clients' tunnel addresses
+  (one per hosted apiserver replica, the set `apiservers`); answers
   (ESTABLISHED) from anyone; everything else dropped. So a node cannot open anything
   towards the apiserver, nor towards another node.
 * RELATED (ICMP errors about a tracked flow) only towards the apiserver, and only from
@@ -56,7 +57,9 @@ class FirewallError(RuntimeError):
 @dataclass(frozen=True, kw_only=True)
 class FirewallPolicy:
     tun: str
-    apiserver_ip: IPv4Address | None
+    # The tunnel addresses of the apiserver clients (one per replica); empty: nobody may
+    # open connections through the tunnel.
+    apiserver_ips: tuple[IPv4Address, ...]
     probe_port: int
     # Per tunnel client, the prefixes it owns (its tunnel address /32 and its iroutes).
     owners: Sequence[tuple[IPv4Network, ...]] = field(default=())
@@ -67,6 +70,7 @@ class FirewallPolicy:
         if not 1 <= self.probe_port <= 65535:
             raise ConfigError(f"probe port {self.probe_port} is out of range 1..65535")
         object.__setattr__(self, "owners", tuple(tuple(nets) for nets in self.owners))
+        object.__setattr__(self, "apiserver_ips", tuple(sorted(set(self.apiserver_ips))))
 
 
 def owned_pairs(owners: Sequence[Sequence[IPv4Network]]) -> list[str]:
@@ -77,14 +81,15 @@ def owned_pairs(owners: Sequence[Sequence[IPv4Network]]) -> list[str]:
 def render_ruleset(policy: FirewallPolicy, *, table: str = TABLE) -> str:
     """The nft script that (re)creates our table atomically."""
     tun = f'"{policy.tun}"'
-    api = policy.apiserver_ip
+    apis = policy.apiserver_ips
     from_apiserver = (
-        f"        iifname {tun} ip saddr {api} ct state new accept\n"
-        f"        iifname {tun} ip daddr {api} ct state related meta l4proto icmp"
+        f"        iifname {tun} ip saddr @apiservers ct state new accept\n"
+        f"        iifname {tun} ip daddr @apiservers ct state related meta l4proto icmp"
         " ip saddr . ct original ip daddr @owned accept\n"
-        if api is not None
+        if apis
         else ""
     )
+    api_elements = f"        elements = {{ {', '.join(str(a) for a in apis)} }}\n" if apis else ""
     pairs = owned_pairs(policy.owners)
     elements = f"        elements = {{ {', '.join(pairs)} }}\n" if pairs else ""
     return (
@@ -95,6 +100,10 @@ def render_ruleset(policy: FirewallPolicy, *, table: str = TABLE) -> str:
         "        type ipv4_addr . ipv4_addr\n"
         "        flags interval\n"
         f"{elements}"
+        "    }\n"
+        "    set apiservers {\n"
+        "        type ipv4_addr\n"
+        f"{api_elements}"
         "    }\n"
         "    chain forward {\n"
         "        type filter hook forward priority filter; policy accept;\n"

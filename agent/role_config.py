@@ -52,6 +52,12 @@ node and apiserver roles (the apiserver adds `routes`):
     `routes` from this file every second (the only key it re-reads; everything else is
     read once at startup). The server pushes the apiserver no routes.
 
+    apiserver role, optional `slot`: {"file": ..., "dir": ...}. Each replica of the
+    hosted apiserver connects with its own identity, the slot the controller wrote on its
+    pod (agent/apiserver_slot.py): `file` is a downward-API file holding that slot's
+    number, `dir/<n>/` holds slot n's tls.crt, tls.key, ca.crt and
+    tls-crypt-v2-client.key. Slot 0 is `openvpn`'s own paths.
+
     node role, optional `bootstrap`: the node makes its own key and gets its certificate
     with a CSR (agent/bootstrap.py) instead of having them mounted. `openvpn.key` and
     `openvpn.cert` are then where it writes them (a host directory), `openvpn.ca` is the
@@ -136,6 +142,14 @@ class Common:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SlotSettings:
+    """Where an apiserver sidecar learns its slot and finds each slot's credentials."""
+
+    file: str
+    dir: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ProbeSettings:
     """How a client role checks its tunnel end to end (UDP echo to the server)."""
 
@@ -187,6 +201,7 @@ class ClientRoleConfig:
     probe: ProbeSettings
     routes: tuple[IPv4Network, ...] = ()
     bootstrap: BootstrapSettings | None = None  # node only
+    slot: SlotSettings | None = None  # apiserver only
 
 
 RoleConfig = ServerRoleConfig | ClientRoleConfig
@@ -428,7 +443,7 @@ def _client_role(r: Reader, doc_raw: object, *, role: Role) -> ClientRoleConfig 
         *_COMMON_KEYS,
         "openvpn",
         "probe",
-        *(("routes",) if role == "apiserver" else ()),
+        *(("routes", "slot") if role == "apiserver" else ()),
         *(("bootstrap",) if role == "node" else ()),
     )
     doc = r.obj(doc_raw, "", keys=keys)
@@ -441,10 +456,23 @@ def _client_role(r: Reader, doc_raw: object, *, role: Role) -> ClientRoleConfig 
         bootstrap = _bootstrap(r, doc["bootstrap"])
         if bootstrap is None:
             return None
+    slot: SlotSettings | None = None
+    if doc.get("slot") is not None:
+        slot = r.soft(lambda: _slot(r, doc["slot"]))
+        if slot is None:
+            return None
     if common is None or ovpn is None or probe is None or routes is None:
         return None
     return ClientRoleConfig(
-        role=role, common=common, openvpn=ovpn, probe=probe, routes=routes, bootstrap=bootstrap
+        role=role, common=common, openvpn=ovpn, probe=probe, routes=routes,
+        bootstrap=bootstrap, slot=slot,
+    )  # fmt: skip
+
+
+def _slot(r: Reader, raw: object) -> SlotSettings:
+    o = r.obj(raw, "slot", keys=("file", "dir"))
+    return SlotSettings(
+        file=r.get(o, "slot", "file", as_abspath), dir=r.get(o, "slot", "dir", as_abspath)
     )
 
 

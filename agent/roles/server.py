@@ -159,6 +159,8 @@ class ServerRole(OpenVPNRole):
         # kicked again.
         self._kicked_ids: set[int] = set()
         self._policy: FirewallPolicy | None = None
+        # The apiserver clients seen connected (vpnctl_agent_apiserver_connected).
+        self._apiservers_up: set[str] = set()
         self._ready = {
             "material": self._material_ready,
             **{name: asyncio.Event() for name in ("crl", "desired", "firewall")},
@@ -169,11 +171,11 @@ class ServerRole(OpenVPNRole):
     # --- desired state ------------------------------------------------------------------------
 
     def _desired_policy(self) -> FirewallPolicy:
-        api = self.desired.apiserver if self.desired is not None else None
+        apis = self.desired.apiservers if self.desired is not None else ()
         nodes = self.desired.clients if self.desired is not None else ()
         return FirewallPolicy(
             tun=self.cfg.openvpn.dev,
-            apiserver_ip=api.ifconfig_ip if api is not None else None,
+            apiserver_ips=tuple(a.ifconfig_ip for a in apis),
             probe_port=self.cfg.probe_port,
             owners=[(IPv4Network(e.ifconfig_ip), *e.iroutes) for e in nodes],
         )
@@ -196,6 +198,8 @@ class ServerRole(OpenVPNRole):
         old_nodes = {e.common_name for e in self.desired.clients} if self.desired else set()
         self.desired = state
         self.authorizer.reconsider()
+        self._apiservers_up &= {a.common_name for a in state.apiservers}
+        self.metrics.apiserver_connected.labels(self.role).set(len(self._apiservers_up))
         for cn in old_nodes - {e.common_name for e in state.clients}:
             self._forget_node(cn)
         for e in state.clients:
@@ -284,7 +288,7 @@ class ServerRole(OpenVPNRole):
                     self.conditions.ok("desired")
                     self._ready["desired"].set()
                     self.events("desired_applied", path=path, clients=len(state.clients),
-                                apiserver=state.apiserver is not None)  # fmt: skip
+                                apiservers=len(state.apiservers))  # fmt: skip
             await self.clock.sleep(FILE_POLL)
 
     # --- CRL -------------------------------------------------------------------------------------
@@ -377,8 +381,13 @@ class ServerRole(OpenVPNRole):
         desired = self.desired
         if desired is None:
             return
-        if desired.apiserver is not None and desired.apiserver.common_name == cn:
-            self.metrics.apiserver_connected.labels(self.role).set(1 if up else 0)
+        api_names = {a.common_name for a in desired.apiservers}
+        if cn in api_names or cn in self._apiservers_up:
+            # How many apiserver clients (one per hosted apiserver replica) are up. Kept
+            # as its own set: during a status poll self.connected is still the last one.
+            up_names = (self._apiservers_up & api_names) - {cn}
+            self._apiservers_up = up_names | ({cn} if up else set())
+            self.metrics.apiserver_connected.labels(self.role).set(len(self._apiservers_up))
         elif self._is_node(cn):
             self.metrics.node_connected.labels(self.role, cn).set(1 if up else 0)
             if not up:
@@ -513,7 +522,8 @@ class ServerRole(OpenVPNRole):
             try:
                 if policy != self._policy:
                     await self.firewall.apply(policy)
-                    self.events("firewall_applied", apiserver_ip=policy.apiserver_ip,
+                    self.events("firewall_applied",
+                                apiserver_ips=",".join(map(str, policy.apiserver_ips)) or None,
                                 probe_port=policy.probe_port, tun=policy.tun)  # fmt: skip
                     self._policy = policy
                 elif not await self.firewall.present():

@@ -33,7 +33,8 @@ class ServerMetrics:
         )
         self.apiserver_connected = Gauge(
             "vpnctl_agent_apiserver_connected",
-            "1 while the apiserver's openvpn client is connected to this server.",
+            "How many of the apiserver's openvpn clients (one per hosted apiserver replica) "
+            "are connected to this server.",
             ["role"],
             registry=registry,
         )

@@ -34,6 +34,10 @@ def test_every_watched_kind_maps_to_its_tenant() -> None:
     # CAPI labels other Secrets too (bootstrap data): not a kubeconfig, no key.
     bootstrap = obj("acme-md-0-bootstrap", labels={"cluster.x-k8s.io/cluster-name": "acme"})
     assert key_of("kubeconfig", bootstrap) is None
+    # A hosted apiserver Deployment (its pods each need a slot: apiserver_slots.py).
+    assert key_of("apiserver", obj("acme-kube-apiserver",
+                                   labels={"vpnctl.io/apiserver-for": "acme"})) == ns  # fmt: skip
+    assert key_of("apiserver", obj("unlabelled")) is None
     assert key_of("owned", obj("stranger")) is None
     assert key_of("machine", obj("orphan")) is None
 

@@ -369,3 +369,39 @@ def test_a_serial_belongs_to_one_client_only() -> None:
     doc["clients"][1]["serials"] = ["0a1b"]  # the apiserver's
     (problem,) = _problems(doc)
     assert problem.startswith("clients[1].serials: a1b is also a serial of apiserver")
+
+
+def test_apiserver_replicas_each_have_their_own_name_address_and_serial() -> None:
+    doc = desired_doc()
+    doc["apiserver_replicas"] = [
+        {"common_name": "apiserver-1", "ifconfig_ip": "198.18.8.254", "serial": "0c"},
+        {"common_name": "apiserver-2", "ifconfig_ip": "198.18.8.253", "serial": "0d"},
+    ]
+    state = parse_desired(doc, path="/d.json", tunnel_cidr=TUNNEL)
+    assert [a.common_name for a in state.apiservers] == ["apiserver", "apiserver-1", "apiserver-2"]
+    assert all(a.is_apiserver and not a.iroutes for a in state.apiservers)
+    assert state.serial_to_cn()[0x0D] == "apiserver-2"
+    assert [e.common_name for e in state.clients] == ["node-1", "node-2"]
+
+
+def test_apiserver_replicas_are_refused_like_any_client_and_never_without_a_first() -> None:
+    doc = desired_doc()
+    doc["apiserver_replicas"] = [
+        {"common_name": "apiserver", "ifconfig_ip": "198.18.8.11", "serial": "0a1b"},
+    ]
+    problems = _problems(doc)
+    assert any(p.startswith("apiserver_replicas[0].common_name: 'apiserver' is also used by")
+               for p in problems)  # fmt: skip
+    assert any(p.startswith("clients[0].ifconfig_ip: 198.18.8.11 is also given to "
+                            "apiserver_replicas[0]") for p in problems)  # fmt: skip
+    assert any(p.startswith("apiserver_replicas[0].serials: a1b is also a serial of")
+               for p in problems)  # fmt: skip
+    routed = desired_doc()
+    routed["apiserver_replicas"] = [
+        {"common_name": "apiserver-2", "ifconfig_ip": "198.18.8.253", "iroutes": []}]  # fmt: skip
+    assert any("apiserver_replicas[0]" in p and "iroutes" in p for p in _problems(routed))
+    lone = {"apiserver": None, "apiserver_replicas": [
+        {"common_name": "apiserver-1", "ifconfig_ip": "198.18.8.254", "serial": "0c"}]}  # fmt: skip
+    assert any(p.startswith("apiserver_replicas: must be empty while apiserver is null")
+               for p in _problems(lone))  # fmt: skip
+    assert _problems({"apiserver_replicas": {}})[0].startswith("apiserver_replicas: must be a list")

@@ -62,12 +62,18 @@ def run(
     )
 
 
-def test_pool_skips_network_server_apiserver_and_broadcast() -> None:
+def test_pool_skips_network_server_apiserver_replicas_and_broadcast() -> None:
     pool = node_pool(CIDR)
     assert pool[0] == IP("198.18.8.3")
-    assert pool[-1] == IP("198.18.8.254")
-    assert len(pool) == 252
-    assert len(node_pool(IPv4Network("10.0.0.0/29"))) == 4
+    assert pool[-1] == IP("198.18.8.247")  # .248 .. .254: apiserver replicas 7 .. 1
+    assert len(pool) == 245
+    assert node_pool(IPv4Network("10.0.0.0/29")) == (IP("10.0.0.3"), IP("10.0.0.4"), IP("10.0.0.5"))
+
+
+def test_a_node_given_an_address_of_the_replica_block_before_it_existed_keeps_it() -> None:
+    old = [Allocation(machine="a", node="node-a", tunnel_ip=IP("198.18.8.250"))]
+    result = run(["a", "b"], old)
+    assert ips(result) == {"a": "198.18.8.250", "b": "198.18.8.3"}
 
 
 def test_first_allocation_is_lowest_first_in_name_order() -> None:
@@ -104,21 +110,21 @@ def test_a_released_address_is_not_reused_while_never_used_ones_remain() -> None
 
 
 def test_released_addresses_are_reused_oldest_first_once_the_pool_is_spent() -> None:
-    small = IPv4Network("10.0.0.0/29")  # node pool .3 .. .6
-    r = run(["a", "b", "c", "d"], cidr=small)
-    assert ips(r) == {"a": "10.0.0.3", "b": "10.0.0.4", "c": "10.0.0.5", "d": "10.0.0.6"}
-    r = run(["b", "c", "d"], *restart(r), cidr=small)  # a leaves first: .3
-    r = run(["c", "d"], *restart(r), cidr=small)  # then b: .4
+    small = IPv4Network("10.0.0.0/29")  # node pool .3 .. .5 (.6: an apiserver replica)
+    r = run(["a", "b", "c"], cidr=small)
+    assert ips(r) == {"a": "10.0.0.3", "b": "10.0.0.4", "c": "10.0.0.5"}
+    r = run(["b", "c"], *restart(r), cidr=small)  # a leaves first: .3
+    r = run(["c"], *restart(r), cidr=small)  # then b: .4
     assert r.released == (IP("10.0.0.3"), IP("10.0.0.4"))
-    r = run(["c", "d", "e"], *restart(r), cidr=small)
+    r = run(["c", "e"], *restart(r), cidr=small)
     assert ips(r)["e"] == "10.0.0.3"  # the one released longest ago
     assert r.released == (IP("10.0.0.4"),)
 
 
 def test_exhausted_pool_leaves_new_members_unallocated_but_keeps_the_others() -> None:
     small = IPv4Network("10.0.0.0/29")
-    r = run(["a", "b", "c", "d", "e", "f"], cidr=small)
-    assert set(ips(r)) == {"a", "b", "c", "d"}
+    r = run(["a", "b", "c", "e", "f"], cidr=small)
+    assert set(ips(r)) == {"a", "b", "c"}
     assert [p.machine for p in r.unallocated] == ["e", "f"]
     error = r.unallocated[0].error
     assert isinstance(error, PermanentError)

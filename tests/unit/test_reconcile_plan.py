@@ -122,32 +122,33 @@ def test_a_too_short_renegotiation_interval_stops_the_plan_with_a_readable_error
     )
 
 
-def _small_cidr_and_two_more_machines() -> tuple[Tunnel, list[Any]]:
-    """A Tunnel whose /29 has addresses for 4 nodes (after the server's), and Machines
-    of nodes 4 and 5 beside the lab's three: node-5 gets no address."""
+def _small_cidr_and_one_more_machine() -> tuple[Tunnel, list[Any]]:
+    """A Tunnel whose /29 has addresses for 3 nodes (after the server's and the
+    apiservers'), and the Machine of node 4 beside the lab's three: node-4 gets no
+    address."""
     tunnel = capi.tunnel(spec={"clusterName": "tenant-a", "tunnelCIDR": "198.18.8.0/29"})
     extra = [
         capi.machine(name=f"tenant-a-md-{i}", node=f"node-{i}", internal_ip=f"198.19.0.{10 + i}")
-        for i in (4, 5)
+        for i in (4,)
     ]
     return tunnel, extra
 
 
 def test_waiting_lists_pending_and_unallocated_machines() -> None:
     lab = capi.lab_tenant()
-    tunnel, extra = _small_cidr_and_two_more_machines()
+    tunnel, extra = _small_cidr_and_one_more_machine()
     plan = run(tunnel, [*lab.machines, *extra, capi.machine(name="tenant-a-md-9")], {})
     waiting = {w.machine: w.error.reason for w in plan.waiting}
-    assert waiting == {"tenant-a-md-9": "WaitingForNodeRef", "tenant-a-md-5": "TunnelCIDRExhausted"}
+    assert waiting == {"tenant-a-md-9": "WaitingForNodeRef", "tenant-a-md-4": "TunnelCIDRExhausted"}
     assert plan.service_route_node is None
     status = plan.status(conditions=[], previous=None, now=T0)
-    assert status["nodeCount"] == 6
+    assert status["nodeCount"] == 5
 
 
 def test_a_node_without_a_tunnel_address_is_never_elected() -> None:
     lab = capi.lab_tenant()
-    tunnel, extra = _small_cidr_and_two_more_machines()
-    plan = run(tunnel, [*lab.machines, *extra], up("node-5"))
+    tunnel, extra = _small_cidr_and_one_more_machine()
+    plan = run(tunnel, [*lab.machines, *extra], up("node-4"))
     assert plan.service_route_node is None
 
 

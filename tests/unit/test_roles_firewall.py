@@ -15,7 +15,7 @@ from agent.openvpn.config import ConfigError
 
 def test_ruleset_allows_new_only_from_the_apiserver_and_only_within_tun() -> None:
     text = render_ruleset(
-        FirewallPolicy(tun="tun0", apiserver_ip=IPv4Address("198.18.8.2"), probe_port=7947)
+        FirewallPolicy(tun="tun0", apiserver_ips=(IPv4Address("198.18.8.2"),), probe_port=7947)
     )
     forward = text.split("chain forward")[1].split("chain input")[0]
     lines = [ln.strip() for ln in forward.splitlines() if "iifname" in ln]
@@ -23,11 +23,13 @@ def test_ruleset_allows_new_only_from_the_apiserver_and_only_within_tun() -> Non
         'oifname "tun0" iifname != "tun0" counter drop',
         'iifname "tun0" oifname != "tun0" counter drop',
         'iifname "tun0" ct state established accept',
-        'iifname "tun0" ip saddr 198.18.8.2 ct state new accept',
-        'iifname "tun0" ip daddr 198.18.8.2 ct state related meta l4proto icmp'
+        'iifname "tun0" ip saddr @apiservers ct state new accept',
+        'iifname "tun0" ip daddr @apiservers ct state related meta l4proto icmp'
         " ip saddr . ct original ip daddr @owned accept",
         'iifname "tun0" counter drop',
     ]
+    apiservers = text.split("set apiservers {")[1].split("\n    }")[0]
+    assert "elements = { 198.18.8.2 }" in apiservers
     input_chain = text.split("chain input")[1].split("chain output")[0]
     assert 'iifname "tun0" ct state established accept' in input_chain
     assert (
@@ -44,6 +46,16 @@ def test_ruleset_allows_new_only_from_the_apiserver_and_only_within_tun() -> Non
     ]
 
 
+def test_every_apiserver_replica_may_initiate_and_no_one_else() -> None:
+    replicas = (IPv4Address("198.18.8.254"), IPv4Address("198.18.8.2"), IPv4Address("198.18.8.253"))
+    text = render_ruleset(FirewallPolicy(tun="tun0", apiserver_ips=replicas, probe_port=7947))
+    apiservers = text.split("set apiservers {")[1].split("\n    }")[0]
+    assert "elements = { 198.18.8.2, 198.18.8.253, 198.18.8.254 }" in apiservers
+    forward = text.split("chain forward")[1].split("chain input")[0]
+    new_rules = [ln.strip() for ln in forward.splitlines() if "ct state new" in ln]
+    assert new_rules == ['iifname "tun0" ip saddr @apiservers ct state new accept']
+
+
 def test_related_icmp_is_allowed_only_between_prefixes_of_one_client() -> None:
     n1 = (IPv4Network("198.18.8.11/32"), IPv4Network("198.19.65.0/24"))
     n2 = (IPv4Network("198.18.8.12/32"),)
@@ -56,7 +68,7 @@ def test_related_icmp_is_allowed_only_between_prefixes_of_one_client() -> None:
     ]
     text = render_ruleset(
         FirewallPolicy(
-            tun="tun0", apiserver_ip=IPv4Address("198.18.8.2"), probe_port=7947, owners=[n1, n2]
+            tun="tun0", apiserver_ips=(IPv4Address("198.18.8.2"),), probe_port=7947, owners=[n1, n2]
         )
     )
     assert "198.18.8.11/32 . 198.18.8.12/32" not in text
@@ -64,7 +76,7 @@ def test_related_icmp_is_allowed_only_between_prefixes_of_one_client() -> None:
 
 
 def test_ruleset_replaces_the_table_atomically() -> None:
-    text = render_ruleset(FirewallPolicy(tun="tun0", apiserver_ip=None, probe_port=7947))
+    text = render_ruleset(FirewallPolicy(tun="tun0", apiserver_ips=(), probe_port=7947))
     first = text.splitlines()[:3]
     assert first == ["table inet vpnctl", "delete table inet vpnctl", "table inet vpnctl {"]
     assert "ct state new accept" not in text  # no apiserver: nothing may be opened
@@ -77,7 +89,7 @@ def test_ruleset_replaces_the_table_atomically() -> None:
 )
 def test_policy_refuses_injection_and_bad_ports(tun: str, port: int, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        FirewallPolicy(tun=tun, apiserver_ip=None, probe_port=port)
+        FirewallPolicy(tun=tun, apiserver_ips=(), probe_port=port)
 
 
 @pytest.mark.skipif(
@@ -87,10 +99,9 @@ def test_policy_refuses_injection_and_bad_ports(tun: str, port: int, match: str)
 def test_nft_accepts_the_ruleset_in_check_mode() -> None:
     # -c: parse and validate only, and in a throw-away network namespace at that.
     owners = [(IPv4Network("198.18.8.11/32"), IPv4Network("198.19.65.0/24"))]
+    apis = (IPv4Address("198.18.8.2"), IPv4Address("198.18.8.254"))
     text = render_ruleset(
-        FirewallPolicy(
-            tun="tun0", apiserver_ip=IPv4Address("198.18.8.2"), probe_port=7947, owners=owners
-        )
+        FirewallPolicy(tun="tun0", apiserver_ips=apis, probe_port=7947, owners=owners)
     )
     proc = subprocess.run(
         ["unshare", "--net", "nft", "-c", "-f", "-"],

@@ -657,3 +657,81 @@ async def test_questions_from_an_earlier_management_connection_are_never_answere
     finally:
         answering.cancel()
     assert [cid for _, cid, _, _ in mgmt.answers] == [8]
+
+
+# --- several apiserver replicas ------------------------------------------------------------------
+
+
+def _replicas_doc(pki: Pki, names: list[str]) -> DesiredState:
+    """The first apiserver, a further apiserver client per NAMES (198.18.8.254 down), and
+    node-1."""
+    doc = {
+        "apiserver": {"common_name": "apiserver", "ifconfig_ip": "198.18.8.2",
+                      "serial": f"{pki.serials['apiserver']:x}"},
+        "apiserver_replicas": [
+            {"common_name": cn, "ifconfig_ip": f"198.18.8.{254 - i}",
+             "serial": f"{pki.serials[cn]:x}"} for i, cn in enumerate(names)
+        ],
+        "clients": [{"common_name": "node-1", "ifconfig_ip": "198.18.8.11",
+                     "iroutes": ["198.19.0.11/32"], "serial": f"{pki.serials['node-1']:x}"}],
+    }  # fmt: skip
+    return parse_desired(doc, path="/d.json", tunnel_cidr=TUNNEL)
+
+
+async def test_every_apiserver_replica_is_admitted_may_initiate_and_goes_when_unlisted(
+    server: tuple[ServerRole, FakeManagement], pki: Pki, tmp_path: Path
+) -> None:
+    role, mgmt = server
+    for cn in ("apiserver-1", "apiserver-2"):
+        issued = certs.new_client_cert(pki.ca, common_name=cn, now=NOW, lifetime=DAY)
+        pki.serials[cn] = certs.cert_info(issued.cert_pem).serial
+    await _usable(role)
+    await role.apply_desired(_replicas_doc(pki, ["apiserver-1", "apiserver-2"]))
+    ccd = tmp_path / "ccd"
+    assert sorted(p.name for p in ccd.iterdir()) == [
+        "apiserver", "apiserver-1", "apiserver-2", "node-1"]  # fmt: skip
+    assert "ifconfig-push 198.18.8.253" in (ccd / "apiserver-2").read_text()
+    # The firewall lets each apiserver client, and no node, open connections.
+    policy = role._desired_policy()
+    assert policy.apiserver_ips == tuple(
+        IPv4Address(a) for a in ("198.18.8.2", "198.18.8.253", "198.18.8.254"))  # fmt: skip
+    assert policy.owners == ((IPv4Network("198.18.8.11/32"), IPv4Network("198.19.0.11/32")),)
+
+    role.authorizer.hold_seconds = 0.2
+    answering = asyncio.create_task(role.authorizer.run())
+    polling = asyncio.create_task(role._status_task())
+    clock = role.clock
+    assert isinstance(clock, ManualClock)
+    try:
+        mgmt.notify(_ask("apiserver", pki.serials["apiserver"], cid=1))
+        mgmt.notify(_ask("apiserver-1", pki.serials["apiserver-1"], cid=2))
+        mgmt.notify(_ask("apiserver-2", pki.serials["apiserver-2"], cid=3))
+        mgmt.notify(_ask("apiserver-2", pki.serials["apiserver-1"], cid=4))  # not its own
+        answers = await _answers(mgmt, 4)
+        assert [(verb, cid) for verb, cid, _, _ in answers] == [
+            ("auth", 1), ("auth", 2), ("auth", 3), ("deny", 4)]  # fmt: skip
+        for cid, cn in enumerate(("apiserver", "apiserver-1", "apiserver-2"), start=1):
+            mgmt.connect_client(cn, client_id=cid)
+        clock.advance(role.cfg.status_interval)
+        gauge = role.registry.get_sample_value
+        await aeventually(
+            lambda: gauge("vpnctl_agent_apiserver_connected", {"role": "server"}) == 3,
+            what="three apiserver clients counted", interval=0,
+        )  # fmt: skip
+        assert mgmt.killed == []  # none evicted another
+
+        # Scaled down to two replicas: the third is unlisted, kicked and refused.
+        await role.apply_desired(_replicas_doc(pki, ["apiserver-1"]))
+        assert mgmt.killed == ["apiserver-2"]
+        assert _kicked(role, "removed") == 1
+        assert not (ccd / "apiserver-2").exists()
+        assert role._desired_policy().apiserver_ips == (
+            IPv4Address("198.18.8.2"), IPv4Address("198.18.8.254"))  # fmt: skip
+        assert gauge("vpnctl_agent_apiserver_connected", {"role": "server"}) == 2
+        mgmt.notify(_ask("apiserver-2", pki.serials["apiserver-2"], cid=5))
+        verb, cid, _, reason = (await _answers(mgmt, 5))[4]
+        assert (verb, cid) == ("deny", 5)
+        assert "not a client of this tunnel" in reason
+    finally:
+        answering.cancel()
+        polling.cancel()

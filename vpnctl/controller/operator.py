@@ -64,6 +64,7 @@ from vpnctl.kube import (
     WatchSource,
 )
 from vpnctl.reconcile.names import CLUSTER_LABEL
+from vpnctl.reconcile.service_objects import ATTACH_SIDECAR_LABEL
 
 _log = logging.getLogger(__name__)
 
@@ -115,7 +116,9 @@ class ControllerSettings:
 class _WatchPlan:
     res: Resource
     label_selector: str | None
-    what: str  # how events map to keys: "cluster", "tunnel", "machine", "owned", "kubeconfig"
+    # how events map to keys: "cluster", "tunnel", "machine", "owned", "kubeconfig",
+    # "apiserver" (a hosted apiserver Deployment: its pods come and go, each needs a slot)
+    what: str
 
 
 WATCHES = (
@@ -127,6 +130,7 @@ WATCHES = (
     _WatchPlan(DEPLOYMENT, CLUSTER_LABEL, "owned"),
     _WatchPlan(SERVICE, CLUSTER_LABEL, "owned"),
     _WatchPlan(SECRET, CAPI_CLUSTER_NAME_LABEL, "kubeconfig"),
+    _WatchPlan(DEPLOYMENT, ATTACH_SIDECAR_LABEL, "apiserver"),
 )
 
 
@@ -143,6 +147,8 @@ def key_of(what: str, obj: KubeObject) -> TenantRef | None:
         cluster = (obj.get("spec") or {}).get("clusterName") or labels.get(CAPI_CLUSTER_NAME_LABEL)
     elif what == "owned":
         cluster = labels.get(CLUSTER_LABEL)
+    elif what == "apiserver":
+        cluster = labels.get(ATTACH_SIDECAR_LABEL)
     elif what == "kubeconfig" and name.endswith(KUBECONFIG_SUFFIX):
         cluster = labels.get(CAPI_CLUSTER_NAME_LABEL) or name[: -len(KUBECONFIG_SUFFIX)]
     if not namespace or not isinstance(cluster, str) or not cluster:

@@ -161,9 +161,11 @@ class PKIIssuance(RevocationPasses):
         secret: Callable[[certs.Issued, KubeObject | None], KubeObject],
         *,
         now: datetime,
+        reissue: Callable[[KubeObject | None], str | None] = lambda _live: None,
     ) -> certs.Issued:
         """Keep the leaf certificate in Secret NAME while valid, else ISSUE one, and apply
-        the Secret that SECRET builds from it and the live Secret; returns the leaf."""
+        the Secret that SECRET builds from it and the live Secret; returns the leaf.
+        REISSUE says why a valid one must be replaced all the same (None: it need not)."""
         live = await self._get(SECRET, name, tenant.namespace)
         check = check_leaf_secret(
             live,
@@ -173,10 +175,16 @@ class PKIIssuance(RevocationPasses):
             renew_fraction=tenant.spec.certificates.renew_fraction,
         )
         leaf = check.issued
-        if check.needs_issue or leaf is None:
+        why_again = reissue(live)
+        if check.needs_issue or leaf is None or why_again is not None:
             leaf = issue()
+            why = check.message if why_again is None or check.needs_issue else why_again
             _log.info(
-                "event=certificate_issued tenant=%s role=%s why=%r", tenant.key, role, check.message
+                "event=certificate_issued tenant=%s role=%s secret=%s why=%r",
+                tenant.key,
+                role,
+                name,
+                why,
             )
         await self._ensure(SECRET, secret(leaf, live), live=live, read=False)
         return leaf

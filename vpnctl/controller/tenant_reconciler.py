@@ -72,9 +72,10 @@ from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.queue import Outcome
 from vpnctl.controller.revocation_store import RevocationStore, reported_certificates
 from vpnctl.controller.tenant_api import TenantApi, is_deleting, meta_of
+from vpnctl.controller.tenant_apiserver_slots import ApiserverSlotPasses
 from vpnctl.controller.tenant_image import TenantImages
 from vpnctl.controller.tenant_lifecycle import TunnelLifecycle, has_cluster_owner, is_paused
-from vpnctl.controller.tenant_pki import PKIIssuance, TenantPKI
+from vpnctl.controller.tenant_pki import TenantPKI
 from vpnctl.controller.tenant_server import record_signed
 from vpnctl.controller.tenant_settings import TenantSettings
 from vpnctl.controller.tenant_status import (
@@ -127,7 +128,7 @@ def _belongs(machine: Mapping[str, Any], cluster: str) -> bool:
     return bool((meta_of(machine).get("labels") or {}).get(CAPI_CLUSTER_NAME_LABEL) == cluster)
 
 
-class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance, TenantImages):
+class TenantReconciler(TunnelLifecycle, StatusReports, ApiserverSlotPasses, TenantImages):
     """Reconciles tenants one key at a time (the queue guarantees that); see the module
     docstring. ``api`` is the service cluster's apiserver (``vpnctl.kube.Kube``, or a fake
     of ``TenantApi``). ``machines`` is the operator's Machine watch cache; without it
@@ -318,8 +319,17 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance, TenantImages
         # A revoked serial admits nobody again, whatever Machine the tenant side reports
         # it for (its CSRs outlive a node replaced under the same name).
         allocations = forget_serials(plan.allocation.allocations, gone=step.book.revoked)
+        # One identity and tunnel address per hosted apiserver pod (apiserver_slots.py).
+        replicas = await self._ensure_apiserver_slots(
+            plan.tenant, plan.names, keys, allocations=allocations, now=now
+        )
         server_cm = await self._apply_server_config(
-            plan, keys.apiserver_serial, crl, allocations=allocations, live=server_cm
+            plan,
+            keys.apiserver_serial,
+            crl,
+            allocations=allocations,
+            live=server_cm,
+            replicas=replicas,
         )
 
         plan, image = await self._agent_image(key, tunnel, plan, now=now)
@@ -367,7 +377,12 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance, TenantImages
         if updated != allocations or crl.changed:
             allocations = updated
             await self._apply_server_config(
-                plan, keys.apiserver_serial, crl, allocations=allocations, live=server_cm
+                plan,
+                keys.apiserver_serial,
+                crl,
+                allocations=allocations,
+                live=server_cm,
+                replicas=replicas,
             )
 
         conditions = self._conditions(
@@ -402,6 +417,8 @@ class TenantReconciler(TunnelLifecycle, StatusReports, PKIIssuance, TenantImages
         self.observed[key] = observation_fingerprint(None if observe_error else observations)
 
         due = [keys.renew_at, crl.refresh_at]
+        if replicas.renew_at is not None:  # an apiserver slot's certificate
+            due.append(replicas.renew_at)
         if deletions.recheck_at is not None:  # a draining node's bound
             due.append(deletions.recheck_at)
         if plan.election.recheck_at is not None:  # the end of a new holder's grace

@@ -29,6 +29,7 @@ from vpnctl.controller.tenant_settings import (
 )
 from vpnctl.kube import CONFIG_MAP, DEPLOYMENT, POD, ApiError, KubeObject
 from vpnctl.reconcile.allocation import Allocation, record_serial
+from vpnctl.reconcile.apiserver_slots import ApiserverReplicas
 from vpnctl.reconcile.diff import needs_update
 from vpnctl.reconcile.names import COMPONENT_SERVER, DESIRED_HASH_ANNOTATION, selector_labels
 from vpnctl.reconcile.service_objects import (
@@ -93,11 +94,18 @@ class ServerConfig(TenantCalls):
         *,
         allocations: Sequence[Allocation],
         live: KubeObject | None,
+        replicas: ApiserverReplicas | None = None,
     ) -> KubeObject:
+        """REPLICAS: the apiserver pods' slots and their serials (tenant_apiserver_slots)."""
         desired = server_config_map(
             tenant=plan.tenant,
             role_config=plan.server_role_config,
-            desired=plan.desired_state(apiserver_serial=apiserver_serial, allocations=allocations),
+            desired=plan.desired_state(
+                apiserver_serial=apiserver_serial,
+                allocations=allocations,
+                apiserver_slots=replicas.slots if replicas is not None else (),
+                replica_serials=replicas.serials if replicas is not None else None,
+            ),
             crl_pem=crl.pem,
         )
         if not needs_update(live, desired):

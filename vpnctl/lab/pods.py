@@ -141,7 +141,10 @@ def volume_files(
         elif "secret" in source:
             kind, body = "Secret", source["secret"]
         else:
-            continue  # downwardAPI, serviceAccountToken: not used by vpnctl's pods
+            # serviceAccountToken: not used by vpnctl's pods. downwardAPI: the apiserver
+            # sidecar's slot file; without it the sidecar is slot 0, which the lab's one
+            # apiserver pod holds (the lab runs one replica).
+            continue
         name = str(body.get("name") or body.get("secretName"))
         obj = objects.get((kind, name))
         if obj is None:

@@ -19,7 +19,7 @@ from typing import Any
 from vpnctl.reconcile.errors import PermanentError, TemporaryError
 from vpnctl.reconcile.routes import ClientRoutes, tenant_routes
 from vpnctl.reconcile.settings import Settings
-from vpnctl.reconcile.tenant_spec import TenantSpec
+from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME, TenantSpec
 
 # The agent's UDP echo port on the server's tunnel address (agent.role_config.DEFAULT_PROBE_PORT).
 PROBE_PORT = 7947
@@ -53,6 +53,10 @@ class ApiserverPaths:
     tls_crypt_v2 = "/etc/vpnctl-apiserver/pki/tls-crypt-v2-client.key"
     state_dir = "/run/vpnctl-apiserver"
     management = "/run/vpnctl-apiserver/client.sock"
+    # The pod's apiserver slot (downward API) and each further slot's credentials
+    # (slots/<n>/...): agent/apiserver_slot.py, reconcile/apiserver_slots.py.
+    slot_file = "/etc/vpnctl-apiserver/slot"
+    slots_dir = "/etc/vpnctl-apiserver/slots"
 
 
 class NodePaths:
@@ -102,6 +106,7 @@ def server_desired_state(
     *,
     clients: Sequence[ClientRoutes],
     apiserver_serial: str | int | Sequence[str | int] | None,
+    replica_serials: Mapping[str, str | int | Sequence[str | int]] | None = None,
 ) -> dict[str, Any]:
     """The server's desired state (agent.desired_state.parse_desired's format).
 
@@ -115,23 +120,37 @@ def server_desired_state(
     signing (`Allocation.serials`); `apiserver_serial` is the sidecar's current serial, or
     a sequence (oldest first, current last) to keep a renewed one's predecessor admitted
     until the sidecar has the new certificate.
+
+    There is one apiserver client per held slot (apiserver_slots.py): the first goes to
+    `apiserver`, the others to `apiserver_replicas`. Slot 0's serials are
+    `apiserver_serial`; each other slot's are in `replica_serials` by common name (none
+    yet: it admits nobody). `apiserver_replicas` is left out when empty, so a
+    single-replica tenant's document is the one agents before it read.
     """
-    api_serials = (
-        _serial_list(apiserver_serial)
-        if isinstance(apiserver_serial, Sequence) and not isinstance(apiserver_serial, str)
-        else _serial_list([] if apiserver_serial is None else [apiserver_serial])
-    )
-    apiserver: dict[str, Any] | None = None
+
+    def serial_list(raw: str | int | Sequence[str | int] | None) -> list[str]:
+        if isinstance(raw, Sequence) and not isinstance(raw, str):
+            return _serial_list(raw)
+        return _serial_list([] if raw is None else [raw])
+
+    apiservers: list[dict[str, Any]] = []
     nodes: list[dict[str, Any]] = []
     for client in clients:
         if client.machine is None:
-            apiserver = {
-                "common_name": client.common_name,
-                "ifconfig_ip": str(client.tunnel_ip),
-                "push_routes": [str(n) for n in client.push_routes],
-                "serial": api_serials[-1] if api_serials else None,
-                "serials": api_serials,
-            }
+            serials = serial_list(
+                apiserver_serial
+                if client.common_name == APISERVER_COMMON_NAME
+                else (replica_serials or {}).get(client.common_name)
+            )
+            apiservers.append(
+                {
+                    "common_name": client.common_name,
+                    "ifconfig_ip": str(client.tunnel_ip),
+                    "push_routes": [str(n) for n in client.push_routes],
+                    "serial": serials[-1] if serials else None,
+                    "serials": serials,
+                }
+            )
             continue
         kubelet = None if client.kubelet is None else f"{client.kubelet[0]}:{client.kubelet[1]}"
         serial = _serial_text(client.serial)
@@ -146,10 +165,13 @@ def server_desired_state(
                 "serials": _serial_list([*client.serials, *([serial] if serial else [])]),
             }
         )
-    return {
-        "apiserver": apiserver,
+    doc: dict[str, Any] = {
+        "apiserver": apiservers[0] if apiservers else None,
         "clients": sorted(nodes, key=lambda c: str(c["common_name"])),
     }
+    if len(apiservers) > 1:
+        doc["apiserver_replicas"] = apiservers[1:]
+    return doc
 
 
 def server_role_config(*, tenant: TenantSpec, settings: Settings) -> dict[str, Any]:
@@ -227,6 +249,7 @@ def apiserver_role_config(
         paths=ApiserverPaths,
     )
     doc["routes"] = [str(net) for net in tenant_routes(tenant)]
+    doc["slot"] = {"file": ApiserverPaths.slot_file, "dir": ApiserverPaths.slots_dir}
     return doc
 
 

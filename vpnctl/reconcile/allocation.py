@@ -11,8 +11,9 @@ Rules:
   whose InternalIP briefly disappears must not be renumbered when it comes back).
 - A new member gets the lowest address that was *never used*; only when none is left does
   it get the address released longest ago.
-- The network address, the server (.1), the apiserver client (.2) and broadcast are never
-  handed out.
+- The network address, the server (.1), the apiserver client (.2), the block of further
+  apiserver clients at the top (apiserver_slots.replica_block) and broadcast are never
+  handed out. A node that got an address in that block before the block existed keeps it.
 
 Why not reuse a just-released address: a deleted node's address lingers after the Machine
 is gone. The revoked client may still be connected for the second or two until it is
@@ -32,6 +33,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, cast
 
 from vpnctl.api import TunnelAllocation
+from vpnctl.reconcile.apiserver_slots import replica_block
 from vpnctl.reconcile.cidr import parse_address
 from vpnctl.reconcile.errors import PermanentError
 from vpnctl.reconcile.tenant_spec import Member, PendingMachine
@@ -73,7 +75,14 @@ class AllocationResult:
 
 
 def node_pool(tunnel_cidr: IPv4Network) -> tuple[IPv4Address, ...]:
-    """The addresses nodes can get, in order: every host but the first two."""
+    """The addresses new nodes can get, in order: every host but the first two and the
+    apiserver replicas' block at the top."""
+    block = frozenset(replica_block(tunnel_cidr))
+    return tuple(ip for ip in _node_range(tunnel_cidr) if ip not in block)
+
+
+def _node_range(tunnel_cidr: IPv4Network) -> tuple[IPv4Address, ...]:
+    """Where a node's address may be (kept, if it was given before the block existed)."""
     return tuple(tunnel_cidr.hosts())[RESERVED_HOSTS:]
 
 
@@ -161,6 +170,7 @@ def allocate(
     """
     pool = node_pool(tunnel_cidr)
     pool_set = frozenset(pool)
+    keepable = frozenset(_node_range(tunnel_cidr))
     wanted = {m.machine: m for m in members}
     alive = set(wanted) | set(pending)
 
@@ -173,7 +183,7 @@ def allocate(
         if alloc.machine not in alive:
             removed.append(alloc)
             continue
-        if alloc.tunnel_ip not in pool_set or alloc.tunnel_ip in taken:
+        if alloc.tunnel_ip not in keepable or alloc.tunnel_ip in taken:
             continue  # cannot be kept: re-allocated below (not "released": never valid)
         member = wanted.get(alloc.machine)
         node = member.node if member is not None else alloc.node

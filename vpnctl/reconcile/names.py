@@ -62,6 +62,14 @@ class TenantNames:
     revocations: str  # ConfigMap: revocations.json, vpnctl's record (reconcile/revocation_book.py)
     deployment: str
     service: str
+    cluster_name: str = ""
+
+    def apiserver_slot_secret(self, index: int) -> str:
+        """The Secret of apiserver slot INDEX (apiserver_slots.py); slot 0's is the one
+        the single apiserver client always had."""
+        if index == 0:
+            return self.apiserver_secret
+        return bounded_name(self.cluster_name, f"vpn-apiserver-{index}-tls")
 
     @classmethod
     def for_cluster(cls, cluster_name: str) -> TenantNames:
@@ -75,6 +83,7 @@ class TenantNames:
             revocations=bounded_name(cluster_name, "vpn-revocations"),
             deployment=bounded_name(cluster_name, "vpn-server"),
             service=bounded_name(cluster_name, "vpn"),
+            cluster_name=cluster_name,
         )
 
 

@@ -31,11 +31,12 @@ derives them itself. The election is service_route_election.py.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from vpnctl.reconcile.allocation import Allocation
+from vpnctl.reconcile.apiserver_slots import Slot
 from vpnctl.reconcile.cidr import collapse, covered, host_route, unique_sorted
 from vpnctl.reconcile.tenant_spec import APISERVER_COMMON_NAME, Member, TenantSpec
 
@@ -89,8 +90,11 @@ def client_routes(
     tenant: TenantSpec,
     allocations: Collection[Allocation],
     service_route_node: str | None,
+    apiserver_slots: Sequence[Slot] = (),
 ) -> tuple[ClientRoutes, ...]:
-    """The CCD of every client: the apiserver first, then each allocated member by name.
+    """The CCD of every client: the apiserver clients first (each held slot of
+    `apiserver_slots` by index, apiserver_slots.py; slot 0 alone when no apiserver pod
+    holds one, as before there were slots), then each allocated member by name.
 
     Allocations of pending Machines (kept in status) get no CCD: a client without a CCD
     file is refused by the server (`ccd-exclusive`).
@@ -126,4 +130,10 @@ def client_routes(
         # The apiserver role owns these routes (see the module docstring).
         push_routes=(),
     )
-    return (apiserver, *sorted(nodes, key=lambda c: c.common_name))
+    replicas = [
+        ClientRoutes(common_name=s.common_name, tunnel_ip=s.tunnel_ip, iroutes=(), push_routes=())
+        for s in sorted(apiserver_slots, key=lambda s: s.index)
+        if s.index > 0
+    ]
+    first = [apiserver] if not apiserver_slots or any(s.index == 0 for s in apiserver_slots) else []
+    return (*first, *replicas, *sorted(nodes, key=lambda c: c.common_name))

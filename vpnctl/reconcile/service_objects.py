@@ -34,6 +34,7 @@ from typing import Any
 
 from vpnctl.api import KubeObject
 from vpnctl.reconcile.agentdocs import ApiserverPaths, ServerPaths, canonical_json
+from vpnctl.reconcile.apiserver_slots import MAX_APISERVER_SLOTS, SLOT_ANNOTATION
 from vpnctl.reconcile.diff import digest, stamp
 from vpnctl.reconcile.names import (
     COMPONENT_APISERVER,
@@ -95,13 +96,21 @@ def _names(tenant: TenantSpec) -> TenantNames:
 
 
 def _secret(
-    *, tenant: TenantSpec, name: str, kind: str, data: Mapping[str, bytes], component: str
+    *,
+    tenant: TenantSpec,
+    name: str,
+    kind: str,
+    data: Mapping[str, bytes],
+    component: str,
+    annotations: Mapping[str, str] = {},
 ) -> KubeObject:
     return stamp(
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": _metadata(tenant=tenant, name=name, component=component),
+            "metadata": _metadata(
+                tenant=tenant, name=name, component=component, annotations=annotations
+            ),
             "type": kind,
             "data": {k: _b64(v) for k, v in sorted(data.items())},
         }
@@ -125,6 +134,7 @@ def _tls_secret(
     component: str,
     pems: tuple[bytes, bytes, bytes],
     tls_crypt_v2: tuple[str, bytes],
+    annotations: Mapping[str, str] = {},
 ) -> KubeObject:
     """A `kubernetes.io/tls` Secret: PEMS (certificate, key, CA) and one tls-crypt-v2 key
     (TLS_CRYPT_V2 is its data key and its bytes)."""
@@ -136,6 +146,7 @@ def _tls_secret(
         kind="kubernetes.io/tls",
         data={TLS_CERT: cert_pem, TLS_KEY: key_pem, CA_CERT: ca_pem, tc_field: tc_key},
         component=component,
+        annotations=annotations,
     )
 
 
@@ -173,13 +184,28 @@ def apiserver_client_secret(
     key_pem: bytes,
     ca_pem: bytes,
     tls_crypt_v2_client_key: bytes,
+    slot: int = 0,
+    holder_uid: str | None = None,
 ) -> KubeObject:
-    """The apiserver sidecar's client certificate, key, CA and tls-crypt-v2 client key."""
+    """The apiserver sidecar's client certificate, key, CA and tls-crypt-v2 client key:
+    slot 0's, or apiserver slot SLOT's (apiserver_slots.py), issued for the pod with uid
+    HOLDER_UID (kept on the Secret: when the slot passes to another pod, the controller
+    issues a new certificate)."""
     pems = (cert_pem, key_pem, ca_pem)
     tls_crypt = (TLS_CRYPT_V2_CLIENT, tls_crypt_v2_client_key)
+    annotations = {} if holder_uid is None else {SLOT_HOLDER_ANNOTATION: holder_uid}
     return _tls_secret(
-        tenant, _names(tenant).apiserver_secret, COMPONENT_APISERVER, pems, tls_crypt
+        tenant,
+        _names(tenant).apiserver_slot_secret(slot),
+        COMPONENT_APISERVER,
+        pems,
+        tls_crypt,
+        annotations,
     )
+
+
+# On an apiserver slot's Secret: the uid of the pod its certificate was issued for.
+SLOT_HOLDER_ANNOTATION = "vpnctl.io/apiserver-pod-uid"
 
 
 # --- ConfigMaps ---------------------------------------------------------------------------
@@ -242,6 +268,48 @@ def _relative(path: str, *, under: str) -> str:
     if not path.startswith(under + "/"):
         raise ValueError(f"{path} is not under {under}")
     return path[len(under) + 1 :]
+
+
+def _slot_sources(names: TenantNames) -> list[dict[str, Any]]:
+    """The apiserver slots (reconcile/apiserver_slots.py) in the sidecar's config volume:
+    the pod's own slot number from its annotation (a downward-API file, empty until the
+    controller writes it), and every further slot's Secret under `slots/<n>/`, each
+    optional, so the pod starts whichever of them exist and scaling never changes the
+    pod template."""
+    p = ApiserverPaths
+    slot_file = _relative(p.slot_file, under=p.config_dir)
+    slots_dir = _relative(p.slots_dir, under=p.config_dir)
+    sources: list[dict[str, Any]] = [
+        {
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": slot_file,
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{SLOT_ANNOTATION}']"},
+                    }
+                ]
+            }
+        }
+    ]
+    for index in range(1, MAX_APISERVER_SLOTS):
+        base = f"{slots_dir}/{index}"
+        sources.append(
+            {
+                "secret": {
+                    "name": names.apiserver_slot_secret(index),
+                    "optional": True,
+                    "items": [
+                        _item(CA_CERT, f"{base}/ca.crt"),
+                        _item(TLS_CERT, f"{base}/tls.crt"),
+                        _item(TLS_KEY, f"{base}/tls.key", mode=_KEY_MODE),
+                        _item(
+                            TLS_CRYPT_V2_CLIENT, f"{base}/tls-crypt-v2-client.key", mode=_KEY_MODE
+                        ),
+                    ],
+                }
+            }
+        )
+    return sources
 
 
 def _tls_secret_source(
@@ -462,6 +530,7 @@ def apiserver_sidecar(
                     }
                 },
                 _tls_secret_source(names.apiserver_secret, TLS_CRYPT_V2_CLIENT, p),
+                *_slot_sources(names),
             ],
         },
     }

@@ -29,6 +29,7 @@ from vpnctl.reconcile.allocation import (
     allocations_from_status,
     released_from_status,
 )
+from vpnctl.reconcile.apiserver_slots import Slot
 from vpnctl.reconcile.errors import PermanentError
 from vpnctl.reconcile.machine_deletion import DeletionVerdicts, kept_while_deleting
 from vpnctl.reconcile.names import TenantNames
@@ -70,19 +71,26 @@ class TenantPlan:
         *,
         apiserver_serial: str | int | Sequence[str | int] | None,
         allocations: Sequence[Allocation] | None = None,
+        apiserver_slots: Sequence[Slot] = (),
+        replica_serials: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """The server's desired.json. ``allocations`` replaces the plan's when the pass
-        learned more since planning (serials the tenant side signed)."""
+        learned more since planning (serials the tenant side signed); ``apiserver_slots``
+        are the apiserver pods' slots (apiserver_slots.plan_slots), with the serial of
+        each further slot's certificate in ``replica_serials`` by common name."""
         clients = (
             self.clients
-            if allocations is None
+            if allocations is None and not apiserver_slots
             else client_routes(
                 tenant=self.tenant,
-                allocations=allocations,
+                allocations=self.allocation.allocations if allocations is None else allocations,
                 service_route_node=self.service_route_node,
+                apiserver_slots=apiserver_slots,
             )
         )
-        return server_desired_state(clients=clients, apiserver_serial=apiserver_serial)
+        return server_desired_state(
+            clients=clients, apiserver_serial=apiserver_serial, replica_serials=replica_serials
+        )
 
     def status(
         self,
