@@ -765,7 +765,10 @@ def test_no_key_material_in_the_lab_logs_events_or_status(lab_run: LabRun) -> No
         for path in files_under(lab.state, (".log",))
         if path.is_file()
     }
-    assert "logs/vpnctl.log" in blobs, sorted(blobs)  # the controller's own log is scanned
+    # The controller's own logs (both chart-installed replicas) and the server's are scanned.
+    pod_logs = [n for n in blobs if "/var/log/pods/" in n]
+    assert sum("vpnctl-system_vpnctl-" in n for n in pod_logs) >= 2, sorted(blobs)
+    assert any("-vpn-server-" in n for n in pod_logs), sorted(blobs)
     for kind in ("events", "tunnels"):
         listed = kubectl(lab, "get", kind, "-A", "-o", "json", cluster="service")
         assert listed.returncode == 0, listed.stderr

@@ -7,19 +7,19 @@ namespaces.
 2. what is built once and cached: the Kubernetes binaries (`vpnctl.testenv`), the node
    images (`vpnctl.lab.realnode.node_images`) and vpnctl's own image (`make image`);
 3. the **service cluster** (etcd, kube-apiserver, kube-controller-manager,
-   kube-scheduler, the CAPI CRDs and ours) in P-svc on 198.18.0.4, and the **hosted
-   tenant control plane** (etcd,
-   kube-apiserver, kube-controller-manager, kube-scheduler) in P-api on 198.18.0.2; the
-   apiserver checks the kubelets' serving certificates with the tenant CA;
-4. **vpnctl** (`vpnctl run`) in P-svc, against the service cluster, as the chart would
-   run it but as a process, with `--agent-image` naming our image and
-   `--node-port-address` the service node's address;
+   kube-scheduler, the CAPI CRDs; ours come with the chart) in P-svc on 198.18.0.4,
+   and the **hosted tenant control plane** (etcd, kube-apiserver,
+   kube-controller-manager, kube-scheduler) in P-api on 198.18.0.2; the apiserver
+   checks the kubelets' serving certificates with the tenant CA;
+4. the service cluster's **real node** `service-1` in P-srv on 198.18.0.1 (containerd,
+   kubelet, kube-proxy, our image imported) and **vpnctl** on it by `helm install` of
+   `charts/vpnctl` (`vpnctl.lab.service_side`): two replicas, leader election, our
+   image, `--node-port-address` the service node's address; the same kubelet runs the
+   server pod vpnctl creates, and its kube-proxy forwards the server Service's node
+   port, which the nodes dial;
 5. the tenant **as Cluster API would make it**: namespace, Tunnel (the lab's tunnel
    CIDR), Cluster, kubeconfig Secret, and a Machine per node whose status names its Node;
-6. the service cluster's **real node** `service-1` in P-srv on 198.18.0.1 (containerd,
-   kubelet, kube-proxy, our image imported): its kubelet runs vpnctl's server pod and
-   its kube-proxy forwards the server Service's node port, which the nodes dial; and
-   the **real tenant nodes** (`vpnctl.lab.realnode`): in each P-n<i>, containerd, the
+6. the **real tenant nodes** (`vpnctl.lab.realnode`): in each P-n<i>, containerd, the
    kubelet (joined with a kubeadm-style client certificate, serving :10250 with a
    certificate from the tenant CA) and kube-proxy; our image is imported into each
    node's containerd, and the node agent runs as the DaemonSet pod vpnctl installs;
@@ -69,9 +69,14 @@ from vpnctl.lab.realnode.node_images import (
 from vpnctl.lab.realnode.tenant_node import (
     NodeCluster,
     NodeSpec,
-    NodeStartError,
     RealNode,
     stop_recorded_node,
+)
+from vpnctl.lab.service_side import (
+    RELEASE_NAMESPACE,
+    install_vpnctl,
+    launch_node,
+    start_service_node,
 )
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
 from vpnctl.reconcile.names import COMPONENT_SERVER, selector_labels
@@ -82,8 +87,6 @@ from vpnctl.testenv.cluster_pki import ClusterPKI
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
-OUR_CRDS = REPO / "charts" / "vpnctl" / "files" / "crds"
-CONTROLLER_HEALTH_PORT = 8081
 READY_TIMEOUT = 180.0
 # --- bringing it up -----------------------------------------------------------------------------
 
@@ -123,14 +126,21 @@ async def bring_up(
     for d in (lab.pki_dir, lab.logs_dir):
         d.mkdir(parents=True, exist_ok=True)
 
-    step(f"service cluster in {plan.svc_ns} ({plan.svc_ip}), tenant control plane in "
-         f"{plan.api_ns} ({plan.api_ip})")  # fmt: skip
-    service, tenant = await asyncio.gather(
-        ServiceCluster.launch(
+    step(f"service cluster in {plan.svc_ns} ({plan.svc_ip}) and its node {plan.service_node} "
+         f"in {plan.srv_ns} ({plan.server_ip}); tenant control plane in {plan.api_ns} "
+         f"({plan.api_ip})")  # fmt: skip
+
+    async def service_side() -> ServiceCluster:
+        service = await ServiceCluster.launch(
             lab.service_dir, binaries, netns=plan.svc_ns, bind_address=str(plan.svc_ip),
-            port=lo.SERVICE_APISERVER_PORT, crds=[OUR_CRDS], die_with_parent=False,
+            port=lo.SERVICE_APISERVER_PORT, die_with_parent=False,
             scheduler=True, service_cidr=str(plan.service_cluster_services),
-        ),
+        )  # fmt: skip
+        await start_service_node(lab, cluster=service, binaries=binaries, images=images.node)
+        return service
+
+    _, tenant = await asyncio.gather(
+        service_side(),
         TenantCluster.launch(
             lab.tenant_dir, binaries, name=lo.CLUSTER_NAME, netns=plan.api_ns,
             bind_address=str(plan.api_ip), port=lo.TENANT_APISERVER_PORT,
@@ -142,33 +152,25 @@ async def bring_up(
             ],
         ),
     )  # fmt: skip
-    # running detached; `tear_down` stops it (cluster.json) and the service node (node.json)
+    # running detached; `tear_down` stops them (cluster.json) and the nodes (node.json)
 
-    step(f"vpnctl run in {plan.svc_ns}, against the service cluster")
+    step(f"helm install of charts/vpnctl into {RELEASE_NAMESPACE} (2 replicas, leader "
+         f"election), from our image on {plan.service_node}")  # fmt: skip
+    took = await install_vpnctl(
+        lab, helm=binaries.helm, image=images.vpnctl, node_cert_lifetime=node_cert_lifetime
+    )
+    say(f"lab:   rolled out and leading after {took:.1f}s")
     procs: dict[str, Proc] = {}
-    procs["vpnctl"] = Proc(
-        name="vpnctl",
-        ns=plan.svc_ns,
-        argv=[PY, "-m", "vpnctl", "run", "--kubeconfig", str(lab.service_kubeconfig),
-              "--agent-image", images.vpnctl.ref,
-              "--node-port-address", str(plan.server_ip),
-              "--health-address", f"0.0.0.0:{CONTROLLER_HEALTH_PORT}",
-              *(["--node-cert-lifetime", node_cert_lifetime] if node_cert_lifetime else [])],
-        log=lab.logs_dir / "vpnctl.log",
-    ).start()  # fmt: skip
-    _save_procs(lab, procs)
 
     step(f"tenant {lo.CLUSTER_NAMESPACE}/{lo.CLUSTER_NAME}: Tunnel, Cluster, kubeconfig "
          f"Secret, {len(plan.nodes)} Machines")  # fmt: skip
     await create_tenant(lab)
 
-    step(f"real nodes: {plan.service_node} for the service cluster (the server pods) in "
-         f"{plan.srv_ns}, {len(plan.nodes)} tenant nodes (the agent as vpnctl's DaemonSet "
-         "pod), the tenant's workloads")  # fmt: skip
+    step(f"{len(plan.nodes)} real tenant nodes (containerd, kubelet, kube-proxy; the agent "
+         "as vpnctl's DaemonSet pod), the tenant's workloads")  # fmt: skip
     await asyncio.gather(
-        start_service_node(lab, cluster=service, binaries=binaries, images=images.node),
         *(start_node(lab, node, cluster=tenant, binaries=binaries, images=images.node)
-          for node in plan.nodes),
+          for node in plan.nodes)
     )  # fmt: skip
     await lab.apply(tenant_workloads(lab, images), cluster="tenant")
 
@@ -251,50 +253,8 @@ async def start_node(
         pod_cidr=str(node.pod_cidr),
         cluster_cidr=str(lab.plan.pod_cidr),
     )
-    return await _launch_node(
+    return await launch_node(
         lab, spec, root=lab.node_dir(node), cluster=cluster, binaries=binaries, images=images
-    )
-
-
-async def _launch_node(
-    lab: Lab,
-    spec: NodeSpec,
-    *,
-    root: Path,
-    cluster: NodeCluster,
-    binaries: Binaries,
-    images: NodeImages,
-) -> RealNode:
-    try:
-        real = await RealNode.launch(
-            spec, root=root, cluster=cluster, binaries=binaries, images=images,
-            die_with_parent=False,
-        )  # fmt: skip
-    except NodeStartError as exc:
-        raise LabUpError(f"{spec.name} did not start: {exc}; logs in {root}/logs") from exc
-    real.record()
-    return real
-
-
-async def start_service_node(
-    lab: Lab, *, cluster: NodeCluster, binaries: Binaries, images: NodeImages
-) -> RealNode:
-    """The service cluster's node in P-srv on the wan address: a real kubelet that runs
-    vpnctl's server pods; its kube-proxy forwards the server Service's node port."""
-    plan = lab.plan
-    return await _launch_node(
-        lab,
-        NodeSpec(
-            name=plan.service_node,
-            netns=plan.srv_ns,
-            node_ip=str(plan.server_ip),
-            pod_cidr=str(plan.service_pod_cidr),
-            cluster_cidr=str(plan.service_pod_cidr),
-        ),
-        root=lab.service_node_dir,
-        cluster=cluster,
-        binaries=binaries,
-        images=images,
     )
 
 
@@ -461,7 +421,8 @@ async def wait_ready(
             reasons = "; ".join(f"{t}: {m}" for t, (s, m) in conditions.items() if s != "True")
             raise LabUpError(
                 f"the lab was not ready after {timeout:.0f}s ({line}; {reasons or 'no reason'}); "
-                f"logs are in {lab.logs_dir} (vpnctl.log, lab-kubelet.log, agent-*.log)"
+                f"logs are in {lab.logs_dir} (lab-kubelet.log) and, for the controller's and "
+                f"server's pods, under {lab.service_node_dir}/host/var/log/pods"
             )
         await asyncio.sleep(1.0)
 
