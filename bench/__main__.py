@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 async def main(args: argparse.Namespace) -> int:
     binaries = ensure_binaries()
-    crds = sorted(p for p in (REPO / "charts").glob("*/crds") if p.is_dir())
+    crds = [REPO / "charts/vpnctl/files/crds"]
     with tempfile.TemporaryDirectory(prefix="vpnctl-bench-") as tmp:
         print("starting a service cluster...", flush=True)
         async with ServiceCluster.start(Path(tmp), binaries, crds=crds) as cluster:
