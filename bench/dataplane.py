@@ -66,15 +66,18 @@ class TunnelStyle:
 STYLES: dict[str, TunnelStyle] = {
     "vpnctl": TunnelStyle(proto="udp", note="as shipped"),
     "gardener_style": TunnelStyle(
-        proto="tcp", keepalive=(10, 30), probe_interval=2.0,
+        proto="tcp",
+        keepalive=(10, 30),
+        probe_interval=2.0,
         note="TCP, keepalive 10 30, path checks every 2 s; tls-crypt-v2 per client instead "
         "of a shared tls-auth key (the role config cannot express tls-auth)",
-    ),  # fmt: skip
+    ),
     "kubermatic_style": TunnelStyle(
-        proto="tcp", keepalive=(5, 10),
+        proto="tcp",
+        keepalive=(5, 10),
         note="TCP, ping 5 (keepalive 5 10: the role config wants restart >= 2x ping); "
         "one node, so our per-node client is the one client for the whole cluster",
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -273,13 +276,13 @@ def table(latency: dict[str, Any], l3: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for path in latency:
-        lat, l = latency[path], l3[path]
-        ratio = f"{l['iperf_mbit_1'] / base:.2f}x" if base else "-"
+        lat, net = latency[path], l3[path]
+        ratio = f"{net['iperf_mbit_1'] / base:.2f}x" if base else "-"
         lines.append(
             f"| {path} | {f(lat['p50_ms'], '.2f')} / {f(lat['p99_ms'], '.2f')} | "
             f"{f(lat['new_conn_p50_ms'], '.2f')} | {f(lat['c50_rps'], '.0f')} / "
-            f"{f(lat['c50_p99_ms'], '.1f')} | {f(l['iperf_mbit_1'], '.0f')} / "
-            f"{f(l['iperf_mbit_4'], '.0f')} | {ratio} | {f(l['ping_p50_ms'], '.3f')} |"
+            f"{f(lat['c50_p99_ms'], '.1f')} | {f(net['iperf_mbit_1'], '.0f')} / "
+            f"{f(net['iperf_mbit_4'], '.0f')} | {ratio} | {f(net['ping_p50_ms'], '.3f')} |"
         )
     return "\n".join(lines)
 
@@ -288,13 +291,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.dataplane", description=__doc__)
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of paths")
     p.add_argument("--seconds", type=float, default=5.0, help="iperf3 and 50-client seconds")
+    p.add_argument("--count", type=int, default=300, help="sequential keep-alive GETs")
+    p.add_argument("--fresh", type=int, default=30, help="GETs on a new connection each")
+    p.add_argument("--concurrency", type=int, default=50, help="clients at once (0: skip)")
     p.add_argument("--json", default=None, help="also write the raw figures to this file")
     args = p.parse_args(argv)
     paths = tuple(x for x in args.paths.split(",") if x)
     unknown = [x for x in paths if x not in PATHS]
     if unknown:
         p.error(f"unknown path(s) {unknown}; pick from {', '.join(PATHS)}")
-    w = Workload(duration=args.seconds, iperf_seconds=args.seconds)
+    w = Workload(
+        count=args.count,
+        fresh=args.fresh,
+        concurrency=args.concurrency,
+        duration=args.seconds,
+        iperf_seconds=args.seconds,
+    )
     raw = asyncio.run(run_paths(w, paths))
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=2))

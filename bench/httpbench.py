@@ -109,7 +109,9 @@ async def _concurrent(
                 tg.create_task(client(start + args.duration))
         elapsed = time.perf_counter() - start
     if not lat:
-        raise SystemExit(f"no request to {args.url} succeeded in {args.duration}s ({errors} failed)")
+        raise SystemExit(
+            f"no request to {args.url} succeeded in {args.duration}s ({errors} failed)"
+        )
     return {"clients": args.concurrency, "rps": len(lat) / elapsed, "errors": errors,
             **_quantiles(lat)}  # fmt: skip
 
