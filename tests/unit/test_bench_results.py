@@ -4,6 +4,7 @@ with a reason, measured figures where they belong."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from bench import results
 from bench.dataplane import STYLES, summarize, table
@@ -76,7 +77,10 @@ def test_peer_styles_say_what_differs() -> None:
 def test_styled_role_config_changes_timers_and_leaves_the_original() -> None:
     from bench.dataplane import styled
 
-    config = {"openvpn": {"proto": "tcp", "keepalive": [1, 5]}, "probe": {"target": "x:1"}}
+    config: dict[str, Any] = {
+        "openvpn": {"proto": "tcp", "keepalive": [1, 5]},
+        "probe": {"target": "x:1"},
+    }
     out = styled(config, STYLES["gardener_style"])
     assert out["openvpn"]["keepalive"] == [10, 30]
     assert out["probe"] == {"target": "x:1", "interval": 2.0}
