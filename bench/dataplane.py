@@ -157,6 +157,19 @@ async def measure_path(ns: str, dp: DataPlane, w: Workload) -> dict[str, Any]:
     }
 
 
+async def udp_rcvbuf_errors(namespaces: tuple[str, ...]) -> int:
+    """UDP datagrams the kernel dropped because a socket's receive buffer was full, summed
+    over NAMESPACES (/proc/net/snmp is per namespace). Through a UDP tunnel every such drop
+    is a loss the inner TCP sees; a TCP tunnel has flow control instead."""
+    total = 0
+    for ns in namespaces:
+        lines = [ln.split() for ln in (await netns.run("cat", "/proc/net/snmp", ns=ns))
+                 .splitlines() if ln.startswith("Udp:")]  # fmt: skip
+        header, values = lines[0], lines[1]
+        total += int(values[header.index("RcvbufErrors")])
+    return total
+
+
 # --- bringing each path up and down in the same namespaces --------------------------------
 
 
@@ -205,7 +218,11 @@ async def _tunnel(
         dp.start_https_targets(node)
         await dp.until_ready(*dp.all_agents(), timeout=60)
         await _until(f"the HTTPS target through {name}", _target_answers(dp, plan.api_ns))
-        return await measure_path(plan.api_ns, dp, w)
+        where = (plan.srv_ns, plan.api_ns, node.ns)
+        drops_before = await udp_rcvbuf_errors(where)
+        figures = await measure_path(plan.api_ns, dp, w)
+        figures["udp_rcvbuf_errors"] = await udp_rcvbuf_errors(where) - drops_before
+        return figures
     except BaseException:
         print(dp.dump_logs(), file=sys.stderr)
         raise
@@ -261,6 +278,7 @@ def summarize(raw: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str,
             "iperf_mbit_1": r["iperf_mbit_1"],
             "iperf_mbit_4": r["iperf_mbit_4"],
             "ping_p50_ms": r["ping_p50_ms"],
+            "udp_rcvbuf_errors": r.get("udp_rcvbuf_errors"),
         }
     return latency, l3
 
