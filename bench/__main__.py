@@ -52,6 +52,7 @@ async def controller_scale(args: argparse.Namespace) -> ScaleResult:
                     machines=args.machines,
                     workers=args.workers,
                     progress=True,
+                    timeout=max(600.0, args.tenants * 2.0),
                 )
             finally:
                 await kube.close()
