@@ -29,6 +29,9 @@ from vpnctl.kube import NAMESPACE, connect
 from vpnctl.testenv import ServiceCluster, ensure_binaries
 
 REPO = Path(__file__).resolve().parents[1]
+# Every tenant has a ClusterIP Service for its server: the test clusters' default /24
+# ran out at ~250 tenants ("failed to allocate a serviceIP: range is full").
+SERVICE_CIDR = "198.19.240.0/20"
 
 
 async def controller_scale(args: argparse.Namespace) -> ScaleResult:
@@ -36,7 +39,9 @@ async def controller_scale(args: argparse.Namespace) -> ScaleResult:
     crds = [REPO / "charts/vpnctl/files/crds"]
     with tempfile.TemporaryDirectory(prefix="vpnctl-bench-") as tmp:
         print("starting a service cluster...", flush=True)
-        async with ServiceCluster.start(Path(tmp), binaries, crds=crds) as cluster:
+        async with ServiceCluster.start(
+            Path(tmp), binaries, crds=crds, service_cidr=SERVICE_CIDR
+        ) as cluster:
             kube = await connect(kubeconfig=str(cluster.kubeconfig_path))
             try:
                 await kube.create(NAMESPACE, {"metadata": {"name": "bench"}})
