@@ -99,7 +99,7 @@ def test_a_downward_api_source_follows_the_pods_annotations() -> None:
     assert volume_files(volume, objects={}, pod=pod) == {"slot": File(data=b"2", mode=0o644)}
     odd = {"name": "x", "projected": {"sources": [{"downwardAPI": {"items": [
         {"path": "n", "fieldRef": {"fieldPath": "spec.nodeName"}}]}}]}}  # fmt: skip
-    with pytest.raises(PodError, match="spec.nodeName"):
+    with pytest.raises(PodError, match=r"spec\.nodeName"):
         volume_files(odd, objects={}, pod=pod)
 
 
