@@ -9,6 +9,9 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v nft      >/dev/null || need+=(nftables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v curl     >/dev/null || need+=(curl)
+# The data-path benchmark (bench/dataplane.py): raw L3 throughput and RTT per path.
+command -v iperf3   >/dev/null || need+=(iperf3)
+command -v ping     >/dev/null || need+=(iputils-ping)
 # promtool, for the alert-rule and dashboard tests (tests/unit/test_alert_rules.py).
 command -v promtool >/dev/null || need+=(prometheus)
 # Debian 12's Go (1.19) is too old to build the pinned modules, but it says which Go

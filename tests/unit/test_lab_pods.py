@@ -81,6 +81,28 @@ def test_projected_volume_becomes_files_with_their_modes() -> None:
     ]
 
 
+def test_a_downward_api_source_follows_the_pods_annotations() -> None:
+    """The sidecar's slot file: empty until the controller annotates the pod, then the
+    slot, rewritten on the pod update as kubelet does."""
+    volume = {
+        "name": "config",
+        "projected": {
+            "sources": [
+                {"downwardAPI": {"items": [{"path": "slot", "fieldRef": {
+                    "fieldPath": "metadata.annotations['vpnctl.io/apiserver-slot']"}}]}},
+            ]
+        },
+    }  # fmt: skip
+    pod: dict[str, Any] = {"metadata": {"name": "p", "annotations": {}}}
+    assert volume_files(volume, objects={}, pod=pod) == {"slot": File(data=b"", mode=0o644)}
+    pod["metadata"]["annotations"]["vpnctl.io/apiserver-slot"] = "2"
+    assert volume_files(volume, objects={}, pod=pod) == {"slot": File(data=b"2", mode=0o644)}
+    odd = {"name": "x", "projected": {"sources": [{"downwardAPI": {"items": [
+        {"path": "n", "fieldRef": {"fieldPath": "spec.nodeName"}}]}}]}}  # fmt: skip
+    with pytest.raises(PodError, match=r"spec\.nodeName"):
+        volume_files(odd, objects={}, pod=pod)
+
+
 def test_a_missing_object_or_key_keeps_the_pod_from_starting() -> None:
     with pytest.raises(PodError, match=r"Secret s does not exist"):
         volume_files(PROJECTED, objects={("ConfigMap", "c"): cm("c", **{"a.json": "{}"})})

@@ -90,6 +90,8 @@ def test_server_udp_golden() -> None:
         "route 198.19.2.7 255.255.255.255",
         "explicit-exit-notify 1",
         "fast-io",
+        "sndbuf 2097152",
+        "rcvbuf 2097152",
         "management /run/vpn/mgmt.sock unix",
         "management-client-auth",
         "auth-user-pass-optional",
@@ -111,7 +113,7 @@ def test_server_tcp_has_no_udp_only_directives_and_optional_parts() -> None:
     )
     lines = _directives(render_server(cfg))
     assert lines[:3] == ["proto tcp4-server", "port 443", "local 198.18.0.5"]
-    for absent in ("explicit-exit-notify 1", "fast-io"):
+    for absent in ("explicit-exit-notify 1", "fast-io", "sndbuf 2097152", "rcvbuf 2097152"):
         assert absent not in lines
     assert not [x for x in lines if x.startswith("crl-verify")]
     assert "status /run/vpn/status 10" in lines
@@ -178,6 +180,8 @@ def test_client_udp_golden() -> None:
         "route 198.19.0.0 255.255.0.0",
         "explicit-exit-notify 1",
         "fast-io",
+        "sndbuf 2097152",
+        "rcvbuf 2097152",
         "management /run/vpn/mgmt.sock unix",
         "script-security 1",
         "verb 3",
@@ -189,6 +193,7 @@ def test_client_tcp() -> None:
     assert "proto tcp-client" in lines
     assert "explicit-exit-notify 1" not in lines
     assert "fast-io" not in lines
+    assert not [x for x in lines if x.startswith(("sndbuf", "rcvbuf"))]
     assert "connect-retry 2 30" in lines
     assert "dev tun7" in lines
     assert "socket-flags TCP_NODELAY" in lines
@@ -429,7 +434,8 @@ def test_rendered_text_is_one_directive_per_line() -> None:
         "client-config-dir", "ccd-exclusive", "max-clients", "keepalive", "persist-key",
         "persist-tun", "ca", "cert", "key", "dh", "tls-crypt-v2", "remote-cert-tls",
         "tls-version-min", "data-ciphers", "crl-verify", "route", "explicit-exit-notify",
-        "fast-io", "management", "script-security", "verb", "status", "status-version",
+        "fast-io", "sndbuf", "rcvbuf", "management", "script-security", "verb", "status",
+        "status-version",
         "client", "remote", "nobind", "resolv-retry", "connect-retry", "server-poll-timeout",
         "ifconfig-push", "iroute", "push", "user", "group", "management-client-auth",
         "auth-user-pass-optional", "reneg-sec",

@@ -349,7 +349,8 @@ class LabKubelet:
             )
             make_dirs(run.mounts, under=[self.cfg.state])
             try:
-                sync_volumes(run, await fetch_objects(self.service, meta["namespace"], run.volumes))
+                objects = await fetch_objects(self.service, meta["namespace"], run.volumes)
+                sync_volumes(run, objects, pod=pod)
             except PodError as exc:
                 await self._pod_status(pod, ps, phase="Pending", ready=False, waiting=str(exc))
                 raise
@@ -384,7 +385,7 @@ class LabKubelet:
         if rv == run.synced_rv and time.monotonic() - run.synced_at < VOLUME_RESYNC:
             return
         objects = await fetch_objects(self.service, pod["metadata"]["namespace"], run.volumes)
-        if sync_volumes(run, objects):
+        if sync_volumes(run, objects, pod=pod):
             _log.info("event=volumes_updated pod=%s", run.key)
         run.synced_rv, run.synced_at = rv, time.monotonic()
 

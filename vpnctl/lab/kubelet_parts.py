@@ -269,16 +269,22 @@ async def fetch_objects(
     return out
 
 
-def sync_volumes(run: Running, objects: Mapping[tuple[str, str], Mapping[str, Any] | None]) -> bool:
-    """Write RUN's configMap/secret/projected volumes and make its emptyDirs; True if a
-    file changed. PodError when an object or key is missing."""
+def sync_volumes(
+    run: Running,
+    objects: Mapping[tuple[str, str], Mapping[str, Any] | None],
+    *,
+    pod: Mapping[str, Any],
+) -> bool:
+    """Write RUN's configMap/secret/projected volumes (downward API fields from POD) and
+    make its emptyDirs; True if a file changed. PodError when an object or key is
+    missing."""
     changed = False
     for volume in run.volumes:
         dest = run.pod_dir / str(volume["name"])
         if "emptyDir" in volume:
             dest.mkdir(parents=True, exist_ok=True)
         elif any(k in volume for k in ("projected", "configMap", "secret")):
-            files = volume_files(volume, objects=objects)
+            files = volume_files(volume, objects=objects, pod=pod)
             changed = write_volume(dest, files, mounts=run.mounts) or changed
     return changed
 

@@ -8,7 +8,11 @@ the way kubelet makes them:
   item, the item's mode (or the volume's defaultMode); a file is replaced atomically
   (write, then rename) and only when its bytes changed, so a reader that watches inode,
   size and mtime (the server role re-reading desired.json and crl.pem) sees each change
-  once. Kubelet swaps a `..data` symlink instead; for a reader either is one atomic change.
+  once. Kubelet instead writes the whole volume into a new folder and swaps a `..data`
+  symlink, so every file of a projected volume gets a new inode when any source
+  changes: the agent compares bytes, not inodes, for that reason (`ContentWatch`).
+  A projected `downwardAPI` source (the sidecar's slot number from its pod's
+  annotation) is written from the pod's metadata and rewritten on a pod update.
 - `emptyDir`: an empty directory per pod.
 - `hostPath`: the node's own directory under the lab's per-node root (every lab node
   shares one real filesystem), except the kernel's own paths (`/dev`, `/proc`, `/sys`),
@@ -29,6 +33,7 @@ import binascii
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,13 +128,18 @@ def _name(obj: Mapping[str, Any]) -> str:
 
 
 def volume_files(
-    volume: Mapping[str, Any], *, objects: Mapping[tuple[str, str], Mapping[str, Any] | None]
+    volume: Mapping[str, Any],
+    *,
+    objects: Mapping[tuple[str, str], Mapping[str, Any] | None],
+    pod: Mapping[str, Any] | None = None,
 ) -> dict[str, File]:
     """Relative path -> File for a configMap, secret or projected volume.
 
     OBJECTS maps (kind, name) to the object or None when it does not exist. A missing
     object or key that is not optional raises PodError, as kubelet leaves such a pod in
-    ContainerCreating.
+    ContainerCreating. A projected `downwardAPI` source's fields are read from POD (its
+    metadata: name, namespace, uid, labels and annotations by key); a pod update
+    rewrites them, as kubelet does.
     """
     projected = volume.get("projected")
     default_mode = int((projected or volume.get("configMap") or volume.get("secret")
@@ -140,11 +150,11 @@ def volume_files(
             kind, body = "ConfigMap", source["configMap"]
         elif "secret" in source:
             kind, body = "Secret", source["secret"]
-        else:
-            # serviceAccountToken: not used by vpnctl's pods. downwardAPI: the apiserver
-            # sidecar's slot file; without it the sidecar is slot 0, which the lab's one
-            # apiserver pod holds (the lab runs one replica).
+        elif "downwardAPI" in source:
+            files.update(_downward_files(source["downwardAPI"], pod or {}, mode=default_mode))
             continue
+        else:
+            continue  # serviceAccountToken: not used by vpnctl's pods
         name = str(body.get("name") or body.get("secretName"))
         obj = objects.get((kind, name))
         if obj is None:
@@ -167,6 +177,27 @@ def volume_files(
             files[str(item.get("path", key))] = File(
                 data=data[key], mode=int(item.get("mode", mode))
             )
+    return files
+
+
+_FIELD = re.compile(r"metadata\.(annotations|labels)\['([^']+)'\]")
+
+
+def _downward_files(
+    body: Mapping[str, Any], pod: Mapping[str, Any], *, mode: int
+) -> dict[str, File]:
+    meta = pod.get("metadata") or {}
+    files: dict[str, File] = {}
+    for item in body.get("items") or []:
+        path = str(item.get("fieldRef", {}).get("fieldPath", ""))
+        keyed = _FIELD.fullmatch(path)
+        if keyed is not None:
+            value = str((meta.get(keyed.group(1)) or {}).get(keyed.group(2), ""))
+        elif path in ("metadata.name", "metadata.namespace", "metadata.uid"):
+            value = str(meta.get(path.split(".", 1)[1], ""))
+        else:
+            raise PodError(f"downwardAPI field {path!r}: the lab kubelet does not serve it")
+        files[str(item["path"])] = File(data=value.encode(), mode=int(item.get("mode", mode)))
     return files
 
 
