@@ -468,6 +468,19 @@ def test_apiserver_sidecar_and_attach() -> None:
     assert other.config_hash != attachment.config_hash
 
 
+def test_node_churn_changes_the_sidecars_routes_but_never_rolls_the_apiserver() -> None:
+    """A Machine added or deleted changes the routes (each node address outside the
+    cluster's networks) that the sidecar re-reads from its ConfigMap; the pod template's
+    hash must stay, or every node churn rolls the hosted kube-apiserver (seen in the lab
+    once the controller ran from the chart)."""
+    t = lab()
+    role = apiserver_role_config(tenant=t, settings=SETTINGS, service_name="tenant-a-vpn")
+    churned = {**role, "routes": [*role["routes"], "198.19.0.99/32"]}
+    before = apiserver_sidecar(tenant=t, settings=SETTINGS, role_config=role)
+    after = apiserver_sidecar(tenant=t, settings=SETTINGS, role_config=churned)
+    assert after.config_hash == before.config_hash
+
+
 # --- the node agent -------------------------------------------------------------------------
 
 

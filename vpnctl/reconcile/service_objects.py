@@ -573,8 +573,12 @@ def apiserver_sidecar(
     return SidecarAttachment(
         container=container,
         volumes=tuple(volumes),
-        config_hash=digest({"container": container, "volumes": volumes, "config": role_config}),
-    )
+        # Not the routes: the role re-reads them from its ConfigMap (and vpnctl nudges the
+        # pod so that kubelet refreshes the volume at once). Hashing them rolled the hosted
+        # kube-apiserver's Deployment on every Machine added or deleted.
+        config_hash=digest({"container": container, "volumes": volumes,
+                            "config": {k: v for k, v in role_config.items() if k != "routes"}}),
+    )  # fmt: skip
 
 
 def attach_sidecar(pod_spec: Mapping[str, Any], *, attachment: SidecarAttachment) -> dict[str, Any]:
