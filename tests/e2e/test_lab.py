@@ -43,6 +43,14 @@ from vpnctl.lab.lab_state import Lab
 from vpnctl.lab.probe import check_lines
 from vpnctl.lab.realnode import workloads as wl
 from vpnctl.lab.realnode.workloads import log_line
+from vpnctl.lab.service_side import (
+    CHART,
+    RELEASE,
+    RELEASE_NAMESPACE,
+    helm_argv,
+    leader,
+    wait_leader,
+)
 from vpnctl.lab.system import add_machine, replace_node
 from vpnctl.reconcile.names import (
     COMPONENT_LABEL,
@@ -51,6 +59,7 @@ from vpnctl.reconcile.names import (
     NODE_AGENT_NAME,
     selector_labels,
 )
+from vpnctl.testenv import ensure_binaries
 
 from .conftest import LabRun, api_get, kubelet_ok, root_net_state, vpnctl
 
@@ -793,6 +802,96 @@ def files_under(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
         if name.endswith(suffixes)
     ]
     return sorted(found)
+
+
+# --- vpnctl as the chart installs it: two replicas, upgrade, uninstall ---
+
+
+def _since(lab: Lab, names: list[str]) -> dict[str, Any]:
+    """Each node's connect time as the server reports it: a reconnect changes it."""
+    ips = asyncio.run(lab.server_pod_ips())
+    status, text = http_get(lab.plan.svc_ns, f"http://{ips[0]}:{SERVER_HEALTH_PORT}/metrics")
+    assert status == 200, text
+    seen = parse_server_metrics(text)
+    return {n: seen[n].connected_since if n in seen else None for n in names}
+
+
+def _helm(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = helm_argv(lab, ensure_binaries().helm, *args)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_the_leader_deleted_the_other_replica_takes_over_and_revokes_a_deleted_machine(
+    lab_run: LabRun,
+) -> None:
+    """Issue 11: the chart's two replicas; the leading pod deleted, the other takes the
+    Lease and revokes a Machine deleted meanwhile (node-3's, for good: later tests use
+    node-1 and node-2)."""
+    lab = lab_run.lab
+    node = lab.plan.node("node-3")
+    before = asyncio.run(leader(lab))
+    assert before is not None
+    t0 = time.monotonic()
+    gone = kubectl(lab, "delete", "pod", "-n", RELEASE_NAMESPACE, before, "--wait=false",
+                   cluster="service")  # fmt: skip
+    assert gone.returncode == 0, gone.stderr
+    machines = kubectl(lab, "get", "machines", "-n", lo.CLUSTER_NAMESPACE, "-o", "name",
+                       cluster="service")  # fmt: skip
+    base = lo.machine_name(node)  # and its later generations, `<base>-<n>`
+    mine = [m for m in machines.stdout.split()
+            if m.split("/")[-1] == base or m.split("/")[-1].startswith(f"{base}-")]  # fmt: skip
+    assert mine, machines.stdout
+    deleted = kubectl(lab, "delete", *mine, "-n", lo.CLUSTER_NAMESPACE, "--wait=false",
+                      cluster="service")  # fmt: skip
+    assert deleted.returncode == 0, deleted.stderr
+    took_over = until(lambda: asyncio.run(leader(lab)) not in (None, before), timeout=60,
+                      every=0.2)  # fmt: skip
+    kicked = until(lambda: connected_nodes(lab).get(node.name) is not True, timeout=60,
+                   every=0.2)  # fmt: skip
+    total = time.monotonic() - t0
+    print(f"\nleader {before} deleted: {asyncio.run(leader(lab))} leads after "
+          f"{took_over if took_over is None else round(took_over, 1)}s; {node.name}'s Machine "
+          f"deleted meanwhile, off the tunnel after {round(total, 1)}s")  # fmt: skip
+    assert took_over is not None
+    assert kicked is not None
+    assert not kubelet_ok(lab, node.name)
+
+
+def test_helm_upgrade_rolls_the_controller_and_drops_no_tunnel(lab_run: LabRun) -> None:
+    """Issue 11: `helm upgrade` to a changed value rolls both controller pods; the
+    server pod stays and no node reconnects."""
+    lab = lab_run.lab
+    names = ["node-1", "node-2"]
+    since = _since(lab, names)
+    assert all(since.values()), since
+    server = asyncio.run(lab.server_pod_ips())
+    pods = kubectl(lab, "get", "pods", "-n", RELEASE_NAMESPACE, "-o", "name", cluster="service")
+    up = _helm(lab, "upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reuse-values",
+               "--set-string", "controller.podAnnotations.lab-upgrade=1", "--wait",
+               "--timeout", "240s")  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert asyncio.run(wait_leader(lab, timeout=60))
+    after = kubectl(lab, "get", "pods", "-n", RELEASE_NAMESPACE, "-o", "name", cluster="service")
+    assert not set(after.stdout.split()) & set(pods.stdout.split()), "the pods were not rolled"
+    assert all(kubelet_ok(lab, n) for n in names)
+    assert _since(lab, names) == since, "a node reconnected during the upgrade"
+    assert asyncio.run(lab.server_pod_ips()) == server
+
+
+def test_helm_uninstall_leaves_the_tunnels_running(lab_run: LabRun) -> None:
+    """Issue 11: without the controller the tenant's tunnels keep working (and the CRD,
+    with the Tunnel, stays: the chart keeps it)."""
+    lab = lab_run.lab
+    names = ["node-1", "node-2"]
+    since = _since(lab, names)
+    gone = _helm(lab, "uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait")
+    assert gone.returncode == 0, gone.stderr
+    left = kubectl(lab, "get", "pods", "-n", RELEASE_NAMESPACE, "-o", "name", cluster="service")
+    assert left.stdout.strip() == "", left.stdout
+    assert kubectl(lab, "get", "tunnel", "-n", lo.CLUSTER_NAMESPACE, lo.CLUSTER_NAME,
+                   cluster="service").returncode == 0  # fmt: skip
+    assert all(kubelet_ok(lab, n) for n in names)
+    assert _since(lab, names) == since
 
 
 # --- and then nothing ---
