@@ -821,6 +821,31 @@ def _helm(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
 
 
+def test_the_charts_controller_serves_metrics_and_health_on_its_declared_ports(
+    lab_run: LabRun,
+) -> None:
+    """Issue 11: each replica answers /metrics on the port the chart names http-metrics
+    (what its Service and ServiceMonitor scrape) and /healthz on http-health; exactly
+    one says it leads."""
+    lab = lab_run.lab
+    got = kubectl(lab, "get", "pods", "-n", RELEASE_NAMESPACE, "-o", "json", cluster="service")
+    assert got.returncode == 0, got.stderr
+    pods = [p for p in json.loads(got.stdout)["items"] if p["status"].get("podIP")]
+    assert len(pods) == 2, [p["metadata"]["name"] for p in pods]
+    leading = []
+    for pod in pods:
+        ports = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"]
+                 for p in c.get("ports") or []}  # fmt: skip
+        ip = pod["status"]["podIP"]
+        status, text = http_get(lab.plan.svc_ns, f"http://{ip}:{ports['http-metrics']}/metrics")
+        assert status == 200, text[:300]
+        assert "vpnctl_build_info" in text
+        leading += re.findall(r"^vpnctl_leader(?:\{[^}]*\})? 1\.0$", text, re.M)
+        status, text = http_get(lab.plan.svc_ns, f"http://{ip}:{ports['http-health']}/healthz")
+        assert status == 200, text[:300]
+    assert len(leading) == 1, leading
+
+
 def test_the_leader_deleted_the_other_replica_takes_over_and_revokes_a_deleted_machine(
     lab_run: LabRun,
 ) -> None:
@@ -886,8 +911,14 @@ def test_helm_uninstall_leaves_the_tunnels_running(lab_run: LabRun) -> None:
     since = _since(lab, names)
     gone = _helm(lab, "uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait")
     assert gone.returncode == 0, gone.stderr
-    left = kubectl(lab, "get", "pods", "-n", RELEASE_NAMESPACE, "-o", "name", cluster="service")
-    assert left.stdout.strip() == "", left.stdout
+
+    def no_pods() -> bool:
+        left = kubectl(lab, "get", "pods", "-n", RELEASE_NAMESPACE, "-o", "name",
+                       cluster="service")  # fmt: skip
+        return left.returncode == 0 and left.stdout.strip() == ""
+
+    # The ReplicaSet's pods go by garbage collection, after helm returns.
+    assert until(no_pods, timeout=90, every=0.5) is not None
     assert kubectl(lab, "get", "tunnel", "-n", lo.CLUSTER_NAMESPACE, lo.CLUSTER_NAME,
                    cluster="service").returncode == 0  # fmt: skip
     assert all(kubelet_ok(lab, n) for n in names)
