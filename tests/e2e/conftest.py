@@ -63,10 +63,13 @@ _RUNNING: dict[str, Lab] = {}
 
 
 def _log_tails(state: Path, lines: int = 25) -> str:
+    """The lab's own logs, and the service node's pod logs (the chart's controller
+    replicas and the server pod: `<namespace>_<pod>_<uid>/<container>/<n>.log`)."""
+    pods = state / "nodes" / "service-1" / "host" / "var" / "log" / "pods"
     parts = []
-    for log in sorted((state / "logs").glob("*.log")):
+    for log in [*sorted((state / "logs").glob("*.log")), *sorted(pods.glob("*/*/*.log"))]:
         text = log.read_text(errors="replace").splitlines()[-lines:]
-        parts.append(f"--- {log.name}\n" + "\n".join(text))
+        parts.append(f"--- {log.relative_to(state)}\n" + "\n".join(text))
     return "\n".join(parts)
 
 
