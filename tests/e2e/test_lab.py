@@ -896,8 +896,14 @@ def test_helm_upgrade_rolls_the_controller_and_drops_no_tunnel(lab_run: LabRun) 
                "--timeout", "240s")  # fmt: skip
     assert up.returncode == 0, up.stderr
     assert asyncio.run(wait_leader(lab, timeout=60))
-    after = kubectl(lab, "get", "pods", "-n", RELEASE_NAMESPACE, "-o", "name", cluster="service")
-    assert not set(after.stdout.split()) & set(pods.stdout.split()), "the pods were not rolled"
+
+    def rolled() -> bool:
+        now = kubectl(lab, "get", "pods", "-n", RELEASE_NAMESPACE, "-o", "name",
+                      cluster="service")  # fmt: skip
+        return now.returncode == 0 and not set(now.stdout.split()) & set(pods.stdout.split())
+
+    # helm waits for the new pods; the old ones go afterwards, by garbage collection.
+    assert until(rolled, timeout=90, every=0.5) is not None, "the pods were not rolled"
     assert all(kubelet_ok(lab, n) for n in names)
     assert _since(lab, names) == since, "a node reconnected during the upgrade"
     assert asyncio.run(lab.server_pod_ips()) == server
