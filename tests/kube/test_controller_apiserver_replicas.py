@@ -23,7 +23,12 @@ from tests.support.polling import aeventually
 from vpnctl.kube import CONFIG_MAP, DEPLOYMENT, POD, SECRET, Kube
 from vpnctl.reconcile.apiserver_slots import SLOT_ANNOTATION, parse_slot, slot_common_name
 from vpnctl.reconcile.names import TenantNames
-from vpnctl.reconcile.service_objects import ATTACH_SIDECAR_LABEL, SLOT_HOLDER_ANNOTATION
+from vpnctl.reconcile.service_objects import (
+    SLOT_HOLDER_ANNOTATION,
+)
+from vpnctl.reconcile.sidecar_objects import (
+    ATTACH_SIDECAR_LABEL,
+)
 from vpnctl.reconcile.tunnel_spec import DEFAULT_TUNNEL_CIDR
 
 from .controllerfix import (

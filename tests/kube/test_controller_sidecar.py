@@ -15,6 +15,8 @@ from tests.support.polling import aeventually
 from vpnctl.kube import DEPLOYMENT, Kube, KubeObject
 from vpnctl.reconcile.service_objects import (
     APISERVER_CONTAINER,
+)
+from vpnctl.reconcile.sidecar_objects import (
     ATTACH_SIDECAR_LABEL,
     SIDECAR_HASH_ANNOTATION,
 )

@@ -21,8 +21,13 @@ from vpnctl.reconcile.agentdocs import (
     server_role_config,
 )
 from vpnctl.reconcile.errors import PermanentError
-from vpnctl.reconcile.service_objects import apiserver_sidecar, server_deployment
+from vpnctl.reconcile.service_objects import (
+    server_deployment,
+)
 from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.sidecar_objects import (
+    apiserver_sidecar,
+)
 from vpnctl.reconcile.tenant_spec import TenantSpec
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "charts/vpnctl/files/crds/tunnels.vpnctl.io.yaml"

@@ -18,8 +18,10 @@ from vpnctl.kube.clock import ManualClock
 from vpnctl.reconcile.agentdocs import ApiserverPaths, apiserver_role_config, canonical_json
 from vpnctl.reconcile.apiserver_slots import MAX_APISERVER_SLOTS, SLOT_ANNOTATION
 from vpnctl.reconcile.names import TenantNames
-from vpnctl.reconcile.service_objects import apiserver_sidecar
 from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.sidecar_objects import (
+    apiserver_sidecar,
+)
 from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")

@@ -28,8 +28,13 @@ from vpnctl.reconcile.container_resources import (
     resources_from_flag,
 )
 from vpnctl.reconcile.errors import PermanentError
-from vpnctl.reconcile.service_objects import apiserver_sidecar, server_deployment
+from vpnctl.reconcile.service_objects import (
+    server_deployment,
+)
 from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.sidecar_objects import (
+    apiserver_sidecar,
+)
 from vpnctl.reconcile.tenant_spec import TenantSpec
 
 

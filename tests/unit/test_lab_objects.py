@@ -11,12 +11,12 @@ from vpnctl.api import Cluster, Machine, Tunnel
 from vpnctl.lab import lab_objects as lo
 from vpnctl.lab.address_plan import make_plan
 from vpnctl.reconcile.secrets import parse_kubeconfig_secret
-from vpnctl.reconcile.service_objects import (
+from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.sidecar_objects import (
     ATTACH_SIDECAR_LABEL,
     apiserver_sidecar,
     sidecar_apply_body,
 )
-from vpnctl.reconcile.settings import Settings
 from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 PLAN = make_plan(prefix="vt1", nodes=3)

@@ -16,8 +16,13 @@ from vpnctl.reconcile.agentdocs import (
     server_role_config,
 )
 from vpnctl.reconcile.pod_security import OPENVPN_DROP_PRIVILEGES as DROP
-from vpnctl.reconcile.service_objects import apiserver_sidecar, server_deployment
+from vpnctl.reconcile.service_objects import (
+    server_deployment,
+)
 from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.sidecar_objects import (
+    apiserver_sidecar,
+)
 from vpnctl.reconcile.tenant_spec import TenantSpec
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")

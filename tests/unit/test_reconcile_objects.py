@@ -33,8 +33,6 @@ from vpnctl.reconcile.pod_security import OPENVPN_DROP_PRIVILEGES as DROP
 from vpnctl.reconcile.service_objects import (
     apiserver_client_secret,
     apiserver_config_map,
-    apiserver_sidecar,
-    attach_sidecar,
     ca_secret,
     server_config_map,
     server_deployment,
@@ -43,6 +41,10 @@ from vpnctl.reconcile.service_objects import (
     tls_crypt_secret,
 )
 from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.sidecar_objects import (
+    apiserver_sidecar,
+    attach_sidecar,
+)
 from vpnctl.reconcile.tenant_spec import TenantSpec, parse_tenant
 
 SETTINGS = Settings(agent_image="registry.example/vpnctl:1")

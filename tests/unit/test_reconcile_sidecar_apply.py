@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from vpnctl.reconcile.service_objects import (
     APISERVER_CONTAINER,
+)
+from vpnctl.reconcile.sidecar_objects import (
     SIDECAR_HASH_ANNOTATION,
     SidecarAttachment,
     sidecar_apply_body,

@@ -57,8 +57,13 @@ from vpnctl.reconcile.names import (
     TenantNames,
     selector_labels,
 )
-from vpnctl.reconcile.service_objects import ATTACH_SIDECAR_LABEL, TLS_CRYPT_V2_SERVER
+from vpnctl.reconcile.service_objects import (
+    TLS_CRYPT_V2_SERVER,
+)
 from vpnctl.reconcile.settings import Settings
+from vpnctl.reconcile.sidecar_objects import (
+    ATTACH_SIDECAR_LABEL,
+)
 
 NS = "tenants"
 NAME = "acme"

@@ -64,7 +64,9 @@ from vpnctl.kube import (
     WatchSource,
 )
 from vpnctl.reconcile.names import CLUSTER_LABEL
-from vpnctl.reconcile.service_objects import ATTACH_SIDECAR_LABEL
+from vpnctl.reconcile.sidecar_objects import (
+    ATTACH_SIDECAR_LABEL,
+)
 
 _log = logging.getLogger(__name__)
 

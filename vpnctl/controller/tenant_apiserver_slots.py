@@ -36,10 +36,12 @@ from vpnctl.reconcile.apiserver_slots import (
 )
 from vpnctl.reconcile.names import TenantNames
 from vpnctl.reconcile.service_objects import (
-    ATTACH_SIDECAR_LABEL,
     SLOT_HOLDER_ANNOTATION,
     TLS_CRYPT_V2_CLIENT,
     apiserver_client_secret,
+)
+from vpnctl.reconcile.sidecar_objects import (
+    ATTACH_SIDECAR_LABEL,
 )
 from vpnctl.reconcile.tenant_spec import TenantSpec
 

@@ -33,9 +33,11 @@ from vpnctl.reconcile.apiserver_slots import ApiserverReplicas
 from vpnctl.reconcile.diff import needs_update
 from vpnctl.reconcile.names import COMPONENT_SERVER, DESIRED_HASH_ANNOTATION, selector_labels
 from vpnctl.reconcile.service_objects import (
+    server_config_map,
+)
+from vpnctl.reconcile.sidecar_objects import (
     ATTACH_SIDECAR_LABEL,
     apiserver_sidecar,
-    server_config_map,
     sidecar_apply_body,
 )
 from vpnctl.reconcile.tenant_plan import TenantPlan

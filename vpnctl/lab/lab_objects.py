@@ -28,7 +28,9 @@ import yaml
 from vpnctl.api import CAPI_API_VERSION, CAPI_CLUSTER_NAME_LABEL, TUNNEL_API_VERSION, TUNNEL_KIND
 from vpnctl.lab.address_plan import LabPlan, NodePlan
 from vpnctl.reconcile.secrets import kubeconfig_secret_name
-from vpnctl.reconcile.service_objects import ATTACH_SIDECAR_LABEL
+from vpnctl.reconcile.sidecar_objects import (
+    ATTACH_SIDECAR_LABEL,
+)
 
 CLUSTER_NAME = "tenant-a"
 CLUSTER_NAMESPACE = "tenant-a"
