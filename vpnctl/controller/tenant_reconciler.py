@@ -55,29 +55,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
-from vpnctl.api import CAPI_CLUSTER_NAME_LABEL, ConditionStatus, TunnelStatusBody
+from vpnctl.api import CAPI_CLUSTER_NAME_LABEL, TunnelStatusBody
 from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.budgets import with_degraded
 from vpnctl.controller.interfaces import (
     ObservationSource,
     TenantRef,
     TenantSide,
-    TenantSideResult,
 )
 from vpnctl.controller.metrics import ControllerMetrics
 from vpnctl.controller.queue import Outcome
-from vpnctl.controller.revocation_store import RevocationStore, reported_certificates
+from vpnctl.controller.revocation_store import RevocationStore
 from vpnctl.controller.tenant_api import TenantApi, is_deleting, meta_of
 from vpnctl.controller.tenant_apiserver_slots import ApiserverSlotPasses
 from vpnctl.controller.tenant_image import TenantImages
 from vpnctl.controller.tenant_lifecycle import TunnelLifecycle, has_cluster_owner, is_paused
-from vpnctl.controller.tenant_pki import TenantPKI
 from vpnctl.controller.tenant_server import record_signed
 from vpnctl.controller.tenant_settings import TenantSettings
+from vpnctl.controller.tenant_side_pass import TenantSidePass
 from vpnctl.controller.tenant_status import (
     Fingerprint,
     StatusReports,
@@ -90,7 +89,6 @@ from vpnctl.kube import (
     DEPLOYMENT,
     MACHINE,
     NETWORK_POLICY,
-    SECRET,
     SERVICE,
     TUNNEL,
     Clock,
@@ -98,14 +96,10 @@ from vpnctl.kube import (
     KubeObject,
     Store,
 )
-from vpnctl.reconcile.agent_objects import tenant_objects
-from vpnctl.reconcile.agentdocs import node_role_config, service_remotes
 from vpnctl.reconcile.allocation import forget_serials
 from vpnctl.reconcile.conditions import PKI_READY, SERVER_READY
 from vpnctl.reconcile.errors import PermanentError, ReconcileError, TemporaryError
 from vpnctl.reconcile.machine_deletion import DeletionVerdicts
-from vpnctl.reconcile.revocation_book import IssuedCert
-from vpnctl.reconcile.secrets import kubeconfig_secret_name, parse_kubeconfig_secret
 from vpnctl.reconcile.server_policy import server_network_policy
 from vpnctl.reconcile.service_objects import (
     apiserver_config_map,
@@ -128,7 +122,9 @@ def _belongs(machine: Mapping[str, Any], cluster: str) -> bool:
     return bool((meta_of(machine).get("labels") or {}).get(CAPI_CLUSTER_NAME_LABEL) == cluster)
 
 
-class TenantReconciler(TunnelLifecycle, StatusReports, ApiserverSlotPasses, TenantImages):
+class TenantReconciler(
+    TunnelLifecycle, StatusReports, ApiserverSlotPasses, TenantImages, TenantSidePass
+):
     """Reconciles tenants one key at a time (the queue guarantees that); see the module
     docstring. ``api`` is the service cluster's apiserver (``vpnctl.kube.Kube``, or a fake
     of ``TenantApi``). ``machines`` is the operator's Machine watch cache; without it
@@ -523,104 +519,3 @@ class TenantReconciler(TunnelLifecycle, StatusReports, ApiserverSlotPasses, Tena
                 message=f"could not ask the tenant's openvpn server for its clients: {exc}",
             )
         return observations_from_status(tunnel.get("status") or {}), error
-
-    # --- the tenant cluster ---------------------------------------------------------------
-
-    async def _ensure_tenant_side(
-        self,
-        key: TenantRef,
-        plan: TenantPlan,
-        keys: TenantPKI,
-        *,
-        service: Mapping[str, Any],
-        machines: Sequence[KubeObject],
-    ) -> tuple[tuple[ConditionStatus, str, str], bool, tuple[IssuedCert, ...]]:
-        """AgentInstalled as (status, reason, message), whether to retry with backoff, and
-        the node certificates the tenant side reported.
-
-        With spec.agent.install false (the agent installed by charts/agent, or by hand)
-        nothing is installed, but the tenant side still runs: its CSR loop signs the nodes'
-        certificates and seals their tls-crypt-v2 keys, which such an agent needs as much
-        as ours, and reports what it signed so revocation covers it."""
-        tenant = plan.tenant
-        install = tenant.spec.install_agent
-        secret = await self._get(SECRET, kubeconfig_secret_name(key.cluster), key.namespace)
-        try:
-            kubeconfig = parse_kubeconfig_secret(
-                secret, namespace=key.namespace, cluster_name=key.cluster
-            )
-            desired: Sequence[dict[str, Any]] = ()
-            if install:
-                role_config = node_role_config(
-                    tenant=tenant,
-                    settings=self._settings.build,
-                    remotes=service_remotes(
-                        service, node_addresses=self._settings.build.node_port_addresses
-                    ),
-                    # The nodes ask this apiserver for their certificates (agent/bootstrap.py).
-                    bootstrap_server=kubeconfig.server,
-                )
-                desired = tenant_objects(
-                    cluster_name=tenant.cluster_name,
-                    settings=self._settings.build,
-                    role_config=role_config,
-                    ca_pem=keys.ca.cert_pem,
-                    agent_resources=tenant.spec.resources.agent,
-                    agent_image=tenant.spec.agent_image,
-                )
-        except ReconcileError as exc:
-            if not install:
-                return (
-                    _agent_disabled(f"nodes' certificates cannot be signed: {exc.message}"),
-                    True,
-                    (),
-                )
-            return ("False", exc.reason, exc.message), False, ()
-        try:
-            async with asyncio.timeout(self._settings.tenant_side_timeout):
-                result: TenantSideResult = await self._side.ensure(
-                    tenant=key,
-                    kubeconfig_text=kubeconfig.text,
-                    desired_objects=desired,
-                    ca=keys.ca,
-                    machines=machines,
-                    tls_crypt_server_key=keys.tls_crypt_server_key,
-                )
-            self._side_degraded[key] = result.degraded
-        except TimeoutError:
-            result = TenantSideResult(
-                installed=False,
-                reason="TenantUnreachable",
-                message=(
-                    f"the tenant apiserver {kubeconfig.server} did not answer within "
-                    f"{self._settings.tenant_side_timeout:g}s; retrying with backoff"
-                ),
-            )
-        except Exception as exc:  # the tenant's trouble must not stop the service side
-            _log.warning("event=tenant_side_failed tenant=%s error=%r", key, str(exc))
-            result = TenantSideResult(
-                installed=False,
-                reason="TenantSideError",
-                message=f"installing the agent in the tenant cluster failed: {exc}",
-            )
-        signed = reported_certificates(result, ca=keys.ca)
-        if not install:
-            if result.installed:
-                return _agent_disabled("the nodes' certificate requests are signed"), False, signed
-            return (
-                _agent_disabled(f"nodes' certificates cannot be signed: {result.message}"),
-                True,
-                signed,
-            )
-        if result.installed:
-            return ("True", result.reason or "Installed", result.message), False, signed
-        return ("False", result.reason or "NotInstalled", result.message), True, signed
-
-
-def _agent_disabled(detail: str) -> tuple[ConditionStatus, str, str]:
-    """AgentInstalled while spec.agent.install is false: not ours to install."""
-    return (
-        "True",
-        "Disabled",
-        f"spec.agent.install is false: the node agent is not managed; {detail}",
-    )
