@@ -20,9 +20,8 @@ from datetime import datetime
 from typing import Any
 
 import certs
-from vpnctl.controller import pki_decisions as pki
 from vpnctl.controller.tenant_api import meta_of
-from vpnctl.controller.tenant_pki import PKIIssuance, TenantPKI, _decode
+from vpnctl.controller.tenant_pki import PKIIssuance, TenantPKI, client_secret_maker
 from vpnctl.kube import DEPLOYMENT, POD, ApiError, KubeObject
 from vpnctl.reconcile.allocation import Allocation
 from vpnctl.reconcile.apiserver_slots import (
@@ -37,8 +36,6 @@ from vpnctl.reconcile.apiserver_slots import (
 from vpnctl.reconcile.names import TenantNames
 from vpnctl.reconcile.service_objects import (
     SLOT_HOLDER_ANNOTATION,
-    TLS_CRYPT_V2_CLIENT,
-    apiserver_client_secret,
 )
 from vpnctl.reconcile.sidecar_objects import (
     ATTACH_SIDECAR_LABEL,
@@ -151,19 +148,9 @@ class ApiserverSlotPasses(PKIIssuance):
                 ca, common_name=slot.common_name, now=now, lifetime=tenant.spec.certificates.client
             )
 
-        def client_secret(leaf: certs.Issued, live: KubeObject | None) -> KubeObject:
-            client_key = _decode(live, TLS_CRYPT_V2_CLIENT)
-            if client_key is None or not pki.tls_crypt_client_key_fits(tc_key, client_key):
-                client_key = certs.new_tls_crypt_v2_client_key(tc_key, now=now)
-            return apiserver_client_secret(
-                tenant=tenant,
-                cert_pem=leaf.cert_pem,
-                key_pem=leaf.key_pem,
-                ca_pem=ca.cert_pem,
-                tls_crypt_v2_client_key=client_key,
-                slot=slot.index,
-                holder_uid=slot.pod_uid,
-            )
+        client_secret = client_secret_maker(
+            tenant, ca, tc_key, now=now, slot=slot.index, holder_uid=slot.pod_uid
+        )
 
         def passed_on(live: KubeObject | None) -> str | None:
             holder = (meta_of(live or {}).get("annotations") or {}).get(SLOT_HOLDER_ANNOTATION)

@@ -67,6 +67,35 @@ def _decode(secret: Mapping[str, Any] | None, key: str) -> bytes | None:
         return None
 
 
+def client_secret_maker(
+    tenant: TenantSpec,
+    ca: certs.Issued,
+    tc_key: bytes,
+    *,
+    now: datetime,
+    slot: int = 0,
+    holder_uid: str | None = None,
+) -> Callable[[certs.Issued, KubeObject | None], KubeObject]:
+    """How an apiserver client's Secret is made from its new leaf: the live Secret's
+    tls-crypt-v2 client key is kept while it still fits the server key, else a new one."""
+
+    def client_secret(leaf: certs.Issued, live: KubeObject | None) -> KubeObject:
+        client_key = _decode(live, TLS_CRYPT_V2_CLIENT)
+        if client_key is None or not pki.tls_crypt_client_key_fits(tc_key, client_key):
+            client_key = certs.new_tls_crypt_v2_client_key(tc_key, now=now)
+        return apiserver_client_secret(
+            tenant=tenant,
+            cert_pem=leaf.cert_pem,
+            key_pem=leaf.key_pem,
+            ca_pem=ca.cert_pem,
+            tls_crypt_v2_client_key=client_key,
+            slot=slot,
+            holder_uid=holder_uid,
+        )
+
+    return client_secret
+
+
 class PKIIssuance(RevocationPasses):
     """Part of ``TenantReconciler``: reads, creates and renews the PKI Secrets."""
 
@@ -118,21 +147,10 @@ class PKIIssuance(RevocationPasses):
                 ca, common_name=APISERVER_COMMON_NAME, now=now, lifetime=lifetimes.client
             )
 
-        def client_secret(leaf: certs.Issued, live: KubeObject | None) -> KubeObject:
-            client_key = _decode(live, TLS_CRYPT_V2_CLIENT)
-            if client_key is None or not pki.tls_crypt_client_key_fits(tc_key, client_key):
-                client_key = certs.new_tls_crypt_v2_client_key(tc_key, now=now)
-            return apiserver_client_secret(
-                tenant=tenant,
-                cert_pem=leaf.cert_pem,
-                key_pem=leaf.key_pem,
-                ca_pem=ca.cert_pem,
-                tls_crypt_v2_client_key=client_key,
-            )
-
         client = await self._ensure_leaf(
-            tenant, names.apiserver_secret, ca, "apiserver", new_client, client_secret, now=now
-        )
+            tenant, names.apiserver_secret, ca, "apiserver", new_client,
+            client_secret_maker(tenant, ca, tc_key, now=now), now=now,
+        )  # fmt: skip
 
         infos = {
             pki.CA: certs.cert_info(ca.cert_pem),
