@@ -39,7 +39,7 @@ from vpnctl.lab.address_plan import NodePlan
 from vpnctl.lab.checks import kubectl_exec, kubectl_logs, pod_sha256, port_forward_fetch
 from vpnctl.lab.dataplane import http_get, in_netns
 from vpnctl.lab.lab_objects import DEFAULT_LOG_LINES
-from vpnctl.lab.lab_state import Lab
+from vpnctl.lab.lab_state import SERVER_SELECTOR, Lab
 from vpnctl.lab.probe import check_lines
 from vpnctl.lab.realnode import workloads as wl
 from vpnctl.lab.realnode.workloads import log_line
@@ -55,9 +55,7 @@ from vpnctl.lab.system import add_machine, replace_node
 from vpnctl.reconcile.names import (
     COMPONENT_LABEL,
     COMPONENT_NODE_AGENT,
-    COMPONENT_SERVER,
     NODE_AGENT_NAME,
-    selector_labels,
 )
 from vpnctl.testenv import ensure_binaries
 
@@ -66,9 +64,6 @@ from .conftest import LabRun, api_get, kubelet_ok, root_net_state, vpnctl
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 SERVER_HEALTH_PORT = 9190
-
-
-SERVER_SELECTOR = selector_labels(cluster_name=lo.CLUSTER_NAME, component=COMPONENT_SERVER)
 
 
 def until(check: Callable[[], bool], *, timeout: float, every: float = 0.05) -> float | None:
@@ -621,8 +616,7 @@ def test_the_server_pod_deleted_is_replaced_and_every_node_comes_back_by_itself(
     before_ips = asyncio.run(lab.server_pod_ips())
     assert len(before_ips) == 1, before_ips
     agents = {n: agent_pods(lab, n) for n in names}
-    selector = ",".join(f"{k}={v}" for k, v in SERVER_SELECTOR.items())
-    gone = kubectl(lab, "delete", "pod", "-n", lo.CLUSTER_NAMESPACE, "-l", selector,
+    gone = kubectl(lab, "delete", "pod", "-n", lo.CLUSTER_NAMESPACE, "-l", SERVER_SELECTOR,
                    "--wait=false", cluster="service")  # fmt: skip
     assert gone.returncode == 0, gone.stderr
     t0 = time.monotonic()

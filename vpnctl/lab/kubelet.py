@@ -72,6 +72,7 @@ from vpnctl.lab.kubelet_parts import (
     status_path,
     sync_volumes,
 )
+from vpnctl.lab.lab_state import pod_ready
 from vpnctl.lab.pods import (
     PodError,
     container_argv,
@@ -288,10 +289,7 @@ class LabKubelet:
             for p in pods
             if not p["metadata"].get("deletionTimestamp")
             and (p.get("status") or {}).get("podIP")
-            and any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in (p.get("status") or {}).get("conditions") or []
-            )
+            and pod_ready(p)
         ]
         newest = max(ready, key=lambda p: p["metadata"]["creationTimestamp"], default=None)
         if newest is None or newest["status"]["podIP"] == self._server_ip:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,17 @@ from vpnctl.testenv.procs import environ_without_proxies, netns_argv
 IMAGES_RECORD = "images.json"  # the vpnctl image this lab's DaemonSet names
 
 Say = Callable[[str], None]
+# vpnctl's server pods of the lab's tenant, as a label selector.
+SERVER_SELECTOR = ",".join(
+    f"{k}={v}"
+    for k, v in selector_labels(cluster_name=lo.CLUSTER_NAME, component=COMPONENT_SERVER).items()
+)
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    """The pod's Ready condition is True."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 class LabUpError(RuntimeError):
@@ -188,19 +199,12 @@ class Lab:
     async def server_pod_ips(self) -> list[str]:
         """The server pods' IPs (ready ones first; none being deleted), as the service
         cluster reports them."""
-        selector = ",".join(f"{k}={v}" for k, v in selector_labels(
-            cluster_name=lo.CLUSTER_NAME, component=COMPONENT_SERVER).items())  # fmt: skip
-        pods = await self.get_json("pods", "-n", lo.CLUSTER_NAMESPACE, "-l", selector,
+        pods = await self.get_json("pods", "-n", lo.CLUSTER_NAMESPACE, "-l", SERVER_SELECTOR,
                                    cluster="service")  # fmt: skip
-
-        def ready(p: dict[str, Any]) -> bool:
-            conditions = (p.get("status") or {}).get("conditions") or []
-            return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
         items = [p for p in (pods or {}).get("items") or []
                  if (p.get("status") or {}).get("podIP")
                  and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
-        items.sort(key=lambda p: not ready(p))
+        items.sort(key=lambda p: not pod_ready(p))
         return [str(p["status"]["podIP"]) for p in items]
 
     def node_dir(self, node: NodePlan) -> Path:

@@ -57,7 +57,15 @@ from vpnctl.lab import labpki, netns
 from vpnctl.lab.address_plan import LabPlan, NodePlan, make_plan
 from vpnctl.lab.dataplane import Proc, kill_recorded, write_json_atomic
 from vpnctl.lab.kubelet_parts import KubeletConfig, PodSetConfig, config_path
-from vpnctl.lab.lab_state import IMAGES_RECORD, Lab, LabUpError, Say, run_captured
+from vpnctl.lab.lab_state import (
+    IMAGES_RECORD,
+    SERVER_SELECTOR,
+    Lab,
+    LabUpError,
+    Say,
+    pod_ready,
+    run_captured,
+)
 from vpnctl.lab.realnode import workloads as wl
 from vpnctl.lab.realnode.node_images import (
     ImageBuildError,
@@ -79,7 +87,6 @@ from vpnctl.lab.service_side import (
     start_service_node,
 )
 from vpnctl.lab.underlay import build_underlay, destroy_underlay
-from vpnctl.reconcile.names import COMPONENT_SERVER, selector_labels
 from vpnctl.reconcile.service_objects import APISERVER_CONTAINER
 from vpnctl.testenv.build import Binaries
 from vpnctl.testenv.cluster import ServiceCluster, TenantCluster, stop_recorded_cluster
@@ -345,12 +352,6 @@ async def add_machine(lab: Lab, node: NodePlan, *, generation: int = 1) -> str:
 
 def kubelet_config(lab: Lab) -> KubeletConfig:
     plan = lab.plan
-    server_selector = ",".join(
-        f"{k}={v}"
-        for k, v in selector_labels(
-            cluster_name=lo.CLUSTER_NAME, component=COMPONENT_SERVER
-        ).items()
-    )
     return KubeletConfig(
         state_dir=str(lab.state),
         python=PY,
@@ -358,7 +359,7 @@ def kubelet_config(lab: Lab) -> KubeletConfig:
         tenant_kubeconfig=str(lab.tenant_kubeconfig),
         namespace=lo.CLUSTER_NAMESPACE,
         cluster=lo.CLUSTER_NAME,
-        server_selector=server_selector,
+        server_selector=SERVER_SELECTOR,
         pod_sets=(
             PodSetConfig(
                 name="apiserver",
@@ -437,14 +438,7 @@ async def wait_workloads(lab: Lab, *, say: Say, timeout: float = READY_TIMEOUT) 
     while True:
         pods = await lab.get_json("pods", "-n", lo.WORKLOAD_NAMESPACE, cluster="tenant")
         items = (pods or {}).get("items") or []
-        ready = sum(
-            1
-            for p in items
-            if any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in (p.get("status") or {}).get("conditions") or []
-            )
-        )
+        ready = sum(1 for p in items if pod_ready(p))
         code, out, _ = await run_captured(
             lab.kubectl_argv("get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes",
                              cluster="tenant"), timeout=15,
