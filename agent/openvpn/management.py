@@ -32,6 +32,7 @@ from typing import Literal
 from agent.agent_clock import SYSTEM_CLOCK, AgentClock
 from agent.openvpn.client_auth import ClientAuthRequest, ClientBlockReader
 from agent.openvpn.config import ConfigError, validate_common_name
+from telemetry.tasks import cancel_and_wait
 
 _log = logging.getLogger(__name__)
 
@@ -234,9 +235,7 @@ class ManagementClient:
             await clock.sleep(min(0.05, max(0.0, deadline - clock.monotonic())))
         old_task = self._reader_task
         if old_task is not None and not old_task.done():
-            old_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await old_task
+            await cancel_and_wait(old_task)
         self._reader, self._writer = reader, writer
         self._banner = asyncio.Event()
         self._events = asyncio.Queue(_EVENT_QUEUE_SIZE)
@@ -274,9 +273,7 @@ class ManagementClient:
         await self._drop("closed by us")
         task = self._reader_task
         if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._reader_task = None
 
     async def _drop(self, reason: str) -> None:

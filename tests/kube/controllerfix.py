@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -199,12 +200,19 @@ async def running_controller(
     finally:
         if not task.done():
             stop.set()
-            try:
-                await asyncio.wait_for(task, 30)
-            except BaseException:
+            # Bounded both ways: a graceful stop that takes long is cut short, and a
+            # controller that does not end even when cancelled fails here with where it
+            # was stuck, instead of hanging the suite until pytest-timeout.
+            done, _ = await asyncio.wait({task}, timeout=30)
+            if not done:
                 task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+                done, _ = await asyncio.wait({task}, timeout=10)
+                if not done:
+                    stack = io.StringIO()
+                    task.print_stack(file=stack)
+                    raise AssertionError(
+                        f"the controller did not stop when cancelled:\n{stack.getvalue()}"
+                    )
         elif not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
 

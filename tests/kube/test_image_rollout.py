@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from telemetry.tasks import cancel_and_wait
 from tests.support.capi import create_tenant
 from tests.support.polling import aeventually
 from vpnctl.kube import DEPLOYMENT, POD, TUNNEL, Kube
@@ -138,12 +139,8 @@ async def _background(*coros: Any) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            # A sampler or kubelet that died on its own is a test failure, not silence.
+        # A sampler or kubelet that died on its own re-raises here: a test failure.
+        await cancel_and_wait(*tasks)
 
 
 async def _images(api: Kube, namespace: str) -> dict[str, str | None]:

@@ -30,7 +30,6 @@ A task that dies with an exception is logged and ends ``run()`` with that except
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -40,6 +39,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from telemetry.health import Check, HealthServer
+from telemetry.tasks import cancel_and_wait
 from vpnctl.api import CAPI_CLUSTER_NAME_LABEL
 from vpnctl.controller.interfaces import ObservationSource, TenantRef, TenantSide
 from vpnctl.controller.metrics import ControllerMetrics
@@ -389,10 +389,7 @@ class Controller:
         task, term = self._term_task, self.term
         self._term_task = None
         self.term = None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if term is not None:
             self.tenant_side.follow_nodes(None)
             for key in term.keys() | set(term.reconciler.observed):
@@ -442,9 +439,7 @@ class Controller:
                 raise RuntimeError("the leader election loop ended by itself")
         finally:
             if self._elector_task is not None and not self._elector_task.done():
-                self._elector_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._elector_task
+                await cancel_and_wait(self._elector_task)
             await self._stop_leading()
             await self.health.stop()
 
@@ -459,6 +454,4 @@ class Controller:
                 finished,
             )
         if self._elector_task is not None and not self._elector_task.done():
-            self._elector_task.cancel()  # stops leading, then releases the lease
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._elector_task
+            await cancel_and_wait(self._elector_task)  # stops leading, releases the lease

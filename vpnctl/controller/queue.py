@@ -22,7 +22,6 @@ Time comes from the Clock passed in, so the backoff schedule is testable without
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -31,6 +30,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from telemetry.tasks import cancel_and_wait
 from vpnctl.kube import ApiError, Clock
 from vpnctl.kube.retry import backoff
 
@@ -204,11 +204,7 @@ class WorkQueue(Generic[K]):
         try:
             await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sleeper, waker):
-                task.cancel()
-            for task in (sleeper, waker):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(sleeper, waker)
 
     def _take(self) -> K | None:
         """The next due key, removed from the waiting set; None if none is due."""
@@ -307,9 +303,4 @@ class WorkQueue(Generic[K]):
         self._wake.set()
 
     async def _cancel_workers(self) -> None:
-        workers = list(self._workers)
-        for task in workers:
-            task.cancel()
-        for task in workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._workers)
